@@ -1,0 +1,24 @@
+"""facebeam: photos to a searchable face index with Apache Beam, deepface and Elasticsearch."""
+from setuptools import find_packages, setup
+
+setup(
+    name="facebeam",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"]),
+    install_requires=[
+        "apache-beam==2.77.0",
+        "deepface==0.0.103",
+        "dlib-bin==20.0.1.post1",
+        "face_recognition_models==0.3.0",
+        "elasticsearch>=8.19,<9",
+        "pyarrow>=16",
+        "numpy>=1.26",
+        "pillow>=10",
+        # deepface 0.0.103 imports werkzeug without declaring it.
+        "werkzeug>=3",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={"console_scripts": ["facebeam=pipelines.cli:main"]},
+)

@@ -1,0 +1,1 @@
+"""facebeam's reusable Beam transforms and the pieces they share."""
