@@ -1,0 +1,109 @@
+"""facebeam embed: photos -> Parquet face embedding shards + error rows + summary.
+
+    facebeam embed --input PATTERN [PATTERN ...] --output DIR [--model Dlib] [--detector dlib] [Beam flags]
+    python -m pipelines.embed ...
+"""
+import argparse
+import logging
+import sys
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import WriteToParquet
+
+from pipelines import jobs, runners
+from transforms import records, sources
+from transforms.embed import DEFAULT_MAX_FILE_BYTES, EmbedImages
+from transforms.images import DEFAULT_MAX_PIXELS
+from transforms.spec import add_spec_args, spec_from_args
+
+log = logging.getLogger(__name__)
+
+
+def add_input_args(parser) -> None:
+    parser.add_argument("--input", nargs="+", required=True, metavar="PATTERN",
+                        help="folders (recursive), glob patterns, or list files (.txt/.lst or @FILE), on any Beam filesystem")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels, before decoding (default %(default)s)")
+    parser.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
+    parser.add_argument("--batch-size", type=int, default=4, help="images per model batch")
+    add_spec_args(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facebeam embed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_args(parser)
+    parser.add_argument("--output", required=True, help="output folder (any Beam filesystem)")
+    return parser
+
+
+def preflight(ns, spec) -> None:
+    """Fail in the launcher, before any worker starts: bad inputs, missing weights."""
+    from transforms.faces import FaceModel
+
+    sources.check_inputs(ns.input)
+    FaceModel(spec)  # raises WeightsMissing naming the file and where it goes
+
+
+def embed_images(p, ns, spec):
+    """The embedding part of a pipeline; returns {'faces', 'errors'} PCollections."""
+    paths = (p
+             | "Inputs" >> beam.Create(ns.input)
+             | "Expand" >> beam.ParDo(sources.ExpandInputs())
+             | "Distinct" >> beam.Distinct())  # also spreads paths over workers
+    return paths | "EmbedImages" >> EmbedImages(
+        spec, max_pixels=ns.max_pixels, max_file_bytes=ns.max_file_bytes, max_batch_size=ns.batch_size,
+        labeler=getattr(ns, "labeler", None))
+
+
+def write_outputs(out, output_dir, spec):
+    join = FileSystems.join
+    out["faces"] | "WriteFaces" >> WriteToParquet(
+        join(output_dir, "embeddings", "part"), records.face_schema(spec.dim),
+        codec="zstd", file_name_suffix=".parquet")
+    out["errors"] | "WriteErrors" >> WriteToParquet(
+        join(output_dir, "errors", "part"), records.ERROR_SCHEMA, codec="zstd", file_name_suffix=".parquet")
+
+
+def summarize(result, elapsed, spec, opts) -> dict:
+    counts = jobs.image_counts(jobs.counters(result))
+    return {
+        **counts,
+        "spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim,
+        "runner": runners.runner_name(opts),
+        "elapsed_s": round(elapsed, 3),
+        "images_per_s": round(counts["images_seen"] / elapsed, 3) if elapsed else None,
+    }
+
+
+def run(argv=None, test_pipeline=None) -> dict:
+    ns, beam_args = jobs.parse(build_parser(), argv)
+    spec = spec_from_args(ns)
+    preflight(ns, spec)
+    opts = runners.pipeline_options(beam_args)
+    p = runners.create_pipeline(opts, test_pipeline)
+    write_outputs(embed_images(p, ns, spec), ns.output, spec)
+    result, elapsed = jobs.run(p)
+    summary = summarize(result, elapsed, spec, opts)
+    jobs.write_json(FileSystems.join(ns.output, "summary.json"), summary)
+    log.info("embed done: %d images, %d embedded, %d faces, failed %s, %.2f images/s",
+             summary["images_seen"], summary["images_embedded"], summary["faces"],
+             summary["images_failed"] or "none", summary["images_per_s"] or 0)
+    return summary
+
+
+def main(argv=None) -> int:
+    from transforms.weights import WeightsMissing
+
+    try:
+        run(argv)
+    except (sources.InputError, WeightsMissing, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

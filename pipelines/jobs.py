@@ -1,0 +1,71 @@
+"""What every facebeam job shares: argument split, run, metrics summary."""
+import json
+import logging
+import time
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import MetricsFilter
+
+from transforms.embed import NAMESPACE
+
+log = logging.getLogger(__name__)
+
+
+# Workers log warnings only, except facebeam's own progress lines.
+_QUIET_WORKERS = [
+    "--default_sdk_harness_log_level=WARNING",
+    '--sdk_harness_log_level_overrides={"facebeam.progress": "INFO", "pipelines": "INFO", "transforms": "INFO"}',
+]
+
+
+def parse(parser, argv):
+    """App flags via argparse; everything it does not know goes to Beam (with quiet worker logs)."""
+    ns, beam_args = parser.parse_known_args(argv)
+    for flag in _QUIET_WORKERS:
+        name = flag.split("=", 1)[0]
+        if not any(a == name or a.startswith(name + "=") for a in beam_args):
+            beam_args.append(flag)
+    return ns, beam_args
+
+
+def quiet_beam_logs() -> None:
+    """In the launcher: Beam's own INFO chatter off; forwarded worker lines (already filtered) on."""
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.INFO)
+
+
+def counters(result) -> dict:
+    """Committed counter values in facebeam's namespace (attempted where a runner has no committed)."""
+    out = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + (value or 0)
+    return out
+
+
+def image_counts(c: dict) -> dict:
+    failed = {k.split(".", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("images_failed.") and v}
+    return {
+        "images_seen": c.get("images_seen", 0),
+        "images_embedded": c.get("images_embedded", 0),
+        "faces": c.get("faces", 0),
+        "images_failed": failed,
+    }
+
+
+def write_json(path: str, obj) -> None:
+    with FileSystems.create(path) as f:
+        f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str):
+    with FileSystems.open(path) as f:
+        return json.loads(f.read().decode())
+
+
+def run(pipeline):
+    """Run to completion; returns (result, elapsed seconds)."""
+    started = time.perf_counter()
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result, time.perf_counter() - started

@@ -1,0 +1,124 @@
+"""EmbedImages: image paths -> face rows + error rows, every image accounted for."""
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+
+from transforms import images, records
+from transforms.progress import PROGRESS
+from transforms.faces import FaceModelHandler
+from transforms.spec import EmbeddingSpec
+
+NAMESPACE = "facebeam"
+DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
+
+
+def count(name: str, n: int = 1) -> None:
+    Metrics.counter(NAMESPACE, name).inc(n)
+
+
+def count_failed(reason: str) -> None:
+    count("images_seen")
+    count(f"images_failed.{reason}")
+    PROGRESS.add(images=1, failed=1)
+
+
+class ReadAndDecode(beam.DoFn):
+    """Path -> DecodedImage, or an error row tagged 'errors' with a stable reason."""
+
+    def __init__(self, spec: EmbeddingSpec, max_pixels: int, max_file_bytes: int):
+        self._spec, self._max_pixels, self._max_file_bytes = spec, max_pixels, max_file_bytes
+
+    def process(self, element):
+        from transforms.sources import read_bytes
+
+        path, size = element
+        if size is not None and size > self._max_file_bytes:
+            yield self._fail(path, "too_large", f"file is {size} bytes, over the limit of {self._max_file_bytes}", "read")
+            return
+        try:
+            data, sha = read_bytes(path, self._max_file_bytes)
+        except ValueError as e:
+            yield self._fail(path, "too_large", str(e), "read")
+            return
+        except (OSError, IOError) as e:
+            yield self._fail(path, "unreadable", f"{type(e).__name__}: {e}", "read")
+            return
+        try:
+            yield images.decode(path, data, sha, self._max_pixels, self._spec.detect_max_side)
+        except images.ImageError as e:
+            yield self._fail(path, e.reason, str(e), e.stage, sha)
+
+    def _fail(self, path, reason, message, stage, sha=None):
+        count_failed(reason)
+        return beam.pvalue.TaggedOutput("errors", records.error_row(path, reason, message, stage, self._spec, sha))
+
+
+class ToRows(beam.DoFn):
+    """ImageFaces -> one row per face, or one error row when there is none."""
+
+    def __init__(self, spec: EmbeddingSpec, labeler=None):
+        self._spec, self._labeler = spec, labeler
+
+    def process(self, result):
+        if result.error:
+            reason, message = result.error
+            count_failed(reason)
+            yield beam.pvalue.TaggedOutput("errors", records.error_row(result.path, reason, message, "detect", self._spec, result.sha256))
+            return
+        if not result.faces:
+            count_failed("no_face")
+            yield beam.pvalue.TaggedOutput("errors", records.error_row(
+                result.path, "no_face", "the detector found no face", "detect", self._spec, result.sha256))
+            return
+        count("images_seen")
+        count("images_embedded")
+        count("faces", len(result.faces))
+        PROGRESS.add(images=1, embedded=1, faces=len(result.faces))
+        label = self._labeler(result.path) if self._labeler else None
+        yield from records.face_rows(result, self._spec, label)
+
+
+def _dead_letter_row(spec, reason, stage):
+    def convert(element_and_error):
+        element, (exc_type, exc_repr, _tb) = element_and_error
+        path = element[0] if isinstance(element, tuple) else getattr(element, "path", str(element))
+        count_failed(reason)
+        return records.error_row(path, reason, f"{exc_type}: {exc_repr}", stage, spec, getattr(element, "sha256", None))
+    return convert
+
+
+@beam.typehints.with_input_types(tuple)
+class EmbedImages(beam.PTransform):
+    """(path, size) -> {'faces': face rows, 'errors': error rows}."""
+
+    def __init__(self, spec: EmbeddingSpec, max_pixels: int = images.DEFAULT_MAX_PIXELS,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_batch_size: int = 4, labeler=None):
+        super().__init__()
+        self._spec, self._max_pixels, self._max_file_bytes = spec, max_pixels, max_file_bytes
+        self._max_batch_size, self._labeler = max_batch_size, labeler
+
+    def expand(self, paths):
+        spec = self._spec
+        decoded = paths | "ReadAndDecode" >> beam.ParDo(
+            ReadAndDecode(spec, self._max_pixels, self._max_file_bytes)
+        ).with_exception_handling().with_outputs("errors", main="images")
+
+        inferred, failed = decoded["images"] | "Embed" >> RunInference(
+            FaceModelHandler(spec, self._max_batch_size)).with_exception_handling()
+
+        rows = inferred | "ToRows" >> beam.ParDo(ToRows(spec, self._labeler)).with_outputs("errors", main="faces")
+
+        failed_batches = (
+            failed.failed_inferences
+            | "UnbatchFailed" >> beam.FlatMap(lambda batch_err: [(img, batch_err[1]) for img in batch_err[0]])
+            | "FailedInference" >> beam.Map(lambda e: records.error_row(
+                e[0].path, "inference_error", repr(e[1]), "represent", spec, e[0].sha256)))
+        _ = failed_batches | "CountFailedInference" >> beam.Map(lambda _: count_failed("inference_error"))
+
+        errors = (
+            decoded["errors"],
+            decoded["bad"] | "DecodeCrashed" >> beam.Map(_dead_letter_row(spec, "internal_error", "decode")),
+            rows["errors"],
+            failed_batches,
+        ) | "AllErrors" >> beam.Flatten()
+        return {"faces": rows["faces"], "errors": errors}

@@ -1,0 +1,77 @@
+"""Inputs: folders (recursive), glob patterns and list files, on any Beam filesystem."""
+import hashlib
+import logging
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif")
+LIST_EXTENSIONS = (".txt", ".lst", ".list")
+
+
+class InputError(ValueError):
+    """An input pattern that names nothing usable."""
+
+
+def _is_glob(p: str) -> bool:
+    return any(c in p for c in "*?[")
+
+
+def _is_dir(p: str) -> bool:
+    if p.endswith("/"):
+        return True
+    import os
+
+    return "://" not in p and os.path.isdir(p)
+
+
+def expand(pattern: str):
+    """Yield (path, size_in_bytes or None) for one user input."""
+    if pattern.startswith("@") or pattern.lower().endswith(LIST_EXTENSIONS):
+        with FileSystems.open(pattern.lstrip("@")) as f:
+            for line in f.read().decode("utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    yield line, None
+        return
+    if _is_dir(pattern):
+        found = FileSystems.match([FileSystems.join(pattern.rstrip("/"), "**")])[0].metadata_list
+        found = [m for m in found if m.path.lower().endswith(IMAGE_EXTENSIONS)]
+    else:
+        found = FileSystems.match([pattern])[0].metadata_list
+    if not found:
+        raise InputError(f"input {pattern!r} matched no image files")
+    for m in found:
+        yield m.path, m.size_in_bytes
+
+
+class ExpandInputs(beam.DoFn):
+    """Pattern -> (path, size); listing happens on workers, not in the launcher."""
+
+    def process(self, pattern):
+        yield from expand(pattern)
+
+
+def read_bytes(path: str, max_bytes: int):
+    """(data, sha256); raises OSError for unreadable paths and ValueError when too big."""
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"file is larger than the limit of {max_bytes} bytes")
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def check_inputs(patterns) -> None:
+    """Fail before launching a job when an input names nothing (a typo should not run for an hour)."""
+    for p in patterns:
+        if p.startswith("@") or p.lower().endswith(LIST_EXTENSIONS):
+            if not FileSystems.exists(p.lstrip("@")):
+                raise InputError(f"list file {p.lstrip('@')!r} does not exist")
+        elif _is_dir(p):
+            continue
+        elif not FileSystems.match([p])[0].metadata_list:
+            raise InputError(f"input {p!r} matched no files")
+
+

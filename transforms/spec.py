@@ -1,0 +1,134 @@
+"""The embedding-space spec: one value that flows through every job.
+
+It fixes what makes two vectors comparable (model, detector, alignment,
+normalization, detection scale, library version). Its id is stamped on every
+Parquet row, names the Elasticsearch index, and fixes dimension and distance.
+"""
+import dataclasses
+import hashlib
+import json
+from importlib import metadata
+
+# Output sizes of deepface's recognition models (deepface/models/facial_recognition).
+MODEL_DIMS = {
+    "VGG-Face": 4096, "Facenet": 128, "Facenet512": 512, "OpenFace": 128,
+    "DeepFace": 4096, "DeepID": 160, "Dlib": 128, "ArcFace": 512, "SFace": 128,
+    "GhostFaceNet": 512, "Buffalo_L": 512,
+}
+METRICS = ("euclidean", "cosine", "euclidean_l2")
+NORMALIZATIONS = ("base", "raw", "Facenet", "Facenet2018", "VGGFace", "VGGFace2", "ArcFace")
+
+
+class SpecError(ValueError):
+    """Two specs that must agree do not, or a spec is invalid."""
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingSpec:
+    model: str = "Dlib"
+    detector: str = "dlib"
+    align: bool = True
+    normalization: str = "base"
+    metric: str = "euclidean"
+    # Detection runs on a copy whose longest side is at most this many pixels.
+    detect_max_side: int = 640
+    expand_percentage: int = 0
+    deepface_version: str = dataclasses.field(default_factory=lambda: _version("deepface"))
+
+    def __post_init__(self):
+        if self.model not in MODEL_DIMS:
+            raise SpecError(f"unknown model {self.model!r}; choose one of {sorted(MODEL_DIMS)}")
+        if self.metric not in METRICS:
+            raise SpecError(f"unknown metric {self.metric!r}; choose one of {METRICS}")
+        if self.normalization not in NORMALIZATIONS:
+            raise SpecError(f"unknown normalization {self.normalization!r}")
+        if self.detector == "skip":
+            raise SpecError("detector 'skip' would embed whole frames as faces; pick a real detector")
+        if self.detect_max_side < 64:
+            raise SpecError("detect_max_side must be at least 64 pixels")
+
+    @property
+    def dim(self) -> int:
+        return MODEL_DIMS[self.model]
+
+    @property
+    def threshold(self) -> float:
+        """deepface's tuned same-person distance threshold for this model and metric."""
+        from deepface.config.threshold import thresholds
+
+        return float(thresholds[self.model][self.metric])
+
+    @property
+    def es_similarity(self) -> str:
+        return "l2_norm" if self.metric.startswith("euclidean") else "cosine"
+
+    def identity(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def spec_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    @property
+    def slug(self) -> str:
+        """A readable, index-name-safe label, e.g. 'dlib-dlib-a1-640-<id>'."""
+        parts = [self.model, self.detector, "a1" if self.align else "a0", str(self.detect_max_side), self.spec_id]
+        return "-".join(p.lower().replace("_", "").replace(".", "") for p in parts)
+
+    def to_json(self) -> str:
+        return json.dumps(self.identity(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EmbeddingSpec":
+        return cls(**json.loads(text))
+
+    def distance(self, a, b):
+        """Distance between vector(s) a and b under this spec's metric (numpy, broadcasting)."""
+        import numpy as np
+
+        a = np.asarray(a, dtype=np.float32)
+        b = np.asarray(b, dtype=np.float32)
+        if self.metric == "euclidean_l2":
+            a = a / np.linalg.norm(a, axis=-1, keepdims=True)
+            b = b / np.linalg.norm(b, axis=-1, keepdims=True)
+        if self.metric == "cosine":
+            an = a / np.linalg.norm(a, axis=-1, keepdims=True)
+            bn = b / np.linalg.norm(b, axis=-1, keepdims=True)
+            return 1.0 - np.sum(an * bn, axis=-1)
+        return np.linalg.norm(a - b, axis=-1)
+
+    def require_same(self, other: "EmbeddingSpec", what: str = "index") -> None:
+        if other.spec_id != self.spec_id:
+            diff = {k: (v, other.identity()[k]) for k, v in self.identity().items() if other.identity()[k] != v}
+            raise SpecError(
+                f"embedding spec mismatch with the {what}: "
+                + ", ".join(f"{k}: {a!r} here vs {b!r} there" for k, (a, b) in diff.items())
+            )
+
+
+def add_spec_args(parser) -> None:
+    g = parser.add_argument_group("embedding spec")
+    d = EmbeddingSpec.__dataclass_fields__
+    g.add_argument("--model", default=d["model"].default, choices=sorted(MODEL_DIMS))
+    g.add_argument("--detector", default=d["detector"].default)
+    g.add_argument("--no-align", dest="align", action="store_false", help="skip eye alignment")
+    g.add_argument("--normalization", default=d["normalization"].default, choices=NORMALIZATIONS)
+    g.add_argument("--metric", default=d["metric"].default, choices=METRICS)
+    g.add_argument("--detect-max-side", type=int, default=d["detect_max_side"].default,
+                   help="detect on a copy scaled to this longest side (default %(default)s)")
+    g.add_argument("--expand-percentage", type=int, default=d["expand_percentage"].default)
+
+
+def spec_from_args(ns) -> EmbeddingSpec:
+    return EmbeddingSpec(
+        model=ns.model, detector=ns.detector, align=ns.align, normalization=ns.normalization,
+        metric=ns.metric, detect_max_side=ns.detect_max_side, expand_percentage=ns.expand_percentage,
+    )
