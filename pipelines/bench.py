@@ -1,0 +1,29 @@
+"""facebeam bench <what>: benchmarks that measure side by side in one run and print ratios.
+
+    facebeam bench embed    [--input DIR] [--output DIR] [--naive-limit N]
+    facebeam bench index    --vectors N      (Elasticsearch load)
+    facebeam bench query    --vectors N      (kNN latency / recall)
+    facebeam bench runners  [--photos N]     (Direct vs Flink vs Spark)
+"""
+import importlib
+import sys
+
+BENCHES = {
+    "embed": "pipelines.bench_embed",
+    "index": "pipelines.bench_index",
+    "query": "pipelines.bench_query",
+    "runners": "pipelines.bench_runners",
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    available = {k: v for k, v in BENCHES.items() if importlib.util.find_spec(v) is not None}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in available:
+        print(__doc__.strip() + "\n\navailable here: " + ", ".join(available))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return int(importlib.import_module(available[argv[0]]).main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
