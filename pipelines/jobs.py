@@ -53,6 +53,14 @@ def image_counts(c: dict) -> dict:
     }
 
 
+def counted(element, name: str):
+    """Identity map that counts elements under `name` (use with beam.Map)."""
+    from apache_beam.metrics import Metrics
+
+    Metrics.counter(NAMESPACE, name).inc()
+    return element
+
+
 def write_json(path: str, obj) -> None:
     with FileSystems.create(path) as f:
         f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

@@ -6,3 +6,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["DEEPFACE_HOME"] = os.path.join(ROOT, ".facebeam", "deepface-home")
 
 pytest_plugins = ["tests.es_fixtures"]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory):
+    """The embed job run once on the whole sample: (output folder, summary)."""
+    from pipelines import embed
+    from tests.helpers import SAMPLE
+
+    out = str(tmp_path_factory.mktemp("embed-sample"))
+    return out, embed.run(["--input", SAMPLE, "--output", out])

@@ -44,3 +44,40 @@ def pair_accuracy(vectors: dict, spec) -> float:
         d = float(spec.distance(np.asarray(vectors[x]), np.asarray(vectors[y])))
         right += (d <= spec.threshold) == same
     return right / len(pairs)
+
+
+def synthetic_shards(folder: str, n: int, spec, files: int = 2, seed: int = 0) -> list:
+    """Face rows with random vectors in the real schema (for load and fault tests); returns the rows."""
+    import pyarrow as pa
+
+    from transforms import records
+
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(0, 0.1, (n, spec.dim)).astype(np.float32)
+    rows = []
+    for i in range(n):
+        sha = f"{seed:08x}{i:056x}"
+        box = (10 + i % 50, 20, 100, 100)
+        rows.append({
+            "face_id": records.face_id(sha, box, spec), "image_path": f"synthetic/{i}.jpg", "image_sha256": sha,
+            "face_index": 0, "image_width": 640, "image_height": 480,
+            "box_x": box[0], "box_y": box[1], "box_w": box[2], "box_h": box[3],
+            "left_eye_x": 40, "left_eye_y": 60, "right_eye_x": 80, "right_eye_y": 60, "confidence": 1.0,
+            "label": None, "model": spec.model, "detector": spec.detector, "align": spec.align, "metric": spec.metric,
+            "spec_id": spec.spec_id, "spec": spec.to_json(), "deepface_version": spec.deepface_version,
+            "facebeam_version": "test", "embedding": vectors[i].tolist(),
+        })
+    out = os.path.join(folder, "embeddings")
+    os.makedirs(out, exist_ok=True)
+    schema = records.face_schema(spec.dim)
+    for k in range(files):
+        part = rows[k::files]
+        pq.write_table(pa.Table.from_pylist(part, schema=schema), os.path.join(out, f"part-{k:05d}.parquet"))
+    return rows
+
+
+def drop_versions(client, alias: str) -> None:
+    """Delete every concrete index facebeam made behind `alias` (deletes need explicit names)."""
+    names = list(client.indices.get(index=f"{alias}-*", ignore_unavailable=True).body)
+    if names:
+        client.indices.delete(index=",".join(names))

@@ -1,19 +1,9 @@
 """The embed job on the real sample photos: accuracy, determinism, accounting."""
 import os
 
-import numpy as np
-import pytest
-
 from pipelines import embed
-from tests.helpers import SAMPLE, largest_face_by_file, pair_accuracy, read_rows, sample_images
+from tests.helpers import largest_face_by_file, pair_accuracy, read_rows, sample_images
 from transforms.spec import EmbeddingSpec
-
-
-@pytest.fixture(scope="module")
-def sample_run(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("embed-sample"))
-    summary = embed.run(["--input", SAMPLE, "--output", out])
-    return out, summary
 
 
 def test_every_sample_photo_gives_faces_and_the_summary_adds_up(sample_run):

@@ -1,0 +1,62 @@
+"""facebeam run: embed and index in one pipeline (the Parquet shards are still written).
+
+    facebeam run --input PATTERN [PATTERN ...] --output DIR --index NAME [embed and index options] [Beam flags]
+"""
+import argparse
+import logging
+import sys
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import embed, index, jobs, runners
+from transforms import es_conn, sources
+from transforms.spec import SpecError, spec_from_args
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facebeam run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    embed.add_input_args(parser)
+    parser.add_argument("--output", required=True)
+    index.add_index_args(parser)
+    return parser
+
+
+def run(argv=None, test_pipeline=None) -> dict:
+    ns, beam_args = jobs.parse(build_parser(), argv)
+    spec = spec_from_args(ns)
+    embed.preflight(ns, spec)
+    target = index.open_target(ns, spec)
+    opts = runners.pipeline_options(beam_args)
+    p = runners.create_pipeline(opts, test_pipeline)
+    out = embed.embed_images(p, ns, spec)
+    embed.write_outputs(out, ns.output, spec)
+    index.index_rows(out["faces"], target, ns, ns.output, spec)
+    with index.loading(target):
+        result, elapsed = jobs.run(p)
+    summary = embed.summarize(result, elapsed, spec, opts)
+    summary.update(index=ns.index, concrete_index=target.concrete, doc_count=target.count,
+                   **{f"docs_{k}": v for k, v in index.index_counts(jobs.counters(result)).items()})
+    jobs.write_json(FileSystems.join(ns.output, "summary.json"), summary)
+    log.info("run done: %d images, %d embedded, %d faces, failed %s; %d docs indexed into %s (%d docs)",
+             summary["images_seen"], summary["images_embedded"], summary["faces"], summary["images_failed"] or "none",
+             summary["docs_indexed"], target.concrete, target.count)
+    return summary
+
+
+def main(argv=None) -> int:
+    from transforms.weights import WeightsMissing
+
+    try:
+        summary = run(argv)
+    except (sources.InputError, WeightsMissing, es_conn.EsError, SpecError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    return 1 if summary["docs_failed"] else 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Bulk indexing into a real Elasticsearch: counts, replays, kNN, spec checks, failures."""
+import logging
+import os
+import threading
+import time
+
+import pytest
+
+from pipelines import index
+from tests.es_fixtures import SESSION_HOME
+from tests.helpers import drop_versions, read_rows, synthetic_shards
+from transforms.spec import EmbeddingSpec
+
+CONN = str(SESSION_HOME / "connection.json")
+
+
+def count(client, name):
+    client.indices.refresh(index=name)
+    return client.count(index=name).body["count"]
+
+
+@pytest.fixture
+def alias(es_client, es_index):
+    yield es_index
+    drop_versions(es_client, es_index)
+
+
+def test_sample_lands_once_and_each_face_finds_itself(sample_run, es_conn, es_client, alias):
+    shards, _ = sample_run
+    rows = read_rows(os.path.join(shards, "embeddings"))
+    first = index.run(["--shards", shards, "--index", alias, "--es-conn", CONN])
+    assert first["rows_read"] == first["indexed"] == len(rows) and first["failed"] == 0
+    assert count(es_client, alias) == len(rows) == first["doc_count"]
+    again = index.run(["--shards", shards, "--index", alias, "--es-conn", CONN])
+    assert again["concrete_index"] == first["concrete_index"]
+    assert count(es_client, alias) == len(rows)
+    assert read_rows(os.path.join(shards, "index-errors")) == []
+    searches = []
+    for r in rows:
+        searches += [{"index": alias}, {"knn": {"field": "embedding", "query_vector": r["embedding"], "k": 1,
+                                                "num_candidates": 50}, "_source": False, "size": 1}]
+    answers = es_client.msearch(searches=searches).body["responses"]
+    assert [a["hits"]["hits"][0]["_id"] for a in answers] == [r["face_id"] for r in rows]
+    settings = es_client.indices.get_settings(index=first["concrete_index"]).body[first["concrete_index"]]["settings"]["index"]
+    assert "refresh_interval" not in settings  # restored to the default after the load
+
+
+def test_shards_of_another_spec_are_refused_before_any_write(tmp_path, es_client, alias):
+    synthetic_shards(str(tmp_path / "a"), 20, EmbeddingSpec())
+    assert index.main(["--shards", str(tmp_path / "a"), "--index", alias, "--es-conn", CONN]) == 0
+    other = EmbeddingSpec(detect_max_side=320)
+    synthetic_shards(str(tmp_path / "b"), 30, other, seed=1)
+    with pytest.raises(Exception, match="embedding spec mismatch.*detect_max_side"):
+        index.run(["--shards", str(tmp_path / "b"), "--index", alias, "--es-conn", CONN])
+    assert index.main(["--shards", str(tmp_path / "b"), "--index", alias, "--es-conn", CONN]) == 2
+    assert count(es_client, alias) == 20
+    assert not (tmp_path / "b" / "index-errors").exists()
+
+
+def test_unreachable_cluster_fails_fast_and_writes_nothing(tmp_path, caplog):
+    synthetic_shards(str(tmp_path), 10, EmbeddingSpec())
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR):
+        code = index.main(["--shards", str(tmp_path), "--index", "faces", "--es-url", "https://127.0.0.1:9"])
+    assert code == 2 and time.monotonic() - started < 15
+    assert "unreachable" in caplog.text and "127.0.0.1:9" in caplog.text
+    assert sorted(os.listdir(tmp_path)) == ["embeddings"]
+
+
+def test_wrong_password_is_a_clear_error_and_never_printed(tmp_path, monkeypatch, caplog, capsys):
+    synthetic_shards(str(tmp_path), 10, EmbeddingSpec())
+    secret = "wrong-Secret-4711"
+    monkeypatch.setenv("FACEBEAM_ES_PASSWORD", secret)
+    with caplog.at_level(logging.DEBUG):
+        code = index.main(["--shards", str(tmp_path), "--index", "faces", "--es-conn", CONN])
+    printed = capsys.readouterr()
+    assert code == 2
+    assert "authentication failed" in caplog.text
+    assert secret not in caplog.text + printed.out + printed.err
+
+
+def test_throttled_cluster_rejects_bulks_and_retries_land_every_doc(tmp_path, es_cluster_factory):
+    conn = es_cluster_factory(settings={"thread_pool.write.size": 1, "thread_pool.write.queue_size": 1})
+    conn_file = str(es_cluster_factory.home(conn) / "connection.json")
+    rows = synthetic_shards(str(tmp_path), 3000, EmbeddingSpec(), files=4)
+    summary = index.run(["--shards", str(tmp_path), "--index", "throttled", "--es-conn", conn_file,
+                         "--chunk-docs", "25", "--initial-backoff", "0.05", "--max-retries", "12",
+                         "--direct_num_workers=4"])
+    client = conn.client()
+    stats = client.nodes.stats(metric="thread_pool").body["nodes"]
+    rejected = sum(n["thread_pool"]["write"]["rejected"] for n in stats.values())
+    assert rejected > 0, "the tiny write queue never rejected a bulk: the test did not throttle"
+    assert summary["retried"] > 0
+    assert summary["failed"] == 0 and summary["indexed"] == len(rows)
+    assert count(client, "throttled") == len(rows)
+
+
+def test_node_killed_mid_load_loses_nothing(tmp_path, es_cluster_factory):
+    conn = es_cluster_factory(nodes=3)
+    conn_file = str(es_cluster_factory.home(conn) / "connection.json")
+    rows = synthetic_shards(str(tmp_path), 20000, EmbeddingSpec(), files=8)
+    client = conn.client()
+    killed = {}
+
+    def kill_primary_mid_load():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                stats = client.indices.stats(index="faces", metric="indexing").body["_all"]["primaries"]
+                done = stats["indexing"]["index_total"]
+            except Exception:
+                done = 0
+            if done > 3000:
+                shard = next(s for s in client.cat.shards(index="faces", format="json").body if s["prirep"] == "p")
+                killed["node"] = shard["node"]
+                killed["at"] = done
+                es_cluster_factory.kill_node(conn, shard["node"])
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_primary_mid_load)
+    killer.start()
+    summary = index.run(["--shards", str(tmp_path), "--index", "faces", "--es-conn", conn_file,
+                         "--replicas", "1", "--load-replicas", "1", "--chunk-docs", "200"])
+    killer.join()
+    assert killed.get("node"), "no node was killed during the load"
+    assert summary["failed"] == 0 and summary["indexed"] >= len(rows)
+    assert count(client, "faces") == len(rows)
+    assert read_rows(str(tmp_path / "index-errors")) == []
