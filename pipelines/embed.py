@@ -12,7 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
 from pipelines import jobs, runners
-from transforms import records, sources
+from transforms import labels, records, sources
 from transforms.embed import DEFAULT_MAX_FILE_BYTES, EmbedImages
 from transforms.images import DEFAULT_MAX_PIXELS
 from transforms.spec import add_spec_args, spec_from_args
@@ -20,9 +20,11 @@ from transforms.spec import add_spec_args, spec_from_args
 log = logging.getLogger(__name__)
 
 
-def add_input_args(parser) -> None:
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATTERN",
+def add_input_args(parser, flag: str = "--input") -> None:
+    parser.add_argument(flag, dest="input", nargs="+", required=True, metavar="PATTERN",
                         help="folders (recursive), glob patterns, or list files (.txt/.lst or @FILE), on any Beam filesystem")
+    parser.add_argument("--label-from", default=None, metavar="parent-dir|csv:FILE",
+                        help="store an identity label with each face")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="refuse images with more pixels, before decoding (default %(default)s)")
     parser.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
@@ -54,7 +56,7 @@ def embed_images(p, ns, spec):
              | "Distinct" >> beam.Distinct())  # also spreads paths over workers
     return paths | "EmbedImages" >> EmbedImages(
         spec, max_pixels=ns.max_pixels, max_file_bytes=ns.max_file_bytes, max_batch_size=ns.batch_size,
-        labeler=getattr(ns, "labeler", None))
+        labeler=labels.labeler_from(ns.label_from))
 
 
 def write_outputs(out, output_dir, spec):

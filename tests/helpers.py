@@ -81,3 +81,24 @@ def drop_versions(client, alias: str) -> None:
     names = list(client.indices.get(index=f"{alias}-*", ignore_unavailable=True).body)
     if names:
         client.indices.delete(index=",".join(names))
+
+
+def identities() -> dict:
+    """file name -> person id, from the 'Yes' pairs (union-find); files never paired get no id."""
+    parent = {}
+
+    def find(x):
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for x, y, same in labeled_pairs():
+        find(x), find(y)
+        if same:
+            parent[find(x)] = find(y)
+    groups = {}
+    for name in parent:
+        groups.setdefault(find(name), []).append(name)
+    return {name: f"person-{min(members)}" for members in groups.values() for name in members if len(members) > 1}

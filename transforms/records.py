@@ -84,3 +84,16 @@ def error_row(path: str, reason: str, message: str, stage: str, spec: EmbeddingS
     assert reason in REASONS, reason
     return {"image_path": path, "image_sha256": sha256, "stage": stage, "reason": reason,
             "message": (message or "")[:2000], "spec_id": spec.spec_id}
+
+
+RESULT_SCHEMA = pa.schema([
+    ("probe_path", pa.string()), ("probe_sha256", pa.string()), ("probe_face_index", pa.int32()),
+    ("probe_box_x", pa.int32()), ("probe_box_y", pa.int32()), ("probe_box_w", pa.int32()), ("probe_box_h", pa.int32()),
+    ("rank", pa.int32()),
+    ("face_id", pa.string()), ("hit_image_path", pa.string()), ("hit_image_sha256", pa.string()),
+    ("hit_face_index", pa.int32()),
+    ("hit_box_x", pa.int32()), ("hit_box_y", pa.int32()), ("hit_box_w", pa.int32()), ("hit_box_h", pa.int32()),
+    ("hit_label", pa.string()),
+    ("score", pa.float32()), ("distance", pa.float32()), ("same_person", pa.bool_()),
+    ("top_label", pa.string()), ("mode", pa.string()), ("spec_id", pa.string()),
+])

@@ -1,0 +1,168 @@
+"""The query job against a real index of the sample: hit quality, ES vs exact, labels, report."""
+import csv
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import index, query, search
+from tests.es_fixtures import SESSION_HOME
+from tests.helpers import SAMPLE, drop_versions, identities, read_rows
+from pipelines import embed
+
+CONN = str(SESSION_HOME / "connection.json")
+ALIAS = "query-sample"
+
+
+@pytest.fixture(scope="module")
+def labeled_index(tmp_path_factory, es_conn, es_client):
+    """The sample embedded with identity labels and indexed."""
+    work = tmp_path_factory.mktemp("query")
+    people = identities()
+    with open(work / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label"])
+        w.writerows(sorted(people.items()))
+    shards = str(work / "shards")
+    embed.run(["--input", SAMPLE, "--output", shards, "--label-from", f"csv:{work / 'labels.csv'}"])
+    drop_versions(es_client, ALIAS)
+    index.run(["--shards", shards, "--index", ALIAS, "--es-conn", CONN])
+    yield work, shards, people
+    drop_versions(es_client, ALIAS)
+
+
+@pytest.fixture(scope="module")
+def both_modes(labeled_index):
+    work, shards, people = labeled_index
+    common = ["--probes", SAMPLE, "--index", ALIAS, "--k", "6", "--exclude-same-image", "--es-conn", CONN]
+    es = query.run(common + ["--output", str(work / "es"), "--report", str(work / "report.html")])
+    exact = query.run(common + ["--output", str(work / "exact"), "--exact", "--shards", shards, "--format", "jsonl"])
+    return (es, query.read_results(str(work / "es"))), (exact, query.read_results(str(work / "exact"), "jsonl"))
+
+
+def top_hits(rows):
+    """(probe file, probe face) -> rows by rank, for the largest face of each probe photo."""
+    faces = {}
+    for r in rows:
+        faces.setdefault((r["probe_path"], r["probe_face_index"]), []).append(r)
+    best = {}
+    for (path, face), hits in faces.items():
+        area = hits[0]["probe_box_w"] * hits[0]["probe_box_h"]
+        if path not in best or area > best[path][0]:
+            best[path] = (area, sorted(hits, key=lambda h: h["rank"]))
+    return {os.path.basename(p): hits for p, (_, hits) in best.items()}
+
+
+def test_top_hit_is_the_same_person(both_modes, labeled_index):
+    (summary, rows), _ = both_modes
+    _, _, people = labeled_index
+    assert summary["mode"] == "es" and summary["images_seen"] == summary["images_embedded"]
+    hits = top_hits(rows)
+    judged = [name for name in hits if name in people]
+    assert len(judged) >= 40
+    right = sum(people.get(os.path.basename(hits[n][0]["hit_image_path"])) == people[n] for n in judged)
+    assert right / len(judged) >= 0.95, (right, len(judged))
+    assert all(h["hit_image_sha256"] != h["probe_sha256"] for r in hits.values() for h in r)
+    assert all(1 <= len(h) <= 6 for h in hits.values())
+
+
+def test_elasticsearch_agrees_with_exact_search(both_modes):
+    (_, es_rows), (exact_summary, exact_rows) = both_modes
+    assert exact_summary["mode"] == "exact"
+
+    def top5(rows):
+        out = {}
+        for r in rows:
+            if r["rank"] <= 5:
+                out.setdefault((r["probe_path"], r["probe_face_index"]), set()).add(r["face_id"])
+        return out
+
+    a, b = top5(es_rows), top5(exact_rows)
+    assert a.keys() == b.keys()
+    overlap = sum(len(a[k] & b[k]) for k in a) / sum(len(b[k]) for k in b)
+    assert overlap >= 0.99, overlap
+    exact_d = {(r["probe_path"], r["probe_face_index"], r["face_id"]): r["distance"] for r in exact_rows}
+    for r in es_rows:
+        key = (r["probe_path"], r["probe_face_index"], r["face_id"])
+        if key in exact_d:
+            assert abs(r["distance"] - exact_d[key]) < 1e-3
+
+
+def test_top_label_comes_from_a_vote_of_close_hits(both_modes, labeled_index):
+    (_, rows), _ = both_modes
+    _, _, people = labeled_index
+    hits = top_hits(rows)
+    labeled = [n for n in hits if n in people and hits[n][0]["top_label"]]
+    assert len(labeled) >= 35
+    assert sum(hits[n][0]["top_label"] == people[n] for n in labeled) / len(labeled) >= 0.95
+    for h in hits.values():
+        close = [r for r in h if r["same_person"] and r["hit_label"]]
+        if not close:
+            assert h[0]["top_label"] is None
+
+
+def test_one_photo_never_gives_a_label_to_two_faces(labeled_index, tmp_path):
+    work, shards, people = labeled_index
+    face = Image.open(os.path.join(SAMPLE, "img1.jpg")).convert("RGB")
+    face.thumbnail((600, 600))
+    twice = Image.new("RGB", (face.width * 2 + 40, face.height), "white")
+    twice.paste(face, (0, 0))
+    twice.paste(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (face.width + 40, 0))
+    twice.save(tmp_path / "twice.jpg")
+    query.run(["--probes", str(tmp_path / "twice.jpg"), "--index", ALIAS, "--k", "5", "--output", str(tmp_path / "out"),
+               "--es-conn", CONN])
+    rows = query.read_results(str(tmp_path / "out"))
+    faces = {r["probe_face_index"]: r for r in rows}
+    assert len(faces) == 2
+    assert [r["hit_label"] for r in rows if r["rank"] == 1] == [people["img1.jpg"]] * 2
+    assigned = sorted([f["top_label"] for f in faces.values()], key=str)
+    assert assigned == sorted([people["img1.jpg"], None], key=str)
+    winner = min(faces.values(), key=lambda f: min(r["distance"] for r in rows if r["probe_face_index"] == f["probe_face_index"]))
+    assert winner["top_label"] == people["img1.jpg"]
+
+
+def test_spec_mismatch_with_the_index_is_refused(labeled_index, tmp_path):
+    with pytest.raises(Exception, match="embedding spec mismatch"):
+        query.run(["--probes", os.path.join(SAMPLE, "img1.jpg"), "--index", ALIAS, "--output", str(tmp_path),
+                   "--es-conn", CONN, "--detect-max-side", "320"])
+
+
+def test_search_prints_a_table(labeled_index, capsys):
+    code = search.main([os.path.join(SAMPLE, "img1.jpg"), os.path.join(SAMPLE, "img2.jpg"), "--index", ALIAS,
+                        "--k", "3", "--es-conn", CONN])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("answered in") == 2 and "rank" in out and "img1.jpg" in out
+    first_table = out.split("img1.jpg:")[1].split("answered in")[1]
+    assert "yes" in first_table.split("\n")[3]  # the first hit is the photo itself: same person
+
+
+def test_report_renders_every_image_in_chromium(both_modes, labeled_index, tmp_path):
+    work, _, _ = labeled_index
+    page = work / "report.html"
+    html = page.read_text()
+    n_images = html.count("<img ")
+    assert n_images > 100 and "http" not in html.replace("http-equiv", "")  # self-contained
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed for this test (.ci/run installs it)"
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", """<script>
+      addEventListener('load', () => { const imgs = [...document.images];
+        document.title = 'rendered ' + imgs.filter(i => i.complete && i.naturalWidth > 0).length + ' of ' + imgs.length; });
+      </script></body>"""))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert f"<title>rendered {n_images} of {n_images}</title>" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, *flags, "--window-size=1000,800", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    # Face crops are photos: many distinct, non-background colours, unlike an empty page of broken images.
+    colours = len(np.unique(pixels.reshape(-1, 3) // 8, axis=0))
+    assert colours > 2000, colours

@@ -1,0 +1,142 @@
+"""Top-k face search: Elasticsearch kNN (msearch) or an exact scan over the Parquet shards.
+
+Both take probe face rows and return hits as the same dicts, so one job and one
+report serve both; the exact scan is the recall ground truth.
+"""
+import dataclasses
+import logging
+
+import numpy as np
+
+from transforms.spec import EmbeddingSpec
+
+log = logging.getLogger(__name__)
+HIT_FIELDS = ("face_id", "image_path", "image_sha256", "face_index", "label",
+              "box_x", "box_y", "box_w", "box_h")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpec:
+    k: int = 5
+    num_candidates: int = 100
+    filters: tuple = ()  # ((field, value), ...)
+    exclude_same_image: bool = False
+
+    def __post_init__(self):
+        if self.k < 1 or self.num_candidates < self.k:
+            raise ValueError("need k >= 1 and num_candidates >= k")
+
+
+def parse_filters(items) -> tuple:
+    out = []
+    for item in items or ():
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            raise ValueError(f"--filter wants FIELD=VALUE, got {item!r}")
+        out.append((field, value))
+    return tuple(out)
+
+
+def score_to_distance(score: float, spec: EmbeddingSpec) -> float:
+    """Invert Elasticsearch's similarity score to the model's distance."""
+    if spec.es_similarity == "l2_norm":  # score = 1 / (1 + d^2)
+        return float(np.sqrt(max(1.0 / score - 1.0, 0.0)))
+    return float(max(0.0, 2.0 - 2.0 * score))  # cosine: score = (1 + cos) / 2
+
+
+def distance_to_score(distance: float, spec: EmbeddingSpec) -> float:
+    if spec.es_similarity == "l2_norm":
+        return 1.0 / (1.0 + distance * distance)
+    return (2.0 - distance) / 2.0
+
+
+def es_knn_body(vector, sha256, search: SearchSpec) -> dict:
+    flt = [{"term": {f: v}} for f, v in search.filters]
+    must_not = [{"term": {"image_sha256": sha256}}] if search.exclude_same_image else []
+    knn = {"field": "embedding", "query_vector": [float(x) for x in vector], "k": search.k,
+           "num_candidates": search.num_candidates}
+    if flt or must_not:
+        knn["filter"] = {"bool": {"filter": flt, "must_not": must_not}}
+    return {"knn": knn, "size": search.k, "_source": ["face_id", "image_path", "image_sha256", "face_index", "label", "box"]}
+
+
+def es_search(client, index: str, probes: list, search: SearchSpec, spec: EmbeddingSpec) -> list:
+    """One msearch for a batch of probe rows; returns a list of hit lists."""
+    body = []
+    for p in probes:
+        body += [{"index": index}, es_knn_body(p["embedding"], p["image_sha256"], search)]
+    responses = client.msearch(searches=body).body["responses"]
+    out = []
+    for r in responses:
+        if "error" in r:
+            raise RuntimeError(f"kNN search failed: {r['error']}")
+        hits = []
+        for h in r["hits"]["hits"]:
+            s, box = h["_source"], h["_source"].get("box") or {}
+            hits.append({"face_id": s["face_id"], "image_path": s["image_path"], "image_sha256": s["image_sha256"],
+                         "face_index": s["face_index"], "label": s.get("label"),
+                         "box_x": box.get("x"), "box_y": box.get("y"), "box_w": box.get("w"), "box_h": box.get("h"),
+                         "score": float(h["_score"]), "distance": score_to_distance(h["_score"], spec)})
+        out.append(hits)
+    return out
+
+
+def _matches(table, filters):
+    mask = np.ones(table.num_rows, dtype=bool)
+    for field, value in filters:
+        if field not in table.column_names:
+            raise ValueError(f"cannot filter on {field!r}: the shards have no such column")
+        col = np.asarray(table.column(field).to_pylist(), dtype=object)
+        mask &= np.array([str(v) == value for v in col], dtype=bool)
+    return mask
+
+
+def exact_search(shard_files, probes: list, search: SearchSpec, spec: EmbeddingSpec, chunk_rows: int = 65536) -> list:
+    """Brute force over every shard, chunk by chunk: memory is O(chunk_rows x dim + probes x k)."""
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    q = np.asarray([p["embedding"] for p in probes], dtype=np.float32)
+    if spec.metric != "euclidean":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    q_sq = np.sum(q * q, axis=1)[:, None]
+    k = search.k
+    best_d = np.full((len(probes), 0), np.inf, dtype=np.float32)
+    best_meta = [[] for _ in probes]
+    columns = list(HIT_FIELDS) + ["embedding"] + [f for f, _ in search.filters if f not in HIT_FIELDS]
+    for path in shard_files:
+        with FileSystems.open(path) as f:
+            reader = pq.ParquetFile(f)
+            for batch in reader.iter_batches(batch_size=chunk_rows, columns=columns):
+                n = batch.num_rows
+                if n == 0:
+                    continue
+                x = np.asarray(batch.column("embedding").values, dtype=np.float32).reshape(n, spec.dim)
+                if spec.metric != "euclidean":
+                    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+                d2 = q_sq + np.sum(x * x, axis=1)[None, :] - 2.0 * (q @ x.T)
+                d = np.sqrt(np.maximum(d2, 0.0)) if spec.metric != "cosine" else 1.0 - (q @ x.T)
+                if search.filters:
+                    d[:, ~_matches(batch, search.filters)] = np.inf
+                if search.exclude_same_image:
+                    shas = np.asarray(batch.column("image_sha256").to_pylist(), dtype=object)
+                    for i, p in enumerate(probes):
+                        d[i, shas == p["image_sha256"]] = np.inf
+                top = min(k, n)
+                idx = np.argpartition(d, top - 1, axis=1)[:, :top]
+                meta = batch.select(list(HIT_FIELDS)).to_pylist()
+                cand_d = np.concatenate([best_d, np.take_along_axis(d, idx, axis=1)], axis=1)
+                order = np.argsort(cand_d, axis=1, kind="stable")[:, :k]
+                new_meta = []
+                for i in range(len(probes)):
+                    pool = best_meta[i] + [meta[j] for j in idx[i]]
+                    new_meta.append([pool[j] for j in order[i]])
+                best_d, best_meta = np.take_along_axis(cand_d, order, axis=1), new_meta
+    out = []
+    for i in range(len(probes)):
+        hits = []
+        for dist, m in zip(best_d[i], best_meta[i]):
+            if np.isfinite(dist):
+                hits.append({**m, "distance": float(dist), "score": distance_to_score(float(dist), spec)})
+        out.append(hits)
+    return out
