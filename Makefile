@@ -1,9 +1,11 @@
-# facebeam: `make demo` sets everything up and runs the main job on the sample;
-# `make test` runs the test suite (it starts its own Elasticsearch).
+# facebeam. Two commands from a fresh clone:
+#   make demo   set up .venv, weights and a local Elasticsearch; embed + index the sample; query it
+#   make test   run the test suite (it starts its own Elasticsearch, Flink and Spark)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE ?= ../shared/data/faces
+OUT ?= out/sample
 
 .PHONY: env demo test clean
 
@@ -18,10 +20,17 @@ env: $(BIN)/facebeam
 	$(BIN)/facebeam models seed
 
 demo: env
-	$(BIN)/facebeam embed --input $(SAMPLE) --output out/sample
+	$(BIN)/facebeam es up
+	$(BIN)/facebeam run --input $(SAMPLE) --output $(OUT) --index faces
+	$(BIN)/facebeam es status --index faces
+	$(BIN)/facebeam query --probes $(SAMPLE)/img1.jpg $(SAMPLE)/couple.jpg --index faces --k 5 \
+	    --output $(OUT)-query --report $(OUT)-query/report.html
+	$(BIN)/facebeam search $(SAMPLE)/img1.jpg $(SAMPLE)/img2.jpg --k 5
+	@echo "report: $(OUT)-query/report.html   (stop Elasticsearch with: $(BIN)/facebeam es down)"
 
 test: env
 	$(BIN)/python -m pytest -q tests
 
 clean:
+	-$(BIN)/facebeam es down
 	rm -rf out .facebeam
