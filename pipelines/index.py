@@ -17,10 +17,10 @@ import sys
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
+from apache_beam.io.parquetio import ReadAllFromParquet, WriteToParquet
 
 from pipelines import jobs, runners
-from transforms import es_conn, es_index, records
+from transforms import es_conn, es_index, records, shards
 from transforms.es_sink import BulkConfig, IndexFaces, dead_letter_schema
 from transforms.spec import EmbeddingSpec, SpecError
 
@@ -48,13 +48,9 @@ def bulk_config(ns, concrete: str) -> BulkConfig:
                       max_retries=ns.max_retries, initial_backoff_s=ns.initial_backoff)
 
 
-def embeddings_pattern(folder: str) -> str:
-    return FileSystems.join(folder, "embeddings", "**.parquet")
-
-
 def shards_spec(folder: str) -> EmbeddingSpec:
     """The one spec all shards share; raises SpecError if they mix specs or there are none."""
-    files = [m.path for m in FileSystems.match([embeddings_pattern(folder)])[0].metadata_list]
+    files = shards.files(folder)
     if not files:
         raise ValueError(f"no Parquet shards under {FileSystems.join(folder, 'embeddings')}")
     specs = {}
@@ -98,10 +94,10 @@ def loading(target: Target):
         target.count = es_index.finish_load(target.client, target.concrete, target.replicas)
 
 
-def index_rows(rows, target: Target, ns, output_dir: str, spec: EmbeddingSpec):
+def index_rows(rows, target: Target, ns, output_dir: str, spec: EmbeddingSpec, run_id=None):
     failed = rows | "Index" >> IndexFaces(target.conn, bulk_config(ns, target.concrete))
     failed | "WriteIndexErrors" >> WriteToParquet(
-        FileSystems.join(output_dir, "index-errors", "part"), dead_letter_schema(records.face_schema(spec.dim)),
+        shards.partition(output_dir, "index-errors", run_id), dead_letter_schema(records.face_schema(spec.dim)),
         codec="zstd", file_name_suffix=".parquet")
 
 
@@ -119,7 +115,8 @@ def run(argv=None, test_pipeline=None) -> dict:
     target = open_target(ns, spec)
     opts = runners.pipeline_options(beam_args)
     p = runners.create_pipeline(opts, test_pipeline)
-    rows = (p | "ReadShards" >> ReadFromParquet(embeddings_pattern(ns.shards))
+    rows = (p | "ShardFiles" >> beam.Create(shards.files(ns.shards))
+              | "ReadShards" >> ReadAllFromParquet()
               | "CountRead" >> beam.Map(jobs.counted, "rows_read"))
     index_rows(rows, target, ns, ns.shards, spec)
     with loading(target):

@@ -18,8 +18,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
 from pipelines import embed, index, jobs, runners
-from transforms import es_conn, es_index, knn, labels, records, sources
-from transforms.spec import SpecError, add_spec_args, spec_from_args
+from transforms import es_conn, es_index, knn, labels, records, shards, sources
+from transforms.spec import SpecError, spec_from_args
 
 log = logging.getLogger(__name__)
 SPEC_FLAGS = ("--model", "--detector", "--no-align", "--normalization", "--metric", "--detect-max-side", "--expand-percentage")
@@ -80,8 +80,7 @@ class Search(beam.DoFn):
         if self._mode == "es":
             self._client = self._conn.client()
         else:
-            pattern = index.embeddings_pattern(self._shards)
-            self._files = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+            self._files = shards.files(self._shards)
 
     def process(self, batch):
         if self._mode == "es":

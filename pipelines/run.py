@@ -6,8 +6,6 @@ import argparse
 import logging
 import sys
 
-from apache_beam.io.filesystems import FileSystems
-
 from pipelines import embed, index, jobs, runners
 from transforms import es_conn, sources
 from transforms.spec import SpecError, spec_from_args
@@ -30,16 +28,17 @@ def run(argv=None, test_pipeline=None) -> dict:
     embed.preflight(ns, spec)
     target = index.open_target(ns, spec)
     opts = runners.pipeline_options(beam_args)
+    run_id, skip = embed.plan_run(ns, spec)
     p = runners.create_pipeline(opts, test_pipeline)
-    out = embed.embed_images(p, ns, spec)
-    embed.write_outputs(out, ns.output, spec)
-    index.index_rows(out["faces"], target, ns, ns.output, spec)
+    out = embed.embed_images(p, ns, spec, skip)
+    embed.write_outputs(out, ns.output, spec, run_id)
+    index.index_rows(out["faces"], target, ns, ns.output, spec, run_id)
     with index.loading(target):
         result, elapsed = jobs.run(p)
     summary = embed.summarize(result, elapsed, spec, opts)
     summary.update(index=ns.index, concrete_index=target.concrete, doc_count=target.count,
                    **{f"docs_{k}": v for k, v in index.index_counts(jobs.counters(result)).items()})
-    jobs.write_json(FileSystems.join(ns.output, "summary.json"), summary)
+    embed.finish_run(ns, run_id, summary)
     log.info("run done: %d images, %d embedded, %d faces, failed %s; %d docs indexed into %s (%d docs)",
              summary["images_seen"], summary["images_embedded"], summary["faces"], summary["images_failed"] or "none",
              summary["docs_indexed"], target.concrete, target.count)

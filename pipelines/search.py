@@ -6,13 +6,12 @@ The model loads once (the warm-up); every photo after that is answered in well
 under a second. With --stdin, more photo paths are read one per line.
 """
 import argparse
-import hashlib
 import logging
 import sys
 import time
 
-from pipelines import index, query
-from transforms import es_conn, images, knn, labels, sources
+from pipelines import query
+from transforms import es_conn, images, knn, labels, shards, sources
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +28,7 @@ class Searcher:
         if self.mode == "es":
             self.client, self.alias = conn.client(), ns.index
         else:
-            from apache_beam.io.filesystems import FileSystems
-
-            self.files = [m.path for m in FileSystems.match([index.embeddings_pattern(ns.shards)])[0].metadata_list]
+            self.files = shards.files(ns.shards)
         self.warmup_s = time.perf_counter() - started
 
     def __call__(self, path: str):

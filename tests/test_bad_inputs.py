@@ -1,5 +1,4 @@
 """A corpus of bad inputs, made at test time: every file is embedded or an error row with the right reason."""
-import io
 import os
 import struct
 import zlib

@@ -1,8 +1,6 @@
 """facebeam's embeddings equal DeepFace.represent's where no downscaling happens."""
-import os
 
 import numpy as np
-import pytest
 
 from pipelines import embed
 from tests.helpers import read_rows, sample_images

@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipelines import index, query, search
 from tests.es_fixtures import SESSION_HOME
-from tests.helpers import SAMPLE, drop_versions, identities, read_rows
+from tests.helpers import SAMPLE, drop_versions, identities
 from pipelines import embed
 
 CONN = str(SESSION_HOME / "connection.json")

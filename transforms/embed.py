@@ -74,7 +74,7 @@ class ToRows(beam.DoFn):
         count("images_embedded")
         count("faces", len(result.faces))
         PROGRESS.add(images=1, embedded=1, faces=len(result.faces))
-        label = self._labeler(result.path) if self._labeler else None
+        label = self._labeler(result.path, result.sha256) if self._labeler else None
         yield from records.face_rows(result, self._spec, label)
 
 

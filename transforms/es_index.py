@@ -81,6 +81,20 @@ def next_version(client, alias: str, spec: EmbeddingSpec) -> int:
     return max(versions, default=0) + 1
 
 
+def create_version(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100) -> str:
+    """A new, empty concrete index for `spec`, not yet behind the alias."""
+    concrete = concrete_name(alias, spec, next_version(client, alias, spec))
+    client.indices.create(index=concrete, **index_body(spec, index_type, m, ef_construction))
+    log.info("created index %s (%s, %d-d, %s)", concrete, index_type, spec.dim, spec.es_similarity)
+    return concrete
+
+
+def swap_alias(client, alias: str, old: str, new: str) -> None:
+    """One atomic alias update: readers see the old index or the new one, never neither."""
+    client.indices.update_aliases(actions=[{"remove": {"index": old, "alias": alias}},
+                                           {"add": {"index": new, "alias": alias}}])
+
+
 def data_nodes(client) -> int:
     return int(client.cluster.health().body["number_of_data_nodes"])
 
@@ -89,19 +103,18 @@ def prepare_load(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=1
                  load_replicas=0, create_alias=True) -> tuple:
     """Find or create the concrete index for `spec` behind `alias`; set it up for a bulk load.
 
+    With create_alias=False a new version is always made and the alias is left alone (reindex).
     Returns (concrete index, replicas it had before). Raises SpecError on a spec mismatch,
     before anything is written.
     """
     current = alias_target(client, alias)
-    if current is not None:
+    if current is not None and create_alias:
         spec.require_same(spec_of(client, current), what=f"index {current!r} behind alias {alias!r}")
         concrete = current
         before = int(client.indices.get_settings(index=concrete).body[concrete]["settings"]["index"]["number_of_replicas"])
     else:
-        concrete = concrete_name(alias, spec, next_version(client, alias, spec))
-        client.indices.create(index=concrete, **index_body(spec, index_type, m, ef_construction))
+        concrete = create_version(client, alias, spec, index_type, m, ef_construction)
         before = 1 if data_nodes(client) > 1 else 0
-        log.info("created index %s (%s, %d-d, %s)", concrete, index_type, spec.dim, spec.es_similarity)
     client.indices.put_settings(index=concrete, settings={"index": {"refresh_interval": "-1", "number_of_replicas": load_replicas}})
     if current is None and create_alias:
         # The alias appears only once the index exists with the right mapping; readers never see a half-made index.

@@ -8,7 +8,7 @@ own functions. For an image that needs no downscaling the result equals
 import dataclasses
 import logging
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler

@@ -12,7 +12,7 @@ import posixpath
 class ParentDirLabeler:
     """people/alice/1.jpg -> 'alice'."""
 
-    def __call__(self, path: str):
+    def __call__(self, path: str, sha256: str = None):
         return posixpath.basename(posixpath.dirname(path.replace(os.sep, "/"))) or None
 
 
@@ -30,8 +30,18 @@ class CsvLabeler:
             self._labels[key] = r["label"]
             self._labels.setdefault(posixpath.basename(key), r["label"])
 
-    def __call__(self, path: str):
+    def __call__(self, path: str, sha256: str = None):
         return self._labels.get(path) or self._labels.get(posixpath.basename(path))
+
+
+class ContentLabeler:
+    """Labels by image content (sha256), e.g. carried over from an older index."""
+
+    def __init__(self, by_sha256: dict):
+        self._labels = dict(by_sha256)
+
+    def __call__(self, path: str, sha256: str = None):
+        return self._labels.get(sha256)
 
 
 def labeler_from(spec: str):

@@ -27,14 +27,19 @@ def _is_dir(p: str) -> bool:
     return "://" not in p and os.path.isdir(p)
 
 
-def expand(pattern: str):
-    """Yield (path, size_in_bytes or None) for one user input."""
+def expand(pattern: str, since: float = None):
+    """Yield (path, size_in_bytes or None) for one user input; `since` keeps files modified at or after it."""
     if pattern.startswith("@") or pattern.lower().endswith(LIST_EXTENSIONS):
         with FileSystems.open(pattern.lstrip("@")) as f:
             for line in f.read().decode("utf-8").splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
-                    yield line, None
+                    if since is None:
+                        yield line, None
+                        continue
+                    found = FileSystems.match([line])[0].metadata_list
+                    if found and found[0].last_updated_in_seconds >= since:
+                        yield line, found[0].size_in_bytes
         return
     if _is_dir(pattern):
         found = FileSystems.match([FileSystems.join(pattern.rstrip("/"), "**")])[0].metadata_list
@@ -44,14 +49,31 @@ def expand(pattern: str):
     if not found:
         raise InputError(f"input {pattern!r} matched no image files")
     for m in found:
-        yield m.path, m.size_in_bytes
+        if since is None or m.last_updated_in_seconds >= since:
+            yield m.path, m.size_in_bytes
 
 
 class ExpandInputs(beam.DoFn):
     """Pattern -> (path, size); listing happens on workers, not in the launcher."""
 
+    def __init__(self, since: float = None):
+        self._since = since
+
     def process(self, pattern):
-        yield from expand(pattern)
+        yield from expand(pattern, self._since)
+
+
+def parse_since(text: str) -> float:
+    """'2026-11-01' or an ISO date-time (UTC unless it says otherwise) -> epoch seconds."""
+    import datetime
+
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"--since wants an ISO date like 2026-11-01 or 2026-11-01T08:00, got {text!r}")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
 
 
 def read_bytes(path: str, max_bytes: int):

@@ -1,0 +1,140 @@
+"""facebeam forget: erase faces from the index and the shards, and keep them erased.
+
+    facebeam forget (--image PATH | --sha256 H | --label L) --shards DIR [--index NAME] [--dry-run]
+
+Shard files are rewritten only where they hold an erased image. A tombstone in
+DIR/tombstones/ makes later runs into DIR skip those images' content.
+"""
+import argparse
+import datetime
+import logging
+import sys
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import es_conn, es_index, manifest, shards, sources
+from transforms.embed import DEFAULT_MAX_FILE_BYTES
+
+log = logging.getLogger(__name__)
+
+
+def _read(path):
+    with FileSystems.open(path) as f:
+        return pq.read_table(f)
+
+
+def _write(path, table):
+    """Replace a shard file: write beside it, then rename over it."""
+    tmp = path + ".forget-tmp"
+    with FileSystems.create(tmp) as f:
+        pq.write_table(table, f, compression="zstd")
+    FileSystems.rename([tmp], [path])
+
+
+def images_to_erase(ns) -> dict:
+    """sha256 -> (image path, label) of every image to erase."""
+    found = {}
+    if ns.sha256:
+        found[ns.sha256] = (None, None)
+    if ns.image:
+        try:
+            _, sha = sources.read_bytes(ns.image, DEFAULT_MAX_FILE_BYTES)
+            found[sha] = (ns.image, None)
+        except (OSError, ValueError):
+            pass  # the photo may be gone already; the shards still know it
+    for path in shards.files(ns.shards) if ns.shards else []:
+        t = _read(path).select(["image_sha256", "image_path", "label"])
+        for r in t.to_pylist():
+            if r["image_path"] == ns.image or (ns.label and r["label"] == ns.label) or r["image_sha256"] in found:
+                found[r["image_sha256"]] = (r["image_path"], r["label"])
+    return found
+
+
+def erase_from_shards(folder: str, shas: set, dry_run: bool) -> dict:
+    """Rewrite only the files that hold those images; returns {file: rows removed}."""
+    removed = {}
+    for kind in ("embeddings", "errors", "manifest"):
+        for path in shards.files(folder, kind):
+            table = _read(path)
+            hit = pc.is_in(table.column("image_sha256"), value_set=pa.array(sorted(shas), pa.string()))
+            n = pc.sum(hit).as_py() or 0
+            if n:
+                removed[path] = n
+                if not dry_run:
+                    _write(path, table.filter(pc.invert(pc.fill_null(hit, False))))
+    return removed
+
+
+def record_tombstones(folder: str, found: dict, why: str) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    rows = [{"image_sha256": sha, "image_path": path, "label": label, "reason": why, "erased_at": now}
+            for sha, (path, label) in sorted(found.items())]
+    target = FileSystems.join(folder, "tombstones", f"{shards.new_run_id()}.parquet")
+    with FileSystems.create(target) as f:
+        pq.write_table(pa.Table.from_pylist(rows, schema=manifest.TOMBSTONE_SCHEMA), f, compression="zstd")
+    return target
+
+
+def erase_from_index(ns, shas: set, dry_run: bool) -> int:
+    conn = es_conn.from_args(ns)
+    client = conn.client()
+    es_conn.check(client, conn)
+    if es_index.alias_target(client, ns.index) is None:
+        raise ValueError(f"no index {ns.index!r} at {conn.url}")
+    from elasticsearch import helpers
+
+    # Scan + bulk delete by _id rather than _delete_by_query, which needs the reindex module
+    # (absent from some distributions, such as the integ-test-zip that `es up` runs).
+    query = {"query": {"terms": {"image_sha256": sorted(shas)}}}
+    hits = list(helpers.scan(client, index=ns.index, query=query, _source=False))
+    if dry_run or not hits:
+        return len(hits)
+    deleted, errors = helpers.bulk(client, ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]} for h in hits),
+                                   raise_on_error=False)
+    if errors:
+        raise ValueError(f"{len(errors)} face doc(s) could not be deleted: {errors[:3]}")
+    client.indices.refresh(index=ns.index)
+    return deleted
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="facebeam forget", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", help="a photo's path as it was embedded (or an existing file)")
+    what.add_argument("--sha256", help="an image's content hash")
+    what.add_argument("--label", help="every face with this identity label")
+    parser.add_argument("--shards", required=True, help="the embed/run output folder")
+    parser.add_argument("--index", default=None, help="also delete from this alias")
+    parser.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
+    es_conn.add_es_args(parser)
+    ns = parser.parse_args(argv)
+    found = images_to_erase(ns)
+    if not found:
+        print("nothing matched: no shard row or file for that image/label")
+        return 1
+    shas = set(found)
+    try:
+        deleted = erase_from_index(ns, shas, ns.dry_run) if ns.index else None
+    except (es_conn.EsError, ValueError) as e:
+        log.error("%s (nothing was erased)", e)
+        return 2
+    removed = erase_from_shards(ns.shards, shas, ns.dry_run)
+    verb = "would remove" if ns.dry_run else "removed"
+    print(f"{verb} {len(shas)} image(s): " + ", ".join(sorted(p or s[:12] for s, (p, _) in found.items())))
+    if deleted is not None:
+        print(f"  index {ns.index}: {verb} {deleted} face doc(s)")
+    for path, n in sorted(removed.items()):
+        print(f"  {path}: {verb} {n} row(s)")
+    if not ns.dry_run:
+        why = f"forget --image {ns.image}" if ns.image else f"forget --label {ns.label}" if ns.label else "forget --sha256"
+        print(f"  tombstone: {record_tombstones(ns.shards, found, why)}")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Scheduled backfills: incremental runs, a killed run, erasure and a model upgrade under live queries."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from pipelines import forget, reindex, run
+from tests.es_fixtures import SESSION_HOME
+from tests.helpers import ROOT, drop_versions, read_rows, sample_images
+from transforms import shards
+
+CONN = str(SESSION_HOME / "connection.json")
+
+
+def faces_in(out):
+    return sorted(r["face_id"] for f in shards.files(str(out)) for r in read_rows_file(f))
+
+
+def read_rows_file(path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def index_ids(client, alias):
+    client.indices.refresh(index=alias)
+    hits = client.search(index=alias, size=1000, _source=False, query={"match_all": {}}).body["hits"]["hits"]
+    return sorted(h["_id"] for h in hits)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    for p in sample_images()[:12]:
+        shutil.copy(p, d)
+    return d
+
+
+@pytest.fixture
+def alias(es_client, request):
+    name = f"backfill-{request.node.name[5:20].replace('_', '-')}"
+    drop_versions(es_client, name)
+    yield name
+    drop_versions(es_client, name)
+
+
+def incremental(photos, out, alias, *extra):
+    return run.run(["--input", str(photos), "--output", str(out), "--index", alias, "--incremental",
+                    "--es-conn", CONN, *extra])
+
+
+def test_rerun_is_a_noop_and_new_photos_add_exactly_their_faces(photos, tmp_path, es_client, alias):
+    out = tmp_path / "out"
+    first = incremental(photos, out, alias)
+    assert first["faces"] > 0 and first["images_seen"] == 12
+    count = es_client.count(index=alias).body["count"]
+    assert count == first["faces"] == len(faces_in(out))
+
+    second = incremental(photos, out, alias)
+    assert second["faces"] == 0 and second["images_seen"] == 0
+    assert es_client.count(index=alias).body["count"] == count
+    assert len(shards.committed_runs(str(out))) == 2
+
+    more = tmp_path / "more"
+    more.mkdir()
+    src = Image.open(sample_images()[13]).convert("RGB")
+    ImageOps.mirror(src).save(more / "flipped.jpg", quality=90)
+    src.crop((0, 0, src.width, int(src.height * 0.9))).save(more / "cropped.jpg", quality=90)
+    src.resize((src.width // 2, src.height // 2)).save(more / "half.jpg", quality=70)
+    third = incremental(more, out, alias)
+    added = [r for f in shards.files(str(out)) if third["run_id"] in f for r in read_rows_file(f)]
+    assert third["images_seen"] == 3 and third["faces"] == len(added) >= 3
+    assert {os.path.basename(r["image_path"]) for r in added} == {"flipped.jpg", "cropped.jpg", "half.jpg"}
+    assert es_client.count(index=alias).body["count"] == count + len(added)
+
+
+def test_killed_run_then_rerun_matches_a_clean_run(photos, tmp_path, es_client, alias):
+    killed_out, clean_out = tmp_path / "killed", tmp_path / "clean"
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--input", str(photos), "--output", str(killed_out),
+           "--index", alias, "--incremental", "--es-conn", CONN, "--batch-size", "1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    indexed = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            indexed = es_client.indices.stats(index=alias, metric="indexing").body["_all"]["primaries"]["indexing"]["index_total"]
+        except Exception:
+            indexed = 0
+        if indexed > 0:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert indexed > 0 and shards.committed_runs(str(killed_out)) == []
+
+    rerun = incremental(photos, killed_out, alias)
+    clean = run.run(["--input", str(photos), "--output", str(clean_out), "--index", alias + "-clean", "--es-conn", CONN])
+    try:
+        assert faces_in(killed_out) == faces_in(clean_out)
+        assert rerun["faces"] == clean["faces"]
+        assert index_ids(es_client, alias) == index_ids(es_client, alias + "-clean") == faces_in(clean_out)
+    finally:
+        drop_versions(es_client, alias + "-clean")
+
+
+def test_forget_erases_everywhere_and_stays_erased(photos, tmp_path, es_client, alias, capsys):
+    out = tmp_path / "out"
+    first = incremental(photos, out, alias)
+    victim = sorted(str(p) for p in photos.iterdir())[0]
+    victim_rows = [r for r in (read_rows_file(f) for f in shards.files(str(out))) for r in r if r["image_path"] == victim]
+    assert victim_rows
+    code = forget.main(["--image", victim, "--shards", str(out), "--index", alias, "--es-conn", CONN])
+    printed = capsys.readouterr().out
+    assert code == 0 and victim in printed and "tombstone" in printed
+    assert [r for f in shards.files(str(out)) for r in read_rows_file(f) if r["image_path"] == victim] == []
+    ids = index_ids(es_client, alias)
+    assert len(ids) == first["faces"] - len(victim_rows)
+    assert not set(ids) & {r["face_id"] for r in victim_rows}
+
+    again = incremental(photos, out, alias)
+    assert again["faces"] == 0
+    assert index_ids(es_client, alias) == ids
+
+
+def test_reindex_swaps_the_alias_under_live_queries(photos, tmp_path, es_client, alias, capsys):
+    out = tmp_path / "v1"
+    first = run.run(["--input", str(photos), "--output", str(out), "--index", alias, "--es-conn", CONN,
+                     "--label-from", "parent-dir"])
+    old = list(es_client.indices.get_alias(name=alias).body)[0]
+    stop, failures, answered = threading.Event(), [], [0]
+    rng = np.random.default_rng(0)
+
+    def live_queries():
+        client = es_client.options(request_timeout=10)
+        while not stop.is_set():
+            try:
+                client.search(index=alias, knn={"field": "embedding", "k": 3, "num_candidates": 20,
+                                                "query_vector": rng.normal(0, 0.1, 128).tolist()}, size=3)
+                answered[0] += 1
+            except Exception as e:  # any failure during the swap is a test failure
+                failures.append(repr(e))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=live_queries)
+    t.start()
+    try:
+        summary = reindex.run(["--index", alias, "--output", str(tmp_path / "v2"), "--detect-max-side", "480",
+                               "--compare", "8", "--es-conn", CONN])
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        t.join()
+    printed = capsys.readouterr().out
+    assert failures == [] and answered[0] > 20
+    new = list(es_client.indices.get_alias(name=alias).body)[0]
+    assert new != old and new == summary["new_index"] and es_client.indices.exists(index=old)
+    assert "same-person agreement" in printed and summary["comparison"]["probes"] > 0
+    assert es_client.count(index=alias).body["count"] == summary["doc_count"] > 0
+    labels = {h["_source"]["label"] for h in es_client.search(index=alias, size=100, _source=["label"]).body["hits"]["hits"]}
+    assert labels == {photos.name} and first["faces"] > 0
