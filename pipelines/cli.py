@@ -42,8 +42,8 @@ def main(argv=None) -> int:
         print(f"facebeam: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Beam's INFO chatter off; workers print their own (filtered) lines, so forwarded copies are dropped too.
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.INFO)
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

@@ -28,10 +28,23 @@ def parse(parser, argv):
     return ns, beam_args
 
 
-def quiet_beam_logs() -> None:
-    """In the launcher: Beam's own INFO chatter off; forwarded worker lines (already filtered) on."""
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.INFO)
+def local_provision_info(opts):
+    """Provision info that hands the worker log levels to FnApiRunner's subprocess workers.
+
+    FnApiRunner starts its multi-process workers without the pipeline options, so
+    `--default_sdk_harness_log_level` never reaches them; this passes those two options.
+    """
+    from apache_beam.options.pipeline_options import WorkerOptions
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.job import utils as job_utils
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
+
+    worker = opts.view_as(WorkerOptions)
+    levels = {"beam:option:default_sdk_harness_log_level:v1": worker.default_sdk_harness_log_level or "INFO"}
+    if worker.sdk_harness_log_level_overrides:
+        levels["beam:option:sdk_harness_log_level_overrides:v1"] = dict(worker.sdk_harness_log_level_overrides)
+    return ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(
+        retrieval_token="unused-retrieval-token", pipeline_options=job_utils.dict_to_struct(levels)))
 
 
 def counters(result) -> dict:

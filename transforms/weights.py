@@ -82,19 +82,39 @@ def seed() -> list:
     return [resolve(name) for name in SHIPPED if _shipped_path(name)]
 
 
-@contextlib.contextmanager
-def offline():
-    """Within this block, deepface resolves weights locally or raises WeightsMissing."""
-    from deepface.commons import weight_utils
+def _guards():
+    """(module, attribute, replacement) for every path deepface and retina-face download through."""
+    import importlib
 
-    def guarded(file_name, source_url, compress_type=None):
+    def guarded(file_name, source_url=None, compress_type=None, **_):
         return resolve(file_name, source_url)
 
+    def no_download(url=None, output=None, *args, **kwargs):
+        raise WeightsMissing(str(output or url).rsplit("/", 1)[-1], str(output), url)
+
+    out = []
+    for module, attr, fn in (("deepface.commons.weight_utils", "download_weights_if_necessary", guarded),
+                             ("retinaface.commons.weight_utils", "download_weights_if_necessary",
+                              lambda file_name, source_urls: resolve(file_name, source_urls)),
+                             ("gdown", "download", no_download)):
+        try:
+            out.append((importlib.import_module(module), attr, fn))
+        except ImportError:
+            pass
+    return out
+
+
+@contextlib.contextmanager
+def offline():
+    """Within this block, deepface resolves weights locally or raises WeightsMissing; nothing downloads."""
+    guards = _guards()
     with _lock:
-        original = weight_utils.download_weights_if_necessary
-        weight_utils.download_weights_if_necessary = guarded
+        originals = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in guards]
+        for mod, attr, fn in guards:
+            setattr(mod, attr, fn)
     try:
         yield
     finally:
         with _lock:
-            weight_utils.download_weights_if_necessary = original
+            for mod, attr, fn in originals:
+                setattr(mod, attr, fn)
