@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Beam's INFO chatter off; workers print their own (filtered) lines, so forwarded copies are dropped too.
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 
