@@ -1,0 +1,261 @@
+"""`facebeam flink up|down|status`: a standalone Flink session cluster on this machine.
+
+Flink comes from the PyPI wheels `apache-flink` (bin/ scripts, conf/) and
+`apache-flink-libraries` (lib/flink-dist and friends) at the Flink version of the Beam
+job server (`pipelines.jars.FLINK_VERSION`). They declare `apache-beam<=2.61`, so they
+are installed with `pip install --no-deps --target .facebeam/flink-dist/<version>`,
+outside the project environment. The JobManager and one TaskManager are started with
+the wheel's `bin/jobmanager.sh` / `bin/taskmanager.sh` (what `start-cluster.sh` runs
+for a localhost worker, without its ssh logic), bound to localhost, with
+configuration, logs and pid files under `.facebeam/flink/`.
+
+Submit Beam pipelines to it with `--runner=FlinkRunner --flink_master=localhost:8081`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipelines import jars
+from pipelines.jars import RunnerSetupError
+
+log = logging.getLogger(__name__)
+
+REST_PORT = 8081
+RPC_PORT = 6123
+SLOTS = 4
+UP_TIMEOUT_S = 120
+DOWN_TIMEOUT_S = 30
+_DAEMONS = {  # pid-file daemon name -> main class (to recognise our processes)
+    "standalonesession": "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint",
+    "taskexecutor": "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
+}
+
+
+def state_dir() -> Path:
+    return jars.facebeam_dir() / "flink"
+
+
+def dist_dir(version: str = jars.FLINK_VERSION) -> Path:
+    return jars.facebeam_dir() / "flink-dist" / version
+
+
+def flink_home(version: str = jars.FLINK_VERSION, install: bool = True) -> Path:
+    target = dist_dir(version)
+    if install:
+        jars.pip_install_target([f"apache-flink=={version}", f"apache-flink-libraries=={version}"], target)
+    home = target / "pyflink"
+    if not (home / "bin" / "jobmanager.sh").is_file() or not list((home / "lib").glob("flink-dist*.jar")):
+        raise RunnerSetupError(f"{target} holds no runnable Flink (bin/jobmanager.sh, lib/flink-dist-*.jar)")
+    return home
+
+
+def rest_url(port: int = REST_PORT) -> str:
+    return f"http://localhost:{port}"
+
+
+def cluster_info(port: int = REST_PORT, timeout: float = 3.0) -> dict | None:
+    """{'flink-version', 'taskmanagers', 'slots-total', 'slots-available'} or None if no Flink answers."""
+    try:
+        overview = jars.http_json(f"{rest_url(port)}/overview", timeout=timeout)
+    except Exception:  # noqa: BLE001 - anything but a Flink answer means "not running"
+        return None
+    if not isinstance(overview, dict) or "slots-total" not in overview:
+        return None
+    return overview
+
+
+def _pid_files(name: str) -> list[Path]:
+    # flink-daemon.sh names it flink-$USER-<daemon>.pid ($USER may be empty)
+    return sorted(state_dir().glob(f"flink-*{name}.pid"))
+
+
+def _pids() -> dict[str, list[int]]:
+    out = {}
+    for name in _DAEMONS:
+        out[name] = []
+        for f in _pid_files(name):
+            try:
+                out[name] += [int(x) for x in f.read_text().split()]
+            except (OSError, ValueError):
+                pass
+    return out
+
+
+def _live_pids() -> dict[str, list[int]]:
+    return {n: [p for p in ps if jars.pid_alive(p, _DAEMONS[n])] for n, ps in _pids().items()}
+
+
+def _write_conf(home: Path, slots: int, port: int) -> Path:
+    import yaml
+
+    conf_dir = state_dir() / "conf"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    for f in (home / "conf").iterdir():
+        if f.is_file() and f.name != "config.yaml":
+            (conf_dir / f.name).write_bytes(f.read_bytes())
+    conf = yaml.safe_load((home / "conf" / "config.yaml").read_text()) or {}
+    tmp = state_dir() / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    conf.setdefault("env", {}).update({"log": {"dir": str(state_dir() / "log")}, "pid": {"dir": str(state_dir())}})
+    conf["jobmanager"] = {
+        "bind-host": "localhost",
+        "rpc": {"address": "localhost", "port": RPC_PORT},
+        "memory": {"process": {"size": "1024m"}},
+        "execution": {"failover-strategy": "region"},
+    }
+    conf["taskmanager"] = {
+        "bind-host": "localhost",
+        "host": "localhost",
+        "numberOfTaskSlots": slots,
+        "memory": {"process": {"size": "1536m"}},
+    }
+    conf["parallelism"] = {"default": min(slots, max(2, os.cpu_count() or 2))}
+    conf["rest"] = {"address": "localhost", "bind-address": "localhost", "port": port}
+    conf["io"] = {"tmp": {"dirs": str(tmp)}}
+    conf["web"] = {"tmpdir": str(tmp)}
+    (conf_dir / "config.yaml").write_text(yaml.safe_dump(conf, default_flow_style=False, sort_keys=False))
+    (conf_dir / "workers").write_text("localhost\n")
+    (conf_dir / "masters").write_text(f"localhost:{port}\n")
+    return conf_dir
+
+
+def _env(home: Path, conf_dir: Path, java: str) -> dict:
+    env = dict(os.environ)
+    env.update(
+        FLINK_HOME=str(home),
+        FLINK_CONF_DIR=str(conf_dir),
+        FLINK_LOG_DIR=str(state_dir() / "log"),
+        FLINK_PID_DIR=str(state_dir()),
+        JAVA_HOME=jars.java_home_of(java),
+    )
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _script(home: Path, env: dict, script: str, *args: str, timeout: float = 60) -> None:
+    proc = subprocess.run(["bash", str(home / "bin" / script), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RunnerSetupError(f"{script} {' '.join(args)} failed (exit {proc.returncode}):\n"
+                               f"{(proc.stdout + proc.stderr)[-2000:]}")
+
+
+def up(slots: int = SLOTS, port: int = REST_PORT, timeout: float = UP_TIMEOUT_S,
+       version: str = jars.FLINK_VERSION) -> dict:
+    """Start the cluster (if not already running) and wait until a TaskManager offers slots."""
+    info = cluster_info(port)
+    live = _live_pids()
+    if info and live["standalonesession"]:
+        if info.get("taskmanagers", 0) >= 1:
+            log.info("Flink %s already running at %s (%s slots)", info.get("flink-version"), rest_url(port),
+                     info.get("slots-total"))
+            return info
+    elif info or jars.port_open("localhost", port):
+        raise RunnerSetupError(f"port {port} is taken by something that is not this project's Flink "
+                               f"({state_dir()} has no live JobManager); stop it or use another --port")
+    java = jars.java_executable()
+    jars.check_java(java, purpose="the Flink cluster")
+    home = flink_home(version)
+    (state_dir() / "log").mkdir(parents=True, exist_ok=True)
+    conf_dir = _write_conf(home, slots, port)
+    env = _env(home, conf_dir, java)
+    t0 = time.monotonic()
+    if not live["standalonesession"]:
+        for f in _pid_files("standalonesession"):
+            f.unlink(missing_ok=True)
+        _script(home, env, "jobmanager.sh", "start")
+    if not live["taskexecutor"]:
+        for f in _pid_files("taskexecutor"):
+            f.unlink(missing_ok=True)
+        _script(home, env, "taskmanager.sh", "start")
+    deadline = t0 + timeout
+    info = None
+    while time.monotonic() < deadline:
+        info = cluster_info(port)
+        if info and info.get("taskmanagers", 0) >= 1 and info.get("slots-total", 0) >= 1:
+            log.info("Flink %s up at %s: %d task manager(s), %d slots (%.1f s); logs in %s",
+                     info.get("flink-version"), rest_url(port), info["taskmanagers"], info["slots-total"],
+                     time.monotonic() - t0, state_dir() / "log")
+            return info
+        if not any(_live_pids().values()):
+            break
+        time.sleep(0.5)
+    logs = "\n".join(f"--- {f.name}\n{jars.log_tail(f, 20)}" for f in sorted((state_dir() / "log").glob("*.log")))
+    down()
+    raise RunnerSetupError(
+        f"Flink cluster did not report a task manager with slots at {rest_url(port)} within {timeout:.0f} s "
+        f"(last answer: {info}). Logs under {state_dir() / 'log'}:\n{logs[-4000:]}"
+    )
+
+
+def down(timeout: float = DOWN_TIMEOUT_S) -> bool:
+    """Stop the TaskManager and JobManager started by `up`. True if something was stopped."""
+    pids = _pids()
+    stopped = []
+    for name in ("taskexecutor", "standalonesession"):
+        stopped += jars.stop_pids(pids[name], _DAEMONS[name], timeout=timeout)
+        for f in _pid_files(name):
+            f.unlink(missing_ok=True)
+    if stopped:
+        log.info("stopped Flink processes %s", stopped)
+    return bool(stopped)
+
+
+def status(port: int = REST_PORT) -> dict:
+    return {"rest": rest_url(port), "cluster": cluster_info(port), "pids": _live_pids(),
+            "logs": str(state_dir() / "log")}
+
+
+@contextlib.contextmanager
+def running(**kwargs):
+    """Context manager for tests and jobs: start the cluster if needed, stop it after if we started it."""
+    started = cluster_info(kwargs.get("port", REST_PORT)) is None
+    info = up(**kwargs)
+    try:
+        yield info
+    finally:
+        if started:
+            down()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="facebeam flink", description=__doc__.split("\n\n")[0])
+    ap.add_argument("action", choices=["up", "down", "status"])
+    ap.add_argument("--slots", type=int, default=SLOTS, help="task slots of the task manager (default %(default)s)")
+    ap.add_argument("--port", type=int, default=REST_PORT, help="REST/web port (default %(default)s)")
+    ap.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for `up` (default %(default)s)")
+    ap.add_argument("--version", default=jars.FLINK_VERSION, help="apache-flink wheel version (default %(default)s)")
+    args = ap.parse_args(argv)
+    try:
+        if args.action == "up":
+            info = up(slots=args.slots, port=args.port, timeout=args.timeout, version=args.version)
+            print(f"Flink {info.get('flink-version')} running at {rest_url(args.port)}: "
+                  f"{info.get('taskmanagers')} task manager(s), {info.get('slots-total')} slots. "
+                  f"Submit with --runner=FlinkRunner --flink_master=localhost:{args.port}")
+            return 0
+        if args.action == "down":
+            print("stopped" if down() else "not running")
+            return 0
+        st = status(args.port)
+        if st["cluster"]:
+            c = st["cluster"]
+            print(f"running: Flink {c.get('flink-version')} at {st['rest']}, {c.get('taskmanagers')} task manager(s), "
+                  f"{c.get('slots-available')}/{c.get('slots-total')} slots free, pids {st['pids']}, logs {st['logs']}")
+            return 0
+        print(f"not running (no Flink at {st['rest']}; pids {st['pids']})")
+        return 1
+    except RunnerSetupError as e:
+        print(f"facebeam flink {args.action}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""`facebeam spark up|down|status`: a standalone Spark master + worker on this machine.
+
+Spark comes from the `pyspark` package at the Spark version bundled in the Beam Spark
+job server (read from `spark-version-info.properties` inside the staged job-server
+jar), installed with `pip install --no-deps --target .facebeam/spark-dist/<version>`,
+outside the project environment. The master and one worker are started with the
+package's `sbin/spark-daemon.sh` and `SPARK_LOCAL_IP=127.0.0.1`; the master listens on
+spark://localhost:7077 with its web UI on http://localhost:8080; logs, pid files and
+the worker's scratch space live under `.facebeam/spark/`.
+
+Submit Beam pipelines to it with
+`--runner=SparkRunner --spark_master_url=spark://localhost:7077`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipelines import jars
+from pipelines.jars import RunnerSetupError
+
+log = logging.getLogger(__name__)
+
+MASTER_PORT = 7077
+WEBUI_PORT = 8080
+WORKER_WEBUI_PORT = 8091
+UP_TIMEOUT_S = 120
+DOWN_TIMEOUT_S = 30
+_MASTER = "org.apache.spark.deploy.master.Master"
+_WORKER = "org.apache.spark.deploy.worker.Worker"
+
+
+def state_dir() -> Path:
+    return jars.facebeam_dir() / "spark"
+
+
+def spark_version() -> str:
+    """The Spark version of the Beam Spark job server (staging the jar if needed)."""
+    jar = jars.job_server_jar(jars.spark_spec())
+    return jars.bundled_spark_version(jar)
+
+
+def spark_home(version: str | None = None) -> Path:
+    version = version or spark_version()
+    target = jars.facebeam_dir() / "spark-dist" / version
+    jars.pip_install_target([f"pyspark=={version}"], target)
+    home = target / "pyspark"
+    if not (home / "sbin" / "spark-daemon.sh").is_file() or not (home / "jars").is_dir():
+        raise RunnerSetupError(f"{target} holds no runnable Spark (sbin/spark-daemon.sh, jars/)")
+    return home
+
+
+def master_url(port: int = MASTER_PORT) -> str:
+    return f"spark://localhost:{port}"
+
+
+def cluster_info(webui_port: int = WEBUI_PORT, timeout: float = 3.0) -> dict | None:
+    """The master's /json/ answer (status, aliveworkers, cores, ...) or None if no master answers."""
+    try:
+        info = jars.http_json(f"http://localhost:{webui_port}/json/", timeout=timeout)
+    except Exception:  # noqa: BLE001
+        return None
+    if not isinstance(info, dict) or "status" not in info:
+        return None
+    return info
+
+
+def _pid_files(cls: str) -> list[Path]:
+    return sorted(state_dir().glob(f"spark-*-{cls}-*.pid"))
+
+
+def _pids(cls: str) -> list[int]:
+    out = []
+    for f in _pid_files(cls):
+        try:
+            out += [int(x) for x in f.read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def _live(cls: str) -> list[int]:
+    return [p for p in _pids(cls) if jars.pid_alive(p, cls)]
+
+
+def _env(home: Path, java: str) -> dict:
+    env = dict(os.environ)
+    for k in ("PYTHONPATH", "SPARK_CONF_DIR", "PYSPARK_PYTHON"):
+        env.pop(k, None)
+    conf = state_dir() / "conf"
+    conf.mkdir(parents=True, exist_ok=True)
+    env.update(
+        SPARK_HOME=str(home),
+        SPARK_CONF_DIR=str(conf),
+        SPARK_LOCAL_IP="127.0.0.1",
+        SPARK_MASTER_HOST="localhost",
+        SPARK_LOG_DIR=str(state_dir() / "log"),
+        SPARK_PID_DIR=str(state_dir()),
+        SPARK_WORKER_DIR=str(state_dir() / "work"),
+        SPARK_LOCAL_DIRS=str(state_dir() / "tmp"),
+        SPARK_DAEMON_MEMORY="512m",
+        JAVA_HOME=jars.java_home_of(java),
+    )
+    return env
+
+
+def _daemon(home: Path, env: dict, *args: str, timeout: float = 60) -> None:
+    proc = subprocess.run(["bash", str(home / "sbin" / "spark-daemon.sh"), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RunnerSetupError(f"spark-daemon.sh {' '.join(args)} failed (exit {proc.returncode}):\n"
+                               f"{(proc.stdout + proc.stderr)[-2000:]}")
+
+
+def up(port: int = MASTER_PORT, webui_port: int = WEBUI_PORT, cores: int | None = None, memory: str = "2g",
+       timeout: float = UP_TIMEOUT_S, version: str | None = None) -> dict:
+    """Start master and worker (if not already running); wait until the worker has registered."""
+    info = cluster_info(webui_port)
+    if info and _live(_MASTER):
+        if info.get("aliveworkers", 0) >= 1:
+            log.info("Spark master already running at %s (%s worker(s))", master_url(port), info.get("aliveworkers"))
+            return info
+    elif info or jars.port_open("localhost", port) or jars.port_open("localhost", webui_port):
+        raise RunnerSetupError(f"port {port} or {webui_port} is taken by something that is not this project's "
+                               f"Spark ({state_dir()} has no live master); stop it or use other ports")
+    java = jars.java_executable()
+    jars.check_java(java, purpose="the Spark cluster")
+    home = spark_home(version)
+    for d in ("log", "work", "tmp"):
+        (state_dir() / d).mkdir(parents=True, exist_ok=True)
+    env = _env(home, java)
+    cores = cores or max(2, os.cpu_count() or 2)
+    t0 = time.monotonic()
+    if not _live(_MASTER):
+        for f in _pid_files(_MASTER):
+            f.unlink(missing_ok=True)
+        _daemon(home, env, "start", _MASTER, "1", "--host", "localhost", "--port", str(port),
+                "--webui-port", str(webui_port))
+    if not _live(_WORKER):
+        for f in _pid_files(_WORKER):
+            f.unlink(missing_ok=True)
+        _daemon(home, env, "start", _WORKER, "1", "--host", "localhost", "--webui-port", str(WORKER_WEBUI_PORT),
+                "--cores", str(cores), "--memory", memory, "--work-dir", str(state_dir() / "work"),
+                master_url(port))
+    deadline = t0 + timeout
+    info = None
+    while time.monotonic() < deadline:
+        info = cluster_info(webui_port)
+        if info and info.get("status") == "ALIVE" and info.get("aliveworkers", 0) >= 1:
+            log.info("Spark master up at %s: %d worker(s), %d cores (%.1f s); logs in %s", master_url(port),
+                     info["aliveworkers"], info.get("cores", 0), time.monotonic() - t0, state_dir() / "log")
+            return info
+        if not _live(_MASTER) or not _live(_WORKER):
+            break
+        time.sleep(0.5)
+    logs = "\n".join(f"--- {f.name}\n{jars.log_tail(f, 20)}" for f in sorted((state_dir() / "log").glob("*.out")))
+    down()
+    raise RunnerSetupError(
+        f"Spark worker did not register with {master_url(port)} within {timeout:.0f} s (last answer: "
+        f"{ {k: info.get(k) for k in ('status', 'aliveworkers')} if info else None}). Logs under "
+        f"{state_dir() / 'log'}:\n{logs[-4000:]}"
+    )
+
+
+def down(timeout: float = DOWN_TIMEOUT_S) -> bool:
+    stopped = []
+    for cls in (_WORKER, _MASTER):
+        stopped += jars.stop_pids(_pids(cls), cls, timeout=timeout)
+        for f in _pid_files(cls):
+            f.unlink(missing_ok=True)
+    if stopped:
+        log.info("stopped Spark processes %s", stopped)
+    return bool(stopped)
+
+
+def status(webui_port: int = WEBUI_PORT) -> dict:
+    return {"master": master_url(), "webui": f"http://localhost:{webui_port}", "cluster": cluster_info(webui_port),
+            "pids": {"master": _live(_MASTER), "worker": _live(_WORKER)}, "logs": str(state_dir() / "log")}
+
+
+@contextlib.contextmanager
+def running(**kwargs):
+    """Start the cluster if needed; stop it afterwards if this call started it."""
+    started = cluster_info(kwargs.get("webui_port", WEBUI_PORT)) is None
+    info = up(**kwargs)
+    try:
+        yield info
+    finally:
+        if started:
+            down()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="facebeam spark", description=__doc__.split("\n\n")[0])
+    ap.add_argument("action", choices=["up", "down", "status"])
+    ap.add_argument("--port", type=int, default=MASTER_PORT, help="master port (default %(default)s)")
+    ap.add_argument("--webui-port", type=int, default=WEBUI_PORT, help="master web UI port (default %(default)s)")
+    ap.add_argument("--cores", type=int, default=None, help="worker cores (default: max(2, nproc))")
+    ap.add_argument("--memory", default="2g", help="worker memory for executors (default %(default)s)")
+    ap.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for `up` (default %(default)s)")
+    ap.add_argument("--version", default=None, help="pyspark version (default: the job server's Spark)")
+    args = ap.parse_args(argv)
+    try:
+        if args.action == "up":
+            info = up(port=args.port, webui_port=args.webui_port, cores=args.cores, memory=args.memory,
+                      timeout=args.timeout, version=args.version)
+            print(f"Spark master running at {master_url(args.port)} (web UI http://localhost:{args.webui_port}): "
+                  f"{info.get('aliveworkers')} worker(s), {info.get('cores')} cores. "
+                  f"Submit with --runner=SparkRunner --spark_master_url={master_url(args.port)}")
+            return 0
+        if args.action == "down":
+            print("stopped" if down() else "not running")
+            return 0
+        st = status(args.webui_port)
+        if st["cluster"]:
+            c = st["cluster"]
+            print(f"running: {st['master']} ({c.get('status')}), {c.get('aliveworkers')} worker(s), "
+                  f"{c.get('coresused')}/{c.get('cores')} cores used, pids {st['pids']}, logs {st['logs']}")
+            return 0
+        print(f"not running (no Spark master web UI at {st['webui']}; pids {st['pids']})")
+        return 1
+    except RunnerSetupError as e:
+        print(f"facebeam spark {args.action}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

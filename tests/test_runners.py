@@ -1,0 +1,195 @@
+"""Flink and Spark runners, for real: embedded, local and standalone clusters.
+
+A small pure-Beam job (Create -> Reshuffle -> sha256 DoFn -> Parquet) runs on every
+runner set-up in `RUNNER_MATRIX` and must write exactly what the local default runner
+writes. Clusters start once per runner set-up (module-scoped, parametrized fixture:
+pytest runs all tests of one set-up together, so only one cluster is up at a time)
+and are stopped at teardown.
+
+Other test modules reuse the matrix with
+`pipeline_options(RUNNER_PRESETS[key] + args)` / `create_pipeline(opts)` inside
+`with preset_cluster(key): ...`, or with `run_on(key, pipeline_fn, tmp_path)` below.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import time
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.runners.runner import PipelineState
+
+from pipelines import flink_local, jars, spark_local
+from pipelines.runners import (
+    PRESET_CLUSTERS,
+    RUNNER_PRESETS,
+    RunnerSetupError,
+    create_pipeline,
+    live_job_servers,
+    pipeline_options,
+    preset_cluster,
+    runner_name,
+)
+
+# Beam's LOOPBACK data-plane reader thread raises "Multiplexer hanging up" when the runner
+# closes a finished bundle's channel; harmless, but pytest reports it as a thread exception.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
+RUNNER_MATRIX = ["flink-embedded", "flink-cluster", "spark-local", "spark-cluster"]
+N = 100
+SCHEMA = pa.schema([("n", pa.int64()), ("sha256", pa.string())])
+
+
+class Sha256(beam.DoFn):
+    def process(self, n):
+        yield {"n": n, "sha256": hashlib.sha256(str(n).encode()).hexdigest()}
+
+
+def sha_pipeline(p, out_dir):
+    (
+        p
+        | "Numbers" >> beam.Create(list(range(N)))
+        | beam.Reshuffle()
+        | beam.ParDo(Sha256())
+        | beam.io.WriteToParquet(os.path.join(out_dir, "part"), SCHEMA, file_name_suffix=".parquet")
+    )
+
+
+def read_rows(out_dir):
+    files = sorted(glob.glob(os.path.join(out_dir, "part*.parquet")))
+    assert files, f"no output in {out_dir}"
+    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+    return sorted((r["n"], r["sha256"]) for r in rows)
+
+
+def run_on(runner_key, pipeline_fn, tmp_path, extra_args=(), timeout_s=300):
+    """Runs `pipeline_fn(p, out_dir)` on a preset; returns (result, out_dir, seconds).
+
+    For cluster presets the cluster must be up (`with preset_cluster(key)`). A job
+    still running after `timeout_s` is cancelled and fails the test."""
+    out_dir = str(tmp_path / runner_key)
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.monotonic()
+    opts = pipeline_options(RUNNER_PRESETS[runner_key] + list(extra_args))
+    p = create_pipeline(opts)
+    pipeline_fn(p, out_dir)
+    result = p.run()
+    state = result.wait_until_finish(duration=timeout_s * 1000)
+    if not PipelineState.is_terminal(state):
+        result.cancel()
+        pytest.fail(f"{runner_key}: pipeline still {state} after {timeout_s} s; cancelled")
+    return result, out_dir, time.monotonic() - t0
+
+
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory):
+    result, out_dir, _ = run_on("direct", sha_pipeline, tmp_path_factory.mktemp("direct"))
+    rows = read_rows(out_dir)
+    assert rows == [(n, hashlib.sha256(str(n).encode()).hexdigest()) for n in range(N)]
+    return rows
+
+
+@pytest.fixture(scope="module", params=RUNNER_MATRIX)
+def runner_key(request):
+    with preset_cluster(request.param):
+        yield request.param
+
+
+def _cluster_jobs(key):
+    if PRESET_CLUSTERS.get(key) == "flink":
+        return len(jars.http_json(f"{flink_local.rest_url()}/jobs/overview")["jobs"])
+    if PRESET_CLUSTERS.get(key) == "spark":
+        return len(spark_local.cluster_info()["completedapps"])
+    return None
+
+
+def test_runner_matches_direct(runner_key, expected, tmp_path):
+    jobs_before = _cluster_jobs(runner_key)
+    result, out_dir, seconds = run_on(runner_key, sha_pipeline, tmp_path)
+    print(f"\n{runner_key}: {seconds:.1f} s on {runner_name(pipeline_options(RUNNER_PRESETS[runner_key]))}")
+    assert result.state == PipelineState.DONE
+    assert read_rows(out_dir) == expected
+    # the job really ran on the cluster
+    if jobs_before is not None:
+        assert _cluster_jobs(runner_key) == jobs_before + 1
+    # and its job-server JVM is gone as soon as the pipeline finished
+    assert result.job_server_pids
+    assert live_job_servers() == []
+    for pid in result.job_server_pids:
+        assert not jars.pid_alive(pid), f"job server pid {pid} still running"
+
+
+def test_cluster_cli_status(runner_key, capsys):
+    which = PRESET_CLUSTERS.get(runner_key)
+    if which is None:
+        pytest.skip("no standalone cluster for this preset")
+    module = flink_local if which == "flink" else spark_local
+    assert module.main(["status"]) == 0
+    assert "running" in capsys.readouterr().out
+
+
+def test_preset_defaults():
+    o = pipeline_options(["--runner", "FlinkRunner"]).get_all_options(drop_default=True)
+    assert o["flink_master"] == "[local]"
+    assert o["environment_type"] == "LOOPBACK"
+    assert o["flink_version"] == jars.FLINK_MINOR
+    assert os.path.isfile(o["flink_job_server_jar"])
+    assert "--add-opens=java.base/java.util=ALL-UNNAMED" in o["job_server_jvm_properties"]
+    s = pipeline_options(["--runner=SparkRunner"]).get_all_options(drop_default=True)
+    assert s["spark_master_url"] == f"local[{os.cpu_count()}]"
+    assert os.path.isfile(s["spark_job_server_jar"])
+    assert jars.bundled_spark_version(s["spark_job_server_jar"]) == jars.SPARK_VERSION
+    # explicit flags win; list-valued JVM flags are merged, the explicit one first
+    e = pipeline_options(
+        ["--runner=FlinkRunner", "--flink_master=[auto]", "--environment_type=EXTERNAL",
+         "--environment_config=localhost:50000", "--job_server_jvm_properties=-Xmx1g"]
+    ).get_all_options()
+    assert e["flink_master"] == "[auto]" and e["environment_type"] == "EXTERNAL"
+    assert e["job_server_jvm_properties"][0] == "-Xmx1g"
+    assert pipeline_options([]).get_all_options()["direct_running_mode"] == "multi_processing"
+
+
+@pytest.mark.parametrize("args,hint", [
+    (["--runner=FlinkRunner", "--flink_master=localhost:18081"], "facebeam flink up"),
+    (["--runner=SparkRunner", "--spark_master_url=spark://localhost:17077"], "facebeam spark up"),
+])
+def test_cluster_not_running_fails_fast(args, hint):
+    t0 = time.monotonic()
+    with pytest.raises(RunnerSetupError) as err:
+        pipeline_options(args)
+    elapsed = time.monotonic() - t0
+    assert hint in str(err.value)
+    assert "localhost:1" in str(err.value)
+    assert elapsed < 30, elapsed
+
+
+@pytest.mark.parametrize("runner", ["FlinkRunner", "SparkRunner"])
+def test_wrong_java_is_a_clear_error(runner, tmp_path, monkeypatch):
+    fake = tmp_path / "jdk11"
+    (fake / "bin").mkdir(parents=True)
+    java = fake / "bin" / "java"
+    java.write_text('#!/bin/sh\necho \'openjdk version "11.0.22" 2024-01-16\' >&2\n'
+                    'echo "OpenJDK Runtime Environment (build 11.0.22+7)" >&2\n')
+    java.chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(fake))
+    monkeypatch.setenv("PATH", f"{fake / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(RunnerSetupError) as err:
+        pipeline_options([f"--runner={runner}"])
+    msg = str(err.value)
+    assert "Java 17" in msg and "Java 11" in msg and str(java) in msg
+
+
+def test_unpublished_job_server_names_coordinates(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEBEAM_JAR_CACHE", str(tmp_path / "jars"))
+    monkeypatch.setenv("FACEBEAM_JOB_SERVER_VERSION", "2.999.0")
+    with pytest.raises(RunnerSetupError) as err:
+        pipeline_options(["--runner=FlinkRunner"])
+    msg = str(err.value)
+    assert "org.apache.beam:beam-runners-flink-1.19-job-server:2.999.0" in msg
+    assert "org.apache.beam:beam-runners-flink-1.19:2.999.0" in msg
+    assert str(tmp_path / "jars") in msg
+    assert not list((tmp_path / "jars").glob("*.jar"))
