@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     # Beam's INFO chatter off; workers print their own (filtered) lines, so forwarded copies are dropped too.
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

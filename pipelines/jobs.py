@@ -11,9 +11,9 @@ from transforms.embed import NAMESPACE
 log = logging.getLogger(__name__)
 
 
-# Workers log warnings only, except facebeam's own progress lines.
+# Workers log errors only, except facebeam's own progress lines.
 _QUIET_WORKERS = [
-    "--default_sdk_harness_log_level=WARNING",
+    "--default_sdk_harness_log_level=ERROR",
     '--sdk_harness_log_level_overrides={"facebeam.progress": "INFO", "pipelines": "INFO", "transforms": "INFO"}',
 ]
 
@@ -26,25 +26,6 @@ def parse(parser, argv):
         if not any(a == name or a.startswith(name + "=") for a in beam_args):
             beam_args.append(flag)
     return ns, beam_args
-
-
-def local_provision_info(opts):
-    """Provision info that hands the worker log levels to FnApiRunner's subprocess workers.
-
-    FnApiRunner starts its multi-process workers without the pipeline options, so
-    `--default_sdk_harness_log_level` never reaches them; this passes those two options.
-    """
-    from apache_beam.options.pipeline_options import WorkerOptions
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.job import utils as job_utils
-    from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
-
-    worker = opts.view_as(WorkerOptions)
-    levels = {"beam:option:default_sdk_harness_log_level:v1": worker.default_sdk_harness_log_level or "INFO"}
-    if worker.sdk_harness_log_level_overrides:
-        levels["beam:option:sdk_harness_log_level_overrides:v1"] = dict(worker.sdk_harness_log_level_overrides)
-    return ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(
-        retrieval_token="unused-retrieval-token", pipeline_options=job_utils.dict_to_struct(levels)))
 
 
 def counters(result) -> dict:

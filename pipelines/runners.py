@@ -500,6 +500,25 @@ def runner_name(opts: PipelineOptions) -> str:
     return str(opts.view_as(StandardOptions).runner)
 
 
+def local_provision_info(opts):
+    """Provision info that hands the worker log levels to FnApiRunner's subprocess workers.
+
+    FnApiRunner starts its multi-process workers without the pipeline options, so
+    `--default_sdk_harness_log_level` never reaches them; this passes those two options.
+    """
+    from apache_beam.options.pipeline_options import WorkerOptions
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.job import utils as job_utils
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
+
+    worker = opts.view_as(WorkerOptions)
+    levels = {"beam:option:default_sdk_harness_log_level:v1": worker.default_sdk_harness_log_level or "INFO"}
+    if worker.sdk_harness_log_level_overrides:
+        levels["beam:option:sdk_harness_log_level_overrides:v1"] = dict(worker.sdk_harness_log_level_overrides)
+    return ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(
+        retrieval_token="unused-retrieval-token", pipeline_options=job_utils.dict_to_struct(levels)))
+
+
 def create_pipeline(opts: PipelineOptions, test_pipeline=None) -> beam.Pipeline:
     if test_pipeline is not None:
         return test_pipeline
@@ -507,7 +526,7 @@ def create_pipeline(opts: PipelineOptions, test_pipeline=None) -> beam.Pipeline:
     if kind == "direct":
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-        return beam.Pipeline(runner=FnApiRunner(), options=opts)
+        return beam.Pipeline(runner=FnApiRunner(provision_info=local_provision_info(opts)), options=opts)
     if kind == "flink" and not opts.view_as(PortableOptions).job_endpoint:
         return beam.Pipeline(runner=_flink_runner_cls()(), options=opts)
     if kind == "spark" and not opts.view_as(PortableOptions).job_endpoint:
