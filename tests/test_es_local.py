@@ -1,0 +1,157 @@
+"""The local Elasticsearch tooling against a real server: TLS, credentials, status, errors, stop."""
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import secrets
+import socket
+import ssl
+import stat
+import time
+import traceback
+import urllib.error
+import urllib.request
+
+import pytest
+
+from pipelines import es_local
+from tests.es_fixtures import CACHE, extra_cluster_slot
+from transforms import es_conn as es_conn_mod
+from transforms.es_conn import EsAuthError, EsConfigError, EsConnection, EsUnavailable
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_secured_cluster_answers_https_with_its_ca(es_conn, es_home):
+    assert es_conn.url.startswith("https://127.0.0.1:")
+    assert es_conn.verify_certs and es_conn.username and es_conn.password
+    health = es_conn.check()
+    assert health["status"] in ("yellow", "green")
+    # The connection file holds the password: owner-only.
+    assert stat.S_IMODE((es_home / "connection.json").stat().st_mode) == 0o600
+    url = f"{es_conn.url}/_cluster/health"
+    # Real TLS: without the CA the certificate does not verify ...
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(url, timeout=10, context=ssl.create_default_context())
+    # ... and with it, an anonymous request is refused.
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(url, timeout=10, context=ssl.create_default_context(cafile=es_conn.ca_certs))
+    assert err.value.code == 401
+
+
+def test_status_json_counts_the_index_and_alias(es_conn, es_client, es_home, es_index, capsys):
+    es_client.bulk(operations=[{"index": {"_index": es_index, "_id": "a"}}, {"n": 1},
+                               {"index": {"_index": es_index, "_id": "b"}}, {"n": 2}], refresh="wait_for")
+    es_client.indices.put_alias(index=es_index, name=f"{es_index}-alias")
+    for name in (es_index, f"{es_index}-alias"):
+        assert es_local.main(["status", "--home", str(es_home), "--index", name, "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["count"] == 2
+        assert out["health"] in ("yellow", "green")
+    assert es_local.main(["status", "--home", str(es_home), "--index", f"{es_index}-missing", "--json"]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_wrong_password_is_a_clear_auth_error_without_the_secret(es_conn, caplog, capsys):
+    secret = "wrong-" + secrets.token_hex(8)
+    bad = dataclasses.replace(es_conn, password=secret)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(EsAuthError) as err:
+        bad.check()
+    message = str(err.value)
+    assert f"authentication failed for user '{es_conn.username}' at {es_conn.url}" in message
+    shown = [message, repr(err.value), "".join(traceback.format_exception(err.value)), repr(bad), str(bad),
+             caplog.text, *capsys.readouterr()]
+    for text in shown:
+        assert secret not in text
+        assert es_conn.password not in text
+
+
+def test_connection_repr_redacts_and_pickles(es_conn):
+    keyed = EsConnection(hosts=("https://h:9200",), api_key="k-" + secrets.token_hex(8))
+    for conn in (es_conn, keyed):
+        assert "***" in repr(conn)
+        assert (conn.password or conn.api_key) not in repr(conn) + str(conn)
+        assert pickle.loads(pickle.dumps(conn)) == conn
+
+
+def test_unreachable_url_fails_fast():
+    url = f"https://127.0.0.1:{_free_port()}"
+    conn = EsConnection(hosts=(url,), username="u", password="p-" + secrets.token_hex(4))
+    t0 = time.monotonic()
+    with pytest.raises(EsUnavailable, match=f"Elasticsearch at {url} is unreachable"):
+        conn.check(timeout=3)
+    assert time.monotonic() - t0 < 5
+
+
+def test_port_in_use_is_refused_clearly(es_conn):
+    port = int(es_conn.url.rsplit(":", 1)[1])
+    with pytest.raises(es_local.EsLocalError, match=f"port {port} on 127.0.0.1 is in use"):
+        es_local.check_ports_free([port])
+
+
+def test_resolve_precedence_and_flags(tmp_path, monkeypatch, caplog):
+    for var in ("URL", "USER", "PASSWORD", "API_KEY", "CA_CERTS", "CONN"):
+        monkeypatch.delenv(f"FACEBEAM_ES_{var}", raising=False)
+    monkeypatch.chdir(tmp_path)  # no default connection file here
+    with pytest.raises(EsConfigError, match="no Elasticsearch URL"):
+        EsConnection.resolve()
+    conn_file = tmp_path / "c.json"
+    conn_file.write_text(json.dumps({"url": "https://127.0.0.1:1", "hosts": ["https://127.0.0.1:1"],
+                                     "username": "fileuser", "password": "filepw", "ca_certs": None}))
+    assert EsConnection.resolve(conn_file=conn_file).username == "fileuser"
+    monkeypatch.setenv("FACEBEAM_ES_CONN", str(conn_file))
+    monkeypatch.setenv("FACEBEAM_ES_URL", "http://envhost:9200")
+    c = EsConnection.resolve()
+    assert (c.hosts, c.username, c.password) == (("http://envhost:9200",), "fileuser", "filepw")
+    c = EsConnection.resolve(url="https://argue:9201,https://argue:9202")
+    assert c.hosts == ("https://argue:9201", "https://argue:9202") and c.verify_certs
+    # Credentials inside a URL are taken out of it and never shown.
+    c = EsConnection.resolve(url="https://bob:s3cr3t@host:9200")
+    assert (c.hosts, c.username, c.password) == (("https://host:9200",), "bob", "s3cr3t")
+    assert "s3cr3t" not in repr(c)
+    # An API key from the environment beats the file's user/password.
+    monkeypatch.setenv("FACEBEAM_ES_API_KEY", "envkey")
+    c = EsConnection.resolve()
+    assert (c.api_key, c.username, c.password) == ("envkey", None, None)
+    # Command-line flags: no password flag; --es-insecure is the only way off, and it warns.
+    parser = argparse.ArgumentParser()
+    es_conn_mod.add_es_args(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--es-password", "x"])
+    with caplog.at_level(logging.WARNING):
+        c = es_conn_mod.from_args(parser.parse_args(["--es-url", "https://h:1", "--es-insecure"]))
+    assert not c.verify_certs and "verification is OFF" in caplog.text
+
+
+def test_cli_up_setting_no_security_and_down(monkeypatch, capsys):
+    monkeypatch.setenv(es_local.ENV_CACHE, str(CACHE))
+    with extra_cluster_slot(nodes=1) as (home, port):
+        argv = ["--home", str(home)]
+        assert es_local.main(["up", *argv, "--port", str(port), "--no-security",
+                              "--setting", "thread_pool.write.queue_size=1"]) == 0
+    try:
+        assert "1 node(s) up" in capsys.readouterr().out
+        procs = es_local.node_processes(home)
+        assert [p.name for p in procs] == ["node-0"]
+        conn = es_local.connection(home)
+        assert conn.url == f"http://127.0.0.1:{port}" and conn.username is None
+        client = conn.client()
+        pools = client.cat.thread_pool(thread_pool_patterns="write", h="name,queue_size", format="json")
+        client.close()
+        assert pools[0]["queue_size"] == "1"
+    finally:
+        assert es_local.main(["down", *argv]) == 0
+    out = capsys.readouterr().out
+    assert f"stopped node-0 (pid {procs[0].pid}, port {port})" in out
+    assert es_local.node_processes(home) == []
+    with pytest.raises(ProcessLookupError):
+        os.killpg(procs[0].pid, 0)
+    assert not (home / "connection.json").exists()
+    es_local.check_ports_free([port])  # the port is released

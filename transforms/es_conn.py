@@ -1,0 +1,301 @@
+"""How facebeam reaches Elasticsearch: one small picklable value, resolved once.
+
+`EsConnection.resolve()` takes, field by field, explicit arguments first, then
+FACEBEAM_ES_* environment variables, then the connection file that
+`facebeam es up` writes. TLS verification is on unless `insecure=True`.
+Passwords and API keys never appear in repr, logs or exception messages; on the
+command line they come only from the environment or the connection file.
+"""
+import argparse
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlsplit, urlunsplit, unquote
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONN_FILE = Path(".facebeam/es/connection.json")
+ENV_URL = "FACEBEAM_ES_URL"
+ENV_USER = "FACEBEAM_ES_USER"
+ENV_PASSWORD = "FACEBEAM_ES_PASSWORD"
+ENV_API_KEY = "FACEBEAM_ES_API_KEY"
+ENV_CA_CERTS = "FACEBEAM_ES_CA_CERTS"
+ENV_CONN = "FACEBEAM_ES_CONN"
+_REDACTED = "'***'"
+
+
+class EsError(Exception):
+    """Base class for facebeam's Elasticsearch errors; messages never hold secrets."""
+
+
+class EsConfigError(EsError, ValueError):
+    """The connection settings are missing or inconsistent."""
+
+
+class EsUnavailable(EsError):
+    """Elasticsearch cannot be reached (refused, timed out, TLS failure)."""
+
+
+class EsAuthError(EsError):
+    """Elasticsearch rejected the credentials."""
+
+
+def _split_hosts(value) -> tuple:
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(h.strip().rstrip("/") for h in value if h and h.strip())
+
+
+def _strip_userinfo(url: str):
+    """(url without user:password@, user, password); a URL may carry credentials."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None, None
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    clean = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return clean, user, password
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class EsConnection:
+    hosts: tuple
+    ca_certs: Optional[str] = None
+    username: Optional[str] = None
+    password: Optional[str] = None
+    api_key: Optional[str] = None
+    verify_certs: bool = True
+    request_timeout: float = 30
+
+    def __post_init__(self):
+        hosts = _split_hosts(self.hosts)
+        object.__setattr__(self, "hosts", hosts)
+        if not hosts:
+            raise EsConfigError("EsConnection needs at least one host URL")
+        for h in hosts:
+            parts = urlsplit(h)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise EsConfigError(f"not an http(s) URL: {_safe_url(h)!r}")
+            if parts.username is not None or parts.password is not None:
+                raise EsConfigError(f"credentials inside the URL {_safe_url(h)!r}: pass them separately")
+        if (self.username is None) != (self.password is None):
+            missing = "password" if self.password is None else "username"
+            raise EsConfigError(f"{missing} missing for basic auth (user {self.username!r}); "
+                                f"set {ENV_PASSWORD if missing == 'password' else ENV_USER}")
+        if self.api_key is not None and self.username is not None:
+            raise EsConfigError("give either an API key or a username/password, not both")
+        if self.ca_certs is not None:
+            object.__setattr__(self, "ca_certs", str(self.ca_certs))
+        if not isinstance(self.request_timeout, (int, float)) or self.request_timeout <= 0:
+            raise EsConfigError(f"request_timeout must be a positive number, got {self.request_timeout!r}")
+
+    # --- never show secrets -------------------------------------------------
+    def __repr__(self):
+        fields = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            shown = _REDACTED if f.name in ("password", "api_key") and value is not None else repr(value)
+            fields.append(f"{f.name}={shown}")
+        return f"EsConnection({', '.join(fields)})"
+
+    __str__ = __repr__
+
+    @property
+    def url(self) -> str:
+        return self.hosts[0]
+
+    @property
+    def auth_label(self) -> str:
+        if self.api_key is not None:
+            return "an API key"
+        if self.username is not None:
+            return f"user {self.username!r}"
+        return "no credentials"
+
+    # --- building -------------------------------------------------------------
+    @classmethod
+    def from_file(cls, path, **overrides) -> "EsConnection":
+        """The connection written by `facebeam es up` (url/hosts, ca_certs, username, password)."""
+        data = _read_conn_file(Path(path))
+        fields = {
+            "hosts": data.get("hosts") or [data.get("url")],
+            "ca_certs": data.get("ca_certs"),
+            "username": data.get("username"),
+            "password": data.get("password"),
+            "api_key": data.get("api_key"),
+        }
+        fields.update(overrides)
+        return cls(**fields)
+
+    @classmethod
+    def resolve(cls, url=None, conn_file=None, username=None, password=None, api_key=None,
+                ca_certs=None, insecure=False, request_timeout=30) -> "EsConnection":
+        """Explicit arguments, then FACEBEAM_ES_* variables, then the connection file."""
+        env = os.environ
+        file_path = conn_file or env.get(ENV_CONN)
+        if file_path:
+            file_data = _read_conn_file(Path(file_path))  # named explicitly: must exist
+        elif DEFAULT_CONN_FILE.is_file():
+            file_path = DEFAULT_CONN_FILE
+            file_data = _read_conn_file(DEFAULT_CONN_FILE)
+        else:
+            file_data = {}
+
+        def pick(explicit, env_name, file_key):
+            if explicit is not None:
+                return explicit, "argument"
+            if env_name and env.get(env_name):
+                return env[env_name], "environment"
+            if file_data.get(file_key) is not None:
+                return file_data[file_key], "file"
+            return None, None
+
+        hosts, src = pick(url, ENV_URL, "url")
+        if src == "file":
+            hosts = file_data.get("hosts") or [file_data["url"]]
+        if not hosts:
+            raise EsConfigError(
+                f"no Elasticsearch URL: pass --es-url, set {ENV_URL}, point --es-conn/{ENV_CONN} at a "
+                f"connection file, or start a local one with `facebeam es up` ({DEFAULT_CONN_FILE})")
+        # A URL may carry user:password@; take them out so they never get shown.
+        clean_hosts, url_user, url_password = [], None, None
+        for h in _split_hosts(hosts):
+            h, u, p = _strip_userinfo(h)
+            clean_hosts.append(h)
+            url_user, url_password = url_user or u, url_password or p
+
+        user, user_src = pick(username, ENV_USER, "username")
+        pw, pw_src = pick(password, ENV_PASSWORD, "password")
+        key, key_src = pick(api_key, ENV_API_KEY, "api_key")
+        if url_user is not None and user_src in (None, "file"):
+            user, user_src, pw, pw_src = url_user, "url", url_password, "url"
+        if key is not None:
+            # An API key beats a username/password that only came from the file.
+            if user_src == "file":
+                user = None
+            if pw_src == "file":
+                pw = None
+        elif user is not None and user_src != "file" and pw_src == "file" and file_data.get("username") != user:
+            pw = None  # the file's password belongs to the file's user, not this one
+
+        ca, _ = pick(ca_certs, ENV_CA_CERTS, "ca_certs")
+        if ca is not None and not Path(ca).is_file():
+            raise EsConfigError(f"CA certificate file not found: {ca}")
+        if insecure:
+            log.warning("TLS certificate verification is OFF for %s (insecure): "
+                        "anyone on the path can read the credentials", clean_hosts[0])
+        conn = cls(hosts=tuple(clean_hosts), ca_certs=ca, username=user, password=pw, api_key=key,
+                   verify_certs=not insecure, request_timeout=request_timeout)
+        log.debug("resolved %r (connection file: %s)", conn, file_path or "none")
+        return conn
+
+    # --- using ----------------------------------------------------------------
+    def client(self, **overrides):
+        """A new `elasticsearch.Elasticsearch` for these settings; overrides pass through."""
+        from elasticsearch import Elasticsearch
+
+        kwargs = {"request_timeout": self.request_timeout}
+        if any(h.startswith("https:") for h in self.hosts):
+            kwargs["verify_certs"] = self.verify_certs
+            if self.ca_certs:
+                kwargs["ca_certs"] = self.ca_certs
+            if not self.verify_certs:
+                kwargs["ssl_show_warn"] = False  # warned once in resolve()
+        if self.api_key is not None:
+            kwargs["api_key"] = self.api_key
+        elif self.username is not None:
+            kwargs["basic_auth"] = (self.username, self.password)
+        kwargs.update(overrides)
+        return Elasticsearch(list(self.hosts), **kwargs)
+
+    def check(self, client=None, timeout: float = 5.0) -> dict:
+        """One health request (no retries); raises EsUnavailable / EsAuthError."""
+        return check(client or self.client(), conn=self, timeout=timeout)
+
+
+def check(client, conn: Optional[EsConnection] = None, timeout: float = 5.0) -> dict:
+    """One `GET /_cluster/health` with a short timeout, mapped to typed errors without secrets.
+
+    Not `GET /` or `ping()`: the integ-test-zip server lacks the rest-root module, so
+    those answer 405 / False even when the cluster is fine. Returns the health
+    (an empty dict when the user may not read it: authenticated, but not allowed).
+    """
+    import elastic_transport
+    from elasticsearch import ApiError, AuthenticationException, AuthorizationException
+
+    url = conn.url if conn else _client_url(client)
+    who = conn.auth_label if conn else "the configured credentials"
+    try:
+        return dict(client.options(request_timeout=timeout, max_retries=0).cluster.health())
+    except AuthenticationException as e:
+        raise EsAuthError(f"authentication failed for {who} at {url} (HTTP {e.meta.status})") from None
+    except AuthorizationException:
+        return {}  # authenticated, just not allowed to read the health
+    except elastic_transport.TlsError as e:
+        raise EsUnavailable(f"Elasticsearch at {url} is unreachable: TLS verification failed ({_short(e)}); "
+                            "pass the cluster's CA with --es-ca-certs or FACEBEAM_ES_CA_CERTS") from None
+    except elastic_transport.TransportError as e:
+        raise EsUnavailable(f"Elasticsearch at {url} is unreachable: {_short(e)}") from None
+    except ApiError as e:
+        raise EsUnavailable(f"Elasticsearch at {url} answered HTTP {e.meta.status}: {e.message}") from None
+
+
+def add_es_args(parser: argparse.ArgumentParser):
+    """--es-url --es-conn --es-user --es-ca-certs --es-insecure; passwords only via env/file."""
+    g = parser.add_argument_group(
+        "Elasticsearch", f"password/API key only from {ENV_PASSWORD} / {ENV_API_KEY} or the connection file")
+    g.add_argument("--es-url", help=f"URL(s), comma-separated (env {ENV_URL})")
+    g.add_argument("--es-conn", help=f"connection file (env {ENV_CONN}; default {DEFAULT_CONN_FILE} if present)")
+    g.add_argument("--es-user", help=f"basic-auth user (env {ENV_USER})")
+    g.add_argument("--es-ca-certs", help=f"CA certificate (PEM) to verify the server (env {ENV_CA_CERTS})")
+    g.add_argument("--es-insecure", action="store_true", help="do NOT verify TLS certificates (warns)")
+    return g
+
+
+def from_args(ns: argparse.Namespace) -> EsConnection:
+    return EsConnection.resolve(url=ns.es_url, conn_file=ns.es_conn, username=ns.es_user,
+                                ca_certs=ns.es_ca_certs, insecure=ns.es_insecure)
+
+
+# --- helpers --------------------------------------------------------------------
+def _read_conn_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EsConfigError(f"connection file not found: {path} (start one with `facebeam es up`)") from None
+    except (OSError, ValueError) as e:
+        raise EsConfigError(f"cannot read connection file {path}: {type(e).__name__}") from None
+    if not isinstance(data, dict) or not (data.get("url") or data.get("hosts")):
+        raise EsConfigError(f"connection file {path} has no url/hosts")
+    return data
+
+
+def _safe_url(url: str) -> str:
+    return _strip_userinfo(url)[0] if "@" in url else url
+
+
+def _client_url(client) -> str:
+    try:
+        return str(client.transport.node_pool.all()[0].base_url)
+    except Exception:  # noqa: BLE001 - only for a message
+        return "the configured URL"
+
+
+def _short(exc) -> str:
+    """The root cause of a transport error in one line."""
+    cause = exc
+    for _ in range(5):
+        nxt = getattr(cause, "errors", None) or ()
+        nxt = nxt[0] if nxt else (cause.__cause__ or cause.__context__)
+        if nxt is None:
+            break
+        cause = nxt
+    text = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return text[:300]
