@@ -7,6 +7,7 @@ own functions. For an image that needs no downscaling the result equals
 """
 import dataclasses
 import logging
+import threading
 import time
 from typing import Iterable, Optional, Sequence
 
@@ -39,21 +40,42 @@ class ImageFaces:
 
 
 class FaceModel:
-    """The loaded detector and recognizer for one spec (one per worker process)."""
+    """The detector and recognizer for one spec, loaded once per worker process.
+
+    Runners may call one process from several threads (Spark and Flink LOOPBACK do);
+    dlib's models are not thread-safe, so each thread gets its own pair. They are
+    built directly, not through deepface's global model cache, which has no lock.
+    """
 
     def __init__(self, spec: EmbeddingSpec):
-        from deepface.modules import modeling
-
-        from transforms import weights
-
-        started = time.perf_counter()
-        with weights.offline():
-            self.detector = modeling.build_model(task="face_detector", model_name=spec.detector)
-            self.recognizer = modeling.build_model(task="facial_recognition", model_name=spec.model)
-        if int(self.recognizer.output_shape) != spec.dim:
-            raise SpecError(f"{spec.model} gives {self.recognizer.output_shape}-d vectors, spec says {spec.dim}")
         self.spec = spec
+        self._local = threading.local()
+        started = time.perf_counter()
+        detector, recognizer = self._pair()
+        if int(recognizer.output_shape) != spec.dim:
+            raise SpecError(f"{spec.model} gives {recognizer.output_shape}-d vectors, spec says {spec.dim}")
         self.load_seconds = time.perf_counter() - started
+
+    def _pair(self):
+        pair = getattr(self._local, "pair", None)
+        if pair is None:
+            from deepface.modules import modeling
+
+            from transforms import weights
+
+            with weights.offline():
+                pair = (modeling.get_model_class(task="face_detector", model_name=self.spec.detector)(),
+                        modeling.get_model_class(task="facial_recognition", model_name=self.spec.model)())
+            self._local.pair = pair
+        return pair
+
+    @property
+    def detector(self):
+        return self._pair()[0]
+
+    @property
+    def recognizer(self):
+        return self._pair()[1]
 
     def _regions(self, img: DecodedImage):
         """Detector regions mapped to original-image coordinates (may lie in the padding)."""

@@ -104,17 +104,20 @@ def _guards():
     return out
 
 
+_installed = False
+
+
 @contextlib.contextmanager
 def offline():
-    """Within this block, deepface resolves weights locally or raises WeightsMissing; nothing downloads."""
-    guards = _guards()
+    """From here on, deepface resolves weights locally or raises WeightsMissing; nothing downloads.
+
+    The guard is installed once per process and stays: patching and restoring module
+    attributes is not safe while other threads load models.
+    """
+    global _installed
     with _lock:
-        originals = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in guards]
-        for mod, attr, fn in guards:
-            setattr(mod, attr, fn)
-    try:
-        yield
-    finally:
-        with _lock:
-            for mod, attr, fn in originals:
+        if not _installed:
+            for mod, attr, fn in _guards():
                 setattr(mod, attr, fn)
+            _installed = True
+    yield

@@ -1,0 +1,52 @@
+"""The real embed and index jobs on Flink and Spark give what the local runner gives."""
+import os
+
+import numpy as np
+import pytest
+
+from pipelines import embed, index
+from pipelines.runners import RUNNER_PRESETS, preset_cluster
+from tests.es_fixtures import SESSION_HOME
+from tests.helpers import SAMPLE, drop_versions, read_rows
+
+CONN = str(SESSION_HOME / "connection.json")
+PHOTOS = ["couple.jpg", "img1.jpg", "img5.jpg", "img12.jpg", "img25.jpg", "img33.jpg"]
+
+
+@pytest.fixture(scope="module")
+def photo_list(tmp_path_factory):
+    listing = tmp_path_factory.mktemp("runner-photos") / "photos.txt"
+    listing.write_text("\n".join(os.path.join(SAMPLE, p) for p in PHOTOS) + "\n")
+    return str(listing)
+
+
+@pytest.fixture(scope="module")
+def direct_rows(photo_list, tmp_path_factory):
+    out = tmp_path_factory.mktemp("direct")
+    embed.run(["--input", photo_list, "--output", str(out)])
+    return {r["face_id"]: r for r in read_rows(str(out / "embeddings"))}
+
+
+@pytest.mark.parametrize("runner", ["flink-embedded", "flink-cluster", "spark-local", "spark-cluster"])
+def test_embed_matches_the_local_runner(runner, photo_list, direct_rows, tmp_path):
+    with preset_cluster(runner):
+        summary = embed.run(["--input", photo_list, "--output", str(tmp_path), *RUNNER_PRESETS[runner]])
+    rows = {r["face_id"]: r for r in read_rows(str(tmp_path / "embeddings"))}
+    assert rows.keys() == direct_rows.keys() and len(rows) >= len(PHOTOS) + 1
+    for fid, row in rows.items():
+        np.testing.assert_allclose(row["embedding"], direct_rows[fid]["embedding"], rtol=0, atol=1e-6)
+    assert summary["images_seen"] == len(PHOTOS) == summary["images_embedded"]
+    assert summary["runner"] != "DirectRunner(FnApiRunner)"
+
+
+def test_index_on_spark_lands_the_same_count_as_direct(sample_run, es_client):
+    shards, _ = sample_run
+    try:
+        direct = index.run(["--shards", shards, "--index", "runner-direct", "--es-conn", CONN])
+        spark = index.run(["--shards", shards, "--index", "runner-spark", "--es-conn", CONN,
+                           *RUNNER_PRESETS["spark-local"]])
+        assert spark["failed"] == direct["failed"] == 0
+        assert spark["doc_count"] == direct["doc_count"] == direct["rows_read"] > 60
+    finally:
+        drop_versions(es_client, "runner-direct")
+        drop_versions(es_client, "runner-spark")
