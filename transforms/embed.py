@@ -4,7 +4,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
 from transforms import images, records
-from transforms.progress import PROGRESS
+from transforms.progress import EMBED as PROGRESS
 from transforms.faces import FaceModelHandler
 from transforms.spec import EmbeddingSpec
 

@@ -16,6 +16,7 @@ from apache_beam.metrics import Metrics
 
 from transforms import es_index
 from transforms.es_conn import EsConnection
+from transforms.progress import INDEX
 
 log = logging.getLogger(__name__)
 NAMESPACE = "facebeam"
@@ -126,6 +127,7 @@ class IndexBatches(beam.DoFn):
         self._indexed.inc(outcome.indexed)
         self._retried.inc(outcome.retried)
         self._failed.inc(len(outcome.failed))
+        INDEX.add(docs=outcome.indexed, failed=len(outcome.failed), retried=outcome.retried)
         for row, status, error in outcome.failed:
             yield {**row, "es_status": str(status), "es_error": error}
 

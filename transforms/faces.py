@@ -83,7 +83,7 @@ class FaceModel:
 
         small = img.detect_bgr
         hb = wb = 0
-        if self.spec.align:  # deepface pads by half the size so rotation never clips
+        if self.spec.align and (img.scale == 1.0 or self.spec.pad_downscaled):  # as deepface pads
             hb, wb = int(0.5 * small.shape[0]), int(0.5 * small.shape[1])
             small = cv2.copyMakeBorder(small, hb, hb, wb, wb, cv2.BORDER_CONSTANT, value=[0, 0, 0])
         inv = 1.0 / img.scale

@@ -39,6 +39,9 @@ class EmbeddingSpec:
     metric: str = "euclidean"
     # Detection runs on a copy whose longest side is at most this many pixels.
     detect_max_side: int = 640
+    # Pad a downscaled detection copy the way deepface pads (4x the pixels to scan). Images that
+    # need no downscaling are always padded, so they match DeepFace.represent exactly.
+    pad_downscaled: bool = False
     expand_percentage: int = 0
     deepface_version: str = dataclasses.field(default_factory=lambda: _version("deepface"))
 
