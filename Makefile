@@ -29,6 +29,7 @@ demo: env
 	@echo "report: $(OUT)-query/report.html   (stop Elasticsearch with: $(BIN)/facebeam es down)"
 
 test: env
+	$(BIN)/pip install -q -r deploy/requirements-validate.txt
 	$(BIN)/python -m pytest -q tests
 
 clean:
