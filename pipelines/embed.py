@@ -126,14 +126,7 @@ def run(argv=None, test_pipeline=None) -> dict:
 
 
 def main(argv=None) -> int:
-    from transforms.weights import WeightsMissing
-
-    try:
-        run(argv)
-    except (sources.InputError, WeightsMissing, ValueError) as e:
-        log.error("%s", e)
-        return 2
-    return 0
+    return jobs.cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -132,12 +132,7 @@ def run(argv=None, test_pipeline=None) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
-        summary = run(argv)
-    except (es_conn.EsError, SpecError, ValueError) as e:
-        log.error("%s", e)
-        return 2
-    return 1 if summary["failed"] else 0
+    return jobs.cli(run, argv, failed=lambda s: s["failed"])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,27 @@ def parse(parser, argv):
     return ns, beam_args
 
 
+def user_errors() -> tuple:
+    """Exceptions that mean 'your input, settings or cluster is wrong': a message and exit 2, no traceback."""
+    from pipelines.runners import RunnerSetupError
+    from transforms.es_conn import EsError
+    from transforms.sources import InputError
+    from transforms.spec import SpecError
+    from transforms.weights import WeightsMissing
+
+    return InputError, WeightsMissing, EsError, SpecError, RunnerSetupError, ValueError
+
+
+def cli(run, argv=None, failed=lambda summary: False) -> int:
+    """Run a job for the command line: exit 0, 1 when `failed(summary)`, 2 on a user error."""
+    try:
+        summary = run(argv)
+    except user_errors() as e:
+        log.error("%s", e)
+        return 2
+    return 1 if failed(summary) else 0
+
+
 def counters(result) -> dict:
     """Committed counter values in facebeam's namespace (attempted where a runner has no committed)."""
     out = {}

@@ -19,7 +19,7 @@ from apache_beam.io.parquetio import WriteToParquet
 
 from pipelines import embed, index, jobs, runners
 from transforms import es_conn, es_index, knn, labels, records, shards, sources
-from transforms.spec import SpecError, spec_from_args
+from transforms.spec import spec_from_args
 
 log = logging.getLogger(__name__)
 SPEC_FLAGS = ("--model", "--detector", "--no-align", "--normalization", "--metric", "--detect-max-side", "--expand-percentage")
@@ -170,14 +170,7 @@ def read_results(output: str, fmt: str = "parquet") -> list:
 
 
 def main(argv=None) -> int:
-    from transforms.weights import WeightsMissing
-
-    try:
-        run(argv)
-    except (sources.InputError, WeightsMissing, es_conn.EsError, SpecError, ValueError) as e:
-        log.error("%s", e)
-        return 2
-    return 0
+    return jobs.cli(run, argv)
 
 
 if __name__ == "__main__":

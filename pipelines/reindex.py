@@ -107,7 +107,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     summary = embed.summarize(result, elapsed, new_spec, opts)
     counts = index.index_counts(jobs.counters(result))
     if counts["failed"] or (summary["faces"] and not target.count):
-        raise RuntimeError(f"new index {new} is incomplete ({target.count} docs for {summary['faces']} faces, "
+        raise ValueError(f"new index {new} is incomplete ({target.count} docs for {summary['faces']} faces, "
                            f"{counts['failed']} failed); the alias still points at {old}")
 
     sample = random.Random(0).sample(sorted(known), min(ns.compare, len(known)))
@@ -126,14 +126,7 @@ def run(argv=None, test_pipeline=None) -> dict:
 
 
 def main(argv=None) -> int:
-    from transforms.weights import WeightsMissing
-
-    try:
-        run(argv)
-    except (sources.InputError, WeightsMissing, es_conn.EsError, SpecError, ValueError, RuntimeError) as e:
-        log.error("%s", e)
-        return 2
-    return 0
+    return jobs.cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,7 @@ import logging
 import sys
 
 from pipelines import embed, index, jobs, runners
-from transforms import es_conn, sources
-from transforms.spec import SpecError, spec_from_args
+from transforms.spec import spec_from_args
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +45,7 @@ def run(argv=None, test_pipeline=None) -> dict:
 
 
 def main(argv=None) -> int:
-    from transforms.weights import WeightsMissing
-
-    try:
-        summary = run(argv)
-    except (sources.InputError, WeightsMissing, es_conn.EsError, SpecError, ValueError) as e:
-        log.error("%s", e)
-        return 2
-    return 1 if summary["docs_failed"] else 0
+    return jobs.cli(run, argv, failed=lambda s: s["docs_failed"])
 
 
 if __name__ == "__main__":
