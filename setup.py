@@ -19,6 +19,7 @@ setup(
         # deepface 0.0.103 imports werkzeug without declaring it.
         "werkzeug>=3",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # bench: faster JSON for bulk vectors (orjson), the recall-vs-QPS plot (matplotlib).
+    extras_require={"test": ["pytest>=8"], "bench": ["orjson>=3.9", "matplotlib>=3.8"]},
     entry_points={"console_scripts": ["facebeam=pipelines.cli:main"]},
 )
