@@ -1,7 +1,7 @@
 """facebeam index: Parquet face shards -> Elasticsearch, in chunks with retries.
 
     facebeam index --shards DIR --index NAME [--es-url URL] [--chunk-docs N] [--chunk-bytes B]
-                   [--max-retries R] [--index-type hnsw|int8_hnsw|flat|int8_flat] [--m M]
+                   [--max-retries R] [--index-type hnsw|int8_hnsw|int4_hnsw|bbq_hnsw|...] [--m M]
                    [--ef-construction E] [--replicas R] [Beam flags]
 
 Writes go to a versioned index behind the alias NAME, with refresh off and

@@ -5,10 +5,12 @@ import threading
 import time
 
 import pytest
+from elasticsearch import helpers
 
 from pipelines import index
 from tests.es_fixtures import SESSION_HOME
 from tests.helpers import drop_versions, read_rows, synthetic_shards
+from transforms import es_index as es_mapping
 from transforms.spec import EmbeddingSpec
 
 CONN = str(SESSION_HOME / "connection.json")
@@ -43,6 +45,25 @@ def test_sample_lands_once_and_each_face_finds_itself(sample_run, es_conn, es_cl
     assert [a["hits"]["hits"][0]["_id"] for a in answers] == [r["face_id"] for r in rows]
     settings = es_client.indices.get_settings(index=first["concrete_index"]).body[first["concrete_index"]]["settings"]["index"]
     assert "refresh_interval" not in settings  # restored to the default after the load
+
+
+@pytest.mark.parametrize("index_type", es_mapping.INDEX_TYPES)
+def test_every_index_type_is_accepted_and_finds_each_face(index_type, sample_run, es_client, es_index):
+    """The mapping of each --index-type is valid on the real server; quantized ones rescore on floats."""
+    rows = read_rows(os.path.join(sample_run[0], "embeddings"))
+    spec = EmbeddingSpec()
+    es_client.indices.create(index=es_index, **es_mapping.index_body(spec, index_type))
+    ok, errors = helpers.bulk(es_client, ({"_index": es_index, "_id": r["face_id"], **es_mapping.document(r)}
+                                          for r in rows), refresh=True, raise_on_error=False)
+    assert ok == len(rows) and not errors
+    knn = {"field": "embedding", "k": 1, "num_candidates": 50}
+    if es_mapping.quantized(index_type):
+        knn["rescore_vector"] = {"oversample": 3.0}
+    searches = []
+    for r in rows:
+        searches += [{"index": es_index}, {"knn": {**knn, "query_vector": r["embedding"]}, "_source": False}]
+    answers = es_client.msearch(searches=searches).body["responses"]
+    assert [a["hits"]["hits"][0]["_id"] for a in answers] == [r["face_id"] for r in rows]
 
 
 def test_shards_of_another_spec_are_refused_before_any_write(tmp_path, es_client, alias):

@@ -9,7 +9,12 @@ import re
 from transforms.spec import EmbeddingSpec, SpecError
 
 log = logging.getLogger(__name__)
-INDEX_TYPES = ("hnsw", "int8_hnsw", "flat", "int8_flat")
+# int4_* and bbq_* (1-bit, dims >= 64) quantize harder; ES 8.19 keeps the float vectors for rescoring.
+INDEX_TYPES = ("hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw", "flat", "int8_flat", "int4_flat", "bbq_flat")
+
+
+def quantized(index_type: str) -> bool:
+    return index_type.split("_", 1)[0] in ("int8", "int4", "bbq")
 
 
 def concrete_name(alias: str, spec: EmbeddingSpec, version: int) -> str:
@@ -19,6 +24,8 @@ def concrete_name(alias: str, spec: EmbeddingSpec, version: int) -> str:
 def index_body(spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100, shards=1) -> dict:
     if index_type not in INDEX_TYPES:
         raise ValueError(f"index type must be one of {INDEX_TYPES}")
+    if index_type.startswith("bbq") and spec.dim < 64:
+        raise SpecError(f"{index_type} needs at least 64 dimensions; {spec.model} has {spec.dim}")
     vector = {"type": "dense_vector", "dims": spec.dim, "index": True, "similarity": spec.es_similarity,
               "index_options": {"type": index_type}}
     if "hnsw" in index_type:
