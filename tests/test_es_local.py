@@ -81,6 +81,42 @@ def test_connection_repr_redacts_and_pickles(es_conn):
         assert pickle.loads(pickle.dumps(conn)) == conn
 
 
+def test_secrets_from_env_or_file_travel_as_references(es_conn, tmp_path, monkeypatch):
+    """A pickled connection (what Beam ships to workers) holds where the secret is, never the secret."""
+    from apache_beam.internal.cloudpickle import cloudpickle  # Beam's default pickler
+
+    for var in ("URL", "USER", "PASSWORD", "API_KEY", "CA_CERTS", "CONN"):
+        monkeypatch.delenv(f"FACEBEAM_ES_{var}", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FACEBEAM_ES_URL", es_conn.url)
+    monkeypatch.setenv("FACEBEAM_ES_USER", es_conn.username)
+    monkeypatch.setenv("FACEBEAM_ES_PASSWORD", es_conn.password)
+    monkeypatch.setenv("FACEBEAM_ES_CA_CERTS", es_conn.ca_certs)
+    conn = EsConnection.resolve()
+    assert conn.secret_ref == "env:FACEBEAM_ES_PASSWORD"
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        blob = dumps(conn)
+        assert es_conn.password.encode() not in blob
+        worker = pickle.loads(blob)
+        assert worker == conn and worker.check()["cluster_name"]
+    monkeypatch.delenv("FACEBEAM_ES_PASSWORD")
+    orphan = pickle.loads(blob)  # a worker without the variable: a clear error, no secret, no request
+    with pytest.raises(EsConfigError, match="set FACEBEAM_ES_PASSWORD in this worker's environment"):
+        orphan.client()
+
+    for var in ("URL", "USER", "CA_CERTS"):
+        monkeypatch.delenv(f"FACEBEAM_ES_{var}")
+    conn_file = tmp_path / "connection.json"
+    conn_file.write_text(json.dumps({"url": es_conn.url, "username": es_conn.username,
+                                     "password": es_conn.password, "ca_certs": es_conn.ca_certs}))
+    from_file = EsConnection.resolve(conn_file=conn_file)
+    blob = cloudpickle.dumps(from_file)
+    assert es_conn.password.encode() not in blob and str(conn_file).encode() in blob
+    assert pickle.loads(blob).check()["cluster_name"]
+    # Given explicitly (as the fixtures do), a secret has nowhere else to come from: it is pickled.
+    assert pickle.loads(pickle.dumps(es_conn)).password == es_conn.password
+
+
 def test_unreachable_url_fails_fast():
     url = f"https://127.0.0.1:{_free_port()}"
     conn = EsConnection(hosts=(url,), username="u", password="p-" + secrets.token_hex(4))

@@ -4,7 +4,9 @@
 FACEBEAM_ES_* environment variables, then the connection file that
 `facebeam es up` writes. TLS verification is on unless `insecure=True`.
 Passwords and API keys never appear in repr, logs or exception messages; on the
-command line they come only from the environment or the connection file.
+command line they come only from the environment or the connection file. A secret
+that came from there is pickled as that reference, never as its value: Beam workers
+read it from their own environment (or the file), so it is not inside the job.
 """
 import argparse
 import dataclasses
@@ -73,6 +75,8 @@ class EsConnection:
     api_key: Optional[str] = None
     verify_certs: bool = True
     request_timeout: float = 30
+    # Where the secret came from ("env:NAME" or "file:/abs/path"): pickled instead of the secret.
+    secret_ref: Optional[str] = None
 
     def __post_init__(self):
         hosts = _split_hosts(self.hosts)
@@ -107,6 +111,21 @@ class EsConnection:
 
     __str__ = __repr__
 
+    # --- secrets travel as references -------------------------------------
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.secret_ref:
+            state["password"] = state["api_key"] = None
+            state["_secret_kind"] = "api_key" if self.api_key is not None else "password"
+        return state
+
+    def __setstate__(self, state):
+        kind = state.pop("_secret_kind", None)
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        if kind:
+            object.__setattr__(self, kind, _read_secret(self.secret_ref, kind))
+
     @property
     def url(self) -> str:
         return self.hosts[0]
@@ -131,6 +150,8 @@ class EsConnection:
             "password": data.get("password"),
             "api_key": data.get("api_key"),
         }
+        if fields["password"] is not None or fields["api_key"] is not None:
+            fields["secret_ref"] = f"file:{Path(path).absolute()}"
         fields.update(overrides)
         return cls(**fields)
 
@@ -191,8 +212,11 @@ class EsConnection:
         if insecure:
             log.warning("TLS certificate verification is OFF for %s (insecure): "
                         "anyone on the path can read the credentials", clean_hosts[0])
+        src = key_src if key is not None else pw_src if pw is not None else None
+        ref = {"environment": f"env:{ENV_API_KEY if key is not None else ENV_PASSWORD}",
+               "file": f"file:{Path(file_path).absolute()}" if file_path else None}.get(src)
         conn = cls(hosts=tuple(clean_hosts), ca_certs=ca, username=user, password=pw, api_key=key,
-                   verify_certs=not insecure, request_timeout=request_timeout)
+                   verify_certs=not insecure, request_timeout=request_timeout, secret_ref=ref)
         log.debug("resolved %r (connection file: %s)", conn, file_path or "none")
         return conn
 
@@ -211,7 +235,12 @@ class EsConnection:
         if self.api_key is not None:
             kwargs["api_key"] = self.api_key
         elif self.username is not None:
+            if self.password is None:
+                raise EsConfigError(f"no Elasticsearch password here for user {self.username!r}: "
+                                    f"{_ref_hint(self.secret_ref)}")
             kwargs["basic_auth"] = (self.username, self.password)
+        elif self.secret_ref:
+            raise EsConfigError(f"no Elasticsearch API key here: {_ref_hint(self.secret_ref)}")
         kwargs.update(overrides)
         return Elasticsearch(list(self.hosts), **kwargs)
 
@@ -265,6 +294,27 @@ def from_args(ns: argparse.Namespace) -> EsConnection:
 
 
 # --- helpers --------------------------------------------------------------------
+def _read_secret(ref: str, kind: str):
+    """The secret behind a reference, in this process; None when it is not available here."""
+    where, _, name = ref.partition(":")
+    if where == "env":
+        return os.environ.get(name) or None
+    try:
+        return json.loads(Path(name).read_text()).get(kind)
+    except (OSError, ValueError):
+        return None
+
+
+def _ref_hint(ref) -> str:
+    if not ref:
+        return f"set {ENV_PASSWORD}"
+    where, _, name = ref.partition(":")
+    if where == "env":
+        return f"set {name} in this worker's environment (secrets are never shipped inside the job)"
+    return (f"the connection file {name} is not readable here; on cluster workers set {ENV_USER}/"
+            f"{ENV_PASSWORD} (or {ENV_API_KEY}) in their environment instead")
+
+
 def _read_conn_file(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
