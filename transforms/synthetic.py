@@ -212,6 +212,7 @@ class SyntheticFaces:
         if n < 1 or faces_per_identity < 1:
             raise SyntheticError("need n >= 1 and faces_per_identity >= 1")
         self.stats, self.n, self.seed, self.dim = stats, int(n), int(seed), int(stats["dim"])
+        self.faces_per_identity, self.skew = float(faces_per_identity), float(skew)
         self.k = max(1, int(round(n / faces_per_identity)))
         rng = np.random.default_rng([self.seed, _STREAM_LAYOUT])
         weights = rng.lognormal(0.0, skew, self.k)
