@@ -1,0 +1,360 @@
+"""facebeam bench query: kNN latency, throughput and recall@k on the bench indices, against exact search.
+
+    facebeam bench query --vectors 1000000 [--num-candidates 10,50,100,200,500,1000] [--queries 500] [--k 10]
+                         [--batch 50] [--json FILE] [--markdown FILE] [--plot FILE.png]
+
+Reuses the indices `facebeam bench index` left in the bench cluster (same vector
+count, seed and fitted model), loading the missing ones first. Queries are new
+faces of existing identities, drawn from the same synthetic model. For each index
+type and num_candidates: single-query latency (sequential `search` with `knn`:
+p50/p95/p99 as the client sees it, and Elasticsearch's own `took`), batch
+throughput (`msearch` of --batch queries, back to back), and recall@k against the
+exact top k. Quantized indices (int8/int4/bbq) are swept twice: as they answer, and
+re-ranked on the float vectors (`rescore_vector`, --rescore-oversample).
+
+The exact top k is a brute-force scan in numpy over the same vectors, kept in a
+float32 file (a memory map) and read in chunks: memory stays at one chunk times
+the query batch. Its amortized ms/query (all queries in one pass) and single-query
+ms are printed too.
+"""
+import argparse
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipelines import bench_index, es_local
+from transforms import es_index, synthetic
+from transforms.es_conn import EsError
+from transforms.spec import EmbeddingSpec
+
+log = logging.getLogger(__name__)
+ANCHORS = [("NMSLIB on 1M (HNSW)", 3.4), ("brute force, Python loop", 7180.0)]
+TARGET_P50_MS, TARGET_RECALL, TARGET_EXACT_MS = 10.0, 0.95, 100.0
+
+
+# --- exact search ------------------------------------------------------------------------------
+def vector_file(faces: synthetic.SyntheticFaces, folder: Path, chunk_rows: int = 50_000) -> np.memmap:
+    """The N synthetic vectors as a float32 memory map (written once, chunk by chunk)."""
+    key = hashlib.sha256(f"{bench_index.stats_digest(faces.stats)}|{faces.n}|{faces.seed}|"
+                         f"{faces.faces_per_identity}|{faces.skew}".encode()).hexdigest()[:12]
+    path = Path(folder) / f"vectors-{faces.n}-s{faces.seed}-{key}.f32"
+    if not path.is_file() or path.stat().st_size != faces.n * faces.dim * 4:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        mm = np.memmap(tmp, dtype=np.float32, mode="w+", shape=(faces.n, faces.dim))
+        for start, x in faces.chunks(chunk_rows):
+            mm[start:start + len(x)] = x
+        mm.flush()
+        del mm
+        os.replace(tmp, path)
+    return np.memmap(path, dtype=np.float32, mode="r", shape=(faces.n, faces.dim))
+
+
+def exact_topk(corpus, queries: np.ndarray, k: int, chunk_rows: int = 32_768, query_batch: int = 500):
+    """(ids, distances) of the k nearest corpus rows (euclidean) per query, chunk by chunk.
+
+    Memory: query_batch x chunk_rows floats for the distance block, plus the running top k.
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    ids_out = np.empty((len(q), k), dtype=np.int64)
+    dist_out = np.empty((len(q), k), dtype=np.float32)
+    for qs in range(0, len(q), query_batch):
+        qb = q[qs:qs + query_batch]
+        best_d = np.full((len(qb), 0), np.inf, dtype=np.float32)
+        best_i = np.zeros((len(qb), 0), dtype=np.int64)
+        for start in range(0, len(corpus), chunk_rows):
+            x = np.asarray(corpus[start:start + chunk_rows])
+            # |q|^2 is the same for every row of a query: rank on |x|^2 - 2 q.x, add it back at the end.
+            d = np.einsum("ij,ij->i", x, x)[None, :] - 2.0 * (qb @ x.T)
+            kk = min(k, d.shape[1])
+            part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
+            cand_d = np.concatenate([best_d, np.take_along_axis(d, part, 1)], axis=1)
+            cand_i = np.concatenate([best_i, part + start], axis=1)
+            keep = np.argsort(cand_d, axis=1, kind="stable")[:, :k]
+            best_d, best_i = np.take_along_axis(cand_d, keep, 1), np.take_along_axis(cand_i, keep, 1)
+        ids_out[qs:qs + len(qb)] = best_i
+        dist_out[qs:qs + len(qb)] = np.sqrt(np.maximum(best_d + np.sum(qb * qb, axis=1)[:, None], 0.0))
+    return ids_out, dist_out
+
+
+def time_exact(corpus, queries, k: int) -> dict:
+    t0 = time.perf_counter()
+    ids, dists = exact_topk(corpus, queries, k)
+    batch_s = time.perf_counter() - t0
+    singles = []
+    for i in range(min(5, len(queries))):
+        t1 = time.perf_counter()
+        exact_topk(corpus, queries[i:i + 1], k, chunk_rows=262_144)
+        singles.append(time.perf_counter() - t1)
+    return {"ids": ids, "distances": dists, "batch_s": batch_s,
+            "amortized_ms": 1000 * batch_s / len(queries), "single_ms": 1000 * float(np.median(singles))}
+
+
+# --- Elasticsearch ----------------------------------------------------------------------------
+def knn_body(vector, k: int, num_candidates: int, oversample: float = 0.0) -> dict:
+    knn = {"field": "embedding", "query_vector": vector, "k": k, "num_candidates": num_candidates}
+    if oversample:  # quantized index: re-rank oversample * k candidates on the float vectors (ES 8.18+)
+        knn["rescore_vector"] = {"oversample": oversample}
+    return {"knn": knn, "size": k, "_source": False, "docvalue_fields": ["image_path"]}
+
+
+def hit_rows(hits) -> list:
+    """Row numbers of the hits, from image_path 'synthetic/<row>.jpg'."""
+    return [int(h["fields"]["image_path"][0].rsplit("/", 1)[1].split(".", 1)[0]) for h in hits]
+
+
+def recall(found: list, truth: np.ndarray, k: int) -> float:
+    return float(np.mean([len(set(f[:k]) & set(t[:k].tolist())) / k for f, t in zip(found, truth)]))
+
+
+def sweep_point(client, index: str, queries: np.ndarray, truth: np.ndarray, k: int, nc: int, batch: int,
+                oversample: float = 0.0) -> dict:
+    vectors = queries.tolist()
+    for v in vectors[-30:]:  # warm this setting
+        client.search(index=index, **knn_body(v, k, nc, oversample))
+    lat, took, found = [], [], []
+    for v in vectors:
+        t0 = time.perf_counter()
+        r = client.search(index=index, **knn_body(v, k, nc, oversample)).body
+        lat.append(1000 * (time.perf_counter() - t0))
+        took.append(r["took"])
+        found.append(hit_rows(r["hits"]["hits"]))
+    t0 = time.perf_counter()
+    batch_found = []
+    for s in range(0, len(vectors), batch):
+        body = []
+        for v in vectors[s:s + batch]:
+            body += [{"index": index}, knn_body(v, k, nc, oversample)]
+        for resp in client.msearch(searches=body).body["responses"]:
+            if "error" in resp:
+                raise RuntimeError(f"msearch failed: {resp['error']}")
+            batch_found.append(hit_rows(resp["hits"]["hits"]))
+    batch_s = time.perf_counter() - t0
+    lat = np.asarray(lat)
+    return {"num_candidates": nc, "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
+            "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean()),
+            "took_p50_ms": float(np.percentile(took, 50)), "sequential_qps": float(1000 / lat.mean()),
+            "batch_qps": len(vectors) / batch_s, "recall": recall(found, truth, k),
+            "batch_recall": recall(batch_found, truth, k)}
+
+
+def indices_ready(client, ns, faces, types) -> dict:
+    """index type -> concrete index, for the bench indices that hold exactly these vectors."""
+    state = bench_index.read_state(ns.es_home)
+    digest = bench_index.stats_digest(faces.stats)
+    ready = {}
+    for t in types:
+        entry = state.get(bench_index.alias_for(t, faces.n, faces.seed))
+        if not entry or entry.get("stats") != digest or entry.get("faces_per_identity") != faces.faces_per_identity:
+            continue
+        if not client.indices.exists(index=entry["index"]):
+            continue
+        if int(client.count(index=entry["index"]).body["count"]) == faces.n:
+            ready[t] = entry["index"]
+    return ready
+
+
+def common_argv(ns) -> list:
+    """The shared flags, to hand to bench index."""
+    argv = ["--vectors", str(ns.vectors), "--seed", str(ns.seed), "--faces-per-identity", str(ns.faces_per_identity),
+            "--stats", str(ns.stats), "--sample", ns.sample, "--m", str(ns.m), "--ef-construction",
+            str(ns.ef_construction), "--es-home", str(ns.es_home), "--port", str(ns.port), "--heap", ns.heap]
+    if ns.java_home:
+        argv += ["--java-home", ns.java_home]
+    if ns.no_security:
+        argv.append("--no-security")
+    for key, value in ns.node_setting:
+        argv += ["--node-setting", f"{key}={value}"]
+    return argv
+
+
+# --- output ------------------------------------------------------------------------------------
+def markdown(result: dict) -> str:
+    m = result["meta"]
+    lines = [f"### kNN on {m['vectors']:,} synthetic {m['dim']}-d face vectors ({m['identities']:,} identities)", "",
+             f"{m['queries']} queries (new faces of existing identities), k={m['k']}, msearch batches of {m['batch']}; "
+             f"ES {m['es_version']} ({m['java']}), 1 node, {m['cores']} cores; HNSW m={m['m']}, "
+             f"ef_construction={m['ef_construction']}.", "",
+             "| index | num_candidates | p50 ms | p95 ms | p99 ms | ES took p50 ms | seq. q/s | batch q/s | recall@%d |"
+             % m["k"], "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["results"]:
+        lines.append(f"| {r['index_type']} | {r['num_candidates']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {r['took_p50_ms']:.1f} | {r['sequential_qps']:.0f} | {r['batch_qps']:.0f} | "
+                     f"{r['recall']:.4f} |")
+    e = result["exact"]
+    lines += [f"| exact (numpy, chunked) | - | {e['single_ms']:.1f} (1 query) | | | | | "
+              f"{1000 / e['amortized_ms']:.0f} | 1.0000 |", "",
+              f"Exact scan: {e['amortized_ms']:.2f} ms/query amortized over {m['queries']} queries "
+              f"({e['batch_s']:.2f} s), {e['single_ms']:.1f} ms for one query alone.", "",
+              "Anchors: " + "; ".join(f"{n} {ms:,.1f} ms/query" for n, ms in ANCHORS) + ".",
+              f"Targets: p50 <= {TARGET_P50_MS:.0f} ms at recall@10 >= {TARGET_RECALL}; "
+              f"exact <= {TARGET_EXACT_MS:.0f} ms/query amortized."]
+    best = result.get("best")
+    if best:
+        lines.append(f"Fastest point meeting the recall target: {best}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for t in dict.fromkeys(r["index_type"] for r in result["results"]):
+        pts = [r for r in result["results"] if r["index_type"] == t]
+        for key, style, what in (("sequential_qps", "o-", "sequential"), ("batch_qps", "s--", "msearch")):
+            ax.plot([p[key] for p in pts], [p["recall"] for p in pts], style, label=f"{t} ({what})")
+        for p in pts:
+            ax.annotate(str(p["num_candidates"]), (p["batch_qps"], p["recall"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7)
+    e = result["exact"]
+    ax.plot([1000 / e["amortized_ms"]], [1.0], "k*", markersize=12, label="exact numpy scan (batch)")
+    ax.axhline(TARGET_RECALL, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("queries/s (log)")
+    ax.set_ylabel(f"recall@{result['meta']['k']}")
+    m = result["meta"]
+    ax.set_title(f"kNN recall vs throughput, {m['vectors']:,} vectors, {m['cores']} cores")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_table(result: dict) -> None:
+    m = result["meta"]
+    print(f"bench query: {m['vectors']:,} vectors, {m['queries']} queries, k={m['k']}, msearch batch {m['batch']}, "
+          f"ES {m['es_version']} ({m['java']}), {m['cores']} cores")
+    print(f"{'type':<22} {'num_cand':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'took p50':>9} {'seq q/s':>8} "
+          f"{'batch q/s':>10} {'recall@' + str(m['k']):>10}")
+    for r in result["results"]:
+        print(f"{r['index_type']:<22} {r['num_candidates']:>8} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} "
+              f"{r['p99_ms']:>8.2f} {r['took_p50_ms']:>9.1f} {r['sequential_qps']:>8.0f} {r['batch_qps']:>10.0f} "
+              f"{r['recall']:>10.4f}")
+    e = result["exact"]
+    print(f"exact numpy scan: {e['amortized_ms']:.2f} ms/query amortized over {m['queries']} queries "
+          f"({e['batch_s']:.2f} s), {e['single_ms']:.1f} ms for a single query")
+    print("anchors: " + "; ".join(f"{n} {ms:,.1f} ms/query" for n, ms in ANCHORS))
+    print(f"targets: p50 <= {TARGET_P50_MS:.0f} ms at recall@10 >= {TARGET_RECALL}: "
+          + (result["best"] or "not met") + f"; exact <= {TARGET_EXACT_MS:.0f} ms/query: "
+          + ("met" if e["amortized_ms"] <= TARGET_EXACT_MS else "not met"))
+
+
+# --- main --------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="facebeam bench query", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_index.add_common_args(parser)
+    parser.add_argument("--num-candidates", default="10,50,100,200,500,1000", help="sweep (default %(default)s)")
+    parser.add_argument("--queries", type=int, default=500, help="query faces (default %(default)s)")
+    parser.add_argument("--k", type=int, default=10, help="neighbours per query (default %(default)s)")
+    parser.add_argument("--batch", type=int, default=50, help="queries per msearch (default %(default)s)")
+    parser.add_argument("--rescore-oversample", type=float, default=2.0,
+                        help="also sweep quantized indices re-ranked on float vectors with this oversample "
+                             "(knn rescore_vector; 0 = off; default %(default)s)")
+    parser.add_argument("--query-seed", type=int, default=1, help="seed of the query faces (default %(default)s)")
+    parser.add_argument("--json", dest="json_out", help="write the results here")
+    parser.add_argument("--markdown", help="write a markdown table here")
+    parser.add_argument("--plot", help="write a recall-vs-queries/s PNG here")
+    ns = parser.parse_args(argv)
+    types = bench_index.index_types(ns.index_types)
+    if ns.plot and importlib.util.find_spec("matplotlib") is None:
+        raise SystemExit("--plot needs matplotlib: pip install 'facebeam[bench]' (or matplotlib)")
+    sweep = sorted({int(x) for x in ns.num_candidates.split(",") if x.strip()})
+    if not sweep or min(sweep) < ns.k:
+        raise SystemExit(f"--num-candidates must all be >= k ({ns.k})")
+    bench_index.quiet_preview_warnings()
+    for name in ("elastic_transport", "elasticsearch"):
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    spec = EmbeddingSpec()
+    stats = bench_index.load_stats(ns, spec)
+    faces = synthetic.SyntheticFaces(stats, ns.vectors, seed=ns.seed, faces_per_identity=ns.faces_per_identity)
+    running_before = bool(es_local.node_processes(ns.es_home))
+    try:
+        base, _ = bench_index.ensure_cluster(ns)
+    except EsError as e:
+        print(f"facebeam bench query: {e}", file=sys.stderr)
+        return 1
+    conn = bench_index.FastJsonConnection(**{f: getattr(base, f) for f in base.__dataclass_fields__})
+    client = conn.client(request_timeout=300)
+    try:
+        ready = indices_ready(client, ns, faces, types)
+        missing = [t for t in types if t not in ready]
+        if missing:
+            log.info("no bench index with these %d vectors for %s: loading them (bench index)", faces.n, missing)
+            rc = bench_index.main(common_argv(ns) + ["--index-types", ",".join(missing), "--keep"])
+            if rc:
+                log.warning("bench index returned %d", rc)
+            ready = indices_ready(client, ns, faces, types)
+            missing = [t for t in types if t not in ready]
+            if missing:
+                raise RuntimeError(f"could not load bench indices for {missing}")
+
+        log.info("exact top %d for %d queries over %d vectors (numpy, chunked)", ns.k, ns.queries, faces.n)
+        corpus = vector_file(faces, Path(ns.stats).parent)
+        queries, _ = faces.queries(ns.queries, seed=ns.query_seed)
+        exact_topk(corpus, queries[:50], ns.k)  # warm the page cache and BLAS
+        exact = time_exact(corpus, queries, ns.k)
+        truth = exact["ids"]
+        node = bench_index.node_info(client)
+
+        results = []
+        for t in types:
+            index = ready[t]
+            log.info("%s: warming %s", t, index)
+            for v in queries[:100].tolist():
+                client.search(index=index, **knn_body(v, ns.k, max(sweep)))
+            variants = [(t, 0.0)]
+            if es_index.quantized(t) and ns.rescore_oversample:
+                variants.append((f"{t}+rescore{ns.rescore_oversample:g}x", ns.rescore_oversample))
+            for label, oversample in variants:
+                for nc in sweep:
+                    r = sweep_point(client, index, queries, truth, ns.k, nc, ns.batch, oversample)
+                    r.update(index_type=label, index=index, oversample=oversample)
+                    results.append(r)
+                    log.info("%s num_candidates=%d: p50 %.2f ms, recall %.4f, batch %.0f q/s", label, nc,
+                             r["p50_ms"], r["recall"], r["batch_qps"])
+    finally:
+        client.close()
+        if not running_before and not ns.keep:
+            es_local.stop_cluster(ns.es_home)
+
+    ok = [r for r in results if r["recall"] >= TARGET_RECALL and r["p50_ms"] <= TARGET_P50_MS]
+    best = min(ok, key=lambda r: r["p50_ms"]) if ok else None
+    result = {
+        "meta": {"vectors": faces.n, "dim": faces.dim, "identities": faces.k, "queries": ns.queries, "k": ns.k,
+                 "batch": ns.batch, "cores": os.cpu_count(), "es_version": node["version"], "java": node["java"],
+                 "m": ns.m, "ef_construction": ns.ef_construction, "seed": ns.seed, "query_seed": ns.query_seed,
+                 "stats": bench_index.stats_digest(stats), "loadavg": os.getloadavg()[0]},
+        "results": results,
+        "exact": {k: v for k, v in exact.items() if k not in ("ids", "distances")},
+        "best": (f"{best['index_type']} num_candidates={best['num_candidates']}: p50 {best['p50_ms']:.2f} ms, "
+                 f"recall {best['recall']:.4f}") if best else None,
+        "anchors_ms": dict(ANCHORS),
+    }
+    print_table(result)
+    if ns.json_out:
+        Path(ns.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    if ns.markdown:
+        Path(ns.markdown).write_text(markdown(result))
+    if ns.plot:
+        plot(result, ns.plot)
+        print(f"plot: {ns.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())
