@@ -458,9 +458,13 @@ def test_compose_file_validates_with_docker_compose():
     assert set(cfg["volumes"]) == {"certs", "es01-data", "es02-data", "es03-data"}
 
 
-def test_compose_refuses_to_start_without_passwords():
-    res = _compose("config", "--quiet", env_file=None)
-    assert res.returncode != 0 and "ELASTIC_PASSWORD" in res.stderr
+@pytest.mark.parametrize("missing", ["ELASTIC_PASSWORD", "FACEBEAM_ES_PASSWORD"])
+def test_compose_refuses_to_start_without_passwords(missing):
+    # One password missing at a time: with both missing, compose names whichever it meets first.
+    given = {name: "x-" + name.lower() for name in ("ELASTIC_PASSWORD", "FACEBEAM_ES_PASSWORD") if name != missing}
+    res = _compose("config", "--quiet", env_file=None, env=given)
+    assert res.returncode != 0 and f"set {missing} in .env" in res.stderr, res.stderr
+    assert _compose("config", "--quiet", env_file=None, env={**given, missing: "x"}).returncode == 0
 
 
 def test_compose_setup_script_is_valid_shell(tmp_path):
