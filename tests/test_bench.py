@@ -8,6 +8,8 @@ from transforms import synthetic
 from transforms.spec import EmbeddingSpec
 
 SPEC = EmbeddingSpec()
+# The tasks and _disk_usage APIs are "technical preview"; the bench silences that in main().
+pytestmark = pytest.mark.filterwarnings("ignore::elasticsearch.exceptions.GeneralAvailabilityWarning")
 
 
 @pytest.fixture(scope="module")
