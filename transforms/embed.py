@@ -1,5 +1,6 @@
 """EmbedImages: image paths -> face rows + error rows, every image accounted for."""
 import apache_beam as beam
+from apache_beam import typehints
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
@@ -99,9 +100,11 @@ class EmbedImages(beam.PTransform):
 
     def expand(self, paths):
         spec = self._spec
+        # The "errors" tag is declared so with_exception_handling's own "bad" tag is not the only one.
         decoded = paths | "ReadAndDecode" >> beam.ParDo(
             ReadAndDecode(spec, self._max_pixels, self._max_file_bytes)
-        ).with_exception_handling().with_outputs("errors", main="images")
+        ).with_output_types(typehints.Any, errors=dict).with_exception_handling().with_outputs(
+            "errors", main="images")
 
         inferred, failed = decoded["images"] | "Embed" >> RunInference(
             FaceModelHandler(spec, self._max_batch_size)).with_exception_handling()
