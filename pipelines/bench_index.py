@@ -7,8 +7,8 @@
 The vectors come from `transforms.synthetic`, fitted once on the sample's real
 embeddings (kept in --stats; made by running the embed job on --sample if missing).
 For each index type: a fresh index (the project's mapping and load settings), bulk
-loads through `transforms.es_sink.bulk_index` from several threads (or the Beam
-`IndexFaces` transform with --driver beam), refresh, then a force merge to one
+loads through the Beam `IndexFaces` transform on the local runner (or
+`transforms.es_sink.bulk_index` from a thread pool with --driver threads), refresh, then a force merge to one
 segment, which completes the HNSW graph. "load" is the bulk phase plus refresh,
 "load+merge" runs until the data is searchable as one graph. Also printed: size on
 disk (_stats/store and the _disk_usage breakdown of the vector field), the node's
@@ -120,43 +120,61 @@ def alias_for(index_type: str, n: int, seed: int) -> str:
     return f"bench-{index_type.replace('_', '')}-{n}-s{seed}"
 
 
+def _orjson_serializer():
+    try:
+        from elasticsearch.serializer import OrjsonSerializer
+    except ImportError:  # orjson not installed
+        return None
+    return OrjsonSerializer()
+
+
 class FastJsonConnection(EsConnection):
     """EsConnection whose clients encode with orjson when it is installed (~17x faster on vectors)."""
 
     def client(self, **overrides):
-        try:
-            from elasticsearch.serializer import OrjsonSerializer
-        except ImportError:  # orjson not installed
-            return super().client(**overrides)
-        overrides.setdefault("serializer", OrjsonSerializer())
+        serializer = _orjson_serializer()
+        if serializer is not None:
+            overrides.setdefault("serializer", serializer)
         return super().client(**overrides)
 
 
 def json_encoder() -> str:
-    try:
-        from elasticsearch.serializer import OrjsonSerializer  # noqa: F401
+    return "orjson" if _orjson_serializer() is not None else "json (stdlib)"
 
-        return "orjson"
+
+def quiet_client_logs() -> None:
+    """No per-request INFO lines, no 'technical preview' warnings (tasks, _disk_usage)."""
+    import warnings
+
+    try:
+        from elasticsearch.exceptions import GeneralAvailabilityWarning
     except ImportError:
-        return "json (stdlib)"
+        GeneralAvailabilityWarning = None
+    if GeneralAvailabilityWarning is not None:
+        warnings.simplefilter("ignore", GeneralAvailabilityWarning)
+    for name in ("elastic_transport", "elasticsearch"):
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def ensure_cluster(ns) -> tuple:
-    """(EsConnection, started_here): reuse the node running under --es-home, else start one."""
+    """(FastJsonConnection, started_here): reuse the node running under --es-home, else start one."""
     home = Path(ns.es_home)
     if es_local.node_processes(home) and (home / "connection.json").is_file():
         conn = es_local.connection(home)
         conn.check()
         log.info("reusing the bench cluster under %s at %s (its heap, JVM and settings apply, not --heap, "
                  "--java-home, --node-setting)", home, conn.url)
-        return conn, False
-    if ns.java_home:
-        os.environ["ES_JAVA_HOME"] = ns.java_home
-    t0 = time.perf_counter()
-    conn = es_local.start_cluster(home, nodes=1, port=ns.port, heap=ns.heap, security=not ns.no_security,
-                                  settings=dict(ns.node_setting))
-    log.info("bench cluster up in %.1f s at %s", time.perf_counter() - t0, conn.url)
-    return conn, True
+        started = False
+    else:
+        if ns.java_home:
+            os.environ["ES_JAVA_HOME"] = ns.java_home
+        t0 = time.perf_counter()
+        conn = es_local.start_cluster(home, nodes=1, port=ns.port, heap=ns.heap, security=not ns.no_security,
+                                      settings=dict(ns.node_setting))
+        log.info("bench cluster up in %.1f s at %s", time.perf_counter() - t0, conn.url)
+        started = True
+    return FastJsonConnection(**{f: getattr(conn, f) for f in conn.__dataclass_fields__}), started
 
 
 def read_state(home) -> dict:
@@ -273,14 +291,16 @@ def load_beam(conn, maker: RowMaker, cfg: BulkConfig, workers: int, task_rows: i
     (p | "Ranges" >> beam.Create(ranges)
        | "Spread" >> beam.Reshuffle()
        | "Rows" >> beam.ParDo(_SyntheticRows(faces.stats, faces.n, faces.seed, faces.faces_per_identity,
-                                             maker.spec.to_json()))
+                                             faces.skew, maker.spec.to_json()))
        | "Index" >> IndexFaces(conn, cfg))
-    sampler = Sampler(conn.client())
+    client = conn.client()
+    sampler = Sampler(client)
     sampler.start()
     try:
         result, _ = jobs.run(p)
     finally:
         sampler.stop()
+        client.close()
     c = jobs.counters(result)
     return {"indexed": c.get("docs_indexed", 0), "failed": c.get("docs_failed", 0),
             "retried": c.get("docs_retried", 0), "peak_heap": sampler.peak_heap}
@@ -289,12 +309,12 @@ def load_beam(conn, maker: RowMaker, cfg: BulkConfig, workers: int, task_rows: i
 class _SyntheticRows(beam.DoFn):
     """A (start, stop) range -> its synthetic face rows; the generator is built once per worker."""
 
-    def __init__(self, stats, n, seed, faces_per_identity, spec_json):
-        self._args = (stats, n, seed, faces_per_identity, spec_json)
+    def __init__(self, stats, n, seed, faces_per_identity, skew, spec_json):
+        self._args = (stats, n, seed, faces_per_identity, skew, spec_json)
 
     def setup(self):
-        stats, n, seed, fpi, spec_json = self._args
-        self._maker = RowMaker(synthetic.SyntheticFaces(stats, n, seed, fpi), EmbeddingSpec.from_json(spec_json))
+        stats, n, seed, fpi, skew, spec_json = self._args
+        self._maker = RowMaker(synthetic.SyntheticFaces(stats, n, seed, fpi, skew), EmbeddingSpec.from_json(spec_json))
 
     def process(self, rng):
         yield from self._maker.rows(*rng)
@@ -404,17 +424,6 @@ def _busy_share(a, b):
     return round((b[0] - a[0]) / max(b[1] - a[1], 1), 3)
 
 
-def quiet_preview_warnings() -> None:
-    """_disk_usage and the tasks API are 'technical preview': one warning per call is noise here."""
-    import warnings
-
-    try:
-        from elasticsearch.exceptions import GeneralAvailabilityWarning
-    except ImportError:
-        return
-    warnings.simplefilter("ignore", GeneralAvailabilityWarning)
-
-
 def mib(b) -> str:
     return "n/a" if b is None else f"{b / 2**20:,.0f} MiB"
 
@@ -468,20 +477,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     ns = build_parser().parse_args(argv)
     types = index_types(ns.index_types)
-    quiet_preview_warnings()
-    for name in ("elastic_transport", "elasticsearch"):
-        if logging.getLogger(name).level == logging.NOTSET:
-            logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_client_logs()
     spec = EmbeddingSpec()
     stats = load_stats(ns, spec)
     faces = synthetic.SyntheticFaces(stats, ns.vectors, seed=ns.seed, faces_per_identity=ns.faces_per_identity)
     maker = RowMaker(faces, spec)
     try:
-        base, started = ensure_cluster(ns)
+        conn, started = ensure_cluster(ns)
     except EsError as e:
         print(f"facebeam bench index: {e}", file=sys.stderr)
         return 1
-    conn = FastJsonConnection(**{f: getattr(base, f) for f in base.__dataclass_fields__})
     client = conn.client(request_timeout=600)
     results = []
     try:

@@ -152,7 +152,8 @@ def indices_ready(client, ns, faces, types) -> dict:
     ready = {}
     for t in types:
         entry = state.get(bench_index.alias_for(t, faces.n, faces.seed))
-        if not entry or entry.get("stats") != digest or entry.get("faces_per_identity") != faces.faces_per_identity:
+        built_as = (digest, faces.faces_per_identity, ns.m, ns.ef_construction)
+        if not entry or tuple(entry.get(f) for f in ("stats", "faces_per_identity", "m", "ef_construction")) != built_as:
             continue
         if not client.indices.exists(index=entry["index"]):
             continue
@@ -273,21 +274,17 @@ def main(argv=None) -> int:
     sweep = sorted({int(x) for x in ns.num_candidates.split(",") if x.strip()})
     if not sweep or min(sweep) < ns.k:
         raise SystemExit(f"--num-candidates must all be >= k ({ns.k})")
-    bench_index.quiet_preview_warnings()
-    for name in ("elastic_transport", "elasticsearch"):
-        if logging.getLogger(name).level == logging.NOTSET:
-            logging.getLogger(name).setLevel(logging.WARNING)
+    bench_index.quiet_client_logs()
 
     spec = EmbeddingSpec()
     stats = bench_index.load_stats(ns, spec)
     faces = synthetic.SyntheticFaces(stats, ns.vectors, seed=ns.seed, faces_per_identity=ns.faces_per_identity)
     running_before = bool(es_local.node_processes(ns.es_home))
     try:
-        base, _ = bench_index.ensure_cluster(ns)
+        conn, _ = bench_index.ensure_cluster(ns)
     except EsError as e:
         print(f"facebeam bench query: {e}", file=sys.stderr)
         return 1
-    conn = bench_index.FastJsonConnection(**{f: getattr(base, f) for f in base.__dataclass_fields__})
     client = conn.client(request_timeout=300)
     try:
         ready = indices_ready(client, ns, faces, types)
