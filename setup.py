@@ -6,7 +6,10 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.10",
-    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"]),
+    # The folders keep their short names in the repo; installed, they live under `facebeam.`
+    # so generic names like `pipelines` never clash with other packages in site-packages.
+    package_dir={"facebeam.pipelines": "pipelines", "facebeam.transforms": "transforms"},
+    packages=["facebeam." + p for p in find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"])],
     install_requires=[
         "apache-beam==2.77.0",
         "deepface==0.0.103",
@@ -21,5 +24,5 @@ setup(
     ],
     # bench: faster JSON for bulk vectors (orjson), the recall-vs-QPS plot (matplotlib).
     extras_require={"test": ["pytest>=8"], "bench": ["orjson>=3.9", "matplotlib>=3.8"]},
-    entry_points={"console_scripts": ["facebeam=pipelines.cli:main"]},
+    entry_points={"console_scripts": ["facebeam=facebeam.pipelines.cli:main"]},
 )

@@ -9,18 +9,18 @@ import logging
 import sys
 
 COMMANDS = {
-    "embed": ("pipelines.embed", "photos -> Parquet face embedding shards"),
-    "index": ("pipelines.index", "Parquet shards -> Elasticsearch, in chunks with retries"),
-    "run": ("pipelines.run", "embed and index in one pipeline"),
-    "query": ("pipelines.query", "batch top-k lookups for probe photos"),
-    "search": ("pipelines.search", "one-shot lookup of a single photo"),
-    "reindex": ("pipelines.reindex", "re-embed with a new spec and swap the alias"),
-    "forget": ("pipelines.forget", "erase faces from the index and the shards"),
-    "es": ("pipelines.es_local", "start, stop and inspect a local Elasticsearch"),
-    "flink": ("pipelines.flink_local", "start and stop a local standalone Flink cluster"),
-    "spark": ("pipelines.spark_local", "start and stop a local standalone Spark cluster"),
-    "models": ("pipelines.models", "check and seed offline model weights"),
-    "bench": ("pipelines.bench", "benchmarks that print side-by-side ratios"),
+    "embed": ("facebeam.pipelines.embed", "photos -> Parquet face embedding shards"),
+    "index": ("facebeam.pipelines.index", "Parquet shards -> Elasticsearch, in chunks with retries"),
+    "run": ("facebeam.pipelines.run", "embed and index in one pipeline"),
+    "query": ("facebeam.pipelines.query", "batch top-k lookups for probe photos"),
+    "search": ("facebeam.pipelines.search", "one-shot lookup of a single photo"),
+    "reindex": ("facebeam.pipelines.reindex", "re-embed with a new spec and swap the alias"),
+    "forget": ("facebeam.pipelines.forget", "erase faces from the index and the shards"),
+    "es": ("facebeam.pipelines.local.elasticsearch", "start, stop and inspect a local Elasticsearch"),
+    "flink": ("facebeam.pipelines.local.flink", "start and stop a local standalone Flink cluster"),
+    "spark": ("facebeam.pipelines.local.spark", "start and stop a local standalone Spark cluster"),
+    "models": ("facebeam.pipelines.models", "check and seed offline model weights"),
+    "bench": ("facebeam.pipelines.bench", "benchmarks that print side-by-side ratios"),
 }
 
 

@@ -11,11 +11,16 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
-from pipelines import jobs, runners
-from transforms import labels, manifest, records, shards, sources
-from transforms.embed import DEFAULT_MAX_FILE_BYTES, EmbedImages
-from transforms.images import DEFAULT_MAX_PIXELS
-from transforms.spec import add_spec_args, spec_from_args
+from facebeam.pipelines import jobs
+from facebeam.pipelines.runner import defaults as runners
+from facebeam.transforms import labels
+from facebeam.transforms import manifest
+from facebeam.transforms import records
+from facebeam.transforms import shards
+from facebeam.transforms import sources
+from facebeam.transforms.embed import DEFAULT_MAX_FILE_BYTES, EmbedImages
+from facebeam.transforms.images import DEFAULT_MAX_PIXELS
+from facebeam.transforms.spec import add_spec_args, spec_from_args
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def preflight(ns, spec) -> None:
     """Fail in the launcher, before any worker starts: bad inputs, missing weights."""
-    from transforms.faces import FaceModel
+    from facebeam.transforms.faces import FaceModel
 
     sources.check_inputs(ns.input)
     FaceModel(spec)  # raises WeightsMissing naming the file and where it goes

@@ -15,8 +15,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import es_conn, es_index, manifest, shards, sources
-from transforms.embed import DEFAULT_MAX_FILE_BYTES
+from facebeam.transforms import es_conn
+from facebeam.transforms import es_index
+from facebeam.transforms import manifest
+from facebeam.transforms import shards
+from facebeam.transforms import sources
+from facebeam.transforms.embed import DEFAULT_MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
 

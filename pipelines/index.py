@@ -19,10 +19,14 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet, WriteToParquet
 
-from pipelines import jobs, runners
-from transforms import es_conn, es_index, records, shards
-from transforms.es_sink import BulkConfig, IndexFaces, dead_letter_schema
-from transforms.spec import EmbeddingSpec, SpecError
+from facebeam.pipelines import jobs
+from facebeam.pipelines.runner import defaults as runners
+from facebeam.transforms import es_conn
+from facebeam.transforms import es_index
+from facebeam.transforms import records
+from facebeam.transforms import shards
+from facebeam.transforms.es_sink import BulkConfig, IndexFaces, dead_letter_schema
+from facebeam.transforms.spec import EmbeddingSpec, SpecError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import time
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import MetricsFilter
 
-from transforms.embed import NAMESPACE
+from facebeam.transforms.embed import NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 # Workers log errors only, except facebeam's own progress lines.
 _QUIET_WORKERS = [
     "--default_sdk_harness_log_level=ERROR",
-    '--sdk_harness_log_level_overrides={"facebeam.progress": "INFO", "pipelines": "INFO", "transforms": "INFO"}',
+    '--sdk_harness_log_level_overrides={"facebeam": "INFO"}',
 ]
 
 
@@ -30,11 +30,11 @@ def parse(parser, argv):
 
 def user_errors() -> tuple:
     """Exceptions that mean 'your input, settings or cluster is wrong': a message and exit 2, no traceback."""
-    from pipelines.runners import RunnerSetupError
-    from transforms.es_conn import EsError
-    from transforms.sources import InputError
-    from transforms.spec import SpecError
-    from transforms.weights import WeightsMissing
+    from facebeam.pipelines.runner.defaults import RunnerSetupError
+    from facebeam.transforms.es_conn import EsError
+    from facebeam.transforms.sources import InputError
+    from facebeam.transforms.spec import SpecError
+    from facebeam.transforms.weights import WeightsMissing
 
     return InputError, WeightsMissing, EsError, SpecError, RunnerSetupError, ValueError
 

@@ -7,8 +7,8 @@ import argparse
 import logging
 import sys
 
-from transforms import weights
-from transforms.spec import add_spec_args, spec_from_args
+from facebeam.transforms import weights
+from facebeam.transforms.spec import add_spec_args, spec_from_args
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
         for path in weights.seed():
             print(path)
         return 0
-    from transforms.faces import FaceModel
+    from facebeam.transforms.faces import FaceModel
 
     try:
         model = FaceModel(spec_from_args(ns))

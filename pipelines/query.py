@@ -17,9 +17,18 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
-from pipelines import embed, index, jobs, runners
-from transforms import es_conn, es_index, knn, labels, records, shards, sources
-from transforms.spec import spec_from_args
+from facebeam.pipelines import embed
+from facebeam.pipelines import index
+from facebeam.pipelines import jobs
+from facebeam.pipelines.runner import defaults as runners
+from facebeam.transforms import es_conn
+from facebeam.transforms import es_index
+from facebeam.transforms import knn
+from facebeam.transforms import labels
+from facebeam.transforms import records
+from facebeam.transforms import shards
+from facebeam.transforms import sources
+from facebeam.transforms.spec import spec_from_args
 
 log = logging.getLogger(__name__)
 SPEC_FLAGS = ("--model", "--detector", "--no-align", "--normalization", "--metric", "--detect-max-side", "--expand-percentage")
@@ -147,7 +156,7 @@ def run(argv=None, test_pipeline=None) -> dict:
                "k": ns.k, "spec_id": spec.spec_id, "runner": runners.runner_name(opts), "elapsed_s": round(elapsed, 3)}
     jobs.write_json(join(ns.output, "summary.json"), summary)
     if ns.report:
-        from transforms import report
+        from facebeam.transforms import report
 
         report.write(ns.report, read_results(ns.output, ns.format), spec)
         summary["report"] = ns.report

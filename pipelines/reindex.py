@@ -15,9 +15,15 @@ import sys
 
 from elasticsearch import helpers
 
-from pipelines import embed, index, jobs, runners
-from transforms import es_conn, es_index, labels, sources
-from transforms.spec import SpecError, spec_from_args
+from facebeam.pipelines import embed
+from facebeam.pipelines import index
+from facebeam.pipelines import jobs
+from facebeam.pipelines.runner import defaults as runners
+from facebeam.transforms import es_conn
+from facebeam.transforms import es_index
+from facebeam.transforms import labels
+from facebeam.transforms import sources
+from facebeam.transforms.spec import SpecError, spec_from_args
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ def _largest_face(client, index_name: str, sha: str):
 
 def compare(client, old: str, new: str, old_spec, new_spec, shas, k: int = 10) -> dict:
     """Same probes in both indices: top-k image overlap and top-1 same-person agreement."""
-    from transforms import knn
+    from facebeam.transforms import knn
 
     search = knn.SearchSpec(k=k, num_candidates=max(100, 10 * k), exclude_same_image=True)
     overlaps, agree, n = [], 0, 0

@@ -6,8 +6,11 @@ import argparse
 import logging
 import sys
 
-from pipelines import embed, index, jobs, runners
-from transforms.spec import spec_from_args
+from facebeam.pipelines import embed
+from facebeam.pipelines import index
+from facebeam.pipelines import jobs
+from facebeam.pipelines.runner import defaults as runners
+from facebeam.transforms.spec import spec_from_args
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,20 @@ import logging
 import sys
 import time
 
-from pipelines import query
-from transforms import es_conn, images, knn, labels, shards, sources
+from facebeam.pipelines import query
+from facebeam.transforms import es_conn
+from facebeam.transforms import images
+from facebeam.transforms import knn
+from facebeam.transforms import labels
+from facebeam.transforms import shards
+from facebeam.transforms import sources
 
 log = logging.getLogger(__name__)
 
 
 class Searcher:
     def __init__(self, ns, argv):
-        from transforms.faces import FaceModel
+        from facebeam.transforms.faces import FaceModel
 
         started = time.perf_counter()
         self.mode, self.spec, conn = query.choose_backend(ns, argv)

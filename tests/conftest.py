@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory):
     """The embed job run once on the whole sample: (output folder, summary)."""
-    from pipelines import embed
+    from facebeam.pipelines import embed
     from tests.helpers import SAMPLE
 
     out = str(tmp_path_factory.mktemp("embed-sample"))

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import es_local
-from transforms.es_conn import EsConnection, EsError
+from facebeam.pipelines.local import elasticsearch as es_local
+from facebeam.transforms.es_conn import EsConnection, EsError
 
 log = logging.getLogger(__name__)
 

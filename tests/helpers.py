@@ -50,7 +50,7 @@ def synthetic_shards(folder: str, n: int, spec, files: int = 2, seed: int = 0) -
     """Face rows with random vectors in the real schema (for load and fault tests); returns the rows."""
     import pyarrow as pa
 
-    from transforms import records
+    from facebeam.transforms import records
 
     rng = np.random.default_rng(seed)
     vectors = rng.normal(0, 0.1, (n, spec.dim)).astype(np.float32)

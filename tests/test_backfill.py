@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pipelines import forget, reindex, run
+from facebeam.pipelines import forget
+from facebeam.pipelines import reindex
+from facebeam.pipelines import run
 from tests.es_fixtures import SESSION_HOME
 from tests.helpers import ROOT, drop_versions, read_rows, sample_images
-from transforms import shards
+from facebeam.transforms import shards
 
 CONN = str(SESSION_HOME / "connection.json")
 
@@ -83,7 +85,7 @@ def test_rerun_is_a_noop_and_new_photos_add_exactly_their_faces(photos, tmp_path
 
 def test_killed_run_then_rerun_matches_a_clean_run(photos, tmp_path, es_client, alias):
     killed_out, clean_out = tmp_path / "killed", tmp_path / "clean"
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--input", str(photos), "--output", str(killed_out),
+    cmd = [sys.executable, "-m", "facebeam.pipelines.cli", "run", "--input", str(photos), "--output", str(killed_out),
            "--index", alias, "--incremental", "--es-conn", CONN, "--batch-size", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240

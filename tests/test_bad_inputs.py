@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import embed
+from facebeam.pipelines import embed
 from tests.helpers import SAMPLE, read_rows
 
 FACE = os.path.join(SAMPLE, "img5.jpg")  # small, one clear face
@@ -83,7 +83,7 @@ def test_job_exits_zero_and_accounts_for_every_file(corpus):
 
 def test_summary_reports_failures_and_adds_up(corpus):
     _, out, expect, _ = corpus
-    from pipelines.jobs import read_json
+    from facebeam.pipelines.jobs import read_json
 
     s = read_json(str(out / "summary.json"))
     wanted = {}

@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 
-from pipelines import bench_index, bench_query
+from facebeam.pipelines.bench import index as bench_index
+from facebeam.pipelines.bench import query as bench_query
 from tests.helpers import PAIRS
-from transforms import synthetic
-from transforms.spec import EmbeddingSpec
+from facebeam.pipelines.bench import synthetic
+from facebeam.transforms.spec import EmbeddingSpec
 
 SPEC = EmbeddingSpec()
 # The tasks and _disk_usage APIs are "technical preview"; the bench silences that in main().

@@ -5,9 +5,9 @@ from elasticsearch import ApiError
 from elasticsearch.exceptions import ConnectionError as EsConnectionError
 
 from tests.helpers import drop_versions, synthetic_shards
-from transforms import es_index as indices
-from transforms.es_sink import BulkConfig, bulk_index
-from transforms.spec import EmbeddingSpec
+from facebeam.transforms import es_index as indices
+from facebeam.transforms.es_sink import BulkConfig, bulk_index
+from facebeam.transforms.spec import EmbeddingSpec
 
 
 class FlakyClient:

@@ -190,7 +190,7 @@ def _beam_options(flags: list[str]) -> dict:
 
 def _facebeam_cli_parse(args: list[str]):
     """The real `facebeam run` parser (pipelines/run.py): (namespace, Beam args)."""
-    from pipelines import run as run_cmd
+    from facebeam.pipelines import run as run_cmd
 
     return run_cmd.build_parser().parse_known_args(args)
 

@@ -1,9 +1,9 @@
 """The embed job on the real sample photos: accuracy, determinism, accounting."""
 import os
 
-from pipelines import embed
+from facebeam.pipelines import embed
 from tests.helpers import largest_face_by_file, pair_accuracy, read_rows, sample_images
-from transforms.spec import EmbeddingSpec
+from facebeam.transforms.spec import EmbeddingSpec
 
 
 def test_every_sample_photo_gives_faces_and_the_summary_adds_up(sample_run):

@@ -16,10 +16,10 @@ import urllib.request
 
 import pytest
 
-from pipelines import es_local
+from facebeam.pipelines.local import elasticsearch as es_local
 from tests.es_fixtures import CACHE, extra_cluster_slot
-from transforms import es_conn as es_conn_mod
-from transforms.es_conn import EsAuthError, EsConfigError, EsConnection, EsUnavailable
+from facebeam.transforms import es_conn as es_conn_mod
+from facebeam.transforms.es_conn import EsAuthError, EsConfigError, EsConnection, EsUnavailable
 
 
 def _free_port() -> int:

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from pipelines import embed
+from facebeam.pipelines import embed
 from tests.helpers import read_rows, sample_images
-from transforms import weights
-from transforms.spec import EmbeddingSpec
+from facebeam.transforms import weights
+from facebeam.transforms.spec import EmbeddingSpec
 
 
 def small_photos():

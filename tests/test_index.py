@@ -7,11 +7,11 @@ import time
 import pytest
 from elasticsearch import helpers
 
-from pipelines import index
+from facebeam.pipelines import index
 from tests.es_fixtures import SESSION_HOME
 from tests.helpers import drop_versions, read_rows, synthetic_shards
-from transforms import es_index as es_mapping
-from transforms.spec import EmbeddingSpec
+from facebeam.transforms import es_index as es_mapping
+from facebeam.transforms.spec import EmbeddingSpec
 
 CONN = str(SESSION_HOME / "connection.json")
 

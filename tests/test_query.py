@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import index, query, search
+from facebeam.pipelines import index
+from facebeam.pipelines import query
+from facebeam.pipelines import search
 from tests.es_fixtures import SESSION_HOME
 from tests.helpers import SAMPLE, drop_versions, identities
-from pipelines import embed
+from facebeam.pipelines import embed
 
 CONN = str(SESSION_HOME / "connection.json")
 ALIAS = "query-sample"

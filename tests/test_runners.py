@@ -23,8 +23,10 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.runners.runner import PipelineState
 
-from pipelines import flink_local, jars, spark_local
-from pipelines.runners import (
+from facebeam.pipelines.local import flink as flink_local
+from facebeam.pipelines.runner import jars
+from facebeam.pipelines.local import spark as spark_local
+from facebeam.pipelines.runner.defaults import (
     PRESET_CLUSTERS,
     RUNNER_PRESETS,
     RunnerSetupError,

@@ -4,8 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from pipelines import embed, index
-from pipelines.runners import RUNNER_PRESETS, preset_cluster
+from facebeam.pipelines import embed
+from facebeam.pipelines import index
+from facebeam.pipelines.runner.defaults import RUNNER_PRESETS, preset_cluster
 from tests.es_fixtures import SESSION_HOME
 from tests.helpers import SAMPLE, drop_versions, read_rows
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import PAIRS, labeled_pairs, largest_face_by_file, read_rows
-from transforms import synthetic
-from transforms.spec import EmbeddingSpec
+from facebeam.pipelines.bench import synthetic
+from facebeam.transforms.spec import EmbeddingSpec
 
 SPEC = EmbeddingSpec()
 

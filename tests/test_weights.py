@@ -3,9 +3,9 @@ import logging
 import os
 import time
 
-from pipelines import embed
+from facebeam.pipelines import embed
 from tests.helpers import SAMPLE
-from transforms import weights
+from facebeam.transforms import weights
 
 
 def test_seed_places_shipped_dlib_weights(tmp_path, monkeypatch):

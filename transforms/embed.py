@@ -4,10 +4,11 @@ from apache_beam import typehints
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
-from transforms import images, records
-from transforms.progress import EMBED as PROGRESS
-from transforms.faces import FaceModelHandler
-from transforms.spec import EmbeddingSpec
+from facebeam.transforms import images
+from facebeam.transforms import records
+from facebeam.transforms.progress import EMBED as PROGRESS
+from facebeam.transforms.faces import FaceModelHandler
+from facebeam.transforms.spec import EmbeddingSpec
 
 NAMESPACE = "facebeam"
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -30,7 +31,7 @@ class ReadAndDecode(beam.DoFn):
         self._spec, self._max_pixels, self._max_file_bytes = spec, max_pixels, max_file_bytes
 
     def process(self, element):
-        from transforms.sources import read_bytes
+        from facebeam.transforms.sources import read_bytes
 
         path, size = element
         if size is not None and size > self._max_file_bytes:

@@ -6,7 +6,7 @@ index's `_meta`, so a job can refuse shards of another spec before writing.
 import logging
 import re
 
-from transforms.spec import EmbeddingSpec, SpecError
+from facebeam.transforms.spec import EmbeddingSpec, SpecError
 
 log = logging.getLogger(__name__)
 # int4_* and bbq_* (1-bit, dims >= 64) quantize harder; ES 8.19 keeps the float vectors for rescoring.

@@ -14,9 +14,9 @@ import time
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import es_index
-from transforms.es_conn import EsConnection
-from transforms.progress import INDEX
+from facebeam.transforms import es_index
+from facebeam.transforms.es_conn import EsConnection
+from facebeam.transforms.progress import INDEX
 
 log = logging.getLogger(__name__)
 NAMESPACE = "facebeam"

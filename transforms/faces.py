@@ -14,8 +14,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-from transforms.images import DecodedImage
-from transforms.spec import EmbeddingSpec, SpecError
+from facebeam.transforms.images import DecodedImage
+from facebeam.transforms.spec import EmbeddingSpec, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class FaceModel:
         if pair is None:
             from deepface.modules import modeling
 
-            from transforms import weights
+            from facebeam.transforms import weights
 
             with weights.offline():
                 pair = (modeling.get_model_class(task="face_detector", model_name=self.spec.detector)(),

@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from transforms.spec import EmbeddingSpec
+from facebeam.transforms.spec import EmbeddingSpec
 
 log = logging.getLogger(__name__)
 HIT_FIELDS = ("face_id", "image_path", "image_sha256", "face_index", "label",

@@ -8,8 +8,8 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.parquetio import ReadAllFromParquet
 
-from transforms import sources
-from transforms.shards import DETERMINISTIC_REASONS
+from facebeam.transforms import sources
+from facebeam.transforms.shards import DETERMINISTIC_REASONS
 
 MANIFEST_SCHEMA = pa.schema([
     ("image_sha256", pa.string()), ("spec_id", pa.string()), ("status", pa.string()), ("image_path", pa.string()),

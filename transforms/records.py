@@ -4,7 +4,7 @@ from importlib import metadata
 
 import pyarrow as pa
 
-from transforms.spec import EmbeddingSpec
+from facebeam.transforms.spec import EmbeddingSpec
 
 try:
     FACEBEAM_VERSION = metadata.version("facebeam")

@@ -6,7 +6,7 @@ import itertools
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import images
+from facebeam.transforms import images
 
 CROP_PX = 112
 STYLE = """

@@ -45,7 +45,7 @@ def partition(folder: str, kind: str, run_id=None) -> str:
 
 
 def commit(folder: str, run_id: str, summary: dict) -> None:
-    from pipelines.jobs import write_json
+    from facebeam.pipelines.jobs import write_json
 
     write_json(FileSystems.join(folder, "runs", f"{run_id}.json"), summary)
 

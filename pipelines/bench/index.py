@@ -31,11 +31,13 @@ from pathlib import Path
 
 import apache_beam as beam
 
-from pipelines import es_local
-from transforms import es_index, records, synthetic
-from transforms.es_conn import EsConnection, EsError
-from transforms.es_sink import BulkConfig, bulk_index
-from transforms.spec import EmbeddingSpec
+from facebeam.pipelines.local import elasticsearch as es_local
+from facebeam.transforms import es_index
+from facebeam.transforms import records
+from facebeam.pipelines.bench import synthetic
+from facebeam.transforms.es_conn import EsConnection, EsError
+from facebeam.transforms.es_sink import BulkConfig, bulk_index
+from facebeam.transforms.spec import EmbeddingSpec
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def load_stats(ns, spec: EmbeddingSpec) -> dict:
         if stats.get("spec_id") not in (None, spec.spec_id):
             log.warning("stats in %s were fitted on spec %s, this run is %s", path, stats.get("spec_id"), spec.spec_id)
         return stats
-    from pipelines import embed
+    from facebeam.pipelines import embed
 
     out = path.parent / "sample-embed"
     log.info("fitting the synthetic model: embedding %s into %s (once)", ns.sample, out)
@@ -281,8 +283,9 @@ def load_threads(conn, maker: RowMaker, cfg: BulkConfig, workers: int, task_rows
 
 def load_beam(conn, maker: RowMaker, cfg: BulkConfig, workers: int, task_rows: int) -> dict:
     """The project's IndexFaces transform on the local runner (multi-process FnApiRunner)."""
-    from pipelines import jobs, runners
-    from transforms.es_sink import IndexFaces
+    from facebeam.pipelines import jobs
+    from facebeam.pipelines.runner import defaults as runners
+    from facebeam.transforms.es_sink import IndexFaces
 
     faces = maker.faces
     opts = runners.pipeline_options([f"--direct_num_workers={workers}", *jobs._QUIET_WORKERS])

@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from pipelines import embed
-from transforms.spec import EmbeddingSpec
+from facebeam.pipelines import embed
+from facebeam.transforms.spec import EmbeddingSpec
 
 log = logging.getLogger(__name__)
 DEFAULT_SAMPLE = os.path.join("..", "shared", "data", "faces")
@@ -23,7 +23,7 @@ def naive_loop(paths, spec):
     """What people do today: one DeepFace.represent call per file, one core."""
     from deepface import DeepFace
 
-    from transforms import weights
+    from facebeam.transforms import weights
 
     weights.seed()
     vectors, failed = {}, 0

@@ -41,7 +41,7 @@ import zipfile
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from transforms.es_conn import EsConnection, EsError
+from facebeam.transforms.es_conn import EsConnection, EsError
 
 log = logging.getLogger(__name__)
 

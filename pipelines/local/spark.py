@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines import jars
-from pipelines.jars import RunnerSetupError
+from facebeam.pipelines.runner import jars
+from facebeam.pipelines.runner.jars import RunnerSetupError
 
 log = logging.getLogger(__name__)
 

@@ -51,8 +51,8 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from pipelines import jars
-from pipelines.jars import RunnerSetupError  # noqa: F401  (re-exported: pipelines.runners.RunnerSetupError)
+from facebeam.pipelines.runner import jars
+from facebeam.pipelines.runner.jars import RunnerSetupError  # noqa: F401  (re-exported: pipelines.runners.RunnerSetupError)
 
 log = logging.getLogger(__name__)
 
@@ -550,12 +550,12 @@ def preset_cluster(key: str):
     """Brings up the standalone cluster a preset needs (if not running) and stops it after."""
     which = PRESET_CLUSTERS.get(key)
     if which == "flink":
-        from pipelines import flink_local
+        from facebeam.pipelines.local import flink as flink_local
 
         with flink_local.running() as info:
             yield info
     elif which == "spark":
-        from pipelines import spark_local
+        from facebeam.pipelines.local import spark as spark_local
 
         with spark_local.running() as info:
             yield info

@@ -9,10 +9,10 @@ import importlib
 import sys
 
 BENCHES = {
-    "embed": "pipelines.bench_embed",
-    "index": "pipelines.bench_index",
-    "query": "pipelines.bench_query",
-    "runners": "pipelines.bench_runners",
+    "embed": "facebeam.pipelines.bench.embed",
+    "index": "facebeam.pipelines.bench.index",
+    "query": "facebeam.pipelines.bench.query",
+    "runners": "facebeam.pipelines.bench.runners",
 }
 
 

@@ -29,10 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import bench_index, es_local
-from transforms import es_index, synthetic
-from transforms.es_conn import EsError
-from transforms.spec import EmbeddingSpec
+from facebeam.pipelines.bench import index as bench_index
+from facebeam.pipelines.local import elasticsearch as es_local
+from facebeam.transforms import es_index
+from facebeam.pipelines.bench import synthetic
+from facebeam.transforms.es_conn import EsError
+from facebeam.transforms.spec import EmbeddingSpec
 
 log = logging.getLogger(__name__)
 ANCHORS = [("NMSLIB on 1M (HNSW)", 3.4), ("brute force, Python loop", 7180.0)]

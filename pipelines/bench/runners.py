@@ -12,8 +12,8 @@ import logging
 import os
 import tempfile
 
-from pipelines import embed
-from pipelines.runners import RUNNER_PRESETS, preset_cluster
+from facebeam.pipelines import embed
+from facebeam.pipelines.runner.defaults import RUNNER_PRESETS, preset_cluster
 
 log = logging.getLogger(__name__)
 DEFAULT_SAMPLE = os.path.join("..", "shared", "data", "faces")

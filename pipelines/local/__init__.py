@@ -1,0 +1,1 @@
+"""Local services behind `facebeam es|flink|spark up|down|status`, on one toolkit."""
