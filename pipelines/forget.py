@@ -5,7 +5,7 @@
 Shard files are rewritten only where they hold an erased image. A tombstone in
 DIR/tombstones/ makes later runs into DIR skip those images' content.
 """
-import argparse
+import dataclasses
 import datetime
 import logging
 import sys
@@ -15,14 +15,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from facebeam.transforms import es_conn
-from facebeam.transforms import es_index
-from facebeam.transforms import manifest
-from facebeam.transforms import shards
-from facebeam.transforms import sources
-from facebeam.transforms.embed import DEFAULT_MAX_FILE_BYTES
+from facebeam.pipelines import jobs, options
+from facebeam.transforms import es_conn, es_index, manifest, shards, sources
+from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
+from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
+BEAM = False  # no pipeline: unknown flags are errors
 
 
 def _read(path):
@@ -38,7 +37,36 @@ def _write(path, table):
     FileSystems.rename([tmp], [path])
 
 
-def images_to_erase(ns) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ForgetConfig:
+    shards: str
+    image: str = None
+    sha256: str = None
+    label: str = None
+    index: str = None
+    dry_run: bool = False
+    es: options.EsFlags = options.EsFlags()
+
+
+def build_parser():
+    p = options.parser("facebeam forget", __doc__)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", help="a photo's path as it was embedded (or an existing file)")
+    what.add_argument("--sha256", help="an image's content hash")
+    what.add_argument("--label", help="every face with this identity label")
+    p.add_argument("--shards", required=True, help="the embed/run output folder")
+    p.add_argument("--index", default=None, help="also delete from this alias")
+    p.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
+    options.add_es(p)
+    return p
+
+
+def configure(a: options.Args, beam_args=()) -> ForgetConfig:
+    return ForgetConfig(shards=a.shards, image=a.image, sha256=a.sha256, label=a.label, index=a.index,
+                        dry_run=a.dry_run, es=options.es_from(a))
+
+
+def images_to_erase(ns: ForgetConfig) -> dict:
     """sha256 -> (image path, label) of every image to erase."""
     found = {}
     if ns.sha256:
@@ -82,12 +110,12 @@ def record_tombstones(folder: str, found: dict, why: str) -> str:
     return target
 
 
-def erase_from_index(ns, shas: set, dry_run: bool) -> int:
-    conn = es_conn.from_args(ns)
+def erase_from_index(ns: ForgetConfig, shas: set, dry_run: bool) -> int:
+    conn = ns.es.connection()
     client = conn.client()
     es_conn.check(client, conn)
     if es_index.alias_target(client, ns.index) is None:
-        raise ValueError(f"no index {ns.index!r} at {conn.url}")
+        raise UserError(f"no index {ns.index!r} at {conn.url}")
     from elasticsearch import helpers
 
     # Scan + bulk delete by _id rather than _delete_by_query, which needs the reindex module
@@ -99,33 +127,22 @@ def erase_from_index(ns, shas: set, dry_run: bool) -> int:
     deleted, errors = helpers.bulk(client, ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]} for h in hits),
                                    raise_on_error=False)
     if errors:
-        raise ValueError(f"{len(errors)} face doc(s) could not be deleted: {errors[:3]}")
+        raise UserError(f"{len(errors)} face doc(s) could not be deleted: {errors[:3]}")
     client.indices.refresh(index=ns.index)
     return deleted
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="facebeam forget", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--image", help="a photo's path as it was embedded (or an existing file)")
-    what.add_argument("--sha256", help="an image's content hash")
-    what.add_argument("--label", help="every face with this identity label")
-    parser.add_argument("--shards", required=True, help="the embed/run output folder")
-    parser.add_argument("--index", default=None, help="also delete from this alias")
-    parser.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
-    es_conn.add_es_args(parser)
-    ns = parser.parse_args(argv)
+def run(ns: ForgetConfig, pipeline=None) -> dict:
+    """Erase; returns {'images', 'docs', 'rows'} (what went, or would go with dry_run)."""
     found = images_to_erase(ns)
     if not found:
         print("nothing matched: no shard row or file for that image/label")
-        return 1
+        return {"images": 0, "docs": 0, "rows": 0}
     shas = set(found)
     try:
         deleted = erase_from_index(ns, shas, ns.dry_run) if ns.index else None
-    except (es_conn.EsError, ValueError) as e:
-        log.error("%s (nothing was erased)", e)
-        return 2
+    except UserError as e:
+        raise UserError(f"{e} (nothing was erased)") from None
     removed = erase_from_shards(ns.shards, shas, ns.dry_run)
     verb = "would remove" if ns.dry_run else "removed"
     print(f"{verb} {len(shas)} image(s): " + ", ".join(sorted(p or s[:12] for s, (p, _) in found.items())))
@@ -136,7 +153,11 @@ def main(argv=None) -> int:
     if not ns.dry_run:
         why = f"forget --image {ns.image}" if ns.image else f"forget --label {ns.label}" if ns.label else "forget --sha256"
         print(f"  tombstone: {record_tombstones(ns.shards, found, why)}")
-    return 0
+    return {"images": len(shas), "docs": deleted or 0, "rows": sum(removed.values())}
+
+
+def main(argv=None) -> int:
+    return jobs.main(sys.modules[__name__], argv, failed=lambda s: not s["images"])
 
 
 if __name__ == "__main__":

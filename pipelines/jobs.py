@@ -1,89 +1,30 @@
-"""What every facebeam job shares: argument split, run, metrics summary."""
-import json
+"""What every facebeam job shares: the command-line wrapper, running a pipeline, backfill runs, summaries."""
 import logging
 import time
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import MetricsFilter
 
-from facebeam.transforms.embed import NAMESPACE
+from facebeam.pipelines.runner import defaults as runners
+from facebeam.transforms import manifest, metrics, shards
+from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-# Workers log errors only, except facebeam's own progress lines.
-_QUIET_WORKERS = [
-    "--default_sdk_harness_log_level=ERROR",
-    '--sdk_harness_log_level_overrides={"facebeam": "INFO"}',
-]
+def main(module, argv=None, failed=lambda summary: False) -> int:
+    """`module.configure(*parse(argv))` then `module.run(config)`: exit 0, 1 when `failed(summary)`, 2 on a user error.
 
+    Only `UserError`s become one line and exit 2; any other exception is a bug and keeps its traceback.
+    """
+    from facebeam.pipelines import options
 
-def parse(parser, argv):
-    """App flags via argparse; everything it does not know goes to Beam (with quiet worker logs)."""
-    ns, beam_args = parser.parse_known_args(argv)
-    for flag in _QUIET_WORKERS:
-        name = flag.split("=", 1)[0]
-        if not any(a == name or a.startswith(name + "=") for a in beam_args):
-            beam_args.append(flag)
-    return ns, beam_args
-
-
-def user_errors() -> tuple:
-    """Exceptions that mean 'your input, settings or cluster is wrong': a message and exit 2, no traceback."""
-    from facebeam.pipelines.runner.defaults import RunnerSetupError
-    from facebeam.transforms.es_conn import EsError
-    from facebeam.transforms.sources import InputError
-    from facebeam.transforms.spec import SpecError
-    from facebeam.transforms.weights import WeightsMissing
-
-    return InputError, WeightsMissing, EsError, SpecError, RunnerSetupError, ValueError
-
-
-def cli(run, argv=None, failed=lambda summary: False) -> int:
-    """Run a job for the command line: exit 0, 1 when `failed(summary)`, 2 on a user error."""
     try:
-        summary = run(argv)
-    except user_errors() as e:
+        config = module.configure(*options.parse(module.build_parser(), argv, beam=getattr(module, "BEAM", True)))
+        summary = module.run(config)
+    except UserError as e:
         log.error("%s", e)
         return 2
     return 1 if failed(summary) else 0
-
-
-def counters(result) -> dict:
-    """Committed counter values in facebeam's namespace (attempted where a runner has no committed)."""
-    out = {}
-    for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
-        value = c.committed if c.committed is not None else c.attempted
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + (value or 0)
-    return out
-
-
-def image_counts(c: dict) -> dict:
-    failed = {k.split(".", 1)[1]: v for k, v in sorted(c.items()) if k.startswith("images_failed.") and v}
-    return {
-        "images_seen": c.get("images_seen", 0),
-        "images_embedded": c.get("images_embedded", 0),
-        "faces": c.get("faces", 0),
-        "images_failed": failed,
-    }
-
-
-def counted(element, name: str):
-    """Identity map that counts elements under `name` (use with beam.Map)."""
-    from apache_beam.metrics import Metrics
-
-    Metrics.counter(NAMESPACE, name).inc()
-    return element
-
-
-def write_json(path: str, obj) -> None:
-    with FileSystems.create(path) as f:
-        f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def read_json(path: str):
-    with FileSystems.open(path) as f:
-        return json.loads(f.read().decode())
 
 
 def run(pipeline):
@@ -92,3 +33,49 @@ def run(pipeline):
     result = pipeline.run()
     result.wait_until_finish()
     return result, time.perf_counter() - started
+
+
+def preflight(inputs, spec) -> None:
+    """Fail in the launcher, before any worker starts: inputs that name nothing, missing weights."""
+    from facebeam.transforms import sources
+    from facebeam.transforms.faces import FaceModel
+
+    sources.check_inputs(inputs.patterns)
+    FaceModel(spec)  # raises WeightsMissing naming the file and where it goes
+
+
+def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):
+    """(run id or None, SkipDone or None): incremental runs get a partition and skip what is done."""
+    run_id = None
+    if incremental:
+        shards.drop_uncommitted(output)
+        run_id = shards.new_run_id()
+    erased = shards.tombstones(output)
+    if not (incremental or erased):
+        return None, None
+    done = shards.files(output, "manifest") if incremental else []
+    return run_id, manifest.SkipDone(spec.spec_id, done, erased, max_file_bytes)
+
+
+def finish_run(output: str, run_id, summary: dict) -> None:
+    summary["run_id"] = run_id
+    shards.write_json(FileSystems.join(output, "summary.json"), summary)
+    if run_id:
+        shards.commit(output, run_id, summary)  # the run counts from here on
+
+
+def embed_summary(result, elapsed: float, spec, opts) -> dict:
+    counts = metrics.image_counts(metrics.read_counters(result))
+    return {
+        **counts,
+        "spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim,
+        "runner": runners.runner_name(opts),
+        "elapsed_s": round(elapsed, 3),
+        "images_per_s": round(counts["images_seen"] / elapsed, 3) if elapsed else None,
+    }
+
+
+def load_summary(result, target) -> dict:
+    counts = metrics.index_counts(metrics.read_counters(result))
+    return {"index": target.alias, "concrete_index": target.concrete, "doc_count": target.count,
+            **{f"docs_{k}": v for k, v in counts.items()}}

@@ -8,22 +8,20 @@ current index holds), carries identity labels over by image content, compares a
 sample of queries between the old and the new index, and only then swaps the alias
 in one atomic update. The old index stays until --drop-old.
 """
-import argparse
+import dataclasses
 import logging
 import random
 import sys
 
 from elasticsearch import helpers
 
-from facebeam.pipelines import embed
-from facebeam.pipelines import index
-from facebeam.pipelines import jobs
+from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner import defaults as runners
-from facebeam.transforms import es_conn
-from facebeam.transforms import es_index
-from facebeam.transforms import labels
-from facebeam.transforms import sources
-from facebeam.transforms.spec import SpecError, spec_from_args
+from facebeam.transforms import es_conn, es_index, es_load, labels, shards
+from facebeam.transforms.embed import EmbedInputs
+from facebeam.transforms.errors import UserError
+from facebeam.transforms.sources import Inputs
+from facebeam.transforms.spec import EmbeddingSpec, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -68,71 +66,94 @@ def compare(client, old: str, new: str, old_spec, new_spec, shas, k: int = 10) -
             "same_person_agreement": round(agree / n, 4) if n else None}
 
 
-def run(argv=None, test_pipeline=None) -> dict:
-    parser = argparse.ArgumentParser(prog="facebeam reindex", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    embed.add_input_args(parser, required=False)
-    parser.add_argument("--output", required=True, help="where the new spec's shards go")
-    parser.add_argument("--compare", type=int, default=50, help="probe images compared between old and new")
-    parser.add_argument("--drop-old", action="store_true")
-    index.add_index_args(parser)
-    ns, beam_args = jobs.parse(parser, argv)
-    new_spec = spec_from_args(ns)
-    conn = es_conn.from_args(ns)
+@dataclasses.dataclass(frozen=True)
+class ReindexConfig:
+    inputs: Inputs  # no patterns: the photos the current index holds
+    output: str
+    load: es_load.LoadConfig
+    spec: EmbeddingSpec = EmbeddingSpec()
+    compare: int = 50
+    drop_old: bool = False
+    es: options.EsFlags = options.EsFlags()
+    beam_args: tuple = ()
+
+
+def build_parser():
+    p = options.parser("facebeam reindex", __doc__)
+    options.add_inputs(p, required=False, labels=False, backfill=False)
+    p.add_argument("--output", required=True, help="where the new spec's shards go")
+    p.add_argument("--compare", type=int, default=50, help="probe images compared between old and new")
+    p.add_argument("--drop-old", action="store_true")
+    options.add_spec(p)
+    options.add_load(p)
+    return p
+
+
+def configure(a: options.Args, beam_args=()) -> ReindexConfig:
+    return ReindexConfig(inputs=options.inputs_from(a, labels=False, backfill=False), output=a.output,
+                         load=options.load_from(a), spec=options.spec_from(a), compare=a.compare, drop_old=a.drop_old,
+                         es=options.es_from(a), beam_args=tuple(beam_args))
+
+
+def run(config: ReindexConfig, pipeline=None) -> dict:
+    new_spec, alias = config.spec, config.load.alias
+    conn = config.es.connection()
     client = conn.client()
     es_conn.check(client, conn)
-    old = es_index.alias_target(client, ns.index)
+    old = es_index.alias_target(client, alias)
     if old is None:
-        raise ValueError(f"no alias {ns.index!r} to reindex; use `facebeam run` for a first load")
+        raise UserError(f"no alias {alias!r} to reindex; use `facebeam run` for a first load")
     old_spec = es_index.spec_of(client, old)
     if old_spec.spec_id == new_spec.spec_id:
         raise SpecError(f"{old} already has this spec ({new_spec.spec_id}); give the new model or settings")
 
-    known = old_images(client, ns.index)
-    ns.labeler = labels.ContentLabeler({sha: lab for sha, (_, lab) in known.items() if lab})
-    if not ns.input:
-        listing = ns.output.rstrip("/") + "-inputs.txt"
+    known = old_images(client, alias)
+    labeler = labels.ContentLabeler({sha: lab for sha, (_, lab) in known.items() if lab})
+    inputs = config.inputs
+    if not inputs.patterns:
+        listing = config.output.rstrip("/") + "-inputs.txt"
         with open(listing, "w") as f:
             f.write("\n".join(sorted({p for p, _ in known.values() if p})) + "\n")
-        ns.input = [listing]
-    sources.check_inputs(ns.input)
-    embed.preflight(ns, new_spec)
+        inputs = dataclasses.replace(inputs, patterns=(listing,))
+    jobs.preflight(inputs, new_spec)
 
-    new = es_index.create_version(client, ns.index, new_spec, ns.index_type, ns.m, ns.ef_construction)
-    client.indices.put_settings(index=new, settings={"index": {"refresh_interval": "-1", "number_of_replicas": ns.load_replicas}})
-    replicas = ns.replicas if ns.replicas is not None else int(
+    load = config.load
+    new = es_index.create_version(client, alias, new_spec, load.index_type, load.m, load.ef_construction)
+    client.indices.put_settings(index=new, settings={"index": {"refresh_interval": "-1", "number_of_replicas": load.load_replicas}})
+    replicas = load.replicas if load.replicas is not None else int(
         client.indices.get_settings(index=old).body[old]["settings"]["index"]["number_of_replicas"])
-    target = index.Target(conn, client, ns.index, new, replicas)
-    opts = runners.pipeline_options(beam_args)
-    p = runners.create_pipeline(opts, test_pipeline)
-    out = embed.embed_images(p, ns, new_spec)
-    embed.write_outputs(out, ns.output, new_spec)
-    index.index_rows(out["faces"], target, ns, ns.output, new_spec)
-    with index.loading(target):
+    target = es_load.LoadTarget(conn, client, alias, new, replicas)
+    opts = runners.pipeline_options(config.beam_args)
+    p = runners.create_pipeline(opts, pipeline)
+    out = p | "Embed" >> EmbedInputs(inputs, new_spec, labeler=labeler)
+    out | "Write" >> shards.WriteShards(config.output, new_spec)
+    out["faces"] | "Load" >> es_load.LoadFaces(target, load, config.output, new_spec)
+    with es_load.loading(target):
         result, elapsed = jobs.run(p)
-    summary = embed.summarize(result, elapsed, new_spec, opts)
-    counts = index.index_counts(jobs.counters(result))
-    if counts["failed"] or (summary["faces"] and not target.count):
-        raise ValueError(f"new index {new} is incomplete ({target.count} docs for {summary['faces']} faces, "
-                           f"{counts['failed']} failed); the alias still points at {old}")
+    summary = jobs.embed_summary(result, elapsed, new_spec, opts)
+    loaded = jobs.load_summary(result, target)
+    if loaded["docs_failed"] or (summary["faces"] and not target.count):
+        raise UserError(f"new index {new} is incomplete ({target.count} docs for {summary['faces']} faces, "
+                        f"{loaded['docs_failed']} failed); the alias still points at {old}")
 
-    sample = random.Random(0).sample(sorted(known), min(ns.compare, len(known)))
+    sample = random.Random(0).sample(sorted(known), min(config.compare, len(known)))
     comparison = compare(client, old, new, old_spec, new_spec, sample)
     print(f"old {old} ({old_spec.spec_id}) vs new {new} ({new_spec.spec_id}) on {comparison['probes']} probes: "
           f"top-{comparison['k']} image overlap {comparison['topk_image_overlap']}, "
           f"same-person agreement {comparison['same_person_agreement']}")
-    es_index.swap_alias(client, ns.index, old, new)
-    print(f"alias {ns.index}: {old} -> {new} ({target.count} docs)")
-    if ns.drop_old:
+    es_index.swap_alias(client, alias, old, new)
+    print(f"alias {alias}: {old} -> {new} ({target.count} docs)")
+    if config.drop_old:
         client.indices.delete(index=old)
         print(f"dropped {old}")
-    summary.update(old_index=old, new_index=new, doc_count=target.count, comparison=comparison, **{f"docs_{k}": v for k, v in counts.items()})
-    jobs.write_json(ns.output.rstrip("/") + "/summary.json", summary)
+    summary.update(old_index=old, new_index=new, doc_count=target.count, comparison=comparison,
+                   **{k: v for k, v in loaded.items() if k.startswith("docs_")})
+    shards.write_json(config.output.rstrip("/") + "/summary.json", summary)
     return summary
 
 
 def main(argv=None) -> int:
-    return jobs.cli(run, argv)
+    return jobs.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -2,45 +2,61 @@
 
     facebeam run --input PATTERN [PATTERN ...] --output DIR --index NAME [embed and index options] [Beam flags]
 """
-import argparse
+import dataclasses
 import logging
 import sys
 
-from facebeam.pipelines import embed
-from facebeam.pipelines import index
-from facebeam.pipelines import jobs
+from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner import defaults as runners
-from facebeam.transforms.spec import spec_from_args
+from facebeam.transforms import es_load, shards
+from facebeam.transforms.embed import EmbedInputs
+from facebeam.transforms.sources import Inputs
+from facebeam.transforms.spec import EmbeddingSpec
 
 log = logging.getLogger(__name__)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facebeam run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    embed.add_input_args(parser)
-    parser.add_argument("--output", required=True)
-    index.add_index_args(parser)
-    return parser
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    inputs: Inputs
+    output: str
+    load: es_load.LoadConfig
+    spec: EmbeddingSpec = EmbeddingSpec()
+    incremental: bool = False
+    es: options.EsFlags = options.EsFlags()
+    beam_args: tuple = ()
 
 
-def run(argv=None, test_pipeline=None) -> dict:
-    ns, beam_args = jobs.parse(build_parser(), argv)
-    spec = spec_from_args(ns)
-    embed.preflight(ns, spec)
-    target = index.open_target(ns, spec)
-    opts = runners.pipeline_options(beam_args)
-    run_id, skip = embed.plan_run(ns, spec)
-    p = runners.create_pipeline(opts, test_pipeline)
-    out = embed.embed_images(p, ns, spec, skip)
-    embed.write_outputs(out, ns.output, spec, run_id)
-    index.index_rows(out["faces"], target, ns, ns.output, spec, run_id)
-    with index.loading(target):
+def build_parser():
+    p = options.parser("facebeam run", __doc__)
+    options.add_inputs(p)
+    options.add_incremental(p)
+    p.add_argument("--output", required=True, help="output folder for the shards (any Beam filesystem)")
+    options.add_spec(p)
+    options.add_load(p)
+    return p
+
+
+def configure(a: options.Args, beam_args=()) -> RunConfig:
+    return RunConfig(inputs=options.inputs_from(a), output=a.output, load=options.load_from(a), spec=options.spec_from(a),
+                     incremental=a.incremental, es=options.es_from(a), beam_args=tuple(beam_args))
+
+
+def run(config: RunConfig, pipeline=None) -> dict:
+    spec = config.spec
+    jobs.preflight(config.inputs, spec)
+    target = es_load.open_target(config.es.connection(), config.load, spec)
+    opts = runners.pipeline_options(config.beam_args)
+    run_id, skip = jobs.plan_backfill(config.output, spec, config.incremental, config.inputs.max_file_bytes)
+    p = runners.create_pipeline(opts, pipeline)
+    out = p | "Embed" >> EmbedInputs(config.inputs, spec, skip)
+    out | "Write" >> shards.WriteShards(config.output, spec, run_id)
+    out["faces"] | "Load" >> es_load.LoadFaces(target, config.load, config.output, spec, run_id)
+    with es_load.loading(target):
         result, elapsed = jobs.run(p)
-    summary = embed.summarize(result, elapsed, spec, opts)
-    summary.update(index=ns.index, concrete_index=target.concrete, doc_count=target.count,
-                   **{f"docs_{k}": v for k, v in index.index_counts(jobs.counters(result)).items()})
-    embed.finish_run(ns, run_id, summary)
+    summary = jobs.embed_summary(result, elapsed, spec, opts)
+    summary.update(jobs.load_summary(result, target))
+    jobs.finish_run(config.output, run_id, summary)
     log.info("run done: %d images, %d embedded, %d faces, failed %s; %d docs indexed into %s (%d docs)",
              summary["images_seen"], summary["images_embedded"], summary["faces"], summary["images_failed"] or "none",
              summary["docs_indexed"], target.concrete, target.count)
@@ -48,7 +64,7 @@ def run(argv=None, test_pipeline=None) -> dict:
 
 
 def main(argv=None) -> int:
-    return jobs.cli(run, argv, failed=lambda s: s["docs_failed"])
+    return jobs.main(sys.modules[__name__], argv, failed=lambda s: s["docs_failed"])
 
 
 if __name__ == "__main__":

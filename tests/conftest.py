@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 def sample_run(tmp_path_factory):
     """The embed job run once on the whole sample: (output folder, summary)."""
     from facebeam.pipelines import embed
-    from tests.helpers import SAMPLE
+    from tests.helpers import SAMPLE, job
 
     out = str(tmp_path_factory.mktemp("embed-sample"))
-    return out, embed.run(["--input", SAMPLE, "--output", out])
+    return out, job(embed, ["--input", SAMPLE, "--output", out])

@@ -102,3 +102,11 @@ def identities() -> dict:
     for name in parent:
         groups.setdefault(find(name), []).append(name)
     return {name: f"person-{min(members)}" for members in groups.values() for name in members if len(members) > 1}
+
+
+def job(module, argv, pipeline=None):
+    """Run a command's job in-process from command-line words, as `facebeam <command>` would."""
+    from facebeam.pipelines import options
+
+    config = module.configure(*options.parse(module.build_parser(), argv, beam=getattr(module, "BEAM", True)))
+    return module.run(config, pipeline)

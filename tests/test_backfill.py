@@ -15,7 +15,7 @@ from facebeam.pipelines import forget
 from facebeam.pipelines import reindex
 from facebeam.pipelines import run
 from tests.es_fixtures import SESSION_HOME
-from tests.helpers import ROOT, drop_versions, read_rows, sample_images
+from tests.helpers import ROOT, drop_versions, job, read_rows, sample_images
 from facebeam.transforms import shards
 
 CONN = str(SESSION_HOME / "connection.json")
@@ -54,7 +54,7 @@ def alias(es_client, request):
 
 
 def incremental(photos, out, alias, *extra):
-    return run.run(["--input", str(photos), "--output", str(out), "--index", alias, "--incremental",
+    return job(run, ["--input", str(photos), "--output", str(out), "--index", alias, "--incremental",
                     "--es-conn", CONN, *extra])
 
 
@@ -104,7 +104,7 @@ def test_killed_run_then_rerun_matches_a_clean_run(photos, tmp_path, es_client, 
     assert indexed > 0 and shards.committed_runs(str(killed_out)) == []
 
     rerun = incremental(photos, killed_out, alias)
-    clean = run.run(["--input", str(photos), "--output", str(clean_out), "--index", alias + "-clean", "--es-conn", CONN])
+    clean = job(run, ["--input", str(photos), "--output", str(clean_out), "--index", alias + "-clean", "--es-conn", CONN])
     try:
         assert faces_in(killed_out) == faces_in(clean_out)
         assert rerun["faces"] == clean["faces"]
@@ -134,7 +134,7 @@ def test_forget_erases_everywhere_and_stays_erased(photos, tmp_path, es_client, 
 
 def test_reindex_swaps_the_alias_under_live_queries(photos, tmp_path, es_client, alias, capsys):
     out = tmp_path / "v1"
-    first = run.run(["--input", str(photos), "--output", str(out), "--index", alias, "--es-conn", CONN,
+    first = job(run, ["--input", str(photos), "--output", str(out), "--index", alias, "--es-conn", CONN,
                      "--label-from", "parent-dir"])
     old = list(es_client.indices.get_alias(name=alias).body)[0]
     stop, failures, answered = threading.Event(), [], [0]
@@ -154,7 +154,7 @@ def test_reindex_swaps_the_alias_under_live_queries(photos, tmp_path, es_client,
     t = threading.Thread(target=live_queries)
     t.start()
     try:
-        summary = reindex.run(["--index", alias, "--output", str(tmp_path / "v2"), "--detect-max-side", "480",
+        summary = job(reindex, ["--index", alias, "--output", str(tmp_path / "v2"), "--detect-max-side", "480",
                                "--compare", "8", "--es-conn", CONN])
         time.sleep(1.0)
     finally:

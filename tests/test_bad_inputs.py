@@ -83,7 +83,7 @@ def test_job_exits_zero_and_accounts_for_every_file(corpus):
 
 def test_summary_reports_failures_and_adds_up(corpus):
     _, out, expect, _ = corpus
-    from facebeam.pipelines.jobs import read_json
+    from facebeam.transforms.shards import read_json
 
     s = read_json(str(out / "summary.json"))
     wanted = {}

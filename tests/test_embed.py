@@ -2,7 +2,7 @@
 import os
 
 from facebeam.pipelines import embed
-from tests.helpers import largest_face_by_file, pair_accuracy, read_rows, sample_images
+from tests.helpers import job, largest_face_by_file, pair_accuracy, read_rows, sample_images
 from facebeam.transforms.spec import EmbeddingSpec
 
 
@@ -36,7 +36,7 @@ def test_two_runs_give_identical_ids_and_embeddings(sample_run, tmp_path):
     listing = tmp_path / "subset.txt"
     listing.write_text("\n".join(subset) + "\n")
     again = tmp_path / "again"
-    embed.run(["--input", str(listing), "--output", str(again)])
+    job(embed, ["--input", str(listing), "--output", str(again)])
     first = {r["face_id"]: r for r in read_rows(os.path.join(out, "embeddings")) if r["image_path"] in subset}
     second = {r["face_id"]: r for r in read_rows(str(again / "embeddings"))}
     assert first.keys() == second.keys() and len(first) >= 12

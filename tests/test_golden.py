@@ -3,7 +3,7 @@
 import numpy as np
 
 from facebeam.pipelines import embed
-from tests.helpers import read_rows, sample_images
+from tests.helpers import job, read_rows, sample_images
 from facebeam.transforms import weights
 from facebeam.transforms.spec import EmbeddingSpec
 
@@ -20,7 +20,7 @@ def test_matches_deepface_represent_on_small_photos(tmp_path):
     assert len(photos) >= 8, photos
     listing = tmp_path / "small.txt"
     listing.write_text("\n".join(photos))
-    embed.run(["--input", str(listing), "--output", str(tmp_path / "out")])
+    job(embed, ["--input", str(listing), "--output", str(tmp_path / "out")])
     ours = read_rows(str(tmp_path / "out" / "embeddings"))
 
     weights.seed()

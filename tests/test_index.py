@@ -9,7 +9,7 @@ from elasticsearch import helpers
 
 from facebeam.pipelines import index
 from tests.es_fixtures import SESSION_HOME
-from tests.helpers import drop_versions, read_rows, synthetic_shards
+from tests.helpers import drop_versions, job, read_rows, synthetic_shards
 from facebeam.transforms import es_index as es_mapping
 from facebeam.transforms.spec import EmbeddingSpec
 
@@ -30,10 +30,10 @@ def alias(es_client, es_index):
 def test_sample_lands_once_and_each_face_finds_itself(sample_run, es_conn, es_client, alias):
     shards, _ = sample_run
     rows = read_rows(os.path.join(shards, "embeddings"))
-    first = index.run(["--shards", shards, "--index", alias, "--es-conn", CONN])
+    first = job(index, ["--shards", shards, "--index", alias, "--es-conn", CONN])
     assert first["rows_read"] == first["indexed"] == len(rows) and first["failed"] == 0
     assert count(es_client, alias) == len(rows) == first["doc_count"]
-    again = index.run(["--shards", shards, "--index", alias, "--es-conn", CONN])
+    again = job(index, ["--shards", shards, "--index", alias, "--es-conn", CONN])
     assert again["concrete_index"] == first["concrete_index"]
     assert count(es_client, alias) == len(rows)
     assert read_rows(os.path.join(shards, "index-errors")) == []
@@ -72,7 +72,7 @@ def test_shards_of_another_spec_are_refused_before_any_write(tmp_path, es_client
     other = EmbeddingSpec(detect_max_side=320)
     synthetic_shards(str(tmp_path / "b"), 30, other, seed=1)
     with pytest.raises(Exception, match="embedding spec mismatch.*detect_max_side"):
-        index.run(["--shards", str(tmp_path / "b"), "--index", alias, "--es-conn", CONN])
+        job(index, ["--shards", str(tmp_path / "b"), "--index", alias, "--es-conn", CONN])
     assert index.main(["--shards", str(tmp_path / "b"), "--index", alias, "--es-conn", CONN]) == 2
     assert count(es_client, alias) == 20
     assert not (tmp_path / "b" / "index-errors").exists()
@@ -104,7 +104,7 @@ def test_throttled_cluster_rejects_bulks_and_retries_land_every_doc(tmp_path, es
     conn = es_cluster_factory(settings={"thread_pool.write.size": 1, "thread_pool.write.queue_size": 1})
     conn_file = str(es_cluster_factory.home(conn) / "connection.json")
     rows = synthetic_shards(str(tmp_path), 3000, EmbeddingSpec(), files=4)
-    summary = index.run(["--shards", str(tmp_path), "--index", "throttled", "--es-conn", conn_file,
+    summary = job(index, ["--shards", str(tmp_path), "--index", "throttled", "--es-conn", conn_file,
                          "--chunk-docs", "25", "--initial-backoff", "0.05", "--max-retries", "12",
                          "--direct_num_workers=4"])
     client = conn.client()
@@ -141,7 +141,7 @@ def test_node_killed_mid_load_loses_nothing(tmp_path, es_cluster_factory):
 
     killer = threading.Thread(target=kill_primary_mid_load)
     killer.start()
-    summary = index.run(["--shards", str(tmp_path), "--index", "faces", "--es-conn", conn_file,
+    summary = job(index, ["--shards", str(tmp_path), "--index", "faces", "--es-conn", conn_file,
                          "--replicas", "1", "--load-replicas", "1", "--chunk-docs", "200"])
     killer.join()
     assert killed.get("node"), "no node was killed during the load"

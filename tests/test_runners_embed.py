@@ -8,7 +8,7 @@ from facebeam.pipelines import embed
 from facebeam.pipelines import index
 from facebeam.pipelines.runner.defaults import RUNNER_PRESETS, preset_cluster
 from tests.es_fixtures import SESSION_HOME
-from tests.helpers import SAMPLE, drop_versions, read_rows
+from tests.helpers import SAMPLE, drop_versions, job, read_rows
 
 # Beam's LOOPBACK data-plane thread logs "Multiplexer hanging up" when a finished bundle's channel closes.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
@@ -26,14 +26,14 @@ def photo_list(tmp_path_factory):
 @pytest.fixture(scope="module")
 def direct_rows(photo_list, tmp_path_factory):
     out = tmp_path_factory.mktemp("direct")
-    embed.run(["--input", photo_list, "--output", str(out)])
+    job(embed, ["--input", photo_list, "--output", str(out)])
     return {r["face_id"]: r for r in read_rows(str(out / "embeddings"))}
 
 
 @pytest.mark.parametrize("runner", ["flink-embedded", "flink-cluster", "spark-local", "spark-cluster"])
 def test_embed_matches_the_local_runner(runner, photo_list, direct_rows, tmp_path):
     with preset_cluster(runner):
-        summary = embed.run(["--input", photo_list, "--output", str(tmp_path), *RUNNER_PRESETS[runner]])
+        summary = job(embed, ["--input", photo_list, "--output", str(tmp_path), *RUNNER_PRESETS[runner]])
     rows = {r["face_id"]: r for r in read_rows(str(tmp_path / "embeddings"))}
     assert rows.keys() == direct_rows.keys() and len(rows) >= len(PHOTOS) + 1
     for fid, row in rows.items():
@@ -45,8 +45,8 @@ def test_embed_matches_the_local_runner(runner, photo_list, direct_rows, tmp_pat
 def test_index_on_spark_lands_the_same_count_as_direct(sample_run, es_client):
     shards, _ = sample_run
     try:
-        direct = index.run(["--shards", shards, "--index", "runner-direct", "--es-conn", CONN])
-        spark = index.run(["--shards", shards, "--index", "runner-spark", "--es-conn", CONN,
+        direct = job(index, ["--shards", shards, "--index", "runner-direct", "--es-conn", CONN])
+        spark = job(index, ["--shards", shards, "--index", "runner-spark", "--es-conn", CONN,
                            *RUNNER_PRESETS["spark-local"]])
         assert spark["failed"] == direct["failed"] == 0
         assert spark["doc_count"] == direct["doc_count"] == direct["rows_read"] > 60

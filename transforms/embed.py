@@ -1,26 +1,21 @@
 """EmbedImages: image paths -> face rows + error rows, every image accounted for."""
 import apache_beam as beam
 from apache_beam import typehints
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
 from facebeam.transforms import images
+from facebeam.transforms import metrics
 from facebeam.transforms import records
 from facebeam.transforms.progress import EMBED as PROGRESS
 from facebeam.transforms.faces import FaceModelHandler
+from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
 from facebeam.transforms.spec import EmbeddingSpec
 
-NAMESPACE = "facebeam"
-DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
-
-
-def count(name: str, n: int = 1) -> None:
-    Metrics.counter(NAMESPACE, name).inc(n)
 
 
 def count_failed(reason: str) -> None:
-    count("images_seen")
-    count(f"images_failed.{reason}")
+    metrics.count(metrics.IMAGES_SEEN)
+    metrics.count(metrics.failed_name(reason))
     PROGRESS.add(images=1, failed=1)
 
 
@@ -72,9 +67,9 @@ class ToRows(beam.DoFn):
             yield beam.pvalue.TaggedOutput("errors", records.error_row(
                 result.path, "no_face", "the detector found no face", "detect", self._spec, result.sha256))
             return
-        count("images_seen")
-        count("images_embedded")
-        count("faces", len(result.faces))
+        metrics.count(metrics.IMAGES_SEEN)
+        metrics.count(metrics.IMAGES_EMBEDDED)
+        metrics.count(metrics.FACES, len(result.faces))
         PROGRESS.add(images=1, embedded=1, faces=len(result.faces))
         label = self._labeler(result.path, result.sha256) if self._labeler else None
         yield from records.face_rows(result, self._spec, label)
@@ -126,3 +121,30 @@ class EmbedImages(beam.PTransform):
             failed_batches,
         ) | "AllErrors" >> beam.Flatten()
         return {"faces": rows["faces"], "errors": errors}
+
+
+class EmbedInputs(beam.PTransform):
+    """Input patterns -> {'faces', 'errors'}: list on the workers, drop repeats, skip what is done, embed.
+
+    `skip` (a PTransform on (path, size) pairs, e.g. manifest.SkipDone) leaves out photos a
+    backfill has already done; `labeler` overrides the one `inputs.label_from` names.
+    """
+
+    def __init__(self, inputs, spec: EmbeddingSpec, skip=None, labeler=None):
+        super().__init__()
+        self._inputs, self._spec, self._skip, self._labeler = inputs, spec, skip, labeler
+
+    def expand(self, p):
+        from facebeam.transforms import labels, sources
+
+        inputs = self._inputs
+        since = sources.parse_since(inputs.since) if inputs.since else None
+        paths = (p
+                 | "Inputs" >> beam.Create(list(inputs.patterns))
+                 | "Expand" >> beam.ParDo(sources.ExpandInputs(since))
+                 | "Distinct" >> beam.Distinct())  # also spreads paths over workers
+        if self._skip is not None:
+            paths = paths | "SkipDone" >> self._skip
+        return paths | "EmbedImages" >> EmbedImages(
+            self._spec, max_pixels=inputs.max_pixels, max_file_bytes=inputs.max_file_bytes,
+            max_batch_size=inputs.batch_size, labeler=self._labeler or labels.labeler_from(inputs.label_from))

@@ -15,11 +15,11 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from facebeam.transforms import es_index
+from facebeam.transforms import metrics
 from facebeam.transforms.es_conn import EsConnection
 from facebeam.transforms.progress import INDEX
 
 log = logging.getLogger(__name__)
-NAMESPACE = "facebeam"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,10 +112,10 @@ class IndexBatches(beam.DoFn):
 
     def __init__(self, conn: EsConnection, cfg: BulkConfig):
         self._conn, self._cfg = conn, cfg
-        self._indexed = Metrics.counter(NAMESPACE, "docs_indexed")
-        self._failed = Metrics.counter(NAMESPACE, "docs_failed")
-        self._retried = Metrics.counter(NAMESPACE, "docs_retried")
-        self._requests = Metrics.distribution(NAMESPACE, "bulk_batch_ms")
+        self._indexed = metrics.counter(metrics.DOCS_INDEXED)
+        self._failed = metrics.counter(metrics.DOCS_FAILED)
+        self._retried = metrics.counter(metrics.DOCS_RETRIED)
+        self._requests = Metrics.distribution(metrics.NAMESPACE, "bulk_batch_ms")
 
     def setup(self):
         self._client = self._conn.client()

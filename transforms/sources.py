@@ -1,22 +1,35 @@
 """Inputs: folders (recursive), glob patterns and list files, on any Beam filesystem."""
+import dataclasses
 import hashlib
 import logging
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from facebeam.transforms.errors import UserError
+from facebeam.transforms.images import DEFAULT_MAX_PIXELS
+
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif")
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input pattern that names nothing usable."""
 
 
-def _is_glob(p: str) -> bool:
-    return any(c in p for c in "*?[")
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What to embed, and the limits each image is checked against before decoding."""
+
+    patterns: tuple
+    label_from: str = None
+    since: str = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    batch_size: int = 4
 
 
 def _is_dir(p: str) -> bool:

@@ -9,6 +9,8 @@ import hashlib
 import json
 from importlib import metadata
 
+from facebeam.transforms.errors import UserError
+
 # Output sizes of deepface's recognition models (deepface/models/facial_recognition).
 MODEL_DIMS = {
     "VGG-Face": 4096, "Facenet": 128, "Facenet512": 512, "OpenFace": 128,
@@ -19,7 +21,7 @@ METRICS = ("euclidean", "cosine", "euclidean_l2")
 NORMALIZATIONS = ("base", "raw", "Facenet", "Facenet2018", "VGGFace", "VGGFace2", "ArcFace")
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """Two specs that must agree do not, or a spec is invalid."""
 
 
@@ -115,23 +117,3 @@ class EmbeddingSpec:
                 f"embedding spec mismatch with the {what}: "
                 + ", ".join(f"{k}: {a!r} here vs {b!r} there" for k, (a, b) in diff.items())
             )
-
-
-def add_spec_args(parser) -> None:
-    g = parser.add_argument_group("embedding spec")
-    d = EmbeddingSpec.__dataclass_fields__
-    g.add_argument("--model", default=d["model"].default, choices=sorted(MODEL_DIMS))
-    g.add_argument("--detector", default=d["detector"].default)
-    g.add_argument("--no-align", dest="align", action="store_false", help="skip eye alignment")
-    g.add_argument("--normalization", default=d["normalization"].default, choices=NORMALIZATIONS)
-    g.add_argument("--metric", default=d["metric"].default, choices=METRICS)
-    g.add_argument("--detect-max-side", type=int, default=d["detect_max_side"].default,
-                   help="detect on a copy scaled to this longest side (default %(default)s)")
-    g.add_argument("--expand-percentage", type=int, default=d["expand_percentage"].default)
-
-
-def spec_from_args(ns) -> EmbeddingSpec:
-    return EmbeddingSpec(
-        model=ns.model, detector=ns.detector, align=ns.align, normalization=ns.normalization,
-        metric=ns.metric, detect_max_side=ns.detect_max_side, expand_percentage=ns.expand_percentage,
-    )

@@ -12,6 +12,8 @@ import os
 import shutil
 import threading
 
+from facebeam.transforms.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # file name -> (pip package that ships it, path inside that package)
@@ -22,7 +24,7 @@ SHIPPED = {
 _lock = threading.Lock()
 
 
-class WeightsMissing(RuntimeError):
+class WeightsMissing(UserError, RuntimeError):
     def __init__(self, file_name: str, target: str, source_url=None):
         self.file_name, self.target = file_name, target
         hint = f" deepface would fetch it from {source_url}; download it elsewhere and copy it in." if source_url else ""

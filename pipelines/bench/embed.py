@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from facebeam.pipelines import embed
+from facebeam.pipelines import embed, options
+from facebeam.transforms.sources import Inputs
 from facebeam.transforms.spec import EmbeddingSpec
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     pairs_csv = os.path.join(ns.input, "face-recognition-pivot.csv")
     out = ns.output or tempfile.mkdtemp(prefix="facebeam-bench-")
 
-    summary = embed.run(["--input", ns.input, "--output", out, *beam_args])
+    summary = embed.run(embed.EmbedConfig(Inputs((ns.input,)), out, spec, beam_args=(*beam_args, *options.QUIET_WORKERS)))
     fast_rate = summary["images_seen"] / summary["elapsed_s"]
     fast_acc, n_pairs = pair_accuracy(pipeline_vectors(out), spec, pairs_csv)
 

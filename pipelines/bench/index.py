@@ -31,7 +31,9 @@ from pathlib import Path
 
 import apache_beam as beam
 
+from facebeam.pipelines import options
 from facebeam.pipelines.local import elasticsearch as es_local
+from facebeam.transforms.sources import Inputs
 from facebeam.transforms import es_index
 from facebeam.transforms import records
 from facebeam.pipelines.bench import synthetic
@@ -107,7 +109,7 @@ def load_stats(ns, spec: EmbeddingSpec) -> dict:
 
     out = path.parent / "sample-embed"
     log.info("fitting the synthetic model: embedding %s into %s (once)", ns.sample, out)
-    embed.run(["--input", ns.sample, "--output", str(out)])
+    embed.run(embed.EmbedConfig(Inputs((ns.sample,)), str(out), spec, beam_args=options.QUIET_WORKERS))
     stats = synthetic.fit_sample(str(out / "embeddings"), os.path.join(ns.sample, "face-recognition-pivot.csv"), spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(stats))
@@ -285,10 +287,11 @@ def load_beam(conn, maker: RowMaker, cfg: BulkConfig, workers: int, task_rows: i
     """The project's IndexFaces transform on the local runner (multi-process FnApiRunner)."""
     from facebeam.pipelines import jobs
     from facebeam.pipelines.runner import defaults as runners
+    from facebeam.transforms import metrics
     from facebeam.transforms.es_sink import IndexFaces
 
     faces = maker.faces
-    opts = runners.pipeline_options([f"--direct_num_workers={workers}", *jobs._QUIET_WORKERS])
+    opts = runners.pipeline_options([f"--direct_num_workers={workers}", *options.QUIET_WORKERS])
     p = runners.create_pipeline(opts)
     ranges = [(s, min(s + task_rows, faces.n)) for s in range(0, faces.n, task_rows)]
     (p | "Ranges" >> beam.Create(ranges)
@@ -304,9 +307,7 @@ def load_beam(conn, maker: RowMaker, cfg: BulkConfig, workers: int, task_rows: i
     finally:
         sampler.stop()
         client.close()
-    c = jobs.counters(result)
-    return {"indexed": c.get("docs_indexed", 0), "failed": c.get("docs_failed", 0),
-            "retried": c.get("docs_retried", 0), "peak_heap": sampler.peak_heap}
+    return {**metrics.index_counts(metrics.read_counters(result)), "peak_heap": sampler.peak_heap}
 
 
 class _SyntheticRows(beam.DoFn):

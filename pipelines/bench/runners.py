@@ -12,7 +12,8 @@ import logging
 import os
 import tempfile
 
-from facebeam.pipelines import embed
+from facebeam.pipelines import embed, options
+from facebeam.transforms.sources import Inputs
 from facebeam.pipelines.runner.defaults import RUNNER_PRESETS, preset_cluster
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def main(argv=None) -> int:
     results = {}
     for key in ns.runners.split(","):
         with preset_cluster(key):
-            s = embed.run(["--input", photos_dir, "--output", os.path.join(work, key), *RUNNER_PRESETS[key]])
+            s = embed.run(embed.EmbedConfig(Inputs((photos_dir,)), os.path.join(work, key),
+                                            beam_args=(*RUNNER_PRESETS[key], *options.QUIET_WORKERS)))
         results[key] = {"images_per_s": s["images_per_s"], "elapsed_s": s["elapsed_s"], "images": s["images_seen"],
                         "faces": s["faces"], "failed": s["images_failed"], "runner": s["runner"]}
         log.info("%s: %.2f images/s", key, s["images_per_s"])

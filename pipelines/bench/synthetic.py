@@ -29,13 +29,15 @@ import os
 
 import numpy as np
 
+from facebeam.transforms.errors import UserError
+
 log = logging.getLogger(__name__)
 STATS_VERSION = 1
 BLOCK_ROWS = 8192  # random streams are cut per block: vectors(i) do not depend on the chunk size
 _STREAM_FACES, _STREAM_QUERIES, _STREAM_LAYOUT = 1, 2, 3
 
 
-class SyntheticError(ValueError):
+class SyntheticError(UserError, ValueError):
     """The sample cannot be fitted, or the stats are not usable."""
 
 

@@ -1,0 +1,179 @@
+"""Command-line options -> frozen, typed job configs. The only code that reads argparse results.
+
+A command builds its parser from the groups here (`add_*`), and `parse(parser, argv)` gives
+an `Args` plus Beam's own flags; the `*_from(args)` functions turn an `Args` into the typed
+values jobs take. `Args` records which options were read, so a test can check that every
+flag a command offers is one it uses.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+
+from facebeam.transforms import es_conn, es_index
+from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
+from facebeam.transforms.errors import UserError
+from facebeam.transforms.es_load import LoadConfig
+from facebeam.transforms.es_sink import BulkConfig
+from facebeam.transforms.images import DEFAULT_MAX_PIXELS
+from facebeam.transforms.sources import Inputs
+from facebeam.transforms.spec import METRICS, MODEL_DIMS, NORMALIZATIONS, EmbeddingSpec
+
+# Workers log errors only, except facebeam's own lines (progress, warnings).
+QUIET_WORKERS = (
+    "--default_sdk_harness_log_level=ERROR",
+    '--sdk_harness_log_level_overrides={"facebeam": "INFO"}',
+)
+
+
+class Args:
+    """A parsed namespace that remembers which options were read."""
+
+    def __init__(self, ns: argparse.Namespace):
+        object.__setattr__(self, "_ns", ns)
+        object.__setattr__(self, "read", set())
+
+    def __getattr__(self, name):
+        self.read.add(name)
+        return getattr(self._ns, name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("parsed options are read-only")
+
+    def dests(self) -> set:
+        return set(vars(self._ns))
+
+
+def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse(p: argparse.ArgumentParser, argv, beam: bool = True) -> tuple[Args, tuple]:
+    """App flags via argparse; with `beam`, what it does not know goes to Beam (with quiet worker logs)."""
+    if not beam:
+        return Args(p.parse_args(argv)), ()
+    ns, beam_args = p.parse_known_args(argv)
+    for flag in QUIET_WORKERS:
+        name = flag.split("=", 1)[0]
+        if not any(a == name or a.startswith(name + "=") for a in beam_args):
+            beam_args.append(flag)
+    return Args(ns), tuple(beam_args)
+
+
+# --- inputs -------------------------------------------------------------------------------
+def add_inputs(p, flag: str = "--input", required: bool = True, labels: bool = True, backfill: bool = True) -> None:
+    g = p.add_argument_group("inputs")
+    g.add_argument(flag, dest="input", nargs="+", required=required, metavar="PATTERN",
+                   help="folders (recursive), glob patterns, or list files (.txt/.lst or @FILE), on any Beam filesystem")
+    if labels:
+        g.add_argument("--label-from", default=None, metavar="parent-dir|csv:FILE",
+                       help="store an identity label with each face")
+    if backfill:
+        g.add_argument("--since", default=None, metavar="DATE", help="only files modified at or after DATE (ISO)")
+    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse images with more pixels, before decoding (default %(default)s)")
+    g.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
+    g.add_argument("--batch-size", type=int, default=4, help="images per model batch")
+
+
+def inputs_from(a: Args, labels: bool = True, backfill: bool = True) -> Inputs:
+    return Inputs(patterns=tuple(a.input or ()), label_from=a.label_from if labels else None,
+                  since=a.since if backfill else None, max_pixels=a.max_pixels,
+                  max_file_bytes=a.max_file_bytes, batch_size=a.batch_size)
+
+
+def add_incremental(p) -> None:
+    p.add_argument("--incremental", action="store_true",
+                   help="skip photos whose content is already done for this spec; write a new run partition")
+
+
+# --- the embedding spec ---------------------------------------------------------------------
+SPEC_FIELDS = ("model", "detector", "align", "normalization", "metric", "detect_max_side", "expand_percentage")
+
+
+def add_spec(p, check_only: bool = False) -> None:
+    """The spec flags; with `check_only` they default to unset and only assert what an index must have."""
+    g = p.add_argument_group("embedding spec" + (" (checked against the index's own)" if check_only else ""))
+    d = {k: (None if check_only else f.default) for k, f in EmbeddingSpec.__dataclass_fields__.items()}
+    g.add_argument("--model", default=d["model"], choices=sorted(MODEL_DIMS))
+    g.add_argument("--detector", default=d["detector"])
+    g.add_argument("--no-align", dest="align", action="store_const", const=False,
+                   default=None if check_only else True, help="skip eye alignment")
+    g.add_argument("--normalization", default=d["normalization"], choices=NORMALIZATIONS)
+    g.add_argument("--metric", default=d["metric"], choices=METRICS)
+    g.add_argument("--detect-max-side", type=int, default=d["detect_max_side"],
+                   help="detect on a copy scaled to this longest side (default %(default)s)")
+    g.add_argument("--expand-percentage", type=int, default=d["expand_percentage"])
+
+
+def spec_from(a: Args) -> EmbeddingSpec:
+    return EmbeddingSpec(**{k: getattr(a, k) for k in SPEC_FIELDS})
+
+
+def spec_given(a: Args) -> dict:
+    """The spec flags given on a check-only parser: {field: value}."""
+    return {k: v for k in SPEC_FIELDS if (v := getattr(a, k)) is not None}
+
+
+# --- Elasticsearch ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class EsFlags:
+    """Where the cluster is; resolved (environment, connection file) only when a job connects."""
+
+    url: str | None = None
+    conn_file: str | None = None
+    user: str | None = None
+    ca_certs: str | None = None
+    insecure: bool = False
+
+    def connection(self) -> es_conn.EsConnection:
+        return es_conn.EsConnection.resolve(url=self.url, conn_file=self.conn_file, username=self.user,
+                                            ca_certs=self.ca_certs, insecure=self.insecure)
+
+
+def add_es(p) -> None:
+    """--es-url --es-conn --es-user --es-ca-certs --es-insecure; passwords only via env/file."""
+    g = p.add_argument_group(
+        "Elasticsearch", f"password/API key only from {es_conn.ENV_PASSWORD} / {es_conn.ENV_API_KEY} or the connection file")
+    g.add_argument("--es-url", help=f"URL(s), comma-separated (env {es_conn.ENV_URL})")
+    g.add_argument("--es-conn", help=f"connection file (env {es_conn.ENV_CONN}; default <FACEBEAM_HOME>/es/connection.json)")
+    g.add_argument("--es-user", help=f"basic-auth user (env {es_conn.ENV_USER})")
+    g.add_argument("--es-ca-certs", help=f"CA certificate (PEM) to verify the server (env {es_conn.ENV_CA_CERTS})")
+    g.add_argument("--es-insecure", action="store_true", help="do NOT verify TLS certificates (warns)")
+
+
+def es_from(a: Args) -> EsFlags:
+    return EsFlags(url=a.es_url, conn_file=a.es_conn, user=a.es_user, ca_certs=a.es_ca_certs, insecure=a.es_insecure)
+
+
+# --- loading an index -----------------------------------------------------------------------
+def add_load(p, alias_required: bool = True) -> None:
+    p.add_argument("--index", required=alias_required, default=None if alias_required else "faces",
+                   help="alias name; the concrete index is versioned behind it")
+    d = BulkConfig.__dataclass_fields__
+    g = p.add_argument_group("bulk loading")
+    g.add_argument("--chunk-docs", type=int, default=d["chunk_docs"].default)
+    g.add_argument("--chunk-bytes", type=int, default=d["chunk_bytes"].default)
+    g.add_argument("--max-retries", type=int, default=d["max_retries"].default)
+    g.add_argument("--initial-backoff", type=float, default=d["initial_backoff_s"].default)
+    g.add_argument("--index-type", default="hnsw", choices=es_index.INDEX_TYPES)
+    g.add_argument("--m", type=int, default=16, help="HNSW graph degree")
+    g.add_argument("--ef-construction", type=int, default=100)
+    g.add_argument("--replicas", type=int, default=None, help="replicas after the load (default: as before)")
+    g.add_argument("--load-replicas", type=int, default=0, help="replicas during the load (default 0)")
+    add_es(p)
+
+
+def load_from(a: Args) -> LoadConfig:
+    bulk = BulkConfig(index=a.index, chunk_docs=a.chunk_docs, chunk_bytes=a.chunk_bytes,
+                      max_retries=a.max_retries, initial_backoff_s=a.initial_backoff)
+    return LoadConfig(alias=a.index, bulk=bulk, index_type=a.index_type, m=a.m, ef_construction=a.ef_construction,
+                      replicas=a.replicas, load_replicas=a.load_replicas)
+
+
+# --- misc -------------------------------------------------------------------------------------
+def existing_file(path: str | None, what: str) -> str | None:
+    if path is not None and "://" not in path and not os.path.exists(path):
+        raise UserError(f"{what} not found: {path}")
+    return path
