@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SAMPLE ?= ../shared/data/faces
 OUT ?= out/sample
 
-.PHONY: env demo test clean
+.PHONY: env lint demo test clean
 
 $(BIN)/facebeam: requirements.lock setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,8 +29,12 @@ demo: env
 	@echo "report: $(OUT)-query/report.html   (stop Elasticsearch with: $(BIN)/facebeam es down)"
 
 test: env
+	$(BIN)/ruff check .
 	$(BIN)/pip install -q -r deploy/requirements-validate.txt
 	$(BIN)/python -m pytest -q tests
+
+lint: $(BIN)/facebeam
+	$(BIN)/ruff check .
 
 clean:
 	-$(BIN)/facebeam es down

@@ -1,11 +1,10 @@
 """`facebeam <command>`: one entry point; each command lives in its own module.
 
 Every module exposes `main(argv) -> int`; pipeline modules also run as
-`python -m pipelines.<name>`. Modules are imported only when their command runs,
+`python -m facebeam.pipelines.<name>`. Modules are imported only when their command runs,
 so `facebeam --help` stays fast.
 """
 import importlib
-import logging
 import sys
 
 COMMANDS = {
@@ -41,11 +40,9 @@ def main(argv=None) -> int:
     if name not in COMMANDS or importlib.util.find_spec(COMMANDS[name][0]) is None:
         print(f"facebeam: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Beam's INFO chatter off; workers print their own (filtered) lines, so forwarded copies are dropped too.
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    from facebeam.pipelines import jobs
+
+    jobs.setup_logging()
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

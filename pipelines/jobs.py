@@ -27,6 +27,22 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
     return 1 if failed(summary) else 0
 
 
+def setup_logging() -> None:
+    """Launcher logs: facebeam at INFO; Beam's and the client's chatter off (workers print their own)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+
+
+def entry(main_fn) -> None:
+    """`python -m facebeam.pipelines.<command>`: the same as `facebeam <command>`."""
+    import sys
+
+    setup_logging()
+    sys.exit(main_fn())
+
+
 def run(pipeline):
     """Run to completion; returns (result, elapsed seconds)."""
     started = time.perf_counter()

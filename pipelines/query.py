@@ -8,7 +8,7 @@ Probes are embedded with the index's own spec. Results go to DIR/results/, faile
 probes to DIR/errors/. With --exact (or when no cluster is configured) the search
 is a brute-force scan over the shards: the ground truth for recall.
 """
-import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -17,64 +17,84 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
-from facebeam.pipelines import embed
-from facebeam.pipelines import index
-from facebeam.pipelines import jobs
+from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner import defaults as runners
-from facebeam.transforms import es_conn
-from facebeam.transforms import es_index
-from facebeam.transforms import knn
-from facebeam.transforms import labels
-from facebeam.transforms import records
-from facebeam.transforms import shards
-from facebeam.transforms import sources
-from facebeam.transforms.spec import spec_from_args
+from facebeam.transforms import es_conn, es_index, knn, labels, metrics, records, shards, sources
+from facebeam.transforms.embed import EmbedInputs
+from facebeam.transforms.errors import UserError
+from facebeam.transforms.sources import Inputs
 
 log = logging.getLogger(__name__)
-SPEC_FLAGS = ("--model", "--detector", "--no-align", "--normalization", "--metric", "--detect-max-side", "--expand-percentage")
+PROBE_FACES = "probe_faces"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facebeam query", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    embed.add_input_args(parser, flag="--probes")
-    parser.add_argument("--index", default="faces", help="alias to search (default %(default)s)")
-    parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(100, 10k))")
-    parser.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE")
-    parser.add_argument("--exclude-same-image", action="store_true", help="ignore hits on the probe's own image")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--format", choices=("parquet", "jsonl"), default="parquet")
-    parser.add_argument("--exact", action="store_true", help="brute force over --shards instead of Elasticsearch")
-    parser.add_argument("--shards", default=None, help="embed/run output folder (for --exact)")
-    parser.add_argument("--report", default=None, metavar="FILE.html", help="write a visual report")
-    es_conn.add_es_args(parser)
-    return parser
+@dataclasses.dataclass(frozen=True)
+class QueryConfig:
+    probes: Inputs
+    output: str
+    index: str = "faces"
+    k: int = 5
+    num_candidates: int = None
+    filters: tuple = ()
+    exclude_same_image: bool = False
+    format: str = "parquet"
+    exact: bool = False
+    shards: str = None
+    report: str = None
+    spec_given: tuple = ()  # (field, value) pairs the index's spec must match
+    es: options.EsFlags = options.EsFlags()
+    beam_args: tuple = ()
 
 
-def choose_backend(ns, argv):
-    """(mode, spec, conn or None): Elasticsearch when a cluster is configured and --exact is not given."""
+def build_parser():
+    p = options.parser("facebeam query", __doc__)
+    options.add_inputs(p, flag="--probes", labels=False, backfill=False)
+    p.add_argument("--index", default="faces", help="alias to search (default %(default)s)")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(100, 10k))")
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument("--exclude-same-image", action="store_true", help="ignore hits on the probe's own image")
+    p.add_argument("--output", required=True)
+    p.add_argument("--format", choices=("parquet", "jsonl"), default="parquet")
+    p.add_argument("--exact", action="store_true", help="brute force over --shards instead of Elasticsearch")
+    p.add_argument("--shards", default=None, help="embed/run output folder (for --exact)")
+    p.add_argument("--report", default=None, metavar="FILE.html", help="write a visual report")
+    options.add_spec(p, check_only=True)
+    options.add_es(p)
+    return p
+
+
+def configure(a: options.Args, beam_args=()) -> QueryConfig:
+    return QueryConfig(probes=options.inputs_from(a, labels=False, backfill=False), output=a.output, index=a.index,
+                       k=a.k, num_candidates=a.num_candidates, filters=tuple(a.filter),
+                       exclude_same_image=a.exclude_same_image, format=a.format, exact=a.exact, shards=a.shards,
+                       report=a.report, spec_given=tuple(options.spec_given(a).items()), es=options.es_from(a),
+                       beam_args=tuple(beam_args))
+
+
+def choose_backend(es: options.EsFlags, index: str, exact: bool, shards_dir, spec_given=()):
+    """(mode, spec, conn or None): Elasticsearch when a cluster is configured and exact is not asked for."""
     conn = None
-    if not ns.exact:
+    if not exact:
         try:
-            conn = es_conn.from_args(ns)
+            conn = es.connection()
         except es_conn.EsConfigError:
-            if not ns.shards:
+            if not shards_dir:
                 raise
             log.info("no Elasticsearch configured: searching the shards exactly")
     if conn is None:
-        if not ns.shards:
-            raise ValueError("--exact needs --shards DIR")
-        spec = index.shards_spec(ns.shards)
+        if not shards_dir:
+            raise UserError("--exact needs --shards DIR")
+        spec = shards.spec_of(shards_dir)
     else:
         client = conn.client()
         es_conn.check(client, conn)
-        target = es_index.alias_target(client, ns.index)
+        target = es_index.alias_target(client, index)
         if target is None:
-            raise ValueError(f"no index {ns.index!r} in Elasticsearch at {conn.url}; run `facebeam index` first")
+            raise UserError(f"no index {index!r} in Elasticsearch at {conn.url}; run `facebeam index` first")
         spec = es_index.spec_of(client, target)
-    if any(a.split("=")[0] in SPEC_FLAGS for a in argv):
-        spec_from_args(ns).require_same(spec, what="index" if conn else "shards")
+    if spec_given:
+        dataclasses.replace(spec, **dict(spec_given)).require_same(spec, what="index" if conn else "shards")
     return ("es" if conn else "exact"), spec, conn
 
 
@@ -97,7 +117,7 @@ class Search(beam.DoFn):
         else:
             found = knn.exact_search(self._files, batch, self._search, self._spec)
         for probe, hits in zip(batch, found):
-            jobs.counted(None, "probe_faces")
+            metrics.count(PROBE_FACES)
             small = {k: probe[k] for k in ("image_path", "image_sha256", "face_index", "box_x", "box_y", "box_w", "box_h")}
             yield probe["image_path"], (small, hits)
 
@@ -126,16 +146,15 @@ def result_rows(item, spec, mode):
             }
 
 
-def run(argv=None, test_pipeline=None) -> dict:
-    argv = list(argv or [])
-    ns, beam_args = jobs.parse(build_parser(), argv)
-    mode, spec, conn = choose_backend(ns, argv)
+def run(config: QueryConfig, pipeline=None) -> dict:
+    ns = config
+    mode, spec, conn = choose_backend(ns.es, ns.index, ns.exact, ns.shards, ns.spec_given)
     search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or max(100, 10 * ns.k),
-                            filters=knn.parse_filters(ns.filter), exclude_same_image=ns.exclude_same_image)
-    sources.check_inputs(ns.input)
-    opts = runners.pipeline_options(beam_args)
-    p = runners.create_pipeline(opts, test_pipeline)
-    probes = embed.embed_images(p, ns, spec)
+                            filters=knn.parse_filters(ns.filters), exclude_same_image=ns.exclude_same_image)
+    sources.check_inputs(ns.probes.patterns)
+    opts = runners.pipeline_options(ns.beam_args)
+    p = runners.create_pipeline(opts, pipeline)
+    probes = p | "EmbedProbes" >> EmbedInputs(ns.probes, spec)
     results = (probes["faces"]
                | "BatchProbes" >> beam.BatchElements(min_batch_size=1, max_batch_size=64)
                | "Search" >> beam.ParDo(Search(mode, spec, search, conn, ns.index, ns.shards))
@@ -151,10 +170,10 @@ def run(argv=None, test_pipeline=None) -> dict:
     probes["errors"] | "WriteErrors" >> WriteToParquet(join(ns.output, "errors", "part"), records.ERROR_SCHEMA,
                                                        codec="zstd", file_name_suffix=".parquet")
     result, elapsed = jobs.run(p)
-    c = jobs.counters(result)
-    summary = {**jobs.image_counts(c), "probe_faces": c.get("probe_faces", 0), "mode": mode, "index": ns.index,
+    c = metrics.read_counters(result)
+    summary = {**metrics.image_counts(c), "probe_faces": c.get(PROBE_FACES, 0), "mode": mode, "index": ns.index,
                "k": ns.k, "spec_id": spec.spec_id, "runner": runners.runner_name(opts), "elapsed_s": round(elapsed, 3)}
-    jobs.write_json(join(ns.output, "summary.json"), summary)
+    shards.write_json(join(ns.output, "summary.json"), summary)
     if ns.report:
         from facebeam.transforms import report
 
@@ -179,9 +198,8 @@ def read_results(output: str, fmt: str = "parquet") -> list:
 
 
 def main(argv=None) -> int:
-    return jobs.cli(run, argv)
+    return jobs.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main(sys.argv[1:]))
+    jobs.entry(main)

@@ -5,28 +5,23 @@
 The model loads once (the warm-up); every photo after that is answered in well
 under a second. With --stdin, more photo paths are read one per line.
 """
-import argparse
 import logging
 import sys
 import time
 
-from facebeam.pipelines import query
-from facebeam.transforms import es_conn
-from facebeam.transforms import images
-from facebeam.transforms import knn
-from facebeam.transforms import labels
-from facebeam.transforms import shards
-from facebeam.transforms import sources
+from facebeam.pipelines import options, query
+from facebeam.transforms import images, knn, labels, shards, sources
+from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
 class Searcher:
-    def __init__(self, ns, argv):
+    def __init__(self, ns):
         from facebeam.transforms.faces import FaceModel
 
         started = time.perf_counter()
-        self.mode, self.spec, conn = query.choose_backend(ns, argv)
+        self.mode, self.spec, conn = query.choose_backend(options.es_from(ns), ns.index, ns.exact, ns.shards)
         self.search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or max(100, 10 * ns.k),
                                      filters=knn.parse_filters(ns.filter))
         self.model = FaceModel(self.spec)
@@ -61,8 +56,7 @@ def print_table(path, found, results, spec, seconds, out=None):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="facebeam search", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.parser("facebeam search", __doc__)
     parser.add_argument("photos", nargs="*")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--index", default="faces")
@@ -71,12 +65,12 @@ def main(argv=None) -> int:
     parser.add_argument("--exact", action="store_true")
     parser.add_argument("--shards", default=None)
     parser.add_argument("--stdin", action="store_true", help="read more photo paths from standard input")
-    es_conn.add_es_args(parser)
+    options.add_es(parser)
     argv = list(sys.argv[1:] if argv is None else argv)
-    ns = parser.parse_args(argv)
+    ns, _ = options.parse(parser, argv, beam=False)
     try:
-        searcher = Searcher(ns, argv)
-    except (es_conn.EsError, ValueError) as e:
+        searcher = Searcher(ns)
+    except UserError as e:
         log.error("%s", e)
         return 2
     print(f"ready: {searcher.mode} search, spec {searcher.spec.spec_id}, warm-up {searcher.warmup_s:.2f} s")

@@ -16,6 +16,7 @@ import urllib.request
 
 import pytest
 
+from facebeam.pipelines import options
 from facebeam.pipelines.local import elasticsearch as es_local
 from tests.es_fixtures import CACHE, extra_cluster_slot
 from facebeam.transforms import es_conn as es_conn_mod
@@ -158,11 +159,11 @@ def test_resolve_precedence_and_flags(tmp_path, monkeypatch, caplog):
     assert (c.api_key, c.username, c.password) == ("envkey", None, None)
     # Command-line flags: no password flag; --es-insecure is the only way off, and it warns.
     parser = argparse.ArgumentParser()
-    es_conn_mod.add_es_args(parser)
+    options.add_es(parser)
     with pytest.raises(SystemExit):
         parser.parse_args(["--es-password", "x"])
     with caplog.at_level(logging.WARNING):
-        c = es_conn_mod.from_args(parser.parse_args(["--es-url", "https://h:1", "--es-insecure"]))
+        c = options.es_from(options.Args(parser.parse_args(["--es-url", "https://h:1", "--es-insecure"]))).connection()
     assert not c.verify_certs and "verification is OFF" in caplog.text
 
 

@@ -12,7 +12,7 @@ from facebeam.pipelines import index
 from facebeam.pipelines import query
 from facebeam.pipelines import search
 from tests.es_fixtures import SESSION_HOME
-from tests.helpers import SAMPLE, drop_versions, identities
+from tests.helpers import SAMPLE, drop_versions, identities, job
 from facebeam.pipelines import embed
 
 CONN = str(SESSION_HOME / "connection.json")
@@ -29,9 +29,9 @@ def labeled_index(tmp_path_factory, es_conn, es_client):
         w.writerow(["file", "label"])
         w.writerows(sorted(people.items()))
     shards = str(work / "shards")
-    embed.run(["--input", SAMPLE, "--output", shards, "--label-from", f"csv:{work / 'labels.csv'}"])
+    job(embed, ["--input", SAMPLE, "--output", shards, "--label-from", f"csv:{work / 'labels.csv'}"])
     drop_versions(es_client, ALIAS)
-    index.run(["--shards", shards, "--index", ALIAS, "--es-conn", CONN])
+    job(index, ["--shards", shards, "--index", ALIAS, "--es-conn", CONN])
     yield work, shards, people
     drop_versions(es_client, ALIAS)
 
@@ -40,8 +40,8 @@ def labeled_index(tmp_path_factory, es_conn, es_client):
 def both_modes(labeled_index):
     work, shards, people = labeled_index
     common = ["--probes", SAMPLE, "--index", ALIAS, "--k", "6", "--exclude-same-image", "--es-conn", CONN]
-    es = query.run(common + ["--output", str(work / "es"), "--report", str(work / "report.html")])
-    exact = query.run(common + ["--output", str(work / "exact"), "--exact", "--shards", shards, "--format", "jsonl"])
+    es = job(query, common + ["--output", str(work / "es"), "--report", str(work / "report.html")])
+    exact = job(query, common + ["--output", str(work / "exact"), "--exact", "--shards", shards, "--format", "jsonl"])
     return (es, query.read_results(str(work / "es"))), (exact, query.read_results(str(work / "exact"), "jsonl"))
 
 
@@ -114,7 +114,7 @@ def test_one_photo_never_gives_a_label_to_two_faces(labeled_index, tmp_path):
     twice.paste(face, (0, 0))
     twice.paste(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (face.width + 40, 0))
     twice.save(tmp_path / "twice.jpg")
-    query.run(["--probes", str(tmp_path / "twice.jpg"), "--index", ALIAS, "--k", "5", "--output", str(tmp_path / "out"),
+    job(query, ["--probes", str(tmp_path / "twice.jpg"), "--index", ALIAS, "--k", "5", "--output", str(tmp_path / "out"),
                "--es-conn", CONN])
     rows = query.read_results(str(tmp_path / "out"))
     faces = {r["probe_face_index"]: r for r in rows}
@@ -128,7 +128,7 @@ def test_one_photo_never_gives_a_label_to_two_faces(labeled_index, tmp_path):
 
 def test_spec_mismatch_with_the_index_is_refused(labeled_index, tmp_path):
     with pytest.raises(Exception, match="embedding spec mismatch"):
-        query.run(["--probes", os.path.join(SAMPLE, "img1.jpg"), "--index", ALIAS, "--output", str(tmp_path),
+        job(query, ["--probes", os.path.join(SAMPLE, "img1.jpg"), "--index", ALIAS, "--output", str(tmp_path),
                    "--es-conn", CONN, "--detect-max-side", "320"])
 
 

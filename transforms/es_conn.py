@@ -8,14 +8,15 @@ command line they come only from the environment or the connection file. A secre
 that came from there is pickled as that reference, never as its value: Beam workers
 read it from their own environment (or the file), so it is not inside the job.
 """
-import argparse
 import dataclasses
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Optional
-from urllib.parse import urlsplit, urlunsplit, unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ ENV_CONN = "FACEBEAM_ES_CONN"
 _REDACTED = "'***'"
 
 
-class EsError(Exception):
+class EsError(UserError):
     """Base class for facebeam's Elasticsearch errors; messages never hold secrets."""
 
 
@@ -274,23 +275,6 @@ def check(client, conn: Optional[EsConnection] = None, timeout: float = 5.0) -> 
         raise EsUnavailable(f"Elasticsearch at {url} is unreachable: {_short(e)}") from None
     except ApiError as e:
         raise EsUnavailable(f"Elasticsearch at {url} answered HTTP {e.meta.status}: {e.message}") from None
-
-
-def add_es_args(parser: argparse.ArgumentParser):
-    """--es-url --es-conn --es-user --es-ca-certs --es-insecure; passwords only via env/file."""
-    g = parser.add_argument_group(
-        "Elasticsearch", f"password/API key only from {ENV_PASSWORD} / {ENV_API_KEY} or the connection file")
-    g.add_argument("--es-url", help=f"URL(s), comma-separated (env {ENV_URL})")
-    g.add_argument("--es-conn", help=f"connection file (env {ENV_CONN}; default {DEFAULT_CONN_FILE} if present)")
-    g.add_argument("--es-user", help=f"basic-auth user (env {ENV_USER})")
-    g.add_argument("--es-ca-certs", help=f"CA certificate (PEM) to verify the server (env {ENV_CA_CERTS})")
-    g.add_argument("--es-insecure", action="store_true", help="do NOT verify TLS certificates (warns)")
-    return g
-
-
-def from_args(ns: argparse.Namespace) -> EsConnection:
-    return EsConnection.resolve(url=ns.es_url, conn_file=ns.es_conn, username=ns.es_user,
-                                ca_certs=ns.es_ca_certs, insecure=ns.es_insecure)
 
 
 # --- helpers --------------------------------------------------------------------

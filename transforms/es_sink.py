@@ -17,6 +17,7 @@ from apache_beam.metrics import Metrics
 from facebeam.transforms import es_index
 from facebeam.transforms import metrics
 from facebeam.transforms.es_conn import EsConnection
+from facebeam.transforms.errors import UserError
 from facebeam.transforms.progress import INDEX
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,9 @@ class BulkConfig:
 
     def __post_init__(self):
         if self.chunk_docs < 1 or self.chunk_bytes < 1024:
-            raise ValueError("chunk_docs must be >= 1 and chunk_bytes >= 1024")
+            raise UserError("chunk_docs must be >= 1 and chunk_bytes >= 1024")
         if self.max_retries < 0 or self.initial_backoff_s < 0 or self.max_backoff_s < self.initial_backoff_s:
-            raise ValueError("retries and backoff must be non-negative, max_backoff >= initial_backoff")
+            raise UserError("retries and backoff must be non-negative, max_backoff >= initial_backoff")
 
     def backoff(self, attempt: int, rng=random) -> float:
         """Exponential backoff with equal jitter: half fixed, half random."""

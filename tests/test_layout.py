@@ -1,0 +1,145 @@
+"""The house rules: every flag a command offers is one it reads; user errors vs bugs; installed names."""
+import argparse
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pyarrow.parquet as pq
+import pytest
+
+from facebeam.pipelines import cli, options
+from tests.helpers import ROOT, SAMPLE
+
+PYTHON = sys.executable
+
+
+def _value(action) -> list:
+    if action.choices:
+        return [str(next(iter(action.choices)))]
+    return ["1" if action.type in (int, float) else "x"]
+
+
+def _minimal_argv(parser: argparse.ArgumentParser) -> list:
+    """Words that satisfy a parser's required options and positionals, with placeholder values."""
+    argv, groups = [], {}
+    for g in parser._mutually_exclusive_groups:
+        if g.required:
+            groups[id(g)] = g._group_actions[0]
+    chosen = {id(a) for a in groups.values()}
+    for a in parser._actions:
+        if isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
+            continue
+        if not a.option_strings:
+            if a.nargs not in ("*", "?"):
+                argv += _value(a)
+        elif a.required or id(a) in chosen:
+            argv += [a.option_strings[0]] + ([] if a.nargs == 0 else _value(a))
+    return argv
+
+
+def _variants(parser: argparse.ArgumentParser) -> list:
+    """(argv, parser) for a parser and each of its sub-commands, recursively."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [_minimal_argv(parser)]
+    out = []
+    for name, sub in subs[0].choices.items():
+        out += [[*_minimal_argv(parser), name, *rest] for rest in _variants(sub)]
+    return out
+
+
+def _commands():
+    for name, (module_name, _) in cli.COMMANDS.items():
+        yield name, importlib.import_module(module_name)
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_every_offered_flag_is_read(name):
+    """`--help` lists only what the command uses: every parsed option is read by its `configure`."""
+    module = importlib.import_module(cli.COMMANDS[name][0])
+    assert hasattr(module, "build_parser") and hasattr(module, "configure"), f"{name}: no build_parser/configure"
+    for argv in _variants(module.build_parser()):
+        args, beam_args = options.parse(module.build_parser(), argv, beam=getattr(module, "BEAM", True))
+        module.configure(args, beam_args)
+        unread = args.dests() - args.read
+        assert not unread, f"facebeam {name} {' '.join(argv)}: offers {sorted(unread)} but never reads them"
+
+
+def test_query_help_offers_no_embed_only_flags():
+    text = importlib.import_module(cli.COMMANDS["query"][0]).build_parser().format_help()
+    for flag in ("--incremental", "--since", "--label-from"):
+        assert flag not in text
+
+
+def _facebeam(*words, env=None, code=None):
+    prog = code or "import sys; from facebeam.pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([PYTHON, "-c", prog, *words], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def test_a_bug_keeps_its_traceback_and_exits_1(tmp_path):
+    """A plain ValueError inside a command is a bug, not a user error: traceback, exit 1."""
+    inject = textwrap.dedent("""
+        import sys
+        from facebeam.transforms import sources
+        def broken(patterns):
+            raise ValueError("injected bug")
+        sources.check_inputs = broken
+        from facebeam.pipelines.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    done = _facebeam("embed", "--input", SAMPLE, "--output", str(tmp_path / "out"), code=inject)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback (most recent call last)" in done.stderr and "ValueError: injected bug" in done.stderr
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["embed", "--input", "/no/such/folder/*.jpg", "--output", "OUT"], "matched no files"),
+    (["index", "--shards", "OUT", "--index", "faces", "--max-retries", "-1", "--es-url", "https://127.0.0.1:9"],
+     "retries and backoff must be non-negative"),
+])
+def test_a_user_error_is_one_line_and_exits_2(tmp_path, argv, says):
+    done = _facebeam(*[str(tmp_path / w) if w == "OUT" else w for w in argv])
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and says in lines[0] and "Traceback" not in done.stderr, done.stderr
+
+
+def test_installed_names_and_a_pipeline_of_ones_own(tmp_path):
+    """`pip install .` puts only `facebeam` into site-packages; its transforms build a user's own pipeline."""
+    wheels = tmp_path / "wheels"
+    subprocess.run([PYTHON, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), ROOT],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("facebeam-*.whl")
+    tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist() if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"facebeam"}, tops
+    site = tmp_path / "site"
+    subprocess.run([PYTHON, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    assert not (site / "pipelines").exists() and not (site / "transforms").exists()
+    out = tmp_path / "out"
+    own = textwrap.dedent(f"""
+        import importlib.util, sys
+        import apache_beam as beam
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        from facebeam.transforms import embed, shards
+        from facebeam.transforms.embed import EmbedInputs
+        from facebeam.transforms.sources import Inputs
+        from facebeam.transforms.spec import EmbeddingSpec
+        assert embed.__file__.startswith({str(site)!r}), embed.__file__
+        assert importlib.util.find_spec("pipelines") is None and importlib.util.find_spec("transforms") is None
+        spec = EmbeddingSpec()
+        photos = [{SAMPLE!r} + "/" + n for n in ("img1.jpg", "img2.jpg", "couple.jpg")]
+        with beam.Pipeline(runner=FnApiRunner()) as p:
+            found = p | EmbedInputs(Inputs(tuple(photos)), spec)
+            found | shards.WriteShards({str(out)!r}, spec)
+    """)
+    done = subprocess.run([PYTHON, "-c", own], capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
+                          env={**os.environ, "PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [r for f in sorted((out / "embeddings").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert sorted(os.path.basename(r["image_path"]) for r in rows) == ["couple.jpg", "couple.jpg", "img1.jpg", "img2.jpg"]
+    assert all(len(r["embedding"]) == 128 for r in rows)
