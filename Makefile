@@ -6,8 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAMPLE ?= ../shared/data/faces
 OUT ?= out/sample
+# Two photos from SAMPLE for the query/search lines (the first two by name).
+PHOTOS = $(shell find "$(SAMPLE)" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) 2>/dev/null | sort | head -2)
 
-.PHONY: env lint demo test clean
+.PHONY: env lint demo sample test clean
 
 $(BIN)/facebeam: requirements.lock setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,13 +21,16 @@ $(BIN)/facebeam: requirements.lock setup.py
 env: $(BIN)/facebeam
 	$(BIN)/facebeam models seed
 
-demo: env
+sample:
+	$(if $(PHOTOS),,$(error no photos (.jpg/.jpeg/.png) under SAMPLE=$(SAMPLE): run `make demo SAMPLE=DIR` with a folder of photos, or put deepface's tests/unit/dataset (github.com/serengil/deepface) at ../shared/data/faces))
+
+demo: sample env
 	$(BIN)/facebeam es up
 	$(BIN)/facebeam run --input $(SAMPLE) --output $(OUT) --index faces
 	$(BIN)/facebeam es status --index faces
-	$(BIN)/facebeam query --probes $(SAMPLE)/img1.jpg $(SAMPLE)/couple.jpg --index faces --k 5 \
+	$(BIN)/facebeam query --probes $(PHOTOS) --index faces --k 5 \
 	    --output $(OUT)-query --report $(OUT)-query/report.html
-	$(BIN)/facebeam search $(SAMPLE)/img1.jpg $(SAMPLE)/img2.jpg --k 5
+	$(BIN)/facebeam search $(PHOTOS) --k 5
 	@echo "report: $(OUT)-query/report.html   (stop Elasticsearch with: $(BIN)/facebeam es down)"
 
 test: env

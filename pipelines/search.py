@@ -1,93 +1,127 @@
 """facebeam search: one-shot lookup of photos, printed as a table.
 
-    facebeam search PHOTO [PHOTO ...] [--k 5] [--index faces] [--exact --shards DIR] [--stdin]
+    facebeam search PHOTO [PHOTO ...] [--k 5] [--index faces] [--exact --shards DIR] [--threshold T] [--stdin]
 
 The model loads once (the warm-up); every photo after that is answered in well
-under a second. With --stdin, more photo paths are read one per line.
+under a second. With --stdin, more photo paths are read one per line. Faces are
+numbered, judged and labeled exactly as `facebeam query` does it (knn.photo_rows),
+with the same carried threshold (see `facebeam calibrate`).
 """
+import dataclasses
 import logging
 import sys
 import time
 
-from facebeam.pipelines import options, query
-from facebeam.transforms import images, knn, labels, shards, sources
-from facebeam.transforms.errors import UserError
+from facebeam.pipelines import jobs, options
+from facebeam.transforms import images, knn, sources
 
 log = logging.getLogger(__name__)
+BEAM = False  # answered in this process, photo by photo
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    photos: tuple
+    index: str = "faces"
+    k: int = 5
+    num_candidates: int = None
+    filters: tuple = ()
+    exact: bool = False
+    shards: str = None
+    threshold: float = None
+    stdin: bool = False
+    es: options.EsFlags = options.EsFlags()
+
+
+def build_parser():
+    p = options.parser("facebeam search", __doc__)
+    p.add_argument("photos", nargs="*")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--index", default="faces")
+    p.add_argument("--num-candidates", type=int, default=None)
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument("--exact", action="store_true")
+    p.add_argument("--shards", default=None)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="same-person distance (default: the calibrated one the index or shards carry)")
+    p.add_argument("--stdin", action="store_true", help="read more photo paths from standard input")
+    options.add_es(p)
+    return p
+
+
+def configure(a: options.Args, beam_args=()) -> SearchConfig:
+    return SearchConfig(photos=tuple(a.photos), index=a.index, k=a.k, num_candidates=a.num_candidates,
+                        filters=tuple(a.filter), exact=a.exact, shards=a.shards, threshold=a.threshold,
+                        stdin=a.stdin, es=options.es_from(a))
 
 
 class Searcher:
-    def __init__(self, ns):
+    def __init__(self, config: SearchConfig):
         from facebeam.transforms.faces import FaceModel
 
         started = time.perf_counter()
-        self.mode, self.spec, conn = query.choose_backend(options.es_from(ns), ns.index, ns.exact, ns.shards)
-        self.search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or max(100, 10 * ns.k),
-                                     filters=knn.parse_filters(ns.filter))
+        self.backend = knn.open_backend(config.es.connection, config.index, config.exact, config.shards,
+                                        threshold=config.threshold)
+        self.spec = self.backend.spec
+        self.search = knn.SearchSpec(k=config.k, num_candidates=config.num_candidates or max(100, 10 * config.k),
+                                     filters=knn.parse_filters(config.filters))
         self.model = FaceModel(self.spec)
-        if self.mode == "es":
-            self.client, self.alias = conn.client(), ns.index
-        else:
-            self.files = shards.files(ns.shards)
+        self.open = self.backend.open()
         self.warmup_s = time.perf_counter() - started
 
     def __call__(self, path: str):
-        data, sha = sources.read_bytes(path, 256 * 1024 * 1024)
+        data, sha = sources.read_bytes(path, sources.DEFAULT_MAX_FILE_BYTES)
         img = images.decode(path, data, sha, detect_max_side=self.spec.detect_max_side)
         found = self.model.embed([img])[0]
-        probes = [{"embedding": f.embedding, "image_sha256": sha} for f in found.faces]
+        found.path, found.sha256 = path, sha
+        probes = knn.probe_faces(found, self.spec)
         if not probes:
-            return found, []
-        if self.mode == "es":
-            return found, knn.es_search(self.client, self.alias, probes, self.search, self.spec)
-        return found, knn.exact_search(self.files, probes, self.search, self.spec)
+            return probes, []
+        hits = self.open.search(probes, self.search)
+        return probes, knn.photo_rows(path, list(zip(probes, hits)), self.spec, self.backend.threshold,
+                                      self.backend.mode)
 
 
-def print_table(path, found, results, spec, seconds, out=None):
+def print_table(path, probes, rows, seconds, out=None):
+    """One photo's faces (knn.probe_faces) and result rows (knn.photo_rows) as text."""
     out = out or sys.stdout
-    print(f"\n{path}: {len(found.faces)} face(s), answered in {seconds * 1000:.0f} ms", file=out)
-    for i, (face, hits) in enumerate(zip(found.faces, results)):
-        label, _ = labels.vote(hits, spec.threshold)
-        print(f"  face {i} at {face.box}" + (f"  -> {label}" if label else ""), file=out)
+    print(f"\n{path}: {len(probes)} face(s), answered in {seconds * 1000:.0f} ms", file=out)
+    for p in probes:
+        mine = [r for r in rows if r["probe_face_index"] == p["face_index"]]
+        label = mine[0]["top_label"] if mine else None
+        box = (p["box_x"], p["box_y"], p["box_w"], p["box_h"])
+        print(f"  face {p['face_index']} at {box}" + (f"  -> {label}" if label else ""), file=out)
         print(f"  {'rank':>4}  {'distance':>8}  {'same?':<5}  path", file=out)
-        for rank, h in enumerate(hits, 1):
-            same = "yes" if h["distance"] <= spec.threshold else "no"
-            print(f"  {rank:>4}  {h['distance']:8.4f}  {same:<5}  {h['image_path']}", file=out)
+        for r in mine:
+            same = "yes" if r["same_person"] else "no"
+            print(f"  {r['rank']:>4}  {r['distance']:8.4f}  {same:<5}  {r['hit_image_path']}", file=out)
+
+
+def run(config: SearchConfig, pipeline=None) -> dict:
+    searcher = Searcher(config)
+    b = searcher.backend
+    print(f"ready: {b.where['backend']} search of {b.where['searched']}, spec {searcher.spec.spec_id}, "
+          f"same person at <= {b.threshold:.4f} ({b.threshold_from}), warm-up {searcher.warmup_s:.2f} s")
+    paths = list(config.photos) + ([line.strip() for line in sys.stdin if line.strip()] if config.stdin else [])
+    failed = 0
+    try:
+        for path in paths:
+            started = time.perf_counter()
+            try:
+                probes, rows = searcher(path)
+            except (OSError, ValueError, images.ImageError) as e:
+                print(f"\n{path}: cannot search: {e}")
+                failed += 1
+                continue
+            print_table(path, probes, rows, time.perf_counter() - started)
+    finally:
+        searcher.open.close()
+    return {"photos": len(paths), "failed": failed}
 
 
 def main(argv=None) -> int:
-    parser = options.parser("facebeam search", __doc__)
-    parser.add_argument("photos", nargs="*")
-    parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--index", default="faces")
-    parser.add_argument("--num-candidates", type=int, default=None)
-    parser.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE")
-    parser.add_argument("--exact", action="store_true")
-    parser.add_argument("--shards", default=None)
-    parser.add_argument("--stdin", action="store_true", help="read more photo paths from standard input")
-    options.add_es(parser)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ns, _ = options.parse(parser, argv, beam=False)
-    try:
-        searcher = Searcher(ns)
-    except UserError as e:
-        log.error("%s", e)
-        return 2
-    print(f"ready: {searcher.mode} search, spec {searcher.spec.spec_id}, warm-up {searcher.warmup_s:.2f} s")
-    paths = list(ns.photos) + ([line.strip() for line in sys.stdin if line.strip()] if ns.stdin else [])
-    failed = 0
-    for path in paths:
-        started = time.perf_counter()
-        try:
-            found, results = searcher(path)
-        except (OSError, ValueError, images.ImageError) as e:
-            print(f"\n{path}: cannot search: {e}")
-            failed += 1
-            continue
-        print_table(path, found, results, searcher.spec, time.perf_counter() - started)
-    return 1 if failed else 0
+    return jobs.main(sys.modules[__name__], argv, failed=lambda s: s["failed"])
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    jobs.entry(main)

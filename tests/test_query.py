@@ -8,12 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facebeam.pipelines import index
-from facebeam.pipelines import query
-from facebeam.pipelines import search
+from facebeam.pipelines import embed, index, query, search
 from tests.es_fixtures import SESSION_HOME
 from tests.helpers import SAMPLE, drop_versions, identities, job
-from facebeam.pipelines import embed
 
 CONN = str(SESSION_HOME / "connection.json")
 ALIAS = "query-sample"
@@ -51,7 +48,7 @@ def top_hits(rows):
     for r in rows:
         faces.setdefault((r["probe_path"], r["probe_face_index"]), []).append(r)
     best = {}
-    for (path, face), hits in faces.items():
+    for (path, _face), hits in faces.items():
         area = hits[0]["probe_box_w"] * hits[0]["probe_box_h"]
         if path not in best or area > best[path][0]:
             best[path] = (area, sorted(hits, key=lambda h: h["rank"]))
@@ -82,6 +79,10 @@ def test_elasticsearch_agrees_with_exact_search(both_modes):
                 out.setdefault((r["probe_path"], r["probe_face_index"]), set()).add(r["face_id"])
         return out
 
+    # The exact scan names what it searched, not an index it never used.
+    assert exact_summary["backend"] == "exact" and "index" not in exact_summary
+    assert exact_summary["shards"] and exact_summary["searched"].endswith(f"under {exact_summary['shards']}")
+    assert "shard file" in exact_summary["searched"]
     a, b = top5(es_rows), top5(exact_rows)
     assert a.keys() == b.keys()
     overlap = sum(len(a[k] & b[k]) for k in a) / sum(len(b[k]) for k in b)
@@ -124,6 +125,60 @@ def test_one_photo_never_gives_a_label_to_two_faces(labeled_index, tmp_path):
     assert assigned == sorted([people["img1.jpg"], None], key=str)
     winner = min(faces.values(), key=lambda f: min(r["distance"] for r in rows if r["probe_face_index"] == f["probe_face_index"]))
     assert winner["top_label"] == people["img1.jpg"]
+
+
+def test_search_and_query_number_and_label_one_photo_alike(labeled_index, tmp_path, capsys):
+    """Both commands take one code path (knn.probe_faces + knn.photo_rows): same face numbers, boxes and labels,
+    and the one-label-per-face-within-a-photo rule in search too."""
+    work, shards, people = labeled_index
+    face = Image.open(os.path.join(SAMPLE, "img1.jpg")).convert("RGB")
+    face.thumbnail((600, 600))
+    twice = Image.new("RGB", (face.width * 2 + 40, face.height), "white")
+    twice.paste(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (0, 0))
+    twice.paste(face, (face.width + 40, 0))
+    photo = str(tmp_path / "twice.jpg")
+    twice.save(photo)
+    job(query, ["--probes", photo, "--index", ALIAS, "--k", "5", "--output", str(tmp_path / "out"), "--es-conn", CONN])
+    rows = query.read_results(str(tmp_path / "out"))
+    from_query = {r["probe_face_index"]: ((r["probe_box_x"], r["probe_box_y"], r["probe_box_w"], r["probe_box_h"]),
+                                          r["top_label"]) for r in rows}
+    assert search.main([photo, "--index", ALIAS, "--k", "5", "--es-conn", CONN]) == 0
+    out = capsys.readouterr().out
+    from_search = {}
+    for line in out.splitlines():
+        if line.strip().startswith("face "):
+            head, _, label = line.strip().partition("  -> ")
+            index, _, box = head[len("face "):].partition(" at ")
+            from_search[int(index)] = (tuple(int(v) for v in box.strip("()").split(", ")), label or None)
+    assert len(from_search) == 2 and from_search == from_query
+    assert sorted([lab for _, lab in from_search.values()], key=str) == sorted([people["img1.jpg"], None], key=str)
+    assert from_search[0][0][0] < from_search[1][0][0]  # numbered left to right
+
+
+def test_make_demo_takes_any_sample_folder(tmp_path):
+    photos = tmp_path / "my photos"
+    photos.mkdir()
+    for name in ("b.jpg", "a.png", "notes.txt"):
+        (photos / name).write_bytes(b"x")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dry = subprocess.run(["make", "-n", "demo", f"SAMPLE={tmp_path}/photos2"], cwd=repo, capture_output=True,
+                         text=True, timeout=60)
+    assert dry.returncode == 2
+    lines = [line for line in dry.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no photos" in lines[0] and "make demo SAMPLE=DIR" in lines[0], dry.stderr
+    shutil.rmtree(photos)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("b.jpg", "a.png", "notes.txt"):
+        (photos / name).write_bytes(b"x")
+    dry = subprocess.run(["make", "-n", "demo", f"SAMPLE={photos}"], cwd=repo, capture_output=True, text=True,
+                         timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    query_line = next(line for line in dry.stdout.splitlines() if "facebeam query" in line)
+    search_line = next(line for line in dry.stdout.splitlines() if "facebeam search" in line)
+    assert f"--probes {photos}/a.png {photos}/b.jpg " in query_line
+    assert f"search {photos}/a.png {photos}/b.jpg " in search_line
+    assert "shared/data/faces" not in dry.stdout
 
 
 def test_spec_mismatch_with_the_index_is_refused(labeled_index, tmp_path):

@@ -140,3 +140,126 @@ def exact_search(shard_files, probes: list, search: SearchSpec, spec: EmbeddingS
                 hits.append({**m, "distance": float(dist), "score": distance_to_score(float(dist), spec)})
         out.append(hits)
     return out
+
+
+PROBE_FIELDS = ("image_path", "image_sha256", "face_index", "box_x", "box_y", "box_w", "box_h")
+
+
+def probe_faces(found, spec: EmbeddingSpec) -> list:
+    """A photo's detected faces (faces.ImageFaces) -> probe rows numbered as the shards number them."""
+    from facebeam.transforms import records
+
+    return records.face_rows(found, spec)
+
+
+def photo_rows(path: str, faces, spec: EmbeddingSpec, threshold: float, mode: str) -> list:
+    """All faces of one probe photo, [(probe row, hits), ...] -> result rows (records.RESULT_SCHEMA).
+
+    The one code path behind `query` and `search`: faces in face_index order, `same_person`
+    by `threshold`, and the photo's labels decided together (labels.photo_labels).
+    """
+    from facebeam.transforms import labels
+
+    faces = sorted(faces, key=lambda f: f[0]["face_index"])
+    decided = labels.photo_labels([(probe["face_index"], hits) for probe, hits in faces], threshold)
+    rows = []
+    for probe, hits in faces:
+        for rank, h in enumerate(hits, 1):
+            rows.append({
+                "probe_path": path, "probe_sha256": probe["image_sha256"], "probe_face_index": probe["face_index"],
+                "probe_box_x": probe["box_x"], "probe_box_y": probe["box_y"],
+                "probe_box_w": probe["box_w"], "probe_box_h": probe["box_h"],
+                "rank": rank, "face_id": h["face_id"], "hit_image_path": h["image_path"],
+                "hit_image_sha256": h["image_sha256"], "hit_face_index": h["face_index"],
+                "hit_box_x": h["box_x"], "hit_box_y": h["box_y"], "hit_box_w": h["box_w"], "hit_box_h": h["box_h"],
+                "hit_label": h.get("label"), "score": h["score"], "distance": h["distance"],
+                "same_person": h["distance"] <= threshold, "top_label": decided[probe["face_index"]],
+                "mode": mode, "spec_id": spec.spec_id,
+            })
+    return rows
+
+
+@dataclasses.dataclass
+class Backend:
+    """What a search runs against, chosen once in the launcher and opened on each worker.
+
+    `where` describes it for summaries and logs; `threshold` is the same-person distance the
+    verdicts use (a calibrated one the index or shards carry, an override, or the model's).
+    """
+
+    mode: str  # "es" | "exact"
+    spec: EmbeddingSpec
+    where: dict
+    threshold: float = None
+    threshold_from: str = None
+    conn: object = None
+    index: str = None
+    shards_dir: str = None
+
+    def open(self) -> "OpenBackend":
+        return OpenBackend(self)
+
+
+class OpenBackend:
+    """A backend's client or shard list, for one worker; `search(probes, search)` -> hits per probe."""
+
+    def __init__(self, backend: Backend):
+        from facebeam.transforms import shards
+
+        self.backend = backend
+        self._client = backend.conn.client() if backend.mode == "es" else None
+        self._files = shards.files(backend.shards_dir) if backend.mode == "exact" else None
+
+    def search(self, probes: list, search: SearchSpec) -> list:
+        b = self.backend
+        if b.mode == "es":
+            return es_search(self._client, b.index, probes, search, b.spec)
+        return exact_search(self._files, probes, search, b.spec)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def open_backend(connect, index: str, exact: bool, shards_dir, spec_given=(), threshold=None) -> Backend:
+    """Elasticsearch when a cluster is configured (`connect()` gives its connection) and `exact` is
+    not asked for, else an exact scan of `shards_dir`. `spec_given` ((field, value) pairs) must
+    match the backend's own spec; `threshold` overrides a carried one."""
+    from facebeam.transforms import calibrate, es_conn, es_index, shards
+    from facebeam.transforms.errors import UserError
+
+    conn = None
+    if not exact:
+        try:
+            conn = connect()
+        except es_conn.EsConfigError:
+            if not shards_dir:
+                raise
+            log.info("no Elasticsearch configured: searching the shards exactly")
+    if conn is None:
+        if not shards_dir:
+            raise UserError("--exact needs --shards DIR")
+        spec = shards.spec_of(shards_dir)
+        where = {"backend": "exact", "shards": shards_dir,
+                 "searched": f"{len(shards.files(shards_dir))} embedding shard file(s) under {shards_dir}"}
+        carried, place = (calibrate.load(shards_dir), shards_dir) if threshold is None else (None, None)
+        backend = Backend("exact", spec, where, shards_dir=shards_dir)
+    else:
+        client = conn.client()
+        try:
+            es_conn.check(client, conn)
+            concrete = es_index.alias_target(client, index)
+            if concrete is None:
+                raise UserError(f"no index {index!r} in Elasticsearch at {conn.url}; run `facebeam index` first")
+            spec = es_index.spec_of(client, concrete)
+            carried, place = ((calibrate.from_index(client, concrete), f"index {concrete}") if threshold is None
+                              else (None, None))
+        finally:
+            client.close()
+        where = {"backend": "elasticsearch", "searched": f"index {index} ({concrete}) at {conn.url}",
+                 "index": index, "concrete_index": concrete, "es_url": conn.url}
+        backend = Backend("es", spec, where, conn=conn, index=index)
+    if spec_given:
+        dataclasses.replace(spec, **dict(spec_given)).require_same(spec, what="index" if conn else "shards")
+    backend.threshold, backend.threshold_from = calibrate.choose_threshold(spec, threshold, carried, place)
+    return backend

@@ -1,19 +1,62 @@
 """Identity labels: where they come from at embed time, and how a query decides one.
 
-A probe face gets the label most hits within the model's threshold agree on (ties:
-the closer group wins). Within one photo no label goes to two faces; the better
-match keeps it and the other face gets none.
+The rule (`decide`): a probe face takes the label of its nearest labeled hit, if that
+hit is within the same-person threshold, unless a hit of another label is nearly as
+close (within MARGIN = 0.03 of it): then the match is ambiguous and the face gets no
+label. Unlabeled hits are skipped. Only distances count, never how many hits a label
+has, so the answer does not change with k once k reaches the two nearest labels.
+Within one photo no label goes to two faces (`assign_unique`): the closer match keeps
+it and the other face gets none. `photo_labels` applies both, for `query` and `search`.
+
+With `--label-from parent-dir`, a photo's label is the folder it sits in, below an
+input root: roots/alice/1.jpg -> 'alice'; a photo directly in an input root gets none.
 """
 import csv
 import os
 import posixpath
 
+MARGIN = 0.03
+
+
+def _norm(path: str) -> str:
+    return path.replace(os.sep, "/").rstrip("/")
+
+
+def input_roots(patterns) -> tuple:
+    """The folders labels are counted from: a folder input itself, a glob's folder before its first wildcard.
+
+    List files name photos one by one and give no root.
+    """
+    roots = []
+    for p in patterns or ():
+        if p.startswith("@") or p.lower().endswith((".txt", ".lst", ".list")):
+            continue
+        parts = _norm(p).split("/")
+        if any(ch in p for ch in "*?["):
+            cut = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+            parts = parts[:cut]
+        roots.append("/".join(parts) or "/")
+    return tuple(roots)
+
 
 class ParentDirLabeler:
-    """people/alice/1.jpg -> 'alice'."""
+    """root/alice/1.jpg -> 'alice'; root/1.jpg -> None (a photo directly in an input root has no folder of its own).
+
+    `roots`: the input folders (absolute or as given; both forms are tried). Without roots, or for a
+    path under none of them (e.g. from a list file), the parent folder's name is the label.
+    """
+
+    def __init__(self, roots=()):
+        self._roots = frozenset(_norm(r) for root in roots
+                                for r in ((root,) if "://" in root else (root, os.path.abspath(root))))
 
     def __call__(self, path: str, sha256: str = None):
-        return posixpath.basename(posixpath.dirname(path.replace(os.sep, "/"))) or None
+        path = _norm(path)
+        parent = posixpath.dirname(path)
+        forms = {parent} if "://" in parent else {parent, _norm(os.path.abspath(parent or "."))}
+        if forms & set(self._roots):
+            return None
+        return posixpath.basename(parent) or None
 
 
 class CsvLabeler:
@@ -44,35 +87,48 @@ class ContentLabeler:
         return self._labels.get(sha256)
 
 
-def labeler_from(spec: str):
+def labeler_from(spec: str, roots=()):
+    """The labeler `--label-from` names; `roots` are the input patterns (parent-dir counts folders below them)."""
     if not spec:
         return None
     if spec == "parent-dir":
-        return ParentDirLabeler()
+        return ParentDirLabeler(input_roots(roots))
     if spec.startswith("csv:"):
         return CsvLabeler(spec[4:])
     raise ValueError(f"--label-from wants parent-dir or csv:FILE, got {spec!r}")
 
 
-def vote(hits, threshold: float):
-    """(label, best distance) agreed by hits within the threshold, or (None, None)."""
-    groups = {}
+def decide(hits, threshold: float, margin: float = MARGIN):
+    """(label, distance) of the nearest labeled hit within `threshold`, or (None, None).
+
+    None too when the nearest hit of another label is within `margin` of it (a near tie).
+    """
+    nearest = {}
     for h in hits:
-        if h.get("label") and h["distance"] <= threshold:
-            groups.setdefault(h["label"], []).append(h["distance"])
-    if not groups:
+        label = h.get("label")
+        if label and (label not in nearest or h["distance"] < nearest[label]):
+            nearest[label] = h["distance"]
+    if not nearest:
         return None, None
-    label, ds = min(groups.items(), key=lambda kv: (-len(kv[1]), sum(kv[1]) / len(kv[1])))
-    return label, min(ds)
+    ranked = sorted(nearest.items(), key=lambda kv: (kv[1], kv[0]))
+    label, best = ranked[0]
+    if best > threshold or (len(ranked) > 1 and ranked[1][1] - best < margin):
+        return None, None
+    return label, best
 
 
 def assign_unique(candidates: dict) -> dict:
     """{face key: (label, distance)} -> {face key: label or None}, one face per label."""
     taken, out = set(), {}
-    for key, (label, dist) in sorted(candidates.items(), key=lambda kv: (kv[1][1] is None, kv[1][1] or 0.0)):
+    for key, (label, _dist) in sorted(candidates.items(), key=lambda kv: (kv[1][1] is None, kv[1][1] or 0.0)):
         if label is not None and label not in taken:
             taken.add(label)
             out[key] = label
         else:
             out[key] = None
     return out
+
+
+def photo_labels(faces, threshold: float, margin: float = MARGIN) -> dict:
+    """[(face_index, hits), ...] for the faces of one photo -> {face_index: label or None}."""
+    return assign_unique({index: decide(hits, threshold, margin) for index, hits in faces})

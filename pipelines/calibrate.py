@@ -1,0 +1,142 @@
+"""facebeam calibrate: fit the same-person threshold to a collection of labeled faces.
+
+    facebeam calibrate --shards DIR [--label-from parent-dir|csv:FILE [--root DIR ...]] [--pairs CSV]
+                       [--output DIR] [--index NAME] [--folds 5]
+
+Reads the faces of an embed run (`--shards DIR`), labels them (`--label-from`, else the labels
+stored in the shards), and judges pairs: every two labeled photos, or the pairs `--pairs CSV`
+lists (file_x, file_y, decision Yes/No, as in the sample's face-recognition-pivot.csv). Prints
+the accuracy at the current threshold, the best threshold with its accuracy and its
+cross-validated accuracy on unseen photos, and writes OUTPUT/calibration.json and
+OUTPUT/roc.png (ROC and DET curves). OUTPUT defaults to the shards folder, where
+`query --exact` and `search --exact` find it; with `--index NAME` it is also kept in that
+index's _meta for Elasticsearch queries. The embedding spec (and its id) does not change.
+"""
+import dataclasses
+import logging
+import os
+import sys
+
+from facebeam.pipelines import jobs, options
+from facebeam.transforms import calibrate, labels, shards
+from facebeam.transforms.errors import UserError
+
+log = logging.getLogger(__name__)
+BEAM = False
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrateConfig:
+    shards: str
+    label_from: str = None
+    roots: tuple = ()
+    pairs: str = None
+    output: str = None
+    index: str = None
+    folds: int = 5
+    es: options.EsFlags = options.EsFlags()
+
+
+def build_parser():
+    p = options.parser("facebeam calibrate", __doc__)
+    p.add_argument("--shards", required=True, help="embed/run output folder")
+    p.add_argument("--label-from", default=None, metavar="parent-dir|csv:FILE",
+                   help="label the shards' photos (default: the labels stored in the shards)")
+    p.add_argument("--root", action="append", default=[], metavar="DIR",
+                   help="input folder parent-dir labels count from (default: the folder all photos share)")
+    p.add_argument("--pairs", default=None, metavar="CSV", help="judge these pairs (file_x,file_y,decision)")
+    p.add_argument("--output", default=None, help="where calibration.json and roc.png go (default: --shards)")
+    p.add_argument("--index", default=None, help="also keep the threshold in this index's _meta")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds over photos (default %(default)s)")
+    options.add_es(p)
+    return p
+
+
+def configure(a: options.Args, beam_args=()) -> CalibrateConfig:
+    if a.folds < 2:
+        raise UserError("--folds must be at least 2")
+    return CalibrateConfig(shards=a.shards, label_from=a.label_from, roots=tuple(a.root),
+                           pairs=options.existing_file(a.pairs, "pairs CSV"), output=a.output or a.shards,
+                           index=a.index, folds=a.folds, es=options.es_from(a))
+
+
+def _common_folder(paths) -> str:
+    local = [p for p in paths if "://" not in p]
+    return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in local]) if local else ""
+
+
+def read_faces(folder: str) -> list:
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    files = shards.files(folder)
+    if not files:
+        raise UserError(f"no embedding shards under {folder}; run `facebeam embed` first")
+    rows = []
+    cols = ["image_path", "image_sha256", "box_w", "box_h", "label", "embedding"]
+    for path in files:
+        with FileSystems.open(path) as f:
+            rows += pq.read_table(f, columns=cols).to_pylist()
+    return rows
+
+
+def run(config: CalibrateConfig, pipeline=None) -> dict:
+    spec = shards.spec_of(config.shards)
+    rows = read_faces(config.shards)
+    if config.pairs:
+        vectors = calibrate.largest_faces(rows)
+        pairs = calibrate.csv_pairs(config.pairs, set(vectors))
+        source = f"pairs in {config.pairs}"
+    else:
+        labeler = None
+        if config.label_from == "parent-dir":
+            roots = config.roots or (_common_folder([r["image_path"] for r in rows]),)
+            labeler = labels.ParentDirLabeler(roots)
+        elif config.label_from:
+            try:
+                labeler = labels.labeler_from(config.label_from)
+            except (OSError, ValueError) as e:
+                raise UserError(str(e)) from None
+        faces = calibrate.labeled_faces(rows, labeler)
+        vectors = {p: v for p, (_, v) in faces.items()}
+        pairs = calibrate.all_pairs(faces)
+        source = f"{len(faces)} labeled photos, {len({lab for lab, _ in faces.values()})} people"
+    result = calibrate.fit(pairs, vectors, spec, spec.threshold, folds=config.folds)
+    result["source"] = source
+    os.makedirs(config.output, exist_ok=True) if "://" not in config.output else None
+    picture = calibrate.shards_join(config.output, calibrate.PICTURE)
+    calibrate.plot(picture, result)
+    result["picture"] = picture
+    result["written"] = calibrate.save(config.output, result)
+    if config.index:
+        from facebeam.transforms import es_conn, es_index
+
+        conn = config.es.connection()
+        client = conn.client()
+        es_conn.check(client, conn)
+        concrete = es_index.alias_target(client, config.index)
+        if concrete is None:
+            raise UserError(f"no index {config.index!r} in Elasticsearch at {conn.url}")
+        spec.require_same(es_index.spec_of(client, concrete), what=f"index {concrete!r}")
+        calibrate.store_in_index(client, concrete, result)
+        result["index"] = concrete
+        client.close()
+    cur, best, cv = result["current"], result["best"], result["cross_validated"]
+    print(f"calibrate: {result['pairs']} pairs ({result['same_pairs']} same, {result['different_pairs']} different) "
+          f"from {source}; {spec.model}/{spec.metric}")
+    print(f"  accuracy at the current threshold {cur['threshold']:.4f}: {cur['accuracy']:.4f} "
+          f"(false matches {cur['false_positive_rate']:.3f}, misses {1 - cur['true_positive_rate']:.3f})")
+    print(f"  best threshold {best['threshold']:.4f}: accuracy {best['accuracy']:.4f} "
+          f"(false matches {best['false_positive_rate']:.3f}, misses {1 - best['true_positive_rate']:.3f})")
+    print(f"  cross-validated accuracy ({cv['folds']} folds over photos, threshold fitted without them): "
+          f"{cv['accuracy']}  fold thresholds {cv['fold_thresholds']}")
+    print(f"  wrote {result['written']} and {picture}" + (f"; stored in index {result['index']}" if config.index else ""))
+    return calibrate.public(result)
+
+
+def main(argv=None) -> int:
+    return jobs.main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    jobs.entry(main)

@@ -1,0 +1,13 @@
+"""Beam's local multi-process worker, started through facebeam so its import-time noise is filtered.
+
+FnApiRunner starts each worker as `python -m apache_beam.runners.worker.sdk_worker_main`; importing
+that logs Beam's "apitools not found ... bigquery" warning before any pipeline code runs. Importing
+`facebeam.pipelines` first installs the same root-logger filter the launcher has
+(pipelines/__init__.py), then the stock worker main runs unchanged.
+"""
+import runpy
+
+import facebeam.pipelines  # noqa: F401  (installs the filter)
+
+if __name__ == "__main__":
+    runpy.run_module("apache_beam.runners.worker.sdk_worker_main", run_name="__main__", alter_sys=True)

@@ -1,0 +1,107 @@
+"""facebeam calibrate over a folder tree made from the sample (one sub-folder per person), and the carried threshold."""
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facebeam.pipelines import calibrate as calibrate_cmd
+from facebeam.pipelines import embed, query
+from facebeam.transforms import shards
+from tests.helpers import SAMPLE, identities, job, read_rows
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """The sample as people/<person>/<photo> (persons by union-find over the pivot CSV's same pairs); photos
+    never paired stay loose in people/ and get no label. Embedded with no labels stored."""
+    work = tmp_path_factory.mktemp("calibrate")
+    root = work / "people"
+    root.mkdir()
+    people = identities()
+    for name in sorted(os.listdir(SAMPLE)):
+        if name.endswith(".jpg"):
+            folder = root / people[name] if name in people else root
+            folder.mkdir(exist_ok=True)
+            shutil.copy(os.path.join(SAMPLE, name), folder / name)
+    out = str(work / "shards")
+    job(embed, ["--input", str(root), "--output", out])
+    return work, root, out, people
+
+
+def test_calibrate_by_parent_dir_reports_and_draws(tree, tmp_path, capsys):
+    work, root, out, people = tree
+    spec_before = shards.spec_of(out)
+    result = job(calibrate_cmd, ["--shards", out, "--label-from", "parent-dir", "--output", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "accuracy at the current threshold 0.6000:" in printed
+    assert f"best threshold {result['best']['threshold']:.4f}: accuracy {result['best']['accuracy']:.4f}" in printed
+    assert "cross-validated accuracy" in printed
+    print(printed)
+    n = len(people)
+    assert result["photos"] == n and result["pairs"] == n * (n - 1) // 2  # loose photos are not labeled
+    assert result["current"]["threshold"] == pytest.approx(0.6)
+    assert result["best"]["accuracy"] >= result["current"]["accuracy"] >= 0.97
+    assert 0.4 < result["threshold"] < 0.8
+    assert 0.95 <= result["cross_validated"]["accuracy"] <= 1.0
+    assert len(result["cross_validated"]["fold_thresholds"]) == 5
+    saved = json.loads((tmp_path / "calibration.json").read_text())
+    assert saved["threshold"] == result["threshold"] and saved["spec_id"] == spec_before.spec_id
+    # The picture, opened in Chromium from a page that embeds it: a real plot, not a blank page.
+    png = tmp_path / "roc.png"
+    assert Image.open(png).size[0] >= 800
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed for this test (.ci/run installs it)"
+    page = tmp_path / "roc.html"
+    page.write_text(f"<!doctype html><html><body style='margin:0;background:#fff'>"
+                    f"<img id=p src='{png.as_uri()}'><script>addEventListener('load', () => {{"
+                    f"const i = document.getElementById('p'); document.title = 'w' + i.naturalWidth; }});"
+                    f"</script></body></html>")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--allow-file-access-from-files",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([chromium, *flags, "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert f"<title>w{Image.open(png).size[0]}</title>" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, *flags, "--window-size=1200,600", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    not_white = np.any(pixels < 240, axis=2).mean()
+    colours = len(np.unique(pixels.reshape(-1, 3) // 16, axis=0))
+    assert not_white > 0.02 and colours > 20, (not_white, colours)
+    # The curve is drawn in the plot's blue and the two thresholds in red and green.
+    for rgb in ((0x33, 0x66, 0xcc), (0xcc, 0x33, 0x33), (0x22, 0xaa, 0x22)):
+        assert (np.abs(pixels - np.array(rgb)).sum(axis=2) < 60).sum() > 20, rgb
+
+
+def test_pairs_csv_gives_the_280_labeled_pairs(tree, tmp_path):
+    _, _, out, _ = tree
+    result = job(calibrate_cmd, ["--shards", out, "--pairs", os.path.join(SAMPLE, "face-recognition-pivot.csv"),
+                                 "--output", str(tmp_path)])
+    assert result["pairs"] == 280 and result["same_pairs"] == 140
+    assert result["best"]["accuracy"] >= result["current"]["accuracy"] >= 0.95
+
+
+def test_query_uses_the_carried_threshold_and_the_spec_id_stays(tree, tmp_path):
+    work, root, out, people = tree
+    spec_id = shards.spec_of(out).spec_id
+    before = job(query, ["--probes", str(root), "--exact", "--shards", out, "--k", "3", "--output", str(tmp_path / "a")])
+    assert before["threshold"] == pytest.approx(0.6) and "default" in before["threshold_from"]
+    cal = job(calibrate_cmd, ["--shards", out, "--label-from", "parent-dir"])  # saved into the shards folder
+    assert os.path.exists(os.path.join(out, "calibration.json"))
+    after = job(query, ["--probes", str(root), "--exact", "--shards", out, "--k", "3", "--output", str(tmp_path / "b")])
+    assert after["threshold"] == pytest.approx(cal["threshold"]) and "calibration" in after["threshold_from"]
+    assert after["spec_id"] == before["spec_id"] == spec_id == shards.spec_of(out).spec_id
+    rows = query.read_results(str(tmp_path / "b"))
+    assert all(r["same_person"] == (r["distance"] <= cal["threshold"]) for r in rows)
+    assert any((r["distance"] <= 0.6) != (r["distance"] <= cal["threshold"]) for r in rows) or \
+        cal["threshold"] == pytest.approx(0.6, abs=0.005)
+    over = job(query, ["--probes", str(root), "--exact", "--shards", out, "--k", "3", "--threshold", "0.3",
+                       "--output", str(tmp_path / "c")])
+    assert over["threshold"] == 0.3 and over["threshold_from"] == "--threshold"
+    assert all(r["same_person"] == (r["distance"] <= 0.3) for r in query.read_results(str(tmp_path / "c")))
+    assert len(read_rows(os.path.join(out, "embeddings"))) > 0
