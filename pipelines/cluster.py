@@ -1,0 +1,122 @@
+"""facebeam cluster: group every face of the shards into persons, with stable ids and names.
+
+    facebeam cluster --shards DIR --output DIR [--index NAME] [--threshold T | --pairs CSV]
+                     [--method cw|cc|mutual] [--k 16] [--min-box PX] [--min-confidence C]
+                     [--min-sharpness S] [--incremental] [--contact-sheet FILE.html] [Beam flags]
+
+The kNN graph is built on the workers: batches of faces -> their top k neighbours, from
+Elasticsearch (--index, batched msearch) or exactly over the shards. The launcher keeps the
+edges within the threshold and clusters them (Chinese whispers by default). Outputs, in DIR:
+persons/*.parquet (one row per face), persons.parquet (one row per person, with its name),
+cluster.json. Faces below the quality limits are kept and marked `low_quality`. With
+--incremental, faces not yet in DIR go to the nearest person centre within the threshold;
+only the rest is clustered. Names (`facebeam persons name`) survive every re-cluster.
+"""
+import dataclasses
+import logging
+import sys
+import time
+
+import apache_beam as beam
+
+from facebeam.pipelines import jobs, options
+from facebeam.pipelines.runner import defaults as runners
+from facebeam.transforms import persons, shards
+from facebeam.transforms.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    shards: str
+    output: str
+    index: str = None
+    threshold: float = None
+    pairs: str = None
+    method: str = "cw"
+    k: int = 16
+    limits: persons.Limits = persons.Limits()
+    incremental: bool = False
+    contact_sheet: str = None
+    sheet_persons: int = 200
+    es: options.EsFlags = options.EsFlags()
+    beam_args: tuple = ()
+
+
+def build_parser():
+    p = options.parser("facebeam cluster", __doc__)
+    p.add_argument("--shards", required=True, help="embed/run output folder")
+    p.add_argument("--output", required=True, help="cluster folder (persons/, persons.parquet, cluster.json)")
+    p.add_argument("--index", default=None, help="search this alias for the kNN graph (default: exact over the shards)")
+    options.add_persons(p)
+    p.add_argument("--incremental", action="store_true",
+                   help="only faces not yet in --output: join the nearest person, cluster the rest")
+    p.add_argument("--contact-sheet", default=None, metavar="FILE.html", help="write an HTML contact sheet")
+    p.add_argument("--sheet-persons", type=int, default=200, help="persons on the contact sheet (largest first)")
+    options.add_es(p)
+    return p
+
+
+def configure(a: options.Args, beam_args=()) -> ClusterConfig:
+    threshold, pairs, method, k, limits = options.persons_from(a)
+    return ClusterConfig(shards=a.shards, output=a.output, index=a.index, threshold=threshold, pairs=pairs,
+                         method=method, k=k, limits=limits, incremental=a.incremental,
+                         contact_sheet=a.contact_sheet, sheet_persons=a.sheet_persons, es=options.es_from(a),
+                         beam_args=tuple(beam_args))
+
+
+def run(config: ClusterConfig, pipeline=None) -> dict:
+    c = config
+    started = time.perf_counter()
+    spec = shards.spec_of(c.shards)
+    files = shards.files(c.shards)
+    state = persons.read_state(c.output)
+    if state and state.get("spec_id") != spec.spec_id:
+        raise UserError(f"{c.output} holds persons of spec {state.get('spec_id')}, the shards are {spec.spec_id}")
+    previous = persons.read_assignments(c.output)
+    if c.incremental and not previous:
+        log.info("no earlier clustering in %s: clustering everything", c.output)
+    skip = frozenset(r["face_id"] for r in previous) if c.incremental else frozenset()
+    conn = None
+    if c.index:
+        conn = c.es.connection()
+        persons.check_index(conn, c.index, spec)
+    opts = runners.pipeline_options(c.beam_args)
+    p = runners.create_pipeline(opts, pipeline)
+    graph_dir = persons.graph_folder(c.output)
+    persons.clear(graph_dir)
+    (p | "Files" >> beam.Create(files)
+       | "Read" >> beam.io.ReadAllFromParquet(columns=list(persons.FACE_COLUMNS))
+       | "New" >> beam.Filter(lambda r, done: r["face_id"] not in done, skip)
+       | "Score" >> persons.ScoreFaces(c.limits)
+       | "Batch" >> beam.BatchElements(min_batch_size=32, max_batch_size=512)
+       | "Neighbours" >> beam.ParDo(persons.Neighbours(spec, c.k, files, conn, c.index))
+       | "WriteGraph" >> beam.io.WriteToParquet(persons.join(graph_dir, "part"), persons.GRAPH_SCHEMA,
+                                                codec="zstd", file_name_suffix=".parquet"))
+    result, graph_s = jobs.run(p)
+    summary = persons.resolve(c.output, c.shards, files, spec, c.incremental, previous, state,
+                              threshold=c.threshold, pairs=c.pairs, method=c.method, k=c.k, limits=c.limits)
+    summary.update(graph_s=round(graph_s, 3), mode="es" if conn else "exact",
+                   runner=runners.runner_name(opts))
+    if conn is not None:
+        summary["index_updated"] = persons.push_names(conn, c.index, c.output)
+    if c.contact_sheet:
+        from facebeam.transforms import contact_sheet
+
+        contact_sheet.write(c.contact_sheet, c.output, max_persons=c.sheet_persons)
+        summary["contact_sheet"] = c.contact_sheet
+    summary["elapsed_s"] = round(time.perf_counter() - started, 3)
+    persons.write_state(c.output, {**(state or {}), **summary, "spec_id": spec.spec_id})
+    log.info("cluster done: %d faces -> %d persons (%d singletons, %d low quality), threshold %.4f (%s), %.1f s",
+             summary["faces"], summary["persons"], summary["singletons"], summary["low_quality"],
+             summary["threshold"], summary["threshold_from"], summary["elapsed_s"])
+    return summary
+
+
+def main(argv=None) -> int:
+    return jobs.main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    jobs.entry(main)

@@ -1,0 +1,92 @@
+"""facebeam persons: name, merge and split the persons of a cluster folder.
+
+    facebeam persons --clusters DIR name PERSON_ID NAME [--index NAME]
+    facebeam persons --clusters DIR merge PERSON_ID INTO_PERSON_ID [--index NAME]
+    facebeam persons --clusters DIR split PERSON_ID --faces FACE_ID [FACE_ID ...] [--index NAME]
+    facebeam persons --clusters DIR list [--top N]
+
+Each change is written once: to the persons table (DIR/persons.parquet, DIR/persons/) and to
+DIR/edits.jsonl, which every later `facebeam cluster` replays by face, so names, merges and
+splits survive a re-cluster. With --index, the faces' documents get the name in their `label`
+field (bulk `update` ops by face id), so query results and top_label carry it.
+"""
+import dataclasses
+import logging
+import sys
+
+from facebeam.pipelines import jobs, options
+from facebeam.transforms import persons
+from facebeam.transforms.errors import UserError
+
+log = logging.getLogger(__name__)
+BEAM = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PersonsConfig:
+    clusters: str
+    action: str
+    person_id: str = None
+    name: str = None
+    into: str = None
+    faces: tuple = ()
+    top: int = 20
+    index: str = None
+    es: options.EsFlags = options.EsFlags()
+
+
+def build_parser():
+    p = options.parser("facebeam persons", __doc__)
+    p.add_argument("--clusters", required=True, help="the folder `facebeam cluster --output` wrote")
+    sub = p.add_subparsers(dest="action", required=True)
+    n = sub.add_parser("name", help="give a person a name")
+    n.add_argument("person_id")
+    n.add_argument("name")
+    m = sub.add_parser("merge", help="merge PERSON_ID into INTO_PERSON_ID")
+    m.add_argument("person_id")
+    m.add_argument("into")
+    s = sub.add_parser("split", help="move some faces of a person into a new person")
+    s.add_argument("person_id")
+    s.add_argument("--faces", nargs="+", required=True, metavar="FACE_ID")
+    ls = sub.add_parser("list", help="print the persons table, largest first")
+    ls.add_argument("--top", type=int, default=20)
+    for q in (n, m, s):
+        q.add_argument("--index", default=None, help="also update the faces' documents in this alias")
+        options.add_es(q)
+    return p
+
+
+def configure(a: options.Args, beam_args=()) -> PersonsConfig:
+    action = a.action
+    if action == "list":
+        return PersonsConfig(clusters=a.clusters, action=action, top=a.top)
+    base = {"clusters": a.clusters, "action": action, "person_id": a.person_id, "index": a.index, "es": options.es_from(a)}
+    if action == "name":
+        return PersonsConfig(**base, name=a.name)
+    if action == "merge":
+        return PersonsConfig(**base, into=a.into)
+    return PersonsConfig(**base, faces=tuple(a.faces))
+
+
+def run(config: PersonsConfig, pipeline=None) -> dict:
+    c = config
+    table = persons.read_table(c.clusters)
+    if not table:
+        raise UserError(f"no persons table in {c.clusters}: run `facebeam cluster --output {c.clusters}` first")
+    if c.action == "list":
+        for r in table[:c.top]:
+            print(f"{r['person_id']}  {r['size']:>6}  {r['name'] or '-'}  {r['representative_image_path']}")
+        return {"persons": len(table)}
+    result = persons.edit(c.clusters, c.action, c.person_id, name=c.name, into=c.into, faces=c.faces)
+    if c.index:
+        result["index_updated"] = persons.push_names(c.es.connection(), c.index, c.clusters)
+    log.info("persons %s: %s", c.action, result)
+    return result
+
+
+def main(argv=None) -> int:
+    return jobs.main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    jobs.entry(main)
