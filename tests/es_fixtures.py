@@ -14,17 +14,16 @@
   .facebeam/test-es-extra/<pid>-p<port>, pruned once their session is gone.
 """
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from facebeam.pipelines.local import elasticsearch as es_local
+from facebeam.pipelines.local import toolkit
 from facebeam.transforms.es_conn import EsConnection, EsError
 
 log = logging.getLogger(__name__)
@@ -44,34 +43,13 @@ def _cache() -> Path:
     return Path(os.environ.get(es_local.ENV_CACHE) or CACHE)
 
 
-@contextlib.contextmanager
 def _locked(path: Path, timeout: float = LOCK_TIMEOUT):
     """An exclusive lock shared by concurrent pytest sessions (and xdist workers)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{path} still locked after {timeout:.0f} s") from None
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return toolkit.file_lock(path, timeout=timeout, what=f"holding {path}", error=TimeoutError)
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return toolkit.alive(pid)
 
 
 def _reusable(home: Path):

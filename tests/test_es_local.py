@@ -6,6 +6,7 @@ import logging
 import os
 import pickle
 import secrets
+import shutil
 import socket
 import ssl
 import stat
@@ -192,3 +193,38 @@ def test_cli_up_setting_no_security_and_down(monkeypatch, capsys):
         os.killpg(procs[0].pid, 0)
     assert not (home / "connection.json").exists()
     es_local.check_ports_free([port])  # the port is released
+
+
+def test_restart_keeps_credentials_ca_and_data():
+    """A restart of the same home (after a crash or `es down`) reuses password, CA and data."""
+    with extra_cluster_slot(nodes=1) as (home, port):
+        es_local.stop_cluster(home)
+        conn = es_local.start_cluster(home, port=port, timeout=300, fresh=True, cache=CACHE)
+    try:
+        creds = json.loads((home / "credentials.json").read_text())
+        assert creds["password"] == conn.password
+        assert stat.S_IMODE((home / "credentials.json").stat().st_mode) == 0o600
+        ca = (home / "certs" / "ca.crt").read_bytes()
+        client = conn.client()
+        client.index(index="restart-check", id="1", document={"n": 1}, refresh="wait_for")
+        client.close()
+        # Hold the slot lock while the port is free, so no other session's cluster takes it.
+        with extra_cluster_slot(nodes=1, port=port):
+            es_local.kill_node(home, 0)  # a crash: kill -9
+            again = es_local.start_cluster(home, port=port, timeout=300, cache=CACHE)
+        assert (again.password, again.ca_certs) == (conn.password, conn.ca_certs)
+        assert (home / "certs" / "ca.crt").read_bytes() == ca
+        assert es_local.connection(home).password == conn.password
+        client = conn.client()  # the connection made before the restart
+        try:
+            assert client.get(index="restart-check", id="1")["_source"] == {"n": 1}
+        finally:
+            client.close()
+        with extra_cluster_slot(nodes=1, port=port):
+            es_local.stop_cluster(home)  # `es down` then `es up`: same again
+            third = es_local.start_cluster(home, port=port, timeout=300, cache=CACHE)
+        assert third.password == conn.password
+        assert conn.check()["status"] in ("yellow", "green")
+    finally:
+        es_local.stop_cluster(home)
+        shutil.rmtree(home, ignore_errors=True)

@@ -24,6 +24,7 @@ import pytest
 from apache_beam.runners.runner import PipelineState
 
 from facebeam.pipelines.local import flink as flink_local
+from facebeam.pipelines.local import toolkit
 from facebeam.pipelines.runner import jars
 from facebeam.pipelines.local import spark as spark_local
 from facebeam.pipelines.runner.defaults import (
@@ -105,7 +106,7 @@ def runner_key(request):
 
 def _cluster_jobs(key):
     if PRESET_CLUSTERS.get(key) == "flink":
-        return len(jars.http_json(f"{flink_local.rest_url()}/jobs/overview")["jobs"])
+        return len(toolkit.http_json(f"{flink_local.rest_url()}/jobs/overview")["jobs"])
     if PRESET_CLUSTERS.get(key) == "spark":
         return len(spark_local.cluster_info()["completedapps"])
     return None
@@ -124,7 +125,7 @@ def test_runner_matches_direct(runner_key, expected, tmp_path):
     assert result.job_server_pids
     assert live_job_servers() == []
     for pid in result.job_server_pids:
-        assert not jars.pid_alive(pid), f"job server pid {pid} still running"
+        assert not toolkit.alive(pid), f"job server pid {pid} still running"
 
 
 def test_cluster_cli_status(runner_key, capsys):

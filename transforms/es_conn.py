@@ -17,10 +17,11 @@ from typing import Optional
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from facebeam.transforms.errors import UserError
+from facebeam.transforms.home import es_conn_file
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONN_FILE = Path(".facebeam/es/connection.json")
+# The default connection file is `<facebeam home>/es/connection.json`: transforms.home.es_conn_file().
 ENV_URL = "FACEBEAM_ES_URL"
 ENV_USER = "FACEBEAM_ES_USER"
 ENV_PASSWORD = "FACEBEAM_ES_PASSWORD"
@@ -164,9 +165,9 @@ class EsConnection:
         file_path = conn_file or env.get(ENV_CONN)
         if file_path:
             file_data = _read_conn_file(Path(file_path))  # named explicitly: must exist
-        elif DEFAULT_CONN_FILE.is_file():
-            file_path = DEFAULT_CONN_FILE
-            file_data = _read_conn_file(DEFAULT_CONN_FILE)
+        elif es_conn_file().is_file():
+            file_path = es_conn_file()
+            file_data = _read_conn_file(file_path)
         else:
             file_data = {}
 
@@ -185,7 +186,7 @@ class EsConnection:
         if not hosts:
             raise EsConfigError(
                 f"no Elasticsearch URL: pass --es-url, set {ENV_URL}, point --es-conn/{ENV_CONN} at a "
-                f"connection file, or start a local one with `facebeam es up` ({DEFAULT_CONN_FILE})")
+                f"connection file, or start a local one with `facebeam es up` ({es_conn_file()})")
         # A URL may carry user:password@; take them out so they never get shown.
         clean_hosts, url_user, url_password = [], None, None
         for h in _split_hosts(hosts):

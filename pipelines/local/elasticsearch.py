@@ -1,24 +1,31 @@
 """`facebeam es up|down|status`: a real local Elasticsearch cluster without Docker.
 
 The server is Elastic's minimal `integ-test-zip` distribution from Maven Central
-(fetched with `mvn dependency:copy`, unpacked once under .facebeam/cache). Each
+(fetched with `mvn dependency:copy`, unpacked once under the cache folder,
+`facebeam.transforms.home.cache_dir()`). Each
 node gets its own config, data, log and tmp dirs under the home folder and runs
 detached in its own process group, so `es down` (or another process) can stop it.
 
 Security is on by default: HTTPS and transport TLS with a CA and node certificate
 generated here, and a generated file-realm superuser. The password lives only in
-`<home>/connection.json` (mode 0600); nothing prints or logs it.
+`<home>/credentials.json` and `<home>/connection.json` (mode 0600); nothing prints or
+logs it. CA, certificates, credentials and data are made on the first start only: a
+restart of the same home (after `es down`, a crash, or a reboot) reuses them, so
+connections made before the restart keep working. `--fresh` wipes the data only.
+
+The default home is `<facebeam home>/es` ($FACEBEAM_HOME, else ./.facebeam; see
+`facebeam.transforms.home`), whatever folder the command runs in.
 
 Layout of a home folder:
-    connection.json        url, hosts, ca_certs, username, password, nodes
+    connection.json        url, hosts, ca_certs, username, password, nodes (while running)
+    credentials.json       username, password (kept across restarts)
     certs/                 ca.crt, ca.key, node.crt, node.key
+    auth/                  users, users_roles (file realm, hashed; kept across restarts)
     nodes/<name>/          config/, data/, logs/, tmp/, console.log, node.json (pid file)
 """
 import argparse
-import base64
 import dataclasses
 import datetime
-import fcntl
 import ipaddress
 import json
 import logging
@@ -29,18 +36,18 @@ import secrets
 import shutil
 import signal
 import socket
-import ssl
 import stat
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+from facebeam.pipelines.local import toolkit
+from facebeam.transforms import home as fb_home
 from facebeam.transforms.es_conn import EsConnection, EsError
 
 log = logging.getLogger(__name__)
@@ -48,18 +55,27 @@ log = logging.getLogger(__name__)
 DEFAULT_VERSION = "8.19.7"
 DEFAULT_HEAP = "512m"
 DEFAULT_PORT = 9200
-DEFAULT_HOME = Path(".facebeam/es")
 DEFAULT_TIMEOUT = 180.0
 STOP_TIMEOUT = 30.0
 TRANSPORT_OFFSET = 100  # transport port = http port + 100 (9200 -> 9300)
 USERNAME = "facebeam"
 ARTIFACT = "org.elasticsearch.distribution.integ-test-zip:elasticsearch:{version}:zip"
-ENV_CACHE = "FACEBEAM_CACHE"
+ENV_CACHE = fb_home.ENV_CACHE
+MAVEN_TIMEOUT = 900.0
 ENV_RUN_AS = "FACEBEAM_ES_RUN_AS"  # OS account for the nodes when we are root
 
 
 class EsLocalError(EsError, RuntimeError):
     """The local cluster could not be set up, started or stopped."""
+
+
+def default_home() -> Path:
+    """`<facebeam home>/es`: the cluster folder when no --home is given."""
+    return fb_home.facebeam_home() / "es"
+
+
+def _home(home) -> Path:
+    return Path(home).absolute() if home is not None else default_home()
 
 
 class NodeProc(NamedTuple):
@@ -89,62 +105,30 @@ class _Node:
 
 
 # --- Java and the distribution --------------------------------------------------------
-def find_java() -> tuple:
-    """(java_home, major version): ES_JAVA_HOME, then JAVA_HOME, then `java` on PATH."""
-    home = os.environ.get("ES_JAVA_HOME") or os.environ.get("JAVA_HOME")
-    if home:
-        java = Path(home) / "bin" / "java"
-    else:
-        found = shutil.which("java")
-        if not found:
-            raise EsLocalError("no Java found: install a JDK (17 or newer) or set ES_JAVA_HOME")
-        java = Path(found).resolve()
-        home = str(java.parent.parent)
-    if not os.access(java, os.X_OK):
-        raise EsLocalError(f"no java executable at {java} (check ES_JAVA_HOME / JAVA_HOME)")
-    try:
-        out = subprocess.run([str(java), "-version"], capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        raise EsLocalError(f"`{java} -version` did not answer within 60 s") from None
-    m = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
-    if not m:
-        raise EsLocalError(f"cannot tell the version of {java}: {out.stderr.strip()[:200]}")
-    major = int(m.group(1))
-    if major == 1:  # "1.8.0" style
-        major = int(m.group(2))
-    return str(home), major
-
-
 def check_java(version: str) -> str:
-    """The Java home to run `version` with; fails clearly if that Java is too old."""
+    """The Java home to run `version` with (ES_JAVA_HOME, then JAVA_HOME, then `java` on PATH);
+    fails clearly if that Java is too old."""
     es_major = int(version.split(".")[0])
-    need = 17 if es_major <= 8 else 21
-    home, major = find_java()
-    if major < need:
-        raise EsLocalError(f"Elasticsearch {version} needs Java {need} or newer; found Java {major} "
-                           f"at {home} (set ES_JAVA_HOME to a newer JDK)")
+    java = toolkit.find_java(17 if es_major <= 8 else 21, purpose=f"Elasticsearch {version}",
+                             home_vars=("ES_JAVA_HOME", "JAVA_HOME"), error=EsLocalError,
+                             hint="Set ES_JAVA_HOME to a newer JDK")
     if es_major != 8:
         log.warning("Elasticsearch %s: facebeam's Python client is 8.x and expects an 8.x server", version)
-    return home
-
-
-def cache_dir() -> Path:
-    """Where distributions are unpacked: FACEBEAM_CACHE, else .facebeam/cache under the cwd."""
-    return Path(os.environ.get(ENV_CACHE) or Path.cwd() / ".facebeam" / "cache").absolute()
+    return java.home
 
 
 def fetch_distribution(version: str = DEFAULT_VERSION, cache: Optional[Path] = None) -> Path:
     """ES_HOME of the unpacked integ-test-zip, fetched through Maven on first use."""
-    cache = Path(cache or cache_dir())
+    cache = Path(cache or toolkit.cache_dir())
     target = cache / f"elasticsearch-{version}"
     if (target / "bin" / "elasticsearch").is_file():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one unpacker at a time
+    deadline = time.monotonic() + MAVEN_TIMEOUT
+    with toolkit.file_lock(cache / ".lock", deadline=deadline, error=EsLocalError,  # one unpacker at a time
+                           what=f"unpacking Elasticsearch {version} into {cache}"):
         if (target / "bin" / "elasticsearch").is_file():
             return target
-        zip_path = _maven_fetch(version, cache / "downloads")
+        zip_path = _maven_fetch(version, cache / "downloads", deadline)
         log.info("unpacking %s into %s", zip_path.name, cache)
         tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache))
         try:
@@ -158,24 +142,17 @@ def fetch_distribution(version: str = DEFAULT_VERSION, cache: Optional[Path] = N
     return target
 
 
-def _maven_fetch(version: str, out_dir: Path) -> Path:
+def _maven_fetch(version: str, out_dir: Path, deadline: float) -> Path:
     zip_path = out_dir / f"elasticsearch-{version}.zip"
     if zip_path.is_file():
         return zip_path
-    if not shutil.which("mvn"):
-        raise EsLocalError("Maven (mvn) is needed to fetch the Elasticsearch server from Maven Central")
     artifact = ARTIFACT.format(version=version)
     log.info("fetching %s with Maven (cached in ~/.m2 afterwards)", artifact)
-    cmd = ["mvn", "-q", "-B", "-Dstyle.color=never", "dependency:copy", f"-Dartifact={artifact}",
-           f"-DoutputDirectory={out_dir}"]
-    with tempfile.TemporaryDirectory() as empty:  # run outside any Maven project
-        try:
-            res = subprocess.run(cmd, cwd=empty, capture_output=True, text=True, timeout=900)
-        except subprocess.TimeoutExpired:
-            raise EsLocalError(f"Maven did not fetch {artifact} within 15 minutes") from None
-    if res.returncode != 0 or not zip_path.is_file():
-        tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-15:])
-        raise EsLocalError(f"Maven could not fetch {artifact} (exit {res.returncode}):\n{tail}")
+    ok, out = toolkit.maven(["dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={out_dir}"],
+                            deadline, f"the Elasticsearch server {artifact}", error=EsLocalError)
+    if not ok or not zip_path.is_file():
+        tail = "\n".join(out.strip().splitlines()[-15:])
+        raise EsLocalError(f"Maven could not fetch {artifact} ({toolkit.maven_reason(out)}):\n{tail}")
     return zip_path
 
 
@@ -378,52 +355,18 @@ def _launch(node: _Node, es_home: Path, java_home: str, account: Optional[pwd.st
     if account:
         env.update(HOME=str(node.dir), USER=account.pw_name, LOGNAME=account.pw_name)
         drop = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-    with open(node.console, "wb") as out:
-        if account:
-            os.fchown(out.fileno(), account.pw_uid, account.pw_gid)
-        proc = subprocess.Popen([str(es_home / "bin" / "elasticsearch")], cwd=node.dir, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, **drop)  # own session: survives us, killable as a group
+    # own session: survives us, killable as a group
+    proc = toolkit.spawn_detached([str(es_home / "bin" / "elasticsearch")], node.console, cwd=node.dir, env=env,
+                                  **drop)
     node.pid_file.write_text(json.dumps({"name": node.name, "pid": proc.pid, "http_port": node.http_port,
                                          "transport_port": node.transport_port}))
-    _CHILDREN[proc.pid] = proc
     return proc
-
-
-_CHILDREN: dict = {}  # Popen objects this process started, so their exits get reaped
 
 
 # --- processes --------------------------------------------------------------------------
 def _group_alive(pgid: int) -> bool:
-    proc = _CHILDREN.get(pgid)
-    if proc is not None:
-        proc.poll()  # reap our own child so it does not linger as a zombie
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _is_es_group(pgid)
-
-
-def _is_es_group(pgid: int) -> bool:
-    """Guard against a recycled pid: some process in the group must be Elasticsearch."""
-    proc_root = Path("/proc")
-    if not proc_root.is_dir():
-        return True
-    for entry in proc_root.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry.name)) != pgid:
-                continue
-            cmd = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError):
-            continue
-        if b"elasticsearch" in cmd:
-            return True
-    return False
+    """Is the node's process group alive? (Some process in it must be Elasticsearch: a recycled pid is not.)"""
+    return toolkit.alive(pgid, "elasticsearch", group=True)
 
 
 def _read_pid_files(home: Path) -> list:
@@ -442,9 +385,9 @@ def _node_index(name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def node_processes(home=DEFAULT_HOME) -> list:
+def node_processes(home=None) -> list:
     """Running nodes under `home`: [NodeProc(name, pid, http_port)], pid = process-group id."""
-    return [p for _, p in _read_pid_files(Path(home)) if _group_alive(p.pid)]
+    return [p for _, p in _read_pid_files(_home(home)) if _group_alive(p.pid)]
 
 
 def kill_node(home, name_or_index, sig=signal.SIGKILL, timeout: float = STOP_TIMEOUT) -> NodeProc:
@@ -459,47 +402,28 @@ def kill_node(home, name_or_index, sig=signal.SIGKILL, timeout: float = STOP_TIM
                            f"(running: {', '.join(p.name for p in procs) or 'none'})")
     node = match[0]
     log.info("sending %s to %s (pid %d)", signal.Signals(sig).name, node.name, node.pid)
-    _signal_group(node.pid, sig)
-    if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT) and not _wait_gone([node.pid], timeout):
+    toolkit.signal_process(node.pid, sig, group=True)
+    if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT) and \
+            not toolkit.wait_gone([node.pid], timeout, group=True):
         raise EsLocalError(f"{node.name} (pid {node.pid}) still running {timeout:.0f} s after {sig!r}")
     return node
 
 
-def _signal_group(pgid: int, sig):
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _wait_gone(pgids: list, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(_group_alive(p) for p in pgids):
-            return True
-        time.sleep(0.2)
-    return not any(_group_alive(p) for p in pgids)
-
-
-def stop_cluster(home=DEFAULT_HOME, timeout: float = STOP_TIMEOUT) -> list:
-    """SIGTERM every node under `home`, SIGKILL what is left after `timeout`; returns what was stopped."""
-    home = Path(home)
-    entries = [(f, p) for f, p in _read_pid_files(home)]
+def stop_cluster(home=None, timeout: float = STOP_TIMEOUT) -> list:
+    """SIGTERM every node under `home`, SIGKILL what is left after `timeout`; returns what was stopped.
+    Certificates, credentials and data stay for the next start."""
+    home = _home(home)
+    entries = _read_pid_files(home)
     running = [p for _, p in entries if _group_alive(p.pid)]
     for p in running:
         log.info("stopping %s (pid %d, port %d)", p.name, p.pid, p.http_port)
-        _signal_group(p.pid, signal.SIGTERM)
-    if running and not _wait_gone([p.pid for p in running], timeout):
-        for p in running:
-            if _group_alive(p.pid):
-                log.warning("%s did not stop within %.0f s: SIGKILL", p.name, timeout)
-                _signal_group(p.pid, signal.SIGKILL)
-        if not _wait_gone([p.pid for p in running], 10):
-            raise EsLocalError(f"nodes under {home} survived SIGKILL: "
-                               f"{[p.name for p in running if _group_alive(p.pid)]}")
+    toolkit.stop_processes([p.pid for p in running], "elasticsearch", timeout=timeout, group=True)
+    survivors = [p.name for p in running if toolkit.alive(p.pid, group=True)]
+    if survivors:
+        raise EsLocalError(f"nodes under {home} survived SIGKILL: {survivors}")
     for f, p in entries:
         f.unlink(missing_ok=True)
-        _CHILDREN.pop(p.pid, None)
+        toolkit.forget(p.pid)
     (home / "connection.json").unlink(missing_ok=True)
     return running
 
@@ -522,16 +446,18 @@ def _parse_heap(heap: str) -> str:
     return heap
 
 
-def start_cluster(home=DEFAULT_HOME, nodes: int = 1, version: str = DEFAULT_VERSION, heap: str = DEFAULT_HEAP,
+def start_cluster(home=None, nodes: int = 1, version: str = DEFAULT_VERSION, heap: str = DEFAULT_HEAP,
                   port: int = DEFAULT_PORT, security: bool = True, settings: Optional[dict] = None,
                   timeout: float = DEFAULT_TIMEOUT, fresh: bool = False,
                   cache: Optional[Path] = None) -> EsConnection:
     """Start `nodes` nodes as one cluster under `home`; wait for yellow and all nodes joined.
 
     Fails (and stops what it started) on a Java, port, configuration or start-up problem.
-    `fresh=True` wipes the data of a previous run; otherwise data is kept across restarts.
+    The CA, certificates and credentials of a previous start of `home` are reused (a
+    restart keeps connections made before it working); `fresh=True` wipes the data of a
+    previous run, which is otherwise kept across restarts.
     """
-    home = Path(home).absolute()
+    home = _home(home)
     if nodes < 1:
         raise EsLocalError("--nodes must be at least 1")
     heap = _parse_heap(heap)
@@ -542,7 +468,16 @@ def start_cluster(home=DEFAULT_HOME, nodes: int = 1, version: str = DEFAULT_VERS
     started = time.monotonic()
     java_home = check_java(version)
     layout = _nodes(home, nodes, port)
-    check_ports_free([n.http_port for n in layout] + [n.transport_port for n in layout])
+    ports = [n.http_port for n in layout] + [n.transport_port for n in layout]
+    ports_deadline = time.monotonic() + 10  # a node killed just before may still be letting go of them
+    while True:
+        try:
+            check_ports_free(ports)
+            break
+        except EsLocalError:
+            if time.monotonic() > ports_deadline:
+                raise
+            time.sleep(0.5)
     es_home = fetch_distribution(version, cache)
     account = run_as_account()
 
@@ -557,24 +492,16 @@ def start_cluster(home=DEFAULT_HOME, nodes: int = 1, version: str = DEFAULT_VERS
         for d in stale.iterdir():
             if fresh or d.name not in {n.name for n in layout}:
                 shutil.rmtree(d, ignore_errors=True)
-    (home / "connection.json").unlink(missing_ok=True)
-
     username = password = certs = auth_dir = None
     if security:
         certs = make_certs(home / "certs")
         os.chmod(home / "certs", 0o700)
-        username, password = USERNAME, secrets.token_urlsafe(24)
-        auth_dir = home / "auth"
-        shutil.rmtree(auth_dir, ignore_errors=True)
-        auth_dir.mkdir(mode=0o700)
-        _add_file_user(es_home, java_home, auth_dir, username, password)
+        username, password, auth_dir = _credentials(home, es_home, java_home)
     cluster_name = f"facebeam-{home.name}"
     for node in layout:
         node_settings = _node_settings(node, layout, cluster_name, security, es_home)
         node_settings.update(settings or {})
         _prepare_node(node, es_home, node_settings, heap, certs, auth_dir, account)
-    if auth_dir:
-        shutil.rmtree(auth_dir, ignore_errors=True)
 
     scheme = "https" if security else "http"
     urls = [f"{scheme}://127.0.0.1:{n.http_port}" for n in layout]
@@ -598,14 +525,34 @@ def start_cluster(home=DEFAULT_HOME, nodes: int = 1, version: str = DEFAULT_VERS
     return conn
 
 
+def _credentials(home: Path, es_home: Path, java_home: str) -> tuple:
+    """(username, password, auth dir with the file-realm users): those of a previous start of
+    `home` when there are any, else new ones (kept in credentials.json, mode 0600)."""
+    cred_file, auth_dir = home / "credentials.json", home / "auth"
+    creds = None
+    if cred_file.is_file():
+        try:
+            d = json.loads(cred_file.read_text())
+            creds = (str(d["username"]), str(d["password"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("%s is unreadable: new credentials for the cluster under %s", cred_file, home)
+    if creds is None:
+        creds = (USERNAME, secrets.token_urlsafe(24))
+        _write_private(cred_file, (json.dumps({"username": creds[0], "password": creds[1]}, indent=2)
+                                   + "\n").encode())
+        shutil.rmtree(auth_dir, ignore_errors=True)  # users of older credentials
+    if not all((auth_dir / f).is_file() for f in ("users", "users_roles")):
+        tmp = home / ".auth-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(mode=0o700)
+        _add_file_user(es_home, java_home, tmp, *creds)
+        shutil.rmtree(auth_dir, ignore_errors=True)
+        os.replace(tmp, auth_dir)
+    return creds[0], creds[1], auth_dir
+
+
 def _http_get(conn: EsConnection, url: str, timeout: float) -> dict:
-    req = urllib.request.Request(url)
-    if conn.username:
-        token = base64.b64encode(f"{conn.username}:{conn.password}".encode()).decode()
-        req.add_header("Authorization", f"Basic {token}")
-    ctx = ssl.create_default_context(cafile=conn.ca_certs) if url.startswith("https") else None
-    with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
-        return json.loads(resp.read())
+    return toolkit.http_json(url, timeout=timeout, auth=(conn.username, conn.password), cafile=conn.ca_certs)
 
 
 def _wait_ready(conn: EsConnection, layout: list, procs: dict, timeout: float):
@@ -639,17 +586,12 @@ def _wait_ready(conn: EsConnection, layout: list, procs: dict, timeout: float):
 
 def log_tail(node: _Node, lines: int = 15) -> str:
     """The end of a node's console output, Java stack frames left out, long lines cut."""
-    try:
-        text = node.console.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no console log)"
-    text = [line[:600] for line in text if line.strip() and not re.match(r"\s+(at |\.\.\. \d+ more)", line)]
-    return "\n".join(text[-lines:])
+    return toolkit.log_tail(node.console, lines, java_frames=False, width=600, missing="(no console log)")
 
 
-def connection(home=DEFAULT_HOME) -> EsConnection:
+def connection(home=None) -> EsConnection:
     """The EsConnection of the cluster running under `home` (from its connection.json)."""
-    return EsConnection.from_file(Path(home) / "connection.json")
+    return EsConnection.from_file(_home(home) / "connection.json")
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -678,7 +620,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--index", help="index or alias to count")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     for sp in (up, down, status):
-        sp.add_argument("--home", type=Path, default=DEFAULT_HOME, help="cluster folder (default %(default)s)")
+        sp.add_argument("--home", type=Path, default=None,
+                        help="cluster folder (default: $FACEBEAM_HOME/es, else ./.facebeam/es)")
     return p
 
 
@@ -767,6 +710,7 @@ def _cmd_status(a) -> int:
 
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
+    a.home = _home(a.home)
     transport_log = logging.getLogger("elastic_transport")
     if transport_log.level == logging.NOTSET:
         transport_log.setLevel(logging.WARNING)  # one INFO line per request is noise on a CLI

@@ -2,28 +2,28 @@
 
 Flink comes from the PyPI wheels `apache-flink` (bin/ scripts, conf/) and
 `apache-flink-libraries` (lib/flink-dist and friends) at the Flink version of the Beam
-job server (`pipelines.jars.FLINK_VERSION`). They declare `apache-beam<=2.61`, so they
-are installed with `pip install --no-deps --target .facebeam/flink-dist/<version>`,
-outside the project environment. The JobManager and one TaskManager are started with
-the wheel's `bin/jobmanager.sh` / `bin/taskmanager.sh` (what `start-cluster.sh` runs
-for a localhost worker, without its ssh logic), bound to localhost, with
-configuration, logs and pid files under `.facebeam/flink/`.
+job server (`pipelines.runner.jars.FLINK_VERSION`). They declare `apache-beam<=2.61`, so they
+are installed with `pip install --no-deps --target <cache>/flink-dist/<version>`,
+outside the project environment (<cache>: `facebeam.transforms.home.cache_dir()`).
+The JobManager and one TaskManager are started with the wheel's `bin/jobmanager.sh` /
+`bin/taskmanager.sh` (what `start-cluster.sh` runs for a localhost worker, without its ssh logic), bound to localhost, with
+configuration, logs and pid files under `<facebeam home>/flink/` ($FACEBEAM_HOME, else
+./.facebeam; see `facebeam.transforms.home`).
 
 Submit Beam pipelines to it with `--runner=FlinkRunner --flink_master=localhost:8081`.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from facebeam.pipelines.local import toolkit
+from facebeam.pipelines.local.toolkit import RunnerSetupError
 from facebeam.pipelines.runner import jars
-from facebeam.pipelines.runner.jars import RunnerSetupError
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +39,17 @@ _DAEMONS = {  # pid-file daemon name -> main class (to recognise our processes)
 
 
 def state_dir() -> Path:
-    return jars.facebeam_dir() / "flink"
+    return toolkit.facebeam_home() / "flink"
 
 
 def dist_dir(version: str = jars.FLINK_VERSION) -> Path:
-    return jars.facebeam_dir() / "flink-dist" / version
+    return toolkit.cache_dir() / "flink-dist" / version
 
 
 def flink_home(version: str = jars.FLINK_VERSION, install: bool = True) -> Path:
     target = dist_dir(version)
     if install:
-        jars.pip_install_target([f"apache-flink=={version}", f"apache-flink-libraries=={version}"], target)
+        toolkit.pip_install_target([f"apache-flink=={version}", f"apache-flink-libraries=={version}"], target)
     home = target / "pyflink"
     if not (home / "bin" / "jobmanager.sh").is_file() or not list((home / "lib").glob("flink-dist*.jar")):
         raise RunnerSetupError(f"{target} holds no runnable Flink (bin/jobmanager.sh, lib/flink-dist-*.jar)")
@@ -63,7 +63,7 @@ def rest_url(port: int = REST_PORT) -> str:
 def cluster_info(port: int = REST_PORT, timeout: float = 3.0) -> dict | None:
     """{'flink-version', 'taskmanagers', 'slots-total', 'slots-available'} or None if no Flink answers."""
     try:
-        overview = jars.http_json(f"{rest_url(port)}/overview", timeout=timeout)
+        overview = toolkit.http_json(f"{rest_url(port)}/overview", timeout=timeout)
     except Exception:  # noqa: BLE001 - anything but a Flink answer means "not running"
         return None
     if not isinstance(overview, dict) or "slots-total" not in overview:
@@ -79,20 +79,15 @@ def _pid_files(name: str) -> list[Path]:
 def _pids() -> dict[str, list[int]]:
     out = {}
     for name in _DAEMONS:
-        out[name] = []
-        for f in _pid_files(name):
-            try:
-                out[name] += [int(x) for x in f.read_text().split()]
-            except (OSError, ValueError):
-                pass
+        out[name] = toolkit.read_pids(_pid_files(name))
     return out
 
 
 def _live_pids() -> dict[str, list[int]]:
-    return {n: [p for p in ps if jars.pid_alive(p, _DAEMONS[n])] for n, ps in _pids().items()}
+    return {n: [p for p in ps if toolkit.alive(p, _DAEMONS[n])] for n, ps in _pids().items()}
 
 
-def _write_conf(home: Path, slots: int, port: int) -> Path:
+def _write_conf(home: Path, slots: int, port: int, rpc_port: int = RPC_PORT) -> Path:
     import yaml
 
     conf_dir = state_dir() / "conf"
@@ -106,7 +101,7 @@ def _write_conf(home: Path, slots: int, port: int) -> Path:
     conf.setdefault("env", {}).update({"log": {"dir": str(state_dir() / "log")}, "pid": {"dir": str(state_dir())}})
     conf["jobmanager"] = {
         "bind-host": "localhost",
-        "rpc": {"address": "localhost", "port": RPC_PORT},
+        "rpc": {"address": "localhost", "port": rpc_port},
         "memory": {"process": {"size": "1024m"}},
         "execution": {"failover-strategy": "region"},
     }
@@ -126,29 +121,25 @@ def _write_conf(home: Path, slots: int, port: int) -> Path:
     return conf_dir
 
 
-def _env(home: Path, conf_dir: Path, java: str) -> dict:
+def _env(home: Path, conf_dir: Path, java: toolkit.Java) -> dict:
     env = dict(os.environ)
     env.update(
         FLINK_HOME=str(home),
         FLINK_CONF_DIR=str(conf_dir),
         FLINK_LOG_DIR=str(state_dir() / "log"),
         FLINK_PID_DIR=str(state_dir()),
-        JAVA_HOME=jars.java_home_of(java),
+        JAVA_HOME=java.home,
     )
     env.pop("PYTHONPATH", None)
     return env
 
 
 def _script(home: Path, env: dict, script: str, *args: str, timeout: float = 60) -> None:
-    proc = subprocess.run(["bash", str(home / "bin" / script), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise RunnerSetupError(f"{script} {' '.join(args)} failed (exit {proc.returncode}):\n"
-                               f"{(proc.stdout + proc.stderr)[-2000:]}")
+    toolkit.run_script(home / "bin" / script, *args, env=env, timeout=timeout)
 
 
 def up(slots: int = SLOTS, port: int = REST_PORT, timeout: float = UP_TIMEOUT_S,
-       version: str = jars.FLINK_VERSION) -> dict:
+       version: str = jars.FLINK_VERSION, rpc_port: int = RPC_PORT) -> dict:
     """Start the cluster (if not already running) and wait until a TaskManager offers slots."""
     info = cluster_info(port)
     live = _live_pids()
@@ -157,14 +148,13 @@ def up(slots: int = SLOTS, port: int = REST_PORT, timeout: float = UP_TIMEOUT_S,
             log.info("Flink %s already running at %s (%s slots)", info.get("flink-version"), rest_url(port),
                      info.get("slots-total"))
             return info
-    elif info or jars.port_open("localhost", port):
+    elif info or toolkit.port_open("localhost", port):
         raise RunnerSetupError(f"port {port} is taken by something that is not this project's Flink "
                                f"({state_dir()} has no live JobManager); stop it or use another --port")
-    java = jars.java_executable()
-    jars.check_java(java, purpose="the Flink cluster")
+    java = toolkit.find_java(purpose="the Flink cluster")
     home = flink_home(version)
     (state_dir() / "log").mkdir(parents=True, exist_ok=True)
-    conf_dir = _write_conf(home, slots, port)
+    conf_dir = _write_conf(home, slots, port, rpc_port)
     env = _env(home, conf_dir, java)
     t0 = time.monotonic()
     if not live["standalonesession"]:
@@ -187,7 +177,7 @@ def up(slots: int = SLOTS, port: int = REST_PORT, timeout: float = UP_TIMEOUT_S,
         if not any(_live_pids().values()):
             break
         time.sleep(0.5)
-    logs = "\n".join(f"--- {f.name}\n{jars.log_tail(f, 20)}" for f in sorted((state_dir() / "log").glob("*.log")))
+    logs = "\n".join(f"--- {f.name}\n{toolkit.log_tail(f, 20)}" for f in sorted((state_dir() / "log").glob("*.log")))
     down()
     raise RunnerSetupError(
         f"Flink cluster did not report a task manager with slots at {rest_url(port)} within {timeout:.0f} s "
@@ -200,7 +190,7 @@ def down(timeout: float = DOWN_TIMEOUT_S) -> bool:
     pids = _pids()
     stopped = []
     for name in ("taskexecutor", "standalonesession"):
-        stopped += jars.stop_pids(pids[name], _DAEMONS[name], timeout=timeout)
+        stopped += toolkit.stop_processes(pids[name], _DAEMONS[name], timeout=timeout)
         for f in _pid_files(name):
             f.unlink(missing_ok=True)
     if stopped:
@@ -213,16 +203,9 @@ def status(port: int = REST_PORT) -> dict:
             "logs": str(state_dir() / "log")}
 
 
-@contextlib.contextmanager
 def running(**kwargs):
     """Context manager for tests and jobs: start the cluster if needed, stop it after if we started it."""
-    started = cluster_info(kwargs.get("port", REST_PORT)) is None
-    info = up(**kwargs)
-    try:
-        yield info
-    finally:
-        if started:
-            down()
+    return toolkit.running(cluster_info(kwargs.get("port", REST_PORT)) is not None, up, down, **kwargs)
 
 
 def main(argv=None) -> int:
@@ -230,12 +213,14 @@ def main(argv=None) -> int:
     ap.add_argument("action", choices=["up", "down", "status"])
     ap.add_argument("--slots", type=int, default=SLOTS, help="task slots of the task manager (default %(default)s)")
     ap.add_argument("--port", type=int, default=REST_PORT, help="REST/web port (default %(default)s)")
+    ap.add_argument("--rpc-port", type=int, default=RPC_PORT, help="JobManager RPC port (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for `up` (default %(default)s)")
     ap.add_argument("--version", default=jars.FLINK_VERSION, help="apache-flink wheel version (default %(default)s)")
     args = ap.parse_args(argv)
     try:
         if args.action == "up":
-            info = up(slots=args.slots, port=args.port, timeout=args.timeout, version=args.version)
+            info = up(slots=args.slots, port=args.port, timeout=args.timeout, version=args.version,
+                      rpc_port=args.rpc_port)
             print(f"Flink {info.get('flink-version')} running at {rest_url(args.port)}: "
                   f"{info.get('taskmanagers')} task manager(s), {info.get('slots-total')} slots. "
                   f"Submit with --runner=FlinkRunner --flink_master=localhost:{args.port}")

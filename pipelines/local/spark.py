@@ -2,11 +2,12 @@
 
 Spark comes from the `pyspark` package at the Spark version bundled in the Beam Spark
 job server (read from `spark-version-info.properties` inside the staged job-server
-jar), installed with `pip install --no-deps --target .facebeam/spark-dist/<version>`,
+jar), installed with `pip install --no-deps --target <cache>/spark-dist/<version>`,
 outside the project environment. The master and one worker are started with the
 package's `sbin/spark-daemon.sh` and `SPARK_LOCAL_IP=127.0.0.1`; the master listens on
 spark://localhost:7077 with its web UI on http://localhost:8080; logs, pid files and
-the worker's scratch space live under `.facebeam/spark/`.
+the worker's scratch space live under `<facebeam home>/spark/` (see
+`facebeam.transforms.home`).
 
 Submit Beam pipelines to it with
 `--runner=SparkRunner --spark_master_url=spark://localhost:7077`.
@@ -14,16 +15,15 @@ Submit Beam pipelines to it with
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from facebeam.pipelines.local import toolkit
+from facebeam.pipelines.local.toolkit import RunnerSetupError
 from facebeam.pipelines.runner import jars
-from facebeam.pipelines.runner.jars import RunnerSetupError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _WORKER = "org.apache.spark.deploy.worker.Worker"
 
 
 def state_dir() -> Path:
-    return jars.facebeam_dir() / "spark"
+    return toolkit.facebeam_home() / "spark"
 
 
 def spark_version() -> str:
@@ -48,8 +48,8 @@ def spark_version() -> str:
 
 def spark_home(version: str | None = None) -> Path:
     version = version or spark_version()
-    target = jars.facebeam_dir() / "spark-dist" / version
-    jars.pip_install_target([f"pyspark=={version}"], target)
+    target = toolkit.cache_dir() / "spark-dist" / version
+    toolkit.pip_install_target([f"pyspark=={version}"], target)
     home = target / "pyspark"
     if not (home / "sbin" / "spark-daemon.sh").is_file() or not (home / "jars").is_dir():
         raise RunnerSetupError(f"{target} holds no runnable Spark (sbin/spark-daemon.sh, jars/)")
@@ -63,7 +63,7 @@ def master_url(port: int = MASTER_PORT) -> str:
 def cluster_info(webui_port: int = WEBUI_PORT, timeout: float = 3.0) -> dict | None:
     """The master's /json/ answer (status, aliveworkers, cores, ...) or None if no master answers."""
     try:
-        info = jars.http_json(f"http://localhost:{webui_port}/json/", timeout=timeout)
+        info = toolkit.http_json(f"http://localhost:{webui_port}/json/", timeout=timeout)
     except Exception:  # noqa: BLE001
         return None
     if not isinstance(info, dict) or "status" not in info:
@@ -76,20 +76,14 @@ def _pid_files(cls: str) -> list[Path]:
 
 
 def _pids(cls: str) -> list[int]:
-    out = []
-    for f in _pid_files(cls):
-        try:
-            out += [int(x) for x in f.read_text().split()]
-        except (OSError, ValueError):
-            pass
-    return out
+    return toolkit.read_pids(_pid_files(cls))
 
 
 def _live(cls: str) -> list[int]:
-    return [p for p in _pids(cls) if jars.pid_alive(p, cls)]
+    return [p for p in _pids(cls) if toolkit.alive(p, cls)]
 
 
-def _env(home: Path, java: str) -> dict:
+def _env(home: Path, java: toolkit.Java) -> dict:
     env = dict(os.environ)
     for k in ("PYTHONPATH", "SPARK_CONF_DIR", "PYSPARK_PYTHON"):
         env.pop(k, None)
@@ -105,17 +99,13 @@ def _env(home: Path, java: str) -> dict:
         SPARK_WORKER_DIR=str(state_dir() / "work"),
         SPARK_LOCAL_DIRS=str(state_dir() / "tmp"),
         SPARK_DAEMON_MEMORY="512m",
-        JAVA_HOME=jars.java_home_of(java),
+        JAVA_HOME=java.home,
     )
     return env
 
 
 def _daemon(home: Path, env: dict, *args: str, timeout: float = 60) -> None:
-    proc = subprocess.run(["bash", str(home / "sbin" / "spark-daemon.sh"), *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise RunnerSetupError(f"spark-daemon.sh {' '.join(args)} failed (exit {proc.returncode}):\n"
-                               f"{(proc.stdout + proc.stderr)[-2000:]}")
+    toolkit.run_script(home / "sbin" / "spark-daemon.sh", *args, env=env, timeout=timeout)
 
 
 def up(port: int = MASTER_PORT, webui_port: int = WEBUI_PORT, cores: int | None = None, memory: str = "2g",
@@ -126,11 +116,10 @@ def up(port: int = MASTER_PORT, webui_port: int = WEBUI_PORT, cores: int | None 
         if info.get("aliveworkers", 0) >= 1:
             log.info("Spark master already running at %s (%s worker(s))", master_url(port), info.get("aliveworkers"))
             return info
-    elif info or jars.port_open("localhost", port) or jars.port_open("localhost", webui_port):
+    elif info or toolkit.port_open("localhost", port) or toolkit.port_open("localhost", webui_port):
         raise RunnerSetupError(f"port {port} or {webui_port} is taken by something that is not this project's "
                                f"Spark ({state_dir()} has no live master); stop it or use other ports")
-    java = jars.java_executable()
-    jars.check_java(java, purpose="the Spark cluster")
+    java = toolkit.find_java(purpose="the Spark cluster")
     home = spark_home(version)
     for d in ("log", "work", "tmp"):
         (state_dir() / d).mkdir(parents=True, exist_ok=True)
@@ -159,7 +148,7 @@ def up(port: int = MASTER_PORT, webui_port: int = WEBUI_PORT, cores: int | None 
         if not _live(_MASTER) or not _live(_WORKER):
             break
         time.sleep(0.5)
-    logs = "\n".join(f"--- {f.name}\n{jars.log_tail(f, 20)}" for f in sorted((state_dir() / "log").glob("*.out")))
+    logs = "\n".join(f"--- {f.name}\n{toolkit.log_tail(f, 20)}" for f in sorted((state_dir() / "log").glob("*.out")))
     down()
     raise RunnerSetupError(
         f"Spark worker did not register with {master_url(port)} within {timeout:.0f} s (last answer: "
@@ -171,7 +160,7 @@ def up(port: int = MASTER_PORT, webui_port: int = WEBUI_PORT, cores: int | None 
 def down(timeout: float = DOWN_TIMEOUT_S) -> bool:
     stopped = []
     for cls in (_WORKER, _MASTER):
-        stopped += jars.stop_pids(_pids(cls), cls, timeout=timeout)
+        stopped += toolkit.stop_processes(_pids(cls), cls, timeout=timeout)
         for f in _pid_files(cls):
             f.unlink(missing_ok=True)
     if stopped:
@@ -184,16 +173,9 @@ def status(webui_port: int = WEBUI_PORT) -> dict:
             "pids": {"master": _live(_MASTER), "worker": _live(_WORKER)}, "logs": str(state_dir() / "log")}
 
 
-@contextlib.contextmanager
 def running(**kwargs):
     """Start the cluster if needed; stop it afterwards if this call started it."""
-    started = cluster_info(kwargs.get("webui_port", WEBUI_PORT)) is None
-    info = up(**kwargs)
-    try:
-        yield info
-    finally:
-        if started:
-            down()
+    return toolkit.running(cluster_info(kwargs.get("webui_port", WEBUI_PORT)) is not None, up, down, **kwargs)
 
 
 def main(argv=None) -> int:

@@ -51,8 +51,9 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
+from facebeam.pipelines.local import toolkit
 from facebeam.pipelines.runner import jars
-from facebeam.pipelines.runner.jars import RunnerSetupError  # noqa: F401  (re-exported: pipelines.runners.RunnerSetupError)
+from facebeam.pipelines.runner.jars import RunnerSetupError
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,11 @@ def _portable_defaults(opts: PipelineOptions, kind: str, given) -> None:
         portable.environment_type = "LOOPBACK"
     if portable.job_endpoint:  # an already running job service: nothing to launch here
         return
-    java = jars.java_executable(jobsrv.job_server_java_launcher)
-    jars.check_java(java, purpose=f"the Beam {kind.capitalize()} job server")
+    java = toolkit.find_java(
+        purpose=f"the Beam {kind.capitalize()} job server", launcher=jobsrv.job_server_java_launcher,
+        hint=f"Point JAVA_HOME/PATH at a Java {toolkit.MIN_JAVA}+ (e.g. /usr/lib/jvm/java-17-openjdk-amd64) "
+             "or pass --job_server_java_launcher=/path/to/java",
+    ).path
     if not given("job_server_java_launcher"):
         jobsrv.job_server_java_launcher = java
     if kind == "flink":
@@ -225,7 +229,7 @@ def _check_flink(master: str, flink_version: str, timeout: float) -> None:
     last = None
     while True:
         try:
-            overview = jars.http_json(f"{base}/overview", timeout=min(3.0, max(0.5, deadline - time.monotonic())))
+            overview = toolkit.http_json(f"{base}/overview", timeout=min(3.0, max(0.5, deadline - time.monotonic())))
             break
         except Exception as e:  # noqa: BLE001
             last = e
@@ -255,7 +259,7 @@ def _check_spark(url: str, timeout: float) -> None:
     parsed = urllib.parse.urlparse(url)
     host, port = parsed.hostname or "localhost", parsed.port or 7077
     deadline = time.monotonic() + timeout
-    while not jars.port_open(host, port, timeout=min(2.0, max(0.5, deadline - time.monotonic()))):
+    while not toolkit.port_open(host, port, timeout=min(2.0, max(0.5, deadline - time.monotonic()))):
         if time.monotonic() >= deadline:
             raise RunnerSetupError(
                 f"No Spark master answers at {url} (nothing listens on {host}:{port}) after {timeout:.0f} s. "
@@ -263,7 +267,7 @@ def _check_spark(url: str, timeout: float) -> None:
             )
         time.sleep(0.5)
     try:  # the master's web UI tells whether a worker is there; without one a job waits forever
-        info = jars.http_json(f"http://{host}:{SPARK_WEBUI_PORT}/json/", timeout=3)
+        info = toolkit.http_json(f"http://{host}:{SPARK_WEBUI_PORT}/json/", timeout=3)
     except Exception:  # noqa: BLE001 - UI elsewhere or disabled: the port check has to do
         return
     if isinstance(info, dict) and info.get("url", url).endswith(f":{port}") and info.get("aliveworkers", 1) < 1:
@@ -328,7 +332,7 @@ class _ManagedJobServerMixin:
             ready = grpc.channel_ready_future(channel)
             while True:
                 if self._proc.poll() is not None:
-                    tail = jars.log_tail(self._log_path, 40)
+                    tail = toolkit.log_tail(self._log_path, 40)
                     channel.close()
                     self.stop(keep_log=True)
                     if attempt == 1 and "Address already in use" in tail:
@@ -349,7 +353,7 @@ class _ManagedJobServerMixin:
                         raise RunnerSetupError(
                             f"The Beam job server did not serve {endpoint} within {JOB_SERVER_START_TIMEOUT_S:.0f} s "
                             f"(FACEBEAM_JOB_SERVER_TIMEOUT); stopped it.\ncommand: {' '.join(cmd)}\n"
-                            f"log ({self._saved_log}):\n{jars.log_tail(self._saved_log, 40)}"
+                            f"log ({self._saved_log}):\n{toolkit.log_tail(self._saved_log, 40)}"
                         ) from None
         raise RunnerSetupError("the Beam job server could not bind a port")  # pragma: no cover
 
@@ -379,9 +383,9 @@ class _ManagedJobServerMixin:
             shutil.rmtree(root, ignore_errors=True)
 
     def keep_log(self):
-        """Copy the job server's log to .facebeam/logs/ (before stop removes it)."""
+        """Copy the job server's log to <facebeam home>/logs/ (before stop removes it)."""
         if self._saved_log is None and getattr(self, "_log_path", None) and self._log_path.is_file():
-            logs = jars.facebeam_dir() / "logs"
+            logs = toolkit.facebeam_home() / "logs"
             logs.mkdir(parents=True, exist_ok=True)
             self._saved_log = logs / f"job-server-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
             shutil.copyfile(self._log_path, self._saved_log)
@@ -519,14 +523,36 @@ def local_provision_info(opts):
         retrieval_token="unused-retrieval-token", pipeline_options=job_utils.dict_to_struct(levels)))
 
 
+def _quiet_fn_api_runner(**kwargs):
+    """FnApiRunner whose multi-process workers start as `python -m facebeam.pipelines.runner.worker`
+    (Beam's own worker main behind facebeam's import-noise filter) instead of Beam's module directly."""
+    import sys
+
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms import environments
+
+    class QuietWorkersRunner(FnApiRunner):
+        @property
+        def _default_environment(self):
+            return self.__dict__["_facebeam_env"]
+
+        @_default_environment.setter
+        def _default_environment(self, env):
+            if isinstance(env, environments.SubprocessSDKEnvironment) and \
+                    env.command_string.endswith("-m apache_beam.runners.worker.sdk_worker_main"):
+                env = environments.SubprocessSDKEnvironment.from_command_string(
+                    f"{sys.executable} -m facebeam.pipelines.runner.worker")
+            self.__dict__["_facebeam_env"] = env
+
+    return QuietWorkersRunner(**kwargs)
+
+
 def create_pipeline(opts: PipelineOptions, test_pipeline=None) -> beam.Pipeline:
     if test_pipeline is not None:
         return test_pipeline
     kind = runner_kind(opts)
     if kind == "direct":
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        return beam.Pipeline(runner=FnApiRunner(provision_info=local_provision_info(opts)), options=opts)
+        return beam.Pipeline(runner=_quiet_fn_api_runner(provision_info=local_provision_info(opts)), options=opts)
     if kind == "flink" and not opts.view_as(PortableOptions).job_endpoint:
         return beam.Pipeline(runner=_flink_runner_cls()(), options=opts)
     if kind == "spark" and not opts.view_as(PortableOptions).job_endpoint:

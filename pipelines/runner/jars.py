@@ -26,19 +26,17 @@ cannot be had raises `RunnerSetupError` naming the coordinates and the cache pat
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 import zipfile
 from pathlib import Path
+
+from facebeam.pipelines.local.toolkit import RunnerSetupError, file_lock, maven, maven_reason
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +63,6 @@ _FLINK_PINNED = (
     "flink-optimizer", "flink-queryable-state-client-java", "flink-rpc-akka-loader",
     "flink-rpc-core", "flink-runtime", "flink-streaming-java",
 )
-
-
-class RunnerSetupError(RuntimeError):
-    """A runner cannot be set up: missing jar, wrong Java, cluster not running, ..."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +100,8 @@ def beam_version() -> str:
     return apache_beam.__version__
 
 
-def cache_dir() -> Path:
+def jar_cache_dir() -> Path:
+    """Beam's own jar cache (`~/.apache_beam/cache/jars`), or FACEBEAM_JAR_CACHE."""
     env = os.environ.get("FACEBEAM_JAR_CACHE")
     return Path(env) if env else Path.home() / ".apache_beam" / "cache" / "jars"
 
@@ -147,16 +142,8 @@ def spark_spec(version: str | None = None) -> JobServerSpec:
     )
 
 
-def spec_for(runner: str, flink_minor: str | None = None) -> JobServerSpec:
-    if runner == "flink":
-        return flink_spec(flink_minor or FLINK_MINOR)
-    if runner == "spark":
-        return spark_spec()
-    raise ValueError(f"no job server for runner {runner!r}")
-
-
 def cached_job_server_jar(spec: JobServerSpec, cache: Path | None = None) -> Path | None:
-    cache = cache or cache_dir()
+    cache = cache or jar_cache_dir()
     published = spec.published_path(cache)
     if published.is_file() and published.stat().st_size > 0:
         return published
@@ -168,36 +155,31 @@ def cached_job_server_jar(spec: JobServerSpec, cache: Path | None = None) -> Pat
 
 def job_server_jar(spec: JobServerSpec, cache: Path | None = None, timeout: float | None = None) -> Path:
     """Path of a runnable job-server jar for `spec`, staging it through Maven if needed."""
-    cache = cache or cache_dir()
+    cache = cache or jar_cache_dir()
     found = cached_job_server_jar(spec, cache)
     if found:
         return found
     timeout = STAGE_TIMEOUT_S if timeout is None else timeout
     deadline = time.monotonic() + timeout
     cache.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache / f".{spec.artifact}.lock", deadline, f"{spec.coordinates} into {cache}"):
+    with file_lock(cache / f".{spec.artifact}.lock", deadline=deadline,
+                   what=f"staging {spec.coordinates} into {cache}", error=RunnerSetupError):
         found = cached_job_server_jar(spec, cache)  # staged meanwhile by another process
         if found:
             return found
-        mvn = shutil.which("mvn")
-        if not mvn:
-            raise RunnerSetupError(
-                f"Maven (mvn) is not on PATH, so the job-server jar {spec.coordinates} cannot be staged "
-                f"into {cache}. Install it (apt-get install maven) or pass --{spec.runner}_job_server_jar=PATH."
-            )
+        purpose = f"the job-server jar {spec.coordinates} (into {cache})"
+        hint = f" or pass --{spec.runner}_job_server_jar=PATH"
         log.info("staging %s into %s", spec.coordinates, cache)
         errors = []
-        ok, out = _mvn(
-            [mvn, "-B", "-q", "dependency:copy", f"-Dartifact={spec.coordinates}", f"-DoutputDirectory={cache}"],
-            cwd=cache, deadline=deadline,
-        )
+        ok, out = maven(["dependency:copy", f"-Dartifact={spec.coordinates}", f"-DoutputDirectory={cache}"],
+                        deadline, purpose, cwd=cache, hint=hint)
         if ok and spec.published_path(cache).is_file():
             return spec.published_path(cache)
-        errors.append(f"{spec.coordinates}: {_mvn_reason(out)}")
+        errors.append(f"{spec.coordinates}: {maven_reason(out)}")
         log.info("%s not available (%s); assembling the job server from %s", spec.coordinates,
-                 _mvn_reason(out), spec.assembled_coordinates)
+                 maven_reason(out), spec.assembled_coordinates)
         try:
-            return _assemble(spec, cache, mvn, deadline)
+            return _assemble(spec, cache, deadline, purpose, hint)
         except RunnerSetupError as e:
             errors.append(str(e))
         raise RunnerSetupError(
@@ -210,7 +192,7 @@ def job_server_jar(spec: JobServerSpec, cache: Path | None = None, timeout: floa
         )
 
 
-def _assemble(spec: JobServerSpec, cache: Path, mvn: str, deadline: float) -> Path:
+def _assemble(spec: JobServerSpec, cache: Path, deadline: float, purpose: str, hint: str) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f".stage-{spec.artifact}-", dir=cache))
     try:
         deps = [(BEAM_GROUP, spec.runner_artifact, spec.assembled_version), *spec.extra_deps]
@@ -230,14 +212,11 @@ def _assemble(spec: JobServerSpec, cache: Path, mvn: str, deadline: float) -> Pa
             f"<dependencies>{dep_xml}</dependencies></project>\n"
         )
         lib_tmp = work / "lib"
-        ok, out = _mvn(
-            [mvn, "-B", "-q", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-             "-DincludeScope=runtime", f"-DoutputDirectory={lib_tmp}"],
-            cwd=work, deadline=deadline,
-        )
+        ok, out = maven(["-f", str(work / "pom.xml"), "dependency:copy-dependencies", "-DincludeScope=runtime",
+                         f"-DoutputDirectory={lib_tmp}"], deadline, purpose, cwd=work, hint=hint)
         jars = sorted(p.name for p in lib_tmp.glob("*.jar")) if lib_tmp.is_dir() else []
         if not ok or not jars:
-            raise RunnerSetupError(f"{spec.assembled_coordinates}: {_mvn_reason(out)}")
+            raise RunnerSetupError(f"{spec.assembled_coordinates}: {maven_reason(out)}")
         lib = spec.assembled_lib(cache)
         if lib.exists():
             shutil.rmtree(lib)
@@ -304,210 +283,3 @@ def bundled_spark_version(jar: Path) -> str:
         if m:
             return m.group(1)
     raise RunnerSetupError(f"no spark-version-info.properties in {jar} or its Class-Path")
-
-
-def _mvn(cmd: list[str], cwd: Path, deadline: float) -> tuple[bool, str]:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        return False, "timed out before Maven could run"
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=left)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return False, f"Maven timed out after {left:.0f} s: {' '.join(cmd)}"
-    return proc.returncode == 0, out
-
-
-def _mvn_reason(out: str) -> str:
-    out = re.sub(r"\x1b\[[0-9;]*m", "", out or "")
-    m = re.search(r"(\S+) was not found in (\S+)", out)
-    if m:
-        return f"Could not find artifact {m.group(1)} in {m.group(2)} (Maven caches the miss for a day; -U retries)"
-    for pat in (r"Could not find artifact \S+( in \S+)?", r"Could not resolve dependencies[^\n]*",
-                r"Maven timed out[^\n]*"):
-        m = re.search(pat, out)
-        if m:
-            return m.group(0)
-    errs = [ln for ln in out.splitlines() if "ERROR" in ln]
-    return (errs[0] if errs else out.strip().splitlines()[-1] if out.strip() else "Maven failed")[:400]
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path, deadline: float, what: str):
-    with open(path, "w") as fh:
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RunnerSetupError(
-                        f"timed out waiting for another process staging {what} (lock {path})"
-                    ) from None
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-# --------------------------------------------------------------------------------------
-# Java and local-process helpers shared by runners.py, flink_local.py and spark_local.py
-# --------------------------------------------------------------------------------------
-
-MIN_JAVA = 17
-_JAVA_CACHE: dict = {}
-
-
-def facebeam_dir() -> Path:
-    """The project's git-ignored state folder, `.facebeam/` at the repository root."""
-    env = os.environ.get("FACEBEAM_DIR")
-    if env:
-        return Path(env)
-    root = Path(__file__).resolve().parents[1]
-    if (root / "setup.py").is_file():
-        return root / ".facebeam"
-    return Path.cwd() / ".facebeam"
-
-
-def java_executable(launcher: str | None = None) -> str:
-    """The `java` to use: an explicit launcher, else $JAVA_HOME/bin/java, else `java` on PATH."""
-    if launcher and launcher != "java":
-        return launcher
-    home = os.environ.get("JAVA_HOME")
-    if home and os.path.isfile(os.path.join(home, "bin", "java")):
-        return os.path.join(home, "bin", "java")
-    found = shutil.which("java")
-    if not found:
-        raise RunnerSetupError(
-            f"No `java` found (JAVA_HOME={home!r}, PATH has none). Java {MIN_JAVA}+ is needed: "
-            "apt-get install openjdk-17-jre-headless, or set JAVA_HOME."
-        )
-    return found
-
-
-def check_java(java: str | None = None, purpose: str = "the Beam job server", timeout: float = 20) -> int:
-    """Major version of `java`; RunnerSetupError unless it is MIN_JAVA or newer."""
-    java = java or java_executable()
-    try:
-        key = (java, os.stat(java).st_mtime) if os.path.exists(java) else (java, None)
-    except OSError:
-        key = (java, None)
-    if key in _JAVA_CACHE:
-        return _JAVA_CACHE[key]
-    try:
-        proc = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise RunnerSetupError(f"Java launcher {java!r} does not exist; Java {MIN_JAVA}+ is needed for {purpose}.") from None
-    except subprocess.TimeoutExpired:
-        raise RunnerSetupError(f"`{java} -version` did not answer within {timeout:.0f} s.") from None
-    text = (proc.stderr or "") + (proc.stdout or "")
-    m = re.search(r'version "(\d+)(?:\.(\d+))?', text)
-    if proc.returncode != 0 or not m:
-        raise RunnerSetupError(f"`{java} -version` failed (exit {proc.returncode}): {text.strip()[:300]}")
-    major = int(m.group(1))
-    if major == 1 and m.group(2):  # "1.8.0_392" -> 8
-        major = int(m.group(2))
-    if major < MIN_JAVA:
-        first = text.strip().splitlines()[0] if text.strip() else ""
-        raise RunnerSetupError(
-            f"Java {MIN_JAVA} or newer is needed for {purpose}, but {java} is Java {major} ({first}). "
-            f"Point JAVA_HOME/PATH at a Java {MIN_JAVA}+ (e.g. /usr/lib/jvm/java-17-openjdk-amd64) "
-            "or pass --job_server_java_launcher=/path/to/java."
-        )
-    _JAVA_CACHE[key] = major
-    return major
-
-
-def java_home_of(java: str) -> str:
-    """JAVA_HOME for a java executable (for Flink/Spark scripts)."""
-    return str(Path(os.path.realpath(java)).parents[1])
-
-
-def http_json(url: str, timeout: float = 5.0):
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (localhost)
-        return json.loads(resp.read().decode())
-
-
-def port_open(host: str, port: int, timeout: float = 2.0) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def pip_install_target(packages: list[str], target: Path, timeout: float = 900, no_deps: bool = True) -> Path:
-    """`pip install --target` into a folder outside the project environment, once."""
-    import sys
-
-    marker = target / ".installed"
-    if marker.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout
-    with _file_lock(target.parent / f".{target.name}.lock", deadline, f"{' '.join(packages)} into {target}"):
-        if marker.is_file():
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        cmd = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-               "--target", str(tmp), *(["--no-deps"] if no_deps else []), *packages]
-        log.info("installing %s into %s (outside the project environment)", " ".join(packages), target)
-        ok, out = _mvn(cmd, cwd=target.parent, deadline=deadline)  # same timeout/kill handling
-        if not ok:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise RunnerSetupError(f"`pip install --target {target} {' '.join(packages)}` failed:\n{out[-2000:]}")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        marker.write_text(" ".join(packages) + "\n")
-    return target
-
-
-def pid_alive(pid: int, must_contain: str | None = None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.split(")")[-1].split()[0] == "Z":
-        return False
-    return must_contain is None or must_contain in cmdline
-
-
-def stop_pids(pids: list[int], must_contain: str | None, timeout: float = 30) -> list[int]:
-    """SIGTERM, wait up to `timeout`, then SIGKILL. Returns the pids that were signalled."""
-    live = [p for p in pids if pid_alive(p, must_contain)]
-    for p in live:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(pid_alive(p) for p in live):
-        time.sleep(0.25)
-    for p in live:
-        if pid_alive(p):
-            log.warning("pid %d ignored SIGTERM for %.0f s; killing", p, timeout)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGKILL)
-    return live
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""

@@ -1,0 +1,366 @@
+"""Shared infrastructure of the local services (Elasticsearch, Flink, Spark, job servers).
+
+One of each: Java lookup (`find_java`), Maven (`maven`), a file lock with a deadline
+(`file_lock`), a subprocess with a deadline (`run_until`), `pip install --target`
+(`pip_install_target`), process helpers (`spawn_detached`, `alive`, `stop_processes`),
+an HTTP / port probe (`http_json`, `port_open`), `log_tail`, and the state and cache
+folders (`facebeam_home`, `cache_dir`, from `facebeam.transforms.home`).
+
+Setup problems raise the caller's error class (`error=`): `RunnerSetupError` (the
+default) for the runners, `EsLocalError` for `facebeam es`.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from facebeam.transforms.home import cache_dir, facebeam_home  # noqa: F401 (re-exported)
+
+log = logging.getLogger(__name__)
+
+MIN_JAVA = 17
+
+
+class RunnerSetupError(RuntimeError):
+    """A runner cannot be set up: missing jar, wrong Java, cluster not running, ..."""
+
+
+# --- Java ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Java:
+    path: str  # the java executable
+    home: str  # its JAVA_HOME
+    major: int  # 17, 21, ...
+
+
+_JAVA_CACHE: dict = {}
+
+
+def find_java(need: int = MIN_JAVA, purpose: str = "the Beam job server", launcher: str | None = None,
+              home_vars: tuple = ("JAVA_HOME",), error: type = RunnerSetupError, hint: str = "",
+              timeout: float = 60) -> Java:
+    """The Java to run `purpose` with: `launcher` if given, else `$<home_var>/bin/java` for the
+    first of `home_vars` that is set, else `java` on PATH. Raises `error` naming the needed
+    version unless it is Java `need` or newer."""
+    hint = hint or f"Point JAVA_HOME/PATH at a Java {need}+ (e.g. /usr/lib/jvm/java-17-openjdk-amd64)"
+    if launcher and launcher != "java":
+        java = launcher
+    else:
+        var = next((v for v in home_vars if os.environ.get(v)), None)
+        if var:
+            java = os.path.join(os.environ[var], "bin", "java")
+            if not os.access(java, os.X_OK):
+                raise error(f"No java executable at {java} (from {var}); Java {need}+ is needed for {purpose}. "
+                            f"{hint}.")
+        else:
+            java = shutil.which("java")
+            if not java:
+                raise error(f"No `java` found ({' / '.join(home_vars)} unset, PATH has none). Java {need}+ is "
+                            f"needed for {purpose}: apt-get install openjdk-17-jre-headless, or set "
+                            f"{home_vars[0]}.")
+    try:
+        key = (java, os.stat(java).st_mtime)
+    except OSError:
+        key = (java, None)
+    major, first = _JAVA_CACHE.get(key) or _java_version(java, need, purpose, error, timeout)
+    _JAVA_CACHE[key] = (major, first)
+    if major < need:
+        raise error(f"Java {need} or newer is needed for {purpose}, but {java} is Java {major} ({first}). "
+                    f"{hint}.")
+    return Java(path=java, home=str(Path(os.path.realpath(java)).parents[1]), major=major)
+
+
+def _java_version(java: str, need: int, purpose: str, error: type, timeout: float) -> tuple:
+    try:
+        proc = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except (FileNotFoundError, PermissionError):
+        raise error(f"Java launcher {java!r} does not exist; Java {need}+ is needed for {purpose}.") from None
+    except subprocess.TimeoutExpired:
+        raise error(f"`{java} -version` did not answer within {timeout:.0f} s.") from None
+    text = (proc.stderr or "") + (proc.stdout or "")
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', text)
+    if proc.returncode != 0 or not m:
+        raise error(f"`{java} -version` failed (exit {proc.returncode}): {text.strip()[:300]}")
+    major = int(m.group(1))
+    if major == 1 and m.group(2):  # "1.8.0_392" -> 8
+        major = int(m.group(2))
+    return major, (text.strip().splitlines()[0] if text.strip() else "")
+
+
+# --- subprocesses with a deadline, Maven, pip ------------------------------------------------
+def run_until(cmd: list, cwd, deadline: float, env: dict | None = None, what: str | None = None) -> tuple:
+    """Run `cmd` (own process group) until `deadline` (time.monotonic()); (ok, output).
+    Past the deadline the whole group is killed and ok is False."""
+    left = deadline - time.monotonic()
+    what = what or cmd[0]
+    if left <= 0:
+        return False, f"{what} timed out before it could run"
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=left)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return False, f"{what} timed out after {left:.0f} s: {' '.join(map(str, cmd))}"
+    return proc.returncode == 0, out
+
+
+def maven(args: list, deadline: float, purpose: str, cwd=None, error: type = RunnerSetupError,
+          hint: str = "") -> tuple:
+    """`mvn -B -q <args>` until `deadline`; (ok, output). Without a `cwd` it runs in an empty
+    folder (outside any Maven project). Raises `error` when Maven is not installed."""
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise error(f"Maven (mvn) is not on PATH, so {purpose} cannot be fetched. "
+                    f"Install it (apt-get install maven){hint}.")
+    cmd = [mvn, "-B", "-q", "-Dstyle.color=never", *args]
+    if cwd is not None:
+        return run_until(cmd, cwd, deadline, what="Maven")
+    with tempfile.TemporaryDirectory() as empty:
+        return run_until(cmd, empty, deadline, what="Maven")
+
+
+def maven_reason(out: str) -> str:
+    """The line of Maven's output that says why it failed."""
+    out = re.sub(r"\x1b\[[0-9;]*m", "", out or "")
+    m = re.search(r"(\S+) was not found in (\S+)", out)
+    if m:
+        return f"Could not find artifact {m.group(1)} in {m.group(2)} (Maven caches the miss for a day; -U retries)"
+    for pat in (r"Could not find artifact \S+( in \S+)?", r"Could not resolve dependencies[^\n]*",
+                r"Maven timed out[^\n]*"):
+        m = re.search(pat, out)
+        if m:
+            return m.group(0)
+    errs = [ln for ln in out.splitlines() if "ERROR" in ln]
+    return (errs[0] if errs else out.strip().splitlines()[-1] if out.strip() else "Maven failed")[:400]
+
+
+def pip_install_target(packages: list, target: Path, timeout: float = 900, no_deps: bool = True,
+                       error: type = RunnerSetupError) -> Path:
+    """`pip install --target` into a folder outside the project environment, once."""
+    marker = target / ".installed"
+    if marker.is_file():
+        return target
+    deadline = time.monotonic() + timeout
+    with file_lock(target.parent / f".{target.name}.lock", deadline=deadline,
+                   what=f"installing {' '.join(packages)} into {target}", error=error):
+        if marker.is_file():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        cmd = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+               "--target", str(tmp), *(["--no-deps"] if no_deps else []), *packages]
+        log.info("installing %s into %s (outside the project environment)", " ".join(packages), target)
+        ok, out = run_until(cmd, target.parent, deadline, what="pip install")
+        if not ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise error(f"`pip install --target {target} {' '.join(packages)}` failed:\n{out[-2000:]}")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        marker.write_text(" ".join(packages) + "\n")
+    return target
+
+
+# --- lock -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def file_lock(path: Path, deadline: float | None = None, timeout: float | None = None, what: str | None = None,
+              error: type = RunnerSetupError):
+    """An exclusive `flock` on `path` (made if needed), waited for until `deadline`
+    (time.monotonic()) or for `timeout` seconds; then `error` is raised."""
+    path = Path(path)
+    if deadline is None:
+        deadline = time.monotonic() + (900.0 if timeout is None else timeout)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise error(f"timed out waiting for another process {what or 'holding it'} (lock {path})"
+                                ) from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --- processes ----------------------------------------------------------------------------------
+_CHILDREN: dict = {}  # Popen objects started by spawn_detached, polled so their exits get reaped
+
+
+def spawn_detached(cmd: list, console: Path, **popen) -> subprocess.Popen:
+    """Start `cmd` in its own session (it outlives us; its pid is its process-group id),
+    stdout+stderr into `console`."""
+    with open(console, "wb") as out:
+        if popen.get("user") is not None:
+            os.fchown(out.fileno(), popen["user"], popen.get("group", -1))
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, **popen)
+    _CHILDREN[proc.pid] = proc
+    return proc
+
+
+def forget(pid: int) -> None:
+    _CHILDREN.pop(pid, None)
+
+
+def _cmdline(pid) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+
+
+def alive(pid: int, must_contain: str | None = None, group: bool = False) -> bool:
+    """Is process `pid` (with `group`: any process of group `pid`) running and not a zombie?
+    With `must_contain`, one such process's command line must contain it (a guard against
+    recycled pids)."""
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        proc.poll()  # reap our own child so it does not linger as a zombie
+    try:
+        (os.killpg if group else os.kill)(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    members = [pid]
+    if group:
+        if not Path("/proc").is_dir():
+            return True
+        members = []
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                if entry.name.isdigit() and os.getpgid(int(entry.name)) == pid:
+                    members.append(int(entry.name))
+    for member in members:
+        try:
+            if Path(f"/proc/{member}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                continue
+            if must_contain is None or must_contain in _cmdline(member):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def read_pids(pid_files) -> list:
+    """The pids written in pid files (one or more per file); unreadable files are skipped."""
+    out = []
+    for f in pid_files:
+        with contextlib.suppress(OSError, ValueError):
+            out += [int(x) for x in Path(f).read_text().split()]
+    return out
+
+
+def signal_process(pid: int, sig, group: bool = False) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        (os.killpg if group else os.kill)(pid, sig)
+
+
+def wait_gone(pids: list, timeout: float, group: bool = False, must_contain: str | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if not any(alive(p, must_contain, group) for p in pids):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def stop_processes(pids: list, must_contain: str | None = None, timeout: float = 30, group: bool = False,
+                   kill_wait: float = 10) -> list:
+    """SIGTERM each live pid (with `group`: process group), wait up to `timeout`, SIGKILL what
+    is left and wait up to `kill_wait` more. Returns the pids that were signalled."""
+    live = [p for p in pids if alive(p, must_contain, group)]
+    for p in live:
+        signal_process(p, signal.SIGTERM, group)
+    # Waiting ignores `must_contain`: an exiting process has lost its command line but may
+    # still hold its sockets and files.
+    if not wait_gone(live, timeout, group):
+        for p in live:
+            if alive(p, None, group):
+                log.warning("pid %d ignored SIGTERM for %.0f s; killing", p, timeout)
+                signal_process(p, signal.SIGKILL, group)
+        wait_gone(live, kill_wait, group)
+    for p in live:
+        if not alive(p, None, group):
+            forget(p)
+    return live
+
+
+def run_script(script: Path, *args: str, env: dict, timeout: float = 60, error: type = RunnerSetupError) -> None:
+    """`bash <script> <args>` (a daemon start/stop script); `error` with its output if it fails."""
+    proc = subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise error(f"{Path(script).name} {' '.join(args)} failed (exit {proc.returncode}):\n"
+                    f"{(proc.stdout + proc.stderr)[-2000:]}")
+
+
+@contextlib.contextmanager
+def running(already_up: bool, up, down, **kwargs):
+    """For tests and jobs: `up(**kwargs)`, yield its answer, then `down()` unless it was `already_up`."""
+    info = up(**kwargs)
+    try:
+        yield info
+    finally:
+        if not already_up:
+            down()
+
+
+# --- HTTP and ports ------------------------------------------------------------------------------
+def http_json(url: str, timeout: float = 5.0, auth: tuple | None = None, cafile: str | None = None):
+    """GET `url` and decode its JSON; `auth` = (user, password) for basic auth, `cafile` to
+    verify https. urllib errors (HTTPError with .code, URLError, OSError) propagate."""
+    import ssl
+    import urllib.request
+
+    req = urllib.request.Request(url)  # noqa: S310 (http(s) to local services)
+    if auth and auth[0]:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+    ctx = ssl.create_default_context(cafile=cafile) if url.startswith("https") else None
+    with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310 (localhost)
+        return json.loads(resp.read().decode())
+
+
+def port_open(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Does something accept connections on host:port?"""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --- logs ----------------------------------------------------------------------------------------
+def log_tail(path: Path, lines: int = 30, java_frames: bool = True, width: int | None = None,
+             missing: str = "") -> str:
+    """The last `lines` lines of a log; `java_frames=False` drops stack frames and blank
+    lines, `width` cuts long lines, `missing` is returned when it cannot be read."""
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return missing
+    if not java_frames:
+        text = [ln for ln in text if ln.strip() and not re.match(r"\s+(at |\.\.\. \d+ more)", ln)]
+    if width:
+        text = [ln[:width] for ln in text]
+    return "\n".join(text[-lines:])
