@@ -23,7 +23,7 @@ from apache_beam.io.parquetio import WriteToParquet
 
 from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner import defaults as runners
-from facebeam.transforms import knn, metrics, records, shards, sources
+from facebeam.transforms import knn, metrics, persons, records, shards, sources
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.sources import Inputs
 
@@ -44,6 +44,7 @@ class QueryConfig:
     exact: bool = False
     shards: str = None
     report: str = None
+    persons: str = None
     threshold: float = None
     spec_given: tuple = ()  # (field, value) pairs the index's spec must match
     es: options.EsFlags = options.EsFlags()
@@ -63,6 +64,8 @@ def build_parser():
     p.add_argument("--exact", action="store_true", help="brute force over --shards instead of Elasticsearch")
     p.add_argument("--shards", default=None, help="embed/run output folder (for --exact)")
     p.add_argument("--report", default=None, metavar="FILE.html", help="write a visual report")
+    p.add_argument("--persons", default=None, metavar="CLUSTERS",
+                   help="a `facebeam cluster` output: give each hit its person id and name")
     p.add_argument("--threshold", type=float, default=None,
                    help="same-person distance (default: the calibrated one the index or shards carry, else the model's)")
     options.add_spec(p, check_only=True)
@@ -74,7 +77,7 @@ def configure(a: options.Args, beam_args=()) -> QueryConfig:
     return QueryConfig(probes=options.inputs_from(a, labels=False, backfill=False), output=a.output, index=a.index,
                        k=a.k, num_candidates=a.num_candidates, filters=tuple(a.filter),
                        exclude_same_image=a.exclude_same_image, format=a.format, exact=a.exact, shards=a.shards,
-                       report=a.report, threshold=a.threshold, spec_given=tuple(options.spec_given(a).items()),
+                       report=a.report, persons=a.persons, threshold=a.threshold, spec_given=tuple(options.spec_given(a).items()),
                        es=options.es_from(a),
                        beam_args=tuple(beam_args))
 
@@ -82,14 +85,18 @@ def configure(a: options.Args, beam_args=()) -> QueryConfig:
 class Search(beam.DoFn):
     """A batch of probe face rows -> (probe image, (probe face, hits)) per face."""
 
-    def __init__(self, backend: knn.Backend, search: knn.SearchSpec):
-        self._backend, self._search = backend, search
+    def __init__(self, backend: knn.Backend, search: knn.SearchSpec, persons_dir=None):
+        self._backend, self._search, self._persons_dir = backend, search, persons_dir
 
     def setup(self):
         self._open = self._backend.open()
+        self._persons = persons.lookup(self._persons_dir) if self._persons_dir else None
 
     def process(self, batch):
-        for probe, hits in zip(batch, self._open.search(batch, self._search)):
+        found = self._open.search(batch, self._search)
+        if self._persons is not None:
+            persons.annotate(found, self._persons)
+        for probe, hits in zip(batch, found):
             metrics.count(PROBE_FACES)
             yield probe["image_path"], ({k: probe[k] for k in knn.PROBE_FIELDS}, hits)
 
@@ -116,7 +123,7 @@ def run(config: QueryConfig, pipeline=None) -> dict:
     probes = p | "EmbedProbes" >> EmbedInputs(ns.probes, spec)
     results = (probes["faces"]
                | "BatchProbes" >> beam.BatchElements(min_batch_size=1, max_batch_size=64)
-               | "Search" >> beam.ParDo(Search(backend, search))
+               | "Search" >> beam.ParDo(Search(backend, search, ns.persons))
                | "ByPhoto" >> beam.GroupByKey()
                | "Rows" >> beam.FlatMap(result_rows, spec, mode, threshold))
     join = FileSystems.join

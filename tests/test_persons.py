@@ -66,10 +66,11 @@ def test_ids_are_stable_and_a_name_reaches_query_results(clustered, tmp_path):
     assert after == before and again["named"] == 1  # same faces: same ids, the name kept
     assert persons.read_table(folder)[0]["name"] == "Alice Example"
     rep = next(r for r in table if r["person_id"] == biggest)["representative_image_path"]
-    job(query, ["--probes", rep, "--k", "5", "--exact", "--shards", shards, "--output", str(tmp_path / "q")])
-    rows = persons.attach(query.read_results(str(tmp_path / "q")), folder)
-    assert rows and all(r["person"] == "Alice Example" for r in rows if r["person_id"] == biggest)
-    assert any(r["person"] == "Alice Example" for r in rows if r["rank"] == 1)
+    job(query, ["--probes", rep, "--k", "5", "--exact", "--shards", shards, "--output", str(tmp_path / "q"),
+                "--persons", folder])
+    rows = query.read_results(str(tmp_path / "q"))
+    assert rows and all(r["hit_person"] == "Alice Example" for r in rows if r["hit_person_id"] == biggest)
+    assert any(r["hit_person"] == "Alice Example" for r in rows if r["rank"] == 1)
 
 
 def test_split_and_merge_survive_a_recluster(clustered, tmp_path):

@@ -172,7 +172,8 @@ def photo_rows(path: str, faces, spec: EmbeddingSpec, threshold: float, mode: st
                 "rank": rank, "face_id": h["face_id"], "hit_image_path": h["image_path"],
                 "hit_image_sha256": h["image_sha256"], "hit_face_index": h["face_index"],
                 "hit_box_x": h["box_x"], "hit_box_y": h["box_y"], "hit_box_w": h["box_w"], "hit_box_h": h["box_h"],
-                "hit_label": h.get("label"), "score": h["score"], "distance": h["distance"],
+                "hit_label": h.get("label"), "hit_person_id": h.get("person_id"), "hit_person": h.get("person"),
+                "score": h["score"], "distance": h["distance"],
                 "same_person": h["distance"] <= threshold, "top_label": decided[probe["face_index"]],
                 "mode": mode, "spec_id": spec.spec_id,
             })

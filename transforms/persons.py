@@ -458,14 +458,11 @@ def lookup(folder: str) -> dict:
             if r["person_id"] is not None}
 
 
-def attach(rows, folder: str, id_field: str = "face_id") -> list:
-    """Result rows -> the same rows with `person_id` and `person` (the name) of each hit face."""
-    found = lookup(folder) if folder else {}
-    out = []
-    for r in rows:
-        pid, name = found.get(r[id_field], (None, None))
-        out.append({**r, "person_id": pid, "person": name})
-    return out
+def annotate(hits_per_probe, found: dict) -> None:
+    """Give each hit its face's `person_id` and `person` (the name) from `lookup()`, in place."""
+    for hits in hits_per_probe:
+        for h in hits:
+            h["person_id"], h["person"] = found.get(h["face_id"], (None, None))
 
 
 def es_set_person(client, index: str, face_ids, name, chunk: int = 1000) -> int:

@@ -93,7 +93,7 @@ RESULT_SCHEMA = pa.schema([
     ("face_id", pa.string()), ("hit_image_path", pa.string()), ("hit_image_sha256", pa.string()),
     ("hit_face_index", pa.int32()),
     ("hit_box_x", pa.int32()), ("hit_box_y", pa.int32()), ("hit_box_w", pa.int32()), ("hit_box_h", pa.int32()),
-    ("hit_label", pa.string()),
+    ("hit_label", pa.string()), ("hit_person_id", pa.string()), ("hit_person", pa.string()),
     ("score", pa.float32()), ("distance", pa.float32()), ("same_person", pa.bool_()),
     ("top_label", pa.string()), ("mode", pa.string()), ("spec_id", pa.string()),
 ])
