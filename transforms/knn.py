@@ -91,53 +91,88 @@ def _matches(table, filters):
     return mask
 
 
+# --- the one exact top-k: every exact scan (query, cluster, benchmarks) runs on these -----------------
+def prepare(x, metric: str) -> np.ndarray:
+    """Vectors in the space where the spec's distance is euclidean (cosine: unit vectors)."""
+    x = np.asarray(x, dtype=np.float32)
+    if metric in ("cosine", "euclidean_l2"):
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(x)
+
+
+def to_distance(d_euclid: np.ndarray, metric: str) -> np.ndarray:
+    """Euclidean distance between prepared vectors -> the spec's distance."""
+    return d_euclid * d_euclid / 2.0 if metric == "cosine" else d_euclid
+
+
+def topk_block(q: np.ndarray, x: np.ndarray, k: int, q_offset: int = None, x_offset: int = 0, exclude=None):
+    """Top-k (ids, euclidean distances) of prepared queries `q` among prepared rows `x` (ids from x_offset).
+
+    With `q_offset`, q is rows [q_offset, q_offset + len(q)) of the same collection and a face is
+    not its own neighbour; `exclude` (len(q) x len(x) booleans) rules out more pairs (their
+    distance is inf). Memory: len(q) x len(x) floats.
+    """
+    d2 = np.einsum("ij,ij->i", q, q)[:, None] + np.einsum("ij,ij->i", x, x)[None, :] - 2.0 * (q @ x.T)
+    if exclude is not None:
+        d2[exclude] = np.inf
+    if q_offset is not None:
+        rows = np.arange(len(q))
+        cols = rows + q_offset - x_offset
+        ok = (cols >= 0) & (cols < len(x))
+        d2[rows[ok], cols[ok]] = np.inf
+    kk = min(k, x.shape[0])
+    part = np.argpartition(d2, kk - 1, axis=1)[:, :kk]
+    dist = np.sqrt(np.maximum(np.take_along_axis(d2, part, 1), 0.0)).astype(np.float32)
+    return part.astype(np.int64) + x_offset, dist
+
+
+def merge_topk(a, b, k: int):
+    """Two (ids, distances) top-k candidate sets per row -> the k best, sorted by distance."""
+    ids = np.concatenate([a[0], b[0]], axis=1)
+    dist = np.concatenate([a[1], b[1]], axis=1)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
+
+
+def empty_topk(rows: int):
+    return np.zeros((rows, 0), np.int64), np.zeros((rows, 0), np.float32)
+
+
 def exact_search(shard_files, probes: list, search: SearchSpec, spec: EmbeddingSpec, chunk_rows: int = 65536) -> list:
     """Brute force over every shard, chunk by chunk: memory is O(chunk_rows x dim + probes x k)."""
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
-    q = np.asarray([p["embedding"] for p in probes], dtype=np.float32)
-    if spec.metric != "euclidean":
-        q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    q_sq = np.sum(q * q, axis=1)[:, None]
-    k = search.k
-    best_d = np.full((len(probes), 0), np.inf, dtype=np.float32)
-    best_meta = [[] for _ in probes]
+    q = prepare([p["embedding"] for p in probes], spec.metric)
+    k, best, meta, offset = search.k, empty_topk(len(probes)), {}, 0
     columns = list(HIT_FIELDS) + ["embedding"] + [f for f, _ in search.filters if f not in HIT_FIELDS]
     for path in shard_files:
         with FileSystems.open(path) as f:
-            reader = pq.ParquetFile(f)
-            for batch in reader.iter_batches(batch_size=chunk_rows, columns=columns):
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=chunk_rows, columns=columns):
                 n = batch.num_rows
                 if n == 0:
                     continue
-                x = np.asarray(batch.column("embedding").values, dtype=np.float32).reshape(n, spec.dim)
-                if spec.metric != "euclidean":
-                    x = x / np.linalg.norm(x, axis=1, keepdims=True)
-                d2 = q_sq + np.sum(x * x, axis=1)[None, :] - 2.0 * (q @ x.T)
-                d = np.sqrt(np.maximum(d2, 0.0)) if spec.metric != "cosine" else 1.0 - (q @ x.T)
+                x = prepare(np.asarray(batch.column("embedding").values, dtype=np.float32).reshape(n, spec.dim),
+                            spec.metric)
+                excluded = np.zeros((len(probes), n), dtype=bool)
                 if search.filters:
-                    d[:, ~_matches(batch, search.filters)] = np.inf
+                    excluded[:, ~_matches(batch, search.filters)] = True
                 if search.exclude_same_image:
                     shas = np.asarray(batch.column("image_sha256").to_pylist(), dtype=object)
                     for i, p in enumerate(probes):
-                        d[i, shas == p["image_sha256"]] = np.inf
-                top = min(k, n)
-                idx = np.argpartition(d, top - 1, axis=1)[:, :top]
-                meta = batch.select(list(HIT_FIELDS)).to_pylist()
-                cand_d = np.concatenate([best_d, np.take_along_axis(d, idx, axis=1)], axis=1)
-                order = np.argsort(cand_d, axis=1, kind="stable")[:, :k]
-                new_meta = []
-                for i in range(len(probes)):
-                    pool = best_meta[i] + [meta[j] for j in idx[i]]
-                    new_meta.append([pool[j] for j in order[i]])
-                best_d, best_meta = np.take_along_axis(cand_d, order, axis=1), new_meta
+                        excluded[i, shas == p["image_sha256"]] = True
+                best = merge_topk(best, topk_block(q, x, k, x_offset=offset, exclude=excluded), k)
+                rows = batch.select(list(HIT_FIELDS)).to_pylist()
+                keep = set(best[0][np.isfinite(best[1])].tolist())
+                meta = {i: m for i, m in meta.items() if i in keep}
+                meta.update((offset + j, rows[j]) for j in range(n) if offset + j in keep)
+                offset += n
     out = []
-    for i in range(len(probes)):
+    for ids, dists in zip(*best):
         hits = []
-        for dist, m in zip(best_d[i], best_meta[i]):
-            if np.isfinite(dist):
-                hits.append({**m, "distance": float(dist), "score": distance_to_score(float(dist), spec)})
+        for i, d in zip(ids.tolist(), to_distance(dists, spec.metric).tolist()):
+            if np.isfinite(d):
+                hits.append({**meta[i], "distance": float(d), "score": distance_to_score(float(d), spec)})
         out.append(hits)
     return out
 

@@ -3,8 +3,7 @@
 The pieces, all plain numpy on arrays of faces, so a Beam job (pipelines/cluster.py) can run
 the graph build on its workers and the clustering in the launcher:
 
-- `knn_block`: exact top-k neighbours of a block of faces against a block of the collection;
-  `merge_topk` folds blocks together, so a worker scans the shards chunk by chunk.
+- `knn.topk_block` / `knn.merge_topk` (the one exact top-k): a worker scans the shards chunk by chunk.
 - `threshold_from_pairs` / `threshold_from_distances`: the edge threshold, from labeled pairs when
   there are some, else from the collection's own distance distribution (never deepface's verification
   threshold, which is tuned for one pair, not for a transitive graph).
@@ -19,7 +18,14 @@ import dataclasses
 import hashlib
 import math
 
+import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+
+from facebeam.transforms import es_conn, es_index, images, knn, metrics, shards
+from facebeam.transforms.errors import UserError
+from facebeam.transforms.knn import merge_topk, prepare, to_distance, topk_block
 
 METHODS = ("cw", "cc", "mutual")
 # A face's status in the persons table.
@@ -29,45 +35,6 @@ EDGE_FAR = 1e-3
 
 
 # --- distances and the kNN graph --------------------------------------------------------------------
-def prepare(x, metric: str) -> np.ndarray:
-    """Vectors in the space where the spec's distance is euclidean (cosine: unit vectors)."""
-    x = np.asarray(x, dtype=np.float32)
-    if metric in ("cosine", "euclidean_l2"):
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return np.ascontiguousarray(x)
-
-
-def to_distance(d_euclid: np.ndarray, metric: str) -> np.ndarray:
-    """Euclidean distance between prepared vectors -> the spec's distance."""
-    return d_euclid * d_euclid / 2.0 if metric == "cosine" else d_euclid
-
-
-def knn_block(q: np.ndarray, x: np.ndarray, k: int, q_offset: int = None, x_offset: int = 0):
-    """Top-k (ids, euclidean distances) of prepared queries `q` among prepared rows `x` (ids from x_offset).
-
-    With `q_offset`, q is rows [q_offset, q_offset + len(q)) of the same collection and a face is
-    not its own neighbour. Memory: len(q) x len(x) floats.
-    """
-    d2 = np.einsum("ij,ij->i", q, q)[:, None] + np.einsum("ij,ij->i", x, x)[None, :] - 2.0 * (q @ x.T)
-    if q_offset is not None:
-        rows = np.arange(len(q))
-        cols = rows + q_offset - x_offset
-        ok = (cols >= 0) & (cols < len(x))
-        d2[rows[ok], cols[ok]] = np.inf
-    kk = min(k, x.shape[0])
-    part = np.argpartition(d2, kk - 1, axis=1)[:, :kk]
-    dist = np.sqrt(np.maximum(np.take_along_axis(d2, part, 1), 0.0)).astype(np.float32)
-    return part.astype(np.int64) + x_offset, dist
-
-
-def merge_topk(a, b, k: int):
-    """Two (ids, distances) top-k candidate sets per row -> the k best, sorted by distance."""
-    ids = np.concatenate([a[0], b[0]], axis=1)
-    dist = np.concatenate([a[1], b[1]], axis=1)
-    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
-
-
 def knn_exact(x: np.ndarray, k: int, block: int = 2048):
     """Top-k neighbours of every row of prepared `x` (self excluded): (ids N x k, distances N x k).
 
@@ -82,7 +49,7 @@ def knn_exact(x: np.ndarray, k: int, block: int = 2048):
         q = x[qs:qs + block]
         best = (np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32))
         for xs in range(0, n, block):
-            best = merge_topk(best, knn_block(q, x[xs:xs + block], k + 1, q_offset=qs, x_offset=xs), k + 1)
+            best = merge_topk(best, topk_block(q, x[xs:xs + block], k + 1, q_offset=qs, x_offset=xs), k + 1)
         keep = best[0][:, :k], best[1][:, :k]
         ids[qs:qs + len(q)], dist[qs:qs + len(q)] = keep
     return ids, dist
@@ -314,8 +281,6 @@ def sharpness(bgr: np.ndarray, box) -> float:
 # DIR/persons.parquet     one row per person: person_id, size, representative face, name, centre
 # DIR/edits.jsonl         names, merges and splits, replayed on every re-cluster
 # DIR/cluster.json        threshold, method, limits, spec id and the last run's summary
-import pyarrow as pa  # noqa: E402
-
 ASSIGN_SCHEMA = pa.schema([
     ("face_id", pa.string()), ("person_id", pa.string()), ("status", pa.string()),
     ("distance", pa.float32()), ("image_path", pa.string()), ("face_index", pa.int32()),
@@ -334,36 +299,26 @@ def table_schema(dim: int) -> pa.Schema:
 
 
 def _join(*parts):
-    from apache_beam.io.filesystems import FileSystems
-
     return FileSystems.join(*parts)
 
 
 def write_parquet(path: str, table) -> None:
     import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
     with FileSystems.create(path) as f:
         pq.write_table(table, f, compression="zstd")
 
 
 def read_parquet(path: str):
     import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
     with FileSystems.open(path) as f:
         return pq.read_table(f)
 
 
 def exists(path: str) -> bool:
-    from apache_beam.io.filesystems import FileSystems
-
     return FileSystems.exists(path)
 
 
 def assignment_files(folder: str) -> list:
-    from apache_beam.io.filesystems import FileSystems
-
     return sorted(m.path for m in FileSystems.match([_join(folder, "persons", "*.parquet")])[0].metadata_list)
 
 
@@ -378,8 +333,6 @@ def read_table(folder: str) -> list:
 
 def write_outputs(folder: str, assignments: list, persons: list, dim: int, rows_per_file: int = 500_000) -> None:
     """Replace the assignments and the persons table (written beside, then the old files removed)."""
-    from apache_beam.io.filesystems import FileSystems
-
     old = assignment_files(folder)
     tag = hashlib.sha256(repr((len(assignments), old)).encode()).hexdigest()[:8]
     new = []
@@ -396,8 +349,6 @@ def write_outputs(folder: str, assignments: list, persons: list, dim: int, rows_
 def read_edits(folder: str) -> list:
     import json
 
-    from apache_beam.io.filesystems import FileSystems
-
     path = _join(folder, "edits.jsonl")
     if not FileSystems.exists(path):
         return []
@@ -407,8 +358,6 @@ def read_edits(folder: str) -> list:
 
 def append_edit(folder: str, edit: dict) -> None:
     import json
-
-    from apache_beam.io.filesystems import FileSystems
 
     lines = read_edits(folder) + [edit]
     with FileSystems.create(_join(folder, "edits.jsonl")) as f:
@@ -500,7 +449,7 @@ def nearest_centre(x: np.ndarray, centres: np.ndarray, block: int = 4096):
     if len(centres) == 0:
         return idx, dist
     for s in range(0, len(x), block):
-        i, d = knn_block(x[s:s + block], centres, 1)
+        i, d = topk_block(x[s:s + block], centres, 1)
         idx[s:s + block], dist[s:s + block] = i[:, 0], d[:, 0]
     return idx, dist
 
@@ -535,8 +484,6 @@ def representative(pids, fids, dists, sizes_ok) -> dict:
 
 
 # --- the Beam side: score faces, find their neighbours ----------------------------------------------
-import apache_beam as beam  # noqa: E402
-
 FACE_COLUMNS = ("face_id", "image_path", "face_index", "box_x", "box_y", "box_w", "box_h", "confidence", "embedding")
 GRAPH_SCHEMA = pa.schema([
     ("face_id", pa.string()), ("image_path", pa.string()), ("face_index", pa.int32()),
@@ -558,37 +505,25 @@ def graph_folder(folder: str) -> str:
 
 
 def clear(folder: str) -> None:
-    from apache_beam.io.filesystems import FileSystems
-
     if FileSystems.exists(folder):
         FileSystems.delete([folder])
 
 
 def read_state(folder: str) -> dict:
-    from facebeam.transforms import shards
-
     path = _join(folder, "cluster.json")
     return shards.read_json(path) if exists(path) else {}
 
 
 def write_state(folder: str, state: dict) -> None:
-    from facebeam.transforms import shards
-
     shards.write_json(_join(folder, "cluster.json"), state)
 
 
 def _score_photo(item, limits: Limits):
     """All faces of one photo: decode it once (only when sharpness is asked for), score every face."""
-    from facebeam.transforms import metrics
-
     path, rows = item
     rows = list(rows)
     sharp = [None] * len(rows)
     if limits.min_sharpness > 0:
-        from apache_beam.io.filesystems import FileSystems
-
-        from facebeam.transforms import images
-
         try:
             with FileSystems.open(path) as f:
                 bgr = images.decode(path, f.read(), "", detect_max_side=10**9).bgr
@@ -637,8 +572,6 @@ class Neighbours(beam.DoFn):
             self._client = self._conn.client()
             return
         import pyarrow.parquet as pq
-        from apache_beam.io.filesystems import FileSystems
-
         ids, vecs = [], []
         for path in self._files:
             with FileSystems.open(path) as f:
@@ -652,7 +585,7 @@ class Neighbours(beam.DoFn):
         q = prepare([r["embedding"] for r in rows], self._spec.metric)
         best = (np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32))
         for s in range(0, len(self._x), self._block):
-            best = merge_topk(best, knn_block(q, self._x[s:s + self._block], self._k + 1, x_offset=s), self._k + 1)
+            best = merge_topk(best, topk_block(q, self._x[s:s + self._block], self._k + 1, x_offset=s), self._k + 1)
         out = []
         for r, ids, d in zip(rows, best[0], best[1]):
             hits = [(self._ids[i], float(to_distance(x, self._spec.metric))) for i, x in zip(ids, d)]
@@ -660,16 +593,12 @@ class Neighbours(beam.DoFn):
         return out
 
     def _es(self, rows):
-        from facebeam.transforms import knn
-
         search = knn.SearchSpec(k=self._k + 1, num_candidates=max(100, 10 * (self._k + 1)))
         found = knn.es_search(self._client, self._alias, rows, search, self._spec)
         return [[(h["face_id"], h["distance"]) for h in hits if h["face_id"] != r["face_id"]][:self._k]
                 for r, hits in zip(rows, found)]
 
     def process(self, batch):
-        from facebeam.transforms import metrics
-
         good = [r for r in batch if r["ok"]]
         found = {}
         if good:
@@ -687,9 +616,6 @@ class Neighbours(beam.DoFn):
 
 
 def check_index(conn, alias: str, spec) -> None:
-    from facebeam.transforms import es_conn, es_index
-    from facebeam.transforms.errors import UserError
-
     client = conn.client()
     try:
         es_conn.check(client, conn)
@@ -705,8 +631,6 @@ def check_index(conn, alias: str, spec) -> None:
 def scan(files, columns, chunk_rows: int = 65536):
     """Record batches of the given columns over every shard, chunk by chunk."""
     import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
     for path in files:
         with FileSystems.open(path) as f:
             yield from pq.ParquetFile(f).iter_batches(batch_size=chunk_rows, columns=list(columns))
@@ -761,8 +685,6 @@ def fit_threshold(files, spec, given=None, pairs=None, carried=None, sample: int
         try:
             return threshold_from_pairs(same, diff), "pairs"
         except ValueError as e:
-            from facebeam.transforms.errors import UserError
-
             raise UserError(f"--pairs {pairs}: {e} among photos of the shards (found {len(same)} + {len(diff)})") from None
     if labeled:
         lab = np.asarray([x for x, _ in labeled], dtype=object)
@@ -781,8 +703,6 @@ def fit_threshold(files, spec, given=None, pairs=None, carried=None, sample: int
 
 def _read_graph(folder: str):
     import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
     paths = sorted(m.path for m in FileSystems.match([_join(folder, "*.parquet")])[0].metadata_list)
     tables = []
     for path in paths:
@@ -938,8 +858,6 @@ def push_names(conn, alias: str, folder: str) -> int:
 def edit(folder: str, action: str, person_id: str, name=None, into=None, faces=()) -> dict:
     """Name, merge or split a person in the persons table and log the edit (by face) for re-clusters."""
     import time as _time
-
-    from facebeam.transforms.errors import UserError
 
     table = {r["person_id"]: r for r in read_table(folder)}
     assignments = read_assignments(folder)

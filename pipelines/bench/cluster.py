@@ -24,7 +24,7 @@ import tempfile
 import time
 
 from facebeam.pipelines.bench import synthetic
-from facebeam.transforms import persons
+from facebeam.transforms import knn, persons
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     ns = p.parse_args(argv)
     stats = _stats(ns.input, ns.stats)
     faces = synthetic.SyntheticFaces(stats, ns.vectors, seed=ns.seed)
-    x = persons.prepare(faces.vectors(), stats.get("metric", "euclidean"))
+    x = knn.prepare(faces.vectors(), stats.get("metric", "euclidean"))
     base = _peak_mib()
     started = time.perf_counter()
     ids, dist = persons.knn_exact(x, ns.k)
