@@ -42,6 +42,11 @@ def configure(a: options.Args, beam_args=()) -> EmbedConfig:
 
 def run(config: EmbedConfig, pipeline=None) -> dict:
     jobs.preflight(config.inputs, config.spec)
+    with jobs.lock_output(config.output):  # a second job into the same folder refuses at once
+        return _embed(config, pipeline)
+
+
+def _embed(config: EmbedConfig, pipeline) -> dict:
     opts = runners.pipeline_options(config.beam_args)
     run_id, skip = jobs.plan_backfill(config.output, config.spec, config.incremental, config.inputs.max_file_bytes)
     p = runners.create_pipeline(opts, pipeline)
@@ -50,9 +55,9 @@ def run(config: EmbedConfig, pipeline=None) -> dict:
     result, elapsed = jobs.run(p)
     summary = jobs.embed_summary(result, elapsed, config.spec, opts)
     jobs.finish_run(config.output, run_id, summary)
-    log.info("embed done: %d images, %d embedded, %d faces, failed %s, %.2f images/s",
+    log.info("embed done: %d images, %d embedded, %d faces, failed %s, %.2f images/s%s",
              summary["images_seen"], summary["images_embedded"], summary["faces"],
-             summary["images_failed"] or "none", summary["images_per_s"] or 0)
+             summary["images_failed"] or "none", summary["images_per_s"] or 0, jobs.skipped_note(summary))
     return summary
 
 

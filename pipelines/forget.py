@@ -1,7 +1,10 @@
 """facebeam forget: erase faces from the index and the shards, and keep them erased.
 
-    facebeam forget (--image PATH | --sha256 H | --label L) --shards DIR [--index NAME] [--dry-run]
+    facebeam forget (--image PATH | --sha256 H | --label L) --shards DIR [--index NAME]
+                    [--store es|local[:DIR]|redis] [--dry-run]
 
+With --index the faces are deleted from that Elasticsearch alias; with --store local[:DIR]
+or --store redis from the embedded index or the Redis store of that name (default "faces").
 Shard files are rewritten only where they hold an erased image. A tombstone in
 DIR/tombstones/ makes later runs into DIR skip those images' content.
 """
@@ -16,9 +19,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from facebeam.pipelines import jobs, options
-from facebeam.transforms import es_conn, es_index, manifest, shards, sources
-from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
+from facebeam.transforms import es_conn, es_index, manifest, shards, sources, stores
 from facebeam.transforms.errors import UserError
+from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
 BEAM = False  # no pipeline: unknown flags are errors
@@ -46,6 +49,7 @@ class ForgetConfig:
     index: str = None
     dry_run: bool = False
     es: options.EsFlags = options.EsFlags()
+    store: stores.StoreChoice = stores.StoreChoice()
 
 
 def build_parser():
@@ -58,12 +62,14 @@ def build_parser():
     p.add_argument("--index", default=None, help="also delete from this alias")
     p.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
     options.add_es(p)
+    options.add_store(p)
     return p
 
 
 def configure(a: options.Args, beam_args=()) -> ForgetConfig:
-    return ForgetConfig(shards=a.shards, image=a.image, sha256=a.sha256, label=a.label, index=a.index,
-                        dry_run=a.dry_run, es=options.es_from(a))
+    # Shards store canonical paths (absolute for local files), so a relative --image matches too.
+    return ForgetConfig(shards=a.shards, image=sources.canonical(a.image) if a.image else None, sha256=a.sha256, label=a.label, index=a.index,
+                        dry_run=a.dry_run, es=options.es_from(a), store=options.store_from(a))
 
 
 def images_to_erase(ns: ForgetConfig) -> dict:
@@ -132,6 +138,14 @@ def erase_from_index(ns: ForgetConfig, shas: set, dry_run: bool) -> int:
     return deleted
 
 
+def erase_from_store(ns: ForgetConfig, shas: set, dry_run: bool):
+    """(where, faces deleted) from the store: --store local/redis, else the Elasticsearch alias --index (or None)."""
+    if ns.store.kind in ("local", "redis"):
+        store = stores.resolve(ns.store, ns.es.connection, ns.index or "faces")
+        return store.describe(), stores.forget(store, shas, dry_run)
+    return f"index {ns.index}", (erase_from_index(ns, shas, dry_run) if ns.index else None)
+
+
 def run(ns: ForgetConfig, pipeline=None) -> dict:
     """Erase; returns {'images', 'docs', 'rows'} (what went, or would go with dry_run)."""
     found = images_to_erase(ns)
@@ -140,14 +154,14 @@ def run(ns: ForgetConfig, pipeline=None) -> dict:
         return {"images": 0, "docs": 0, "rows": 0}
     shas = set(found)
     try:
-        deleted = erase_from_index(ns, shas, ns.dry_run) if ns.index else None
+        where, deleted = erase_from_store(ns, shas, ns.dry_run)
     except UserError as e:
         raise UserError(f"{e} (nothing was erased)") from None
     removed = erase_from_shards(ns.shards, shas, ns.dry_run)
     verb = "would remove" if ns.dry_run else "removed"
     print(f"{verb} {len(shas)} image(s): " + ", ".join(sorted(p or s[:12] for s, (p, _) in found.items())))
     if deleted is not None:
-        print(f"  index {ns.index}: {verb} {deleted} face doc(s)")
+        print(f"  {where}: {verb} {deleted} face doc(s)")
     for path, n in sorted(removed.items()):
         print(f"  {path}: {verb} {n} row(s)")
     if not ns.dry_run:

@@ -1,12 +1,16 @@
 """facebeam index: Parquet face shards -> Elasticsearch, in chunks with retries.
 
     facebeam index --shards DIR --index NAME [--es-url URL] [--chunk-docs N] [--chunk-bytes B]
-                   [--max-retries R] [--index-type hnsw|int8_hnsw|int4_hnsw|bbq_hnsw|...] [--m M]
+                   [--max-retries R] [--es-down-deadline S] [--index-type hnsw|int8_hnsw|...] [--m M]
                    [--ef-construction E] [--replicas R] [Beam flags]
 
-Writes go to a versioned index behind the alias NAME, with refresh off and
-replicas at --load-replicas during the load; both are restored afterwards.
-Docs that fail for good land in DIR/index-errors/ with Elasticsearch's reason.
+Every shard is verified (footer, row groups, plausible vectors) before anything is
+written; a damaged one stops the job naming the file. Writes go to a versioned index
+behind the alias NAME, with refresh off and replicas at --load-replicas during the
+load; both are restored afterwards. Docs that fail for good land in
+DIR/index-errors/load=<id>/ with Elasticsearch's reason (the summary's `index_errors`);
+older dead letters are removed once the load has finished. DIR is locked
+(DIR/.facebeam.lock) while the job runs.
 """
 import dataclasses
 import logging
@@ -14,7 +18,6 @@ import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquet
 
 from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner import defaults as runners
@@ -43,19 +46,30 @@ def configure(a: options.Args, beam_args=()) -> IndexConfig:
 
 
 def run(config: IndexConfig, pipeline=None) -> dict:
+    found = shards.files(config.shards)
+    shards.verify(found)  # every footer and row group, before anything is written
     spec = shards.spec_of(config.shards)
-    target = es_load.open_target(config.es.connection(), config.load, spec)
+    target = es_load.open_target(config.es.connection(), config.load, spec)  # fails fast, before any file is made
+    with jobs.lock_output(config.shards):
+        return _load(config, pipeline, found, spec, target)
+
+
+def _load(config: IndexConfig, pipeline, found, spec, target) -> dict:
     opts = runners.pipeline_options(config.beam_args)
     p = runners.create_pipeline(opts, pipeline)
-    (p | "ShardFiles" >> beam.Create(shards.files(config.shards))
-       | "ReadShards" >> ReadAllFromParquet()
+    load = es_load.LoadFaces(target, config.load, config.shards, spec)
+    (p | "ShardFiles" >> beam.Create(found)
+       | "ReadShards" >> beam.ParDo(shards.ReadShardRows())
+       | "Spread" >> beam.Reshuffle()
        | "CountRead" >> beam.Map(metrics.counted, metrics.ROWS_READ)
-       | "Load" >> es_load.LoadFaces(target, config.load, config.shards, spec))
+       | "Load" >> load)
     with es_load.loading(target):
         result, elapsed = jobs.run(p)
+    shards.clear_index_errors(config.shards, keep=load.errors_dir, runs_too=True)  # every shard was re-sent
     c = metrics.read_counters(result)
     summary = {"rows_read": c.get(metrics.ROWS_READ, 0), **metrics.index_counts(c), "index": target.alias,
                "concrete_index": target.concrete, "doc_count": target.count, "spec_id": spec.spec_id,
+               "index_errors": load.errors_dir,
                "runner": runners.runner_name(opts), "elapsed_s": round(elapsed, 3),
                "docs_per_s": round(c.get(metrics.DOCS_INDEXED, 0) / elapsed, 1)}
     shards.write_json(FileSystems.join(config.shards, "index-summary.json"), summary)

@@ -1,5 +1,21 @@
-"""What every facebeam job shares: the command-line wrapper, running a pipeline, backfill runs, summaries."""
+"""What every facebeam job shares: the command-line wrapper, running a pipeline, backfill runs, summaries.
+
+Output folder lock: a job that writes into a folder (`embed`, `run`, `index` for its dead letters)
+holds an exclusive, non-blocking `fcntl.flock` on `<folder>/.facebeam.lock` for as long as it runs,
+so a second job into the same folder refuses at once, naming the folder and the holder's pid. The
+lock goes with the process (a killed run frees it). On other Beam filesystems (`gs://`, `s3://`, ...)
+there is no atomic lock to take: no lock is taken (a warning says so), and runs into one such
+folder must not overlap.
+
+Worker errors: Beam re-raises an exception from a worker as a RuntimeError holding the worker's
+traceback text. `run` finds facebeam `UserError`s in it (e.g. `EsDownDeadline`, `EsAuthError`,
+`ShardError`) by their qualified class name and raises them again, so they are one line, exit 2.
+"""
+import contextlib
+import importlib
 import logging
+import os
+import re
 import time
 
 from apache_beam.io.filesystems import FileSystems
@@ -32,7 +48,8 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    # Worker errors come back as the job's exception (a user error as one line, a bug with its traceback).
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.CRITICAL)
 
 
 def entry(main_fn) -> None:
@@ -43,12 +60,72 @@ def entry(main_fn) -> None:
     sys.exit(main_fn())
 
 
+_WORKER_ERROR = re.compile(r"^(facebeam\.transforms\.[\w.]+)\.(\w+): (.+?)(?: \[while running '.*'\])?$", re.M)
+
+
+def worker_user_error(exc: BaseException):
+    """The facebeam `UserError` a worker raised, rebuilt from Beam's wrapped exception; None if there is none."""
+    if isinstance(exc, UserError):
+        return exc
+    for module, name, message in _WORKER_ERROR.findall(str(exc)):
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(cls, type) and issubclass(cls, UserError):
+            try:
+                return cls(message)
+            except TypeError:
+                return UserError(message)
+    return None
+
+
 def run(pipeline):
-    """Run to completion; returns (result, elapsed seconds)."""
+    """Run to completion; returns (result, elapsed seconds). A user error raised on a worker is raised as such."""
     started = time.perf_counter()
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as e:
+        user = worker_user_error(e)
+        if user is None or user is e:
+            raise
+        raise user from None
     return result, time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def lock_output(folder: str):
+    """Hold `<folder>/.facebeam.lock` (exclusive, non-blocking) while the body runs; see the module docstring."""
+    if "://" in folder:
+        log.warning("no lock on %s (not a local folder): runs into it must not overlap", folder)
+        yield
+        return
+    import fcntl
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ".facebeam.lock")
+    f = open(path, "a+")  # noqa: SIM115 - held for the whole body
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise UserError(f"output folder {os.path.abspath(folder)} is in use by another facebeam job (pid {holder}); "
+                            "wait for it to finish, or use another folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        f.close()
 
 
 def preflight(inputs, spec) -> None:
@@ -81,9 +158,16 @@ def finish_run(output: str, run_id, summary: dict) -> None:
 
 
 def embed_summary(result, elapsed: float, spec, opts) -> dict:
-    counts = metrics.image_counts(metrics.read_counters(result))
+    from facebeam.transforms.sources import SKIPPED_NOT_IMAGE
+
+    counters = metrics.read_counters(result)
+    counts = metrics.image_counts(counters)
+    skipped = counters.get(SKIPPED_NOT_IMAGE, 0)
     return {
         **counts,
+        # Folder-walk files with a non-image extension: not read, not images_seen (sources.py).
+        "files_skipped": {"not_image": skipped} if skipped else {},
+        "files_seen": counts["images_seen"] + skipped,
         "spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim,
         "runner": runners.runner_name(opts),
         "elapsed_s": round(elapsed, 3),
@@ -91,7 +175,16 @@ def embed_summary(result, elapsed: float, spec, opts) -> dict:
     }
 
 
-def load_summary(result, target) -> dict:
+def load_summary(result, target, index_errors: str | None = None) -> dict:
+    """The load's counts; `index_errors` is the folder of this load's dead letters (es_load.LoadFaces.errors_dir)."""
     counts = metrics.index_counts(metrics.read_counters(result))
-    return {"index": target.alias, "concrete_index": target.concrete, "doc_count": target.count,
-            **{f"docs_{k}": v for k, v in counts.items()}}
+    out = {"index": target.alias, "concrete_index": target.concrete, "doc_count": target.count,
+           **{f"docs_{k}": v for k, v in counts.items()}}
+    if index_errors:
+        out["index_errors"] = index_errors
+    return out
+
+
+def skipped_note(summary: dict) -> str:
+    n = sum(summary.get("files_skipped", {}).values())
+    return f"; skipped {n} file(s) that are not images by extension" if n else ""

@@ -12,18 +12,18 @@ import dataclasses
 import os
 
 from facebeam.transforms import es_conn, es_index
-from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.es_load import LoadConfig
 from facebeam.transforms.es_sink import BulkConfig
 from facebeam.transforms.images import DEFAULT_MAX_PIXELS
-from facebeam.transforms.sources import Inputs
+from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES, Inputs
 from facebeam.transforms.spec import METRICS, MODEL_DIMS, NORMALIZATIONS, EmbeddingSpec
 
-# Workers log errors only, except facebeam's own lines (progress, warnings).
+# Workers log errors only, except facebeam's own lines (progress, warnings); a worker's failure
+# comes back to the launcher with its traceback, so the worker's own copy of it is off.
 QUIET_WORKERS = (
     "--default_sdk_harness_log_level=ERROR",
-    '--sdk_harness_log_level_overrides={"facebeam": "INFO"}',
+    '--sdk_harness_log_level_overrides={"facebeam": "INFO", "apache_beam.runners.worker.sdk_worker": "CRITICAL"}',
 )
 
 
@@ -157,6 +157,9 @@ def add_load(p, alias_required: bool = True) -> None:
     g.add_argument("--chunk-bytes", type=int, default=d["chunk_bytes"].default)
     g.add_argument("--max-retries", type=int, default=d["max_retries"].default)
     g.add_argument("--initial-backoff", type=float, default=d["initial_backoff_s"].default)
+    g.add_argument("--es-down-deadline", type=float, default=d["down_deadline_s"].default, metavar="SECONDS",
+                   help="stop the job once the cluster has answered no bulk request for this long, per worker "
+                        "(unsent docs are not dead-lettered; a re-run finishes the load) (default %(default)s)")
     g.add_argument("--index-type", default="hnsw", choices=es_index.INDEX_TYPES)
     g.add_argument("--m", type=int, default=16, help="HNSW graph degree")
     g.add_argument("--ef-construction", type=int, default=100)
@@ -167,7 +170,8 @@ def add_load(p, alias_required: bool = True) -> None:
 
 def load_from(a: Args) -> LoadConfig:
     bulk = BulkConfig(index=a.index, chunk_docs=a.chunk_docs, chunk_bytes=a.chunk_bytes,
-                      max_retries=a.max_retries, initial_backoff_s=a.initial_backoff)
+                      max_retries=a.max_retries, initial_backoff_s=a.initial_backoff,
+                      down_deadline_s=a.es_down_deadline)
     return LoadConfig(alias=a.index, bulk=bulk, index_type=a.index_type, m=a.m, ef_construction=a.ef_construction,
                       replicas=a.replicas, load_replicas=a.load_replicas)
 
@@ -177,3 +181,61 @@ def existing_file(path: str | None, what: str) -> str | None:
     if path is not None and "://" not in path and not os.path.exists(path):
         raise UserError(f"{what} not found: {path}")
     return path
+
+
+# --- persons (cluster) ------------------------------------------------------------------------
+def add_persons(p) -> None:
+    from facebeam.transforms import persons
+
+    d = persons.Limits()
+    g = p.add_argument_group("persons", "the edge threshold and the faces worth clustering")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="edge distance threshold (default: fitted from --pairs or the shards' labels, "
+                        "else from the collection's distance distribution)")
+    g.add_argument("--pairs", default=None, metavar="CSV",
+                   help="labeled pairs (file_x, file_y, decision Yes/No) to fit the threshold from")
+    g.add_argument("--method", default="cw", choices=persons.METHODS,
+                   help="cw: Chinese whispers (default); cc: connected components; mutual: mutual-kNN components")
+    g.add_argument("--k", type=int, default=16, help="neighbours per face in the graph (default %(default)s)")
+    g.add_argument("--min-box", type=int, default=d.min_box, help="smallest face box side, pixels (default %(default)s)")
+    g.add_argument("--min-confidence", type=float, default=d.min_confidence,
+                   help="lowest detector confidence (default %(default)s)")
+    g.add_argument("--min-sharpness", type=float, default=d.min_sharpness,
+                   help="lowest variance of the Laplacian of the face crop (default %(default)s; 0: not computed)")
+
+
+def persons_from(a: Args):
+    """(threshold, pairs file, method, k, Limits)."""
+    from facebeam.transforms import persons
+
+    if a.threshold is not None and a.threshold <= 0:
+        raise UserError("--threshold must be positive")
+    if a.k < 1:
+        raise UserError("--k must be at least 1")
+    limits = persons.Limits(min_box=a.min_box, min_confidence=a.min_confidence, min_sharpness=a.min_sharpness)
+    return a.threshold, existing_file(a.pairs, "--pairs file"), a.method, a.k, limits
+
+
+# --- face stores (Elasticsearch, the embedded index, Redis) -----------------------------------
+def add_store(p, kinds=("es", "local", "redis"), redis: bool = True, auto: str = "local") -> None:
+    """--store es|local[:DIR]|redis (default: Elasticsearch when configured, else `auto`)."""
+    from facebeam.transforms import redis_store
+
+    shown = "|".join(k + ("[:DIR]" if k == "local" else "") for k in kinds)
+    what = {"es": "es (Elasticsearch)", "local": "local[:DIR] (the embedded HNSW index, default DIR "
+                                                 "<FACEBEAM_HOME>/ann/<index>)", "redis": "redis (`facebeam redis up`)"}
+    g = p.add_argument_group("face store", f"password only from {redis_store.ENV_PASSWORD} or the connection file"
+                             if redis else None)
+    g.add_argument("--store", default=None, metavar=shown,
+                   help=", ".join(what[k] for k in kinds) + f"; default: es when a cluster is configured, else {auto}")
+    if redis:
+        g.add_argument("--redis-url", default=None, help=f"HOST:PORT (env {redis_store.ENV_URL}; default: the "
+                                                         "connection file of `facebeam redis up`)")
+        g.add_argument("--redis-conn", default=None, help=f"Redis connection file (env {redis_store.ENV_CONN}; default "
+                                                          "<FACEBEAM_HOME>/redis/connection.json)")
+
+
+def store_from(a: Args, kinds=("es", "local", "redis"), redis: bool = True):
+    from facebeam.transforms.stores import StoreChoice
+
+    return StoreChoice.parse(a.store, a.redis_url if redis else None, a.redis_conn if redis else None, allowed=kinds)

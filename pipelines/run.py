@@ -43,23 +43,31 @@ def configure(a: options.Args, beam_args=()) -> RunConfig:
 
 
 def run(config: RunConfig, pipeline=None) -> dict:
+    jobs.preflight(config.inputs, config.spec)
+    with jobs.lock_output(config.output):  # a second job into the same folder refuses at once
+        return _run(config, pipeline)
+
+
+def _run(config: RunConfig, pipeline) -> dict:
     spec = config.spec
-    jobs.preflight(config.inputs, spec)
     target = es_load.open_target(config.es.connection(), config.load, spec)
     opts = runners.pipeline_options(config.beam_args)
     run_id, skip = jobs.plan_backfill(config.output, spec, config.incremental, config.inputs.max_file_bytes)
     p = runners.create_pipeline(opts, pipeline)
     out = p | "Embed" >> EmbedInputs(config.inputs, spec, skip)
     out | "Write" >> shards.WriteShards(config.output, spec, run_id)
-    out["faces"] | "Load" >> es_load.LoadFaces(target, config.load, config.output, spec, run_id)
+    load = es_load.LoadFaces(target, config.load, config.output, spec, run_id)
+    out["faces"] | "Load" >> load
     with es_load.loading(target):
         result, elapsed = jobs.run(p)
+    if not run_id:  # a plain run re-sent the flat shards: older flat/load= dead letters are stale
+        shards.clear_index_errors(config.output, keep=load.errors_dir, runs_too=False)
     summary = jobs.embed_summary(result, elapsed, spec, opts)
-    summary.update(jobs.load_summary(result, target))
+    summary.update(jobs.load_summary(result, target, load.errors_dir))
     jobs.finish_run(config.output, run_id, summary)
-    log.info("run done: %d images, %d embedded, %d faces, failed %s; %d docs indexed into %s (%d docs)",
+    log.info("run done: %d images, %d embedded, %d faces, failed %s; %d docs indexed into %s (%d docs)%s",
              summary["images_seen"], summary["images_embedded"], summary["faces"], summary["images_failed"] or "none",
-             summary["docs_indexed"], target.concrete, target.count)
+             summary["docs_indexed"], target.concrete, target.count, jobs.skipped_note(summary))
     return summary
 
 

@@ -104,6 +104,9 @@ def test_killed_run_then_rerun_matches_a_clean_run(photos, tmp_path, es_client, 
     assert indexed > 0 and shards.committed_runs(str(killed_out)) == []
 
     rerun = incremental(photos, killed_out, alias)
+    committed = {f"run={r}" for r in shards.committed_runs(str(killed_out))}
+    for kind in shards.PARTITIONED:  # the killed run's partitions were removed, on local disk too
+        assert {os.path.basename(d) for d in shards.partition_dirs(str(killed_out), kind)} <= committed
     clean = job(run, ["--input", str(photos), "--output", str(clean_out), "--index", alias + "-clean", "--es-conn", CONN])
     try:
         assert faces_in(killed_out) == faces_in(clean_out)
@@ -134,7 +137,10 @@ def test_forget_erases_everywhere_and_stays_erased(photos, tmp_path, es_client, 
 
 def test_reindex_swaps_the_alias_under_live_queries(photos, tmp_path, es_client, alias, capsys):
     out = tmp_path / "v1"
-    first = job(run, ["--input", str(photos), "--output", str(out), "--index", alias, "--es-conn", CONN,
+    # parent-dir labels come from a folder below the input root: people/<photos.name>/img.jpg
+    people = tmp_path / "people"
+    shutil.copytree(photos, people / photos.name)
+    first = job(run, ["--input", str(people), "--output", str(out), "--index", alias, "--es-conn", CONN,
                      "--label-from", "parent-dir"])
     old = list(es_client.indices.get_alias(name=alias).body)[0]
     stop, failures, answered = threading.Event(), [], [0]

@@ -36,7 +36,8 @@ def test_sample_lands_once_and_each_face_finds_itself(sample_run, es_conn, es_cl
     again = job(index, ["--shards", shards, "--index", alias, "--es-conn", CONN])
     assert again["concrete_index"] == first["concrete_index"]
     assert count(es_client, alias) == len(rows)
-    assert read_rows(os.path.join(shards, "index-errors")) == []
+    assert read_rows(again["index_errors"]) == []
+    assert os.listdir(os.path.join(shards, "index-errors")) == [os.path.basename(again["index_errors"])]
     searches = []
     for r in rows:
         searches += [{"index": alias}, {"knn": {"field": "embedding", "query_vector": r["embedding"], "k": 1,
@@ -147,4 +148,4 @@ def test_node_killed_mid_load_loses_nothing(tmp_path, es_cluster_factory):
     assert killed.get("node"), "no node was killed during the load"
     assert summary["failed"] == 0 and summary["indexed"] >= len(rows)
     assert count(client, "faces") == len(rows)
-    assert read_rows(str(tmp_path / "index-errors")) == []
+    assert read_rows(summary["index_errors"]) == []

@@ -2,10 +2,19 @@
 
 `NAME` is an alias; it points at `NAME-<spec slug>-v<N>`. The spec is kept in the
 index's `_meta`, so a job can refuse shards of another spec before writing.
+
+Two jobs may create the alias at the same moment: the index is created together with its
+alias (one atomic request); a creator that finds its name taken
+(`resource_already_exists_exception`) re-reads the alias and loads into what it points at,
+and one whose fresh version ends up beside another behind the alias withdraws it (the lower
+version, created first, wins).
 """
+import json
 import logging
 import re
+import time
 
+from facebeam.transforms.errors import UserError
 from facebeam.transforms.spec import EmbeddingSpec, SpecError
 
 log = logging.getLogger(__name__)
@@ -88,11 +97,53 @@ def next_version(client, alias: str, spec: EmbeddingSpec) -> int:
     return max(versions, default=0) + 1
 
 
-def create_version(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100) -> str:
-    """A new, empty concrete index for `spec`, not yet behind the alias."""
+def already_exists(e) -> bool:
+    from elasticsearch import ApiError
+
+    return isinstance(e, ApiError) and "resource_already_exists_exception" in str(getattr(e, "body", "") or e)
+
+
+def create_version(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100,
+                   with_alias: bool = False) -> str:
+    """A new, empty concrete index for `spec`; behind the alias only `with_alias` (in the same request).
+
+    Raises the client's `resource_already_exists_exception` error when a concurrent creator took the name.
+    """
     concrete = concrete_name(alias, spec, next_version(client, alias, spec))
-    client.indices.create(index=concrete, **index_body(spec, index_type, m, ef_construction))
+    body = index_body(spec, index_type, m, ef_construction)
+    if with_alias:
+        body["aliases"] = {alias: {}}
+    client.indices.create(index=concrete, **body)
     log.info("created index %s (%s, %d-d, %s)", concrete, index_type, spec.dim, spec.es_similarity)
+    return concrete
+
+
+def _version_of(name: str) -> int:
+    m = re.search(r"-v(\d+)$", name)
+    return int(m.group(1)) if m else 0
+
+
+def _join_alias(client, alias: str, spec: EmbeddingSpec, index_type, m, ef_construction, wait_s: float = 10.0) -> str:
+    """The concrete index behind `alias`, creating it (with the alias) unless a concurrent creator did."""
+    try:
+        concrete = create_version(client, alias, spec, index_type, m, ef_construction, with_alias=True)
+    except Exception as e:
+        if not already_exists(e):
+            raise
+        log.info("index for alias %s is being created by another job; joining it", alias)
+        deadline = time.monotonic() + wait_s
+        while (current := alias_target(client, alias)) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if current is None:
+            raise
+        return current
+    # A creator that read the versions before ours existed may have put its own version beside it.
+    targets = sorted(client.indices.get_alias(name=alias).body, key=_version_of)
+    if len(targets) > 1 and targets[0] != concrete:
+        client.indices.update_aliases(actions=[{"remove": {"index": concrete, "alias": alias}}])
+        client.options(ignore_status=404).indices.delete(index=concrete)
+        log.info("another job created %s behind %s first; using it", targets[0], alias)
+        return targets[0]
     return concrete
 
 
@@ -115,24 +166,61 @@ def prepare_load(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=1
     before anything is written.
     """
     current = alias_target(client, alias)
+    fresh = False  # made now, by this job or a concurrent one
+    if current is None and create_alias:
+        # Index and alias in one request: readers never see a half-made index. A concurrent creator is joined.
+        current, fresh = _join_alias(client, alias, spec, index_type, m, ef_construction), True
     if current is not None and create_alias:
         spec.require_same(spec_of(client, current), what=f"index {current!r} behind alias {alias!r}")
         concrete = current
-        before = int(client.indices.get_settings(index=concrete).body[concrete]["settings"]["index"]["number_of_replicas"])
+        if fresh:
+            before = 1 if data_nodes(client) > 1 else 0
+        else:
+            settings = client.indices.get_settings(index=concrete).body[concrete]["settings"]["index"]
+            before = int(settings["number_of_replicas"])
     else:
         concrete = create_version(client, alias, spec, index_type, m, ef_construction)
         before = 1 if data_nodes(client) > 1 else 0
-    client.indices.put_settings(index=concrete, settings={"index": {"refresh_interval": "-1", "number_of_replicas": load_replicas}})
-    if current is None and create_alias:
-        # The alias appears only once the index exists with the right mapping; readers never see a half-made index.
-        client.indices.update_aliases(actions=[{"add": {"index": concrete, "alias": alias}}])
+    client.indices.put_settings(index=concrete,
+                                settings={"index": {"refresh_interval": "-1", "number_of_replicas": load_replicas}})
     return concrete, before
 
 
-def finish_load(client, concrete: str, replicas: int, wait_s: int = 120) -> int:
-    """Restore refresh and replicas after a load, refresh, and return the doc count."""
-    client.indices.put_settings(index=concrete, settings={"index": {"refresh_interval": None, "number_of_replicas": replicas}})
-    client.indices.refresh(index=concrete)
+def restore_call(concrete: str, replicas: int) -> str:
+    """The settings request that ends a load, for a person to run when the job could not."""
+    body = json.dumps({"index": {"refresh_interval": None, "number_of_replicas": replicas}})
+    return f"PUT /{concrete}/_settings {body}"
+
+
+class RestoreFailed(UserError):
+    """The index settings could not be restored after a load; the message holds the call to run."""
+
+
+def finish_load(client, concrete: str, replicas: int, wait_s: int = 120, tries: int = 3, pause_s: float = 2.0) -> int:
+    """Restore refresh and replicas after a load, refresh, and return the doc count.
+
+    A cluster that refuses (401/403) or stays unreachable raises `RestoreFailed`, whose message
+    gives the exact settings call to run once it is back.
+    """
+    from elasticsearch import ApiError, AuthenticationException, AuthorizationException, TransportError
+
+    for attempt in range(tries):
+        try:
+            client.indices.put_settings(index=concrete,
+                                        settings={"index": {"refresh_interval": None, "number_of_replicas": replicas}})
+            client.indices.refresh(index=concrete)
+            break
+        except (AuthenticationException, AuthorizationException, TransportError, ApiError) as e:
+            status = getattr(getattr(e, "meta", None), "status", None)
+            final = attempt == tries - 1 or isinstance(e, (AuthenticationException, AuthorizationException)) or (
+                isinstance(status, int) and status < 500)
+            if final:
+                what = f"HTTP {status}" if isinstance(status, int) else type(e).__name__
+                raise RestoreFailed(f"could not restore the settings of index {concrete} after the load ({what}); "
+                                    f"it still has refresh off: once the cluster accepts you, run "
+                                    f"`{restore_call(concrete, replicas)}` then `POST /{concrete}/_refresh` "
+                                    "(or run the same load again)") from None
+            time.sleep(pause_s)
     if replicas and replicas < data_nodes(client):
         health = client.options(request_timeout=wait_s + 15).cluster.health(
             index=concrete, wait_for_status="green", timeout=f"{wait_s}s").body

@@ -1,20 +1,29 @@
 """Loading face rows into the versioned index behind an alias: set-up, the Beam load, clean-up.
 
 `open_target` connects (failing fast), checks the spec and readies the index before any
-pipeline starts; `LoadFaces` is the Beam part (bulk writes, dead letters to Parquet);
-`loading` restores refresh and replicas whatever happens in the job.
+pipeline starts; `LoadFaces` is the Beam part (bulk writes, dead letters to Parquet, one
+folder per load: see `shards.index_errors`); `loading` restores refresh and replicas whatever
+happens in the job. When the cluster refuses that too (401/403, or it is down), the job does
+not end in a traceback: the error says which settings call restores the index. A job that
+failed on a user error (a cluster that stays down, changed credentials) keeps its own message,
+with the restore instruction added.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
 from facebeam.transforms import es_conn, es_index, records, shards
+from facebeam.transforms.errors import UserError
 from facebeam.transforms.es_sink import BulkConfig, IndexFaces, dead_letter_schema
 from facebeam.transforms.spec import EmbeddingSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,20 +63,48 @@ def open_target(conn: es_conn.EsConnection, load: LoadConfig, spec: EmbeddingSpe
 
 @contextlib.contextmanager
 def loading(target: LoadTarget):
-    """Whatever happens in the job, refresh and replicas are restored; `target.count` is set after."""
+    """Whatever happens in the job, refresh and replicas are restored; `target.count` is set after.
+
+    A failed restore is a `RestoreFailed` naming the call to run; when the job itself failed, its
+    error wins (a user error gets the restore instruction added; a bug keeps its traceback and the
+    instruction is logged).
+    """
     try:
         yield target
-    finally:
-        target.count = es_index.finish_load(target.client, target.concrete, target.replicas)
+    except BaseException as failure:
+        try:
+            target.count = es_index.finish_load(target.client, target.concrete, target.replicas)
+        except es_index.RestoreFailed as restore:
+            if isinstance(failure, UserError):
+                raise _with_note(failure, f"also, {restore}") from None
+            log.error("%s", restore)
+        except Exception as other:  # noqa: BLE001 - the job's own error is the one to show
+            log.error("after the failed load, finishing index %s failed too: %s: %s",
+                      target.concrete, type(other).__name__, other)
+        raise
+    target.count = es_index.finish_load(target.client, target.concrete, target.replicas)
+
+
+def _with_note(error: UserError, note: str) -> UserError:
+    try:
+        return type(error)(f"{error}; {note}")
+    except TypeError:
+        return UserError(f"{error}; {note}")
 
 
 class LoadFaces(beam.PTransform):
-    """Face rows -> the target index; docs that fail for good go to `<output>/index-errors/`."""
+    """Face rows -> the target index; docs that fail for good go to `self.errors_dir`.
 
-    def __init__(self, target: LoadTarget, load: LoadConfig, output_dir: str, spec: EmbeddingSpec, run_id=None):
+    That is `<output>/index-errors/run=<run_id>/` for an incremental run, else a new
+    `<output>/index-errors/load=<id>/` (or `errors_dir` when given).
+    """
+
+    def __init__(self, target: LoadTarget, load: LoadConfig, output_dir: str, spec: EmbeddingSpec, run_id=None,
+                 errors_dir: str | None = None):
         super().__init__()
         self._conn, self._bulk = target.conn, target.bulk(load)
-        self._prefix = shards.partition(output_dir, "index-errors", run_id)
+        self.errors_dir = errors_dir or shards.index_errors(output_dir, run_id)
+        self._prefix = FileSystems.join(self.errors_dir, "part")
         self._schema = dead_letter_schema(records.face_schema(spec.dim))
 
     def expand(self, rows):

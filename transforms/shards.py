@@ -3,10 +3,24 @@
 A plain run writes DIR/embeddings/*.parquet. An incremental run writes its own
 partition, DIR/{embeddings,errors,manifest}/run=<id>/, and is committed only when
 DIR/runs/<id>.json exists (written after the pipeline finished). Readers take the
-flat files plus committed partitions, so a run killed mid-way leaves nothing that counts.
+flat files plus committed partitions, so a run killed mid-way leaves nothing that counts;
+the next incremental run deletes its partitions (`drop_uncommitted`, on local disk and on
+any Beam filesystem).
+
+Index dead letters are kept per load: `DIR/index-errors/run=<id>/` for an incremental run
+(committed, or dropped, with the run), `DIR/index-errors/load=<id>/` for `facebeam index` and a
+plain `facebeam run`; the job summary's `index_errors` names the folder of its load. A finished
+`facebeam index` re-sent every shard, so it removes every older dead letter under
+`index-errors/`; a finished plain `run` removes the older flat and `load=` ones (incremental runs'
+own partitions stay with their runs).
+
+Shards are verified before a load writes anything (`verify`: every file's footer and every row
+group decoded); a damaged file is a `ShardError` naming it, and reading on the workers
+(`ReadShardRows`) names the file too.
 """
 import json
 import logging
+import os
 import posixpath
 import time
 import uuid
@@ -17,6 +31,11 @@ from apache_beam.io.filesystems import FileSystems
 from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class ShardError(UserError):
+    """A shard file that cannot be read; the message names the file and what is wrong."""
+
 PARTITIONED = ("embeddings", "errors", "manifest", "index-errors")
 DETERMINISTIC_REASONS = ("empty", "not_an_image", "truncated", "corrupt", "too_large", "no_face")
 
@@ -62,20 +81,145 @@ def commit(folder: str, run_id: str, summary: dict) -> None:
     write_json(FileSystems.join(folder, "runs", f"{run_id}.json"), summary)
 
 
+def _local(folder: str) -> bool:
+    return "://" not in folder
+
+
+def partition_dirs(folder: str, kind: str, prefix: str = "run=") -> list:
+    """The partition folders `folder/kind/<prefix>*`, on local disk (where `match` lists no folders) or any filesystem."""
+    base = FileSystems.join(folder, kind)
+    if _local(folder):
+        if not os.path.isdir(base):
+            return []
+        return sorted(os.path.join(base, n) for n in os.listdir(base)
+                      if n.startswith(prefix) and os.path.isdir(os.path.join(base, n)))
+    dirs = set()
+    for m in FileSystems.match([FileSystems.join(base, prefix + "*", "**")])[0].metadata_list:
+        rel = m.path[len(base.rstrip("/")):].lstrip("/")
+        dirs.add(FileSystems.join(base, rel.split("/", 1)[0]))
+    return sorted(dirs)
+
+
+def delete_tree(path: str) -> None:
+    """A folder and all under it (local), or every object under the prefix (object stores)."""
+    if _local(path):
+        if os.path.isdir(path):
+            FileSystems.delete([path])
+        return
+    found = [m.path for m in FileSystems.match([FileSystems.join(path, "**")])[0].metadata_list]
+    if found:
+        FileSystems.delete(found)
+
+
 def drop_uncommitted(folder: str) -> list:
     """Delete partitions of runs that never committed (killed mid-way); returns what went."""
     keep = set(committed_runs(folder))
-    gone = []
-    for kind in PARTITIONED:
-        for m in FileSystems.match([FileSystems.join(folder, kind, "run=*")])[0].metadata_list:
-            run = posixpath.basename(m.path.rstrip("/"))[len("run="):]
-            if run not in keep:
-                gone.append(m.path)
-    dirs = sorted({posixpath.dirname(p) if p.endswith(".parquet") else p for p in gone})
+    dirs = sorted(d for kind in PARTITIONED for d in partition_dirs(folder, kind)
+                  if posixpath.basename(d.rstrip("/"))[len("run="):] not in keep)
+    for d in dirs:
+        delete_tree(d)
     if dirs:
-        FileSystems.delete(dirs)
         log.warning("removed %d partition(s) of runs that did not finish: %s", len(dirs), dirs)
     return dirs
+
+
+def index_errors(folder: str, run_id=None, load_id=None) -> str:
+    """The folder one load writes its dead letters to: `index-errors/run=<id>` or `index-errors/load=<id>`."""
+    name = f"run={run_id}" if run_id else f"load={load_id or new_run_id()}"
+    return FileSystems.join(folder, "index-errors", name)
+
+
+def clear_index_errors(folder: str, keep: str, runs_too: bool) -> list:
+    """Remove older index dead letters: flat files, other `load=` partitions and, with `runs_too`, `run=` ones."""
+    base = FileSystems.join(folder, "index-errors")
+    gone = [d for d in partition_dirs(folder, "index-errors", "load=") + (
+        partition_dirs(folder, "index-errors", "run=") if runs_too else []) if d.rstrip("/") != keep.rstrip("/")]
+    for d in gone:
+        delete_tree(d)
+    flat = _match(FileSystems.join(base, "*.parquet"))
+    if flat:
+        FileSystems.delete(flat)
+    if gone or flat:
+        log.info("removed %d older index dead-letter file(s)/partition(s) under %s", len(gone) + len(flat), base)
+    return gone + flat
+
+
+def verify(paths, threads: int = 4) -> None:
+    """Read every shard's footer and decode each row group fully; a damaged file is a `ShardError` naming it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
+        problems = [p for p in pool.map(_problem, paths) if p]
+    if problems:
+        more = f" (and {len(problems) - 1} more damaged shard(s))" if len(problems) > 1 else ""
+        raise ShardError(problems[0] + more)
+
+
+def _problem(path: str):
+    import pyarrow.parquet as pq
+
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            pf = pq.ParquetFile(f)
+            groups = pf.num_row_groups
+            for i in range(groups):
+                try:
+                    table = pf.read_row_group(i)
+                except Exception as e:  # noqa: BLE001 - any decoding failure names the file
+                    return f"shard {path} is damaged: row group {i + 1} of {groups} cannot be decoded ({_short(e)})"
+                bad = _implausible_vectors(table)
+                if bad:
+                    return f"shard {path} is damaged: row group {i + 1} of {groups} {bad}"
+    except ShardError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - a footer that cannot be read
+        return f"shard {path} is not a readable Parquet file (truncated or overwritten?): {_short(e)}"
+    return None
+
+
+MAX_ABS_COMPONENT = 1e6  # no model's embedding comes near; random bytes read as float32 mostly do
+
+
+def _implausible_vectors(table):
+    """Why a row group's embeddings cannot be real (NaN/inf or absurd components), or None.
+
+    Parquet pages carry no checksum here, and zstd stores incompressible float data raw, so
+    bytes overwritten inside a vector page decode without an error: their values give them away.
+    """
+    import numpy as np
+
+    if "embedding" not in table.column_names or table.num_rows == 0:
+        return None
+    col = table.column("embedding").combine_chunks()
+    values = col.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    finite = np.isfinite(values)
+    if finite.all() and (np.abs(values) <= MAX_ABS_COMPONENT).all():
+        return None
+    width = max(1, len(values) // max(1, len(col)))
+    bad = np.flatnonzero(~finite | (np.abs(np.where(finite, values, 0)) > MAX_ABS_COMPONENT))
+    rows = np.unique(bad // width)
+    return (f"holds {len(rows)} embedding(s) with impossible values (NaN/inf or beyond +-{MAX_ABS_COMPONENT:g}), "
+            f"first at row {int(rows[0])} of the row group: the file was overwritten or corrupted")
+
+
+def _short(e) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+class ReadShardRows(beam.DoFn):
+    """Shard path -> its face rows, one row group at a time; a read error names the file."""
+
+    def process(self, path):
+        import pyarrow.parquet as pq
+
+        try:
+            with FileSystems.open(path, compression_type="uncompressed") as f:
+                pf = pq.ParquetFile(f)
+                for i in range(pf.num_row_groups):
+                    yield from pf.read_row_group(i).to_pylist()
+        except Exception as e:  # noqa: BLE001 - re-raised as a ShardError naming the file
+            raise ShardError(f"shard {path} cannot be read: {_short(e)}") from None
 
 
 def tombstones(folder: str) -> list:
@@ -93,8 +237,11 @@ def spec_of(folder: str):
         raise UserError(f"no Parquet shards under {FileSystems.join(folder, 'embeddings')}")
     specs = {}
     for path in found:
-        with FileSystems.open(path) as f:
-            table = pq.read_table(f, columns=["spec_id", "spec"])
+        try:
+            with FileSystems.open(path, compression_type="uncompressed") as f:
+                table = pq.read_table(f, columns=["spec_id", "spec"])
+        except Exception as e:  # noqa: BLE001 - names the file
+            raise ShardError(f"shard {path} cannot be read: {_short(e)}") from None
         for spec_id, text in set(zip(table.column("spec_id").to_pylist(), table.column("spec").to_pylist())):
             specs[spec_id] = text
     if len(specs) > 1:

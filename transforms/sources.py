@@ -1,7 +1,21 @@
-"""Inputs: folders (recursive), glob patterns and list files, on any Beam filesystem."""
+"""Inputs: folders (recursive), glob patterns and list files, on any Beam filesystem.
+
+The rule for files: every file a glob or a list file names is read, and decoding decides
+(`not_an_image` when it is not one). A folder walk reads every file whose name has an image
+extension or no extension at all (decoding decides again); a file with any other extension
+(`.txt`, `.csv`, `.md`, ...) is not read but counted as skipped: the Beam counter
+`facebeam/files_skipped.not_image`, `files_skipped` in the job summary and the end-of-run
+log line, with the first paths in the workers' log. So `files_seen = images_seen + files_skipped`,
+and `images_seen = images_embedded + sum(images_failed)` as before.
+
+Paths are canonical: a local path is stored absolute and normalised (symlinks are kept as
+typed), whatever folder the job ran from; a URI (`gs://...`) is kept as it is.
+"""
 import dataclasses
 import hashlib
 import logging
+import os
+import posixpath
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -14,6 +28,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif")
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
+SKIPPED_NOT_IMAGE = "files_skipped.not_image"  # Beam counter: folder-walk files with a non-image extension
 
 
 class InputError(UserError, ValueError):
@@ -35,45 +50,81 @@ class Inputs:
 def _is_dir(p: str) -> bool:
     if p.endswith("/"):
         return True
-    import os
-
     return "://" not in p and os.path.isdir(p)
 
 
-def expand(pattern: str, since: float = None):
-    """Yield (path, size_in_bytes or None) for one user input; `since` keeps files modified at or after it."""
+def canonical(path: str) -> str:
+    """A local path made absolute and normalised; a URI as it is."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def walk_takes(path: str) -> bool:
+    """Whether a folder walk reads `path`: an image extension or none (decoding decides)."""
+    name = posixpath.basename(path.rstrip("/"))
+    ext = os.path.splitext(name)[1].lower()
+    return ext == "" or ext in IMAGE_EXTENSIONS
+
+
+def _list_lines(path: str):
+    with FileSystems.open(path) as f:
+        for line in f.read().decode("utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield line
+
+
+def expand(pattern: str, since: float = None, skipped=None):
+    """Yield (canonical path, size_in_bytes or None) for one user input; `since` keeps files modified at or after it.
+
+    A folder walk passes each file it does not read (see the module docstring) to `skipped(path)`.
+    Inputs that name nothing were refused in the launcher (`check_inputs`); here they yield nothing.
+    """
     if pattern.startswith("@") or pattern.lower().endswith(LIST_EXTENSIONS):
-        with FileSystems.open(pattern.lstrip("@")) as f:
-            for line in f.read().decode("utf-8").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    if since is None:
-                        yield line, None
-                        continue
-                    found = FileSystems.match([line])[0].metadata_list
-                    if found and found[0].last_updated_in_seconds >= since:
-                        yield line, found[0].size_in_bytes
+        for line in _list_lines(pattern.lstrip("@")):
+            if since is None:
+                yield canonical(line), None
+                continue
+            found = FileSystems.match([line])[0].metadata_list
+            if found and found[0].last_updated_in_seconds >= since:
+                yield canonical(line), found[0].size_in_bytes
         return
     if _is_dir(pattern):
-        found = FileSystems.match([FileSystems.join(pattern.rstrip("/"), "**")])[0].metadata_list
-        found = [m for m in found if m.path.lower().endswith(IMAGE_EXTENSIONS)]
+        found = []
+        for m in FileSystems.match([FileSystems.join(pattern.rstrip("/"), "**")])[0].metadata_list:
+            if walk_takes(m.path):
+                found.append(m)
+            elif skipped is not None and (since is None or m.last_updated_in_seconds >= since):
+                skipped(canonical(m.path))
     else:
         found = FileSystems.match([pattern])[0].metadata_list
     if not found:
-        raise InputError(f"input {pattern!r} matched no image files")
+        log.warning("input %r matched no image files", pattern)
     for m in found:
         if since is None or m.last_updated_in_seconds >= since:
-            yield m.path, m.size_in_bytes
+            yield canonical(m.path), m.size_in_bytes
 
 
 class ExpandInputs(beam.DoFn):
     """Pattern -> (path, size); listing happens on workers, not in the launcher."""
 
+    SHOWN = 5  # skipped paths logged per input
+
     def __init__(self, since: float = None):
         self._since = since
 
     def process(self, pattern):
-        yield from expand(pattern, self._since)
+        from facebeam.transforms import metrics
+
+        skipped = []
+
+        def skip(path):
+            metrics.count(SKIPPED_NOT_IMAGE)
+            skipped.append(path)
+
+        yield from expand(pattern, self._since, skip)
+        if skipped:
+            log.warning("input %r: skipped %d file(s) whose extension is not an image's, e.g. %s",
+                        pattern, len(skipped), ", ".join(skipped[: self.SHOWN]))
 
 
 def parse_since(text: str) -> float:
@@ -83,7 +134,7 @@ def parse_since(text: str) -> float:
     try:
         when = datetime.datetime.fromisoformat(text)
     except ValueError:
-        raise InputError(f"--since wants an ISO date like 2026-11-01 or 2026-11-01T08:00, got {text!r}")
+        raise InputError(f"--since wants an ISO date like 2026-11-01 or 2026-11-01T08:00, got {text!r}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.timezone.utc)
     return when.timestamp()
@@ -98,14 +149,41 @@ def read_bytes(path: str, max_bytes: int):
     return data, hashlib.sha256(data).hexdigest()
 
 
+def _folder_has_candidate(folder: str):
+    """(files seen, whether one is read by the walk); stops at the first candidate on local disk."""
+    if "://" not in folder:
+        seen = 0
+        for root, _dirs, names in os.walk(folder):
+            for name in names:
+                if os.path.isfile(os.path.join(root, name)):
+                    seen += 1
+                    if walk_takes(name):
+                        return seen, True
+        return seen, False
+    found = FileSystems.match([FileSystems.join(folder.rstrip("/"), "**")])[0].metadata_list
+    return len(found), any(walk_takes(m.path) for m in found)
+
+
 def check_inputs(patterns) -> None:
-    """Fail before launching a job when an input names nothing (a typo should not run for an hour)."""
+    """Fail before launching a job when an input names nothing (a typo should not run for an hour).
+
+    A folder must hold at least one file a walk reads (an image extension or none); a glob must
+    match something; a list file must exist and name at least one path.
+    """
     for p in patterns:
         if p.startswith("@") or p.lower().endswith(LIST_EXTENSIONS):
-            if not FileSystems.exists(p.lstrip("@")):
-                raise InputError(f"list file {p.lstrip('@')!r} does not exist")
+            path = p.lstrip("@")
+            if not FileSystems.exists(path):
+                raise InputError(f"list file {path!r} does not exist")
+            if next(_list_lines(path), None) is None:
+                raise InputError(f"list file {path!r} names no files")
         elif _is_dir(p):
-            continue
+            seen, ok = _folder_has_candidate(p)
+            if not seen:
+                raise InputError(f"input folder {p!r} holds no files")
+            if not ok:
+                raise InputError(f"input folder {p!r} holds no image files: its {seen} file(s) all have "
+                                 f"non-image extensions (images: {', '.join(IMAGE_EXTENSIONS)}, or no extension)")
         elif not FileSystems.match([p])[0].metadata_list:
             raise InputError(f"input {p!r} matched no files")
 
