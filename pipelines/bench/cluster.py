@@ -14,7 +14,7 @@ Quality defaults were chosen from these measurements (sample photos, dlib): face
 is 35 px moved 0.46 from their full-size embedding on average (45 px: 0.39); a blur that leaves a
 Laplacian variance of ~45 moved them 0.47 (max 0.63), one that leaves ~150 only 0.29.
 """
-import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 
+from facebeam.pipelines import jobs, options
 from facebeam.pipelines.bench import synthetic
 from facebeam.transforms import knn, persons
 
@@ -37,26 +38,45 @@ def _stats(input_dir: str, stats_file):
     if stats_file:
         with open(stats_file) as f:
             return json.load(f)
-    from facebeam.pipelines import embed, options
+    from facebeam.pipelines import embed
+    from facebeam.transforms.sources import Inputs
 
     out = tempfile.mkdtemp(prefix="bench-cluster-")
-    args = options.parse(embed.build_parser(), ["--input", input_dir, "--output", out])
-    embed.run(embed.configure(*args))
+    embed.run(embed.EmbedConfig(Inputs((input_dir,)), out, beam_args=options.QUIET_WORKERS))
     return synthetic.fit_sample(os.path.join(out, "embeddings"), os.path.join(input_dir, "face-recognition-pivot.csv"))
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="facebeam bench cluster", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+@dataclasses.dataclass(frozen=True)
+class BenchClusterConfig:
+    vectors: int = 100_000
+    k: int = 16
+    methods: tuple = ("cw", "cc", "mutual")
+    threshold: float = None
+    input: str = synthetic.DEFAULT_SAMPLE
+    stats: str = None
+    seed: int = 0
+    json_out: str = None
+
+
+def build_parser():
+    p = options.parser("facebeam bench cluster", __doc__)
     p.add_argument("--vectors", type=int, default=100_000)
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--methods", default="cw,cc,mutual")
     p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--input", default=os.path.join("..", "shared", "data", "faces"))
+    p.add_argument("--input", default=synthetic.DEFAULT_SAMPLE)
     p.add_argument("--stats", default=None, help="fitted stats JSON (skips the embed run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", dest="json_out", default=None)
-    ns = p.parse_args(argv)
+    return p
+
+
+def configure(a: options.Args, beam_args=()) -> BenchClusterConfig:
+    return BenchClusterConfig(vectors=a.vectors, k=a.k, methods=tuple(a.methods.split(",")), threshold=a.threshold,
+                              input=a.input, stats=a.stats, seed=a.seed, json_out=a.json_out)
+
+
+def run(ns: BenchClusterConfig, pipeline=None) -> dict:
     stats = _stats(ns.input, ns.stats)
     faces = synthetic.SyntheticFaces(stats, ns.vectors, seed=ns.seed)
     x = knn.prepare(faces.vectors(), stats.get("metric", "euclidean"))
@@ -67,7 +87,7 @@ def main(argv=None) -> int:
     graph_mib = _peak_mib()
     t = ns.threshold or persons.threshold_from_distances(persons.random_pair_distances(x[:3000], "euclidean"))
     results = []
-    for method in ns.methods.split(","):
+    for method in ns.methods:
         started = time.perf_counter()
         labels = persons.cluster(ids, dist, t, method)
         took = time.perf_counter() - started
@@ -84,9 +104,12 @@ def main(argv=None) -> int:
     if ns.json_out:
         with open(ns.json_out, "w") as f:
             json.dump(out, f, indent=2)
-    return 0
+    return out
+
+
+def main(argv=None) -> int:
+    return jobs.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    sys.exit(main())
+    jobs.entry(main)

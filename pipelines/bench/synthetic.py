@@ -32,6 +32,8 @@ import numpy as np
 from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
+# The photos benchmarks run on and fit their synthetic vectors to (with face-recognition-pivot.csv).
+DEFAULT_SAMPLE = os.path.join("..", "shared", "data", "faces")
 STATS_VERSION = 1
 BLOCK_ROWS = 8192  # random streams are cut per block: vectors(i) do not depend on the chunk size
 _STREAM_FACES, _STREAM_QUERIES, _STREAM_LAYOUT = 1, 2, 3

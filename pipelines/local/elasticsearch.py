@@ -602,8 +602,29 @@ def _setting(text: str) -> tuple:
     return key.strip(), value
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="facebeam es", description="Start, stop and inspect a local Elasticsearch.")
+BEAM = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EsLocalConfig:
+    action: str  # up | down | status
+    home: Path
+    nodes: int = 1
+    version: str = DEFAULT_VERSION
+    heap: str = DEFAULT_HEAP
+    security: bool = True
+    port: int = DEFAULT_PORT
+    settings: tuple = ()
+    timeout: float = DEFAULT_TIMEOUT
+    fresh: bool = False
+    index: str = None
+    json: bool = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from facebeam.pipelines import options
+
+    p = options.parser("facebeam es", "Start, stop and inspect a local Elasticsearch.")
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start a local cluster and wait until it is ready")
     up.add_argument("--nodes", type=int, default=1)
@@ -625,7 +646,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cmd_up(a) -> int:
+def configure(a, beam_args=()) -> EsLocalConfig:
+    given = {"action": a.cmd, "home": _home(a.home)}
+    if a.cmd == "up":
+        given.update(nodes=a.nodes, version=a.version, heap=a.heap, security=not a.no_security, port=a.port,
+                     settings=tuple(a.setting), timeout=a.timeout, fresh=a.fresh)
+    elif a.cmd == "status":
+        given.update(index=a.index, json=a.json)
+    return EsLocalConfig(**given)
+
+
+def _cmd_up(a: EsLocalConfig) -> int:
     running = node_processes(a.home)
     if running and (a.home / "connection.json").is_file():
         conn = connection(a.home)
@@ -634,7 +665,7 @@ def _cmd_up(a) -> int:
         return 0
     t0 = time.monotonic()
     conn = start_cluster(a.home, nodes=a.nodes, version=a.version, heap=a.heap, port=a.port,
-                         security=not a.no_security, settings=dict(a.setting), timeout=a.timeout, fresh=a.fresh)
+                         security=a.security, settings=dict(a.settings), timeout=a.timeout, fresh=a.fresh)
     print(f"Elasticsearch {a.version}: {a.nodes} node(s) up in {time.monotonic() - t0:.1f} s")
     print(f"  url:        {conn.url}" + (f"  (+{len(conn.hosts) - 1} more)" if len(conn.hosts) > 1 else ""))
     if conn.username:
@@ -644,7 +675,7 @@ def _cmd_up(a) -> int:
     return 0
 
 
-def _cmd_down(a) -> int:
+def _cmd_down(a: EsLocalConfig) -> int:
     stopped = stop_cluster(a.home)
     if not stopped:
         print(f"nothing running under {a.home}")
@@ -665,7 +696,7 @@ def _node_rows(client, running: list) -> list:
     return sorted(rows, key=lambda r: _node_index(r["name"]))
 
 
-def _cmd_status(a) -> int:
+def _cmd_status(a: EsLocalConfig) -> int:
     running = node_processes(a.home)
     conn_file = a.home / "connection.json"
     if not running or not conn_file.is_file():
@@ -708,19 +739,20 @@ def _cmd_status(a) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    a = _parser().parse_args(argv)
-    a.home = _home(a.home)
+def run(config: EsLocalConfig, pipeline=None) -> dict:
     transport_log = logging.getLogger("elastic_transport")
     if transport_log.level == logging.NOTSET:
         transport_log.setLevel(logging.WARNING)  # one INFO line per request is noise on a CLI
-    try:
-        return {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status}[a.cmd](a)
-    except EsError as e:
-        print(f"facebeam es {a.cmd}: {e}", file=sys.stderr)
-        return 1
+    return {"code": {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status}[config.action](config)}
+
+
+def main(argv=None) -> int:
+    from facebeam.pipelines import jobs
+
+    return jobs.main(sys.modules[__name__], argv, failed=lambda s: s["code"])
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    from facebeam.pipelines import jobs
+
+    jobs.entry(main)
