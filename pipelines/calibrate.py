@@ -109,18 +109,14 @@ def run(config: CalibrateConfig, pipeline=None) -> dict:
     result["picture"] = picture
     result["written"] = calibrate.save(config.output, result)
     if config.index:
-        from facebeam.transforms import es_conn, es_index
+        from facebeam.transforms import es_index
 
-        conn = config.es.connection()
-        client = conn.client()
-        es_conn.check(client, conn)
-        concrete = es_index.alias_target(client, config.index)
-        if concrete is None:
-            raise UserError(f"no index {config.index!r} in Elasticsearch at {conn.url}")
-        spec.require_same(es_index.spec_of(client, concrete), what=f"index {concrete!r}")
-        calibrate.store_in_index(client, concrete, result)
+        client, concrete, _ = es_index.open_alias(config.es.connection(), config.index, spec)
+        try:
+            calibrate.store_in_index(client, concrete, result)
+        finally:
+            client.close()
         result["index"] = concrete
-        client.close()
     cur, best, cv = result["current"], result["best"], result["cross_validated"]
     print(f"calibrate: {result['pairs']} pairs ({result['same_pairs']} same, {result['different_pairs']} different) "
           f"from {source}; {spec.model}/{spec.metric}")

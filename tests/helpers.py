@@ -1,7 +1,7 @@
 """Test helpers: the sample data, reading outputs, the labeled pairs."""
-import csv
 import glob
 import os
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -31,9 +31,9 @@ def largest_face_by_file(rows) -> dict:
 
 
 def labeled_pairs():
-    with open(PAIRS) as f:
-        return [(os.path.basename(r["file_x"]), os.path.basename(r["file_y"]), r["decision"] == "Yes")
-                for r in csv.DictReader(f)]
+    from facebeam.transforms import labels
+
+    return labels.read_pairs(PAIRS)
 
 
 def pair_accuracy(vectors: dict, spec) -> float:
@@ -84,24 +84,10 @@ def drop_versions(client, alias: str) -> None:
 
 
 def identities() -> dict:
-    """file name -> person id, from the 'Yes' pairs (union-find); files never paired get no id."""
-    parent = {}
+    """file name -> person id, from the sample's 'Yes' pairs (union-find); files never paired get no id."""
+    from facebeam.transforms import labels
 
-    def find(x):
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for x, y, same in labeled_pairs():
-        find(x), find(y)
-        if same:
-            parent[find(x)] = find(y)
-    groups = {}
-    for name in parent:
-        groups.setdefault(find(name), []).append(name)
-    return {name: f"person-{min(members)}" for members in groups.values() for name in members if len(members) > 1}
+    return {name: f"person-{who}" for name, who in labels.identities_from_pairs(labeled_pairs()).items()}
 
 
 def job(module, argv, pipeline=None):
@@ -110,3 +96,36 @@ def job(module, argv, pipeline=None):
 
     config = module.configure(*options.parse(module.build_parser(), argv, beam=getattr(module, "BEAM", True)))
     return module.run(config, pipeline)
+
+
+def render_in_chromium(page, tmp_path, window="1000,800", extra_flags=()):
+    """Open an HTML page in headless Chromium: (images that decoded, images in the page, screenshot pixels).
+
+    A script added to a copy of the page counts the images that loaded; the screenshot is of the page itself.
+    """
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    page = Path(page)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is needed for this test (.ci/run installs it)"
+    probe = tmp_path / f"probe-{page.name}"
+    probe.write_text(page.read_text().replace("</body>", """<script>
+      addEventListener('load', () => { const imgs = [...document.images];
+        document.title = 'rendered ' + imgs.filter(i => i.complete && i.naturalWidth > 0).length + ' of ' + imgs.length; });
+      </script></body>"""))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", *extra_flags]
+    dom = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r"<title>rendered (\d+) of (\d+)</title>", dom)
+    shot = tmp_path / f"shot-{page.stem}.png"
+    subprocess.run([chromium, *flags, f"--window-size={window}", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    return (int(found.group(1)), int(found.group(2))) if found else (None, None), pixels

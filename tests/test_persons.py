@@ -10,7 +10,7 @@ from PIL import Image, ImageEnhance
 from facebeam.pipelines import cluster, embed, query
 from facebeam.pipelines import persons as persons_cmd
 from facebeam.transforms import persons
-from tests.helpers import PAIRS, SAMPLE, identities, job, read_rows
+from tests.helpers import PAIRS, SAMPLE, identities, job, read_rows, render_in_chromium
 
 
 def _truth(assignments):
@@ -134,23 +134,8 @@ def test_contact_sheet_renders_every_image_in_chromium(clustered, tmp_path):
     table = persons.read_table(str(tmp_path / "c"))
     assert n_images == sum(r["size"] for r in table) and "http" not in html
     assert len(html) < 40_000 * len(table)  # small crops, never whole photos
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium is needed for this test (.ci/run installs it)"
-    probe = tmp_path / "probe.html"
-    probe.write_text(html.replace("</body>", """<script>
-      addEventListener('load', () => { const imgs = [...document.images];
-        document.title = 'rendered ' + imgs.filter(i => i.complete && i.naturalWidth > 0).length + ' of ' + imgs.length; });
-      </script></body>"""))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
-    assert f"<title>rendered {n_images} of {n_images}</title>" in dom
-    shot = tmp_path / "shot.png"
-    subprocess.run([chromium, *flags, "--window-size=1000,800", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120)
-    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    (rendered, total), pixels = render_in_chromium(page, tmp_path)
+    assert rendered == total == n_images
     assert len(np.unique(pixels.reshape(-1, 3) // 8, axis=0)) > 2000
 
 

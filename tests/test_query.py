@@ -10,7 +10,7 @@ from PIL import Image
 
 from facebeam.pipelines import embed, index, query, search
 from tests.es_fixtures import SESSION_HOME
-from tests.helpers import SAMPLE, drop_versions, identities, job
+from tests.helpers import SAMPLE, drop_versions, identities, job, render_in_chromium
 
 CONN = str(SESSION_HOME / "connection.json")
 ALIAS = "query-sample"
@@ -203,23 +203,8 @@ def test_report_renders_every_image_in_chromium(both_modes, labeled_index, tmp_p
     html = page.read_text()
     n_images = html.count("<img ")
     assert n_images > 100 and "http" not in html.replace("http-equiv", "")  # self-contained
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian's chromium is needed for this test (.ci/run installs it)"
-    probe = tmp_path / "probe.html"
-    probe.write_text(html.replace("</body>", """<script>
-      addEventListener('load', () => { const imgs = [...document.images];
-        document.title = 'rendered ' + imgs.filter(i => i.complete && i.naturalWidth > 0).length + ' of ' + imgs.length; });
-      </script></body>"""))
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
-    assert f"<title>rendered {n_images} of {n_images}</title>" in dom
-    shot = tmp_path / "shot.png"
-    subprocess.run([chromium, *flags, "--window-size=1000,800", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120)
-    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    (rendered, total), pixels = render_in_chromium(page, tmp_path)
+    assert rendered == total == n_images
     # Face crops are photos: many distinct, non-background colours, unlike an empty page of broken images.
     colours = len(np.unique(pixels.reshape(-1, 3) // 8, axis=0))
     assert colours > 2000, colours

@@ -66,8 +66,6 @@ def all_pairs(faces: dict) -> list:
 
 def csv_pairs(csv_path: str, paths) -> list:
     """Pairs from a CSV (file_x, file_y, decision Yes/No) matched to photos by full path, else by file name."""
-    import csv
-
     by_name = {}
     for p in paths:
         by_name.setdefault(posixpath.basename(p.replace(os.sep, "/")), []).append(p)
@@ -78,17 +76,15 @@ def csv_pairs(csv_path: str, paths) -> list:
         found = by_name.get(posixpath.basename(name.replace(os.sep, "/")), [])
         return found[0] if len(found) == 1 else None
 
+    from facebeam.transforms import labels
+
     out, missing = [], 0
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not {"file_x", "file_y", "decision"} <= set(reader.fieldnames or ()):
-            raise CalibrationError(f"{csv_path}: need columns file_x, file_y and decision (Yes/No)")
-        for r in reader:
-            a, b = find(r["file_x"]), find(r["file_y"])
-            if a is None or b is None:
-                missing += 1
-                continue
-            out.append((a, b, r["decision"].strip().lower() in ("yes", "true", "1", "same")))
+    for x, y, same in labels.read_pairs(csv_path, by_name=False):
+        a, b = find(x), find(y)
+        if a is None or b is None:
+            missing += 1
+            continue
+        out.append((a, b, same))
     if missing:
         log.warning("%d pair(s) in %s name photos with no face in the shards; skipped", missing, csv_path)
     return out

@@ -82,12 +82,32 @@ def alias_target(client, alias: str):
     """The concrete index an alias points at, or None if the alias does not exist."""
     if not client.indices.exists_alias(name=alias):
         if client.indices.exists(index=alias):
-            raise ValueError(f"{alias!r} is a concrete index, not a facebeam alias; pick another --index name")
+            raise UserError(f"{alias!r} is a concrete index, not a facebeam alias; pick another --index name")
         return None
     targets = sorted(client.indices.get_alias(name=alias).body)
     if len(targets) != 1:
-        raise ValueError(f"alias {alias!r} points at {len(targets)} indices ({targets}); expected one")
+        raise UserError(f"alias {alias!r} points at {len(targets)} indices ({targets}); expected one")
     return targets[0]
+
+
+def open_alias(conn, alias: str, spec: EmbeddingSpec = None):
+    """(client, concrete index, its spec) for an existing alias, checked before any work; the caller
+    closes the client. Refuses a missing alias, and a spec other than `spec` when one is given."""
+    from facebeam.transforms import es_conn
+
+    client = conn.client()
+    try:
+        es_conn.check(client, conn)
+        concrete = alias_target(client, alias)
+        if concrete is None:
+            raise UserError(f"no index {alias!r} in Elasticsearch at {conn.url}; run `facebeam index` first")
+        found = spec_of(client, concrete)
+        if spec is not None:
+            spec.require_same(found, what=f"index {concrete!r}")
+    except BaseException:
+        client.close()
+        raise
+    return client, concrete, found
 
 
 def next_version(client, alias: str, spec: EmbeddingSpec) -> int:

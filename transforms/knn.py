@@ -281,13 +281,8 @@ def open_backend(connect, index: str, exact: bool, shards_dir, spec_given=(), th
         carried, place = (calibrate.load(shards_dir), shards_dir) if threshold is None else (None, None)
         backend = Backend("exact", spec, where, shards_dir=shards_dir)
     else:
-        client = conn.client()
+        client, concrete, spec = es_index.open_alias(conn, index)
         try:
-            es_conn.check(client, conn)
-            concrete = es_index.alias_target(client, index)
-            if concrete is None:
-                raise UserError(f"no index {index!r} in Elasticsearch at {conn.url}; run `facebeam index` first")
-            spec = es_index.spec_of(client, concrete)
             carried, place = ((calibrate.from_index(client, concrete), f"index {concrete}") if threshold is None
                               else (None, None))
         finally:

@@ -132,3 +132,40 @@ def assign_unique(candidates: dict) -> dict:
 def photo_labels(faces, threshold: float, margin: float = MARGIN) -> dict:
     """[(face_index, hits), ...] for the faces of one photo -> {face_index: label or None}."""
     return assign_unique({index: decide(hits, threshold, margin) for index, hits in faces})
+
+
+def read_pairs(pairs_csv: str, by_name: bool = True) -> list:
+    """A pairs CSV in deepface's pivot format (file_x, file_y, decision Yes/No) -> [(x, y, same)].
+
+    With `by_name` the photos are named by file name alone (the pivot file's own convention)."""
+    from facebeam.transforms.errors import UserError
+
+    name = (lambda p: posixpath.basename(p.replace(os.sep, "/"))) if by_name else (lambda p: p)
+    with open(pairs_csv, newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"file_x", "file_y", "decision"} <= set(reader.fieldnames or ()):
+            raise UserError(f"{pairs_csv}: need columns file_x, file_y and decision (Yes/No)")
+        return [(name(r["file_x"]), name(r["file_y"]), r["decision"].strip().lower() in ("yes", "true", "1", "same"))
+                for r in reader]
+
+
+def identities_from_pairs(pairs) -> dict:
+    """[(x, y, same)] -> {name: identity}: union-find over the same-pairs; the identity is the group's
+    smallest name; names never in a same-pair get none."""
+    parent = {}
+
+    def find(a):
+        parent.setdefault(a, a)
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for x, y, same in pairs:
+        find(x), find(y)
+        if same:
+            parent[find(x)] = find(y)
+    groups = {}
+    for name in parent:
+        groups.setdefault(find(name), []).append(name)
+    return {name: min(members) for members in groups.values() if len(members) > 1 for name in members}

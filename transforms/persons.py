@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from facebeam.transforms import es_conn, es_index, images, knn, metrics, shards
+from facebeam.transforms import es_conn, es_index, images, knn, labels, metrics, shards
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.knn import merge_topk, prepare, to_distance, topk_block
 
@@ -616,15 +616,7 @@ class Neighbours(beam.DoFn):
 
 
 def check_index(conn, alias: str, spec) -> None:
-    client = conn.client()
-    try:
-        es_conn.check(client, conn)
-        target = es_index.alias_target(client, alias)
-        if target is None:
-            raise UserError(f"no index {alias!r} in Elasticsearch at {conn.url}; run `facebeam index` first")
-        es_index.spec_of(client, target).require_same(spec, what="index")
-    finally:
-        client.close()
+    es_index.open_alias(conn, alias, spec)[0].close()
 
 
 # --- the launcher's part: threshold, clustering, ids, names, centres ---------------------------------
@@ -640,15 +632,6 @@ def _vectors(batch, dim: int) -> np.ndarray:
     return np.asarray(batch.column("embedding").values, dtype=np.float32).reshape(batch.num_rows, dim)
 
 
-def read_pairs(path: str) -> list:
-    import csv
-    import os
-
-    with open(path, newline="") as f:
-        return [(os.path.basename(r["file_x"]), os.path.basename(r["file_y"]), r["decision"].strip().lower() == "yes")
-                for r in csv.DictReader(f)]
-
-
 def fit_threshold(files, spec, given=None, pairs=None, carried=None, sample: int = 3000):
     """(threshold, where it came from): the flag; the one carried by an incremental run; labeled pairs
     (--pairs, largest face of each named photo); labels in the shards; else the distance distribution."""
@@ -660,7 +643,7 @@ def fit_threshold(files, spec, given=None, pairs=None, carried=None, sample: int
         return float(carried), "carried"
     total = sum(b.num_rows for b in scan(files, ["face_id"]))
     cut = int(0x1000000 * min(1.0, sample / max(total, 1)))
-    wanted = {n for x, y, _ in read_pairs(pairs) for n in (x, y)} if pairs else set()
+    wanted = {n for x, y, _ in labels.read_pairs(pairs) for n in (x, y)} if pairs else set()
     biggest, labeled, rand = {}, [], []
     for b in scan(files, ["face_id", "image_path", "box_w", "box_h", "label", "embedding"]):
         d = b.to_pydict()
@@ -679,7 +662,7 @@ def fit_threshold(files, spec, given=None, pairs=None, carried=None, sample: int
         return float(to_distance(np.linalg.norm(a - b), spec.metric))
     if pairs:
         same, diff = [], []
-        for a, b, yes in read_pairs(pairs):
+        for a, b, yes in labels.read_pairs(pairs):
             if a in biggest and b in biggest:
                 (same if yes else diff).append(dist(biggest[a][1], biggest[b][1]))
         try:

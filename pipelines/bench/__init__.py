@@ -1,9 +1,10 @@
 """facebeam bench <what>: benchmarks that measure side by side in one run and print ratios.
 
     facebeam bench embed    [--input DIR] [--output DIR] [--naive-limit N]
-    facebeam bench index    --vectors N      (Elasticsearch load)
-    facebeam bench query    --vectors N      (kNN latency / recall)
+    facebeam bench index    --vectors N      (Elasticsearch and embedded index load)
+    facebeam bench query    --vectors N      (kNN latency / recall, Elasticsearch and embedded)
     facebeam bench runners  [--photos N]     (Direct vs Flink vs Spark)
+    facebeam bench verify   --vectors N      (identity verification on Redis and Elasticsearch)
 """
 import importlib
 import sys
@@ -13,6 +14,8 @@ BENCHES = {
     "index": "facebeam.pipelines.bench.index",
     "query": "facebeam.pipelines.bench.query",
     "runners": "facebeam.pipelines.bench.runners",
+    "verify": "facebeam.pipelines.bench.verify",
+    "cluster": "facebeam.pipelines.bench.cluster",
 }
 
 

@@ -22,7 +22,6 @@ Norms: the generated norms are mapped radially (a monotone, affine map of each
 vector's norm) onto the mean and spread of the real norms, so a bench indexes
 vectors of the real magnitude.
 """
-import csv
 import glob
 import logging
 import os
@@ -139,26 +138,10 @@ def fit(vectors, labels, norms=None, threshold=None, metric="euclidean") -> dict
 
 
 def identities_from_pairs(pairs_csv: str) -> dict:
-    """file name -> identity, by union-find over the 'Yes' pairs; files never paired get none."""
-    parent = {}
+    """file name -> identity (the smallest file name of its group); see labels.identities_from_pairs."""
+    from facebeam.transforms import labels
 
-    def find(a):
-        parent.setdefault(a, a)
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    with open(pairs_csv) as f:
-        for r in csv.DictReader(f):
-            x, y = os.path.basename(r["file_x"]), os.path.basename(r["file_y"])
-            find(x), find(y)
-            if r["decision"] == "Yes":
-                parent[find(x)] = find(y)
-    groups = {}
-    for name in parent:
-        groups.setdefault(find(name), []).append(name)
-    return {name: min(members) for members in groups.values() if len(members) > 1 for name in members}
+    return labels.identities_from_pairs(labels.read_pairs(pairs_csv))
 
 
 def fit_sample(embeddings_dir: str, pairs_csv: str, spec=None) -> dict:
