@@ -15,7 +15,13 @@ setup(
         "deepface==0.0.103",
         "dlib-bin==20.0.1.post1",
         "face_recognition_models==0.3.0",
+        # runs the Dlib ResNet (transforms/faces.py OnnxResnet); deepface requires it too, same lock pin.
+        "onnxruntime>=1.13",
         "elasticsearch>=8.19,<9",
+        # the embedded HNSW index (transforms/ann.py: memory-mapped loads need IO_FLAG_MMAP_IFC) and the
+        # Redis identity store (transforms/redis_store.py).
+        "faiss-cpu>=1.12,<2",
+        "redis>=5,<9",
         "pyarrow>=16",
         "numpy>=1.26",
         "pillow>=10",

@@ -130,11 +130,10 @@ def lock_output(folder: str):
 
 def preflight(inputs, spec) -> None:
     """Fail in the launcher, before any worker starts: inputs that name nothing, missing weights."""
-    from facebeam.transforms import sources
-    from facebeam.transforms.faces import FaceModel
+    from facebeam.transforms import sources, weights
 
     sources.check_inputs(inputs.patterns)
-    FaceModel(spec)  # raises WeightsMissing naming the file and where it goes
+    weights.require(spec)  # raises WeightsMissing naming the file and where it goes; loads nothing
 
 
 def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):
@@ -168,6 +167,7 @@ def embed_summary(result, elapsed: float, spec, opts) -> dict:
         # Folder-walk files with a non-image extension: not read, not images_seen (sources.py).
         "files_skipped": {"not_image": skipped} if skipped else {},
         "files_seen": counts["images_seen"] + skipped,
+        "stages_core_s": metrics.stage_totals(counters),  # CPU per stage, all workers together
         "spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim,
         "runner": runners.runner_name(opts),
         "elapsed_s": round(elapsed, 3),

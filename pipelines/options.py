@@ -17,7 +17,7 @@ from facebeam.transforms.es_load import LoadConfig
 from facebeam.transforms.es_sink import BulkConfig
 from facebeam.transforms.images import DEFAULT_MAX_PIXELS
 from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES, Inputs
-from facebeam.transforms.spec import METRICS, MODEL_DIMS, NORMALIZATIONS, EmbeddingSpec
+from facebeam.transforms.spec import ALIGN_MODES, METRICS, MODEL_DIMS, NORMALIZATIONS, EmbeddingSpec
 
 # Workers log errors only, except facebeam's own lines (progress, warnings); a worker's failure
 # comes back to the launcher with its traceback, so the worker's own copy of it is off.
@@ -89,7 +89,8 @@ def add_incremental(p) -> None:
 
 
 # --- the embedding spec ---------------------------------------------------------------------
-SPEC_FIELDS = ("model", "detector", "align", "normalization", "metric", "detect_max_side", "expand_percentage")
+SPEC_FIELDS = ("model", "detector", "align", "align_mode", "normalization", "metric", "detect_max_side",
+               "expand_percentage")
 
 
 def add_spec(p, check_only: bool = False) -> None:
@@ -100,6 +101,8 @@ def add_spec(p, check_only: bool = False) -> None:
     g.add_argument("--detector", default=d["detector"])
     g.add_argument("--no-align", dest="align", action="store_const", const=False,
                    default=None if check_only else True, help="skip eye alignment")
+    g.add_argument("--align-mode", default=d["align_mode"], choices=ALIGN_MODES,
+                   help="chip: dlib's 150x150 face chips (default, Dlib only); deepface: DeepFace.represent's steps")
     g.add_argument("--normalization", default=d["normalization"], choices=NORMALIZATIONS)
     g.add_argument("--metric", default=d["metric"], choices=METRICS)
     g.add_argument("--detect-max-side", type=int, default=d["detect_max_side"],

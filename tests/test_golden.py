@@ -1,17 +1,25 @@
-"""facebeam's embeddings equal DeepFace.represent's where no downscaling happens."""
+"""The "deepface" spec's embeddings equal DeepFace.represent's where no downscaling happens.
+
+The default spec ("chip", dlib's own face chips) is a different embedding space; the
+deepface-exact one stays available by name (`EmbeddingSpec.preset("deepface")`) and is
+tested here explicitly.
+"""
 
 import numpy as np
 
 from facebeam.pipelines import embed
-from tests.helpers import job, read_rows, sample_images
 from facebeam.transforms import weights
+from facebeam.transforms.sources import Inputs
 from facebeam.transforms.spec import EmbeddingSpec
+from tests.helpers import read_rows, sample_images
+
+DEEPFACE = EmbeddingSpec.preset("deepface")
 
 
 def small_photos():
     from PIL import Image
 
-    limit = EmbeddingSpec().detect_max_side
+    limit = DEEPFACE.detect_max_side
     return [p for p in sample_images() if max(Image.open(p).size) <= limit]
 
 
@@ -20,8 +28,9 @@ def test_matches_deepface_represent_on_small_photos(tmp_path):
     assert len(photos) >= 8, photos
     listing = tmp_path / "small.txt"
     listing.write_text("\n".join(photos))
-    job(embed, ["--input", str(listing), "--output", str(tmp_path / "out")])
+    embed.run(embed.EmbedConfig(Inputs((str(listing),)), str(tmp_path / "out"), DEEPFACE))
     ours = read_rows(str(tmp_path / "out" / "embeddings"))
+    assert {r["spec_id"] for r in ours} == {DEEPFACE.spec_id}
 
     weights.seed()
     from deepface import DeepFace

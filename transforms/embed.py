@@ -3,14 +3,11 @@ import apache_beam as beam
 from apache_beam import typehints
 from apache_beam.ml.inference.base import RunInference
 
-from facebeam.transforms import images
-from facebeam.transforms import metrics
-from facebeam.transforms import records
-from facebeam.transforms.progress import EMBED as PROGRESS
+from facebeam.transforms import images, metrics, records
 from facebeam.transforms.faces import FaceModelHandler
+from facebeam.transforms.progress import EMBED as PROGRESS
 from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
 from facebeam.transforms.spec import EmbeddingSpec
-
 
 
 def count_failed(reason: str) -> None:
@@ -26,9 +23,14 @@ class ReadAndDecode(beam.DoFn):
         self._spec, self._max_pixels, self._max_file_bytes = spec, max_pixels, max_file_bytes
 
     def process(self, element):
+        # Timed without the yield: downstream stages are fused and run inside it.
+        with metrics.stage_timer(metrics.STAGE_DECODE):
+            out = list(self._read_and_decode(*element))
+        yield from out
+
+    def _read_and_decode(self, path, size):
         from facebeam.transforms.sources import read_bytes
 
-        path, size = element
         if size is not None and size > self._max_file_bytes:
             yield self._fail(path, "too_large", f"file is {size} bytes, over the limit of {self._max_file_bytes}", "read")
             return
@@ -37,11 +39,13 @@ class ReadAndDecode(beam.DoFn):
         except ValueError as e:
             yield self._fail(path, "too_large", str(e), "read")
             return
-        except (OSError, IOError) as e:
+        except OSError as e:
             yield self._fail(path, "unreadable", f"{type(e).__name__}: {e}", "read")
             return
         try:
-            yield images.decode(path, data, sha, self._max_pixels, self._spec.detect_max_side)
+            # The chip path decodes a JPEG only as large as detection needs (images.decode docs).
+            yield images.decode(path, data, sha, self._max_pixels, self._spec.detect_max_side,
+                                draft=self._spec.align_mode == "chip")
         except images.ImageError as e:
             yield self._fail(path, e.reason, str(e), e.stage, sha)
 
@@ -57,10 +61,16 @@ class ToRows(beam.DoFn):
         self._spec, self._labeler = spec, labeler
 
     def process(self, result):
+        with metrics.stage_timer(metrics.STAGE_ROWS):
+            out = list(self._rows(result))
+        yield from out
+
+    def _rows(self, result):
         if result.error:
             reason, message = result.error
             count_failed(reason)
-            yield beam.pvalue.TaggedOutput("errors", records.error_row(result.path, reason, message, "detect", self._spec, result.sha256))
+            yield beam.pvalue.TaggedOutput("errors", records.error_row(
+                result.path, reason, message, "detect", self._spec, result.sha256))
             return
         if not result.faces:
             count_failed("no_face")
@@ -147,4 +157,5 @@ class EmbedInputs(beam.PTransform):
             paths = paths | "SkipDone" >> self._skip
         return paths | "EmbedImages" >> EmbedImages(
             self._spec, max_pixels=inputs.max_pixels, max_file_bytes=inputs.max_file_bytes,
-            max_batch_size=inputs.batch_size, labeler=self._labeler or labels.labeler_from(inputs.label_from))
+            max_batch_size=inputs.batch_size,
+            labeler=self._labeler or labels.labeler_from(inputs.label_from, inputs.patterns))

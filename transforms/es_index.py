@@ -75,7 +75,7 @@ def spec_of(client, index: str) -> EmbeddingSpec:
     meta = next(iter(mapping.body.values()))["mappings"].get("_meta", {}).get("facebeam")
     if not meta:
         raise SpecError(f"index {index!r} was not made by facebeam (no spec in its _meta)")
-    return EmbeddingSpec(**meta["spec"])
+    return EmbeddingSpec.from_dict(meta["spec"])
 
 
 def alias_target(client, alias: str):

@@ -3,9 +3,16 @@
 Pillow reads the header first, so a decompression bomb is refused before any
 pixel is allocated. EXIF orientation is applied; grayscale, palette, RGBA,
 16-bit and CMYK images all come out as 8-bit BGR (deepface's channel order).
+
+`decode(..., draft=True)` decodes a JPEG only as large as detection needs: libjpeg
+scales by 1/2, 1/4 or 1/8 while decoding (`Image.draft`), so the full frame is never
+made. Where a face needs more pixels, `DecodedImage.at_level(k)` decodes the same bytes
+again at a larger scale (the level depends only on the bytes and the face, so any
+caller gets the same pixels).
 """
 import dataclasses
 import io
+import math
 import warnings
 
 import numpy as np
@@ -21,21 +28,45 @@ class ImageError(Exception):
         self.reason, self.stage = reason, stage
 
 
+MAX_DRAFT_LEVEL = 3  # JPEG decodes at 1/2**level, level 0..3
+
+
 @dataclasses.dataclass
 class DecodedImage:
     path: str
     sha256: str
-    bgr: np.ndarray  # original resolution, uint8, HxWx3
-    detect_bgr: np.ndarray  # downscaled copy for detection (or the original)
+    bgr: np.ndarray  # uint8, HxWx3: the original resolution unless decoded as a draft (level > 0)
+    detect_bgr: np.ndarray  # downscaled copy for detection (or bgr itself)
     scale: float  # detect_bgr size / original size
+    level: int = 0  # bgr is the JPEG decoded at 1/2**level
+    size: tuple = None  # (width, height) of the original image, after EXIF orientation
+    data: bytes = dataclasses.field(default=None, repr=False)  # the file, kept to decode other levels
+    draft: bool = False  # decoded by decode(draft=True)
+    jpeg: bool = False  # other levels can be decoded (JPEG only)
+    _levels: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def height(self) -> int:
-        return self.bgr.shape[0]
+        return self.size[1] if self.size else self.bgr.shape[0]
 
     @property
     def width(self) -> int:
-        return self.bgr.shape[1]
+        return self.size[0] if self.size else self.bgr.shape[1]
+
+    @property
+    def bgr_scale(self) -> float:
+        """bgr size / original size (x and y may differ by a pixel's rounding at draft levels)."""
+        return self.bgr.shape[1] / self.width
+
+    def at_level(self, level: int) -> np.ndarray:
+        """The image decoded at 1/2**level (clamped to what the format gives), BGR uint8."""
+        if level == self.level or not self.jpeg:
+            return self.bgr
+        if level not in self._levels:
+            if self.data is None:
+                raise ValueError(f"{self.path}: no file bytes kept to decode level {level}")
+            self._levels[level] = np.ascontiguousarray(_decode_rgb(self.data, level)[0][:, :, ::-1])
+        return self._levels[level]
 
 
 def _to_rgb8(im):
@@ -52,37 +83,82 @@ def _to_rgb8(im):
     return im.convert("RGB")
 
 
-def decode(path: str, data: bytes, sha256: str, max_pixels: int = DEFAULT_MAX_PIXELS,
-           detect_max_side: int = 640) -> DecodedImage:
-    import cv2
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def draft_level(width: int, height: int, min_side: int) -> int:
+    """The largest JPEG scale-down level whose longest side still is at least min_side."""
+    longest = max(width, height)
+    level = 0
+    while level < MAX_DRAFT_LEVEL and -(-longest // 2 ** (level + 1)) >= min_side:
+        level += 1
+    return level
 
-    if not data:
-        raise ImageError("empty", "file is empty (0 bytes)")
+
+def _open(data: bytes):
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageError("not_an_image", "not a recognised image format")
+        raise ImageError("not_an_image", "not a recognised image format") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError("too_large", str(e))
+        raise ImageError("too_large", str(e)) from e
+    return im
+
+
+def _oriented_size(im) -> tuple:
+    w, h = im.size
+    try:
+        swapped = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # what exif_transpose turns by 90 degrees
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError):  # a broken EXIF block: decoding says so
+        swapped = False
+    return (h, w) if swapped else (w, h)
+
+
+def _decode_rgb(data: bytes, level: int = 0):
+    """(RGB uint8 array, level actually used): decoded at 1/2**level where the format allows it."""
+    from PIL import ImageOps
+
+    im = _open(data)
+    if level and im.format == "JPEG":
+        w, h = im.size
+        im.draft("RGB", (-(-w // 2 ** level), -(-h // 2 ** level)))
+        got = round(math.log2(w / im.size[0])) if im.size[0] else 0
+    else:
+        got = 0
+    im = ImageOps.exif_transpose(im)
+    return np.asarray(_to_rgb8(im)), got
+
+
+def decode(path: str, data: bytes, sha256: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+           detect_max_side: int = 640, draft: bool = False) -> DecodedImage:
+    """Bytes -> DecodedImage. With `draft`, a JPEG is decoded at the smallest scale that still
+    gives a detection copy of detect_max_side (see the module doc); otherwise at full size."""
+    import cv2
+
+    if not data:
+        raise ImageError("empty", "file is empty (0 bytes)")
+    im = _open(data)
     w, h = im.size
     if w * h > max_pixels:
         raise ImageError("too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
     if w == 0 or h == 0:
         raise ImageError("not_an_image", f"image has no pixels ({w}x{h})")
+    size = _oriented_size(im)
+    level = draft_level(w, h, detect_max_side) if draft and im.format == "JPEG" else 0
     try:
-        im = ImageOps.exif_transpose(im)
-        rgb = np.asarray(_to_rgb8(im))
+        rgb, level = _decode_rgb(data, level)
     except (OSError, SyntaxError, ValueError) as e:
         # Pillow raises OSError for truncated data ("image file is truncated").
-        raise ImageError("truncated" if "truncat" in str(e).lower() else "corrupt", f"cannot decode: {e}")
+        raise ImageError("truncated" if "truncat" in str(e).lower() else "corrupt", f"cannot decode: {e}") from e
+    if level == 0:
+        size = (rgb.shape[1], rgb.shape[0])
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-    scale = min(1.0, detect_max_side / max(bgr.shape[:2]))
+    scale = min(1.0, detect_max_side / max(size))
     if scale < 1.0:
-        size = (max(1, round(bgr.shape[1] * scale)), max(1, round(bgr.shape[0] * scale)))
-        detect_bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+        dsize = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+        detect_bgr = bgr if dsize == (bgr.shape[1], bgr.shape[0]) else cv2.resize(bgr, dsize, interpolation=cv2.INTER_AREA)
     else:
         detect_bgr = bgr
-    return DecodedImage(path=path, sha256=sha256, bgr=bgr, detect_bgr=detect_bgr, scale=scale)
+    return DecodedImage(path=path, sha256=sha256, bgr=bgr, detect_bgr=detect_bgr, scale=scale,
+                        level=level, size=size, data=data, draft=draft, jpeg=im.format == "JPEG")

@@ -52,3 +52,49 @@ def image_counts(c: dict) -> dict:
 
 def index_counts(c: dict) -> dict:
     return {"indexed": c.get(DOCS_INDEXED, 0), "failed": c.get(DOCS_FAILED, 0), "retried": c.get(DOCS_RETRIED, 0)}
+
+
+# Where the embed time goes: CPU time of the worker thread (core-milliseconds), one counter per stage.
+STAGE_PREFIX = "stage_ms."
+STAGE_DECODE = STAGE_PREFIX + "decode"  # read the file's bytes + decode (incl. re-decodes for small faces)
+STAGE_DETECT = STAGE_PREFIX + "detect"  # face detector on the detection copy
+STAGE_ALIGN = STAGE_PREFIX + "align"  # landmarks + alignment to the model's input chip
+STAGE_DESCRIPTOR = STAGE_PREFIX + "descriptor"  # the recognizer (Dlib ResNet) on the chips
+STAGE_ROWS = STAGE_PREFIX + "rows"  # face rows and error rows built from the results
+STAGE_WRITE = STAGE_PREFIX + "write"  # Parquet shards written (counted by whoever writes them)
+STAGES = ("decode", "detect", "align", "descriptor", "rows", "write")
+
+
+def count_stage(name: str, seconds: float) -> None:
+    """Add CPU seconds to a stage counter (kept in whole milliseconds)."""
+    ms = int(round(seconds * 1000))
+    if ms:
+        count(name, ms)
+
+
+class stage_timer:
+    """`with stage_timer(STAGE_X):` adds the block's thread CPU time to that stage's counter."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        import time
+
+        self._t = time.thread_time()
+        return self
+
+    def __exit__(self, *exc):
+        import time
+
+        count_stage(self.name, time.thread_time() - self._t)
+        return False
+
+
+def stage_totals(counters: dict) -> dict:
+    """{stage: core-seconds} for every stage counter in read_counters()'s result (0.0 where none)."""
+    out = dict.fromkeys(STAGES, 0.0)
+    for k, v in counters.items():
+        if k.startswith(STAGE_PREFIX):
+            out[k[len(STAGE_PREFIX):]] = round((v or 0) / 1000.0, 3)
+    return out

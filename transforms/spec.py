@@ -19,6 +19,15 @@ MODEL_DIMS = {
 }
 METRICS = ("euclidean", "cosine", "euclidean_l2")
 NORMALIZATIONS = ("base", "raw", "Facenet", "Facenet2018", "VGGFace", "VGGFace2", "ArcFace")
+# How a detected face becomes the recognizer's input:
+#   "chip":     dlib's own face chip (dlib.get_face_chip: 5 landmarks -> 150x150, padding 0.25, what the
+#               Dlib ResNet was trained on), cut from an image decoded only as large as the face needs.
+#               Applies to model Dlib + detector dlib + align + expand_percentage 0; any other spec is "deepface".
+#   "deepface": deepface's own steps (rotate about the eyes, crop the box, pad-resize to 150x150):
+#               equals DeepFace.represent for photos that need no downscaling (tests/test_golden.py).
+ALIGN_MODES = ("chip", "deepface")
+# Specs stored before align_mode existed are deepface specs; their spec_id is unchanged.
+LEGACY_DEFAULTS = {"align_mode": "deepface"}
 
 
 class SpecError(UserError, ValueError):
@@ -45,6 +54,7 @@ class EmbeddingSpec:
     # need no downscaling are always padded, so they match DeepFace.represent exactly.
     pad_downscaled: bool = False
     expand_percentage: int = 0
+    align_mode: str = "chip"
     deepface_version: str = dataclasses.field(default_factory=lambda: _version("deepface"))
 
     def __post_init__(self):
@@ -58,6 +68,22 @@ class EmbeddingSpec:
             raise SpecError("detector 'skip' would embed whole frames as faces; pick a real detector")
         if self.detect_max_side < 64:
             raise SpecError("detect_max_side must be at least 64 pixels")
+        if self.align_mode not in ALIGN_MODES:
+            raise SpecError(f"unknown align_mode {self.align_mode!r}; choose one of {ALIGN_MODES}")
+        if self.align_mode == "chip" and not self.chip_applies:
+            # The chip path is dlib's detector + landmarks + ResNet; everything else goes through deepface.
+            object.__setattr__(self, "align_mode", "deepface")
+
+    @property
+    def chip_applies(self) -> bool:
+        return self.model == "Dlib" and self.detector == "dlib" and self.align and self.expand_percentage == 0
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "EmbeddingSpec":
+        """A named spec: "chip" (the default) or "deepface" (reproduces DeepFace.represent)."""
+        if name not in SPEC_PRESETS:
+            raise SpecError(f"unknown spec preset {name!r}; choose one of {sorted(SPEC_PRESETS)}")
+        return cls(**{**SPEC_PRESETS[name], **overrides})
 
     @property
     def dim(self) -> int:
@@ -79,13 +105,18 @@ class EmbeddingSpec:
 
     @property
     def spec_id(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        ident = self.identity()
+        for k, legacy in LEGACY_DEFAULTS.items():  # specs from before a field existed keep their id
+            if ident[k] == legacy:
+                del ident[k]
+        blob = json.dumps(ident, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     @property
     def slug(self) -> str:
         """A readable, index-name-safe label, e.g. 'dlib-dlib-a1-640-<id>'."""
-        parts = [self.model, self.detector, "a1" if self.align else "a0", str(self.detect_max_side), self.spec_id]
+        align = ("chip" if self.align_mode == "chip" else "a1") if self.align else "a0"
+        parts = [self.model, self.detector, align, str(self.detect_max_side), self.spec_id]
         return "-".join(p.lower().replace("_", "").replace(".", "") for p in parts)
 
     def to_json(self) -> str:
@@ -93,7 +124,12 @@ class EmbeddingSpec:
 
     @classmethod
     def from_json(cls, text: str) -> "EmbeddingSpec":
-        return cls(**json.loads(text))
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EmbeddingSpec":
+        """A stored spec (identity()); one stored before a field existed gets that field's legacy value."""
+        return cls(**{**LEGACY_DEFAULTS, **d})
 
     def distance(self, a, b):
         """Distance between vector(s) a and b under this spec's metric (numpy, broadcasting)."""
@@ -117,3 +153,10 @@ class EmbeddingSpec:
                 f"embedding spec mismatch with the {what}: "
                 + ", ".join(f"{k}: {a!r} here vs {b!r} there" for k, (a, b) in diff.items())
             )
+
+
+# Named specs. "chip" is the default: dlib's own chips are what the Dlib ResNet was trained on
+# (better pair accuracy on the sample) and cost a fraction of deepface's steps. "deepface" is
+# the spec that reproduces DeepFace.represent (1e-6) and the one every index built before
+# align_mode existed uses (same spec_id as then).
+SPEC_PRESETS = {"chip": {"align_mode": "chip"}, "deepface": {"align_mode": "deepface"}}

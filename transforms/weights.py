@@ -99,10 +99,8 @@ def _guards():
                              ("retinaface.commons.weight_utils", "download_weights_if_necessary",
                               lambda file_name, source_urls: resolve(file_name, source_urls)),
                              ("gdown", "download", no_download)):
-        try:
+        with contextlib.suppress(ImportError):
             out.append((importlib.import_module(module), attr, fn))
-        except ImportError:
-            pass
     return out
 
 
@@ -123,3 +121,192 @@ def offline():
                 setattr(mod, attr, fn)
             _installed = True
     yield
+
+
+# The weight files a spec's model and detector read, where known exactly; a check needs no loading.
+MODEL_FILES = {"Dlib": ("dlib_face_recognition_resnet_model_v1.dat",)}
+DETECTOR_FILES = {"dlib": ("shape_predictor_5_face_landmarks.dat",)}
+
+
+def require(spec) -> list:
+    """Check (cheaply) that the spec's weight files are there, seeding shipped ones; returns their paths.
+
+    Raises WeightsMissing naming the file and where it goes. Nothing is loaded or imported for
+    Dlib + dlib; for a model or detector whose files are not listed here, the model is loaded
+    once (as before) because only deepface knows its file names.
+    """
+    if spec.model in MODEL_FILES and spec.detector in DETECTOR_FILES:
+        return [resolve(f) for f in (*MODEL_FILES[spec.model], *DETECTOR_FILES[spec.detector])]
+    from facebeam.transforms.faces import FaceModel
+
+    FaceModel(spec)
+    return []
+
+
+# --- dlib's face ResNet as an ONNX model ------------------------------------------------------
+# dlib (this build: no BLAS) runs its ResNet at ~75 ms per face on one core; onnxruntime runs the
+# same network, same weights, at ~6 ms, giving dlib's descriptors to within 1e-6 (tests). The
+# network is dlib's dnn_face_recognition_ex.cpp `anet_type`; its .dat stores each layer's
+# parameters, input side first, as a tensor (version 2, shape as dlib ints, then little-endian
+# float32). The model is built in memory when a worker loads it: nothing is written or fetched.
+DLIB_RESNET_MEAN_RGB = (122.782, 117.001, 104.298)  # input_rgb_image_sized: (pixel - mean) / 256
+
+
+def _dlib_int(v: int) -> bytes:
+    """dlib's serialization of a non-negative integer: a byte count, then little-endian bytes."""
+    if v == 0:
+        return b"\x01\x00"
+    out = []
+    while v:
+        out.append(v & 0xFF)
+        v >>= 8
+    return bytes([len(out)]) + bytes(out)
+
+
+def _dlib_resnet_layout():
+    """(kind, inputs, outputs, kernel) of each parameterized layer, input side first."""
+    def res(cin, n):
+        return [("con", cin, n, 3), ("aff", n, n, 0), ("con", n, n, 3), ("aff", n, n, 0)]
+
+    layers = [("con", 3, 32, 7), ("aff", 32, 32, 0)] + res(32, 32) * 3
+    for cin, n, blocks in ((32, 64, 3), (64, 128, 2), (128, 256, 2), (256, 256, 0)):
+        layers += res(cin, n) + res(n, n) * blocks
+    return layers
+
+
+def _dlib_resnet_params(path: str):
+    """([(layer, float64 params)], fc weights 256x128) read from dlib's .dat."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        buf = f.read()
+    pos, params = 0, []
+
+    def tensor_at(shape, pos):
+        head = b"\x01\x02" + b"".join(_dlib_int(d) for d in shape)
+        i = buf.find(head, pos)
+        if i < 0:
+            raise ValueError(f"{path}: no tensor of shape {shape} after byte {pos}: not dlib's face ResNet v1")
+        n = int(np.prod(shape))
+        return np.frombuffer(buf, "<f4", n, i + len(head)).astype(np.float64), i + len(head) + 4 * n
+
+    for layer in _dlib_resnet_layout():
+        kind, cin, cout, k = layer
+        size = cout * cin * k * k + cout if kind == "con" else 2 * cout
+        p, pos = tensor_at((size, 1, 1, 1), pos)
+        params.append((layer, p))
+    fc, _ = tensor_at((256, 128, 1, 1), pos)
+    return params, fc.reshape(256, 128)
+
+
+def _pb_varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out.append(b | 0x80 if v else b)
+        if not v:
+            return bytes(out)
+
+
+def _pb(field: int, value) -> bytes:
+    """One protobuf field: an int (varint), a float (fixed32), or bytes/str (length-delimited)."""
+    import struct
+
+    if isinstance(value, (bool, int)):
+        return _pb_varint(field << 3) + _pb_varint(int(value))
+    if isinstance(value, float):
+        return _pb_varint(field << 3 | 5) + struct.pack("<f", value)
+    value = value.encode() if isinstance(value, str) else value
+    return _pb_varint(field << 3 | 2) + _pb_varint(len(value)) + value
+
+
+def _onnx_tensor(name: str, arr) -> bytes:  # TensorProto: dims 1, data_type 2, name 8, raw_data 9
+    import numpy as np
+
+    arr = np.ascontiguousarray(arr)
+    kind = {np.dtype("float32"): 1, np.dtype("int64"): 7}[arr.dtype]
+    raw = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    return b"".join(_pb(1, int(d)) for d in arr.shape) + _pb(2, kind) + _pb(8, name) + _pb(9, raw)
+
+
+def _onnx_node(op: str, inputs, outputs, **attrs) -> bytes:  # NodeProto: input 1, output 2, op_type 4, attribute 5
+    def attr(name, ints):  # AttributeProto: name 1, ints 8, type 20 (INTS = 7)
+        return _pb(1, name) + b"".join(_pb(8, int(i)) for i in ints) + _pb(20, 7)
+
+    return (b"".join(_pb(1, i) for i in inputs) + b"".join(_pb(2, o) for o in outputs) + _pb(4, op)
+            + b"".join(_pb(5, attr(k, v)) for k, v in attrs.items()))
+
+
+def _onnx_value(name: str, dims) -> bytes:  # ValueInfoProto -> TypeProto.tensor_type(elem_type, shape)
+    shape = b"".join(_pb(1, _pb(2, d) if isinstance(d, str) else _pb(1, d)) for d in dims)
+    return _pb(1, name) + _pb(2, _pb(1, _pb(1, 1) + _pb(2, shape)))
+
+
+def dlib_resnet_onnx(path: str) -> bytes:
+    """dlib's face ResNet (.dat) as ONNX model bytes: input (N, 3, 150, 150) float32, RGB, each
+    channel (pixel - DLIB_RESNET_MEAN_RGB) / 256; output (N, 128), dlib's face descriptor.
+
+    Each affine (frozen batch norm) is folded into the conv before it. dlib's add_prev adds
+    tensors of different shapes by zero-padding the smaller one at the end of each axis; so
+    does this graph, with Pad.
+    """
+    import numpy as np
+
+    params, fc = _dlib_resnet_params(path)
+    layers = iter(params)
+    nodes, inits, count = [], [], [0]
+
+    def name(prefix):
+        count[0] += 1
+        return f"{prefix}{count[0]}"
+
+    def conv_affine(x, stride):
+        ((_, cin, cout, k), p), (_, a) = next(layers), next(layers)
+        w, b = p[: cout * cin * k * k].reshape(cout, cin, k, k), p[cout * cin * k * k:]
+        gamma, beta = a[:cout], a[cout:]
+        wn, bn, y = name("W"), name("B"), name("conv")
+        inits.extend([_onnx_tensor(wn, (w * gamma[:, None, None, None]).astype(np.float32)),
+                      _onnx_tensor(bn, (b * gamma + beta).astype(np.float32))])
+        pad = k // 2 if stride == 1 else 0  # dlib's con_: padding nr/2 at stride 1, else 0
+        nodes.append(_onnx_node("Conv", [x, wn, bn], [y], kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4))
+        return y
+
+    def op(kind, *inputs, **attrs):
+        y = name(kind)
+        nodes.append(_onnx_node(kind, list(inputs), [y], **attrs))
+        return y
+
+    def pad(x, pads):
+        p = name("pads")
+        inits.append(_onnx_tensor(p, np.array(pads, np.int64)))
+        return op("Pad", x, p)
+
+    def residual(x):
+        return op("Relu", op("Add", conv_affine(op("Relu", conv_affine(x, 1)), 1), x))
+
+    def residual_down(x, cin, cout, size):
+        y = conv_affine(op("Relu", conv_affine(x, 2)), 1)
+        skip = op("AveragePool", x, kernel_shape=[2, 2], strides=[2, 2])
+        ys, ss = 1 + (size - 3) // 2, 1 + (size - 2) // 2
+        out = max(ys, ss)
+        if ys < out:
+            y = pad(y, [0, 0, 0, 0, 0, 0, out - ys, out - ys])
+        if ss < out or cin < cout:
+            skip = pad(skip, [0, 0, 0, 0, 0, cout - cin, out - ss, out - ss])
+        return op("Relu", op("Add", y, skip)), out
+
+    x = op("MaxPool", op("Relu", conv_affine("input", 2)), kernel_shape=[3, 3], strides=[2, 2])
+    size = 35  # 150 -> conv 7x7/2 -> 72 -> max pool 3x3/2 -> 35
+    for _ in range(3):
+        x = residual(x)
+    for cin, cout, blocks in ((32, 64, 3), (64, 128, 2), (128, 256, 2), (256, 256, 0)):
+        x, size = residual_down(x, cin, cout, size)
+        for _ in range(blocks):
+            x = residual(x)
+    inits.append(_onnx_tensor("fc", fc.astype(np.float32)))
+    nodes.append(_onnx_node("MatMul", [op("Flatten", op("GlobalAveragePool", x)), "fc"], ["descriptor"]))
+    graph = (b"".join(_pb(1, n) for n in nodes) + _pb(2, "dlib_face_recognition_resnet_model_v1")
+             + b"".join(_pb(5, t) for t in inits)
+             + _pb(11, _onnx_value("input", ["N", 3, 150, 150])) + _pb(12, _onnx_value("descriptor", ["N", 128])))
+    # ModelProto: ir_version 1, producer_name 2, graph 7, opset_import 8 (domain "", version 17)
+    return _pb(1, 8) + _pb(2, "facebeam") + _pb(7, graph) + _pb(8, _pb(1, "") + _pb(2, 17))

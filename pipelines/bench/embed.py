@@ -1,6 +1,13 @@
 """facebeam bench embed: the pipeline vs a naive DeepFace.represent loop, same photos, one run.
 
-Prints images/s for each, the ratio, and each one's accuracy on the 280 labeled pairs.
+    facebeam bench embed [--input DIR] [--photos N] [--spec-preset chip|deepface] [--json FILE]
+
+Prints images/s for each, the ratio, each one's accuracy on the 280 labeled pairs, where the
+pipeline's time goes (core-seconds per photo for each stage, from Beam counters), and the
+pipeline's throughput against the descriptor alone (the Dlib ResNet's own cost per face on
+this machine: the physical limit). `--photos N` embeds N augmented copies of the sample made
+at run time (as `bench runners` does); the naive loop then times `--naive-limit` of them
+(default 64, spread over the copies) and accuracy is taken on the first copy of each photo.
 """
 import argparse
 import glob
@@ -13,8 +20,10 @@ import time
 import numpy as np
 
 from facebeam.pipelines import embed, options
+from facebeam.pipelines.bench.runners import augmented_copies
+from facebeam.transforms import metrics
 from facebeam.transforms.sources import Inputs
-from facebeam.transforms.spec import EmbeddingSpec
+from facebeam.transforms.spec import SPEC_PRESETS, EmbeddingSpec
 
 log = logging.getLogger(__name__)
 DEFAULT_SAMPLE = os.path.join("..", "shared", "data", "faces")
@@ -28,6 +37,7 @@ def naive_loop(paths, spec):
 
     weights.seed()
     vectors, failed = {}, 0
+    cpu = time.process_time()
     started = time.perf_counter()
     for i, path in enumerate(paths, 1):
         try:
@@ -38,6 +48,7 @@ def naive_loop(paths, spec):
             failed += 1
         if i % 10 == 0:
             log.info("naive loop: %d/%d images, %.2f images/s", i, len(paths), i / (time.perf_counter() - started))
+    naive_loop.cpu_s = time.process_time() - cpu
     return vectors, failed, time.perf_counter() - started
 
 
@@ -66,38 +77,145 @@ def pipeline_vectors(out):
     return {k: np.asarray(r["embedding"], np.float32) for k, r in best.items()}
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (the runner's worker processes)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_pipeline(photos_dir, out, spec, beam_args):
+    """embed.run on a pipeline whose result is kept, so the bench reads its counters: (summary, counters)."""
+    from facebeam.pipelines.runner import defaults as runners
+
+    args = (*beam_args, *options.QUIET_WORKERS)
+    p = runners.create_pipeline(runners.pipeline_options(args))
+    kept = {}
+    run = p.run
+
+    def run_and_keep(*a, **k):
+        kept["result"] = run(*a, **k)
+        return kept["result"]
+
+    p.run = run_and_keep
+    summary = embed.run(embed.EmbedConfig(Inputs((photos_dir,)), out, spec, beam_args=args), pipeline=p)
+    return summary, metrics.read_counters(kept["result"])
+
+
+def descriptor_alone(photos, spec, n_faces: int = 48) -> dict:
+    """The recognizer alone, one thread, on chips of the sample's faces: CPU seconds per face for
+    the engine the pipeline uses and for dlib's own code (the reference)."""
+    from facebeam.transforms import images, weights
+    from facebeam.transforms.faces import DLIB_RESNET_FILE, DlibResnet, FaceModel
+
+    model = FaceModel(EmbeddingSpec.preset("chip") if spec.align_mode != "chip" else spec)
+    chips = []
+    for path in photos:
+        with open(path, "rb") as f:
+            data = f.read()
+        chips += [c for _, c in model.chips(images.decode(path, data, "", draft=True))]
+        if len(chips) >= n_faces:
+            break
+    engine = model._chip_models()[2]
+    out = {"faces": len(chips), "engine": engine.name}
+    for key, run in (("core_s_per_face", engine), ("dlib_core_s_per_face", DlibResnet(weights.resolve(DLIB_RESNET_FILE)))):
+        run(chips[:2])  # warm
+        started = time.thread_time()
+        run(chips)
+        out[key] = round((time.thread_time() - started) / len(chips), 4)
+    return out
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="facebeam bench embed", description=__doc__)
+    parser = argparse.ArgumentParser(prog="facebeam bench embed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", default=DEFAULT_SAMPLE)
+    parser.add_argument("--photos", type=int, default=0,
+                        help="embed N augmented copies of the sample, made at run time (default: the sample as is)")
     parser.add_argument("--output", default=None, help="pipeline output folder (default: a temp dir)")
-    parser.add_argument("--naive-limit", type=int, default=0, help="time the naive loop on the first N photos only")
+    parser.add_argument("--spec-preset", default="chip", choices=sorted(SPEC_PRESETS),
+                        help="the pipeline's spec (default %(default)s, the default spec)")
+    parser.add_argument("--naive-limit", type=int, default=None,
+                        help="time the naive loop on N photos only (default: all of the sample; 64 with --photos)")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results here")
     ns, beam_args = parser.parse_known_args(argv)
-    spec = EmbeddingSpec()
-    photos = sorted(glob.glob(os.path.join(ns.input, "*.jpg")))
+    spec = EmbeddingSpec.preset(ns.spec_preset)
+    sample = sorted(glob.glob(os.path.join(ns.input, "*.jpg")))
     pairs_csv = os.path.join(ns.input, "face-recognition-pivot.csv")
-    out = ns.output or tempfile.mkdtemp(prefix="facebeam-bench-")
+    work = ns.output or tempfile.mkdtemp(prefix="facebeam-bench-")
+    if ns.photos:
+        photos_dir = os.path.join(work, "photos")
+        os.makedirs(photos_dir, exist_ok=True)
+        photos = augmented_copies(ns.input, ns.photos, photos_dir)
+        # The first copy of each sample photo (a re-encode) stands for it in the labeled pairs.
+        names = {os.path.basename(c): os.path.basename(s) for c, s in zip(photos, sample)}
+    else:
+        photos_dir, photos, names = ns.input, sample, None
+    out = os.path.join(work, "pipeline")
 
-    summary = embed.run(embed.EmbedConfig(Inputs((ns.input,)), out, spec, beam_args=(*beam_args, *options.QUIET_WORKERS)))
-    fast_rate = summary["images_seen"] / summary["elapsed_s"]
-    fast_acc, n_pairs = pair_accuracy(pipeline_vectors(out), spec, pairs_csv)
+    cpu_before = cpu_seconds()
+    summary, counters = run_pipeline(photos_dir, out, spec, beam_args)
+    job_cpu = cpu_seconds() - cpu_before  # launcher + workers, start-up included: independent of other load
+    n = summary["images_seen"]
+    fast_rate = n / summary["elapsed_s"]
+    vectors = pipeline_vectors(out)
+    if names:
+        vectors = {names[k]: v for k, v in vectors.items() if k in names}
+    fast_acc, n_pairs = pair_accuracy(vectors, spec, pairs_csv)
+    stages = metrics.stage_totals(counters)
+    per_photo = {k: round(v / n, 4) for k, v in stages.items()} if n else {}
 
-    subset = photos[: ns.naive_limit] if ns.naive_limit else photos
-    vectors, naive_failed, naive_s = naive_loop(subset, spec)
+    limit = ns.naive_limit if ns.naive_limit is not None else (64 if ns.photos else 0)
+    subset = photos[:: max(1, len(photos) // limit)][:limit] if limit else photos
+    naive_vectors, naive_failed, naive_s = naive_loop(subset, spec)
     naive_rate = len(subset) / naive_s
-    naive_acc, naive_pairs = pair_accuracy(vectors, spec, pairs_csv)
+    if names:
+        naive_vectors = {names[k]: v for k, v in naive_vectors.items() if k in names}
+    naive_acc, naive_pairs = pair_accuracy(naive_vectors, spec, pairs_csv)
 
+    desc = descriptor_alone(sample, spec)
+    cores = os.cpu_count()
+    faces_per_photo = summary["faces"] / n if n else 0.0
+    # The physical limit: every core running the descriptor and nothing else.
+    limit_rate = cores / (desc["core_s_per_face"] * faces_per_photo) if faces_per_photo else float("nan")
     result = {
-        "photos": len(photos), "cores": os.cpu_count(),
-        "pipeline": {"images_per_s": round(fast_rate, 3), "elapsed_s": summary["elapsed_s"],
-                     "pair_accuracy": round(fast_acc, 4), "pairs": n_pairs, "runner": summary["runner"]},
+        "photos": len(photos), "augmented": bool(ns.photos), "cores": cores, "spec_id": spec.spec_id,
+        "spec": spec.identity(), "load_average": list(os.getloadavg()),
+        "pipeline": {"images_per_s": round(fast_rate, 3), "elapsed_s": summary["elapsed_s"], "images": n,
+                     "faces": summary["faces"], "failed": summary["images_failed"],
+                     "pair_accuracy": round(fast_acc, 4), "pairs": n_pairs, "runner": summary["runner"],
+                     "stage_core_s": stages, "stage_core_s_per_photo": per_photo,
+                     "stage_core_s_per_photo_sum": round(sum(per_photo.values()), 4),
+                     "job_core_s": round(job_cpu, 2), "job_core_s_per_photo": round(job_cpu / n, 4) if n else None},
         "naive": {"images_per_s": round(naive_rate, 3), "elapsed_s": round(naive_s, 2), "images": len(subset),
+                  "core_s_per_photo": round(naive_loop.cpu_s / len(subset), 4),
                   "failed": naive_failed, "pair_accuracy": round(naive_acc, 4), "pairs": naive_pairs},
+        "descriptor_alone": {**desc, "faces_per_photo": round(faces_per_photo, 3),
+                             "images_per_s_limit": round(limit_rate, 3)},
         "ratio": round(fast_rate / naive_rate, 2),
+        # Load-independent: CPU per photo, naive loop vs the whole job, times the cores the job can use.
+        "cpu_ratio": round(cores * (naive_loop.cpu_s / len(subset)) / (job_cpu / n), 2) if n else None,
+        "ratio_to_descriptor_limit": round(fast_rate / limit_rate, 3),
     }
-    print(f"pipeline: {fast_rate:6.2f} images/s  accuracy {fast_acc:.4f} on {n_pairs} pairs  ({summary['runner']})")
-    print(f"naive   : {naive_rate:6.2f} images/s  accuracy {naive_acc:.4f} on {naive_pairs} pairs  (DeepFace.represent loop)")
-    print(f"ratio   : {result['ratio']:.1f}x on {os.cpu_count()} cores")
+    print(f"pipeline: {fast_rate:6.2f} images/s  accuracy {fast_acc:.4f} on {n_pairs} pairs  "
+          f"({n} photos, {summary['elapsed_s']:.1f} s with start-up, {summary['runner']}, spec {ns.spec_preset} {spec.spec_id})")
+    print(f"naive   : {naive_rate:6.2f} images/s  accuracy {naive_acc:.4f} on {naive_pairs} pairs  "
+          f"(DeepFace.represent loop, {len(subset)} photos)")
+    print(f"ratio   : {result['ratio']:.1f}x on {cores} cores  (by CPU per photo: naive "
+          f"{result['naive']['core_s_per_photo']:.3f} vs whole job {job_cpu / n:.3f} core-s, x {cores} cores = "
+          f"{result['cpu_ratio']:.1f}x: the ratio with both cores free for the job, an upper bound)")
+    print("where the pipeline's time goes, core-seconds per photo (worker thread CPU):")
+    for k, v in per_photo.items():
+        print(f"  {k:<11} {v:7.4f}")
+    print(f"  {'sum':<11} {result['pipeline']['stage_core_s_per_photo_sum']:7.4f}   "
+          f"(wall x cores per photo: {summary['elapsed_s'] * cores / n:.4f})")
+    print(f"  {'whole job':<11} {job_cpu / n:7.4f}   (CPU of the launcher and the workers, start-up, Beam and "
+          f"writing included: {job_cpu:.1f} core-s; unlike wall time, not inflated by other load)")
+    print(f"descriptor alone ({desc['engine']}): {desc['core_s_per_face']:.4f} core-s/face x {faces_per_photo:.2f} "
+          f"faces/photo -> limit {limit_rate:.2f} images/s on {cores} cores; pipeline at "
+          f"{result['ratio_to_descriptor_limit']:.3f} of it (dlib's own code: {desc['dlib_core_s_per_face']:.4f} core-s/face)")
+    print(f"load average during the bench: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if ns.json_out:
         with open(ns.json_out, "w") as f:
             json.dump(result, f, indent=2)
