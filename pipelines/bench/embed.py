@@ -9,7 +9,7 @@ this machine: the physical limit). `--photos N` embeds N augmented copies of the
 at run time (as `bench runners` does); the naive loop then times `--naive-limit` of them
 (default 64, spread over the copies) and accuracy is taken on the first copy of each photo.
 """
-import argparse
+import dataclasses
 import glob
 import json
 import logging
@@ -19,14 +19,14 @@ import time
 
 import numpy as np
 
-from facebeam.pipelines import embed, options
+from facebeam.pipelines import embed, jobs, options
 from facebeam.pipelines.bench.runners import augmented_copies
+from facebeam.pipelines.bench.synthetic import DEFAULT_SAMPLE
 from facebeam.transforms import metrics
 from facebeam.transforms.sources import Inputs
 from facebeam.transforms.spec import SPEC_PRESETS, EmbeddingSpec
 
 log = logging.getLogger(__name__)
-DEFAULT_SAMPLE = os.path.join("..", "shared", "data", "faces")
 
 
 def naive_loop(paths, spec):
@@ -127,9 +127,19 @@ def descriptor_alone(photos, spec, n_faces: int = 48) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="facebeam bench embed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+@dataclasses.dataclass(frozen=True)
+class BenchEmbedConfig:
+    input: str = DEFAULT_SAMPLE
+    photos: int = 0
+    output: str = None
+    spec_preset: str = "chip"
+    naive_limit: int = None
+    json_out: str = None
+    beam_args: tuple = ()
+
+
+def build_parser():
+    parser = options.parser("facebeam bench embed", __doc__)
     parser.add_argument("--input", default=DEFAULT_SAMPLE)
     parser.add_argument("--photos", type=int, default=0,
                         help="embed N augmented copies of the sample, made at run time (default: the sample as is)")
@@ -139,7 +149,16 @@ def main(argv=None) -> int:
     parser.add_argument("--naive-limit", type=int, default=None,
                         help="time the naive loop on N photos only (default: all of the sample; 64 with --photos)")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results here")
-    ns, beam_args = parser.parse_known_args(argv)
+    return parser
+
+
+def configure(a: options.Args, beam_args=()) -> BenchEmbedConfig:
+    return BenchEmbedConfig(input=a.input, photos=a.photos, output=a.output, spec_preset=a.spec_preset,
+                            naive_limit=a.naive_limit, json_out=a.json_out, beam_args=tuple(beam_args))
+
+
+def run(ns: BenchEmbedConfig, pipeline=None) -> dict:
+    beam_args = ns.beam_args
     spec = EmbeddingSpec.preset(ns.spec_preset)
     sample = sorted(glob.glob(os.path.join(ns.input, "*.jpg")))
     pairs_csv = os.path.join(ns.input, "face-recognition-pivot.csv")
@@ -219,4 +238,10 @@ def main(argv=None) -> int:
     if ns.json_out:
         with open(ns.json_out, "w") as f:
             json.dump(result, f, indent=2)
-    return 0
+    return result
+
+
+def main(argv=None) -> int:
+    import sys
+
+    return jobs.main(sys.modules[__name__], argv)
