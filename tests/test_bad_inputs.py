@@ -30,7 +30,8 @@ def save(im, path, **kw):
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad-corpus")
     face = Image.open(FACE).convert("RGB")
-    raw = open(FACE, "rb").read()
+    with open(FACE, "rb") as f:
+        raw = f.read()
     expect = {}  # file name -> reason, or "embedded"
     (d / "zero.jpg").write_bytes(b"")
     expect["zero.jpg"] = "empty"
@@ -76,7 +77,7 @@ def test_job_exits_zero_and_accounts_for_every_file(corpus):
     embedded = {os.path.basename(r["image_path"]) for r in faces}
     failed = {os.path.basename(r["image_path"]): r["reason"] for r in errors}
     assert embedded.isdisjoint(failed)
-    got = {**{name: "embedded" for name in embedded}, **failed}
+    got = {**dict.fromkeys(embedded, "embedded"), **failed}
     assert got == expect
     assert all(r["message"] and r["stage"] for r in errors)
 

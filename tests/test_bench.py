@@ -4,9 +4,9 @@ import pytest
 
 from facebeam.pipelines.bench import index as bench_index
 from facebeam.pipelines.bench import query as bench_query
-from tests.helpers import PAIRS
 from facebeam.pipelines.bench import synthetic
 from facebeam.transforms.spec import EmbeddingSpec
+from tests.helpers import PAIRS
 
 SPEC = EmbeddingSpec()
 # The tasks and _disk_usage APIs are "technical preview"; the bench silences that in main().

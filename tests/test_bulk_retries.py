@@ -4,10 +4,10 @@ import pytest
 from elasticsearch import ApiError
 from elasticsearch.exceptions import ConnectionError as EsConnectionError
 
-from tests.helpers import drop_versions, synthetic_shards
 from facebeam.transforms import es_index as indices
 from facebeam.transforms.es_sink import BulkConfig, bulk_index
 from facebeam.transforms.spec import EmbeddingSpec
+from tests.helpers import drop_versions, synthetic_shards
 
 
 class FlakyClient:
@@ -67,7 +67,7 @@ def test_client_errors_go_to_dead_letters_with_the_reason(es_client, target):
 
 def test_retries_give_up_after_max_retries(es_client, target):
     concrete, rows = target
-    flaky = FlakyClient(es_client, {i: 503 for i in range(1, 100)})
+    flaky = FlakyClient(es_client, dict.fromkeys(range(1, 100), 503))
     out = bulk_index(flaky, rows[:10], BulkConfig(index=concrete, max_retries=3), sleep=lambda s: None)
     assert out.indexed == 0 and len(out.failed) == 10 and flaky.calls == 4
     assert all(status == 503 for _, status, _ in out.failed)

@@ -38,6 +38,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from facebeam.pipelines.runner import jars
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
@@ -49,7 +51,7 @@ ES_USER_SECRET = "facebeam-es-user"
 ES_CA_SECRET = "facebeam-es-http-certs-public"  # ECK: <cluster>-es-http-certs-public
 IMAGE = "REGISTRY/facebeam:0.1.0"
 BEAM_VERSION = "2.77.0"
-FLINK_MINOR = "1.20"
+FLINK_MINOR = jars.FLINK_MINOR  # one Flink minor: local cluster, job server and deploy/
 FLINK_CRD = DEPLOY / "flink/crd/flinkdeployments.flink.apache.org-v1.yml"
 FLINK_CRD_SHA256 = "5f2b489140be56a972195971b8331f22f2c46d7f0de68cbd11ddf919cbc073a9"  # operator-api 1.10.0
 K8S_MANIFESTS = ["flink/flinkdeployment.yaml", "elasticsearch/eck.yaml", "schedule/cronjob.yaml"]
@@ -240,7 +242,8 @@ def _strict_crd_schema(node):
 def _flink_validator():
     jsonschema = _need_module("jsonschema")
     raw = FLINK_CRD.read_bytes()
-    assert hashlib.sha256(raw).hexdigest() == FLINK_CRD_SHA256, "vendored CRD changed: update FLINK_CRD_SHA256 and deploy/README.md"
+    assert hashlib.sha256(raw).hexdigest() == FLINK_CRD_SHA256, \
+        "vendored CRD changed: update FLINK_CRD_SHA256 and deploy/README.md"
     crd = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     assert crd["kind"] == "CustomResourceDefinition" and crd["spec"]["names"]["kind"] == "FlinkDeployment"
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")
@@ -369,7 +372,7 @@ def test_eck_elasticsearch_structure():
                          "secureSettings", "updateStrategy", "volumeClaimDeletePolicy", "monitoring"}
     assert spec["version"] == "8.19.7"
     assert spec["http"]["tls"]["selfSignedCertificate"].get("disabled", False) is False, "TLS must stay on"
-    assert ES_CA_SECRET == f"{es['metadata']['name']}-es-http-certs-public"
+    assert f"{es['metadata']['name']}-es-http-certs-public" == ES_CA_SECRET
     node_sets = spec["nodeSets"]
     assert sum(ns["count"] for ns in node_sets) == 3
     for ns in node_sets:
@@ -620,8 +623,8 @@ def test_crontab_nightly_line_runs_with_lock_and_log(tmp_path):
         "FACEBEAM_ES_USER=facebeam\nFACEBEAM_ES_PASSWORD=s3cret\n"
         "FACEBEAM_INPUT='/data/photos/** /data/more/*.jpg'\nFACEBEAM_OUTPUT=/data/shards\n"
         "FACEBEAM_INDEX=faces\nFACEBEAM_ES_URL=https://es01:9200\nFACEBEAM_ES_CA_CERTS=/etc/facebeam/es-ca.crt\n"
-        "FACEBEAM_BEAM_FLAGS='--runner=FlinkRunner --flink_master=jm:8081 --flink_version=1.20 "
-        "--flink_job_server_jar=/opt/facebeam/jars/beam-runners-flink-1.20-job-server-2.77.0.jar "
+        f"FACEBEAM_BEAM_FLAGS='--runner=FlinkRunner --flink_master=jm:8081 --flink_version={FLINK_MINOR} "
+        f"--flink_job_server_jar=/opt/facebeam/jars/beam-runners-flink-{FLINK_MINOR}-job-server-2.77.0.jar "
         "--environment_type=EXTERNAL --environment_config=localhost:50000'\n")
     logs = tmp_path / "log"
     logs.mkdir()

@@ -2,8 +2,8 @@
 import os
 
 from facebeam.pipelines import embed
-from tests.helpers import job, largest_face_by_file, pair_accuracy, read_rows, sample_images
 from facebeam.transforms.spec import EmbeddingSpec
+from tests.helpers import job, largest_face_by_file, pair_accuracy, read_rows, sample_images
 
 
 def test_every_sample_photo_gives_faces_and_the_summary_adds_up(sample_run):

@@ -19,9 +19,8 @@ import pytest
 
 from facebeam.pipelines import options
 from facebeam.pipelines.local import elasticsearch as es_local
-from tests.es_fixtures import CACHE, extra_cluster_slot
-from facebeam.transforms import es_conn as es_conn_mod
 from facebeam.transforms.es_conn import EsAuthError, EsConfigError, EsConnection, EsUnavailable
+from tests.es_fixtures import CACHE, extra_cluster_slot
 
 
 def _free_port() -> int:
@@ -40,10 +39,10 @@ def test_secured_cluster_answers_https_with_its_ca(es_conn, es_home):
     url = f"{es_conn.url}/_cluster/health"
     # Real TLS: without the CA the certificate does not verify ...
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
-        urllib.request.urlopen(url, timeout=10, context=ssl.create_default_context())
+        urllib.request.urlopen(url, timeout=10, context=ssl.create_default_context())  # noqa: S310 - https to the local node
     # ... and with it, an anonymous request is refused.
     with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(url, timeout=10, context=ssl.create_default_context(cafile=es_conn.ca_certs))
+        urllib.request.urlopen(url, timeout=10, context=ssl.create_default_context(cafile=es_conn.ca_certs))  # noqa: S310
     assert err.value.code == 401
 
 

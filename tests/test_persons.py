@@ -1,7 +1,6 @@
 """Persons: clustering quality on the sample, names in query results, incremental joins, the contact sheet."""
 import os
 import shutil
-import subprocess
 
 import numpy as np
 import pytest

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from tests.helpers import PAIRS, labeled_pairs, largest_face_by_file, read_rows
 from facebeam.pipelines.bench import synthetic
 from facebeam.transforms.spec import EmbeddingSpec
+from tests.helpers import PAIRS, labeled_pairs, largest_face_by_file, read_rows
 
 SPEC = EmbeddingSpec()
 

@@ -4,8 +4,8 @@ import os
 import time
 
 from facebeam.pipelines import embed
-from tests.helpers import SAMPLE
 from facebeam.transforms import weights
+from tests.helpers import SAMPLE
 
 
 def test_seed_places_shipped_dlib_weights(tmp_path, monkeypatch):

@@ -37,7 +37,8 @@ class HashFiles(beam.DoFn):
 def _keys(p, label, files, spec_id=None):
     if not files:
         return p | f"No{label}" >> beam.Create([])
-    rows = p | f"{label}Files" >> beam.Create(files) | f"Read{label}" >> ReadAllFromParquet(columns=["image_sha256"] + (["spec_id"] if spec_id else []))
+    columns = ["image_sha256"] + (["spec_id"] if spec_id else [])
+    rows = p | f"{label}Files" >> beam.Create(files) | f"Read{label}" >> ReadAllFromParquet(columns=columns)
     if spec_id:
         rows = rows | f"{label}OfSpec" >> beam.Filter(lambda r, s: r["spec_id"] == s, spec_id)
     return rows | f"{label}Keys" >> beam.Map(lambda r: (r["image_sha256"], None))

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from facebeam.transforms import es_conn, es_index, images, knn, labels, metrics, shards
+from facebeam.transforms import es_index, images, knn, labels, metrics, shards
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.knn import merge_topk, prepare, to_distance, topk_block
 

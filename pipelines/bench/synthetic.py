@@ -124,7 +124,8 @@ def fit(vectors, labels, norms=None, threshold=None, metric="euclidean") -> dict
     within.update(_spread_heterogeneity(resid, inv[counts[inv] >= 2], counts, within))
     centre = means.mean(0)
     # Var(identity mean) = S_between + S_within / n_i: take the expected S_within share out of the trace.
-    between_share = within["trace"] * float(np.mean(1.0 / counts)) / max(float(np.sum((means - centre) ** 2)) / (len(ids) - 1), 1e-30)
+    spread = max(float(np.sum((means - centre) ** 2)) / (len(ids) - 1), 1e-30)
+    between_share = within["trace"] * float(np.mean(1.0 / counts)) / spread
     between = _shrunk(means - centre, scale=max(1.0 - between_share, 0.05))
     real_norms = np.linalg.norm(x, axis=1) if norms is None else np.asarray(norms, dtype=np.float64)
     return {
