@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from facebeam.pipelines import jobs, options
-from facebeam.transforms import es_conn, es_index, manifest, shards, sources, stores
+from facebeam.transforms import es_index, manifest, shards, sources, stores
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
 
@@ -68,8 +68,9 @@ def build_parser():
 
 def configure(a: options.Args, beam_args=()) -> ForgetConfig:
     # Shards store canonical paths (absolute for local files), so a relative --image matches too.
-    return ForgetConfig(shards=a.shards, image=sources.canonical(a.image) if a.image else None, sha256=a.sha256, label=a.label, index=a.index,
-                        dry_run=a.dry_run, es=options.es_from(a), store=options.store_from(a))
+    image = sources.canonical(a.image) if a.image else None
+    return ForgetConfig(shards=a.shards, image=image, sha256=a.sha256, label=a.label, index=a.index, dry_run=a.dry_run,
+                        es=options.es_from(a), store=options.store_from(a))
 
 
 def images_to_erase(ns: ForgetConfig) -> dict:
@@ -117,11 +118,7 @@ def record_tombstones(folder: str, found: dict, why: str) -> str:
 
 
 def erase_from_index(ns: ForgetConfig, shas: set, dry_run: bool) -> int:
-    conn = ns.es.connection()
-    client = conn.client()
-    es_conn.check(client, conn)
-    if es_index.alias_target(client, ns.index) is None:
-        raise UserError(f"no index {ns.index!r} at {conn.url}")
+    client, _, _ = es_index.open_alias(ns.es.connection(), ns.index)
     from elasticsearch import helpers
 
     # Scan + bulk delete by _id rather than _delete_by_query, which needs the reindex module

@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner import defaults as runners
-from facebeam.transforms import es_load, metrics, shards
+from facebeam.transforms import es_load, metrics, shards, stores
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +31,31 @@ class IndexConfig:
     shards: str
     load: es_load.LoadConfig
     es: options.EsFlags = options.EsFlags()
+    store: stores.StoreChoice = stores.StoreChoice()
     beam_args: tuple = ()
 
 
 def build_parser():
     p = options.parser("facebeam index", __doc__)
     p.add_argument("--shards", required=True, help="an embed/run output folder (reads DIR/embeddings/)")
-    options.add_load(p)
+    options.add_load(p, alias_required=False)  # default "faces", as query and search
+    options.add_store(p)
     return p
 
 
 def configure(a: options.Args, beam_args=()) -> IndexConfig:
-    return IndexConfig(shards=a.shards, load=options.load_from(a), es=options.es_from(a), beam_args=tuple(beam_args))
+    return IndexConfig(shards=a.shards, load=options.load_from(a), es=options.es_from(a), store=options.store_from(a),
+                       beam_args=tuple(beam_args))
 
 
 def run(config: IndexConfig, pipeline=None) -> dict:
     found = shards.files(config.shards)
     shards.verify(found)  # every footer and row group, before anything is written
     spec = shards.spec_of(config.shards)
+    store = stores.resolve(config.store, config.es.connection, config.load.alias)
+    if store.kind != "es":  # the embedded index or Redis: loaded from the shards here, no Beam job
+        return stores.index_job(store, config.shards, found, spec, config.load.m, config.load.ef_construction,
+                                config.load.bulk.chunk_docs, config.load.bulk.max_retries)
     target = es_load.open_target(config.es.connection(), config.load, spec)  # fails fast, before any file is made
     with jobs.lock_output(config.shards):
         return _load(config, pipeline, found, spec, target)
@@ -67,7 +74,8 @@ def _load(config: IndexConfig, pipeline, found, spec, target) -> dict:
         result, elapsed = jobs.run(p)
     shards.clear_index_errors(config.shards, keep=load.errors_dir, runs_too=True)  # every shard was re-sent
     c = metrics.read_counters(result)
-    summary = {"rows_read": c.get(metrics.ROWS_READ, 0), **metrics.index_counts(c), "index": target.alias,
+    summary = {"rows_read": c.get(metrics.ROWS_READ, 0), **metrics.index_counts(c), "backend": "elasticsearch",
+               "index": target.alias,
                "concrete_index": target.concrete, "doc_count": target.count, "spec_id": spec.spec_id,
                "index_errors": load.errors_dir,
                "runner": runners.runner_name(opts), "elapsed_s": round(elapsed, 3),

@@ -48,6 +48,7 @@ class QueryConfig:
     threshold: float = None
     spec_given: tuple = ()  # (field, value) pairs the index's spec must match
     es: options.EsFlags = options.EsFlags()
+    store: object = None  # stores.StoreChoice: es | local[:DIR]
     beam_args: tuple = ()
 
 
@@ -70,6 +71,7 @@ def build_parser():
                    help="same-person distance (default: the calibrated one the index or shards carry, else the model's)")
     options.add_spec(p, check_only=True)
     options.add_es(p)
+    options.add_store(p, kinds=("es", "local"), redis=False)
     return p
 
 
@@ -78,7 +80,7 @@ def configure(a: options.Args, beam_args=()) -> QueryConfig:
                        k=a.k, num_candidates=a.num_candidates, filters=tuple(a.filter),
                        exclude_same_image=a.exclude_same_image, format=a.format, exact=a.exact, shards=a.shards,
                        report=a.report, persons=a.persons, threshold=a.threshold, spec_given=tuple(options.spec_given(a).items()),
-                       es=options.es_from(a),
+                       es=options.es_from(a), store=options.store_from(a, kinds=("es", "local"), redis=False),
                        beam_args=tuple(beam_args))
 
 
@@ -113,7 +115,8 @@ def result_rows(item, spec, mode, threshold=None):
 
 def run(config: QueryConfig, pipeline=None) -> dict:
     ns = config
-    backend = knn.open_backend(ns.es.connection, ns.index, ns.exact, ns.shards, ns.spec_given, ns.threshold)
+    backend = knn.open_backend(ns.es.connection, ns.index, ns.exact, ns.shards, ns.spec_given, ns.threshold,
+                               store=ns.store)
     spec, mode, where, threshold = backend.spec, backend.mode, backend.where, backend.threshold
     search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or max(100, 10 * ns.k),
                             filters=knn.parse_filters(ns.filters), exclude_same_image=ns.exclude_same_image)

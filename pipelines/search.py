@@ -31,6 +31,7 @@ class SearchConfig:
     threshold: float = None
     stdin: bool = False
     es: options.EsFlags = options.EsFlags()
+    store: object = None  # stores.StoreChoice: es | local[:DIR]
 
 
 def build_parser():
@@ -46,13 +47,15 @@ def build_parser():
                    help="same-person distance (default: the calibrated one the index or shards carry)")
     p.add_argument("--stdin", action="store_true", help="read more photo paths from standard input")
     options.add_es(p)
+    options.add_store(p, kinds=("es", "local"), redis=False)
     return p
 
 
 def configure(a: options.Args, beam_args=()) -> SearchConfig:
     return SearchConfig(photos=tuple(a.photos), index=a.index, k=a.k, num_candidates=a.num_candidates,
                         filters=tuple(a.filter), exact=a.exact, shards=a.shards, threshold=a.threshold,
-                        stdin=a.stdin, es=options.es_from(a))
+                        stdin=a.stdin, es=options.es_from(a),
+                        store=options.store_from(a, kinds=("es", "local"), redis=False))
 
 
 class Searcher:
@@ -61,7 +64,7 @@ class Searcher:
 
         started = time.perf_counter()
         self.backend = knn.open_backend(config.es.connection, config.index, config.exact, config.shards,
-                                        threshold=config.threshold)
+                                        threshold=config.threshold, store=config.store)
         self.spec = self.backend.spec
         self.search = knn.SearchSpec(k=config.k, num_candidates=config.num_candidates or max(100, 10 * config.k),
                                      filters=knn.parse_filters(config.filters))

@@ -5,7 +5,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Model weights for the test session live inside the project (seeded from packages, offline).
 os.environ["DEEPFACE_HOME"] = os.path.join(ROOT, ".facebeam", "deepface-home")
 
-pytest_plugins = ["tests.es_fixtures"]
+pytest_plugins = ["tests.es_fixtures", "tests.redis_fixtures"]
 
 
 import pytest  # noqa: E402

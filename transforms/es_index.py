@@ -44,6 +44,8 @@ def index_body(spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100
         "settings": {"number_of_shards": shards, "number_of_replicas": 0, "refresh_interval": "-1"},
         "mappings": {
             "dynamic": "strict",
+            # The vector is indexed (and kept in doc values) but not stored again as JSON in _source.
+            "_source": {"excludes": ["embedding"]},
             "_meta": {"facebeam": {"spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim}},
             "properties": {
                 "face_id": keyword, "image_path": keyword, "image_sha256": keyword, "label": keyword,

@@ -231,6 +231,7 @@ class Backend:
     conn: object = None
     index: str = None
     shards_dir: str = None
+    ann_dir: str = None  # mode "local": the embedded HNSW index (transforms/ann.py)
 
     def open(self) -> "OpenBackend":
         return OpenBackend(self)
@@ -245,11 +246,17 @@ class OpenBackend:
         self.backend = backend
         self._client = backend.conn.client() if backend.mode == "es" else None
         self._files = shards.files(backend.shards_dir) if backend.mode == "exact" else None
+        if backend.mode == "local":
+            from facebeam.transforms import ann
+
+            self._ann = ann.AnnIndex.open(backend.ann_dir, backend.spec)  # memory-mapped
 
     def search(self, probes: list, search: SearchSpec) -> list:
         b = self.backend
         if b.mode == "es":
             return es_search(self._client, b.index, probes, search, b.spec)
+        if b.mode == "local":
+            return self._ann.search(probes, search)
         return exact_search(self._files, probes, search, b.spec)
 
     def close(self) -> None:
@@ -257,22 +264,30 @@ class OpenBackend:
             self._client.close()
 
 
-def open_backend(connect, index: str, exact: bool, shards_dir, spec_given=(), threshold=None) -> Backend:
+def open_backend(connect, index: str, exact: bool, shards_dir, spec_given=(), threshold=None,
+                 store=None) -> Backend:
     """Elasticsearch when a cluster is configured (`connect()` gives its connection) and `exact` is
     not asked for, else an exact scan of `shards_dir`. `spec_given` ((field, value) pairs) must
-    match the backend's own spec; `threshold` overrides a carried one."""
-    from facebeam.transforms import calibrate, es_conn, es_index, shards
+    match the backend's own spec; `threshold` overrides a carried one. The embedded HNSW index
+    (mode "local") when `store` asks for it, or when no cluster is configured and one is built."""
+    from facebeam.transforms import calibrate, es_conn, es_index, shards, stores
     from facebeam.transforms.errors import UserError
 
     conn = None
-    if not exact:
+    local = stores.search_folder(connect, store, index, exact)  # --store local[:DIR], or no cluster + one built
+    if not exact and local is None:
         try:
             conn = connect()
         except es_conn.EsConfigError:
             if not shards_dir:
                 raise
             log.info("no Elasticsearch configured: searching the shards exactly")
-    if conn is None:
+    if local is not None:
+        from facebeam.transforms import ann
+
+        spec, where, carried, place = ann.spec_of(local), ann.where(local), None, None
+        backend = Backend("local", spec, where, ann_dir=local)
+    elif conn is None:
         if not shards_dir:
             raise UserError("--exact needs --shards DIR")
         spec = shards.spec_of(shards_dir)

@@ -16,9 +16,17 @@ heap, and where the CPU went (the node, this client, the rest of the machine).
 
 The bench cluster (one node under --es-home, port 9290) is reused if it is running
 and stopped at the end unless --keep; `facebeam bench query` reuses its indices.
+
+Side by side on the same vectors: the embedded HNSW index (`transforms/ann.py`, faiss-cpu,
+same m and ef_construction; --embedded no|only), built from the same face rows and saved;
+its build vectors/s and bytes on disk are printed next to Elasticsearch's. Elasticsearch
+indices are loaded with the vectors left out of `_source` (the mapping facebeam uses) and, with
+--source-vectors both (the default), also with them kept there (how facebeam mapped them
+before), to show the store size and load rate before and after.
 """
 import argparse
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,13 +40,12 @@ from pathlib import Path
 import apache_beam as beam
 
 from facebeam.pipelines import options
-from facebeam.pipelines.local import elasticsearch as es_local
-from facebeam.transforms.sources import Inputs
-from facebeam.transforms import es_index
-from facebeam.transforms import records
 from facebeam.pipelines.bench import synthetic
+from facebeam.pipelines.local import elasticsearch as es_local
+from facebeam.transforms import es_index, records
 from facebeam.transforms.es_conn import EsConnection, EsError
 from facebeam.transforms.es_sink import BulkConfig, bulk_index
+from facebeam.transforms.sources import Inputs
 from facebeam.transforms.spec import EmbeddingSpec
 
 log = logging.getLogger(__name__)
@@ -78,6 +85,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", default=DEFAULT_SAMPLE, help="photos + face-recognition-pivot.csv to fit on")
     parser.add_argument("--m", type=int, default=16, help="HNSW graph degree (default 16)")
     parser.add_argument("--ef-construction", type=int, default=100, help="HNSW build beam (default 100)")
+    parser.add_argument("--embedded", choices=("yes", "no", "only"), default="yes",
+                        help="also the embedded HNSW index (faiss-cpu); only: no Elasticsearch (default yes)")
     g = parser.add_argument_group("bench cluster")
     g.add_argument("--es-home", type=Path, default=DEFAULT_HOME, help="cluster folder (default %(default)s)")
     g.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port (default %(default)s)")
@@ -239,10 +248,8 @@ class Sampler(threading.Thread):
     def run(self):
         last = time.monotonic()
         while not self.stop_flag.wait(1.0):
-            try:
+            with contextlib.suppress(Exception):  # a missed sample is fine
                 self.peak_heap = max(self.peak_heap, node_info(self.client)["heap_used"])
-            except Exception:  # noqa: BLE001 - a missed sample is fine
-                pass
             if self.progress and time.monotonic() - last >= self.every:
                 last = time.monotonic()
                 log.info("progress: %s", self.progress())
@@ -355,11 +362,56 @@ def disk_usage(client, index: str) -> dict:
     return out
 
 
-def bench_type(conn, client, ns, spec, faces, maker, index_type: str) -> dict:
-    alias = alias_for(index_type, faces.n, faces.seed)
+def embedded_folder(ns, faces) -> Path:
+    return Path(ns.stats).parent / f"ann-{faces.n}-s{faces.seed}-{stats_digest(faces.stats)}-m{ns.m}-ef{ns.ef_construction}"
+
+
+def bench_embedded(ns, spec, faces, maker) -> dict:
+    """The same face rows into a fresh embedded HNSW index (transforms/ann.py), saved; row i = position i."""
+    import shutil
+
+    from facebeam.transforms import ann
+
+    folder = embedded_folder(ns, faces)
+    shutil.rmtree(folder, ignore_errors=True)
+    busy0, cpu0, t0 = _machine_busy(), _own_cpu_s(), time.perf_counter()
+    idx = ann.AnnIndex.create(str(folder), spec, ns.m, ns.ef_construction)
+    make_s = 0.0
+    for start in range(0, faces.n, ns.task_rows):
+        t1 = time.perf_counter()
+        rows = maker.rows(start, min(faces.n, start + ns.task_rows))
+        make_s += time.perf_counter() - t1
+        idx.add_rows(rows)
+    t_build = time.perf_counter() - t0
+    info = idx.save()
+    t_all = time.perf_counter() - t0
+    busy1, cpu1 = _machine_busy(), _own_cpu_s()
+    t2 = time.perf_counter()
+    opened = ann.AnnIndex.open(str(folder), spec)
+    open_ms = 1000 * (time.perf_counter() - t2)
+    index_file = folder / info["index_file"]
+    return {"index_type": "embedded", "library": info["library"], "folder": str(folder), "vectors": faces.n,
+            "docs": opened.count, "indexed": opened.count, "failed": 0, "retried": 0,
+            "make_rows_s": round(make_s, 2), "build_s": round(t_build - make_s, 2), "load_s": round(t_all - make_s, 2),
+            "build_vectors_per_s": round(faces.n / max(t_build - make_s, 1e-9), 1),
+            "load_vectors_per_s": round(faces.n / max(t_all - make_s, 1e-9), 1),
+            "bytes_on_disk": opened.disk_bytes(), "index_file_bytes": index_file.stat().st_size,
+            "open_mmap_ms": round(open_ms, 2), "cpu_s": round(cpu1 - cpu0, 1),
+            "machine_busy_load": _busy_share(busy0, busy1)}
+
+
+def bench_type(conn, client, ns, spec, faces, maker, index_type: str, source_vectors: bool = False) -> dict:
+    """One Elasticsearch index type; `source_vectors` keeps the vectors in `_source` too (the old mapping)."""
+    alias = alias_for(index_type + ("-src" if source_vectors else ""), faces.n, faces.seed)
     old = list(client.indices.get(index=f"{alias}-*", ignore_unavailable=True).body)
     if old:
         client.indices.delete(index=",".join(old))
+    body = es_index.index_body(spec, index_type, ns.m, ns.ef_construction)
+    if source_vectors:
+        body["mappings"].pop("_source", None)
+    else:
+        body["mappings"]["_source"] = {"excludes": ["embedding"]}
+    client.indices.create(index=es_index.concrete_name(alias, spec, 1), aliases={alias: {}}, **body)
     concrete, replicas = es_index.prepare_load(client, alias, spec, index_type, ns.m, ns.ef_construction)
     if ns.translog_async:  # no fsync per bulk request during the load; back to the default after
         client.indices.put_settings(index=concrete, settings={"index": {"translog": {"durability": "async"}}})
@@ -376,7 +428,8 @@ def bench_type(conn, client, ns, spec, faces, maker, index_type: str) -> dict:
     docs = es_index.finish_load(client, concrete, replicas)
     t_load = time.perf_counter() - t0
     es_cpu1, cpu1, busy1 = node_info(client)["cpu_ms"], _own_cpu_s(), _machine_busy()
-    segments_before = client.indices.stats(index=concrete, metric="segments").body["indices"][concrete]["primaries"]["segments"]["count"]
+    seg_stats = client.indices.stats(index=concrete, metric="segments").body["indices"][concrete]
+    segments_before = seg_stats["primaries"]["segments"]["count"]
     task = client.indices.forcemerge(index=concrete, max_num_segments=1, wait_for_completion=False).body["task"]
     wait_task(client, task)
     client.indices.refresh(index=concrete)
@@ -387,7 +440,8 @@ def bench_type(conn, client, ns, spec, faces, maker, index_type: str) -> dict:
     info = node_info(client)
     disk = disk_usage(client, concrete)
     result = {
-        "index_type": index_type, "alias": alias, "index": concrete, "vectors": faces.n, "docs": docs,
+        "index_type": index_type + (" +_source vectors" if source_vectors else ""), "source_vectors": source_vectors,
+        "alias": alias, "index": concrete, "vectors": faces.n, "docs": docs,
         "indexed": loaded["indexed"], "failed": loaded["failed"], "retried": loaded["retried"],
         "bulk_s": round(t_bulk, 2), "load_s": round(t_load, 2), "merge_s": round(t_all - t_load, 2),
         "total_s": round(t_all, 2), "load_vectors_per_s": round(faces.n / t_load, 1),
@@ -399,7 +453,8 @@ def bench_type(conn, client, ns, spec, faces, maker, index_type: str) -> dict:
         **disk,
     }
     state = read_state(ns.es_home)
-    state[alias] = {"index": concrete, "index_type": index_type, "vectors": faces.n, "seed": faces.seed,
+    state[alias] = {"index": concrete, "index_type": index_type, "source_vectors": source_vectors,
+                    "vectors": faces.n, "seed": faces.seed,
                     "faces_per_identity": faces.faces_per_identity, "stats": stats_digest(faces.stats),
                     "m": ns.m, "ef_construction": ns.ef_construction, "docs": docs}
     write_state(ns.es_home, state)
@@ -430,6 +485,27 @@ def _busy_share(a, b):
 
 def mib(b) -> str:
     return "n/a" if b is None else f"{b / 2**20:,.0f} MiB"
+
+
+def print_embedded(r: dict, es: list) -> None:
+    print(f"embedded HNSW index ({r['library']}, m={r.get('m')}, ef_construction={r.get('ef_construction')}): "
+          f"build {r['build_s']:.1f} s = {r['build_vectors_per_s']:,.0f} vectors/s, build + save "
+          f"{r['load_vectors_per_s']:,.0f} vectors/s; {mib(r['bytes_on_disk'])} on disk "
+          f"({r['bytes_on_disk']:,} bytes); opened memory-mapped in {r['open_mmap_ms']:.1f} ms"
+          + (f"; machine {r['machine_busy_load']:.0%} busy" if r.get("machine_busy_load") is not None else ""))
+    for e in es:
+        rate = r["build_vectors_per_s"]
+        print(f"  vs {e['index_type']:<28} load {e['load_vectors_per_s']:>8,.0f} v/s ({rate / e['load_vectors_per_s']:.2f}x), "
+              f"load+merge {e['total_vectors_per_s']:>8,.0f} v/s ({rate / e['total_vectors_per_s']:.2f}x), "
+              f"store {mib(e['store_bytes'])} ({e['store_bytes'] / r['bytes_on_disk']:.2f}x the embedded index)")
+    lean = {e["index_type"]: e for e in es if not e.get("source_vectors")}
+    for e in es:
+        base = lean.get(e["index_type"].replace(" +_source vectors", ""))
+        if e.get("source_vectors") and base:
+            print(f"  _source without vectors ({base['index_type']}): store {mib(e['store_bytes'])} -> "
+                  f"{mib(base['store_bytes'])} ({1 - base['store_bytes'] / e['store_bytes']:.0%} smaller), load "
+                  f"{e['load_vectors_per_s']:,.0f} -> {base['load_vectors_per_s']:,.0f} vectors/s, _source "
+                  f"{mib(e.get('source_bytes'))} -> {mib(base.get('source_bytes'))}")
 
 
 def print_report(results: list, meta: dict) -> None:
@@ -474,47 +550,81 @@ def build_parser() -> argparse.ArgumentParser:
                         help="threads: bulk_index from a thread pool; beam: IndexFaces on the local runner")
     parser.add_argument("--translog-async", action="store_true",
                         help="index.translog.durability=async during the load (restored after)")
+    parser.add_argument("--source-vectors", choices=("excluded", "included", "both"), default="both",
+                        help="Elasticsearch: vectors left out of _source (facebeam's mapping), kept there too "
+                             "(the old mapping), or both, for the before/after (default %(default)s)")
     parser.add_argument("--json", dest="json_out", help="also write the results here")
     return parser
 
 
+BEAM = False  # every flag is the benchmark's own (--driver beam runs its own local pipeline)
+
+
+def configure(a, beam_args=()) -> argparse.Namespace:
+    """The benchmark's settings: every flag, read once into a plain namespace."""
+    return argparse.Namespace(**{d: getattr(a, d) for d in sorted(a.dests())})
+
+
+def parse_args(module, argv) -> argparse.Namespace:
+    """`module.configure` of `module.build_parser()`'s words (what `facebeam bench <what>` does)."""
+    return module.configure(*options.parse(module.build_parser(), argv, beam=False))
+
+
 def main(argv=None) -> int:
-    ns = build_parser().parse_args(argv)
+    ns = parse_args(sys.modules[__name__], argv)
     types = index_types(ns.index_types)
     quiet_client_logs()
     spec = EmbeddingSpec()
     stats = load_stats(ns, spec)
     faces = synthetic.SyntheticFaces(stats, ns.vectors, seed=ns.seed, faces_per_identity=ns.faces_per_identity)
     maker = RowMaker(faces, spec)
-    try:
-        conn, started = ensure_cluster(ns)
-    except EsError as e:
-        print(f"facebeam bench index: {e}", file=sys.stderr)
-        return 1
-    client = conn.client(request_timeout=600)
-    results = []
-    try:
-        node = node_info(client)
-        for index_type in types:
-            load0 = os.getloadavg()[0]
-            r = bench_type(conn, client, ns, spec, faces, maker, index_type)
-            r["loadavg_before"], r["loadavg_after"] = load0, os.getloadavg()[0]
-            results.append(r)
-            log.info("%s done: %s", index_type, {k: r[k] for k in ("load_vectors_per_s", "total_vectors_per_s", "docs")})
-    finally:
-        client.close()
-        if started and not ns.keep:
-            es_local.stop_cluster(ns.es_home)
     meta = {"vectors": faces.n, "dim": faces.dim, "identities": faces.k, "cores": os.cpu_count(),
-            "es_version": node["version"], "java": node["java"], "heap": ns.heap,
-            "driver": ns.driver, "workers": ns.workers, "chunk_docs": ns.chunk_docs, "json": json_encoder(),
-            "seed": ns.seed, "stats": stats_digest(stats), "m": ns.m, "ef_construction": ns.ef_construction,
-            "kept_running": bool(ns.keep or not started)}
-    print_report(results, meta)
+            "heap": ns.heap, "driver": ns.driver, "workers": ns.workers, "chunk_docs": ns.chunk_docs,
+            "json": json_encoder(), "seed": ns.seed, "stats": stats_digest(stats), "m": ns.m,
+            "ef_construction": ns.ef_construction, "loadavg_start": os.getloadavg(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    embedded = None
+    if ns.embedded != "no":
+        load0 = os.getloadavg()[0]
+        embedded = bench_embedded(ns, spec, faces, maker)
+        embedded.update(m=ns.m, ef_construction=ns.ef_construction, loadavg_before=load0,
+                        loadavg_after=os.getloadavg()[0])
+        log.info("embedded index done: %s", {k: embedded[k] for k in ("build_vectors_per_s", "bytes_on_disk")})
+    results = []
+    if ns.embedded != "only":
+        try:
+            conn, started = ensure_cluster(ns)
+        except EsError as e:
+            print(f"facebeam bench index: {e}", file=sys.stderr)
+            return 1
+        client = conn.client(request_timeout=600)
+        variants = {"excluded": (False,), "included": (True,), "both": (False, True)}[ns.source_vectors]
+        try:
+            node = node_info(client)
+            for index_type in types:
+                for source_vectors in variants:
+                    load0 = os.getloadavg()[0]
+                    r = bench_type(conn, client, ns, spec, faces, maker, index_type, source_vectors)
+                    r["loadavg_before"], r["loadavg_after"] = load0, os.getloadavg()[0]
+                    results.append(r)
+                    log.info("%s done: %s", r["index_type"],
+                             {k: r[k] for k in ("load_vectors_per_s", "total_vectors_per_s", "docs", "store_bytes")})
+        finally:
+            client.close()
+            if started and not ns.keep:
+                es_local.stop_cluster(ns.es_home)
+        meta.update(es_version=node["version"], java=node["java"], kept_running=bool(ns.keep or not started))
+        print_report(results, meta)
+    if embedded:
+        print_embedded(embedded, results)
+    meta["loadavg_end"] = os.getloadavg()
+    print(f"{meta['date']}, load average {meta['loadavg_start'][0]:.1f} at the start, {meta['loadavg_end'][0]:.1f} at the end "
+          f"({os.cpu_count()} cores)")
     if ns.json_out:
-        Path(ns.json_out).write_text(json.dumps({"meta": meta, "results": results,
+        Path(ns.json_out).write_text(json.dumps({"meta": meta, "results": results, "embedded": embedded,
                                                  "anchors": dict(ANCHORS)}, indent=2) + "\n")
-    return 0 if all(r["docs"] == r["vectors"] and not r["failed"] for r in results) else 1
+    ok = all(r["docs"] == r["vectors"] and not r["failed"] for r in results)
+    return 0 if ok and (embedded is None or embedded["docs"] == faces.n) else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,204 @@
+"""facebeam redis: a local Redis for identity verification, password on, persistence on.
+
+    facebeam redis up [--port 6390] [--home DIR] [--maxmemory 2gb] [--timeout 30]
+    facebeam redis down [--home DIR]
+    facebeam redis status [--home DIR]
+
+`up` starts Debian's `redis-server` (7.0; `apt-get install -y redis-server`) on 127.0.0.1
+with a generated password, append-only-file persistence (fsync every second) plus RDB
+snapshots, and writes `<home>/connection.json` (0600: host, port, password; the home is
+`<FACEBEAM_HOME>/redis` by default). The password is made once and kept across restarts,
+and so is the data (`<home>/data/`). It is written only to files of mode 0600 (the
+connection file and the server's config file), never on a command line nor in a log.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from facebeam.pipelines import jobs, options
+from facebeam.pipelines.local import toolkit
+from facebeam.transforms.errors import UserError
+from facebeam.transforms.home import facebeam_home
+from facebeam.transforms.redis_store import DEFAULT_PORT, RedisConn
+
+log = logging.getLogger(__name__)
+BEAM = False
+SERVER = "redis-server"
+
+
+class RedisLocalError(UserError):
+    """The local Redis cannot be started or stopped."""
+
+
+def default_home() -> Path:
+    return facebeam_home() / "redis"
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _pid(home: Path):
+    try:
+        return int((home / "redis.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def running_pid(home: Path):
+    pid = _pid(home)
+    return pid if pid and toolkit.alive(pid, must_contain=SERVER) else None
+
+
+def config_text(home: Path, port: int, password: str, maxmemory: str | None) -> str:
+    lines = [
+        "bind 127.0.0.1", f"port {port}", "protected-mode yes", "daemonize no",
+        f"pidfile {home / 'redis.pid'}", f"logfile {home / 'redis.log'}", f"dir {home / 'data'}",
+        f"requirepass {password}",
+        # Persistence: the append-only file (fsync every second) and RDB snapshots.
+        "appendonly yes", "appendfsync everysec", "save 900 1", "save 300 100", "save 60 10000",
+        "dbfilename dump.rdb",
+    ]
+    if maxmemory:
+        lines += [f"maxmemory {maxmemory}", "maxmemory-policy noeviction"]
+    return "\n".join(lines) + "\n"
+
+
+def up(home: Path, port: int = DEFAULT_PORT, maxmemory: str | None = None, timeout: float = 30.0) -> dict:
+    server = shutil.which(SERVER)
+    if not server:
+        raise RedisLocalError(f"no `{SERVER}` on PATH: apt-get install -y redis-server (Debian's Redis 7.0)")
+    home = home.absolute()
+    with toolkit.file_lock(home.parent / f".{home.name}.lock", timeout=timeout + 30, what="starting Redis",
+                           error=RedisLocalError):
+        conn_path = home / "connection.json"
+        try:
+            saved = json.loads(conn_path.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        pid = running_pid(home)
+        if pid:
+            if saved.get("port") not in (None, port):
+                log.info("Redis already running under %s on port %s", home, saved.get("port"))
+            return {"pid": pid, "port": saved.get("port", port), "home": str(home), "started": False}
+        if toolkit.port_open("127.0.0.1", port, timeout=1.0):
+            raise RedisLocalError(f"port {port} on 127.0.0.1 is taken by another process; pick --port")
+        password = saved.get("password") or secrets.token_urlsafe(24)
+        (home / "data").mkdir(parents=True, exist_ok=True)
+        _write_private(conn_path, json.dumps({"host": "127.0.0.1", "port": port, "password": password}, indent=2) + "\n")
+        _write_private(home / "redis.conf", config_text(home, port, password, maxmemory))
+        proc = toolkit.spawn_detached([server, str(home / "redis.conf")], home / "console.log")
+        conn = RedisConn(host="127.0.0.1", port=port, conn_file=str(conn_path), timeout_s=2.0)
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RedisLocalError(f"redis-server exited with code {proc.returncode}: "
+                                      f"{toolkit.log_tail(home / 'redis.log', 5, missing='(no log)')}")
+            try:
+                conn.check()
+                break
+            except UserError:
+                if time.monotonic() > deadline:
+                    toolkit.stop_processes([proc.pid], must_contain=SERVER, timeout=5)
+                    raise RedisLocalError(f"redis-server did not answer within {timeout:.0f} s; "
+                                          f"log: {home / 'redis.log'}") from None
+                time.sleep(0.2)
+        return {"pid": proc.pid, "port": port, "home": str(home), "started": True}
+
+
+def down(home: Path, timeout: float = 30.0) -> bool:
+    """SIGTERM (Redis writes its RDB snapshot and flushes the AOF on the way out)."""
+    pid = running_pid(home.absolute())
+    if not pid:
+        return False
+    toolkit.stop_processes([pid], must_contain=SERVER, timeout=timeout)
+    return True
+
+
+def status(home: Path) -> dict:
+    home = home.absolute()
+    pid = running_pid(home)
+    out = {"home": str(home), "pid": pid, "running": False}
+    conn_path = home / "connection.json"
+    if not conn_path.is_file():
+        return out
+    info = json.loads(conn_path.read_text())
+    out["port"] = info.get("port")
+    conn = RedisConn(host=info.get("host", "127.0.0.1"), port=int(info["port"]), conn_file=str(conn_path), timeout_s=2.0)
+    try:
+        client = conn.check()
+        server = client.info("server")
+        persistence = client.info("persistence")
+        out.update(running=True, version=server.get("redis_version"), keys=client.dbsize(),
+                   aof=bool(persistence.get("aof_enabled")), rdb_last_save=persistence.get("rdb_last_save_time"))
+        client.close()
+    except UserError as e:
+        out["error"] = str(e)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisCmdConfig:
+    action: str
+    home: str
+    port: int = DEFAULT_PORT
+    maxmemory: str | None = None
+    timeout: float = 30.0
+
+
+def build_parser():
+    p = options.parser("facebeam redis", __doc__)
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument("--home", default=None, help="state folder (default <FACEBEAM_HOME>/redis)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (default %(default)s)")
+    p.add_argument("--maxmemory", default=None, help="e.g. 2gb (default: no limit); writes fail past it, nothing is evicted")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for `up` (default %(default)s)")
+    return p
+
+
+def configure(a: options.Args, beam_args=()) -> RedisCmdConfig:
+    return RedisCmdConfig(action=a.action, home=a.home or str(default_home()), port=a.port, maxmemory=a.maxmemory,
+                          timeout=a.timeout)
+
+
+def run(config: RedisCmdConfig, pipeline=None) -> dict:
+    home = Path(config.home)
+    if config.action == "up":
+        info = up(home, config.port, config.maxmemory, config.timeout)
+        verb = "started" if info["started"] else "already running"
+        print(f"Redis {verb} on 127.0.0.1:{info['port']} (pid {info['pid']}); password and port in "
+              f"{home.absolute() / 'connection.json'} (0600); AOF + RDB persistence in {home.absolute() / 'data'}")
+        return {**info, "ok": True}
+    if config.action == "down":
+        stopped = down(home)
+        print("stopped" if stopped else "not running")
+        return {"ok": True, "stopped": stopped}
+    st = status(home)
+    if st["running"]:
+        print(f"running: Redis {st['version']} on 127.0.0.1:{st['port']} (pid {st['pid']}), {st['keys']} keys, "
+              f"AOF {'on' if st['aof'] else 'off'}, home {st['home']}")
+    else:
+        print(f"not running ({st.get('error') or 'no server under ' + st['home']})")
+    return {**st, "ok": st["running"]}
+
+
+def main(argv=None) -> int:
+    return jobs.main(sys.modules[__name__], argv, failed=lambda s: not s["ok"])
+
+
+if __name__ == "__main__":
+    jobs.entry(main)

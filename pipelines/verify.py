@@ -1,0 +1,217 @@
+"""facebeam verify: is the person in this photo NAME? Same or different, with the distance.
+
+    facebeam verify PHOTO --as NAME [--store redis|es] [--index faces] [--threshold T]
+    facebeam verify --pairs CSV [--photos DIR] [--store redis|es] ...
+
+Without --store: Elasticsearch when a cluster is configured, else Redis.
+The photo's largest face is embedded with the store's own spec and compared with every
+face labeled NAME (`facebeam index --store redis` loads labeled faces by identity; on
+Elasticsearch the faces carry a `label`). The closest one decides: same person when its
+distance is at most the threshold (--threshold, else the calibrated one the index carries,
+else the model's). On Redis the distance is computed on the server by a Lua script over
+the label's vectors; on Elasticsearch by a kNN search filtered by label (exact for an
+identity's few faces).
+
+--pairs CSV verifies many at once, the model loaded once: columns photo,identity[,decision]
+or the layout of face-recognition-pivot.csv (file_x,file_y,decision: PHOTO = file_x,
+NAME = file_y's file name, for a collection labeled by file name). With a decision column
+(Yes/No) it prints the accuracy.
+"""
+import csv
+import dataclasses
+import logging
+import os
+import sys
+import time
+
+from facebeam.pipelines import jobs, options
+from facebeam.transforms import calibrate, knn, sources
+from facebeam.transforms.errors import UserError
+from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
+
+log = logging.getLogger(__name__)
+BEAM = False
+KINDS = ("redis", "es")
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyConfig:
+    photo: str = None
+    name: str = None
+    pairs: str = None
+    photos: str = None
+    index: str = "faces"
+    threshold: float = None
+    store: object = None  # stores.StoreChoice
+    es: options.EsFlags = options.EsFlags()
+
+
+def build_parser():
+    p = options.parser("facebeam verify", __doc__)
+    p.add_argument("photo", nargs="?", help="the photo to verify (its largest face)")
+    p.add_argument("--as", dest="name", default=None, metavar="NAME", help="the identity label to verify against")
+    p.add_argument("--pairs", default=None, metavar="CSV", help="verify many: photo,identity[,decision] rows")
+    p.add_argument("--photos", default=None, metavar="DIR", help="folder the --pairs photo names are in "
+                                                                 "(default: the CSV's folder)")
+    p.add_argument("--index", default="faces", help="alias / store name (default %(default)s)")
+    p.add_argument("--threshold", type=float, default=None, help="same-person distance (default: calibrated, else the model's)")
+    options.add_store(p, kinds=KINDS, auto="redis")
+    options.add_es(p)
+    return p
+
+
+def configure(a: options.Args, beam_args=()) -> VerifyConfig:
+    return VerifyConfig(photo=a.photo, name=a.name, pairs=a.pairs, photos=a.photos, index=a.index,
+                        threshold=a.threshold, store=options.store_from(a, kinds=KINDS), es=options.es_from(a))
+
+
+def read_pairs(path: str, photos: str = None) -> list:
+    """(photo path, identity, expected same or None) per CSV row."""
+    base = photos or os.path.dirname(os.path.abspath(path))
+    out = []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        if "photo" in r and "identity" in r:
+            photo, name = r["photo"], r["identity"]
+        elif "file_x" in r and "file_y" in r:  # face-recognition-pivot.csv: paths of another layout, by file name
+            photo, name = os.path.basename(r["file_x"]), os.path.basename(r["file_y"])
+        else:
+            raise UserError(f"{path}: want columns photo,identity[,decision] or file_x,file_y[,decision]")
+        decision = (r.get("decision") or r.get("expected") or "").strip().lower()
+        expected = {"yes": True, "same": True, "true": True, "no": False, "different": False, "false": False}.get(decision)
+        out.append((photo if os.path.isabs(photo) else os.path.join(base, photo), name, expected))
+    return out
+
+
+class Backend:
+    """The store behind verification: closest(vector, name) -> (face_id, distance, faces of name)."""
+
+    def __init__(self, config: VerifyConfig):
+        from facebeam.transforms import stores
+
+        choice = config.store
+        if choice.kind is None:  # automatic: Elasticsearch when a cluster is configured, else Redis
+            kind = "es" if stores.es_configured(config.es.connection) else "redis"
+            choice = dataclasses.replace(choice, kind=kind)
+            log.info("verifying on %s (no --store given)", "Elasticsearch" if kind == "es" else "Redis")
+        self.kind = choice.kind
+        if self.kind == "redis":
+            from facebeam.transforms import redis_store
+
+            self.conn = choice.redis()
+            self.client = self.conn.check()
+            self.spec = redis_store.stored_spec(self.client, config.index)
+            self.verifier = redis_store.Verifier(self.client, config.index, self.spec)
+            self.where = f"Redis {self.conn.url} store {config.index!r}"
+            carried, place = None, None
+        else:
+            from facebeam.transforms import es_conn, es_index
+
+            conn = config.es.connection()
+            self.client = conn.client()
+            es_conn.check(self.client, conn)
+            concrete = es_index.alias_target(self.client, config.index)
+            if concrete is None:
+                raise UserError(f"no index {config.index!r} in Elasticsearch at {conn.url}; run `facebeam index` first")
+            self.spec, self.alias = es_index.spec_of(self.client, concrete), config.index
+            self.where = f"Elasticsearch {conn.url} index {config.index} ({concrete})"
+            carried, place = calibrate.from_index(self.client, concrete), f"index {concrete}"
+        self.threshold, self.threshold_from = calibrate.choose_threshold(self.spec, config.threshold, carried, place)
+
+    def closest(self, vector, name: str) -> tuple:
+        if self.kind == "redis":
+            return self.verifier.closest(vector, name)
+        search = knn.SearchSpec(k=1, num_candidates=100, filters=(("label", name),))
+        hits = knn.es_search(self.client, self.alias, [{"embedding": vector, "image_sha256": ""}], search, self.spec)[0]
+        if not hits:
+            return None, None, 0
+        return hits[0]["face_id"], hits[0]["distance"], None
+
+    def close(self):
+        self.client.close()
+
+
+class Prober:
+    """Photo -> its largest face's vector, the model loaded once (vectors cached by content)."""
+
+    def __init__(self, spec):
+        from facebeam.transforms.faces import FaceModel
+
+        self.spec, self.model, self.cache = spec, FaceModel(spec), {}
+
+    def __call__(self, path: str):
+        from facebeam.transforms import images
+
+        try:
+            data, sha = sources.read_bytes(path, DEFAULT_MAX_FILE_BYTES)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {path}: {e}") from None
+        if sha not in self.cache:
+            img = images.decode(path, data, sha, detect_max_side=self.spec.detect_max_side)
+            found = self.model.embed([img])[0]
+            found.path, found.sha256 = path, sha
+            faces = knn.probe_faces(found, self.spec)
+            self.cache[sha] = max(faces, key=lambda f: f["box_w"] * f["box_h"])["embedding"] if faces else None
+        if self.cache[sha] is None:
+            raise UserError(f"no face found in {path}")
+        return self.cache[sha]
+
+
+def verify_one(backend: Backend, prober: Prober, photo: str, name: str) -> dict:
+    vector = prober(photo)
+    started = time.perf_counter()
+    face_id, distance, n = backend.closest(vector, name)
+    ms = (time.perf_counter() - started) * 1000
+    if face_id is None:
+        return {"photo": photo, "identity": name, "verdict": "unknown", "distance": None, "latency_ms": round(ms, 3)}
+    return {"photo": photo, "identity": name, "verdict": "same" if distance <= backend.threshold else "different",
+            "distance": round(float(distance), 6), "closest_face_id": face_id, "faces_of_identity": n,
+            "latency_ms": round(ms, 3)}
+
+
+def run(config: VerifyConfig, pipeline=None) -> dict:
+    if config.pairs is None and not (config.photo and config.name):
+        raise UserError("give PHOTO --as NAME, or --pairs CSV")
+    if config.pairs is not None and (config.photo or config.name):
+        raise UserError("give either PHOTO --as NAME or --pairs CSV, not both")
+    options.existing_file(config.pairs, "--pairs file")
+    backend = Backend(config)
+    try:
+        prober = Prober(backend.spec)
+        head = {"backend": backend.kind if backend.kind == "redis" else "elasticsearch", "store": backend.where,
+                "threshold": backend.threshold, "threshold_from": backend.threshold_from, "spec_id": backend.spec.spec_id}
+        if config.pairs is None:
+            res = verify_one(backend, prober, config.photo, config.name)
+            if res["verdict"] == "unknown":
+                raise UserError(f"no face labeled {config.name!r} in {backend.where}")
+            print(f"{res['verdict']}: {config.photo} as {config.name}: distance {res['distance']:.4f} "
+                  f"{'<=' if res['verdict'] == 'same' else '>'} {backend.threshold:.4f} ({backend.threshold_from}); "
+                  f"{res['latency_ms']:.1f} ms on {head['backend']}")
+            return {**head, **res, "ok": True}
+        results = []
+        for photo, name, expected in read_pairs(config.pairs, config.photos):
+            res = verify_one(backend, prober, photo, name)
+            res["expected"] = None if expected is None else ("same" if expected else "different")
+            results.append(res)
+        judged = [r for r in results if r["expected"] is not None and r["verdict"] != "unknown"]
+        right = sum(r["verdict"] == r["expected"] for r in judged)
+        latencies = sorted(r["latency_ms"] for r in results if r["verdict"] != "unknown")
+        summary = {**head, "pairs": len(results), "unknown": sum(r["verdict"] == "unknown" for r in results),
+                   "judged": len(judged), "right": right, "accuracy": round(right / len(judged), 4) if judged else None,
+                   "latency_p50_ms": latencies[len(latencies) // 2] if latencies else None, "results": results,
+                   "ok": True}
+        print(f"verified {len(results)} pair(s) on {backend.where}: {summary['unknown']} unknown identit(ies); "
+              + (f"accuracy {summary['accuracy']:.4f} ({right}/{len(judged)})" if judged else "no decisions to score")
+              + (f"; server time p50 {summary['latency_p50_ms']:.2f} ms" if latencies else ""))
+        return summary
+    finally:
+        backend.close()
+
+
+def main(argv=None) -> int:
+    return jobs.main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    jobs.entry(main)
