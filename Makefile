@@ -24,14 +24,14 @@ env: $(BIN)/facebeam
 sample:
 	$(if $(PHOTOS),,$(error no photos (.jpg/.jpeg/.png) under SAMPLE=$(SAMPLE): run `make demo SAMPLE=DIR` with a folder of photos, or put deepface's tests/unit/dataset (github.com/serengil/deepface) at ../shared/data/faces))
 
+# The zero-server default: the embedded HNSW index (--store local). With a cluster (`facebeam es up`),
+# the same commands take --store es.
 demo: sample env
-	$(BIN)/facebeam es up
-	$(BIN)/facebeam run --input $(SAMPLE) --output $(OUT) --index faces
-	$(BIN)/facebeam es status --index faces
-	$(BIN)/facebeam query --probes $(PHOTOS) --index faces --k 5 \
+	$(BIN)/facebeam run --input $(SAMPLE) --output $(OUT) --index faces --store local
+	$(BIN)/facebeam query --probes $(PHOTOS) --index faces --store local --k 5 \
 	    --output $(OUT)-query --report $(OUT)-query/report.html
-	$(BIN)/facebeam search $(PHOTOS) --k 5
-	@echo "report: $(OUT)-query/report.html   (stop Elasticsearch with: $(BIN)/facebeam es down)"
+	$(BIN)/facebeam search $(PHOTOS) --index faces --store local --k 5
+	@echo "report: $(OUT)-query/report.html"
 
 test: env
 	$(BIN)/ruff check .

@@ -4,7 +4,10 @@ A small pure-Beam job (Create -> Reshuffle -> sha256 DoFn -> Parquet) runs on ev
 runner set-up in `RUNNER_MATRIX` and must write exactly what the local default runner
 writes. Clusters start once per runner set-up (module-scoped, parametrized fixture:
 pytest runs all tests of one set-up together, so only one cluster is up at a time)
-and are stopped at teardown.
+and are stopped at teardown. The cluster presets run the SDK harness in the cluster's
+Beam worker pool (EXTERNAL, one process per slot, as deploy/ does); the embedded ones
+in this process (LOOPBACK). `test_every_transform_kind_across_the_version_gap` runs each
+transform kind facebeam's jobs use on every set-up (job server Beam Java 2.62, SDK 2.77).
 
 Other test modules reuse the matrix with
 `pipeline_options(RUNNER_PRESETS[key] + args)` / `create_pipeline(opts)` inside
@@ -15,18 +18,21 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 import time
+from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.runners.runner import PipelineState
 
 from facebeam.pipelines.local import flink as flink_local
+from facebeam.pipelines.local import spark as spark_local
 from facebeam.pipelines.local import toolkit
 from facebeam.pipelines.runner import jars
-from facebeam.pipelines.local import spark as spark_local
 from facebeam.pipelines.runner.defaults import (
     PRESET_CLUSTERS,
     RUNNER_PRESETS,
@@ -35,8 +41,8 @@ from facebeam.pipelines.runner.defaults import (
     create_pipeline,
     live_job_servers,
     pipeline_options,
-    preset_options,
     preset_cluster,
+    preset_options,
     runner_name,
 )
 
@@ -62,6 +68,48 @@ def sha_pipeline(p, out_dir):
         | beam.ParDo(Sha256())
         | beam.io.WriteToParquet(os.path.join(out_dir, "part"), SCHEMA, file_name_suffix=".parquet")
     )
+
+
+class Halve(beam.DoFn):
+    def process(self, n):
+        if n % 7 == 0:
+            raise ValueError(f"bad {n}")  # goes to the exception-handling output
+        yield n // 2
+
+
+class ModHandler(ModelHandler):
+    """A trivial RunInference model (pure Python): x -> x mod 5."""
+
+    def load_model(self):
+        return _Mod()
+
+    def run_inference(self, batch, model, inference_args=None):
+        return [PredictionResult(x, x % model.m) for x in batch]
+
+
+class _Mod:  # RunInference shares models through weak references: not a bare int
+    m = 5
+
+
+def gap_pipeline(p, out_dir, files):
+    """Every transform kind facebeam's jobs use, on the Java job server / Python SDK version gap:
+    ReadAllFromParquet, BatchElements, ParDo.with_exception_handling, RunInference (with
+    exception handling), Flatten, Distinct, GroupByKey, CoGroupByKey, WriteToParquet."""
+    rows = p | "Files" >> beam.Create(files) | "Read" >> beam.io.ReadAllFromParquet(columns=["n"])
+    nums = rows | "N" >> beam.Map(lambda r: r["n"])
+    halves, bad = nums | "Halve" >> beam.ParDo(Halve()).with_exception_handling()
+    preds, failed = halves | "Infer" >> RunInference(ModHandler()).with_exception_handling()
+    distinct = ((halves, halves) | "Both" >> beam.Flatten() | "Distinct" >> beam.Distinct()
+                | "Batch" >> beam.BatchElements(min_batch_size=3, max_batch_size=7) | "Unbatch" >> beam.FlatMap(list))
+    mods = preds | "KeyMod" >> beam.Map(lambda r: (r.inference, r.example)) | "ByMod" >> beam.GroupByKey() \
+        | "CountMod" >> beam.MapTuple(lambda k, v: (k, len(list(v))))
+    joined = ({"d": distinct | "KD" >> beam.Map(lambda n: (n % 5, 1)), "m": mods}
+              | "Join" >> beam.CoGroupByKey()
+              | "Row" >> beam.MapTuple(lambda k, g: {"n": k, "sha256": f"{sum(g['d'])}/{list(g['m'])}"}))
+    errors = ((bad | "BadN" >> beam.Map(lambda e: {"n": -e[0], "sha256": "error"})),
+              (failed.failed_inferences | "Failed" >> beam.Map(lambda e: {"n": -1000, "sha256": "failed"})))
+    ((joined, *errors) | "All" >> beam.Flatten()
+     | beam.io.WriteToParquet(os.path.join(out_dir, "part"), SCHEMA, file_name_suffix=".parquet"))
 
 
 def read_rows(out_dir):
@@ -102,6 +150,51 @@ def expected(tmp_path_factory):
 def runner_key(request):
     with preset_cluster(request.param):
         yield request.param
+
+
+@pytest.fixture(scope="module")
+def gap_input(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gap-input")
+    files = []
+    for k in range(3):
+        path = str(folder / f"in-{k}.parquet")
+        pq.write_table(pa.table({"n": pa.array(list(range(k, N, 3)), pa.int64())}), path)
+        files.append(path)
+    return files
+
+
+@pytest.fixture(scope="module")
+def gap_expected(tmp_path_factory, gap_input):
+    _, out_dir, _ = run_on("direct", lambda p, o: gap_pipeline(p, o, gap_input), tmp_path_factory.mktemp("gap"))
+    rows = read_rows(out_dir)
+    assert ("error" in {r[1] for r in rows}) and len(rows) == 5 + len([n for n in range(N) if n % 7 == 0])
+    return rows
+
+
+def test_every_transform_kind_across_the_version_gap(runner_key, gap_input, gap_expected, tmp_path):
+    """The job server is Beam Java jars.ASSEMBLED_BEAM_VERSION (2.62), the SDK 2.77: every transform
+    kind facebeam uses runs on each runner set-up and gives Direct's rows."""
+    result, out_dir, _ = run_on(runner_key, lambda p, o: gap_pipeline(p, o, gap_input), tmp_path)
+    assert result.state == PipelineState.DONE
+    assert read_rows(out_dir) == gap_expected
+
+
+def test_flink_minor_is_one_constant():
+    """The local Flink, the job server's Flink and deploy/'s Flink are one minor: jars.FLINK_MINOR."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    minor = jars.FLINK_MINOR
+    assert jars.FLINK_VERSION.startswith(minor + ".")
+    assert jars.flink_spec().runner_artifact == f"beam-runners-flink-{minor}"
+    deploy = os.path.join(root, "deploy")
+    named = {}
+    for dirpath, _, files in os.walk(deploy):
+        for f in files:
+            if f.endswith((".yaml", ".yml", ".sh", ".py", "Dockerfile", "crontab", ".md")) and "crd" not in dirpath:
+                text = Path(dirpath, f).read_text()
+                for m in re.finditer(r"(?:flink_version=|FLINK_MINOR=|flink-|flink:|FLINK_VERSION:-)(1\.\d+)", text):
+                    named.setdefault(m.group(1), set()).add(os.path.relpath(os.path.join(dirpath, f), root))
+    assert set(named) == {minor}, named
+    assert f"flinkVersion: v{minor.replace('.', '_')}" in Path(deploy, "flink", "flinkdeployment.yaml").read_text()
 
 
 def _cluster_jobs(key):
@@ -152,12 +245,18 @@ def test_preset_defaults():
     assert jars.bundled_spark_version(s["spark_job_server_jar"]) == jars.SPARK_VERSION
     # explicit flags win; list-valued JVM flags are merged, the explicit one first
     e = pipeline_options(
-        ["--runner=FlinkRunner", "--flink_master=[auto]", "--environment_type=EXTERNAL",
-         "--environment_config=localhost:50000", "--job_server_jvm_properties=-Xmx1g"]
+        ["--runner=FlinkRunner", "--flink_master=[auto]", "--environment_type=PROCESS",
+         '--environment_config={"command": "/bin/true"}', "--job_server_jvm_properties=-Xmx1g"]
     ).get_all_options()
-    assert e["flink_master"] == "[auto]" and e["environment_type"] == "EXTERNAL"
+    assert e["flink_master"] == "[auto]" and e["environment_type"] == "PROCESS"
     assert e["job_server_jvm_properties"][0] == "-Xmx1g"
     assert pipeline_options([]).get_all_options()["direct_running_mode"] == "multi_processing"
+    # Python log level names the Java job server rejects are rewritten (it would fail the job at Run)
+    q = pipeline_options(["--runner=SparkRunner", "--default_sdk_harness_log_level=CRITICAL",
+                          '--sdk_harness_log_level_overrides={"a": "CRITICAL", "b": "WARNING", "c": "INFO"}'])
+    q = q.get_all_options()
+    assert q["default_sdk_harness_log_level"] == "ERROR"
+    assert q["sdk_harness_log_level_overrides"] == {"a": "ERROR", "b": "WARN", "c": "INFO"}
 
 
 @pytest.mark.parametrize("args,hint", [

@@ -1,11 +1,13 @@
-"""The real embed and index jobs on Flink and Spark give what the local runner gives."""
+"""The real embed and index jobs on Flink and Spark give what the local runner gives.
+
+The cluster presets run EXTERNAL on the clusters' worker pools (tests/test_worker_pools.py
+checks the pools themselves); the embedded ones LOOPBACK."""
 import os
 
 import numpy as np
 import pytest
 
-from facebeam.pipelines import embed
-from facebeam.pipelines import index
+from facebeam.pipelines import embed, index
 from facebeam.pipelines.runner.defaults import RUNNER_PRESETS, preset_cluster
 from tests.es_fixtures import SESSION_HOME
 from tests.helpers import SAMPLE, drop_versions, job, read_rows

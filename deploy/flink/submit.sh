@@ -18,7 +18,7 @@
 set -euo pipefail
 
 FLINK_MASTER="${FLINK_MASTER:-facebeam-flink-rest.facebeam.svc:8081}"   # <FlinkDeployment name>-rest
-FLINK_VERSION="${FLINK_VERSION:-1.20}"                                  # = spec.flinkVersion v1_20
+FLINK_VERSION="${FLINK_VERSION:-1.19}"                                  # = spec.flinkVersion v1_19
 FLINK_JOB_SERVER_JAR="${FACEBEAM_FLINK_JOB_SERVER_JAR:-/opt/facebeam/jars/beam-runners-flink-${FLINK_VERSION}-job-server-2.77.0.jar}"
 SUBMIT_MODE="${SUBMIT_MODE:-jobserver}"
 BEAM_ARTIFACTS_DIR="${BEAM_ARTIFACTS_DIR:-/data/beam-artifacts}"

@@ -1,9 +1,17 @@
-"""facebeam bench runners: the same embed job on Direct, Flink and Spark; images/s for each.
+"""facebeam bench runners: the same embed job on Direct, Flink and Spark; images/s and CPU for each.
 
-    facebeam bench runners [--photos 1000] [--runners direct,flink-embedded,spark-local] [--json FILE]
+    facebeam bench runners [--photos 1000] [--runners direct,flink-cluster,spark-cluster]
+                           [--scaling flink-cluster] [--json FILE]
 
 The photos are augmented copies of the sample (flips, crops, rescales, recompression),
-made at run time in a temp folder.
+made at run time in a temp folder. The cluster presets run on the local standalone
+clusters (`facebeam flink|spark up`, started here if needed) in EXTERNAL mode: the
+SDK harness runs in the cluster's Beam worker pool, one process per slot, as in
+deploy/. Each runner's CPU time is read from /proc/<pid>/stat of the launcher (and
+its children: Direct's workers, the job-server JVM) and of the cluster's processes
+(JVMs, the worker pool and its harness processes). `--scaling KEY` runs KEY once more
+with `--sdk_worker_parallelism=1` and prints the speed-up of N harness processes over
+one, and the parallel efficiency (speed-up / N).
 """
 import argparse
 import glob
@@ -11,13 +19,17 @@ import json
 import logging
 import os
 import tempfile
+import time
+from pathlib import Path
 
 from facebeam.pipelines import embed, options
+from facebeam.pipelines.runner.defaults import PRESET_CLUSTERS, RUNNER_PRESETS, preset_cluster
 from facebeam.transforms.sources import Inputs
-from facebeam.pipelines.runner.defaults import RUNNER_PRESETS, preset_cluster
 
 log = logging.getLogger(__name__)
 DEFAULT_SAMPLE = os.path.join("..", "shared", "data", "faces")
+DEFAULT_RUNNERS = "direct,flink-cluster,spark-cluster"
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def augmented_copies(sample_dir: str, n: int, out_dir: str) -> list:
@@ -43,33 +55,130 @@ def augmented_copies(sample_dir: str, n: int, out_dir: str) -> list:
     return made
 
 
+# --- CPU accounting from /proc ---------------------------------------------------------------
+def _stat(pid: int):
+    """(ppid, own cpu s, reaped children's cpu s) of a process, or None if gone."""
+    try:
+        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(rest[1]), (int(rest[11]) + int(rest[12])) / _TICK, (int(rest[13]) + int(rest[14])) / _TICK
+
+
+def _children_map() -> dict:
+    kids = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            st = _stat(int(entry.name))
+            if st:
+                kids.setdefault(st[0], []).append(int(entry.name))
+    return kids
+
+
+def tree_cpu_s(roots) -> float:
+    """CPU seconds of `roots`, their reaped children and their live descendants."""
+    kids = _children_map()
+    total, seen, todo = 0.0, set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        st = _stat(pid)
+        if st is None:
+            continue
+        total += st[1] + st[2]
+        todo += kids.get(pid, [])
+    return total
+
+
+def cluster_pids(key: str) -> list:
+    """The long-lived processes of a preset's local cluster (JVMs and the worker pool)."""
+    which = PRESET_CLUSTERS.get(key)
+    if which is None:
+        return []
+    from facebeam.pipelines.local import workers
+
+    pool = workers.pool_info(which)
+    pids = [int(pool["pid"])] if pool else []
+    if which == "flink":
+        from facebeam.pipelines.local import flink as flink_local
+
+        pids += [p for ps in flink_local._live_pids().values() for p in ps]
+    else:
+        from facebeam.pipelines.local import spark as spark_local
+
+        pids += spark_local._live(spark_local._MASTER) + spark_local._live(spark_local._WORKER)
+    return pids
+
+
+def _self_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def run_one(key: str, photos_dir: str, out: str, extra=()) -> dict:
+    pids = cluster_pids(key)
+    load0 = os.getloadavg()
+    own0, clu0 = _self_cpu_s(), tree_cpu_s(pids)
+    s = embed.run(embed.EmbedConfig(Inputs((photos_dir,)), out,
+                                    beam_args=(*RUNNER_PRESETS[key], *extra, *options.QUIET_WORKERS)))
+    time.sleep(2)  # let the pool / Spark worker reap the harness and executor processes
+    own, clu = _self_cpu_s() - own0, tree_cpu_s(pids) - clu0
+    elapsed = s["elapsed_s"]
+    return {"images_per_s": s["images_per_s"], "elapsed_s": elapsed, "images": s["images_seen"],
+            "faces": s["faces"], "failed": s["images_failed"], "runner": s["runner"],
+            "cpu_s": round(own + clu, 1), "cpu_launcher_s": round(own, 1), "cpu_cluster_s": round(clu, 1),
+            "cores_used": round((own + clu) / elapsed, 2) if elapsed else None,
+            "core_s_per_photo": round((own + clu) / max(1, s["images_seen"]), 3),
+            "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="facebeam bench runners", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=1000)
     parser.add_argument("--sample", default=DEFAULT_SAMPLE)
-    parser.add_argument("--runners", default="direct,flink-embedded,spark-local",
-                        help=f"comma-separated, of: {', '.join(RUNNER_PRESETS)}")
+    parser.add_argument("--runners", default=DEFAULT_RUNNERS, help=f"comma-separated, of: {', '.join(RUNNER_PRESETS)}")
+    parser.add_argument("--scaling", default="flink-cluster",
+                        help="preset to run once more with one harness process (--sdk_worker_parallelism=1); "
+                             "'none' to skip (default %(default)s)")
     parser.add_argument("--json", dest="json_out", default=None)
     ns = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="facebeam-bench-runners-")
     photos_dir = os.path.join(work, "photos")
     os.makedirs(photos_dir)
     augmented_copies(ns.sample, ns.photos, photos_dir)
+    keys = [k for k in ns.runners.split(",") if k]
+    scaling = None if ns.scaling in ("", "none") else ns.scaling
     results = {}
-    for key in ns.runners.split(","):
+    for key in keys + ([scaling] if scaling and scaling not in keys else []):
         with preset_cluster(key):
-            s = embed.run(embed.EmbedConfig(Inputs((photos_dir,)), os.path.join(work, key),
-                                            beam_args=(*RUNNER_PRESETS[key], *options.QUIET_WORKERS)))
-        results[key] = {"images_per_s": s["images_per_s"], "elapsed_s": s["elapsed_s"], "images": s["images_seen"],
-                        "faces": s["faces"], "failed": s["images_failed"], "runner": s["runner"]}
-        log.info("%s: %.2f images/s", key, s["images_per_s"])
+            results[key] = run_one(key, photos_dir, os.path.join(work, key))
+            log.info("%s: %.2f images/s", key, results[key]["images_per_s"])
+            if key == scaling:
+                from facebeam.pipelines.runner.defaults import pipeline_options
+
+                n = int(pipeline_options(RUNNER_PRESETS[key]).get_all_options()["sdk_worker_parallelism"] or 1)
+                one = run_one(key, photos_dir, os.path.join(work, key + "-1"), extra=("--sdk_worker_parallelism=1",))
+                results[f"{key} x1"] = one
+                speedup = results[key]["images_per_s"] / one["images_per_s"] if one["images_per_s"] else None
+                results["scaling"] = {"preset": key, "processes": n, "speedup": speedup,
+                                      "efficiency": speedup / n if speedup and n else None}
     base = results.get("direct", next(iter(results.values())))["images_per_s"]
-    print(f"\n{ns.photos} augmented photos, {os.cpu_count()} cores")
-    print(f"{'runner':<16} {'images/s':>9} {'vs direct':>9} {'elapsed s':>10} {'faces':>6}")
+    print(f"\n{ns.photos} augmented photos, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+    print(f"{'runner':<18} {'images/s':>9} {'vs direct':>9} {'elapsed s':>10} {'faces':>6} {'cpu s':>7} "
+          f"{'cores':>6} {'core-s/photo':>12}")
     for key, r in results.items():
-        print(f"{key:<16} {r['images_per_s']:>9.2f} {r['images_per_s'] / base:>9.2f} {r['elapsed_s']:>10.1f} {r['faces']:>6}")
+        if key == "scaling":
+            continue
+        print(f"{key:<18} {r['images_per_s']:>9.2f} {r['images_per_s'] / base:>9.2f} {r['elapsed_s']:>10.1f} "
+              f"{r['faces']:>6} {r['cpu_s']:>7.1f} {r['cores_used']:>6.2f} {r['core_s_per_photo']:>12.3f}")
+    sc = results.get("scaling")
+    if sc and sc["speedup"]:
+        print(f"{sc['preset']}: {sc['processes']} harness processes vs 1: speed-up {sc['speedup']:.2f}x, "
+              f"parallel efficiency {sc['efficiency']:.2f}")
     if ns.json_out:
         with open(ns.json_out, "w") as f:
-            json.dump({"photos": ns.photos, "results": results}, f, indent=2)
+            json.dump({"photos": ns.photos, "cores": os.cpu_count(), "results": results}, f, indent=2)
     return 0

@@ -10,7 +10,13 @@ The JobManager and one TaskManager are started with the wheel's `bin/jobmanager.
 configuration, logs and pid files under `<facebeam home>/flink/` ($FACEBEAM_HOME, else
 ./.facebeam; see `facebeam.transforms.home`).
 
-Submit Beam pipelines to it with `--runner=FlinkRunner --flink_master=localhost:8081`.
+`--workers N` (default: the number of cores) gives the TaskManager N slots and starts
+a Beam worker pool beside it (`pipelines/local/workers.py`, localhost:50000), as
+deploy/ runs one beside every TaskManager. Jobs submitted with
+`--runner=FlinkRunner --flink_master=localhost:8081` then get
+`--environment_type=EXTERNAL --environment_config=localhost:50000
+--sdk_worker_parallelism=N` filled in (`runner/defaults.py`): one Python SDK harness
+process per slot. `down` stops the pool too.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import time
 from pathlib import Path
 
 from facebeam.pipelines.local import toolkit
+from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.local.toolkit import RunnerSetupError
 from facebeam.pipelines.runner import jars
 
@@ -29,7 +36,9 @@ log = logging.getLogger(__name__)
 
 REST_PORT = 8081
 RPC_PORT = 6123
-SLOTS = 4
+#: Default task slots = harness processes (`--workers`): one per core.
+SLOTS = max(2, os.cpu_count() or 2)
+POOL_PORT = pools.POOL_PORTS["flink"]
 UP_TIMEOUT_S = 120
 DOWN_TIMEOUT_S = 30
 _DAEMONS = {  # pid-file daemon name -> main class (to recognise our processes)
@@ -109,7 +118,11 @@ def _write_conf(home: Path, slots: int, port: int, rpc_port: int = RPC_PORT) -> 
         "bind-host": "localhost",
         "host": "localhost",
         "numberOfTaskSlots": slots,
-        "memory": {"process": {"size": "1536m"}},
+        # Beam's batch jobs run many exchanges at once: with the default network memory
+        # (~10% of 1.5g) a job at parallelism 2 already fails with "Insufficient number
+        # of network buffers". 64 MiB per slot, at least 256 MiB.
+        "memory": {"process": {"size": f"{1536 + 64 * slots}m"},
+                   "network": {"min": f"{max(256, 64 * slots)}m", "max": f"{max(256, 64 * slots)}m"}},
     }
     conf["parallelism"] = {"default": min(slots, max(2, os.cpu_count() or 2))}
     conf["rest"] = {"address": "localhost", "bind-address": "localhost", "port": port}
@@ -138,9 +151,26 @@ def _script(home: Path, env: dict, script: str, *args: str, timeout: float = 60)
     toolkit.run_script(home / "bin" / script, *args, env=env, timeout=timeout)
 
 
-def up(slots: int = SLOTS, port: int = REST_PORT, timeout: float = UP_TIMEOUT_S,
-       version: str = jars.FLINK_VERSION, rpc_port: int = RPC_PORT) -> dict:
-    """Start the cluster (if not already running) and wait until a TaskManager offers slots."""
+def up(slots: int | None = None, port: int = REST_PORT, timeout: float = UP_TIMEOUT_S,
+       version: str = jars.FLINK_VERSION, rpc_port: int = RPC_PORT, workers: int | None = None,
+       pool_port: int | None = None) -> dict:
+    """Start the cluster and its worker pool (if not already running); wait until a
+    TaskManager offers slots. `workers` SDK harness processes (default: `slots`, else one
+    per core); `workers=0` starts no pool (jobs then need an explicit environment)."""
+    slots = slots or workers or SLOTS
+    workers = slots if workers is None else workers
+    info = _up_cluster(slots, port, timeout, version, rpc_port)
+    if workers:
+        info["worker_pool"] = pools.start_pool("flink", workers, pool_port)
+        _record_cluster(port, int(info.get("slots-total") or slots), workers, int(info["worker_pool"]["port"]))
+    return info
+
+
+def _record_cluster(port: int, slots: int, workers: int, pool_port: int) -> None:
+    pools._rewrite_state("flink", cluster_port=port, slots=slots, workers=workers, port=pool_port)
+
+
+def _up_cluster(slots, port, timeout, version, rpc_port) -> dict:
     info = cluster_info(port)
     live = _live_pids()
     if info and live["standalonesession"]:
@@ -186,9 +216,11 @@ def up(slots: int = SLOTS, port: int = REST_PORT, timeout: float = UP_TIMEOUT_S,
 
 
 def down(timeout: float = DOWN_TIMEOUT_S) -> bool:
-    """Stop the TaskManager and JobManager started by `up`. True if something was stopped."""
+    """Stop the worker pool, TaskManager and JobManager started by `up`. True if something was stopped."""
     pids = _pids()
     stopped = []
+    if pools.stop_pool("flink"):
+        stopped.append("worker pool")
     for name in ("taskexecutor", "standalonesession"):
         stopped += toolkit.stop_processes(pids[name], _DAEMONS[name], timeout=timeout)
         for f in _pid_files(name):
@@ -200,7 +232,14 @@ def down(timeout: float = DOWN_TIMEOUT_S) -> bool:
 
 def status(port: int = REST_PORT) -> dict:
     return {"rest": rest_url(port), "cluster": cluster_info(port), "pids": _live_pids(),
-            "logs": str(state_dir() / "log")}
+            "worker_pool": pools.pool_info("flink"), "logs": str(state_dir() / "log")}
+
+
+def _pool_line(pool) -> str:
+    if not pool:
+        return "not running"
+    return (f"localhost:{pool['port']} pid {pool['pid']} ({pool['workers']} workers, facebeam "
+            f"{pool['facebeam_version']}, Beam {pool['beam_version']})")
 
 
 def running(**kwargs):
@@ -211,7 +250,12 @@ def running(**kwargs):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="facebeam flink", description=__doc__.split("\n\n")[0])
     ap.add_argument("action", choices=["up", "down", "status"])
-    ap.add_argument("--slots", type=int, default=SLOTS, help="task slots of the task manager (default %(default)s)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help=f"SDK harness processes = task slots (default: --slots, else {SLOTS}, one per core); "
+                         f"0: no worker pool")
+    ap.add_argument("--slots", type=int, default=None, help="task slots of the task manager (default: --workers)")
+    ap.add_argument("--pool-port", type=int, default=None,
+                    help=f"worker pool port (default {POOL_PORT}, or a free one when another cluster holds it)")
     ap.add_argument("--port", type=int, default=REST_PORT, help="REST/web port (default %(default)s)")
     ap.add_argument("--rpc-port", type=int, default=RPC_PORT, help="JobManager RPC port (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for `up` (default %(default)s)")
@@ -220,9 +264,12 @@ def main(argv=None) -> int:
     try:
         if args.action == "up":
             info = up(slots=args.slots, port=args.port, timeout=args.timeout, version=args.version,
-                      rpc_port=args.rpc_port)
+                      rpc_port=args.rpc_port, workers=args.workers, pool_port=args.pool_port)
+            pool = info.get("worker_pool")
+            where = (f"; worker pool on localhost:{pool['port']} (pid {pool['pid']}, {pool['workers']} harness "
+                     f"processes per job)" if pool else "; no worker pool")
             print(f"Flink {info.get('flink-version')} running at {rest_url(args.port)}: "
-                  f"{info.get('taskmanagers')} task manager(s), {info.get('slots-total')} slots. "
+                  f"{info.get('taskmanagers')} task manager(s), {info.get('slots-total')} slots{where}. "
                   f"Submit with --runner=FlinkRunner --flink_master=localhost:{args.port}")
             return 0
         if args.action == "down":
@@ -232,7 +279,8 @@ def main(argv=None) -> int:
         if st["cluster"]:
             c = st["cluster"]
             print(f"running: Flink {c.get('flink-version')} at {st['rest']}, {c.get('taskmanagers')} task manager(s), "
-                  f"{c.get('slots-available')}/{c.get('slots-total')} slots free, pids {st['pids']}, logs {st['logs']}")
+                  f"{c.get('slots-available')}/{c.get('slots-total')} slots free, pids {st['pids']}, "
+                  f"worker pool {_pool_line(st['worker_pool'])}, logs {st['logs']}")
             return 0
         print(f"not running (no Flink at {st['rest']}; pids {st['pids']})")
         return 1

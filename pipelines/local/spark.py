@@ -9,8 +9,13 @@ spark://localhost:7077 with its web UI on http://localhost:8080; logs, pid files
 the worker's scratch space live under `<facebeam home>/spark/` (see
 `facebeam.transforms.home`).
 
-Submit Beam pipelines to it with
-`--runner=SparkRunner --spark_master_url=spark://localhost:7077`.
+`--workers N` (default: the number of cores) gives the worker N cores and starts a
+Beam worker pool beside it (`pipelines/local/workers.py`, localhost:50001), as
+deploy/ runs one on every Spark worker host. Jobs submitted with
+`--runner=SparkRunner --spark_master_url=spark://localhost:7077` then get
+`--environment_type=EXTERNAL --environment_config=localhost:50001
+--sdk_worker_parallelism=N` filled in (`runner/defaults.py`): one Python SDK harness
+process per executor core. `down` stops the pool too.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import time
 from pathlib import Path
 
 from facebeam.pipelines.local import toolkit
+from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.local.toolkit import RunnerSetupError
 from facebeam.pipelines.runner import jars
 
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 MASTER_PORT = 7077
 WEBUI_PORT = 8080
 WORKER_WEBUI_PORT = 8091
+POOL_PORT = pools.POOL_PORTS["spark"]
 UP_TIMEOUT_S = 120
 DOWN_TIMEOUT_S = 30
 _MASTER = "org.apache.spark.deploy.master.Master"
@@ -109,8 +116,22 @@ def _daemon(home: Path, env: dict, *args: str, timeout: float = 60) -> None:
 
 
 def up(port: int = MASTER_PORT, webui_port: int = WEBUI_PORT, cores: int | None = None, memory: str = "2g",
-       timeout: float = UP_TIMEOUT_S, version: str | None = None) -> dict:
-    """Start master and worker (if not already running); wait until the worker has registered."""
+       timeout: float = UP_TIMEOUT_S, version: str | None = None, workers: int | None = None,
+       pool_port: int | None = None) -> dict:
+    """Start master, worker and worker pool (if not already running); wait until the worker has
+    registered. `workers` SDK harness processes (default: `cores`, else one per core);
+    `workers=0` starts no pool."""
+    cores = cores or workers or max(2, os.cpu_count() or 2)
+    workers = cores if workers is None else workers
+    info = _up_cluster(port, webui_port, cores, memory, timeout, version)
+    if workers:
+        info["worker_pool"] = pools.start_pool("spark", workers, pool_port)
+        pools._rewrite_state("spark", cluster_port=port, webui_port=webui_port, cores=int(info.get("cores") or cores),
+                             workers=workers, port=int(info["worker_pool"]["port"]))
+    return info
+
+
+def _up_cluster(port, webui_port, cores, memory, timeout, version) -> dict:
     info = cluster_info(webui_port)
     if info and _live(_MASTER):
         if info.get("aliveworkers", 0) >= 1:
@@ -124,7 +145,6 @@ def up(port: int = MASTER_PORT, webui_port: int = WEBUI_PORT, cores: int | None 
     for d in ("log", "work", "tmp"):
         (state_dir() / d).mkdir(parents=True, exist_ok=True)
     env = _env(home, java)
-    cores = cores or max(2, os.cpu_count() or 2)
     t0 = time.monotonic()
     if not _live(_MASTER):
         for f in _pid_files(_MASTER):
@@ -158,7 +178,8 @@ def up(port: int = MASTER_PORT, webui_port: int = WEBUI_PORT, cores: int | None 
 
 
 def down(timeout: float = DOWN_TIMEOUT_S) -> bool:
-    stopped = []
+    """Stop the worker pool, worker and master started by `up`. True if something was stopped."""
+    stopped = ["worker pool"] if pools.stop_pool("spark") else []
     for cls in (_WORKER, _MASTER):
         stopped += toolkit.stop_processes(_pids(cls), cls, timeout=timeout)
         for f in _pid_files(cls):
@@ -170,7 +191,12 @@ def down(timeout: float = DOWN_TIMEOUT_S) -> bool:
 
 def status(webui_port: int = WEBUI_PORT) -> dict:
     return {"master": master_url(), "webui": f"http://localhost:{webui_port}", "cluster": cluster_info(webui_port),
-            "pids": {"master": _live(_MASTER), "worker": _live(_WORKER)}, "logs": str(state_dir() / "log")}
+            "pids": {"master": _live(_MASTER), "worker": _live(_WORKER)}, "worker_pool": pools.pool_info("spark"),
+            "logs": str(state_dir() / "log")}
+
+
+def _pool_line(pool) -> str:
+    return f"localhost:{pool['port']} pid {pool['pid']} ({pool['workers']} workers)" if pool else "not running"
 
 
 def running(**kwargs):
@@ -183,7 +209,11 @@ def main(argv=None) -> int:
     ap.add_argument("action", choices=["up", "down", "status"])
     ap.add_argument("--port", type=int, default=MASTER_PORT, help="master port (default %(default)s)")
     ap.add_argument("--webui-port", type=int, default=WEBUI_PORT, help="master web UI port (default %(default)s)")
-    ap.add_argument("--cores", type=int, default=None, help="worker cores (default: max(2, nproc))")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="SDK harness processes = worker cores (default: --cores, else max(2, nproc)); 0: no pool")
+    ap.add_argument("--cores", type=int, default=None, help="worker cores (default: --workers)")
+    ap.add_argument("--pool-port", type=int, default=None,
+                    help=f"worker pool port (default {POOL_PORT}, or a free one when another cluster holds it)")
     ap.add_argument("--memory", default="2g", help="worker memory for executors (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for `up` (default %(default)s)")
     ap.add_argument("--version", default=None, help="pyspark version (default: the job server's Spark)")
@@ -191,9 +221,12 @@ def main(argv=None) -> int:
     try:
         if args.action == "up":
             info = up(port=args.port, webui_port=args.webui_port, cores=args.cores, memory=args.memory,
-                      timeout=args.timeout, version=args.version)
+                      timeout=args.timeout, version=args.version, workers=args.workers, pool_port=args.pool_port)
+            pool = info.get("worker_pool")
+            where = (f"; worker pool on localhost:{pool['port']} (pid {pool['pid']}, {pool['workers']} harness "
+                     f"processes per job)" if pool else "; no worker pool")
             print(f"Spark master running at {master_url(args.port)} (web UI http://localhost:{args.webui_port}): "
-                  f"{info.get('aliveworkers')} worker(s), {info.get('cores')} cores. "
+                  f"{info.get('aliveworkers')} worker(s), {info.get('cores')} cores{where}. "
                   f"Submit with --runner=SparkRunner --spark_master_url={master_url(args.port)}")
             return 0
         if args.action == "down":
@@ -203,7 +236,9 @@ def main(argv=None) -> int:
         if st["cluster"]:
             c = st["cluster"]
             print(f"running: {st['master']} ({c.get('status')}), {c.get('aliveworkers')} worker(s), "
-                  f"{c.get('coresused')}/{c.get('cores')} cores used, pids {st['pids']}, logs {st['logs']}")
+                  f"{c.get('coresused')}/{c.get('cores')} cores used, pids {st['pids']}, worker pool "
+                  f"{_pool_line(st['worker_pool'])}, "
+                  f"logs {st['logs']}")
             return 0
         print(f"not running (no Spark master web UI at {st['webui']}; pids {st['pids']})")
         return 1

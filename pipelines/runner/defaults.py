@@ -6,13 +6,21 @@ download the Prism runner, which hangs on a machine without internet.
 
 `--runner=FlinkRunner` alone runs on an embedded Flink mini-cluster
 (`--flink_master=[local]`), `--runner=SparkRunner` alone on Spark `local[<cores>]`.
-For both, `pipeline_options` fills in `--environment_type=LOOPBACK` (the SDK harness
-runs in this process: no Docker, local paths work), the Beam job-server jar staged
+For both, `pipeline_options` fills in the SDK harness environment: on a facebeam-local
+standalone cluster (`facebeam flink|spark up`, named by `--flink_master=localhost:8081` /
+`--spark_master_url=spark://localhost:7077`) the production set-up of deploy/:
+`--environment_type=EXTERNAL --environment_config=localhost:<its worker pool's port>
+--sdk_worker_parallelism=<its workers>` (one Python harness process per slot, see
+`pipelines/local/workers.py`); otherwise (embedded, local[N], a cluster facebeam did not
+start) `--environment_type=LOOPBACK` (the SDK harness runs in this process: no Docker,
+local paths work). It also fills in the Beam job-server jar staged
 through Maven into `~/.apache_beam/cache/jars/` (see `pipelines.jars`),
 `--flink_version`, the Java launcher, and the JVM flags Java 17 needs
 (`--job_server_jvm_properties`). It also checks up front, with timeouts, that Java is
-17+, that the jar can be had and that a named cluster (`--flink_master=host:port`,
-`--spark_master_url=spark://...`) answers; anything wrong raises `RunnerSetupError`.
+17+, that the jar can be had, that a named cluster (`--flink_master=host:port`,
+`--spark_master_url=spark://...`) answers and, for EXTERNAL on this machine, that the
+worker pool answers and runs this facebeam/Beam version; anything wrong raises
+`RunnerSetupError`.
 
 Explicit Beam flags always win over these defaults (list-valued JVM flags are merged:
 yours first, the needed ones added when missing).
@@ -52,6 +60,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from facebeam.pipelines.local import toolkit
+from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.runner import jars
 from facebeam.pipelines.runner.jars import RunnerSetupError
 
@@ -153,17 +162,103 @@ def pipeline_options(beam_args, **overrides) -> PipelineOptions:
         if not given("direct_num_workers"):
             direct.direct_num_workers = 0  # 0 = one worker per core
     elif kind in ("flink", "spark"):
+        _java_log_levels(opts)
         _portable_defaults(opts, kind, given)
     return opts
+
+
+#: Python log level names the Java job server's SdkHarnessOptions (Beam 2.62) rejects
+#: ("Must be one of [OFF, ERROR, WARN, INFO, DEBUG, TRACE]"), and what both sides accept.
+_JAVA_LEVELS = {"CRITICAL": "ERROR", "FATAL": "ERROR", "WARNING": "WARN", "NOTSET": "DEBUG"}
+
+
+def _java_log_levels(opts: PipelineOptions) -> None:
+    """Rewrite harness log levels the Java job server cannot parse (it fails the job at Run
+    with INTERNAL otherwise). CRITICAL becomes ERROR: Python's "OFF" does not exist."""
+    from apache_beam.options.pipeline_options import WorkerOptions
+
+    worker = opts.view_as(WorkerOptions)
+    level = (worker.default_sdk_harness_log_level or "").upper()
+    if level in _JAVA_LEVELS:
+        worker.default_sdk_harness_log_level = _JAVA_LEVELS[level]
+    overrides = worker.sdk_harness_log_level_overrides
+    if isinstance(overrides, dict):
+        worker.sdk_harness_log_level_overrides = {
+            k: _JAVA_LEVELS.get(str(v).upper(), v) for k, v in overrides.items()}
+
+
+def local_cluster_pool(opts: PipelineOptions, kind: str | None = None) -> dict | None:
+    """The worker pool of the facebeam-local cluster that `opts` name (`facebeam flink|spark up`),
+    as recorded in its state file; {'port': <default>, 'workers': 1, 'missing': True} when that
+    cluster runs without a recorded pool; None when `opts` name no facebeam-local cluster."""
+    kind = kind or runner_kind(opts)
+    if kind == "flink":
+        master = opts.view_as(FlinkRunnerOptions).flink_master or "[local]"
+        if master in _FLINK_MAGIC:
+            return None
+        parsed = urllib.parse.urlparse(master if "://" in master else f"http://{master}")
+        default_port = 8081
+    elif kind == "spark":
+        url = opts.view_as(SparkRunnerOptions).spark_master_url or ""
+        if not url.startswith("spark://"):
+            return None
+        parsed = urllib.parse.urlparse(url)
+        default_port = 7077
+    else:
+        return None
+    try:
+        host, port = parsed.hostname, parsed.port or default_port
+    except ValueError:
+        return None
+    if not pools.local_host(host):
+        return None
+    state = pools.read_state(kind)
+    if state and int(state.get("cluster_port", default_port)) == port:
+        return state
+    if port == default_port and _local_cluster_alive(kind):
+        return {"kind": kind, "port": pools.POOL_PORTS[kind], "workers": 1, "missing": True}
+    return None
+
+
+def _local_cluster_alive(kind: str) -> bool:
+    if kind == "flink":
+        from facebeam.pipelines.local import flink as flink_local
+
+        return bool(flink_local._live_pids()["standalonesession"])
+    from facebeam.pipelines.local import spark as spark_local
+
+    return bool(spark_local._live(spark_local._MASTER))
+
+
+def _environment_defaults(opts: PipelineOptions, kind: str, given) -> None:
+    """LOOPBACK for embedded / unknown clusters; EXTERNAL on the local cluster's worker pool."""
+    portable = opts.view_as(PortableOptions)
+    pool = None if portable.job_endpoint else local_cluster_pool(opts, kind)
+    if not given("environment_type"):
+        portable.environment_type = "EXTERNAL" if pool else "LOOPBACK"
+    if pool and portable.environment_type == "EXTERNAL":
+        if not given("environment_config") and not portable.environment_config:
+            portable.environment_config = f"localhost:{pool['port']}"
+        if not given("sdk_worker_parallelism"):
+            portable.sdk_worker_parallelism = int(pool.get("workers") or 1)
+    if pool and kind == "flink" and not given("parallelism"):
+        # Beam's Flink runner takes the job's parallelism from the *job server's* Flink
+        # config (1 without one), not from the cluster: one slot would do all the work.
+        opts.view_as(FlinkRunnerOptions).parallelism = int(pool.get("slots") or pool.get("workers") or 1)
 
 
 def _portable_defaults(opts: PipelineOptions, kind: str, given) -> None:
     portable = opts.view_as(PortableOptions)
     jobsrv = opts.view_as(JobServerOptions)
-    if not given("environment_type"):
-        portable.environment_type = "LOOPBACK"
     if portable.job_endpoint:  # an already running job service: nothing to launch here
+        if not given("environment_type"):
+            portable.environment_type = "LOOPBACK"
         return
+    if kind == "flink" and not given("flink_master"):
+        opts.view_as(FlinkRunnerOptions).flink_master = "[local]"
+    if kind == "spark" and not given("spark_master_url"):
+        opts.view_as(SparkRunnerOptions).spark_master_url = f"local[{os.cpu_count() or 2}]"
+    _environment_defaults(opts, kind, given)
     java = toolkit.find_java(
         purpose=f"the Beam {kind.capitalize()} job server", launcher=jobsrv.job_server_java_launcher,
         hint=f"Point JAVA_HOME/PATH at a Java {toolkit.MIN_JAVA}+ (e.g. /usr/lib/jvm/java-17-openjdk-amd64) "
@@ -173,8 +268,6 @@ def _portable_defaults(opts: PipelineOptions, kind: str, given) -> None:
         jobsrv.job_server_java_launcher = java
     if kind == "flink":
         flink = opts.view_as(FlinkRunnerOptions)
-        if not given("flink_master"):
-            flink.flink_master = "[local]"
         if not given("flink_version"):
             flink.flink_version = jars.FLINK_MINOR
         flags = FLINK_JAVA17_FLAGS + _FLINK_LOG_FLAGS
@@ -184,8 +277,6 @@ def _portable_defaults(opts: PipelineOptions, kind: str, given) -> None:
             flink.flink_job_server_jar = str(jars.job_server_jar(jars.flink_spec(flink.flink_version)))
     else:
         spark = opts.view_as(SparkRunnerOptions)
-        if not given("spark_master_url"):
-            spark.spark_master_url = f"local[{os.cpu_count() or 2}]"
         flags = SPARK_JAVA17_FLAGS
         if given("spark_job_server_jar"):
             _check_given_jar(spark.spark_job_server_jar, "spark")
@@ -213,13 +304,49 @@ def check_cluster(opts: PipelineOptions, timeout: float | None = None) -> None:
         return
     if kind == "flink":
         flink = opts.view_as(FlinkRunnerOptions)
-        if flink.flink_master in _FLINK_MAGIC:
-            return
-        _check_flink(flink.flink_master, flink.flink_version, timeout)
+        if flink.flink_master not in _FLINK_MAGIC:
+            _check_flink(flink.flink_master, flink.flink_version, timeout)
     elif kind == "spark":
         url = opts.view_as(SparkRunnerOptions).spark_master_url
         if url.startswith("spark://"):
             _check_spark(url, timeout)
+    check_worker_pool(opts, timeout)
+
+
+def _runs_here(opts: PipelineOptions, kind: str) -> bool:
+    """Does the cluster `opts` name run on this machine (embedded, local[N] or localhost)?"""
+    if kind == "flink":
+        master = opts.view_as(FlinkRunnerOptions).flink_master or "[local]"
+        if master in _FLINK_MAGIC:
+            return True
+        return pools.local_host(urllib.parse.urlparse(master if "://" in master else f"http://{master}").hostname)
+    if kind == "spark":
+        url = opts.view_as(SparkRunnerOptions).spark_master_url or "local"
+        return url.startswith("local") or pools.local_host(urllib.parse.urlparse(url).hostname)
+    return False
+
+
+def check_worker_pool(opts: PipelineOptions, timeout: float | None = None) -> dict | None:
+    """For an EXTERNAL environment on a cluster that runs on this machine: RunnerSetupError
+    unless the worker pool answers within `timeout` and (for a facebeam-started pool) runs
+    this launcher's facebeam and Beam versions. A remote cluster's pool (`localhost:50000`
+    as seen from its TaskManagers) cannot be probed from here and is not."""
+    timeout = CLUSTER_PROBE_TIMEOUT_S if timeout is None else timeout
+    kind = runner_kind(opts)
+    portable = opts.view_as(PortableOptions)
+    if kind not in ("flink", "spark") or (portable.environment_type or "").upper() != "EXTERNAL":
+        return None
+    if not _runs_here(opts, kind):
+        return None
+    address = portable.environment_config or ""
+    if not address:
+        for o in portable.environment_options or []:
+            if o.startswith("external_service_address="):
+                address = o.split("=", 1)[1]
+    if not address:
+        raise RunnerSetupError("--environment_type=EXTERNAL needs --environment_config=HOST:PORT (the Beam worker "
+                               f"pool's address; `facebeam {kind} up` starts one on localhost:{pools.POOL_PORTS[kind]})")
+    return pools.check_pool(kind, address, timeout)
 
 
 def _check_flink(master: str, flink_version: str, timeout: float) -> None:
@@ -496,11 +623,15 @@ def runner_name(opts: PipelineOptions) -> str:
     kind = runner_kind(opts)
     if kind == "direct":
         return "DirectRunner(FnApiRunner)"
+    portable = opts.view_as(PortableOptions)
+    env = ""
+    if (portable.environment_type or "").upper() == "EXTERNAL":
+        env = f", EXTERNAL {portable.environment_config} x{portable.sdk_worker_parallelism}"
     if kind == "flink":
         master = opts.view_as(FlinkRunnerOptions).flink_master
-        return f"FlinkRunner({'embedded' if master in _FLINK_MAGIC else master})"
+        return f"FlinkRunner({'embedded' if master in _FLINK_MAGIC else master}{env})"
     if kind == "spark":
-        return f"SparkRunner({opts.view_as(SparkRunnerOptions).spark_master_url})"
+        return f"SparkRunner({opts.view_as(SparkRunnerOptions).spark_master_url}{env})"
     return str(opts.view_as(StandardOptions).runner)
 
 

@@ -42,11 +42,17 @@ log = logging.getLogger(__name__)
 
 BEAM_GROUP = "org.apache.beam"
 #: Newest Beam Java version whose Flink-1.19 and Spark-3 runner dependency trees
-#: resolve completely from the reachable Maven registry.
+#: resolve completely from the reachable Maven registry. Checked 2026-11-24 for
+#: 2.63.0-2.77.0: the registry serves the runner POMs (beam-runners-flink-1.19,
+#: beam-runners-spark-3) only at 2.70.0, and their trees do not resolve there
+#: (org.apache.beam:beam-runners-java-job-service:2.70.0 is not served);
+#: beam-runners-flink-1.18 / -1.20 are served at none of 2.61.0-2.77.0.
 ASSEMBLED_BEAM_VERSION = "2.62.0"
-#: Flink minor of the job server (the only one with runner artifacts on the registry
-#: at a resolvable Beam version) and the patch release used for both the job
-#: server's Flink client and the standalone cluster (PyPI `apache-flink`).
+#: THE Flink minor: of the job server (the only one with runner artifacts on the
+#: registry at a resolvable Beam version), of the local cluster and of deploy/
+#: (tests/test_runners.py::test_flink_minor_is_one_constant). FLINK_VERSION is the
+#: patch release used for both the job server's Flink client and the standalone
+#: cluster (PyPI `apache-flink`).
 FLINK_MINOR = "1.19"
 FLINK_VERSION = "1.19.3"
 #: Spark bundled into the assembled Spark job server (and so the `pyspark` version

@@ -1,0 +1,337 @@
+"""Beam SDK worker pools beside the local Flink TaskManager / Spark worker, as in deploy/.
+
+On a real cluster every TaskManager (Flink) or Spark worker has a Beam *worker pool*
+next to it (deploy/: the `beam-worker-pool` sidecar, port 50000), and jobs are
+submitted with `--environment_type=EXTERNAL --environment_config=localhost:50000`.
+The runner asks the pool for SDK harnesses (`StartWorker`); the pool starts one
+Python process per request, so a job with `--sdk_worker_parallelism=N` gets N
+harness processes per worker node: one per slot, each with its own GIL.
+
+`facebeam flink up --workers N` / `facebeam spark up --workers N` start such a pool
+here: `python -m facebeam.pipelines.local.workers pool --service_port=P` from the
+project's environment (this module wraps Beam's `worker_pool_main` servicer), with
+the environment of the `up` command (DEEPFACE_HOME, FACEBEAM_*, PATH with the
+venv's bin first). Each harness it starts runs `harness` below, which does what
+Beam's container boot does (provision info -> pipeline options -> SDK worker main),
+with its stdout sent to the pool's log (Beam's pool pipes a harness's stdout and
+never reads it: a chatty harness would block).
+
+The pool writes `<cluster state>/worker-pool.json` once it serves: port, pid,
+workers, facebeam and Beam versions, Python, DEEPFACE_HOME. `check_pool` (run by
+`runner.defaults.check_cluster` before a job is submitted to a facebeam-local
+cluster) probes the port and compares those versions with the launcher's, so a pool
+that is down or stale fails the job within seconds with `RunnerSetupError`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from facebeam.pipelines.local import toolkit
+from facebeam.pipelines.local.toolkit import RunnerSetupError
+
+log = logging.getLogger(__name__)
+
+#: Pool ports of the local clusters (deploy/ uses 50000 for both; here both clusters
+#: may be up at once).
+POOL_PORTS = {"flink": 50000, "spark": 50001}
+STATE_FILE = "worker-pool.json"
+START_TIMEOUT_S = float(os.environ.get("FACEBEAM_WORKER_POOL_TIMEOUT", "60"))
+_MODULE = "facebeam.pipelines.local.workers"
+
+
+def facebeam_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("facebeam")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return "unknown"
+
+
+def beam_version() -> str:
+    import apache_beam
+
+    return apache_beam.__version__
+
+
+def versions() -> dict:
+    """What a pool and a launcher must agree on."""
+    return {"facebeam_version": facebeam_version(), "beam_version": beam_version(),
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
+
+
+def state_dir(kind: str) -> Path:
+    """The cluster's state folder (the same as `flink.state_dir()` / `spark.state_dir()`)."""
+    return toolkit.facebeam_home() / kind
+
+
+def state_file(kind: str) -> Path:
+    return state_dir(kind) / STATE_FILE
+
+
+def read_state(kind: str) -> dict | None:
+    try:
+        return json.loads(state_file(kind).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def pool_info(kind: str) -> dict | None:
+    """The state of `kind`'s pool if its process is alive, else None."""
+    st = read_state(kind)
+    if st and toolkit.alive(int(st.get("pid", 0)), _MODULE):
+        return st
+    return None
+
+
+def pool_env() -> dict:
+    """The environment of the pool and its harnesses: this process's, venv bin first on PATH."""
+    env = dict(os.environ)
+    bindir = os.path.dirname(sys.executable)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    for k in ("PYTHONPATH", "PYTHONHOME"):
+        env.pop(k, None)
+    return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def start_pool(kind: str, workers: int, port: int | None = None, timeout: float = START_TIMEOUT_S) -> dict:
+    """Start `kind`'s worker pool (unless one with the same versions already serves); its state.
+    Without an explicit `port`, the default port (POOL_PORTS) is used when free, else a free
+    one (another facebeam home's cluster may hold it); jobs find it in the state file."""
+    strict = port is not None and port != POOL_PORTS[kind]
+    port = port or POOL_PORTS[kind]
+    live = pool_info(kind)
+    if live:
+        mismatch = _mismatch(live)
+        if not mismatch and int(live["port"]) == port and toolkit.port_open("localhost", port):
+            if int(live.get("workers", 0)) != workers:
+                _rewrite_state(kind, workers=workers)
+                live["workers"] = workers
+            log.info("worker pool already serving on localhost:%d (pid %s)", port, live["pid"])
+            return live
+        if not mismatch and not strict and toolkit.port_open("localhost", int(live["port"])):
+            _rewrite_state(kind, workers=workers)
+            return {**live, "workers": workers}
+        log.info("restarting the worker pool (pid %s): %s", live["pid"], mismatch or "other port")
+        stop_pool(kind)
+    if toolkit.port_open("localhost", port) and not strict:
+        taken, port = port, _free_port()
+        log.warning("port %d is taken (another cluster's worker pool?); the %s worker pool uses %d", taken, kind, port)
+    if toolkit.port_open("localhost", port):
+        raise RunnerSetupError(f"port {port} (the {kind} worker pool's) is taken by something that is not this "
+                               f"project's pool ({state_file(kind)} names no live pool); stop it or pass --pool-port")
+    folder = state_dir(kind)
+    (folder / "log").mkdir(parents=True, exist_ok=True)
+    state_file(kind).unlink(missing_ok=True)
+    console = folder / "log" / "worker-pool.log"
+    cmd = [sys.executable, "-m", _MODULE, "pool", f"--service_port={port}", f"--kind={kind}",
+           f"--workers={workers}", f"--state-file={state_file(kind)}"]
+    proc = toolkit.spawn_detached(cmd, console, env=pool_env(), cwd=os.getcwd())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = read_state(kind)
+        if st and st.get("pid") == proc.pid and toolkit.port_open("localhost", port, timeout=1):
+            log.info("worker pool pid %d serving localhost:%d (%d workers); log %s", proc.pid, port, workers, console)
+            return st
+        if proc.poll() is not None:
+            break
+        time.sleep(0.3)
+    tail = toolkit.log_tail(console, 30)
+    toolkit.stop_processes([proc.pid], group=True, timeout=5)
+    raise RunnerSetupError(f"the {kind} worker pool did not serve localhost:{port} within {timeout:.0f} s "
+                           f"(exit {proc.poll()}); log {console}:\n{tail}")
+
+
+def _rewrite_state(kind: str, **changes) -> None:
+    st = read_state(kind) or {}
+    st.update(changes)
+    tmp = state_file(kind).with_suffix(".tmp")
+    tmp.write_text(json.dumps(st, indent=2) + "\n")
+    os.replace(tmp, state_file(kind))
+
+
+def stop_pool(kind: str, timeout: float = 15) -> bool:
+    """Stop `kind`'s pool and the harnesses it started (its process group)."""
+    st = read_state(kind)
+    stopped = []
+    if st and st.get("pid"):
+        pid = int(st["pid"])
+        if toolkit.alive(pid, _MODULE):
+            stopped = toolkit.stop_processes([pid], group=True, timeout=timeout)
+        deadline = time.monotonic() + timeout  # gone means its port is free, not only its pid
+        while stopped and toolkit.port_open("localhost", int(st.get("port", 0)), timeout=0.5):
+            if time.monotonic() > deadline:
+                log.warning("the %s worker pool (pid %d) is gone but localhost:%s still answers", kind, pid,
+                            st.get("port"))
+                break
+            time.sleep(0.2)
+    state_file(kind).unlink(missing_ok=True)
+    if stopped:
+        log.info("stopped the %s worker pool %s", kind, stopped)
+    return bool(stopped)
+
+
+def _mismatch(st: dict) -> str:
+    """'' when the pool's recorded versions are the launcher's, else what differs."""
+    mine = versions()
+    diffs = [f"{k.replace('_', ' ')} {st.get(k)!s} (launcher: {v})" for k, v in mine.items() if str(st.get(k)) != v]
+    return ", ".join(diffs)
+
+
+def local_host(host: str | None) -> bool:
+    return (host or "localhost") in ("localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0")
+
+
+def split_address(address: str) -> tuple:
+    addr = address.split("://", 1)[-1]
+    host, _, port = addr.rpartition(":")
+    return (host.strip("[]") or "localhost"), int(port)
+
+
+def check_pool(kind: str, address: str, timeout: float = 5.0) -> dict | None:
+    """RunnerSetupError unless the worker pool at `address` (EXTERNAL environment_config)
+    answers within `timeout` and, where it is `kind`'s local pool, runs the launcher's
+    facebeam and Beam versions. Returns its state (None for a pool facebeam did not start)."""
+    try:
+        host, port = split_address(address)
+    except ValueError:
+        raise RunnerSetupError(f"--environment_config={address!r} is not host:port (the worker pool's address)"
+                               ) from None
+    hint = f"Start it with `facebeam {kind} up` (it starts the pool beside the cluster)"
+    deadline = time.monotonic() + timeout
+    while not toolkit.port_open(host, port, timeout=min(1.0, max(0.2, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            st = read_state(kind)
+            known = f"; {state_file(kind)} names pid {st.get('pid')} on port {st.get('port')}" if st else ""
+            raise RunnerSetupError(
+                f"No Beam worker pool answers at {host}:{port} (--environment_type=EXTERNAL "
+                f"--environment_config={address}) after {timeout:.0f} s{known}: the job's SDK harnesses could not "
+                f"start and it would hang. {hint}, or restart it with `facebeam {kind} down && facebeam {kind} up`."
+            )
+        time.sleep(0.3)
+    st = next((s for k in POOL_PORTS if (s := read_state(k)) and int(s.get("port", -1)) == port), None)
+    if not st or not local_host(host):
+        return None
+    mismatch = _mismatch(st)
+    if mismatch:
+        raise RunnerSetupError(
+            f"The Beam worker pool at {host}:{port} (pid {st.get('pid')}, {state_file(st.get('kind', kind))}) runs "
+            f"{mismatch}: its harnesses would run other code than this launcher. Restart it: "
+            f"`facebeam {st.get('kind', kind)} down && facebeam {st.get('kind', kind)} up`."
+        )
+    dh = os.environ.get("DEEPFACE_HOME")
+    if dh and st.get("deepface_home") and st["deepface_home"] != dh:
+        log.warning("the %s worker pool uses DEEPFACE_HOME=%s, this launcher %s", kind, st["deepface_home"], dh)
+    return st
+
+
+# --------------------------------------------------------------------------------------
+# The pool process and the harness it starts
+# --------------------------------------------------------------------------------------
+
+def _serve_pool(ns) -> int:
+    from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
+
+    import facebeam.pipelines  # noqa: F401  (Beam's import-noise filter)
+
+    state = Path(ns.state_file)
+    launcher = state.parent / "harness.sh"
+    tmp = launcher.with_suffix(".tmp")
+    tmp.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {_MODULE} harness "$@"\n')
+    tmp.chmod(0o755)
+    os.replace(tmp, launcher)
+    address, server = BeamFnExternalWorkerPoolServicer.start(
+        use_process=True, port=ns.service_port, container_executable=str(launcher))
+    logging.getLogger().setLevel(logging.INFO)
+    info = {"kind": ns.kind, "port": ns.service_port, "address": address, "pid": os.getpid(), "workers": ns.workers,
+            **versions(), "executable": sys.executable, "cwd": os.getcwd(),
+            "deepface_home": os.environ.get("DEEPFACE_HOME"), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = state.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, state)
+    log.info("worker pool serving %s: %s", address, info)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop(0)
+    return 0
+
+
+def _run_harness(ns) -> int:
+    """Beam's container boot, in Python: provision info -> env -> sdk_worker_main."""
+    os.dup2(2, 1)  # the pool pipes our stdout and never reads it
+    sys.stdout = sys.stderr
+    import runpy
+
+    import grpc
+    from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc, endpoints_pb2
+    from google.protobuf import json_format, text_format
+
+    import facebeam.pipelines  # noqa: F401  (Beam's import-noise filter)
+
+    env = os.environ
+    env["WORKER_ID"] = ns.id
+    options_json = "{}"
+    logging_url, control_url = ns.logging_endpoint, ns.control_endpoint
+    if ns.provision_endpoint:
+        with grpc.insecure_channel(ns.provision_endpoint) as ch:
+            stub = beam_provision_api_pb2_grpc.ProvisionServiceStub(ch)
+            info = stub.GetProvisionInfo(beam_provision_api_pb2.GetProvisionInfoRequest(),
+                                         metadata=[("worker_id", ns.id)], timeout=60).info
+        options_json = json_format.MessageToJson(info.pipeline_options)
+        if info.logging_endpoint.url:
+            logging_url = info.logging_endpoint.url
+        if info.control_endpoint.url:
+            control_url = info.control_endpoint.url
+        env["RUNNER_CAPABILITIES"] = " ".join(info.runner_capabilities)
+        if info.status_endpoint.url:
+            env["STATUS_API_SERVICE_DESCRIPTOR"] = text_format.MessageToString(info.status_endpoint)
+    env["PIPELINE_OPTIONS"] = options_json
+    if logging_url:
+        env["LOGGING_API_SERVICE_DESCRIPTOR"] = text_format.MessageToString(
+            endpoints_pb2.ApiServiceDescriptor(url=logging_url))
+    env["CONTROL_API_SERVICE_DESCRIPTOR"] = text_format.MessageToString(
+        endpoints_pb2.ApiServiceDescriptor(url=control_url))
+    sys.argv = [sys.argv[0]]
+    runpy.run_module("apache_beam.runners.worker.sdk_worker_main", run_name="__main__", alter_sys=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog=f"python -m {_MODULE}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pool", help="serve a Beam worker pool (what `facebeam flink|spark up` starts)")
+    p.add_argument("--service_port", type=int, required=True)
+    p.add_argument("--kind", default="flink")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--state-file", required=True)
+    h = sub.add_parser("harness", help="one SDK harness (started by the pool)")
+    for flag in ("id", "logging_endpoint", "artifact_endpoint", "provision_endpoint", "control_endpoint"):
+        h.add_argument(f"--{flag}", default="")
+    ns, _ = ap.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if ns.cmd == "pool":
+        return _serve_pool(ns)
+    return _run_harness(ns)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

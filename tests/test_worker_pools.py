@@ -1,0 +1,169 @@
+"""Local Flink and Spark clusters run the production harness: a Beam worker pool, EXTERNAL.
+
+`facebeam flink|spark up --workers 2` starts a worker pool beside the TaskManager /
+Spark worker (pipelines/local/workers.py); jobs submitted to those clusters get
+`--environment_type=EXTERNAL --environment_config=localhost:<pool> --sdk_worker_parallelism=2`,
+as deploy/ submits them. The real embed and index jobs must give what Direct gives,
+and a pool that is down or stale must fail the job within seconds.
+"""
+import os
+import re
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from facebeam.pipelines import embed, index
+from facebeam.pipelines.local import flink as flink_local
+from facebeam.pipelines.local import spark as spark_local
+from facebeam.pipelines.local import workers as pools
+from facebeam.pipelines.runner.defaults import PRESET_CLUSTERS, RUNNER_PRESETS, RunnerSetupError, pipeline_options
+from tests.helpers import SAMPLE, drop_versions, job, read_rows
+
+PHOTOS = ["couple.jpg", "img1.jpg", "img2.jpg", "img5.jpg", "img8.jpg", "img12.jpg", "img17.jpg", "img25.jpg",
+          "img33.jpg", "img40.jpg", "img50.jpg", "img58.jpg"]
+WORKERS = 2
+MODULES = {"flink": flink_local, "spark": spark_local}
+
+
+@pytest.fixture(scope="module")
+def photo_list(tmp_path_factory):
+    names = [p for p in PHOTOS if os.path.isfile(os.path.join(SAMPLE, p))]
+    assert len(names) >= 10, names
+    listing = tmp_path_factory.mktemp("pool-photos") / "photos.txt"
+    listing.write_text("\n".join(os.path.join(SAMPLE, p) for p in names) + "\n")
+    return str(listing), len(names)
+
+
+@pytest.fixture(scope="module")
+def direct(photo_list, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pool-direct")
+    summary = job(embed, ["--input", photo_list[0], "--output", str(out)])
+    return str(out), summary, {r["face_id"]: r for r in read_rows(str(out / "embeddings"))}
+
+
+@pytest.fixture(scope="module", params=["flink-cluster", "spark-cluster"])
+def cluster(request):
+    key = request.param
+    which = PRESET_CLUSTERS[key]
+    module = MODULES[which]
+    already = module.cluster_info() is not None
+    module.up(workers=WORKERS)
+    try:
+        yield key, which, module
+    finally:
+        if not already:
+            module.down()
+        else:  # leave it as found, with a pool
+            module.up()
+
+
+def _pool_starts(which) -> int:
+    log = pools.state_dir(which) / "log" / "worker-pool.log"
+    return len(re.findall(r"Starting worker with command", log.read_text())) if log.is_file() else 0
+
+
+def test_cluster_jobs_default_to_the_worker_pool(cluster):
+    key, which, _ = cluster
+    o = pipeline_options(RUNNER_PRESETS[key]).get_all_options()
+    assert o["environment_type"] == "EXTERNAL"
+    assert o["environment_config"] == f"localhost:{pools.POOL_PORTS[which]}"
+    assert int(o["sdk_worker_parallelism"]) == WORKERS
+    if which == "flink":  # every slot busy, not Beam's default of 1 for a remote cluster
+        assert int(o["parallelism"]) == WORKERS
+    # explicit flags win; embedded presets stay LOOPBACK
+    o = pipeline_options(RUNNER_PRESETS[key] + ["--environment_type=LOOPBACK"]).get_all_options()
+    assert o["environment_type"] == "LOOPBACK"
+    o = pipeline_options(RUNNER_PRESETS[key] + ["--sdk_worker_parallelism=1"]).get_all_options()
+    assert int(o["sdk_worker_parallelism"]) == 1
+    emb = "flink-embedded" if which == "flink" else "spark-local"
+    assert pipeline_options(RUNNER_PRESETS[emb]).get_all_options()["environment_type"] == "LOOPBACK"
+    st = pools.pool_info(which)
+    assert st and st["workers"] == WORKERS and st["beam_version"] == pools.beam_version()
+
+
+def test_embed_on_the_pool_matches_direct(cluster, photo_list, direct, tmp_path):
+    key, which, _ = cluster
+    starts = _pool_starts(which)
+    summary = job(embed, ["--input", photo_list[0], "--output", str(tmp_path), *RUNNER_PRESETS[key]])
+    assert "EXTERNAL" in summary["runner"], summary["runner"]
+    # the pool started the harnesses: at least one per slot
+    assert _pool_starts(which) - starts >= WORKERS
+    rows = {r["face_id"]: r for r in read_rows(str(tmp_path / "embeddings"))}
+    _, direct_summary, direct_rows = direct
+    assert rows.keys() == direct_rows.keys() and len(rows) >= photo_list[1]
+    for fid, row in rows.items():
+        np.testing.assert_allclose(row["embedding"], direct_rows[fid]["embedding"], rtol=0, atol=1e-6)
+    assert summary["images_seen"] == photo_list[1] == summary["images_embedded"]
+    assert summary["faces"] == direct_summary["faces"]
+
+
+def test_index_on_the_pool_matches_direct(cluster, direct, es_conn, es_home, es_client):
+    key, which, _ = cluster
+    conn = str(es_home / "connection.json")
+    shards = direct[0]
+    a, b = f"pool-direct-{which}", f"pool-{which}"
+    try:
+        d = job(index, ["--shards", shards, "--index", a, "--es-conn", conn])
+        starts = _pool_starts(which)
+        c = job(index, ["--shards", shards, "--index", b, "--es-conn", conn, *RUNNER_PRESETS[key]])
+        assert _pool_starts(which) - starts >= 1
+        assert c["failed"] == d["failed"] == 0
+        assert c["doc_count"] == d["doc_count"] == d["rows_read"] == len(direct[2])
+    finally:
+        drop_versions(es_client, a)
+        drop_versions(es_client, b)
+
+
+def test_stale_pool_fails_fast(cluster, monkeypatch):
+    key, which, _ = cluster
+    monkeypatch.setattr(pools, "facebeam_version", lambda: "9.9.9")
+    t0 = time.monotonic()
+    with pytest.raises(RunnerSetupError) as err:
+        pipeline_options(RUNNER_PRESETS[key])
+    msg = str(err.value)
+    assert "facebeam version 0.1.0" in msg or "facebeam version" in msg
+    assert "9.9.9" in msg and f"localhost:{pools.POOL_PORTS[which]}" in msg
+    assert f"facebeam {which} down && facebeam {which} up" in msg
+    assert time.monotonic() - t0 < 30
+
+
+def test_pool_down_fails_fast(cluster):
+    key, which, module = cluster
+    assert pools.stop_pool(which)
+    port = pools.POOL_PORTS[which]
+    assert not pools.toolkit.port_open("localhost", port), subprocess.run(
+        ["ss", "-ltnp"], capture_output=True, text=True).stdout
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RunnerSetupError) as err:
+            pipeline_options(RUNNER_PRESETS[key])
+        elapsed = time.monotonic() - t0
+        msg = str(err.value)
+        assert f"No Beam worker pool answers at localhost:{pools.POOL_PORTS[which]}" in msg
+        assert f"facebeam {which} up" in msg
+        assert elapsed < 30, elapsed
+    finally:
+        module.up(workers=WORKERS)  # the pool again, for the next tests
+    assert pools.pool_info(which)
+
+
+def test_unreachable_external_pool_fails_fast():
+    t0 = time.monotonic()
+    with pytest.raises(RunnerSetupError) as err:
+        pipeline_options(["--runner=FlinkRunner", "--environment_type=EXTERNAL", "--environment_config=localhost:1"])
+    assert "No Beam worker pool answers at localhost:1" in str(err.value)
+    assert time.monotonic() - t0 < 30
+
+
+def test_bench_cpu_accounting_counts_descendants():
+    """`facebeam bench runners` reads CPU from /proc: a child's CPU counts, live or reaped."""
+    import sys
+
+    from facebeam.pipelines.bench.runners import tree_cpu_s
+
+    before = tree_cpu_s([os.getpid()])
+    busy = "import time\nwhile time.process_time() < 0.5: pass\n"
+    subprocess.run([sys.executable, "-c", busy], check=True)
+    assert tree_cpu_s([os.getpid()]) - before >= 0.45
