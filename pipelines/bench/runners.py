@@ -13,7 +13,7 @@ its children: Direct's workers, the job-server JVM) and of the cluster's process
 with `--sdk_worker_parallelism=1` and prints the speed-up of N harness processes over
 one, and the parallel efficiency (speed-up / N).
 """
-import argparse
+import dataclasses
 import glob
 import json
 import logging
@@ -22,12 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from facebeam.pipelines import embed, options
+from facebeam.pipelines import embed, jobs, options
+from facebeam.pipelines.bench.synthetic import DEFAULT_SAMPLE
 from facebeam.pipelines.runner.defaults import PRESET_CLUSTERS, RUNNER_PRESETS, preset_cluster
 from facebeam.transforms.sources import Inputs
 
 log = logging.getLogger(__name__)
-DEFAULT_SAMPLE = os.path.join("..", "shared", "data", "faces")
 DEFAULT_RUNNERS = "direct,flink-cluster,spark-cluster"
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -134,9 +134,20 @@ def run_one(key: str, photos_dir: str, out: str, extra=()) -> dict:
             "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="facebeam bench runners", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+BEAM = False  # each runner's Beam flags come from its preset
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchRunnersConfig:
+    photos: int = 1000
+    sample: str = DEFAULT_SAMPLE
+    runners: tuple = tuple(DEFAULT_RUNNERS.split(","))
+    scaling: str = "flink-cluster"  # None: skip the one-harness run
+    json_out: str = None
+
+
+def build_parser():
+    parser = options.parser("facebeam bench runners", __doc__)
     parser.add_argument("--photos", type=int, default=1000)
     parser.add_argument("--sample", default=DEFAULT_SAMPLE)
     parser.add_argument("--runners", default=DEFAULT_RUNNERS, help=f"comma-separated, of: {', '.join(RUNNER_PRESETS)}")
@@ -144,13 +155,20 @@ def main(argv=None) -> int:
                         help="preset to run once more with one harness process (--sdk_worker_parallelism=1); "
                              "'none' to skip (default %(default)s)")
     parser.add_argument("--json", dest="json_out", default=None)
-    ns = parser.parse_args(argv)
+    return parser
+
+
+def configure(a: options.Args, beam_args=()) -> BenchRunnersConfig:
+    return BenchRunnersConfig(photos=a.photos, sample=a.sample, runners=tuple(k for k in a.runners.split(",") if k),
+                              scaling=None if a.scaling in ("", "none") else a.scaling, json_out=a.json_out)
+
+
+def run(ns: BenchRunnersConfig, pipeline=None) -> dict:
     work = tempfile.mkdtemp(prefix="facebeam-bench-runners-")
     photos_dir = os.path.join(work, "photos")
     os.makedirs(photos_dir)
     augmented_copies(ns.sample, ns.photos, photos_dir)
-    keys = [k for k in ns.runners.split(",") if k]
-    scaling = None if ns.scaling in ("", "none") else ns.scaling
+    keys, scaling = list(ns.runners), ns.scaling
     results = {}
     for key in keys + ([scaling] if scaling and scaling not in keys else []):
         with preset_cluster(key):
@@ -181,4 +199,10 @@ def main(argv=None) -> int:
     if ns.json_out:
         with open(ns.json_out, "w") as f:
             json.dump({"photos": ns.photos, "cores": os.cpu_count(), "results": results}, f, indent=2)
-    return 0
+    return results
+
+
+def main(argv=None) -> int:
+    import sys
+
+    return jobs.main(sys.modules[__name__], argv)

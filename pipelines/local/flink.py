@@ -20,7 +20,7 @@ process per slot. `down` stops the pool too.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -247,20 +247,55 @@ def running(**kwargs):
     return toolkit.running(cluster_info(kwargs.get("port", REST_PORT)) is not None, up, down, **kwargs)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="facebeam flink", description=__doc__.split("\n\n")[0])
-    ap.add_argument("action", choices=["up", "down", "status"])
-    ap.add_argument("--workers", type=int, default=None,
-                    help=f"SDK harness processes = task slots (default: --slots, else {SLOTS}, one per core); "
-                         f"0: no worker pool")
-    ap.add_argument("--slots", type=int, default=None, help="task slots of the task manager (default: --workers)")
-    ap.add_argument("--pool-port", type=int, default=None,
-                    help=f"worker pool port (default {POOL_PORT}, or a free one when another cluster holds it)")
-    ap.add_argument("--port", type=int, default=REST_PORT, help="REST/web port (default %(default)s)")
-    ap.add_argument("--rpc-port", type=int, default=RPC_PORT, help="JobManager RPC port (default %(default)s)")
-    ap.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for `up` (default %(default)s)")
-    ap.add_argument("--version", default=jars.FLINK_VERSION, help="apache-flink wheel version (default %(default)s)")
-    args = ap.parse_args(argv)
+BEAM = False
+
+
+@dataclasses.dataclass(frozen=True)
+class FlinkLocalConfig:
+    action: str  # up | down | status
+    port: int = REST_PORT
+    workers: int = None
+    slots: int = None
+    pool_port: int = None
+    rpc_port: int = RPC_PORT
+    timeout: float = UP_TIMEOUT_S
+    version: str = jars.FLINK_VERSION
+
+
+def build_parser():
+    from facebeam.pipelines import options
+
+    ap = options.parser("facebeam flink", __doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="action", required=True)
+    up_p = sub.add_parser("up", help="start the session cluster and its worker pool")
+    up_p.add_argument("--workers", type=int, default=None,
+                      help=f"SDK harness processes = task slots (default: --slots, else {SLOTS}, one per core); "
+                           f"0: no worker pool")
+    up_p.add_argument("--slots", type=int, default=None, help="task slots of the task manager (default: --workers)")
+    up_p.add_argument("--pool-port", type=int, default=None,
+                      help=f"worker pool port (default {POOL_PORT}, or a free one when another cluster holds it)")
+    up_p.add_argument("--rpc-port", type=int, default=RPC_PORT, help="JobManager RPC port (default %(default)s)")
+    up_p.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait (default %(default)s)")
+    up_p.add_argument("--version", default=jars.FLINK_VERSION, help="apache-flink wheel version (default %(default)s)")
+    sub.add_parser("down", help="stop the cluster and its worker pool")
+    status_p = sub.add_parser("status", help="is it running, slots, pool")
+    for sp in (up_p, status_p):
+        sp.add_argument("--port", type=int, default=REST_PORT, help="REST/web port (default %(default)s)")
+    return ap
+
+
+def configure(a, beam_args=()) -> FlinkLocalConfig:
+    if a.action == "up":
+        return FlinkLocalConfig("up", port=a.port, workers=a.workers, slots=a.slots, pool_port=a.pool_port,
+                                rpc_port=a.rpc_port, timeout=a.timeout, version=a.version)
+    return FlinkLocalConfig("status", port=a.port) if a.action == "status" else FlinkLocalConfig("down")
+
+
+def run(args: FlinkLocalConfig, pipeline=None) -> dict:
+    return {"code": _run(args)}
+
+
+def _run(args: FlinkLocalConfig) -> int:
     try:
         if args.action == "up":
             info = up(slots=args.slots, port=args.port, timeout=args.timeout, version=args.version,
@@ -287,6 +322,12 @@ def main(argv=None) -> int:
     except RunnerSetupError as e:
         print(f"facebeam flink {args.action}: {e}", file=sys.stderr)
         return 1
+
+
+def main(argv=None) -> int:
+    from facebeam.pipelines import jobs
+
+    return jobs.main(sys.modules[__name__], argv, failed=lambda s: s["code"])
 
 
 if __name__ == "__main__":

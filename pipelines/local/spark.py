@@ -19,7 +19,7 @@ process per executor core. `down` stops the pool too.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -204,20 +204,56 @@ def running(**kwargs):
     return toolkit.running(cluster_info(kwargs.get("webui_port", WEBUI_PORT)) is not None, up, down, **kwargs)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="facebeam spark", description=__doc__.split("\n\n")[0])
-    ap.add_argument("action", choices=["up", "down", "status"])
-    ap.add_argument("--port", type=int, default=MASTER_PORT, help="master port (default %(default)s)")
-    ap.add_argument("--webui-port", type=int, default=WEBUI_PORT, help="master web UI port (default %(default)s)")
-    ap.add_argument("--workers", type=int, default=None,
-                    help="SDK harness processes = worker cores (default: --cores, else max(2, nproc)); 0: no pool")
-    ap.add_argument("--cores", type=int, default=None, help="worker cores (default: --workers)")
-    ap.add_argument("--pool-port", type=int, default=None,
-                    help=f"worker pool port (default {POOL_PORT}, or a free one when another cluster holds it)")
-    ap.add_argument("--memory", default="2g", help="worker memory for executors (default %(default)s)")
-    ap.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait for `up` (default %(default)s)")
-    ap.add_argument("--version", default=None, help="pyspark version (default: the job server's Spark)")
-    args = ap.parse_args(argv)
+BEAM = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SparkLocalConfig:
+    action: str  # up | down | status
+    port: int = MASTER_PORT
+    webui_port: int = WEBUI_PORT
+    workers: int = None
+    cores: int = None
+    pool_port: int = None
+    memory: str = "2g"
+    timeout: float = UP_TIMEOUT_S
+    version: str = None
+
+
+def build_parser():
+    from facebeam.pipelines import options
+
+    ap = options.parser("facebeam spark", __doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="action", required=True)
+    up_p = sub.add_parser("up", help="start the master, a worker and its worker pool")
+    up_p.add_argument("--port", type=int, default=MASTER_PORT, help="master port (default %(default)s)")
+    up_p.add_argument("--workers", type=int, default=None,
+                      help="SDK harness processes = worker cores (default: --cores, else max(2, nproc)); 0: no pool")
+    up_p.add_argument("--cores", type=int, default=None, help="worker cores (default: --workers)")
+    up_p.add_argument("--pool-port", type=int, default=None,
+                      help=f"worker pool port (default {POOL_PORT}, or a free one when another cluster holds it)")
+    up_p.add_argument("--memory", default="2g", help="worker memory for executors (default %(default)s)")
+    up_p.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait (default %(default)s)")
+    up_p.add_argument("--version", default=None, help="pyspark version (default: the job server's Spark)")
+    sub.add_parser("down", help="stop the master, the worker and the pool")
+    status_p = sub.add_parser("status", help="is it running, cores, pool")
+    for sp in (up_p, status_p):
+        sp.add_argument("--webui-port", type=int, default=WEBUI_PORT, help="master web UI port (default %(default)s)")
+    return ap
+
+
+def configure(a, beam_args=()) -> SparkLocalConfig:
+    if a.action == "up":
+        return SparkLocalConfig("up", port=a.port, webui_port=a.webui_port, workers=a.workers, cores=a.cores,
+                                pool_port=a.pool_port, memory=a.memory, timeout=a.timeout, version=a.version)
+    return SparkLocalConfig("status", webui_port=a.webui_port) if a.action == "status" else SparkLocalConfig("down")
+
+
+def run(args: SparkLocalConfig, pipeline=None) -> dict:
+    return {"code": _run(args)}
+
+
+def _run(args: SparkLocalConfig) -> int:
     try:
         if args.action == "up":
             info = up(port=args.port, webui_port=args.webui_port, cores=args.cores, memory=args.memory,
@@ -245,6 +281,12 @@ def main(argv=None) -> int:
     except RunnerSetupError as e:
         print(f"facebeam spark {args.action}: {e}", file=sys.stderr)
         return 1
+
+
+def main(argv=None) -> int:
+    from facebeam.pipelines import jobs
+
+    return jobs.main(sys.modules[__name__], argv, failed=lambda s: s["code"])
 
 
 if __name__ == "__main__":
