@@ -61,29 +61,23 @@ def vector_file(faces: synthetic.SyntheticFaces, folder: Path, chunk_rows: int =
 
 
 def exact_topk(corpus, queries: np.ndarray, k: int, chunk_rows: int = 32_768, query_batch: int = 500):
-    """(ids, distances) of the k nearest corpus rows (euclidean) per query, chunk by chunk.
+    """(ids, distances) of the k nearest corpus rows (euclidean) per query, chunk by chunk, on the
+    project's one exact top-k (knn.topk_block / merge_topk).
 
     Memory: query_batch x chunk_rows floats for the distance block, plus the running top k.
     """
+    from facebeam.transforms import knn
+
     q = np.ascontiguousarray(queries, dtype=np.float32)
     ids_out = np.empty((len(q), k), dtype=np.int64)
     dist_out = np.empty((len(q), k), dtype=np.float32)
     for qs in range(0, len(q), query_batch):
         qb = q[qs:qs + query_batch]
-        best_d = np.full((len(qb), 0), np.inf, dtype=np.float32)
-        best_i = np.zeros((len(qb), 0), dtype=np.int64)
+        best = knn.empty_topk(len(qb))
         for start in range(0, len(corpus), chunk_rows):
-            x = np.asarray(corpus[start:start + chunk_rows])
-            # |q|^2 is the same for every row of a query: rank on |x|^2 - 2 q.x, add it back at the end.
-            d = np.einsum("ij,ij->i", x, x)[None, :] - 2.0 * (qb @ x.T)
-            kk = min(k, d.shape[1])
-            part = np.argpartition(d, kk - 1, axis=1)[:, :kk]
-            cand_d = np.concatenate([best_d, np.take_along_axis(d, part, 1)], axis=1)
-            cand_i = np.concatenate([best_i, part + start], axis=1)
-            keep = np.argsort(cand_d, axis=1, kind="stable")[:, :k]
-            best_d, best_i = np.take_along_axis(cand_d, keep, 1), np.take_along_axis(cand_i, keep, 1)
-        ids_out[qs:qs + len(qb)] = best_i
-        dist_out[qs:qs + len(qb)] = np.sqrt(np.maximum(best_d + np.sum(qb * qb, axis=1)[:, None], 0.0))
+            x = np.asarray(corpus[start:start + chunk_rows], dtype=np.float32)
+            best = knn.merge_topk(best, knn.topk_block(qb, x, k, x_offset=start), k)
+        ids_out[qs:qs + len(qb)], dist_out[qs:qs + len(qb)] = best
     return ids_out, dist_out
 
 
