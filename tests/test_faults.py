@@ -172,7 +172,12 @@ def test_node_restarted_mid_load_lands_every_doc_or_stops_in_one_line(tmp_path, 
             if done > 3000:
                 es_cluster_factory.kill_node(conn, 0)
                 restarted["killed_at"] = done
-                es_local.start_cluster(home, nodes=1, port=port, security=True, fresh=False, cache=_cache(), timeout=300)
+                try:
+                    es_local.start_cluster(home, nodes=1, port=port, security=True, fresh=False, cache=_cache(),
+                                           timeout=300)
+                except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                    restarted["error"] = repr(exc)
+                    return
                 restarted["up"] = True
                 return
             time.sleep(0.1)
@@ -184,7 +189,7 @@ def test_node_restarted_mid_load_lands_every_doc_or_stops_in_one_line(tmp_path, 
     with caplog.at_level(logging.ERROR):
         code = index.main(argv)
     t.join()
-    assert restarted.get("up"), "the node was not restarted during the load"
+    assert restarted.get("up"), f"the node was not restarted during the load: {restarted}"
     assert parquet_rows_under(tmp_path / "index-errors") == []
     new_client = es_local.connection(home).client()
     if code != 0:

@@ -191,7 +191,8 @@ def _implausible_vectors(table):
     if "embedding" not in table.column_names or table.num_rows == 0:
         return None
     col = table.column("embedding").combine_chunks()
-    values = col.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore"):  # NaN/inf from damaged bytes is what this looks for
+        values = col.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     finite = np.isfinite(values)
     if finite.all() and (np.abs(values) <= MAX_ABS_COMPONENT).all():
         return None

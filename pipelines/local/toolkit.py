@@ -18,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -214,10 +215,25 @@ def spawn_detached(cmd: list, console: Path, **popen) -> subprocess.Popen:
     with open(console, "wb") as out:
         if popen.get("user") is not None:
             os.fchown(out.fileno(), popen["user"], popen.get("group", -1))
+            cmd, popen = _drop_by_exec(cmd, popen)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, **popen)
     _CHILDREN[proc.pid] = proc
     return proc
+
+
+def _drop_by_exec(cmd: list, popen: dict) -> tuple:
+    """Drop to another account with setpriv(1) after exec, not with Popen(user=...): Popen's own
+    drop forces fork() instead of vfork(), and a fork while gRPC threads run (Beam in the same
+    process) runs gRPC's fork handlers in the child, which can crash it (SIGSEGV) before exec."""
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        return cmd, popen
+    popen = dict(popen)
+    uid, gid = popen.pop("user"), popen.pop("group", None)
+    popen.pop("extra_groups", None)
+    gid = pwd.getpwuid(uid).pw_gid if gid is None else gid
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *cmd], popen
 
 
 def forget(pid: int) -> None:
