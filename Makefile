@@ -36,7 +36,7 @@ demo: sample env
 test: env
 	$(BIN)/ruff check .
 	$(BIN)/pip install -q -r deploy/requirements-validate.txt
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 lint: $(BIN)/facebeam
 	$(BIN)/ruff check .
