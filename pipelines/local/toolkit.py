@@ -230,10 +230,10 @@ def _drop_by_exec(cmd: list, popen: dict) -> tuple:
     if not setpriv:
         return cmd, popen
     popen = dict(popen)
-    uid, gid = popen.pop("user"), popen.pop("group", None)
-    popen.pop("extra_groups", None)
+    uid, gid, extra = popen.pop("user"), popen.pop("group", None), popen.pop("extra_groups", None)
     gid = pwd.getpwuid(uid).pw_gid if gid is None else gid
-    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *cmd], popen
+    groups = f"--groups={','.join(map(str, extra))}" if extra else "--clear-groups"
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", groups, "--", *cmd], popen
 
 
 def forget(pid: int) -> None:
