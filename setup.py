@@ -10,6 +10,8 @@ setup(
     # so generic names like `pipelines` never clash with other packages in site-packages.
     package_dir={"facebeam.pipelines": "pipelines", "facebeam.transforms": "transforms"},
     packages=["facebeam." + p for p in find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"])],
+    # compiled by `facebeam flink|spark up` (pipelines/local/job_server.py)
+    package_data={"facebeam.pipelines.runner": ["*.java"]},
     install_requires=[
         "apache-beam==2.77.0",
         "deepface==0.0.103",

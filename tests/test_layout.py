@@ -120,6 +120,8 @@ def test_installed_names_and_a_pipeline_of_ones_own(tmp_path):
     (wheel,) = wheels.glob("facebeam-*.whl")
     tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist() if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"facebeam"}, tops
+    # the Java source `facebeam flink|spark up` compiles travels with the package
+    assert "facebeam/pipelines/runner/ClusterLibResources.java" in zipfile.ZipFile(wheel).namelist()
     site = tmp_path / "site"
     subprocess.run([PYTHON, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, timeout=300)

@@ -30,8 +30,9 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from apache_beam.runners.runner import PipelineState
 
 from facebeam.pipelines.local import flink as flink_local
+from facebeam.pipelines.local import job_server, toolkit
 from facebeam.pipelines.local import spark as spark_local
-from facebeam.pipelines.local import toolkit
+from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.runner import jars
 from facebeam.pipelines.runner.defaults import (
     PRESET_CLUSTERS,
@@ -198,25 +199,33 @@ def test_flink_minor_is_one_constant():
 
 
 def _cluster_jobs(key):
+    """Flink: jobs the cluster has seen. Spark (one application for all jobs): harnesses its pool started."""
     if PRESET_CLUSTERS.get(key) == "flink":
         return len(toolkit.http_json(f"{flink_local.rest_url()}/jobs/overview")["jobs"])
     if PRESET_CLUSTERS.get(key) == "spark":
-        return len(spark_local.cluster_info()["completedapps"])
+        log = pools.state_dir("spark") / "log" / "worker-pool.log"
+        return len(re.findall(r"Starting worker with command", log.read_text()))
     return None
 
 
 def test_runner_matches_direct(runner_key, expected, tmp_path):
     jobs_before = _cluster_jobs(runner_key)
+    which = PRESET_CLUSTERS.get(runner_key)
+    served = job_server.info(which) if which else None
     result, out_dir, seconds = run_on(runner_key, sha_pipeline, tmp_path)
     print(f"\n{runner_key}: {seconds:.1f} s on {runner_name(pipeline_options(RUNNER_PRESETS[runner_key]))}")
     assert result.state == PipelineState.DONE
     assert read_rows(out_dir) == expected
-    # the job really ran on the cluster
-    if jobs_before is not None:
-        assert _cluster_jobs(runner_key) == jobs_before + 1
-    # and its job-server JVM is gone as soon as the pipeline finished
-    assert result.job_server_pids
     assert live_job_servers() == []
+    if which:
+        # the job really ran on the cluster, through the cluster's own job server (no JVM of its own)
+        after = _cluster_jobs(runner_key)
+        assert after == jobs_before + 1 if which == "flink" else after > jobs_before
+        assert served and not hasattr(result, "job_server_pids")
+        assert job_server.info(which)["pid"] == served["pid"]
+        return
+    # an embedded runner's job-server JVM is gone as soon as the pipeline finished
+    assert result.job_server_pids
     for pid in result.job_server_pids:
         assert not toolkit.alive(pid), f"job server pid {pid} still running"
 

@@ -8,6 +8,7 @@ and a pool that is down or stale must fail the job within seconds.
 """
 import os
 import re
+import signal
 import subprocess
 import time
 
@@ -16,6 +17,7 @@ import pytest
 
 from facebeam.pipelines import embed, index
 from facebeam.pipelines.local import flink as flink_local
+from facebeam.pipelines.local import job_server
 from facebeam.pipelines.local import spark as spark_local
 from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.runner.defaults import PRESET_CLUSTERS, RUNNER_PRESETS, RunnerSetupError, pipeline_options
@@ -88,8 +90,13 @@ def test_embed_on_the_pool_matches_direct(cluster, photo_list, direct, tmp_path)
     starts = _pool_starts(which)
     summary = job(embed, ["--input", photo_list[0], "--output", str(tmp_path), *RUNNER_PRESETS[key]])
     assert "EXTERNAL" in summary["runner"], summary["runner"]
-    # the pool started the harnesses: at least one per slot
-    assert _pool_starts(which) - starts >= WORKERS
+    served = job_server.info(which)
+    assert f"job server localhost:{served['port']}" in summary["runner"]
+    # The pool started one harness per slot, once for the whole job: the runner reuses them from
+    # stage to stage, which Beam does only when its classes come from the cluster's classpath
+    # (beam-lib), not from jars shipped with the job.
+    assert not served["stages_jars"]
+    assert _pool_starts(which) - starts == WORKERS
     rows = {r["face_id"]: r for r in read_rows(str(tmp_path / "embeddings"))}
     _, direct_summary, direct_rows = direct
     assert rows.keys() == direct_rows.keys() and len(rows) >= photo_list[1]
@@ -147,6 +154,34 @@ def test_pool_down_fails_fast(cluster):
     finally:
         module.up(workers=WORKERS)  # the pool again, for the next tests
     assert pools.pool_info(which)
+
+
+def test_job_server_down_fails_fast(cluster):
+    key, which, module = cluster
+    served = job_server.info(which)
+    assert served
+    os.kill(served["pid"], signal.SIGKILL)  # it dies; its state file stays
+    assert pools.toolkit.wait_gone([served["pid"]], timeout=30)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RunnerSetupError) as err:
+            pipeline_options(RUNNER_PRESETS[key])
+        msg = str(err.value)
+        assert "job server" in msg and f"localhost:{served['port']}" in msg, msg
+        assert f"facebeam {which} down && facebeam {which} up" in msg
+        assert time.monotonic() - t0 < 30
+    finally:
+        module.up(workers=WORKERS)
+    assert job_server.info(which)["pid"] != served["pid"]
+
+
+def test_pool_listens_on_loopback_only(cluster):
+    """The pool starts processes for whoever asks; Beam's own pool would listen on [::]."""
+    _, which, _ = cluster
+    listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
+    pool_port = pools.pool_info(which)["port"]
+    local = [ln.split()[3] for ln in listening.splitlines() if ln.split()[3].endswith(f":{pool_port}")]
+    assert local and all(a.rsplit(":", 1)[0] in ("127.0.0.1", "[::ffff:127.0.0.1]") for a in local), local
 
 
 def test_unreachable_external_pool_fails_fast():

@@ -1,17 +1,20 @@
 """facebeam bench runners: the same embed job on Direct, Flink and Spark; images/s and CPU for each.
 
-    facebeam bench runners [--photos 1000] [--runners direct,flink-cluster,spark-cluster]
+    facebeam bench runners [--photos 1000] [--warmup 20] [--runners direct,flink-cluster,spark-cluster]
                            [--scaling flink-cluster] [--json FILE]
 
 The photos are augmented copies of the sample (flips, crops, rescales, recompression),
 made at run time in a temp folder. The cluster presets run on the local standalone
 clusters (`facebeam flink|spark up`, started here if needed) in EXTERNAL mode: the
 SDK harness runs in the cluster's Beam worker pool, one process per slot, as in
-deploy/. Each runner's CPU time is read from /proc/<pid>/stat of the launcher (and
-its children: Direct's workers, the job-server JVM) and of the cluster's processes
-(JVMs, the worker pool and its harness processes). `--scaling KEY` runs KEY once more
-with `--sdk_worker_parallelism=1` and prints the speed-up of N harness processes over
-one, and the parallel efficiency (speed-up / N).
+deploy/, and jobs go through the cluster's long-lived job server. Each runner's CPU
+time is read from /proc/<pid>/stat of the launcher (and its children: Direct's workers)
+and of the cluster's processes (JVMs, the job server, the worker pool and its harness
+processes). Each runner first runs an untimed `--warmup`-photo job, as a long-lived
+cluster's JVMs are warm. `--scaling KEY` runs KEY once more
+with one worker (`--sdk_worker_parallelism=1`, and `--parallelism=1` on Flink: one slot, one
+harness process) and prints the speed-up of N workers over one, and the parallel
+efficiency (speed-up / N).
 """
 import dataclasses
 import glob
@@ -97,10 +100,10 @@ def cluster_pids(key: str) -> list:
     which = PRESET_CLUSTERS.get(key)
     if which is None:
         return []
-    from facebeam.pipelines.local import workers
+    from facebeam.pipelines.local import job_server, workers
 
-    pool = workers.pool_info(which)
-    pids = [int(pool["pid"])] if pool else []
+    pool, server = workers.pool_info(which), job_server.info(which)
+    pids = [int(st["pid"]) for st in (pool, server) if st]
     if which == "flink":
         from facebeam.pipelines.local import flink as flink_local
 
@@ -134,12 +137,17 @@ def run_one(key: str, photos_dir: str, out: str, extra=()) -> dict:
             "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
+#: A one-worker run of a cluster preset: one harness process and, on Flink, one slot (else the
+#: one process would still get two slots' bundles on two threads). Spark's executor keeps its cores.
+ONE_WORKER = {"flink": ("--sdk_worker_parallelism=1", "--parallelism=1"), "spark": ("--sdk_worker_parallelism=1",)}
+
 BEAM = False  # each runner's Beam flags come from its preset
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchRunnersConfig:
     photos: int = 1000
+    warmup: int = 20
     sample: str = DEFAULT_SAMPLE
     runners: tuple = tuple(DEFAULT_RUNNERS.split(","))
     scaling: str = "flink-cluster"  # None: skip the one-harness run
@@ -149,17 +157,21 @@ class BenchRunnersConfig:
 def build_parser():
     parser = options.parser("facebeam bench runners", __doc__)
     parser.add_argument("--photos", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=20,
+                        help="photos of an untimed job each runner runs first: a long-lived cluster's JVMs "
+                             "are warm, a fresh one's are not (default %(default)s; 0: none)")
     parser.add_argument("--sample", default=DEFAULT_SAMPLE)
     parser.add_argument("--runners", default=DEFAULT_RUNNERS, help=f"comma-separated, of: {', '.join(RUNNER_PRESETS)}")
     parser.add_argument("--scaling", default="flink-cluster",
-                        help="preset to run once more with one harness process (--sdk_worker_parallelism=1); "
+                        help="preset to run once more with one worker (one harness process; one slot on Flink); "
                              "'none' to skip (default %(default)s)")
     parser.add_argument("--json", dest="json_out", default=None)
     return parser
 
 
 def configure(a: options.Args, beam_args=()) -> BenchRunnersConfig:
-    return BenchRunnersConfig(photos=a.photos, sample=a.sample, runners=tuple(k for k in a.runners.split(",") if k),
+    return BenchRunnersConfig(photos=a.photos, warmup=a.warmup, sample=a.sample,
+                              runners=tuple(k for k in a.runners.split(",") if k),
                               scaling=None if a.scaling in ("", "none") else a.scaling, json_out=a.json_out)
 
 
@@ -167,24 +179,31 @@ def run(ns: BenchRunnersConfig, pipeline=None) -> dict:
     work = tempfile.mkdtemp(prefix="facebeam-bench-runners-")
     photos_dir = os.path.join(work, "photos")
     os.makedirs(photos_dir)
-    augmented_copies(ns.sample, ns.photos, photos_dir)
+    made = augmented_copies(ns.sample, ns.photos, photos_dir)
+    warm_dir = os.path.join(work, "warmup")
+    os.makedirs(warm_dir)
+    for path in made[:ns.warmup]:
+        os.symlink(path, os.path.join(warm_dir, os.path.basename(path)))
     keys, scaling = list(ns.runners), ns.scaling
     results = {}
     for key in keys + ([scaling] if scaling and scaling not in keys else []):
         with preset_cluster(key):
+            if ns.warmup:
+                run_one(key, warm_dir, os.path.join(work, key + "-warmup"))
             results[key] = run_one(key, photos_dir, os.path.join(work, key))
             log.info("%s: %.2f images/s", key, results[key]["images_per_s"])
             if key == scaling:
                 from facebeam.pipelines.runner.defaults import pipeline_options
 
                 n = int(pipeline_options(RUNNER_PRESETS[key]).get_all_options()["sdk_worker_parallelism"] or 1)
-                one = run_one(key, photos_dir, os.path.join(work, key + "-1"), extra=("--sdk_worker_parallelism=1",))
+                one = run_one(key, photos_dir, os.path.join(work, key + "-1"), extra=ONE_WORKER[PRESET_CLUSTERS[key]])
                 results[f"{key} x1"] = one
                 speedup = results[key]["images_per_s"] / one["images_per_s"] if one["images_per_s"] else None
                 results["scaling"] = {"preset": key, "processes": n, "speedup": speedup,
                                       "efficiency": speedup / n if speedup and n else None}
     base = results.get("direct", next(iter(results.values())))["images_per_s"]
-    print(f"\n{ns.photos} augmented photos, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+    print(f"\n{ns.photos} augmented photos, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+          f"each runner ran an untimed {ns.warmup}-photo job first")
     print(f"{'runner':<18} {'images/s':>9} {'vs direct':>9} {'elapsed s':>10} {'faces':>6} {'cpu s':>7} "
           f"{'cores':>6} {'core-s/photo':>12}")
     for key, r in results.items():
@@ -198,7 +217,7 @@ def run(ns: BenchRunnersConfig, pipeline=None) -> dict:
               f"parallel efficiency {sc['efficiency']:.2f}")
     if ns.json_out:
         with open(ns.json_out, "w") as f:
-            json.dump({"photos": ns.photos, "cores": os.cpu_count(), "results": results}, f, indent=2)
+            json.dump({"photos": ns.photos, "warmup_photos": ns.warmup, "cores": os.cpu_count(), "results": results}, f, indent=2)
     return results
 
 

@@ -16,7 +16,10 @@ deploy/ runs one beside every TaskManager. Jobs submitted with
 `--runner=FlinkRunner --flink_master=localhost:8081` then get
 `--environment_type=EXTERNAL --environment_config=localhost:50000
 --sdk_worker_parallelism=N` filled in (`runner/defaults.py`): one Python SDK harness
-process per slot. `down` stops the pool too.
+process per slot. The JobManager and TaskManager run with Beam's runner jars in their
+lib/ (`FLINK_LIB_DIR=<facebeam home>/flink/beam-lib`), and `up` starts one Beam job server
+for the cluster (localhost:8099), which jobs are sent to: see `pipelines/local/job_server.py`.
+`down` stops the job server and the pool too.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from facebeam.pipelines.local import toolkit
+from facebeam.pipelines.local import job_server, toolkit
 from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.local.toolkit import RunnerSetupError
 from facebeam.pipelines.runner import jars
@@ -163,7 +166,17 @@ def up(slots: int | None = None, port: int = REST_PORT, timeout: float = UP_TIME
     if workers:
         info["worker_pool"] = pools.start_pool("flink", workers, pool_port)
         _record_cluster(port, int(info.get("slots-total") or slots), workers, int(info["worker_pool"]["port"]))
+    info["job_server"] = job_server.start("flink", f"localhost:{port}", stages_jars=not _beam_in_lib())
     return info
+
+
+def _beam_in_lib() -> bool:
+    """Do the running JobManager and TaskManager have facebeam's beam-lib (Beam + the
+    stage-nothing detector) as their lib/? Not when they were started by an older `up`."""
+    lib = job_server.lib_dir("flink")
+    pids = [p for ps in _live_pids().values() for p in ps]
+    return bool(pids) and (lib / "facebeam-cluster-lib.jar").exists() and all(
+        str(lib) in toolkit.cmdline(p) for p in pids)
 
 
 def _record_cluster(port: int, slots: int, workers: int, pool_port: int) -> None:
@@ -186,6 +199,7 @@ def _up_cluster(slots, port, timeout, version, rpc_port) -> dict:
     (state_dir() / "log").mkdir(parents=True, exist_ok=True)
     conf_dir = _write_conf(home, slots, port, rpc_port)
     env = _env(home, conf_dir, java)
+    env["FLINK_LIB_DIR"] = str(job_server.cluster_lib("flink", home / "lib")[0])
     t0 = time.monotonic()
     if not live["standalonesession"]:
         for f in _pid_files("standalonesession"):
@@ -219,6 +233,8 @@ def down(timeout: float = DOWN_TIMEOUT_S) -> bool:
     """Stop the worker pool, TaskManager and JobManager started by `up`. True if something was stopped."""
     pids = _pids()
     stopped = []
+    if job_server.stop("flink"):
+        stopped.append("job server")
     if pools.stop_pool("flink"):
         stopped.append("worker pool")
     for name in ("taskexecutor", "standalonesession"):
@@ -232,7 +248,8 @@ def down(timeout: float = DOWN_TIMEOUT_S) -> bool:
 
 def status(port: int = REST_PORT) -> dict:
     return {"rest": rest_url(port), "cluster": cluster_info(port), "pids": _live_pids(),
-            "worker_pool": pools.pool_info("flink"), "logs": str(state_dir() / "log")}
+            "worker_pool": pools.pool_info("flink"), "job_server": job_server.info("flink"),
+            "logs": str(state_dir() / "log")}
 
 
 def _pool_line(pool) -> str:
@@ -304,7 +321,8 @@ def _run(args: FlinkLocalConfig) -> int:
             where = (f"; worker pool on localhost:{pool['port']} (pid {pool['pid']}, {pool['workers']} harness "
                      f"processes per job)" if pool else "; no worker pool")
             print(f"Flink {info.get('flink-version')} running at {rest_url(args.port)}: "
-                  f"{info.get('taskmanagers')} task manager(s), {info.get('slots-total')} slots{where}. "
+                  f"{info.get('taskmanagers')} task manager(s), {info.get('slots-total')} slots{where}; "
+                  f"{job_server.describe(info.get('job_server'))}. "
                   f"Submit with --runner=FlinkRunner --flink_master=localhost:{args.port}")
             return 0
         if args.action == "down":
@@ -315,7 +333,8 @@ def _run(args: FlinkLocalConfig) -> int:
             c = st["cluster"]
             print(f"running: Flink {c.get('flink-version')} at {st['rest']}, {c.get('taskmanagers')} task manager(s), "
                   f"{c.get('slots-available')}/{c.get('slots-total')} slots free, pids {st['pids']}, "
-                  f"worker pool {_pool_line(st['worker_pool'])}, logs {st['logs']}")
+                  f"worker pool {_pool_line(st['worker_pool'])}, "
+                  f"{job_server.describe(st['job_server'])}, logs {st['logs']}")
             return 0
         print(f"not running (no Flink at {st['rest']}; pids {st['pids']})")
         return 1

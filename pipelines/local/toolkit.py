@@ -240,8 +240,12 @@ def forget(pid: int) -> None:
     _CHILDREN.pop(pid, None)
 
 
-def _cmdline(pid) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+def cmdline(pid) -> str:
+    """The command line of `pid` ('' when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def alive(pid: int, must_contain: str | None = None, group: bool = False) -> bool:
@@ -270,7 +274,7 @@ def alive(pid: int, must_contain: str | None = None, group: bool = False) -> boo
         try:
             if Path(f"/proc/{member}/stat").read_text().split(")")[-1].split()[0] == "Z":
                 continue
-            if must_contain is None or must_contain in _cmdline(member):
+            if must_contain is None or must_contain in cmdline(member):
                 return True
         except OSError:
             continue

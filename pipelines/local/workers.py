@@ -102,7 +102,7 @@ def pool_env() -> dict:
     return env
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -131,7 +131,7 @@ def start_pool(kind: str, workers: int, port: int | None = None, timeout: float 
         log.info("restarting the worker pool (pid %s): %s", live["pid"], mismatch or "other port")
         stop_pool(kind)
     if toolkit.port_open("localhost", port) and not strict:
-        taken, port = port, _free_port()
+        taken, port = port, free_port()
         log.warning("port %d is taken (another cluster's worker pool?); the %s worker pool uses %d", taken, kind, port)
     if toolkit.port_open("localhost", port):
         raise RunnerSetupError(f"port {port} (the {kind} worker pool's) is taken by something that is not this "
@@ -256,8 +256,7 @@ def _serve_pool(ns) -> int:
     tmp.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {_MODULE} harness "$@"\n')
     tmp.chmod(0o755)
     os.replace(tmp, launcher)
-    address, server = BeamFnExternalWorkerPoolServicer.start(
-        use_process=True, port=ns.service_port, container_executable=str(launcher))
+    address, server = _pool_server(BeamFnExternalWorkerPoolServicer, ns.service_port, str(launcher))
     logging.getLogger().setLevel(logging.INFO)
     info = {"kind": ns.kind, "port": ns.service_port, "address": address, "pid": os.getpid(), "workers": ns.workers,
             **versions(), "executable": sys.executable, "cwd": os.getcwd(),
@@ -272,6 +271,26 @@ def _serve_pool(ns) -> int:
     except KeyboardInterrupt:
         server.stop(0)
     return 0
+
+
+def _pool_server(servicer_cls, port: int, launcher: str) -> tuple:
+    """Beam's `BeamFnExternalWorkerPoolServicer.start`, bound to loopback: Beam's binds every
+    interface ([::]), and anyone who reaches the pool can make it start processes."""
+    import atexit
+
+    import grpc
+    from apache_beam.portability.api import beam_fn_api_pb2_grpc
+    from apache_beam.runners.worker.worker_pool_main import kill_process_gracefully
+    from apache_beam.utils import thread_pool_executor
+
+    server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
+                         options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)])
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    pool = servicer_cls(use_process=True, container_executable=launcher)
+    beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
+    server.start()
+    atexit.register(lambda: [kill_process_gracefully(p) for p in pool._worker_processes.values()])
+    return f"localhost:{bound}", server
 
 
 def _run_harness(ns) -> int:

@@ -59,7 +59,7 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from facebeam.pipelines.local import toolkit
+from facebeam.pipelines.local import job_server, toolkit
 from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.runner import jars
 from facebeam.pipelines.runner.jars import RunnerSetupError
@@ -187,11 +187,40 @@ def _java_log_levels(opts: PipelineOptions) -> None:
             k: _JAVA_LEVELS.get(str(v).upper(), v) for k, v in overrides.items()}
 
 
-def local_cluster_pool(opts: PipelineOptions, kind: str | None = None) -> dict | None:
-    """The worker pool of the facebeam-local cluster that `opts` name (`facebeam flink|spark up`),
-    as recorded in its state file; {'port': <default>, 'workers': 1, 'missing': True} when that
-    cluster runs without a recorded pool; None when `opts` name no facebeam-local cluster."""
+#: How long a TaskManager / executor keeps a job's SDK harnesses after a stage releases them:
+#: long enough to reach the job's next stage region, so each slot starts its harness once.
+ENVIRONMENT_CACHE_MS = 10_000
+
+
+class ClusterLibOptions(PipelineOptions):
+    """Beam Java's --pipelineResourcesDetectorFactoryClass. The Python SDK does not declare it,
+    and undeclared flags never reach the job server; declared here, it does."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--pipeline_resources_detector_factory_class", default=None,
+                            help="Java class naming the jars a job server ships with a job (facebeam sets "
+                                 f"{job_server.DETECTOR_CLASS} for its local clusters, which have Beam in lib/)")
+
+
+def local_job_server(opts: PipelineOptions, kind: str | None = None) -> dict | None:
+    """The long-lived job server of the facebeam-local cluster that `opts` name, or None.
+    RunnerSetupError when that cluster recorded one that is no longer running."""
     kind = kind or runner_kind(opts)
+    port = _local_cluster_port(opts, kind)
+    st = job_server.read_state(kind) if port else None
+    if not st or not str(st.get("master", "")).endswith(f"localhost:{port}") or not _local_cluster_alive(kind):
+        return None  # (a cluster that is down is reported as such by check_cluster)
+    if not job_server.info(kind):
+        raise RunnerSetupError(
+            f"The local {kind} cluster's Beam job server (pid {st.get('pid')}, localhost:{st.get('port')}, "
+            f"{job_server.state_file(kind)}) is not running, so the job could not be submitted. Restart it: "
+            f"`facebeam {kind} down && facebeam {kind} up`.")
+    return st
+
+
+def _local_cluster_port(opts: PipelineOptions, kind: str) -> int | None:
+    """The port of the cluster on this machine that `opts` name (Flink REST / Spark master), or None."""
     if kind == "flink":
         master = opts.view_as(FlinkRunnerOptions).flink_master or "[local]"
         if master in _FLINK_MAGIC:
@@ -210,8 +239,18 @@ def local_cluster_pool(opts: PipelineOptions, kind: str | None = None) -> dict |
         host, port = parsed.hostname, parsed.port or default_port
     except ValueError:
         return None
-    if not pools.local_host(host):
+    return port if pools.local_host(host) else None
+
+
+def local_cluster_pool(opts: PipelineOptions, kind: str | None = None) -> dict | None:
+    """The worker pool of the facebeam-local cluster that `opts` name (`facebeam flink|spark up`),
+    as recorded in its state file; {'port': <default>, 'workers': 1, 'missing': True} when that
+    cluster runs without a recorded pool; None when `opts` name no facebeam-local cluster."""
+    kind = kind or runner_kind(opts)
+    port = _local_cluster_port(opts, kind)
+    if port is None:
         return None
+    default_port = 8081 if kind == "flink" else 7077
     state = pools.read_state(kind)
     if state and int(state.get("cluster_port", default_port)) == port:
         return state
@@ -259,6 +298,17 @@ def _portable_defaults(opts: PipelineOptions, kind: str, given) -> None:
     if kind == "spark" and not given("spark_master_url"):
         opts.view_as(SparkRunnerOptions).spark_master_url = f"local[{os.cpu_count() or 2}]"
     _environment_defaults(opts, kind, given)
+    served = local_job_server(opts, kind)
+    if served:  # the cluster's own job server: no JVM to start, no jars to ship
+        portable.job_endpoint = f"localhost:{served['port']}"
+        if not served.get("stages_jars"):
+            opts.view_as(ClusterLibOptions).pipeline_resources_detector_factory_class = job_server.DETECTOR_CLASS
+        if not given("environment_cache_millis"):
+            portable.environment_cache_millis = ENVIRONMENT_CACHE_MS
+        if kind == "flink" and not given("flink_version"):
+            opts.view_as(FlinkRunnerOptions).flink_version = jars.FLINK_MINOR
+        check_cluster(opts)
+        return
     java = toolkit.find_java(
         purpose=f"the Beam {kind.capitalize()} job server", launcher=jobsrv.job_server_java_launcher,
         hint=f"Point JAVA_HOME/PATH at a Java {toolkit.MIN_JAVA}+ (e.g. /usr/lib/jvm/java-17-openjdk-amd64) "
@@ -300,8 +350,12 @@ def check_cluster(opts: PipelineOptions, timeout: float | None = None) -> None:
     """RunnerSetupError unless the cluster named in `opts` answers (within `timeout`)."""
     timeout = CLUSTER_PROBE_TIMEOUT_S if timeout is None else timeout
     kind = runner_kind(opts)
-    if opts.view_as(PortableOptions).job_endpoint:
-        return
+    endpoint = opts.view_as(PortableOptions).job_endpoint
+    if endpoint:
+        served = local_job_server(opts, kind)
+        if not served or endpoint != f"localhost:{served['port']}":
+            return  # somebody else's job service: nothing here to probe
+        job_server.check(kind, served, timeout)
     if kind == "flink":
         flink = opts.view_as(FlinkRunnerOptions)
         if flink.flink_master not in _FLINK_MAGIC:
@@ -627,6 +681,8 @@ def runner_name(opts: PipelineOptions) -> str:
     env = ""
     if (portable.environment_type or "").upper() == "EXTERNAL":
         env = f", EXTERNAL {portable.environment_config} x{portable.sdk_worker_parallelism}"
+    if portable.job_endpoint:
+        env += f", job server {portable.job_endpoint}"
     if kind == "flink":
         master = opts.view_as(FlinkRunnerOptions).flink_master
         return f"FlinkRunner({'embedded' if master in _FLINK_MAGIC else master}{env})"
