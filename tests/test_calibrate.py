@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from facebeam.pipelines import calibrate as calibrate_cmd
-from facebeam.pipelines import embed, query
+from facebeam.pipelines import embed, index, query
 from facebeam.transforms import shards
-from tests.helpers import SAMPLE, identities, job, read_rows
+from tests.es_fixtures import SESSION_HOME
+from tests.helpers import SAMPLE, drop_versions, identities, job, read_rows
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +106,30 @@ def test_query_uses_the_carried_threshold_and_the_spec_id_stays(tree, tmp_path):
     assert over["threshold"] == 0.3 and over["threshold_from"] == "--threshold"
     assert all(r["same_person"] == (r["distance"] <= 0.3) for r in query.read_results(str(tmp_path / "c")))
     assert len(read_rows(os.path.join(out, "embeddings"))) > 0
+
+
+def test_index_meta_carries_the_threshold_to_elasticsearch_queries(tree, tmp_path, es_conn, es_client):
+    """`calibrate --index` keeps the threshold in the index's _meta, beside an unchanged spec;
+    queries against that index use it (and the spec's default before it was there)."""
+    work, root, out, people = tree
+    conn, alias = str(SESSION_HOME / "connection.json"), "calibrate-carry"
+    spec_id = shards.spec_of(out).spec_id
+    drop_versions(es_client, alias)
+    try:
+        job(index, ["--shards", out, "--index", alias, "--es-conn", conn])
+        probe = ["--probes", str(root), "--index", alias, "--k", "3", "--es-conn", conn]
+        before = job(query, probe + ["--output", str(tmp_path / "a")])
+        assert "default" in before["threshold_from"] and before["threshold"] == pytest.approx(0.6)
+        cal = job(calibrate_cmd, ["--shards", out, "--label-from", "parent-dir", "--index", alias, "--es-conn", conn,
+                                  "--output", str(tmp_path / "cal")])
+        concrete = cal["index"]
+        meta = es_client.indices.get_mapping(index=concrete).body[concrete]["mappings"]["_meta"]["facebeam"]
+        assert meta["spec_id"] == spec_id and meta["calibration"]["spec_id"] == spec_id
+        assert meta["calibration"]["threshold"] == pytest.approx(cal["threshold"])
+        after = job(query, probe + ["--output", str(tmp_path / "b")])
+        assert after["threshold"] == pytest.approx(cal["threshold"])
+        assert after["threshold_from"] == f"calibration in index {concrete}" and after["spec_id"] == spec_id
+        rows = query.read_results(str(tmp_path / "b"))
+        assert rows and all(r["same_person"] == (r["distance"] <= cal["threshold"]) for r in rows)
+    finally:
+        drop_versions(es_client, alias)
