@@ -25,7 +25,6 @@ Beam's runner jars in the cluster's classpath; `facebeam flink|spark up` does th
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -109,7 +108,8 @@ def cluster_lib(kind: str, engine_jars: Path) -> tuple:
     if kind == "flink":  # FLINK_LIB_DIR replaces Flink's lib/: its own jars go in too
         for jar in engine_jars.glob("*.jar"):
             (fresh / jar.name).symlink_to(jar.resolve())
-    for jar in jars.jar_class_path(jars.job_server_jar(spec))[1:] or [jars.job_server_jar(spec)]:
+    server_jar = jars.job_server_jar(spec)
+    for jar in jars.jar_class_path(server_jar)[1:] or [server_jar]:
         if jar.name.startswith(_ENGINE_OWN[kind]) or _artifact(jar.name) in own:
             continue
         (fresh / jar.name).symlink_to(jar.resolve())
@@ -123,10 +123,7 @@ def cluster_lib(kind: str, engine_jars: Path) -> tuple:
 
 # --- the job server process -------------------------------------------------------------------
 def read_state(kind: str) -> dict | None:
-    try:
-        return json.loads(state_file(kind).read_text())
-    except (OSError, ValueError):
-        return None
+    return toolkit.read_json(state_file(kind))
 
 
 def info(kind: str) -> dict | None:
@@ -174,9 +171,7 @@ def start(kind: str, master: str, stages_jars: bool, extra_jvm: tuple = (), time
             st = {"kind": kind, "pid": proc.pid, "port": job_port, "artifact_port": artifact_port, "master": master,
                   "main_class": spec.main_class, "jar": classpath[0], "stages_jars": stages_jars,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            tmp = state_file(kind).with_suffix(".tmp")
-            tmp.write_text(json.dumps(st, indent=2) + "\n")
-            os.replace(tmp, state_file(kind))
+            toolkit.write_json(state_file(kind), st)
             log.info("Beam %s job server pid %d on localhost:%d for %s%s", kind, proc.pid, job_port, master,
                      "" if stages_jars else " (Beam from the cluster's classpath: jobs ship no jars)")
             return st

@@ -179,6 +179,22 @@ def pip_install_target(packages: list, target: Path, timeout: float = 900, no_de
     return target
 
 
+# --- state files ----------------------------------------------------------------------------
+def read_json(path: Path) -> dict | None:
+    """A state file's contents, or None when it is missing or half-written."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write a state file whole or not at all (readers never see half of it)."""
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 # --- lock -------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def file_lock(path: Path, deadline: float | None = None, timeout: float | None = None, what: str | None = None,

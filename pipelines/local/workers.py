@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -77,10 +76,7 @@ def state_file(kind: str) -> Path:
 
 
 def read_state(kind: str) -> dict | None:
-    try:
-        return json.loads(state_file(kind).read_text())
-    except (OSError, ValueError):
-        return None
+    return toolkit.read_json(state_file(kind))
 
 
 def pool_info(kind: str) -> dict | None:
@@ -161,9 +157,7 @@ def start_pool(kind: str, workers: int, port: int | None = None, timeout: float 
 def _rewrite_state(kind: str, **changes) -> None:
     st = read_state(kind) or {}
     st.update(changes)
-    tmp = state_file(kind).with_suffix(".tmp")
-    tmp.write_text(json.dumps(st, indent=2) + "\n")
-    os.replace(tmp, state_file(kind))
+    toolkit.write_json(state_file(kind), st)
 
 
 def stop_pool(kind: str, timeout: float = 15) -> bool:
@@ -261,9 +255,7 @@ def _serve_pool(ns) -> int:
     info = {"kind": ns.kind, "port": ns.service_port, "address": address, "pid": os.getpid(), "workers": ns.workers,
             **versions(), "executable": sys.executable, "cwd": os.getcwd(),
             "deepface_home": os.environ.get("DEEPFACE_HOME"), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = state.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, state)
+    toolkit.write_json(state, info)
     log.info("worker pool serving %s: %s", address, info)
     try:
         while True:

@@ -187,6 +187,9 @@ def _java_log_levels(opts: PipelineOptions) -> None:
             k: _JAVA_LEVELS.get(str(v).upper(), v) for k, v in overrides.items()}
 
 
+#: The port a cluster address without one means (Flink REST, Spark master).
+_CLUSTER_PORTS = {"flink": 8081, "spark": 7077}
+
 #: How long a TaskManager / executor keeps a job's SDK harnesses after a stage releases them:
 #: long enough to reach the job's next stage region, so each slot starts its harness once.
 ENVIRONMENT_CACHE_MS = 10_000
@@ -226,17 +229,15 @@ def _local_cluster_port(opts: PipelineOptions, kind: str) -> int | None:
         if master in _FLINK_MAGIC:
             return None
         parsed = urllib.parse.urlparse(master if "://" in master else f"http://{master}")
-        default_port = 8081
     elif kind == "spark":
         url = opts.view_as(SparkRunnerOptions).spark_master_url or ""
         if not url.startswith("spark://"):
             return None
         parsed = urllib.parse.urlparse(url)
-        default_port = 7077
     else:
         return None
     try:
-        host, port = parsed.hostname, parsed.port or default_port
+        host, port = parsed.hostname, parsed.port or _CLUSTER_PORTS[kind]
     except ValueError:
         return None
     return port if pools.local_host(host) else None
@@ -250,7 +251,7 @@ def local_cluster_pool(opts: PipelineOptions, kind: str | None = None) -> dict |
     port = _local_cluster_port(opts, kind)
     if port is None:
         return None
-    default_port = 8081 if kind == "flink" else 7077
+    default_port = _CLUSTER_PORTS[kind]
     state = pools.read_state(kind)
     if state and int(state.get("cluster_port", default_port)) == port:
         return state
