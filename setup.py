@@ -29,6 +29,11 @@ setup(
         "pillow>=10",
         # deepface 0.0.103 imports werkzeug without declaring it.
         "werkzeug>=3",
+        # the local services' plumbing (pipelines/local): locks, process checks, probes, deadlines.
+        "filelock>=3.12",
+        "psutil>=5.9",
+        "requests>=2.31",
+        "tenacity>=8.2",
     ],
     # bench: faster JSON for bulk vectors (orjson), the recall-vs-QPS plot (matplotlib).
     extras_require={"test": ["pytest>=8"], "bench": ["orjson>=3.9", "matplotlib>=3.8"]},

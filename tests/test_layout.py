@@ -1,5 +1,6 @@
 """The house rules: every flag a command offers is one it reads; user errors vs bugs; installed names."""
 import argparse
+import ast
 import importlib
 import os
 import subprocess
@@ -149,3 +150,158 @@ def test_installed_names_and_a_pipeline_of_ones_own(tmp_path):
     rows = [r for f in sorted((out / "embeddings").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert sorted(os.path.basename(r["image_path"]) for r in rows) == ["couple.jpg", "couple.jpg", "img1.jpg", "img2.jpg"]
     assert all(len(r["embedding"]) == 128 for r in rows)
+
+
+# --- layers: the import graph and private names, read from the source --------------------------
+PACKAGES = {"facebeam.pipelines": os.path.join(ROOT, "pipelines"), "facebeam.transforms": os.path.join(ROOT, "transforms")}
+
+
+def _source_modules() -> dict:
+    """{module name: file} for every facebeam module in the repository."""
+    out = {}
+    for package, folder in PACKAGES.items():
+        for dirpath, _, files in os.walk(folder):
+            for name in files:
+                if name.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(dirpath, name), folder)[:-3].replace(os.sep, ".")
+                    rel = rel.removesuffix("__init__").rstrip(".")
+                    out[f"{package}.{rel}".rstrip(".")] = os.path.join(dirpath, name)
+    return out
+
+
+def _imports(tree: ast.AST, known: dict) -> dict:
+    """{imported facebeam module: [line, ...]} of every import in a module, inside functions too."""
+    found = {}
+
+    def add(target, line):
+        while target and target not in known:  # an attribute: the module that holds it
+            target = target.rpartition(".")[0]
+        if target:
+            found.setdefault(target, []).append(line)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name, node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                add(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in known else node.module,
+                    node.lineno)
+    return found
+
+
+def import_graph() -> dict:
+    """{module: {imported module: [lines]}} over facebeam's own modules."""
+    known = _source_modules()
+    graph = {}
+    for module, path in known.items():
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        graph[module] = {m: lines for m, lines in _imports(tree, known).items() if m != module}
+    return graph
+
+
+def import_cycles(graph: dict) -> list:
+    """Every strongly connected group of two or more modules (Tarjan), each sorted."""
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, {}):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    sys.setrecursionlimit(max(10_000, sys.getrecursionlimit()))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(groups)
+
+
+def _describe_cycle(graph: dict, group: list) -> str:
+    inside = set(group)
+    edges = [f"    {a} -> {b} (line {', '.join(map(str, graph[a][b]))})"
+             for a in group for b in sorted(graph[a]) if b in inside]
+    return "  " + " <-> ".join(m.removeprefix("facebeam.") for m in group) + ":\n" + "\n".join(edges)
+
+
+def test_no_import_cycles():
+    """No loop of imports among facebeam's modules, counting imports inside functions."""
+    graph = import_graph()
+    assert "facebeam.pipelines.jobs" in graph and graph["facebeam.pipelines.jobs"], "the graph reads no imports"
+    cycles = import_cycles(graph)
+    assert not cycles, "import cycles:\n" + "\n".join(_describe_cycle(graph, g) for g in cycles)
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_function_local_import():
+    """The checker itself: a loop closed by an import inside a function is found."""
+    known = {"facebeam.pipelines.a": "", "facebeam.pipelines.b": ""}
+    a = ast.parse("from facebeam.pipelines import b\n")
+    b = ast.parse("def f():\n    from facebeam.pipelines.a import thing\n")
+    graph = {"facebeam.pipelines.a": _imports(a, known), "facebeam.pipelines.b": _imports(b, known)}
+    assert import_cycles(graph) == [["facebeam.pipelines.a", "facebeam.pipelines.b"]]
+
+
+def private_uses() -> list:
+    """(module, line, 'other.module._name') for each use of another facebeam module's private name."""
+    known = _source_modules()
+    out = []
+    for module, path in sorted(known.items()):
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        aliases = {}  # local name -> facebeam module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in known:
+                        aliases[alias.asname or alias.name] = alias.name
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    if full in known:
+                        aliases[alias.asname or alias.name] = full
+                    elif node.module in known and node.module != module and _private(alias.name):
+                        out.append((module, node.lineno, f"{node.module}.{alias.name}"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _private(node.attr):
+                owner = _dotted(node.value)
+                target = aliases.get(owner) if owner else None
+                if target is None and owner in known:
+                    target = owner
+                if target and target != module:
+                    out.append((module, node.lineno, f"{target}.{node.attr}"))
+    return out
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _dotted(node):
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def test_no_module_uses_another_modules_private_names():
+    uses = private_uses()
+    assert not uses, "private names used from another module:\n" + "\n".join(
+        f"  {m.removeprefix('facebeam.')}:{line} uses {name.removeprefix('facebeam.')}" for m, line, name in uses)
