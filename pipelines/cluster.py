@@ -20,7 +20,9 @@ import time
 import apache_beam as beam
 
 from facebeam.pipelines import jobs, options
-from facebeam.pipelines.runner import defaults as runners
+from facebeam.pipelines.runner.job_options import pipeline_options
+from facebeam.pipelines.runner.kinds import runner_name
+from facebeam.pipelines.runner.launch import create_pipeline
 from facebeam.transforms import persons, shards
 from facebeam.transforms.errors import UserError
 
@@ -82,8 +84,8 @@ def run(config: ClusterConfig, pipeline=None) -> dict:
     if c.index:
         conn = c.es.connection()
         persons.check_index(conn, c.index, spec)
-    opts = runners.pipeline_options(c.beam_args)
-    p = runners.create_pipeline(opts, pipeline)
+    opts = pipeline_options(c.beam_args)
+    p = create_pipeline(opts, pipeline)
     graph_dir = persons.graph_folder(c.output)
     persons.clear(graph_dir)
     (p | "Files" >> beam.Create(files)
@@ -98,7 +100,7 @@ def run(config: ClusterConfig, pipeline=None) -> dict:
     summary = persons.resolve(c.output, c.shards, files, spec, c.incremental, previous, state,
                               threshold=c.threshold, pairs=c.pairs, method=c.method, k=c.k, limits=c.limits)
     summary.update(graph_s=round(graph_s, 3), mode="es" if conn else "exact",
-                   runner=runners.runner_name(opts))
+                   runner=runner_name(opts))
     if conn is not None:
         summary["index_updated"] = persons.push_names(conn, c.index, c.output)
     if c.contact_sheet:

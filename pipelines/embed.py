@@ -8,7 +8,8 @@ import logging
 import sys
 
 from facebeam.pipelines import jobs, options
-from facebeam.pipelines.runner import defaults as runners
+from facebeam.pipelines.runner.job_options import pipeline_options
+from facebeam.pipelines.runner.launch import create_pipeline
 from facebeam.transforms import shards
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.sources import Inputs
@@ -47,9 +48,9 @@ def run(config: EmbedConfig, pipeline=None) -> dict:
 
 
 def _embed(config: EmbedConfig, pipeline) -> dict:
-    opts = runners.pipeline_options(config.beam_args)
+    opts = pipeline_options(config.beam_args)
     run_id, skip = jobs.plan_backfill(config.output, config.spec, config.incremental, config.inputs.max_file_bytes)
-    p = runners.create_pipeline(opts, pipeline)
+    p = create_pipeline(opts, pipeline)
     (p | "Embed" >> EmbedInputs(config.inputs, config.spec, skip)
        | "Write" >> shards.WriteShards(config.output, config.spec, run_id))
     result, elapsed = jobs.run(p)

@@ -20,7 +20,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from facebeam.pipelines import jobs, options
-from facebeam.pipelines.runner import defaults as runners
+from facebeam.pipelines.runner.job_options import pipeline_options
+from facebeam.pipelines.runner.kinds import runner_name
+from facebeam.pipelines.runner.launch import create_pipeline
 from facebeam.transforms import es_load, metrics, shards, stores
 
 log = logging.getLogger(__name__)
@@ -62,8 +64,8 @@ def run(config: IndexConfig, pipeline=None) -> dict:
 
 
 def _load(config: IndexConfig, pipeline, found, spec, target) -> dict:
-    opts = runners.pipeline_options(config.beam_args)
-    p = runners.create_pipeline(opts, pipeline)
+    opts = pipeline_options(config.beam_args)
+    p = create_pipeline(opts, pipeline)
     load = es_load.LoadFaces(target, config.load, config.shards, spec)
     (p | "ShardFiles" >> beam.Create(found)
        | "ReadShards" >> beam.ParDo(shards.ReadShardRows())
@@ -78,7 +80,7 @@ def _load(config: IndexConfig, pipeline, found, spec, target) -> dict:
                "index": target.alias,
                "concrete_index": target.concrete, "doc_count": target.count, "spec_id": spec.spec_id,
                "index_errors": load.errors_dir,
-               "runner": runners.runner_name(opts), "elapsed_s": round(elapsed, 3),
+               "runner": runner_name(opts), "elapsed_s": round(elapsed, 3),
                "docs_per_s": round(c.get(metrics.DOCS_INDEXED, 0) / elapsed, 1)}
     shards.write_json(FileSystems.join(config.shards, "index-summary.json"), summary)
     log.info("index done: %d rows read, %d indexed, %d failed (%d retries); %s holds %d docs",

@@ -1,7 +1,7 @@
 """What every facebeam job shares: the command-line wrapper, running a pipeline, backfill runs, summaries.
 
 Output folder lock: a job that writes into a folder (`embed`, `run`, `index` for its dead letters)
-holds an exclusive, non-blocking `fcntl.flock` on `<folder>/.facebeam.lock` for as long as it runs,
+holds an exclusive, non-blocking lock (filelock: `flock`) on `<folder>/.facebeam.lock` for as long as it runs,
 so a second job into the same folder refuses at once, naming the folder and the holder's pid. The
 lock goes with the process (a killed run frees it). On other Beam filesystems (`gs://`, `s3://`, ...)
 there is no atomic lock to take: no lock is taken (a warning says so), and runs into one such
@@ -17,10 +17,12 @@ import logging
 import os
 import re
 import time
+from pathlib import Path
 
+import filelock
 from apache_beam.io.filesystems import FileSystems
 
-from facebeam.pipelines.runner import defaults as runners
+from facebeam.pipelines.runner.kinds import runner_name
 from facebeam.transforms import manifest, metrics, shards
 from facebeam.transforms.errors import UserError
 
@@ -60,6 +62,8 @@ def entry(main_fn) -> None:
     sys.exit(main_fn())
 
 
+# By hand: the Fn API hands a worker's failure back as text (InstructionResponse.error is a string, on
+# every runner), so there is no exception object to unpickle; the qualified class name is the contract.
 _WORKER_ERROR = re.compile(r"^(facebeam\.transforms\.[\w.]+)\.(\w+): (.+?)(?: \[while running '.*'\])?$", re.M)
 
 
@@ -101,31 +105,28 @@ def lock_output(folder: str):
         log.warning("no lock on %s (not a local folder): runs into it must not overlap", folder)
         yield
         return
-    import fcntl
-
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, ".facebeam.lock")
-    f = open(path, "a+")  # noqa: SIM115 - held for the whole body
+
+    def write_holder(fd: int) -> None:  # the holder's pid, for the message of the job that is refused
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    lock = filelock.FileLock(path, blocking=False, preserve_lock_file=True, on_acquired=write_holder)
     try:
+        lock.acquire()
+    except filelock.Timeout:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise UserError(f"output folder {os.path.abspath(folder)} is in use by another facebeam job (pid {holder}); "
-                            "wait for it to finish, or use another folder") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            f.seek(0)
-            f.truncate()
-            fcntl.flock(f, fcntl.LOCK_UN)
+            holder = Path(path).read_text().strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        raise UserError(f"output folder {os.path.abspath(folder)} is in use by another facebeam job (pid {holder}); "
+                        "wait for it to finish, or use another folder") from None
+    try:
+        yield
     finally:
-        f.close()
+        os.truncate(path, 0)
+        lock.release()
 
 
 def preflight(inputs, spec) -> None:
@@ -169,7 +170,7 @@ def embed_summary(result, elapsed: float, spec, opts) -> dict:
         "files_seen": counts["images_seen"] + skipped,
         "stages_core_s": metrics.stage_totals(counters),  # CPU per stage, all workers together
         "spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim,
-        "runner": runners.runner_name(opts),
+        "runner": runner_name(opts),
         "elapsed_s": round(elapsed, 3),
         "images_per_s": round(counts["images_seen"] / elapsed, 3) if elapsed else None,
     }

@@ -22,7 +22,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
 from facebeam.pipelines import jobs, options
-from facebeam.pipelines.runner import defaults as runners
+from facebeam.pipelines.runner.job_options import pipeline_options
+from facebeam.pipelines.runner.kinds import runner_name
+from facebeam.pipelines.runner.launch import create_pipeline
 from facebeam.transforms import knn, metrics, persons, records, shards, sources
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.sources import Inputs
@@ -121,8 +123,8 @@ def run(config: QueryConfig, pipeline=None) -> dict:
     search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or max(100, 10 * ns.k),
                             filters=knn.parse_filters(ns.filters), exclude_same_image=ns.exclude_same_image)
     sources.check_inputs(ns.probes.patterns)
-    opts = runners.pipeline_options(ns.beam_args)
-    p = runners.create_pipeline(opts, pipeline)
+    opts = pipeline_options(ns.beam_args)
+    p = create_pipeline(opts, pipeline)
     probes = p | "EmbedProbes" >> EmbedInputs(ns.probes, spec)
     results = (probes["faces"]
                | "BatchProbes" >> beam.BatchElements(min_batch_size=1, max_batch_size=64)
@@ -142,7 +144,7 @@ def run(config: QueryConfig, pipeline=None) -> dict:
     c = metrics.read_counters(result)
     summary = {**metrics.image_counts(c), "probe_faces": c.get(PROBE_FACES, 0), "mode": mode, **where,
                "k": ns.k, "threshold": threshold, "threshold_from": backend.threshold_from, "spec_id": spec.spec_id,
-               "runner": runners.runner_name(opts), "elapsed_s": round(elapsed, 3)}
+               "runner": runner_name(opts), "elapsed_s": round(elapsed, 3)}
     shards.write_json(join(ns.output, "summary.json"), summary)
     if ns.report:
         from facebeam.transforms import report

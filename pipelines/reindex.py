@@ -21,7 +21,8 @@ import sys
 from elasticsearch import helpers
 
 from facebeam.pipelines import jobs, options
-from facebeam.pipelines.runner import defaults as runners
+from facebeam.pipelines.runner.job_options import pipeline_options
+from facebeam.pipelines.runner.launch import create_pipeline
 from facebeam.transforms import es_conn, es_index, es_load, labels, shards, stores
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.errors import UserError
@@ -153,8 +154,8 @@ def _reindex_local(config: ReindexConfig, pipeline, store) -> dict:
     labeler = labels.ContentLabeler({sha: lab for sha, (_, lab) in known.items() if lab})
     inputs = _inputs_for(config, known)
     jobs.preflight(inputs, new_spec)
-    opts = runners.pipeline_options(config.beam_args)
-    p = runners.create_pipeline(opts, pipeline)
+    opts = pipeline_options(config.beam_args)
+    p = create_pipeline(opts, pipeline)
     out = p | "Embed" >> EmbedInputs(inputs, new_spec, labeler=labeler)
     out | "Write" >> shards.WriteShards(config.output, new_spec)
     result, elapsed = jobs.run(p)
@@ -215,8 +216,8 @@ def run(config: ReindexConfig, pipeline=None) -> dict:
     replicas = load.replicas if load.replicas is not None else int(
         client.indices.get_settings(index=old).body[old]["settings"]["index"]["number_of_replicas"])
     target = es_load.LoadTarget(conn, client, alias, new, replicas)
-    opts = runners.pipeline_options(config.beam_args)
-    p = runners.create_pipeline(opts, pipeline)
+    opts = pipeline_options(config.beam_args)
+    p = create_pipeline(opts, pipeline)
     out = p | "Embed" >> EmbedInputs(inputs, new_spec, labeler=labeler)
     out | "Write" >> shards.WriteShards(config.output, new_spec)
     out["faces"] | "Load" >> es_load.LoadFaces(target, load, config.output, new_spec)

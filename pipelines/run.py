@@ -7,7 +7,8 @@ import logging
 import sys
 
 from facebeam.pipelines import jobs, options
-from facebeam.pipelines.runner import defaults as runners
+from facebeam.pipelines.runner.job_options import pipeline_options
+from facebeam.pipelines.runner.launch import create_pipeline
 from facebeam.transforms import es_load, shards, stores
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.sources import Inputs
@@ -57,9 +58,9 @@ def _run(config: RunConfig, pipeline) -> dict:
     if store.kind != "es":
         return _run_into_store(config, pipeline, store)
     target = es_load.open_target(config.es.connection(), config.load, spec)
-    opts = runners.pipeline_options(config.beam_args)
+    opts = pipeline_options(config.beam_args)
     run_id, skip = jobs.plan_backfill(config.output, spec, config.incremental, config.inputs.max_file_bytes)
-    p = runners.create_pipeline(opts, pipeline)
+    p = create_pipeline(opts, pipeline)
     out = p | "Embed" >> EmbedInputs(config.inputs, spec, skip)
     out | "Write" >> shards.WriteShards(config.output, spec, run_id)
     load = es_load.LoadFaces(target, config.load, config.output, spec, run_id)
@@ -82,9 +83,9 @@ def _run_into_store(config: RunConfig, pipeline, store) -> dict:
     """Embed and write the shards, then add the new faces to the embedded index or Redis (no cluster needed)."""
     spec = config.spec
     stores.check(store, spec)  # reachable and of this spec, before anything is embedded
-    opts = runners.pipeline_options(config.beam_args)
+    opts = pipeline_options(config.beam_args)
     run_id, skip = jobs.plan_backfill(config.output, spec, config.incremental, config.inputs.max_file_bytes)
-    p = runners.create_pipeline(opts, pipeline)
+    p = create_pipeline(opts, pipeline)
     out = p | "Embed" >> EmbedInputs(config.inputs, spec, skip)
     out | "Write" >> shards.WriteShards(config.output, spec, run_id)
     result, elapsed = jobs.run(p)

@@ -14,7 +14,8 @@ from apache_beam.runners.runner import PipelineState
 
 from facebeam.pipelines.local import flink as flink_local
 from facebeam.pipelines.local import job_server, toolkit
-from facebeam.pipelines.runner.defaults import create_pipeline, pipeline_options
+from facebeam.pipelines.runner.job_options import pipeline_options
+from facebeam.pipelines.runner.launch import create_pipeline
 from facebeam.transforms import home as fb_home
 from tests.es_fixtures import CACHE
 from tests.test_runners import N, read_rows, sha_pipeline

@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from facebeam.pipelines.runner import jars
+from facebeam.pipelines.local import jars
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -305,3 +305,14 @@ def test_no_module_uses_another_modules_private_names():
     uses = private_uses()
     assert not uses, "private names used from another module:\n" + "\n".join(
         f"  {m.removeprefix('facebeam.')}:{line} uses {name.removeprefix('facebeam.')}" for m, line, name in uses)
+
+
+@pytest.mark.parametrize("lower, higher", [("facebeam.transforms", "facebeam.pipelines"),
+                                           ("facebeam.pipelines.local", "facebeam.pipelines.runner")])
+def test_layers_point_one_way(lower, higher):
+    """`transforms/` never imports `pipelines/`; `pipelines/local/` (services) never imports `pipelines/runner/`."""
+    graph = import_graph()
+    wrong = [f"  {a.removeprefix('facebeam.')} -> {b.removeprefix('facebeam.')} (line {', '.join(map(str, lines))})"
+             for a, targets in sorted(graph.items()) if a.startswith(lower + ".")
+             for b, lines in sorted(targets.items()) if b == higher or b.startswith(higher + ".")]
+    assert not wrong, f"{lower} imports {higher}:\n" + "\n".join(wrong)

@@ -30,22 +30,16 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from apache_beam.runners.runner import PipelineState
 
 from facebeam.pipelines.local import flink as flink_local
-from facebeam.pipelines.local import job_server, toolkit
+from facebeam.pipelines.local import jars, job_server, toolkit
 from facebeam.pipelines.local import spark as spark_local
 from facebeam.pipelines.local import workers as pools
-from facebeam.pipelines.runner import jars
-from facebeam.pipelines.runner.defaults import (
-    PRESET_CLUSTERS,
-    RUNNER_PRESETS,
-    RunnerSetupError,
-    check_cluster,
-    create_pipeline,
-    live_job_servers,
-    pipeline_options,
-    preset_cluster,
-    preset_options,
-    runner_name,
-)
+from facebeam.pipelines.local.toolkit import RunnerSetupError
+from facebeam.pipelines.runner.job_options import pipeline_options
+from facebeam.pipelines.runner.kinds import runner_name
+from facebeam.pipelines.runner.launch import create_pipeline
+from facebeam.pipelines.runner.managed import live_job_servers
+from facebeam.pipelines.runner.presets import PRESET_CLUSTERS, RUNNER_PRESETS, preset_cluster, preset_options
+from facebeam.pipelines.runner.probes import check_cluster
 
 # Beam's LOOPBACK data-plane reader thread raises "Multiplexer hanging up" when the runner
 # closes a finished bundle's channel; harmless, but pytest reports it as a thread exception.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from facebeam.pipelines import embed, index
-from facebeam.pipelines.runner.defaults import RUNNER_PRESETS, preset_cluster
+from facebeam.pipelines.runner.presets import RUNNER_PRESETS, preset_cluster
 from tests.es_fixtures import SESSION_HOME
 from tests.helpers import SAMPLE, drop_versions, job, read_rows
 

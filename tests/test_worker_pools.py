@@ -20,7 +20,9 @@ from facebeam.pipelines.local import flink as flink_local
 from facebeam.pipelines.local import job_server
 from facebeam.pipelines.local import spark as spark_local
 from facebeam.pipelines.local import workers as pools
-from facebeam.pipelines.runner.defaults import PRESET_CLUSTERS, RUNNER_PRESETS, RunnerSetupError, pipeline_options
+from facebeam.pipelines.local.toolkit import RunnerSetupError
+from facebeam.pipelines.runner.job_options import pipeline_options
+from facebeam.pipelines.runner.presets import PRESET_CLUSTERS, RUNNER_PRESETS
 from tests.helpers import SAMPLE, drop_versions, job, read_rows
 
 PHOTOS = ["couple.jpg", "img1.jpg", "img2.jpg", "img5.jpg", "img8.jpg", "img12.jpg", "img17.jpg", "img25.jpg",

@@ -87,10 +87,11 @@ def cpu_seconds() -> float:
 
 def run_pipeline(photos_dir, out, spec, beam_args):
     """embed.run on a pipeline whose result is kept, so the bench reads its counters: (summary, counters)."""
-    from facebeam.pipelines.runner import defaults as runners
+    from facebeam.pipelines.runner.job_options import pipeline_options
+    from facebeam.pipelines.runner.launch import create_pipeline
 
     args = (*beam_args, *options.QUIET_WORKERS)
-    p = runners.create_pipeline(runners.pipeline_options(args))
+    p = create_pipeline(pipeline_options(args))
     kept = {}
     run = p.run
 

@@ -93,7 +93,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--heap", default=DEFAULT_HEAP, help="node heap (default %(default)s)")
     g.add_argument("--java-home", help="JDK for the node (default: ES_JAVA_HOME, JAVA_HOME, then java on PATH)")
     g.add_argument("--no-security", action="store_true", help="plain http (default: TLS + a generated user)")
-    g.add_argument("--node-setting", type=es_local._setting, action="append", default=[], metavar="KEY=VALUE",
+    g.add_argument("--node-setting", type=es_local.setting_arg, action="append", default=[], metavar="KEY=VALUE",
                    help="elasticsearch.yml setting when the bench starts the node (repeatable)")
     g.add_argument("--keep", action="store_true", help="leave the bench cluster running at the end")
 
@@ -293,13 +293,14 @@ def load_threads(conn, maker: RowMaker, cfg: BulkConfig, workers: int, task_rows
 def load_beam(conn, maker: RowMaker, cfg: BulkConfig, workers: int, task_rows: int) -> dict:
     """The project's IndexFaces transform on the local runner (multi-process FnApiRunner)."""
     from facebeam.pipelines import jobs
-    from facebeam.pipelines.runner import defaults as runners
+    from facebeam.pipelines.runner.job_options import pipeline_options
+    from facebeam.pipelines.runner.launch import create_pipeline
     from facebeam.transforms import metrics
     from facebeam.transforms.es_sink import IndexFaces
 
     faces = maker.faces
-    opts = runners.pipeline_options([f"--direct_num_workers={workers}", *options.QUIET_WORKERS])
-    p = runners.create_pipeline(opts)
+    opts = pipeline_options([f"--direct_num_workers={workers}", *options.QUIET_WORKERS])
+    p = create_pipeline(opts)
     ranges = [(s, min(s + task_rows, faces.n)) for s in range(0, faces.n, task_rows)]
     (p | "Ranges" >> beam.Create(ranges)
        | "Spread" >> beam.Reshuffle()

@@ -8,7 +8,7 @@ made at run time in a temp folder. The cluster presets run on the local standalo
 clusters (`facebeam flink|spark up`, started here if needed) in EXTERNAL mode: the
 SDK harness runs in the cluster's Beam worker pool, one process per slot, as in
 deploy/, and jobs go through the cluster's long-lived job server. Each runner's CPU
-time is read from /proc/<pid>/stat of the launcher (and its children: Direct's workers)
+time is read (psutil) of the launcher (and its children: Direct's workers)
 and of the cluster's processes (JVMs, the job server, the worker pool and its harness
 processes). Each runner first runs an untimed `--warmup`-photo job, as a long-lived
 cluster's JVMs are warm. `--scaling KEY` runs KEY once more
@@ -16,6 +16,7 @@ with one worker (`--sdk_worker_parallelism=1`, and `--parallelism=1` on Flink: o
 harness process) and prints the speed-up of N workers over one, and the parallel
 efficiency (speed-up / N).
 """
+import contextlib
 import dataclasses
 import glob
 import json
@@ -23,16 +24,18 @@ import logging
 import os
 import tempfile
 import time
-from pathlib import Path
+
+import psutil
 
 from facebeam.pipelines import embed, jobs, options
 from facebeam.pipelines.bench.synthetic import DEFAULT_SAMPLE
-from facebeam.pipelines.runner.defaults import PRESET_CLUSTERS, RUNNER_PRESETS, preset_cluster
+from facebeam.pipelines.local import flink, job_server, spark, workers
+from facebeam.pipelines.runner.job_options import pipeline_options
+from facebeam.pipelines.runner.presets import PRESET_CLUSTERS, RUNNER_PRESETS, preset_cluster
 from facebeam.transforms.sources import Inputs
 
 log = logging.getLogger(__name__)
 DEFAULT_RUNNERS = "direct,flink-cluster,spark-cluster"
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def augmented_copies(sample_dir: str, n: int, out_dir: str) -> list:
@@ -58,40 +61,28 @@ def augmented_copies(sample_dir: str, n: int, out_dir: str) -> list:
     return made
 
 
-# --- CPU accounting from /proc ---------------------------------------------------------------
-def _stat(pid: int):
-    """(ppid, own cpu s, reaped children's cpu s) of a process, or None if gone."""
-    try:
-        rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(rest[1]), (int(rest[11]) + int(rest[12])) / _TICK, (int(rest[13]) + int(rest[14])) / _TICK
-
-
-def _children_map() -> dict:
-    kids = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            st = _stat(int(entry.name))
-            if st:
-                kids.setdefault(st[0], []).append(int(entry.name))
-    return kids
+# --- CPU accounting ---------------------------------------------------------------------------
+def _cpu_s(proc: psutil.Process) -> float:
+    """A process's own CPU seconds and those of its reaped children."""
+    t = proc.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def tree_cpu_s(roots) -> float:
     """CPU seconds of `roots`, their reaped children and their live descendants."""
-    kids = _children_map()
-    total, seen, todo = 0.0, set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
+    total, seen = 0.0, set()
+    for pid in roots:
+        try:
+            root = psutil.Process(pid)
+            family = [root, *root.children(recursive=True)]
+        except psutil.Error:
             continue
-        seen.add(pid)
-        st = _stat(pid)
-        if st is None:
-            continue
-        total += st[1] + st[2]
-        todo += kids.get(pid, [])
+        for proc in family:
+            if proc.pid in seen:
+                continue
+            seen.add(proc.pid)
+            with contextlib.suppress(psutil.Error):
+                total += _cpu_s(proc)
     return total
 
 
@@ -100,19 +91,10 @@ def cluster_pids(key: str) -> list:
     which = PRESET_CLUSTERS.get(key)
     if which is None:
         return []
-    from facebeam.pipelines.local import job_server, workers
-
     pool, server = workers.pool_info(which), job_server.info(which)
     pids = [int(st["pid"]) for st in (pool, server) if st]
-    if which == "flink":
-        from facebeam.pipelines.local import flink as flink_local
-
-        pids += [p for ps in flink_local._live_pids().values() for p in ps]
-    else:
-        from facebeam.pipelines.local import spark as spark_local
-
-        pids += spark_local._live(spark_local._MASTER) + spark_local._live(spark_local._WORKER)
-    return pids
+    live = (flink if which == "flink" else spark).live_pids()
+    return pids + [p for ps in live.values() for p in ps]
 
 
 def _self_cpu_s() -> float:
@@ -193,8 +175,6 @@ def run(ns: BenchRunnersConfig, pipeline=None) -> dict:
             results[key] = run_one(key, photos_dir, os.path.join(work, key))
             log.info("%s: %.2f images/s", key, results[key]["images_per_s"])
             if key == scaling:
-                from facebeam.pipelines.runner.defaults import pipeline_options
-
                 n = int(pipeline_options(RUNNER_PRESETS[key]).get_all_options()["sdk_worker_parallelism"] or 1)
                 one = run_one(key, photos_dir, os.path.join(work, key + "-1"), extra=ONE_WORKER[PRESET_CLUSTERS[key]])
                 results[f"{key} x1"] = one

@@ -2,7 +2,7 @@
 
 Flink comes from the PyPI wheels `apache-flink` (bin/ scripts, conf/) and
 `apache-flink-libraries` (lib/flink-dist and friends) at the Flink version of the Beam
-job server (`pipelines.runner.jars.FLINK_VERSION`). They declare `apache-beam<=2.61`, so they
+job server (`pipelines.local.jars.FLINK_VERSION`). They declare `apache-beam<=2.61`, so they
 are installed with `pip install --no-deps --target <cache>/flink-dist/<version>`,
 outside the project environment (<cache>: `facebeam.transforms.home.cache_dir()`).
 The JobManager and one TaskManager are started with the wheel's `bin/jobmanager.sh` /
@@ -15,7 +15,7 @@ a Beam worker pool beside it (`pipelines/local/workers.py`, localhost:50000), as
 deploy/ runs one beside every TaskManager. Jobs submitted with
 `--runner=FlinkRunner --flink_master=localhost:8081` then get
 `--environment_type=EXTERNAL --environment_config=localhost:50000
---sdk_worker_parallelism=N` filled in (`runner/defaults.py`): one Python SDK harness
+--sdk_worker_parallelism=N` filled in (`runner/job_options.py`): one Python SDK harness
 process per slot. The JobManager and TaskManager run with Beam's runner jars in their
 lib/ (`FLINK_LIB_DIR=<facebeam home>/flink/beam-lib`), and `up` starts one Beam job server
 for the cluster (localhost:8099), which jobs are sent to: see `pipelines/local/job_server.py`.
@@ -30,10 +30,10 @@ import sys
 import time
 from pathlib import Path
 
-from facebeam.pipelines.local import job_server, toolkit
+from facebeam.pipelines import jobs, options
+from facebeam.pipelines.local import jars, job_server, service, toolkit
 from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.local.toolkit import RunnerSetupError
-from facebeam.pipelines.runner import jars
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,14 @@ def _pids() -> dict[str, list[int]]:
     return out
 
 
-def _live_pids() -> dict[str, list[int]]:
+def live_pids() -> dict[str, list[int]]:
+    """{'standalonesession': [pid], 'taskexecutor': [pid]}: the live JobManager / TaskManager processes."""
     return {n: [p for p in ps if toolkit.alive(p, _DAEMONS[n])] for n, ps in _pids().items()}
+
+
+def is_running() -> bool:
+    """Is the JobManager of the cluster `up` started running?"""
+    return bool(live_pids()["standalonesession"])
 
 
 def _write_conf(home: Path, slots: int, port: int, rpc_port: int = RPC_PORT) -> Path:
@@ -174,18 +180,18 @@ def _beam_in_lib() -> bool:
     """Do the running JobManager and TaskManager have facebeam's beam-lib (Beam + the
     stage-nothing detector) as their lib/? Not when they were started by an older `up`."""
     lib = job_server.lib_dir("flink")
-    pids = [p for ps in _live_pids().values() for p in ps]
+    pids = [p for ps in live_pids().values() for p in ps]
     return bool(pids) and (lib / "facebeam-cluster-lib.jar").exists() and all(
         str(lib) in toolkit.cmdline(p) for p in pids)
 
 
 def _record_cluster(port: int, slots: int, workers: int, pool_port: int) -> None:
-    pools._rewrite_state("flink", cluster_port=port, slots=slots, workers=workers, port=pool_port)
+    pools.update_state("flink", cluster_port=port, slots=slots, workers=workers, port=pool_port)
 
 
 def _up_cluster(slots, port, timeout, version, rpc_port) -> dict:
     info = cluster_info(port)
-    live = _live_pids()
+    live = live_pids()
     if info and live["standalonesession"]:
         if info.get("taskmanagers", 0) >= 1:
             log.info("Flink %s already running at %s (%s slots)", info.get("flink-version"), rest_url(port),
@@ -209,18 +215,14 @@ def _up_cluster(slots, port, timeout, version, rpc_port) -> dict:
         for f in _pid_files("taskexecutor"):
             f.unlink(missing_ok=True)
         _script(home, env, "taskmanager.sh", "start")
-    deadline = t0 + timeout
-    info = None
-    while time.monotonic() < deadline:
-        info = cluster_info(port)
-        if info and info.get("taskmanagers", 0) >= 1 and info.get("slots-total", 0) >= 1:
-            log.info("Flink %s up at %s: %d task manager(s), %d slots (%.1f s); logs in %s",
-                     info.get("flink-version"), rest_url(port), info["taskmanagers"], info["slots-total"],
-                     time.monotonic() - t0, state_dir() / "log")
-            return info
-        if not any(_live_pids().values()):
-            break
-        time.sleep(0.5)
+    ready, info = toolkit.wait_ready(
+        lambda: cluster_info(port), lambda: any(live_pids().values()), max(0.0, t0 + timeout - time.monotonic()),
+        ready=lambda i: bool(i and i.get("taskmanagers", 0) >= 1 and i.get("slots-total", 0) >= 1))
+    if ready:
+        log.info("Flink %s up at %s: %d task manager(s), %d slots (%.1f s); logs in %s",
+                 info.get("flink-version"), rest_url(port), info["taskmanagers"], info["slots-total"],
+                 time.monotonic() - t0, state_dir() / "log")
+        return info
     logs = "\n".join(f"--- {f.name}\n{toolkit.log_tail(f, 20)}" for f in sorted((state_dir() / "log").glob("*.log")))
     down()
     raise RunnerSetupError(
@@ -232,36 +234,19 @@ def _up_cluster(slots, port, timeout, version, rpc_port) -> dict:
 def down(timeout: float = DOWN_TIMEOUT_S) -> bool:
     """Stop the worker pool, TaskManager and JobManager started by `up`. True if something was stopped."""
     pids = _pids()
-    stopped = []
-    if job_server.stop("flink"):
-        stopped.append("job server")
-    if pools.stop_pool("flink"):
-        stopped.append("worker pool")
-    for name in ("taskexecutor", "standalonesession"):
-        stopped += toolkit.stop_processes(pids[name], _DAEMONS[name], timeout=timeout)
-        for f in _pid_files(name):
-            f.unlink(missing_ok=True)
-    if stopped:
-        log.info("stopped Flink processes %s", stopped)
-    return bool(stopped)
+    return service.stop_cluster("flink", [(pids[name], _DAEMONS[name], _pid_files(name))
+                                          for name in ("taskexecutor", "standalonesession")], timeout)
 
 
 def status(port: int = REST_PORT) -> dict:
-    return {"rest": rest_url(port), "cluster": cluster_info(port), "pids": _live_pids(),
+    return {"rest": rest_url(port), "cluster": cluster_info(port), "pids": live_pids(),
             "worker_pool": pools.pool_info("flink"), "job_server": job_server.info("flink"),
             "logs": str(state_dir() / "log")}
 
 
-def _pool_line(pool) -> str:
-    if not pool:
-        return "not running"
-    return (f"localhost:{pool['port']} pid {pool['pid']} ({pool['workers']} workers, facebeam "
-            f"{pool['facebeam_version']}, Beam {pool['beam_version']})")
-
-
 def running(**kwargs):
     """Context manager for tests and jobs: start the cluster if needed, stop it after if we started it."""
-    return toolkit.running(cluster_info(kwargs.get("port", REST_PORT)) is not None, up, down, **kwargs)
+    return service.running(cluster_info(kwargs.get("port", REST_PORT)) is not None, up, down, **kwargs)
 
 
 BEAM = False
@@ -280,8 +265,6 @@ class FlinkLocalConfig:
 
 
 def build_parser():
-    from facebeam.pipelines import options
-
     ap = options.parser("facebeam flink", __doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="action", required=True)
     up_p = sub.add_parser("up", help="start the session cluster and its worker pool")
@@ -308,45 +291,35 @@ def configure(a, beam_args=()) -> FlinkLocalConfig:
     return FlinkLocalConfig("status", port=a.port) if a.action == "status" else FlinkLocalConfig("down")
 
 
+def _up_line(port: int, info: dict) -> str:
+    return (f"Flink {info.get('flink-version')} running at {rest_url(port)}: "
+            f"{info.get('taskmanagers')} task manager(s), {info.get('slots-total')} slots"
+            f"{service.pool_where(info.get('worker_pool'))}; {job_server.describe(info.get('job_server'))}. "
+            f"Submit with --runner=FlinkRunner --flink_master=localhost:{port}")
+
+
+def _status_line(st: dict) -> str:
+    c = st["cluster"]
+    if not c:
+        return f"not running (no Flink at {st['rest']}; pids {st['pids']})"
+    return (f"running: Flink {c.get('flink-version')} at {st['rest']}, {c.get('taskmanagers')} task manager(s), "
+            f"{c.get('slots-available')}/{c.get('slots-total')} slots free, pids {st['pids']}, "
+            f"worker pool {service.pool_line(st['worker_pool'], versions=True)}, "
+            f"{job_server.describe(st['job_server'])}, logs {st['logs']}")
+
+
 def run(args: FlinkLocalConfig, pipeline=None) -> dict:
-    return {"code": _run(args)}
-
-
-def _run(args: FlinkLocalConfig) -> int:
-    try:
-        if args.action == "up":
-            info = up(slots=args.slots, port=args.port, timeout=args.timeout, version=args.version,
-                      rpc_port=args.rpc_port, workers=args.workers, pool_port=args.pool_port)
-            pool = info.get("worker_pool")
-            where = (f"; worker pool on localhost:{pool['port']} (pid {pool['pid']}, {pool['workers']} harness "
-                     f"processes per job)" if pool else "; no worker pool")
-            print(f"Flink {info.get('flink-version')} running at {rest_url(args.port)}: "
-                  f"{info.get('taskmanagers')} task manager(s), {info.get('slots-total')} slots{where}; "
-                  f"{job_server.describe(info.get('job_server'))}. "
-                  f"Submit with --runner=FlinkRunner --flink_master=localhost:{args.port}")
-            return 0
-        if args.action == "down":
-            print("stopped" if down() else "not running")
-            return 0
-        st = status(args.port)
-        if st["cluster"]:
-            c = st["cluster"]
-            print(f"running: Flink {c.get('flink-version')} at {st['rest']}, {c.get('taskmanagers')} task manager(s), "
-                  f"{c.get('slots-available')}/{c.get('slots-total')} slots free, pids {st['pids']}, "
-                  f"worker pool {_pool_line(st['worker_pool'])}, "
-                  f"{job_server.describe(st['job_server'])}, logs {st['logs']}")
-            return 0
-        print(f"not running (no Flink at {st['rest']}; pids {st['pids']})")
-        return 1
-    except RunnerSetupError as e:
-        print(f"facebeam flink {args.action}: {e}", file=sys.stderr)
-        return 1
+    return service.run_action("flink", args.action, {
+        "up": service.Action(lambda: up(slots=args.slots, port=args.port, timeout=args.timeout, version=args.version,
+                                        rpc_port=args.rpc_port, workers=args.workers, pool_port=args.pool_port),
+                             lambda info: _up_line(args.port, info)),
+        "down": service.Action(down, lambda stopped: "stopped" if stopped else "not running"),
+        "status": service.Action(lambda: status(args.port), _status_line, ok=lambda st: bool(st["cluster"])),
+    })
 
 
 def main(argv=None) -> int:
-    from facebeam.pipelines import jobs
-
-    return jobs.main(sys.modules[__name__], argv, failed=lambda s: s["code"])
+    return jobs.main(sys.modules[__name__], argv, failed=lambda s: not s["ok"])
 
 
 if __name__ == "__main__":

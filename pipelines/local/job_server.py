@@ -14,13 +14,13 @@ Beam's runner jars in the cluster's classpath; `facebeam flink|spark up` does th
   (FLINK_LIB_DIR); Spark executors get them as `spark.executor.extraClassPath`.
 - `facebeam-cluster-lib.jar` holds one class compiled here with the JDK's javac,
   `runner/ClusterLibResources.java`: a Beam resources detector that stages nothing, named
-  per job by `--pipeline_resources_detector_factory_class` (runner/defaults.py). No Beam
+  per job by `--pipeline_resources_detector_factory_class` (runner/job_options.py). No Beam
   artifact offers "the cluster has the jars already". Without a javac, jobs still run
   through the long-lived job server but ship the jars as before (`stages_jars` in the state).
 - `start(kind, master)`: the job server's main class on the job server's own classpath plus
   that jar, serving localhost:8099 (Flink) / 8097 (Spark), artifacts on the next port down;
   state in `<cluster state>/job-server.json`, log in `<cluster state>/log/job-server.log`.
-  `runner/defaults.py` routes jobs for the local cluster to it (`--job_endpoint`).
+  `runner/job_options.py` routes jobs for the local cluster to it (`--job_endpoint`).
 """
 from __future__ import annotations
 
@@ -32,10 +32,9 @@ import shutil
 import time
 from pathlib import Path
 
-from facebeam.pipelines.local import toolkit
+from facebeam.pipelines.local import jars, toolkit
 from facebeam.pipelines.local.toolkit import RunnerSetupError
 from facebeam.pipelines.local.workers import free_port, state_dir
-from facebeam.pipelines.runner import jars
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ DETECTOR_CLASS = "dev.facebeam.beam.ClusterLibResources"
 #: (job port, artifact port) per cluster: both clusters may be up at once.
 PORTS = {"flink": (8099, 8098), "spark": (8097, 8096)}
 STATE_FILE = "job-server.json"
-START_TIMEOUT_S = float(os.environ.get("FACEBEAM_JOB_SERVER_TIMEOUT", "120"))
 #: Jars of the job server's tree that the engine's own classpath already has in some form.
 _ENGINE_OWN = {"flink": ("flink-", "slf4j-", "log4j-", "logback-"), "spark": ("spark-", "slf4j-", "log4j-", "logback-")}
 
@@ -134,10 +132,14 @@ def info(kind: str) -> dict | None:
     return None
 
 
-def start(kind: str, master: str, stages_jars: bool, extra_jvm: tuple = (), timeout: float = START_TIMEOUT_S) -> dict:
-    """Start `kind`'s job server for the cluster at `master` (unless one already serves it)."""
-    from facebeam.pipelines.runner.defaults import FLINK_JAVA17_FLAGS, SPARK_JAVA17_FLAGS
+def start_timeout_s() -> float:
+    """Seconds a job server gets to open its port ($FACEBEAM_JOB_SERVER_TIMEOUT, default 120)."""
+    return float(os.environ.get("FACEBEAM_JOB_SERVER_TIMEOUT", "120"))
 
+
+def start(kind: str, master: str, stages_jars: bool, extra_jvm: tuple = (), timeout: float | None = None) -> dict:
+    """Start `kind`'s job server for the cluster at `master` (unless one already serves it)."""
+    timeout = start_timeout_s() if timeout is None else timeout
     live = info(kind)
     if live and live.get("master") == master and live.get("stages_jars") == stages_jars \
             and toolkit.port_open("localhost", int(live["port"])):
@@ -152,7 +154,7 @@ def start(kind: str, master: str, stages_jars: bool, extra_jvm: tuple = (), time
     classpath = [str(jars.job_server_jar(spec))]
     if not stages_jars:
         classpath.append(str(lib_dir(kind) / "facebeam-cluster-lib.jar"))
-    flags = FLINK_JAVA17_FLAGS if kind == "flink" else SPARK_JAVA17_FLAGS
+    flags = jars.java17_flags(kind)
     master_flag = "--flink-master" if kind == "flink" else "--spark-master-url"
     artifacts = state_dir(kind) / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -163,19 +165,16 @@ def start(kind: str, master: str, stages_jars: bool, extra_jvm: tuple = (), time
     (state_dir(kind) / "log").mkdir(parents=True, exist_ok=True)
     console = state_dir(kind) / "log" / "job-server.log"
     proc = toolkit.spawn_detached(cmd, console, cwd=str(state_dir(kind)))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        if toolkit.port_open("localhost", job_port, timeout=0.5):
-            st = {"kind": kind, "pid": proc.pid, "port": job_port, "artifact_port": artifact_port, "master": master,
-                  "main_class": spec.main_class, "jar": classpath[0], "stages_jars": stages_jars,
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            toolkit.write_json(state_file(kind), st)
-            log.info("Beam %s job server pid %d on localhost:%d for %s%s", kind, proc.pid, job_port, master,
-                     "" if stages_jars else " (Beam from the cluster's classpath: jobs ship no jars)")
-            return st
-        time.sleep(0.3)
+    ready, _ = toolkit.wait_ready(lambda: toolkit.port_open("localhost", job_port, timeout=0.5),
+                                  lambda: proc.poll() is None, timeout, interval=0.3)
+    if ready:
+        st = {"kind": kind, "pid": proc.pid, "port": job_port, "artifact_port": artifact_port, "master": master,
+              "main_class": spec.main_class, "jar": classpath[0], "stages_jars": stages_jars,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        toolkit.write_json(state_file(kind), st)
+        log.info("Beam %s job server pid %d on localhost:%d for %s%s", kind, proc.pid, job_port, master,
+                 "" if stages_jars else " (Beam from the cluster's classpath: jobs ship no jars)")
+        return st
     tail = toolkit.log_tail(console, 30)
     toolkit.stop_processes([proc.pid], group=True, timeout=10)
     raise RunnerSetupError(f"the Beam {kind} job server did not serve localhost:{job_port} within {timeout:.0f} s "
@@ -200,10 +199,7 @@ def describe(st: dict | None) -> str:
 
 def check(kind: str, st: dict, timeout: float) -> None:
     """RunnerSetupError unless the recorded job server answers within `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not toolkit.port_open("localhost", int(st["port"]), timeout=0.5):
-        if time.monotonic() >= deadline:
-            raise RunnerSetupError(
-                f"No Beam job server answers at localhost:{st['port']} (the local {kind} cluster's, "
-                f"{state_file(kind)}) after {timeout:.0f} s. Restart it: `facebeam {kind} down && facebeam {kind} up`.")
-        time.sleep(0.3)
+    if not toolkit.poll(lambda: toolkit.port_open("localhost", int(st["port"]), timeout=0.5), timeout, interval=0.3):
+        raise RunnerSetupError(
+            f"No Beam job server answers at localhost:{st['port']} (the local {kind} cluster's, "
+            f"{state_file(kind)}) after {timeout:.0f} s. Restart it: `facebeam {kind} down && facebeam {kind} up`.")

@@ -16,15 +16,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import secrets
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from facebeam.pipelines import jobs, options
-from facebeam.pipelines.local import toolkit
+from facebeam.pipelines.local import service, toolkit
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.home import facebeam_home
 from facebeam.transforms.redis_store import DEFAULT_PORT, RedisConn
@@ -40,16 +38,6 @@ class RedisLocalError(UserError):
 
 def default_home() -> Path:
     return facebeam_home() / "redis"
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def _pid(home: Path):
@@ -99,24 +87,23 @@ def up(home: Path, port: int = DEFAULT_PORT, maxmemory: str | None = None, timeo
             raise RedisLocalError(f"port {port} on 127.0.0.1 is taken by another process; pick --port")
         password = saved.get("password") or secrets.token_urlsafe(24)
         (home / "data").mkdir(parents=True, exist_ok=True)
-        _write_private(conn_path, json.dumps({"host": "127.0.0.1", "port": port, "password": password}, indent=2) + "\n")
-        _write_private(home / "redis.conf", config_text(home, port, password, maxmemory))
+        toolkit.write_private(conn_path, json.dumps({"host": "127.0.0.1", "port": port, "password": password}, indent=2) + "\n")
+        toolkit.write_private(home / "redis.conf", config_text(home, port, password, maxmemory))
         proc = toolkit.spawn_detached([server, str(home / "redis.conf")], home / "console.log")
         conn = RedisConn(host="127.0.0.1", port=port, conn_file=str(conn_path), timeout_s=2.0)
-        deadline = time.monotonic() + timeout
-        while True:
+        def answers() -> bool:
             if proc.poll() is not None:
                 raise RedisLocalError(f"redis-server exited with code {proc.returncode}: "
                                       f"{toolkit.log_tail(home / 'redis.log', 5, missing='(no log)')}")
             try:
                 conn.check()
-                break
             except UserError:
-                if time.monotonic() > deadline:
-                    toolkit.stop_processes([proc.pid], must_contain=SERVER, timeout=5)
-                    raise RedisLocalError(f"redis-server did not answer within {timeout:.0f} s; "
-                                          f"log: {home / 'redis.log'}") from None
-                time.sleep(0.2)
+                return False
+            return True
+
+        if not toolkit.poll(answers, timeout, interval=0.2):
+            toolkit.stop_processes([proc.pid], must_contain=SERVER, timeout=5)
+            raise RedisLocalError(f"redis-server did not answer within {timeout:.0f} s; log: {home / 'redis.log'}")
         return {"pid": proc.pid, "port": port, "home": str(home), "started": True}
 
 
@@ -175,25 +162,28 @@ def configure(a: options.Args, beam_args=()) -> RedisCmdConfig:
                           timeout=a.timeout)
 
 
+def _up_line(home: Path, info: dict) -> str:
+    verb = "started" if info["started"] else "already running"
+    return (f"Redis {verb} on 127.0.0.1:{info['port']} (pid {info['pid']}); password and port in "
+            f"{home.absolute() / 'connection.json'} (0600); AOF + RDB persistence in {home.absolute() / 'data'}")
+
+
+def _status_line(st: dict) -> str:
+    if st["running"]:
+        return (f"running: Redis {st['version']} on 127.0.0.1:{st['port']} (pid {st['pid']}), {st['keys']} keys, "
+                f"AOF {'on' if st['aof'] else 'off'}, home {st['home']}")
+    return f"not running ({st.get('error') or 'no server under ' + st['home']})"
+
+
 def run(config: RedisCmdConfig, pipeline=None) -> dict:
     home = Path(config.home)
-    if config.action == "up":
-        info = up(home, config.port, config.maxmemory, config.timeout)
-        verb = "started" if info["started"] else "already running"
-        print(f"Redis {verb} on 127.0.0.1:{info['port']} (pid {info['pid']}); password and port in "
-              f"{home.absolute() / 'connection.json'} (0600); AOF + RDB persistence in {home.absolute() / 'data'}")
-        return {**info, "ok": True}
-    if config.action == "down":
-        stopped = down(home)
-        print("stopped" if stopped else "not running")
-        return {"ok": True, "stopped": stopped}
-    st = status(home)
-    if st["running"]:
-        print(f"running: Redis {st['version']} on 127.0.0.1:{st['port']} (pid {st['pid']}), {st['keys']} keys, "
-              f"AOF {'on' if st['aof'] else 'off'}, home {st['home']}")
-    else:
-        print(f"not running ({st.get('error') or 'no server under ' + st['home']})")
-    return {**st, "ok": st["running"]}
+    return service.run_action("redis", config.action, {
+        "up": service.Action(lambda: up(home, config.port, config.maxmemory, config.timeout),
+                             lambda info: _up_line(home, info)),
+        "down": service.Action(lambda: {"stopped": down(home)},
+                               lambda answer: "stopped" if answer["stopped"] else "not running"),
+        "status": service.Action(lambda: status(home), _status_line, ok=lambda st: st["running"]),
+    })
 
 
 def main(argv=None) -> int:

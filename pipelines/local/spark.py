@@ -14,7 +14,7 @@ Beam worker pool beside it (`pipelines/local/workers.py`, localhost:50001), as
 deploy/ runs one on every Spark worker host. Jobs submitted with
 `--runner=SparkRunner --spark_master_url=spark://localhost:7077` then get
 `--environment_type=EXTERNAL --environment_config=localhost:50001
---sdk_worker_parallelism=N` filled in (`runner/defaults.py`): one Python SDK harness
+--sdk_worker_parallelism=N` filled in (`runner/job_options.py`): one Python SDK harness
 process per executor core. `up` also starts one Beam job server for the cluster
 (localhost:8097; the Spark driver of all jobs, see `_DRIVER_LOCAL`), whose executors take
 Beam from `<facebeam home>/spark/beam-lib` (`pipelines/local/job_server.py`). `down` stops
@@ -29,10 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-from facebeam.pipelines.local import job_server, toolkit
+from facebeam.pipelines import jobs, options
+from facebeam.pipelines.local import jars, job_server, service, toolkit
 from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.local.toolkit import RunnerSetupError
-from facebeam.pipelines.runner import jars
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,16 @@ def _live(cls: str) -> list[int]:
     return [p for p in _pids(cls) if toolkit.alive(p, cls)]
 
 
+def live_pids() -> dict[str, list[int]]:
+    """{'master': [pid], 'worker': [pid]}: the live master / worker processes of the cluster `up` started."""
+    return {"master": _live(_MASTER), "worker": _live(_WORKER)}
+
+
+def is_running() -> bool:
+    """Is the master of the cluster `up` started running?"""
+    return bool(_live(_MASTER))
+
+
 def _env(home: Path, java: toolkit.Java) -> dict:
     env = dict(os.environ)
     for k in ("PYTHONPATH", "SPARK_CONF_DIR", "PYSPARK_PYTHON"):
@@ -136,7 +146,7 @@ def up(port: int = MASTER_PORT, webui_port: int = WEBUI_PORT, cores: int | None 
     info = _up_cluster(port, webui_port, cores, memory, timeout, version)
     if workers:
         info["worker_pool"] = pools.start_pool("spark", workers, pool_port)
-        pools._rewrite_state("spark", cluster_port=port, webui_port=webui_port, cores=int(info.get("cores") or cores),
+        pools.update_state("spark", cluster_port=port, webui_port=webui_port, cores=int(info.get("cores") or cores),
                              workers=workers, port=int(info["worker_pool"]["port"]))
     # Executors take Beam from beam-lib (the job server's JVM property reaches every
     # application's SparkConf), so jobs ship no jars.
@@ -172,17 +182,14 @@ def _up_cluster(port, webui_port, cores, memory, timeout, version) -> dict:
         _daemon(home, env, "start", _WORKER, "1", "--host", "localhost", "--webui-port", str(WORKER_WEBUI_PORT),
                 "--cores", str(cores), "--memory", memory, "--work-dir", str(state_dir() / "work"),
                 master_url(port))
-    deadline = t0 + timeout
-    info = None
-    while time.monotonic() < deadline:
-        info = cluster_info(webui_port)
-        if info and info.get("status") == "ALIVE" and info.get("aliveworkers", 0) >= 1:
-            log.info("Spark master up at %s: %d worker(s), %d cores (%.1f s); logs in %s", master_url(port),
-                     info["aliveworkers"], info.get("cores", 0), time.monotonic() - t0, state_dir() / "log")
-            return info
-        if not _live(_MASTER) or not _live(_WORKER):
-            break
-        time.sleep(0.5)
+    ready, info = toolkit.wait_ready(
+        lambda: cluster_info(webui_port), lambda: bool(_live(_MASTER) and _live(_WORKER)),
+        max(0.0, t0 + timeout - time.monotonic()),
+        ready=lambda i: bool(i and i.get("status") == "ALIVE" and i.get("aliveworkers", 0) >= 1))
+    if ready:
+        log.info("Spark master up at %s: %d worker(s), %d cores (%.1f s); logs in %s", master_url(port),
+                 info["aliveworkers"], info.get("cores", 0), time.monotonic() - t0, state_dir() / "log")
+        return info
     logs = "\n".join(f"--- {f.name}\n{toolkit.log_tail(f, 20)}" for f in sorted((state_dir() / "log").glob("*.out")))
     down()
     raise RunnerSetupError(
@@ -194,30 +201,18 @@ def _up_cluster(port, webui_port, cores, memory, timeout, version) -> dict:
 
 def down(timeout: float = DOWN_TIMEOUT_S) -> bool:
     """Stop the worker pool, worker and master started by `up`. True if something was stopped."""
-    stopped = ["job server"] if job_server.stop("spark") else []
-    stopped += ["worker pool"] if pools.stop_pool("spark") else []
-    for cls in (_WORKER, _MASTER):
-        stopped += toolkit.stop_processes(_pids(cls), cls, timeout=timeout)
-        for f in _pid_files(cls):
-            f.unlink(missing_ok=True)
-    if stopped:
-        log.info("stopped Spark processes %s", stopped)
-    return bool(stopped)
+    return service.stop_cluster("spark", [(_pids(cls), cls, _pid_files(cls)) for cls in (_WORKER, _MASTER)], timeout)
 
 
 def status(webui_port: int = WEBUI_PORT) -> dict:
     return {"master": master_url(), "webui": f"http://localhost:{webui_port}", "cluster": cluster_info(webui_port),
-            "pids": {"master": _live(_MASTER), "worker": _live(_WORKER)}, "worker_pool": pools.pool_info("spark"),
+            "pids": live_pids(), "worker_pool": pools.pool_info("spark"),
             "job_server": job_server.info("spark"), "logs": str(state_dir() / "log")}
-
-
-def _pool_line(pool) -> str:
-    return f"localhost:{pool['port']} pid {pool['pid']} ({pool['workers']} workers)" if pool else "not running"
 
 
 def running(**kwargs):
     """Start the cluster if needed; stop it afterwards if this call started it."""
-    return toolkit.running(cluster_info(kwargs.get("webui_port", WEBUI_PORT)) is not None, up, down, **kwargs)
+    return service.running(cluster_info(kwargs.get("webui_port", WEBUI_PORT)) is not None, up, down, **kwargs)
 
 
 BEAM = False
@@ -237,8 +232,6 @@ class SparkLocalConfig:
 
 
 def build_parser():
-    from facebeam.pipelines import options
-
     ap = options.parser("facebeam spark", __doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="action", required=True)
     up_p = sub.add_parser("up", help="start the master, a worker and its worker pool")
@@ -265,45 +258,35 @@ def configure(a, beam_args=()) -> SparkLocalConfig:
     return SparkLocalConfig("status", webui_port=a.webui_port) if a.action == "status" else SparkLocalConfig("down")
 
 
+def _up_line(a: SparkLocalConfig, info: dict) -> str:
+    return (f"Spark master running at {master_url(a.port)} (web UI http://localhost:{a.webui_port}): "
+            f"{info.get('aliveworkers')} worker(s), {info.get('cores')} cores{service.pool_where(info.get('worker_pool'))}; "
+            f"{job_server.describe(info.get('job_server'))}. "
+            f"Submit with --runner=SparkRunner --spark_master_url={master_url(a.port)}")
+
+
+def _status_line(st: dict) -> str:
+    c = st["cluster"]
+    if not c:
+        return f"not running (no Spark master web UI at {st['webui']}; pids {st['pids']})"
+    return (f"running: {st['master']} ({c.get('status')}), {c.get('aliveworkers')} worker(s), "
+            f"{c.get('coresused')}/{c.get('cores')} cores used, pids {st['pids']}, worker pool "
+            f"{service.pool_line(st['worker_pool'])}, {job_server.describe(st['job_server'])}, logs {st['logs']}")
+
+
 def run(args: SparkLocalConfig, pipeline=None) -> dict:
-    return {"code": _run(args)}
-
-
-def _run(args: SparkLocalConfig) -> int:
-    try:
-        if args.action == "up":
-            info = up(port=args.port, webui_port=args.webui_port, cores=args.cores, memory=args.memory,
-                      timeout=args.timeout, version=args.version, workers=args.workers, pool_port=args.pool_port)
-            pool = info.get("worker_pool")
-            where = (f"; worker pool on localhost:{pool['port']} (pid {pool['pid']}, {pool['workers']} harness "
-                     f"processes per job)" if pool else "; no worker pool")
-            print(f"Spark master running at {master_url(args.port)} (web UI http://localhost:{args.webui_port}): "
-                  f"{info.get('aliveworkers')} worker(s), {info.get('cores')} cores{where}; "
-                  f"{job_server.describe(info.get('job_server'))}. "
-                  f"Submit with --runner=SparkRunner --spark_master_url={master_url(args.port)}")
-            return 0
-        if args.action == "down":
-            print("stopped" if down() else "not running")
-            return 0
-        st = status(args.webui_port)
-        if st["cluster"]:
-            c = st["cluster"]
-            print(f"running: {st['master']} ({c.get('status')}), {c.get('aliveworkers')} worker(s), "
-                  f"{c.get('coresused')}/{c.get('cores')} cores used, pids {st['pids']}, worker pool "
-                  f"{_pool_line(st['worker_pool'])}, "
-                  f"{job_server.describe(st['job_server'])}, logs {st['logs']}")
-            return 0
-        print(f"not running (no Spark master web UI at {st['webui']}; pids {st['pids']})")
-        return 1
-    except RunnerSetupError as e:
-        print(f"facebeam spark {args.action}: {e}", file=sys.stderr)
-        return 1
+    return service.run_action("spark", args.action, {
+        "up": service.Action(lambda: up(port=args.port, webui_port=args.webui_port, cores=args.cores, memory=args.memory,
+                                        timeout=args.timeout, version=args.version, workers=args.workers,
+                                        pool_port=args.pool_port),
+                             lambda info: _up_line(args, info)),
+        "down": service.Action(down, lambda stopped: "stopped" if stopped else "not running"),
+        "status": service.Action(lambda: status(args.webui_port), _status_line, ok=lambda st: bool(st["cluster"])),
+    })
 
 
 def main(argv=None) -> int:
-    from facebeam.pipelines import jobs
-
-    return jobs.main(sys.modules[__name__], argv, failed=lambda s: s["code"])
+    return jobs.main(sys.modules[__name__], argv, failed=lambda s: not s["ok"])
 
 
 if __name__ == "__main__":

@@ -1,20 +1,21 @@
 """Shared infrastructure of the local services (Elasticsearch, Flink, Spark, job servers).
 
 One of each: Java lookup (`find_java`), Maven (`maven`), a file lock with a deadline
-(`file_lock`), a subprocess with a deadline (`run_until`), `pip install --target`
-(`pip_install_target`), process helpers (`spawn_detached`, `alive`, `stop_processes`),
-an HTTP / port probe (`http_json`, `port_open`), `log_tail`, and the state and cache
-folders (`facebeam_home`, `cache_dir`, from `facebeam.transforms.home`).
+(`file_lock`, on filelock), a subprocess with a deadline (`run_until`), `pip install --target`
+(`pip_install_target`), process helpers (`spawn_detached`, `alive`, `stop_processes`, on
+psutil), an HTTP / port probe (`http_json` on requests, `port_open`), the one wait-until
+helper (`poll`, on tenacity, with `Deadline`), the state-file and private-file writers
+(`write_json`, `write_private`), `log_tail`, and the state and cache folders
+(`facebeam_home`, `cache_dir`, from `facebeam.transforms.home`).
 
 Setup problems raise the caller's error class (`error=`): `RunnerSetupError` (the
 default) for the runners, `EsLocalError` for `facebeam es`.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
-import fcntl
+import functools
 import json
 import logging
 import os
@@ -29,6 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import filelock
+import psutil
+import requests
+import tenacity
+
+from facebeam.transforms.errors import UserError
 from facebeam.transforms.home import cache_dir, facebeam_home  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -36,8 +43,8 @@ log = logging.getLogger(__name__)
 MIN_JAVA = 17
 
 
-class RunnerSetupError(RuntimeError):
-    """A runner cannot be set up: missing jar, wrong Java, cluster not running, ..."""
+class RunnerSetupError(UserError, RuntimeError):
+    """A runner cannot be set up: missing jar, wrong Java, cluster not running, ... (a user can fix it)."""
 
 
 # --- Java ---------------------------------------------------------------------------------
@@ -46,9 +53,6 @@ class Java:
     path: str  # the java executable
     home: str  # its JAVA_HOME
     major: int  # 17, 21, ...
-
-
-_JAVA_CACHE: dict = {}
 
 
 def find_java(need: int = MIN_JAVA, purpose: str = "the Beam job server", launcher: str | None = None,
@@ -74,29 +78,39 @@ def find_java(need: int = MIN_JAVA, purpose: str = "the Beam job server", launch
                             f"needed for {purpose}: apt-get install openjdk-17-jre-headless, or set "
                             f"{home_vars[0]}.")
     try:
-        key = (java, os.stat(java).st_mtime)
+        mtime = os.stat(java).st_mtime
     except OSError:
-        key = (java, None)
-    major, first = _JAVA_CACHE.get(key) or _java_version(java, need, purpose, error, timeout)
-    _JAVA_CACHE[key] = (major, first)
+        mtime = None
+    try:
+        major, first = _java_version(java, mtime, timeout)
+    except FileNotFoundError:
+        raise error(f"Java launcher {java!r} does not exist; Java {need}+ is needed for {purpose}.") from None
+    except _JavaVersionError as e:
+        raise error(str(e)) from None
     if major < need:
         raise error(f"Java {need} or newer is needed for {purpose}, but {java} is Java {major} ({first}). "
                     f"{hint}.")
     return Java(path=java, home=str(Path(os.path.realpath(java)).parents[1]), major=major)
 
 
-def _java_version(java: str, need: int, purpose: str, error: type, timeout: float) -> tuple:
+class _JavaVersionError(Exception):
+    """`java -version` did not answer with a version."""
+
+
+@functools.lru_cache(maxsize=16)
+def _java_version(java: str, mtime, timeout: float) -> tuple:
+    """(major, first line of `java -version`), asked once per launcher and modification time."""
     try:
         proc = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
-    except (FileNotFoundError, PermissionError):
-        raise error(f"Java launcher {java!r} does not exist; Java {need}+ is needed for {purpose}.") from None
+    except PermissionError as e:
+        raise FileNotFoundError(java) from e
     except subprocess.TimeoutExpired:
-        raise error(f"`{java} -version` did not answer within {timeout:.0f} s.") from None
+        raise _JavaVersionError(f"`{java} -version` did not answer within {timeout:.0f} s.") from None
     text = (proc.stderr or "") + (proc.stdout or "")
     m = re.search(r'version "(\d+)(?:\.(\d+))?', text)
     if proc.returncode != 0 or not m:
-        raise error(f"`{java} -version` failed (exit {proc.returncode}): {text.strip()[:300]}")
+        raise _JavaVersionError(f"`{java} -version` failed (exit {proc.returncode}): {text.strip()[:300]}")
     major = int(m.group(1))
     if major == 1 and m.group(2):  # "1.8.0_392" -> 8
         major = int(m.group(2))
@@ -199,32 +213,86 @@ def write_json(path: Path, data: dict) -> None:
 @contextlib.contextmanager
 def file_lock(path: Path, deadline: float | None = None, timeout: float | None = None, what: str | None = None,
               error: type = RunnerSetupError):
-    """An exclusive `flock` on `path` (made if needed), waited for until `deadline`
+    """An exclusive lock on `path` (made if needed, kept afterwards), waited for until `deadline`
     (time.monotonic()) or for `timeout` seconds; then `error` is raised."""
     path = Path(path)
     if deadline is None:
         deadline = time.monotonic() + (900.0 if timeout is None else timeout)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise error(f"timed out waiting for another process {what or 'holding it'} (lock {path})"
-                                ) from None
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    lock = filelock.FileLock(str(path), timeout=max(0.0, deadline - time.monotonic()), poll_interval=0.5,
+                             preserve_lock_file=True)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise error(f"timed out waiting for another process {what or 'holding it'} (lock {path})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def write_private(path: Path, data) -> None:
+    """Write a file readable by its owner only (mode 0600), whole or not at all."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+# --- deadlines ------------------------------------------------------------------------------
+class Deadline:
+    """`timeout` seconds from now, on the monotonic clock."""
+
+    def __init__(self, timeout: float):
+        self.at = time.monotonic() + timeout
+
+    def left(self, lo: float = 0.0, hi: float = float("inf")) -> float:
+        """Seconds left, kept within [lo, hi] (a probe's own timeout)."""
+        return min(hi, max(lo, self.at - time.monotonic()))
+
+    @property
+    def passed(self) -> bool:
+        return time.monotonic() >= self.at
+
+
+def poll(probe, timeout: float, interval: float = 0.5):
+    """`probe()` every `interval` seconds until it returns something true (returned) or `timeout`
+    seconds have passed (its last, false answer is returned). It runs at least once; an exception
+    it raises ends the wait (that is how a probe gives up early, e.g. when its process died)."""
+    retrying = tenacity.Retrying(stop=tenacity.stop_after_delay(timeout), wait=tenacity.wait_fixed(interval),
+                                 retry=tenacity.retry_if_result(lambda answer: not answer),
+                                 retry_error_callback=lambda state: state.outcome.result(), reraise=True)
+    return retrying(probe)
+
+
+class _Gone(Exception):
+    """The processes `wait_ready` watches are gone."""
+
+
+def wait_ready(probe, alive, timeout: float, interval: float = 0.5, ready=bool) -> tuple:
+    """Ask `probe()` every `interval` seconds until `ready(answer)`: (True, answer); (False, last
+    answer) as soon as `alive()` says the processes that should answer are gone, or after `timeout`."""
+    last = [None]
+
+    def check():
+        last[0] = probe()
+        if ready(last[0]):
+            return True
+        if not alive():
+            raise _Gone
+        return False
+
+    try:
+        return bool(poll(check, timeout, interval)), last[0]
+    except _Gone:
+        return False, last[0]
 
 
 # --- processes ----------------------------------------------------------------------------------
-_CHILDREN: dict = {}  # Popen objects started by spawn_detached, polled so their exits get reaped
-
-
 def spawn_detached(cmd: list, console: Path, **popen) -> subprocess.Popen:
     """Start `cmd` in its own session (it outlives us; its pid is its process-group id),
     stdout+stderr into `console`."""
@@ -232,10 +300,8 @@ def spawn_detached(cmd: list, console: Path, **popen) -> subprocess.Popen:
         if popen.get("user") is not None:
             os.fchown(out.fileno(), popen["user"], popen.get("group", -1))
             cmd, popen = _drop_by_exec(cmd, popen)
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, **popen)
-    _CHILDREN[proc.pid] = proc
-    return proc
 
 
 def _drop_by_exec(cmd: list, popen: dict) -> tuple:
@@ -252,49 +318,50 @@ def _drop_by_exec(cmd: list, popen: dict) -> tuple:
     return [setpriv, f"--reuid={uid}", f"--regid={gid}", groups, "--", *cmd], popen
 
 
-def forget(pid: int) -> None:
-    _CHILDREN.pop(pid, None)
-
-
 def cmdline(pid) -> str:
     """The command line of `pid` ('' when it is gone)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+        return " ".join(psutil.Process(int(pid)).cmdline())
+    except (psutil.Error, ValueError):
         return ""
+
+
+def _reap_if_ours(proc: psutil.Process) -> None:
+    """A child of ours that exited stays a zombie until it is waited for: wait for it now."""
+    with contextlib.suppress(psutil.Error, ChildProcessError, OSError):
+        if proc.ppid() == os.getpid():
+            os.waitpid(proc.pid, os.WNOHANG)
 
 
 def alive(pid: int, must_contain: str | None = None, group: bool = False) -> bool:
     """Is process `pid` (with `group`: any process of group `pid`) running and not a zombie?
     With `must_contain`, one such process's command line must contain it (a guard against
     recycled pids)."""
-    proc = _CHILDREN.get(pid)
-    if proc is not None:
-        proc.poll()  # reap our own child so it does not linger as a zombie
     try:
         (os.killpg if group else os.kill)(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    members = [pid]
-    if group:
-        if not Path("/proc").is_dir():
-            return True
-        members = []
-        for entry in Path("/proc").iterdir():
-            with contextlib.suppress(OSError, ValueError):
-                if entry.name.isdigit() and os.getpgid(int(entry.name)) == pid:
-                    members.append(int(entry.name))
+    members = [pid] if not group else [p for p in psutil.pids() if _group_of(p) == pid]
     for member in members:
         try:
-            if Path(f"/proc/{member}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            proc = psutil.Process(member)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                _reap_if_ours(proc)
                 continue
-            if must_contain is None or must_contain in cmdline(member):
+            if must_contain is None or must_contain in " ".join(proc.cmdline()):
                 return True
-        except OSError:
+        except psutil.Error:
             continue
     return False
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def read_pids(pid_files) -> list:
@@ -312,13 +379,7 @@ def signal_process(pid: int, sig, group: bool = False) -> None:
 
 
 def wait_gone(pids: list, timeout: float, group: bool = False, must_contain: str | None = None) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if not any(alive(p, must_contain, group) for p in pids):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
+    return bool(poll(lambda: not any(alive(p, must_contain, group) for p in pids), timeout, interval=0.2))
 
 
 def stop_processes(pids: list, must_contain: str | None = None, timeout: float = 30, group: bool = False,
@@ -336,9 +397,6 @@ def stop_processes(pids: list, must_contain: str | None = None, timeout: float =
                 log.warning("pid %d ignored SIGTERM for %.0f s; killing", p, timeout)
                 signal_process(p, signal.SIGKILL, group)
         wait_gone(live, kill_wait, group)
-    for p in live:
-        if not alive(p, None, group):
-            forget(p)
     return live
 
 
@@ -351,30 +409,15 @@ def run_script(script: Path, *args: str, env: dict, timeout: float = 60, error: 
                     f"{(proc.stdout + proc.stderr)[-2000:]}")
 
 
-@contextlib.contextmanager
-def running(already_up: bool, up, down, **kwargs):
-    """For tests and jobs: `up(**kwargs)`, yield its answer, then `down()` unless it was `already_up`."""
-    info = up(**kwargs)
-    try:
-        yield info
-    finally:
-        if not already_up:
-            down()
-
-
 # --- HTTP and ports ------------------------------------------------------------------------------
 def http_json(url: str, timeout: float = 5.0, auth: tuple | None = None, cafile: str | None = None):
     """GET `url` and decode its JSON; `auth` = (user, password) for basic auth, `cafile` to
-    verify https. urllib errors (HTTPError with .code, URLError, OSError) propagate."""
-    import ssl
-    import urllib.request
-
-    req = urllib.request.Request(url)  # noqa: S310 (http(s) to local services)
-    if auth and auth[0]:
-        req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
-    ctx = ssl.create_default_context(cafile=cafile) if url.startswith("https") else None
-    with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:  # noqa: S310 (localhost)
-        return json.loads(resp.read().decode())
+    verify https. A refusal raises `requests.HTTPError` (its `.response.status_code`); no answer
+    raises another `requests.RequestException`; both are OSErrors, a body that is not JSON a ValueError."""
+    resp = requests.get(url, timeout=timeout, auth=tuple(auth) if auth and auth[0] else None,
+                        verify=cafile if (cafile and url.startswith("https")) else True)
+    resp.raise_for_status()
+    return resp.json()
 
 
 def port_open(host: str, port: int, timeout: float = 2.0) -> bool:

@@ -18,7 +18,7 @@ never reads it: a chatty harness would block).
 
 The pool writes `<cluster state>/worker-pool.json` once it serves: port, pid,
 workers, facebeam and Beam versions, Python, DEEPFACE_HOME. `check_pool` (run by
-`runner.defaults.check_cluster` before a job is submitted to a facebeam-local
+`runner.probes.check_cluster` before a job is submitted to a facebeam-local
 cluster) probes the port and compares those versions with the launcher's, so a pool
 that is down or stale fails the job within seconds with `RunnerSetupError`.
 """
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 #: may be up at once).
 POOL_PORTS = {"flink": 50000, "spark": 50001}
 STATE_FILE = "worker-pool.json"
-START_TIMEOUT_S = float(os.environ.get("FACEBEAM_WORKER_POOL_TIMEOUT", "60"))
 _MODULE = "facebeam.pipelines.local.workers"
 
 
@@ -106,10 +105,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_pool(kind: str, workers: int, port: int | None = None, timeout: float = START_TIMEOUT_S) -> dict:
+def start_timeout_s() -> float:
+    """Seconds a new pool gets to serve ($FACEBEAM_WORKER_POOL_TIMEOUT, default 60)."""
+    return float(os.environ.get("FACEBEAM_WORKER_POOL_TIMEOUT", "60"))
+
+
+def start_pool(kind: str, workers: int, port: int | None = None, timeout: float | None = None) -> dict:
     """Start `kind`'s worker pool (unless one with the same versions already serves); its state.
     Without an explicit `port`, the default port (POOL_PORTS) is used when free, else a free
     one (another facebeam home's cluster may hold it); jobs find it in the state file."""
+    timeout = start_timeout_s() if timeout is None else timeout
     strict = port is not None and port != POOL_PORTS[kind]
     port = port or POOL_PORTS[kind]
     live = pool_info(kind)
@@ -117,12 +122,12 @@ def start_pool(kind: str, workers: int, port: int | None = None, timeout: float 
         mismatch = _mismatch(live)
         if not mismatch and int(live["port"]) == port and toolkit.port_open("localhost", port):
             if int(live.get("workers", 0)) != workers:
-                _rewrite_state(kind, workers=workers)
+                update_state(kind, workers=workers)
                 live["workers"] = workers
             log.info("worker pool already serving on localhost:%d (pid %s)", port, live["pid"])
             return live
         if not mismatch and not strict and toolkit.port_open("localhost", int(live["port"])):
-            _rewrite_state(kind, workers=workers)
+            update_state(kind, workers=workers)
             return {**live, "workers": workers}
         log.info("restarting the worker pool (pid %s): %s", live["pid"], mismatch or "other port")
         stop_pool(kind)
@@ -139,22 +144,22 @@ def start_pool(kind: str, workers: int, port: int | None = None, timeout: float 
     cmd = [sys.executable, "-m", _MODULE, "pool", f"--service_port={port}", f"--kind={kind}",
            f"--workers={workers}", f"--state-file={state_file(kind)}"]
     proc = toolkit.spawn_detached(cmd, console, env=pool_env(), cwd=os.getcwd())
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def serving():
         st = read_state(kind)
-        if st and st.get("pid") == proc.pid and toolkit.port_open("localhost", port, timeout=1):
-            log.info("worker pool pid %d serving localhost:%d (%d workers); log %s", proc.pid, port, workers, console)
-            return st
-        if proc.poll() is not None:
-            break
-        time.sleep(0.3)
+        return st if st and st.get("pid") == proc.pid and toolkit.port_open("localhost", port, timeout=1) else None
+
+    ready, st = toolkit.wait_ready(serving, lambda: proc.poll() is None, timeout, interval=0.3)
+    if ready:
+        log.info("worker pool pid %d serving localhost:%d (%d workers); log %s", proc.pid, port, workers, console)
+        return st
     tail = toolkit.log_tail(console, 30)
     toolkit.stop_processes([proc.pid], group=True, timeout=5)
     raise RunnerSetupError(f"the {kind} worker pool did not serve localhost:{port} within {timeout:.0f} s "
                            f"(exit {proc.poll()}); log {console}:\n{tail}")
 
 
-def _rewrite_state(kind: str, **changes) -> None:
+def update_state(kind: str, **changes) -> None:
+    """Change some fields of `kind`'s pool state file (the cluster's `up` records its size there)."""
     st = read_state(kind) or {}
     st.update(changes)
     toolkit.write_json(state_file(kind), st)
@@ -168,13 +173,10 @@ def stop_pool(kind: str, timeout: float = 15) -> bool:
         pid = int(st["pid"])
         if toolkit.alive(pid, _MODULE):
             stopped = toolkit.stop_processes([pid], group=True, timeout=timeout)
-        deadline = time.monotonic() + timeout  # gone means its port is free, not only its pid
-        while stopped and toolkit.port_open("localhost", int(st.get("port", 0)), timeout=0.5):
-            if time.monotonic() > deadline:
-                log.warning("the %s worker pool (pid %d) is gone but localhost:%s still answers", kind, pid,
-                            st.get("port"))
-                break
-            time.sleep(0.2)
+        port = int(st.get("port", 0))  # gone means its port is free, not only its pid
+        if stopped and not toolkit.poll(lambda: not toolkit.port_open("localhost", port, timeout=0.5), timeout,
+                                        interval=0.2):
+            log.warning("the %s worker pool (pid %d) is gone but localhost:%s still answers", kind, pid, st.get("port"))
     state_file(kind).unlink(missing_ok=True)
     if stopped:
         log.info("stopped the %s worker pool %s", kind, stopped)
@@ -208,17 +210,16 @@ def check_pool(kind: str, address: str, timeout: float = 5.0) -> dict | None:
         raise RunnerSetupError(f"--environment_config={address!r} is not host:port (the worker pool's address)"
                                ) from None
     hint = f"Start it with `facebeam {kind} up` (it starts the pool beside the cluster)"
-    deadline = time.monotonic() + timeout
-    while not toolkit.port_open(host, port, timeout=min(1.0, max(0.2, deadline - time.monotonic()))):
-        if time.monotonic() >= deadline:
-            st = read_state(kind)
-            known = f"; {state_file(kind)} names pid {st.get('pid')} on port {st.get('port')}" if st else ""
-            raise RunnerSetupError(
-                f"No Beam worker pool answers at {host}:{port} (--environment_type=EXTERNAL "
-                f"--environment_config={address}) after {timeout:.0f} s{known}: the job's SDK harnesses could not "
-                f"start and it would hang. {hint}, or restart it with `facebeam {kind} down && facebeam {kind} up`."
-            )
-        time.sleep(0.3)
+    deadline = toolkit.Deadline(timeout)
+    if not toolkit.poll(lambda: toolkit.port_open(host, port, timeout=deadline.left(lo=0.2, hi=1.0)), timeout,
+                        interval=0.3):
+        st = read_state(kind)
+        known = f"; {state_file(kind)} names pid {st.get('pid')} on port {st.get('port')}" if st else ""
+        raise RunnerSetupError(
+            f"No Beam worker pool answers at {host}:{port} (--environment_type=EXTERNAL "
+            f"--environment_config={address}) after {timeout:.0f} s{known}: the job's SDK harnesses could not "
+            f"start and it would hang. {hint}, or restart it with `facebeam {kind} down && facebeam {kind} up`."
+        )
     st = next((s for k in POOL_PORTS if (s := read_state(k)) and int(s.get("port", -1)) == port), None)
     if not st or not local_host(host):
         return None

@@ -23,6 +23,10 @@ Two ways to get one, tried in this order:
 `FACEBEAM_JOB_SERVER_VERSION` pins one Beam Java version for both ways;
 `FACEBEAM_JAR_CACHE` moves the cache. Every Maven call has a timeout, and a jar that
 cannot be had raises `RunnerSetupError` naming the coordinates and the cache path.
+
+The JVM flags a job server needs on Java 17 live here too (`FLINK_JAVA17_FLAGS`,
+`SPARK_JAVA17_FLAGS`): the per-job job servers (`runner/job_options.py`) and the local
+clusters' long-lived ones (`local/job_server.py`) both start these jars with them.
 """
 from __future__ import annotations
 
@@ -61,7 +65,57 @@ FLINK_VERSION = "1.19.3"
 SPARK_VERSION = "3.5.9"
 SCALA_BINARY = "2.12"
 
-STAGE_TIMEOUT_S = float(os.environ.get("FACEBEAM_MVN_TIMEOUT", "900"))
+#: What Flink's own config.yaml passes to its JVMs on Java 17 (env.java.opts.all).
+FLINK_JAVA17_FLAGS = [
+    "--add-exports=java.base/sun.net.util=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED",
+    "--add-exports=java.security.jgss/sun.security.krb5=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang=ALL-UNNAMED",
+    "--add-opens=java.base/java.net=ALL-UNNAMED",
+    "--add-opens=java.base/java.io=ALL-UNNAMED",
+    "--add-opens=java.base/java.nio=ALL-UNNAMED",
+    "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/java.text=ALL-UNNAMED",
+    "--add-opens=java.base/java.time=ALL-UNNAMED",
+    "--add-opens=java.base/java.util=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED",
+]
+#: Spark 3.5's JavaModuleOptions (what spark-submit adds on Java 17).
+SPARK_JAVA17_FLAGS = [
+    "-XX:+IgnoreUnrecognizedVMOptions",
+    "--add-opens=java.base/java.lang=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.invoke=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/java.io=ALL-UNNAMED",
+    "--add-opens=java.base/java.net=ALL-UNNAMED",
+    "--add-opens=java.base/java.nio=ALL-UNNAMED",
+    "--add-opens=java.base/java.util=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens=java.base/sun.nio.cs=ALL-UNNAMED",
+    "--add-opens=java.base/sun.security.action=ALL-UNNAMED",
+    "--add-opens=java.base/sun.util.calendar=ALL-UNNAMED",
+    "-Djdk.reflect.useDirectMethodHandle=false",
+]
+#: Per-job Flink job servers log at WARN (their INFO lines are one per artifact).
+FLINK_LOG_FLAGS = ["-Dorg.slf4j.simpleLogger.defaultLogLevel=warn"]
+
+
+def java17_flags(kind: str) -> list:
+    """The JVM flags a `kind` ('flink' | 'spark') job server needs on Java 17."""
+    return FLINK_JAVA17_FLAGS if kind == "flink" else SPARK_JAVA17_FLAGS
+
+
+
+def stage_timeout_s() -> float:
+    """Seconds Maven gets to stage a jar (`FACEBEAM_MVN_TIMEOUT`, read when a jar is staged)."""
+    return float(os.environ.get("FACEBEAM_MVN_TIMEOUT", "900"))
+
 
 _FLINK_PINNED = (
     "flink-annotations", "flink-clients", "flink-connector-datagen", "flink-core",
@@ -165,7 +219,7 @@ def job_server_jar(spec: JobServerSpec, cache: Path | None = None, timeout: floa
     found = cached_job_server_jar(spec, cache)
     if found:
         return found
-    timeout = STAGE_TIMEOUT_S if timeout is None else timeout
+    timeout = stage_timeout_s() if timeout is None else timeout
     deadline = time.monotonic() + timeout
     cache.mkdir(parents=True, exist_ok=True)
     with file_lock(cache / f".{spec.artifact}.lock", deadline=deadline,
