@@ -1,6 +1,7 @@
 # facebeam. Two commands from a fresh clone:
 #   make demo   set up .venv, weights and a local Elasticsearch; embed + index the sample; query it
 #   make test   run the test suite (it starts its own Elasticsearch, Flink and Spark)
+#   make unit   the pure-logic tier alone: no server, no JVM, no network port (well under 2 minutes)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ OUT ?= out/sample
 # Two photos from SAMPLE for the query/search lines (the first two by name).
 PHOTOS = $(shell find "$(SAMPLE)" -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) 2>/dev/null | sort | head -2)
 
-.PHONY: env lint demo sample test clean
+.PHONY: env lint demo sample test unit clean
 
 $(BIN)/facebeam: requirements.lock setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,6 +38,10 @@ test: env
 	$(BIN)/ruff check .
 	$(BIN)/pip install -q -r deploy/requirements-validate.txt
 	$(BIN)/python -m pytest -q --durations=15 tests
+
+# Tests are marked by what they need (pytest.ini, tests/conftest.py); `unit` needs nothing.
+unit: $(BIN)/facebeam
+	$(BIN)/python -m pytest -q -m unit tests
 
 lint: $(BIN)/facebeam
 	$(BIN)/ruff check .

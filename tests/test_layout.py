@@ -61,6 +61,7 @@ def _modules() -> dict:
     return out
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", list(_modules()))
 def test_every_offered_flag_is_read(name):
     """`--help` lists only what the command uses: every parsed option is read by its `configure`."""
@@ -73,6 +74,7 @@ def test_every_offered_flag_is_read(name):
         assert not unread, f"facebeam {name} {' '.join(argv)}: offers {sorted(unread)} but never reads them"
 
 
+@pytest.mark.unit
 def test_query_help_offers_no_embed_only_flags():
     text = importlib.import_module(cli.COMMANDS["query"][0]).build_parser().format_help()
     for flag in ("--incremental", "--since", "--label-from"):
@@ -240,6 +242,7 @@ def _describe_cycle(graph: dict, group: list) -> str:
     return "  " + " <-> ".join(m.removeprefix("facebeam.") for m in group) + ":\n" + "\n".join(edges)
 
 
+@pytest.mark.unit
 def test_no_import_cycles():
     """No loop of imports among facebeam's modules, counting imports inside functions."""
     graph = import_graph()
@@ -248,6 +251,7 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(_describe_cycle(graph, g) for g in cycles)
 
 
+@pytest.mark.unit
 def test_the_cycle_finder_finds_a_cycle_through_a_function_local_import():
     """The checker itself: a loop closed by an import inside a function is found."""
     known = {"facebeam.pipelines.a": "", "facebeam.pipelines.b": ""}
@@ -301,12 +305,14 @@ def _dotted(node):
     return None
 
 
+@pytest.mark.unit
 def test_no_module_uses_another_modules_private_names():
     uses = private_uses()
     assert not uses, "private names used from another module:\n" + "\n".join(
         f"  {m.removeprefix('facebeam.')}:{line} uses {name.removeprefix('facebeam.')}" for m, line, name in uses)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("lower, higher", [("facebeam.transforms", "facebeam.pipelines"),
                                            ("facebeam.pipelines.local", "facebeam.pipelines.runner")])
 def test_layers_point_one_way(lower, higher):

@@ -105,33 +105,36 @@ class _ManagedJobServerMixin:
                 endpoint, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
             )
             timeout = start_timeout_s()
-            deadline = time.monotonic() + timeout
             ready = grpc.channel_ready_future(channel)
-            while True:
-                if self._proc.poll() is not None:
-                    tail = toolkit.log_tail(self._log_path, 40)
-                    channel.close()
-                    self.stop(keep_log=True)
-                    if attempt == 1 and "Address already in use" in tail:
-                        break  # the port picked by Beam was taken meanwhile: once more
-                    raise RunnerSetupError(
-                        f"The Beam job server exited with code {self._proc.returncode} before it served "
-                        f"{endpoint}.\ncommand: {' '.join(cmd)}\nlog ({self._saved_log}):\n{tail}"
-                    )
+
+            def serving(ready=ready) -> bool:
                 try:
-                    ready.result(timeout=1)
-                    self._channel = channel
-                    self._stub = beam_job_api_pb2_grpc.JobServiceStub(channel)
-                    return self._stub
+                    ready.result(timeout=1)  # waits up to 1 s itself: no sleep between asks
                 except grpc.FutureTimeoutError:
-                    if time.monotonic() > deadline:
-                        channel.close()
-                        self.stop(keep_log=True)
-                        raise RunnerSetupError(
-                            f"The Beam job server did not serve {endpoint} within {timeout:.0f} s "
-                            f"(FACEBEAM_JOB_SERVER_TIMEOUT); stopped it.\ncommand: {' '.join(cmd)}\n"
-                            f"log ({self._saved_log}):\n{toolkit.log_tail(self._saved_log, 40)}"
-                        ) from None
+                    return False
+                return True
+
+            proc = self._proc
+            if toolkit.wait_ready(serving, lambda proc=proc: proc.poll() is None, timeout, interval=0)[0]:
+                self._channel = channel
+                self._stub = beam_job_api_pb2_grpc.JobServiceStub(channel)
+                return self._stub
+            channel.close()
+            if proc.poll() is not None:
+                tail = toolkit.log_tail(self._log_path, 40)
+                self.stop(keep_log=True)
+                if attempt == 1 and "Address already in use" in tail:
+                    continue  # the port picked by Beam was taken meanwhile: once more
+                raise RunnerSetupError(
+                    f"The Beam job server exited with code {proc.returncode} before it served "
+                    f"{endpoint}.\ncommand: {' '.join(cmd)}\nlog ({self._saved_log}):\n{tail}"
+                )
+            self.stop(keep_log=True)
+            raise RunnerSetupError(
+                f"The Beam job server did not serve {endpoint} within {timeout:.0f} s "
+                f"(FACEBEAM_JOB_SERVER_TIMEOUT); stopped it.\ncommand: {' '.join(cmd)}\n"
+                f"log ({self._saved_log}):\n{toolkit.log_tail(self._saved_log, 40)}"
+            )
         raise RunnerSetupError("the Beam job server could not bind a port")  # pragma: no cover
 
     _saved_log = None

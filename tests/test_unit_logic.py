@@ -1,0 +1,340 @@
+"""The pure logic, without a server, a JVM or a Beam pipeline: the `make unit` tier.
+
+Spec and ids, records, the calibration maths, the clustering graph, the bulk retry policy
+(faults injected under a real Elasticsearch client), option parsing, runner kinds and the
+local services' plumbing. Every test here is marked `unit` (tests/conftest.py), which also
+refuses any network port and any `java` process while one runs.
+"""
+import hashlib
+import json
+import os
+import time
+from typing import NamedTuple
+
+import elastic_transport
+import numpy as np
+import pytest
+from elasticsearch import Elasticsearch
+
+from facebeam.pipelines import embed, index, jobs, options
+from facebeam.pipelines.local import service, toolkit
+from facebeam.pipelines.local.toolkit import RunnerSetupError
+from facebeam.pipelines.runner import job_options, kinds
+from facebeam.transforms import calibrate, persons, records
+from facebeam.transforms.errors import UserError
+from facebeam.transforms.es_sink import BulkConfig, bulk_index
+from facebeam.transforms.spec import EmbeddingSpec, SpecError
+from tests.helpers import SAMPLE, synthetic_shards
+
+pytestmark = pytest.mark.unit
+
+
+# --- spec and ids ------------------------------------------------------------------------------
+def test_spec_id_names_the_embedding_space_and_survives_a_round_trip():
+    spec = EmbeddingSpec()
+    assert spec.dim == 128 and len(spec.spec_id) == 12
+    assert EmbeddingSpec.from_json(spec.to_json()) == spec
+    assert EmbeddingSpec.from_json(spec.to_json()).spec_id == spec.spec_id
+    other = EmbeddingSpec(detect_max_side=800)
+    assert other.spec_id != spec.spec_id and other.slug.endswith(other.spec_id)
+    with pytest.raises(SpecError, match="detect_max_side: 640 here vs 800 there"):
+        spec.require_same(other)
+
+
+@pytest.mark.parametrize("fields, says", [({"model": "NoSuchNet"}, "unknown model"),
+                                          ({"detector": "skip"}, "whole frames"),
+                                          ({"detect_max_side": 10}, "at least 64")])
+def test_spec_refuses_what_it_cannot_embed(fields, says):
+    with pytest.raises(SpecError, match=says):
+        EmbeddingSpec(**fields)
+
+
+def test_distances_under_each_metric():
+    a, b = np.array([3.0, 4.0]), np.array([0.0, 4.0])
+    assert EmbeddingSpec(metric="euclidean").distance(a, b) == pytest.approx(3.0)
+    assert EmbeddingSpec(metric="cosine").distance(a, a * 7) == pytest.approx(0.0, abs=1e-6)
+    assert EmbeddingSpec(metric="cosine").distance(a, b) == pytest.approx(1 - 16 / 20)
+    # broadcasting: one probe against many
+    many = EmbeddingSpec(metric="euclidean").distance(a, np.stack([a, b]))
+    assert many.shape == (2,) and many[0] == pytest.approx(0.0)
+
+
+def test_face_id_is_content_addressed():
+    """Same bytes + same box + same spec -> same id; any of the three changed -> another id."""
+    with open(os.path.join(SAMPLE, "img1.jpg"), "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    spec = EmbeddingSpec()
+    box = (10, 20, 30, 40)
+    fid = records.face_id(sha, box, spec)
+    assert fid == records.face_id(sha, (10.0, 20.0, 30.0, 40.0), spec) and len(fid) == 32
+    assert fid != records.face_id(sha, (11, 20, 30, 40), spec)
+    assert fid != records.face_id(sha[::-1], box, spec)
+    assert fid != records.face_id(sha, box, EmbeddingSpec(detect_max_side=800))
+
+
+def test_error_rows_carry_a_known_reason_and_the_spec():
+    spec = EmbeddingSpec()
+    reason = sorted(records.REASONS)[0]
+    row = records.error_row("/x.jpg", reason, "m" * 5000, "decode", spec)
+    assert row["reason"] == reason and row["spec_id"] == spec.spec_id and len(row["message"]) == 2000
+    with pytest.raises(AssertionError):
+        records.error_row("/x.jpg", "no-such-reason", "", "decode", spec)
+
+
+def test_face_schema_fixes_the_vector_size():
+    schema = records.face_schema(128)
+    assert schema.field("embedding").type.list_size == 128
+    assert {"face_id", "spec_id", "image_sha256"} <= set(schema.names)
+
+
+# --- thresholds and calibration ------------------------------------------------------------------
+def test_best_threshold_cuts_between_the_classes():
+    d = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    same = np.array([True, True, True, False, False, False])
+    t, acc = calibrate.best_threshold(d, same)
+    assert t == pytest.approx(0.5) and acc == 1.0
+    assert calibrate.accuracy(d, same, 0.25) == pytest.approx(5 / 6)
+    assert calibrate.roc(d, same)["auc"] == pytest.approx(1.0)
+
+
+def test_best_threshold_never_cuts_between_equal_distances():
+    d = np.array([0.2, 0.5, 0.5, 0.9])
+    same = np.array([True, True, False, False])
+    t, _ = calibrate.best_threshold(d, same)
+    assert not (0.5 - 1e-9 < t < 0.5 + 1e-9) and (t < 0.5 or t > 0.5)
+
+
+def test_fit_on_labeled_pairs_and_its_refusals():
+    spec = EmbeddingSpec(metric="euclidean")
+    vectors = {"a": np.array([0.0, 0.0]), "b": np.array([0.0, 0.1]), "c": np.array([5.0, 5.0]),
+               "d": np.array([5.0, 5.2])}
+    pairs = [("a", "b", True), ("c", "d", True), ("a", "c", False), ("b", "d", False), ("a", "d", False)]
+    fit = calibrate.fit(pairs, vectors, spec, current=1.0, folds=2)
+    assert fit["pairs"] == 5 and fit["same_pairs"] == 2 and fit["best"]["accuracy"] == 1.0
+    assert 0.2 < fit["threshold"] < 7.0 and fit["roc_auc"] == 1.0
+    with pytest.raises(calibrate.CalibrationError, match="no labeled pairs"):
+        calibrate.fit([], vectors, spec, current=1.0)
+    with pytest.raises(calibrate.CalibrationError, match="both same-person and different-person"):
+        calibrate.fit(pairs[:2], vectors, spec, current=1.0)
+
+
+def test_a_threshold_comes_from_the_flag_then_a_calibration_of_this_spec_then_the_spec():
+    spec = EmbeddingSpec()
+    assert calibrate.choose_threshold(spec, override=0.3, carried={"spec_id": spec.spec_id, "threshold": 0.5}) == \
+        (0.3, "--threshold")
+    t, where = calibrate.choose_threshold(spec, carried={"spec_id": spec.spec_id, "threshold": 0.5}, where="idx")
+    assert (t, where) == (0.5, "calibration in idx")
+    t, where = calibrate.choose_threshold(spec, carried={"spec_id": "other", "threshold": 0.5}, where="idx")
+    assert t == spec.threshold and where == "Dlib/euclidean default"
+
+
+# --- the clustering graph -----------------------------------------------------------------------
+def _knn_of(points: np.ndarray, k: int):
+    d = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    ids = np.argsort(d, axis=1)[:, :k]
+    return ids, np.take_along_axis(d, ids, axis=1)
+
+
+def test_edges_are_undirected_within_the_threshold_and_mutual_keeps_both_ways():
+    ids = np.array([[0, 1, 2], [1, 0, 2], [2, 1, 0]])
+    dist = np.array([[0.0, 0.3, 0.9], [0.0, 0.3, 0.4], [0.0, 0.4, 0.9]])
+    a, b, d = persons.edges(ids, dist, threshold=0.5)
+    assert sorted(zip(a.tolist(), b.tolist())) == [(0, 1), (1, 2)] and sorted(d.tolist()) == [0.3, 0.4]
+    a, b, _ = persons.edges(np.array([[0, 1], [1, 2], [2, 1]]), np.array([[0, 0.3], [0, 0.4], [0, 0.4]]), 0.5,
+                            mutual=True)
+    assert list(zip(a.tolist(), b.tolist())) == [(1, 2)]  # 0 -> 1 is listed one way only
+
+
+def test_components_and_clusters_of_two_separate_groups():
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal(0, 0.05, (6, 2)), rng.normal(5, 0.05, (5, 2))])
+    ids, dist = _knn_of(points, 6)
+    for method in ("cc", "mutual", "cw"):
+        labels = persons.cluster(ids, dist, threshold=0.5, method=method)
+        assert len(set(labels[:6].tolist())) == 1 and len(set(labels[6:].tolist())) == 1
+        assert labels[0] != labels[6]
+    with pytest.raises(ValueError, match="unknown clustering method"):
+        persons.cluster(ids, dist, 0.5, method="nope")
+    # a chain 0-1-2 and a lone 3: union-find joins the chain
+    parent = persons.components(4, np.array([0, 1]), np.array([1, 2]))
+    assert parent[0] == parent[1] == parent[2] != parent[3]
+
+
+def test_person_ids_stay_with_their_faces_and_edits_replay():
+    ids = persons.stable_ids(["f1", "f2", "f3"], [7, 7, 8], {"f1": "p-old", "f3": "p-x"})
+    assert ids == {7: "p-old", 8: "p-x"}
+    assert persons.new_person_id(["f2", "f1"]) == persons.new_person_id(["f1", "f9"])
+
+
+# --- the bulk retry policy, faults injected under a real client ----------------------------------
+class FaultyNode(elastic_transport.BaseNode):
+    """A transport node with no server behind it: the N-th bulk call fails as scripted, others index every doc.
+
+    By hand: the retry policy must be tested without a cluster, and the transport's node is the one
+    seam where a real `Elasticsearch` client meets the network."""
+
+    plan: dict = {}
+    calls: list = []
+
+    def perform_request(self, method, target, body=None, headers=None, request_timeout=None):
+        FaultyNode.calls.append(target)
+        fault = FaultyNode.plan.get(len(FaultyNode.calls))
+        if fault == "connection":
+            raise elastic_transport.ConnectionError("injected: connection reset")
+        lines = [json.loads(x) for x in (body or b"").decode().splitlines() if x.strip()]
+        heads = lines[0::2]
+        status = fault if isinstance(fault, int) else 201
+        items = [{"index": {"_index": h["index"]["_index"], "_id": h["index"]["_id"], "status": status,
+                            **({"error": {"type": "injected", "reason": f"HTTP {status}"}} if status >= 300 else {})}}
+                 for h in heads]
+        answer = json.dumps({"took": 1, "errors": status >= 300, "items": items}).encode()
+        meta = elastic_transport.ApiResponseMeta(status=200, http_version="1.1",
+                                                 headers=elastic_transport.HttpHeaders({"x-elastic-product": "Elasticsearch",
+                                                                                        "content-type": "application/json"}),
+                                                 duration=0.0, node=self.config)
+        return NodeAnswer(meta, answer)
+
+
+class NodeAnswer(NamedTuple):
+    """What a transport node returns (the transport reads `.meta` and `.body`)."""
+
+    meta: elastic_transport.ApiResponseMeta
+    body: bytes
+
+
+@pytest.fixture
+def faulty_client():
+    def make(plan):
+        FaultyNode.plan, FaultyNode.calls = plan, []
+        return Elasticsearch("http://127.0.0.1:9", node_class=FaultyNode, retry_on_timeout=False, max_retries=0)
+    return make
+
+
+@pytest.fixture
+def rows(tmp_path):
+    return synthetic_shards(str(tmp_path), 90, EmbeddingSpec())
+
+
+def test_connection_errors_and_item_5xx_are_retried_with_growing_backoff(faulty_client, rows):
+    client = faulty_client({2: "connection", 3: 503, 5: 429})
+    sleeps = []
+    out = bulk_index(client, rows, BulkConfig(index="faces", chunk_docs=30, initial_backoff_s=0.1),
+                     sleep=sleeps.append, url="http://test")
+    assert out.indexed == 90 and out.failed == [] and out.retried > 0
+    assert len(sleeps) >= 2 and sleeps[1] >= 0.1  # the second wait is on the doubled scale
+    assert all(t.startswith("/_bulk") for t in FaultyNode.calls)
+
+
+def test_client_errors_are_dead_letters_and_retries_give_up(faulty_client, rows):
+    out = bulk_index(faulty_client({1: 400}), rows[:5], BulkConfig(index="faces"), sleep=lambda s: None, url="x")
+    assert out.indexed == 0 and [s for _, s, _ in out.failed] == [400] * 5 and len(FaultyNode.calls) == 1
+    assert "injected: HTTP 400" in out.failed[0][2]
+    out = bulk_index(faulty_client(dict.fromkeys(range(1, 100), 503)), rows[:10], BulkConfig(index="faces", max_retries=3),
+                     sleep=lambda s: None, url="x")
+    assert out.indexed == 0 and len(out.failed) == 10 and len(FaultyNode.calls) == 4
+
+
+def test_backoff_is_capped_and_jittered():
+    cfg = BulkConfig(index="x", initial_backoff_s=1.0, max_backoff_s=8.0)
+    waits = [cfg.backoff(attempt) for attempt in range(8)]
+    assert all(0.5 <= w <= 1.0 for w in waits[:1]) and all(4.0 <= w <= 8.0 for w in waits[4:])
+    with pytest.raises(UserError, match="non-negative"):
+        BulkConfig(index="x", max_retries=-1)
+
+
+# --- option parsing -----------------------------------------------------------------------------
+def test_app_flags_and_beam_flags_are_split_and_workers_kept_quiet():
+    args, beam_args = options.parse(embed.build_parser(), ["--input", SAMPLE, "--output", "/tmp/o",
+                                                           "--runner=FlinkRunner", "--parallelism=2"])
+    config = embed.configure(args, beam_args)
+    assert config.output == "/tmp/o" and "--runner=FlinkRunner" in config.beam_args
+    assert all(q in beam_args for q in options.QUIET_WORKERS)
+    assert not args.dests() - args.read  # every flag offered is read
+
+
+def test_a_bad_option_is_a_user_error():
+    with pytest.raises(UserError, match="retries and backoff must be non-negative"):
+        index.configure(*options.parse(index.build_parser(), ["--shards", "/s", "--index", "faces", "--max-retries",
+                                                              "-1", "--es-url", "https://127.0.0.1:9"]))
+
+
+# --- runner kinds and the options a job gets -----------------------------------------------------
+@pytest.mark.parametrize("name, kind", [(None, "direct"), ("DirectRunner", "direct"), ("FlinkRunner", "flink"),
+                                        ("apache_beam.runners.portability.spark_runner.SparkRunner", "spark"),
+                                        ("ManagedFlinkRunner", "flink"), ("DataflowRunner", "other")])
+def test_runner_kinds(name, kind):
+    assert kinds.runner_kind(name) == kind
+
+
+def test_direct_runs_on_every_core_and_explicit_flags_win():
+    opts = job_options.pipeline_options([])
+    assert opts.get_all_options()["direct_running_mode"] == "multi_processing"
+    assert opts.get_all_options()["direct_num_workers"] == 0
+    assert kinds.runner_name(opts) == "DirectRunner(FnApiRunner)"
+    mine = job_options.pipeline_options(["--direct_num_workers=3", "--direct_running_mode=in_memory"])
+    assert mine.get_all_options()["direct_num_workers"] == 3
+    assert mine.get_all_options()["direct_running_mode"] == "in_memory"
+    assert job_options.flag_given(["--a=1", "--b"], "b") and not job_options.flag_given(["--bb"], "b")
+
+
+# --- the local services' plumbing ---------------------------------------------------------------
+def test_poll_returns_the_first_true_answer_or_gives_up_at_the_deadline():
+    answers = iter([None, 0, "ready"])
+    assert toolkit.poll(lambda: next(answers), timeout=5, interval=0.01) == "ready"
+    started = time.monotonic()
+    assert toolkit.poll(lambda: False, timeout=0.3, interval=0.05) is False
+    assert 0.25 <= time.monotonic() - started < 2
+    ok, last = toolkit.wait_ready(lambda: None, alive=lambda: False, timeout=30)
+    assert not ok and last is None  # the process died: no waiting for the deadline
+
+
+def test_file_lock_waits_then_names_what_holds_it(tmp_path):
+    with toolkit.file_lock(tmp_path / "x.lock", timeout=1, what="testing"):
+        started = time.monotonic()
+        with pytest.raises(RunnerSetupError, match="waiting for another process installing x"), \
+                toolkit.file_lock(tmp_path / "x.lock", timeout=0.5, what="installing x"):
+            pass
+        assert time.monotonic() - started >= 0.4
+    with toolkit.file_lock(tmp_path / "x.lock", timeout=0.5):
+        pass  # free again
+
+
+def test_output_folder_lock_refuses_a_second_job_naming_the_holder(tmp_path):
+    with jobs.lock_output(str(tmp_path)):
+        assert (tmp_path / ".facebeam.lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(UserError, match=f"is in use by another facebeam job \\(pid {os.getpid()}\\)"), \
+                jobs.lock_output(str(tmp_path)):
+            pass
+    assert (tmp_path / ".facebeam.lock").read_text() == ""
+
+
+def test_private_files_are_owner_only(tmp_path):
+    toolkit.write_private(tmp_path / "d" / "secret.json", '{"password": "x"}')
+    assert (tmp_path / "d" / "secret.json").stat().st_mode & 0o777 == 0o600
+    assert json.loads((tmp_path / "d" / "secret.json").read_text()) == {"password": "x"}
+
+
+def test_processes_alive_and_cmdline():
+    assert toolkit.alive(os.getpid(), must_contain="python")
+    assert not toolkit.alive(os.getpid(), must_contain="no-such-program-name")
+    assert "python" in toolkit.cmdline(os.getpid()) and toolkit.cmdline(2**22 + 7) == ""
+
+
+def test_maven_reason_finds_the_line_that_says_why():
+    out = "[INFO] x\n[ERROR] Failed ... org.apache:x:jar:1.0 was not found in https://repo.example/m2 during ...\n"
+    assert toolkit.maven_reason(out).startswith("Could not find artifact org.apache:x:jar:1.0 in https://repo.example/m2")
+    assert toolkit.maven_reason("") == "Maven failed"
+
+
+def test_a_service_that_fails_says_one_line_and_logs_the_rest(caplog, capsys):
+    def fails():
+        raise RunnerSetupError("the cluster did not start\nlog tail line 1\nlog tail line 2")
+
+    actions = {"up": service.Action(fails, str), "status": service.Action(lambda: {"up": False}, lambda st: "not running",
+                                                                          ok=lambda st: st["up"])}
+    with pytest.raises(RunnerSetupError) as err:
+        service.run_action("flink", "up", actions)
+    assert str(err.value) == "the cluster did not start" and isinstance(err.value, UserError)
+    assert "log tail line 2" in caplog.text
+    assert service.run_action("flink", "status", actions) == {"up": False, "ok": False}
+    assert capsys.readouterr().out == "not running\n"
