@@ -243,7 +243,6 @@ def check_pool(kind: str, address: str, timeout: float = 5.0) -> dict | None:
 def _serve_pool(ns) -> int:
     from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
 
-    import facebeam.pipelines  # noqa: F401  (Beam's import-noise filter)
 
     state = Path(ns.state_file)
     launcher = state.parent / "harness.sh"
@@ -296,7 +295,6 @@ def _run_harness(ns) -> int:
     from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc, endpoints_pb2
     from google.protobuf import json_format, text_format
 
-    import facebeam.pipelines  # noqa: F401  (Beam's import-noise filter)
 
     env = os.environ
     env["WORKER_ID"] = ns.id
