@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import fcntl
 import hashlib
 import importlib.util
 import json
@@ -35,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import filelock
 import pytest
 import yaml
 
@@ -734,8 +734,7 @@ def _airflow_python() -> Path:
     stamp = hashlib.sha256(AIRFLOW_REQS.read_bytes() + AIRFLOW_CONSTRAINTS.read_bytes()
                            + sys.version.encode()).hexdigest()
     AIRFLOW_VENV.parent.mkdir(parents=True, exist_ok=True)
-    with open(AIRFLOW_VENV.parent / "airflow-venv.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with filelock.FileLock(AIRFLOW_VENV.parent / "airflow-venv.lock"):
         if python.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
             return python
         shutil.rmtree(AIRFLOW_VENV, ignore_errors=True)

@@ -195,7 +195,7 @@ def test_unreachable_external_pool_fails_fast():
 
 
 def test_bench_cpu_accounting_counts_descendants():
-    """`facebeam bench runners` reads CPU from /proc: a child's CPU counts, live or reaped."""
+    """`facebeam bench runners` reads CPU with psutil: a child's CPU counts, live or reaped."""
     import sys
 
     from facebeam.pipelines.bench.runners import tree_cpu_s

@@ -73,7 +73,6 @@ from facebeam.transforms.es_conn import EsConnection
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 180.0
-
 ENV_CACHE = fb_home.ENV_CACHE
 
 

@@ -36,8 +36,9 @@ def run_action(service: str, action: str, actions: dict) -> dict:
         answer = actions[action].do()
     except UserError as e:
         first, _, details = str(e).partition("\n")
-        if details.strip():
-            log.warning("facebeam %s %s: %s", service, action, details.strip())
+        if not details.strip():
+            raise
+        log.warning("facebeam %s %s: %s", service, action, details.strip())
         raise type(e)(first) if _rebuildable(e) else UserError(first) from None
     text = actions[action].say(answer)
     if text:

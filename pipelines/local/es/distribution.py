@@ -16,10 +16,7 @@ from facebeam.pipelines.local import toolkit
 from facebeam.pipelines.local.es.layout import DEFAULT_VERSION, EsLocalError
 
 log = logging.getLogger(__name__)
-
-
 ARTIFACT = "org.elasticsearch.distribution.integ-test-zip:elasticsearch:{version}:zip"
-
 MAVEN_TIMEOUT = 900.0
 
 

@@ -16,11 +16,8 @@ from facebeam.transforms import home as fb_home
 from facebeam.transforms.es_conn import EsError
 
 DEFAULT_VERSION = "8.19.7"
-
 DEFAULT_HEAP = "512m"
-
 DEFAULT_PORT = 9200
-
 TRANSPORT_OFFSET = 100  # transport port = http port + 100 (9200 -> 9300)
 
 

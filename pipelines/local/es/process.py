@@ -13,8 +13,6 @@ from facebeam.pipelines.local import toolkit
 from facebeam.pipelines.local.es.layout import EsLocalError, Node, NodeProc, home_path, node_index
 
 log = logging.getLogger(__name__)
-
-
 STOP_TIMEOUT = 30.0
 
 

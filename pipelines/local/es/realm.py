@@ -16,8 +16,6 @@ from facebeam.pipelines.local import toolkit
 from facebeam.pipelines.local.es.layout import EsLocalError
 
 log = logging.getLogger(__name__)
-
-
 USERNAME = "facebeam"
 
 
