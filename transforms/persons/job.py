@@ -1,0 +1,114 @@
+"""The Beam side of a cluster job: score faces against the limits, find each good face's neighbours."""
+from __future__ import annotations
+
+import logging
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from facebeam.transforms import images, knn, metrics
+from facebeam.transforms.knn import merge_topk, prepare, to_distance, topk_block
+from facebeam.transforms.persons.limits import Limits, sharpness
+from facebeam.transforms.persons.tables import GRAPH_SCHEMA
+
+log = logging.getLogger(__name__)
+
+FACES_SCORED = "persons_faces_scored"
+PHOTOS_DECODED = "persons_photos_decoded"
+FACES_SEARCHED = "persons_faces_searched"
+
+
+def score_photo(item, limits: Limits):
+    """All faces of one photo: decode it once (only when sharpness is asked for), score every face."""
+    path, rows = item
+    rows = list(rows)
+    sharp = [None] * len(rows)
+    if limits.min_sharpness > 0:
+        try:
+            with FileSystems.open(path) as f:
+                bgr = images.decode(path, f.read(), "", detect_max_side=10**9).bgr
+            sharp = [sharpness(bgr, (r["box_x"], r["box_y"], r["box_w"], r["box_h"])) for r in rows]
+            metrics.count(PHOTOS_DECODED)
+        except Exception as e:  # noqa: BLE001 - a photo gone or unreadable since embed: its faces stay unscored
+            log.warning("cannot score faces of %s: %r", path, e)
+    for r, s in zip(rows, sharp):
+        ok = bool(limits.passes([r["box_w"]], [r["box_h"]], [r["confidence"] or 0.0],
+                                [np.nan if s is None else s])[0])
+        metrics.count(FACES_SCORED)
+        yield {**r, "sharpness": s, "ok": ok}
+
+
+class ScoreFaces(beam.PTransform):
+    """Face rows -> the same rows with `sharpness` (photo crop, when asked for) and `ok` (meets the limits)."""
+
+    def __init__(self, limits: Limits):
+        super().__init__()
+        self._limits = limits
+
+    def expand(self, rows):
+        if self._limits.min_sharpness <= 0:
+            return rows | "Limits" >> beam.FlatMap(lambda r, lim: score_photo((r["image_path"], [r]), lim),
+                                                   self._limits)
+        return (rows | "ByPhoto" >> beam.Map(lambda r: (r["image_path"], r))
+                | "Group" >> beam.GroupByKey()
+                | "Sharpness" >> beam.FlatMap(score_photo, self._limits))
+
+
+class Neighbours(beam.DoFn):
+    """A batch of scored faces -> graph rows: each good face's top k (face ids, distances).
+
+    Exact mode holds the collection's vectors once per worker (N x dim float32) and scans them in
+    blocks; Elasticsearch mode sends one msearch per batch.
+    """
+
+    def __init__(self, spec, k: int, files=(), conn=None, alias=None, block: int = 65536):
+        self._spec, self._k, self._files = spec, k, list(files)
+        self._conn, self._alias, self._block = conn, alias, block
+
+    def setup(self):
+        if self._conn is not None:
+            self._client = self._conn.client()
+            return
+        ids, vecs = [], []
+        for path in self._files:
+            with FileSystems.open(path) as f:
+                t = pq.read_table(f, columns=["face_id", "embedding"])
+            ids += t.column("face_id").to_pylist()
+            vecs.append(np.asarray(t.column("embedding").combine_chunks().values, np.float32).reshape(-1, self._spec.dim))
+        self._ids = np.asarray(ids, dtype=object)
+        self._x = prepare(np.concatenate(vecs) if vecs else np.zeros((0, self._spec.dim), np.float32), self._spec.metric)
+
+    def _exact(self, rows):
+        q = prepare([r["embedding"] for r in rows], self._spec.metric)
+        best = (np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32))
+        for s in range(0, len(self._x), self._block):
+            best = merge_topk(best, topk_block(q, self._x[s:s + self._block], self._k + 1, x_offset=s), self._k + 1)
+        out = []
+        for r, ids, d in zip(rows, best[0], best[1]):
+            hits = [(self._ids[i], float(to_distance(x, self._spec.metric))) for i, x in zip(ids, d)]
+            out.append([(f, x) for f, x in hits if f != r["face_id"]][:self._k])
+        return out
+
+    def _es(self, rows):
+        search = knn.SearchSpec(k=self._k + 1, num_candidates=max(100, 10 * (self._k + 1)))
+        found = knn.es_search(self._client, self._alias, rows, search, self._spec)
+        return [[(h["face_id"], h["distance"]) for h in hits if h["face_id"] != r["face_id"]][:self._k]
+                for r, hits in zip(rows, found)]
+
+    def process(self, batch):
+        good = [r for r in batch if r["ok"]]
+        found = {}
+        if good:
+            lists = self._es(good) if self._conn is not None else self._exact(good)
+            found = {id(r): hits for r, hits in zip(good, lists)}
+            metrics.count(FACES_SEARCHED, len(good))
+        for r in batch:
+            hits = found.get(id(r), [])
+            yield {**{k: r[k] for k in GRAPH_SCHEMA.names if k in r},
+                   "neighbours": [h[0] for h in hits], "distances": [h[1] for h in hits]}
+
+    def teardown(self):
+        if getattr(self, "_client", None) is not None:
+            self._client.close()
