@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import re
+import sys
 import time
 
 from apache_beam.io.filesystems import FileSystems
@@ -23,40 +24,88 @@ from apache_beam.io.filesystems import FileSystems
 from facebeam.pipelines.runner import defaults as runners
 from facebeam.transforms import manifest, metrics, shards
 from facebeam.transforms.errors import UserError
+from facebeam.transforms.summary import JobSummary
 
 log = logging.getLogger(__name__)
+# The stderr level of local worker processes (the worker main reads it): WARNING by default, INFO with -v.
+WORKER_LOG_ENV = "FACEBEAM_WORKER_LOG"
+
+
+VERBOSE_FLAGS = ("-v", "--verbose")
 
 
 def main(module, argv=None, failed=lambda summary: False) -> int:
-    """`module.configure(*parse(argv))` then `module.run(config)`: exit 0, 1 when `failed(summary)`, 2 on a user error.
+    """`module.configure(*parse(argv))`, `module.run(config)`, then the result line: exit 0, 1 when `failed(summary)`,
+    2 on a user error (one plain line on stderr, before any work when it is a flag).
 
-    Only `UserError`s become one line and exit 2; any other exception is a bug and keeps its traceback.
+    `-v/--verbose` (anywhere) brings the logs back; `--json` prints the typed summary instead of its line, and
+    whatever the command prints itself goes to stderr. Only `UserError`s become one line; any other exception
+    is a bug and keeps its traceback.
     """
     from facebeam.pipelines import options
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = module.build_parser()
+    options.finish_help(parser)
+    own_json = "--json" in options.flags_of(parser)  # `es status --json` prints its own document
+    as_json = "--json" in argv and not own_json
+    verbose = any(a in VERBOSE_FLAGS for a in argv)
+    argv = [a for a in argv if a not in VERBOSE_FLAGS and (own_json or a != "--json")]
+    setup_logging(verbose)
+    command = parser.prog.removeprefix("facebeam ").strip()
     try:
-        config = module.configure(*options.parse(module.build_parser(), argv, beam=getattr(module, "BEAM", True)))
-        summary = module.run(config)
+        config = module.configure(*options.parse(parser, argv, beam=getattr(module, "BEAM", True)))
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            result = module.run(config)
     except UserError as e:
-        log.error("%s", e)
+        say_error(e)
         return 2
+    action = getattr(config, "action", None)
+    if isinstance(action, str):
+        command = f"{command} {action}"
+    summary = JobSummary.build(command, result or {}, choices=options.choices_said(config, result or {}))
+    if not own_json or "--json" not in argv:
+        print(summary.to_json() if as_json else summary.line(), flush=True)
     return 1 if failed(summary) else 0
 
 
-def setup_logging() -> None:
-    """Launcher logs: facebeam at INFO; Beam's and the client's chatter off (workers print their own)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+def say_error(e: BaseException) -> None:
+    """A user error as the plain sentence it is, on stderr."""
+    print(f"error: {e}", file=sys.stderr, flush=True)
+
+
+class _Plain(logging.Formatter):
+    """Quiet mode: a facebeam warning reads as a sentence ("warning: ..."), no logger name or time."""
+
+    def format(self, record):
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Quiet by default: facebeam's warnings and errors as sentences, nothing from Beam, gRPC or the clients.
+
+    `verbose`: every facebeam INFO line (progress, choices, timings) and Beam's warnings, with time and logger.
+    Workers started from here inherit the choice (FACEBEAM_WORKER_LOG, read by the worker main).
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    if verbose:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(_Plain())
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("facebeam").setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in ("apache_beam", "elastic_transport", "urllib3", "py4j"):
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
     # Worker errors come back as the job's exception (a user error as one line, a bug with its traceback).
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.CRITICAL)
+    os.environ[WORKER_LOG_ENV] = "INFO" if verbose else "WARNING"
+    if not verbose:
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def entry(main_fn) -> None:
     """`python -m facebeam.pipelines.<command>`: the same as `facebeam <command>`."""
-    import sys
-
-    setup_logging()
     sys.exit(main_fn())
 
 
