@@ -46,8 +46,8 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = module.build_parser()
-    options.finish_help(parser)
     own_json = "--json" in options.flags_of(parser)  # `es status --json` prints its own document
+    options.finish_help(parser)
     as_json = "--json" in argv and not own_json
     verbose = any(a in VERBOSE_FLAGS for a in argv)
     argv = [a for a in argv if a not in VERBOSE_FLAGS and (own_json or a != "--json")]
@@ -198,11 +198,20 @@ def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):
     return run_id, manifest.SkipDone(spec.spec_id, done, erased, max_file_bytes)
 
 
-def finish_run(output: str, run_id, summary: dict) -> None:
-    summary["run_id"] = run_id
-    shards.write_json(FileSystems.join(output, "summary.json"), summary)
+def finish_run(output: str, run_id, summary: dict) -> JobSummary:
+    """summary.json from the typed summary (the same one the result line is built from); commits the run."""
+    summary.update(run_id=run_id, output=output)
+    typed = JobSummary.build("embed", summary)
+    write_summary(FileSystems.join(output, "summary.json"), typed)
     if run_id:
         shards.commit(output, run_id, summary)  # the run counts from here on
+    return typed
+
+
+def write_summary(path: str, summary) -> None:
+    from facebeam.transforms import summary as summaries
+
+    summaries.write(path, summary if isinstance(summary, JobSummary) else JobSummary.build("job", summary))
 
 
 def embed_summary(result, elapsed: float, spec, opts) -> dict:
@@ -216,6 +225,8 @@ def embed_summary(result, elapsed: float, spec, opts) -> dict:
         # Folder-walk files with a non-image extension: not read, not images_seen (sources.py).
         "files_skipped": {"not_image": skipped} if skipped else {},
         "files_seen": counts["images_seen"] + skipped,
+        # Photos an incremental run skipped because their content is already done for this spec (or erased).
+        "images_done": counters.get(metrics.IMAGES_DONE, 0),
         "stages_core_s": metrics.stage_totals(counters),  # CPU per stage, all workers together
         "spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim,
         "runner": runners.runner_name(opts),
