@@ -202,7 +202,8 @@ def add_inputs(p, flag: str = "--input", required: bool = True, labels: bool = T
         g.add_argument("--since", default=None, metavar="DATE", help="only files modified at or after DATE (ISO)")
     g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="refuse images with more pixels, before decoding (default %(default)s)")
-    g.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
+    g.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES,
+                   help="refuse files larger than this many bytes, before reading them")
     g.add_argument("--batch-size", type=int, default=4, help="images per model batch")
 
 
@@ -226,17 +227,19 @@ def add_spec(p, check_only: bool = False) -> None:
     """The spec flags; with `check_only` they default to unset and only assert what an index must have."""
     g = p.add_argument_group("embedding spec" + (" (checked against the index's own)" if check_only else ""))
     d = {k: (None if check_only else f.default) for k, f in EmbeddingSpec.__dataclass_fields__.items()}
-    g.add_argument("--model", default=d["model"], choices=sorted(MODEL_DIMS))
-    g.add_argument("--detector", default=d["detector"])
+    g.add_argument("--model", default=d["model"], choices=sorted(MODEL_DIMS), help="face recognition model")
+    g.add_argument("--detector", default=d["detector"], help="face detector backend (dlib, opencv, mtcnn, ...)")
     g.add_argument("--no-align", dest="align", action="store_const", const=False,
                    default=None if check_only else True, help="skip eye alignment")
     g.add_argument("--align-mode", default=d["align_mode"], choices=ALIGN_MODES,
                    help="chip: dlib's 150x150 face chips (default, Dlib only); deepface: DeepFace.represent's steps")
-    g.add_argument("--normalization", default=d["normalization"], choices=NORMALIZATIONS)
-    g.add_argument("--metric", default=d["metric"], choices=METRICS)
+    g.add_argument("--normalization", default=d["normalization"], choices=NORMALIZATIONS,
+                   help="input normalization before the model (deepface's names)")
+    g.add_argument("--metric", default=d["metric"], choices=METRICS, help="distance between two face vectors")
     g.add_argument("--detect-max-side", type=int, default=d["detect_max_side"],
                    help="detect on a copy scaled to this longest side (default %(default)s)")
-    g.add_argument("--expand-percentage", type=int, default=d["expand_percentage"])
+    g.add_argument("--expand-percentage", type=int, default=d["expand_percentage"],
+                   help="grow each detected box by this percentage before alignment")
 
 
 def spec_from(a: Args) -> EmbeddingSpec:
@@ -282,19 +285,23 @@ def es_from(a: Args) -> EsFlags:
 # --- loading an index -----------------------------------------------------------------------
 def add_load(p, alias_required: bool = True) -> None:
     p.add_argument("--index", required=alias_required, default=None if alias_required else "faces",
-                   help="alias name; the concrete index is versioned behind it")
+                   help="alias name; the concrete index is versioned behind it"
+                        + ("" if alias_required else " (default %(default)s)"))
     d = BulkConfig.__dataclass_fields__
     g = p.add_argument_group("bulk loading")
-    g.add_argument("--chunk-docs", type=int, default=d["chunk_docs"].default)
-    g.add_argument("--chunk-bytes", type=int, default=d["chunk_bytes"].default)
-    g.add_argument("--max-retries", type=int, default=d["max_retries"].default)
-    g.add_argument("--initial-backoff", type=float, default=d["initial_backoff_s"].default)
+    g.add_argument("--chunk-docs", type=int, default=d["chunk_docs"].default, help="faces per bulk request")
+    g.add_argument("--chunk-bytes", type=int, default=d["chunk_bytes"].default, help="bytes per bulk request, at most")
+    g.add_argument("--max-retries", type=int, default=d["max_retries"].default,
+                   help="retries of a rejected (429) or failed chunk before its faces are dead-lettered")
+    g.add_argument("--initial-backoff", type=float, default=d["initial_backoff_s"].default, metavar="SECONDS",
+                   help="first wait between retries; doubles each time")
     g.add_argument("--es-down-deadline", type=float, default=d["down_deadline_s"].default, metavar="SECONDS",
                    help="stop the job once the cluster has answered no bulk request for this long, per worker "
                         "(unsent docs are not dead-lettered; a re-run finishes the load) (default %(default)s)")
-    g.add_argument("--index-type", default="hnsw", choices=es_index.INDEX_TYPES)
+    g.add_argument("--index-type", default="hnsw", choices=es_index.INDEX_TYPES,
+                   help="Elasticsearch dense_vector index type")
     g.add_argument("--m", type=int, default=16, help="HNSW graph degree")
-    g.add_argument("--ef-construction", type=int, default=100)
+    g.add_argument("--ef-construction", type=int, default=100, help="HNSW candidates while building the graph")
     g.add_argument("--replicas", type=int, default=None, help="replicas after the load (default: as before)")
     g.add_argument("--load-replicas", type=int, default=0, help="replicas during the load (default 0)")
     add_es(p)

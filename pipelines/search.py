@@ -36,13 +36,14 @@ class SearchConfig:
 
 def build_parser():
     p = options.parser("facebeam search", __doc__)
-    p.add_argument("photos", nargs="*")
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--index", default="faces")
-    p.add_argument("--num-candidates", type=int, default=None)
-    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE")
-    p.add_argument("--exact", action="store_true")
-    p.add_argument("--shards", default=None)
+    p.add_argument("photos", nargs="*", metavar="PHOTO", help="photos to look up (their faces, each)")
+    p.add_argument("--k", type=int, default=5, help="hits per face")
+    p.add_argument("--index", default="faces", help="alias / store name")
+    p.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(100, 10k))")
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                   help="only hits whose FIELD equals VALUE (repeatable)")
+    p.add_argument("--exact", action="store_true", help="brute force over --shards instead of an index")
+    p.add_argument("--shards", default=None, help="embed/run output folder (for --exact)")
     p.add_argument("--threshold", type=float, default=None,
                    help="same-person distance (default: the calibrated one the index or shards carry)")
     p.add_argument("--stdin", action="store_true", help="read more photo paths from standard input")
