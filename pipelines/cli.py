@@ -5,6 +5,7 @@ Every module exposes `main(argv) -> int`; pipeline modules also run as
 so `facebeam --help` stays fast.
 """
 import importlib
+import logging
 import sys
 
 COMMANDS = {
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     try:
         return int(module.main(rest) or 0)
     except UserError as e:  # commands with their own main (bench index/query/verify) parse through options too
-        jobs.say_error(e)
+        logging.getLogger("facebeam").error("%s", e)
         return 2
 
 

@@ -49,16 +49,15 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
     own_json = "--json" in options.flags_of(parser)  # `es status --json` prints its own document
     options.finish_help(parser)
     as_json = "--json" in argv and not own_json
-    verbose = any(a in VERBOSE_FLAGS for a in argv)
+    # -v was read by the entry point (cli.main, entry), which set the log levels for the process.
     argv = [a for a in argv if a not in VERBOSE_FLAGS and (own_json or a != "--json")]
-    setup_logging(verbose)
     command = parser.prog.removeprefix("facebeam ").strip()
     try:
         config = module.configure(*options.parse(parser, argv, beam=getattr(module, "BEAM", True)))
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
             result = module.run(config)
     except UserError as e:
-        say_error(e)
+        log.error("%s", e)  # one plain line on stderr (setup_logging's format)
         return 2
     action = getattr(config, "action", None)
     if isinstance(action, str):
@@ -67,11 +66,6 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
     if not own_json or "--json" not in argv:
         print(summary.to_json() if as_json else summary.line(), flush=True)
     return 1 if failed(summary) else 0
-
-
-def say_error(e: BaseException) -> None:
-    """A user error as the plain sentence it is, on stderr."""
-    print(f"error: {e}", file=sys.stderr, flush=True)
 
 
 class _Plain(logging.Formatter):
@@ -106,6 +100,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 def entry(main_fn) -> None:
     """`python -m facebeam.pipelines.<command>`: the same as `facebeam <command>`."""
+    setup_logging(any(a in VERBOSE_FLAGS for a in sys.argv[1:]))
     sys.exit(main_fn())
 
 

@@ -218,7 +218,8 @@ def _verify_line(s: JobSummary) -> str:
     t = s.threshold.words() if s.threshold else ""
     if "pairs" in s:
         acc = f"accuracy {s['accuracy']:.4f} ({s['right']}/{s['judged']})" if s.get("judged") else "no decisions"
-        return f"verified {s['pairs']} pair(s): {s.get('unknown', 0)} unknown, {acc}; {t}"
+        p50 = f"; server time p50 {s['latency_p50_ms']:.2f} ms" if s.get("latency_p50_ms") is not None else ""
+        return f"verified {s['pairs']} pair(s) on {s.get('store')}: {s.get('unknown', 0)} unknown, {acc}; {t}{p50}"
     face = ""
     if s.get("faces_in_photo") is not None:
         face = f" (face {s['face']} of {s['faces_in_photo']} in the photo"
@@ -226,7 +227,10 @@ def _verify_line(s: JobSummary) -> str:
         face += "; pick another with --face N)" if s["faces_in_photo"] > 1 else ")"
     dist = s.get("distance")
     dist = f"{dist:.4f}" if isinstance(dist, (int, float)) else "?"
-    return f"{s.get('verdict')}: {s.get('photo')} as {s.get('identity')}{face}: distance {dist}; {t} on {s.get('backend')}"
+    sign = {"same": " <=", "different": " >"}.get(s.get("verdict"), ";")
+    t = t.replace("same person at <= ", "") if s.threshold else "?"
+    return (f"{s.get('verdict')}: {s.get('photo')} as {s.get('identity')}{face}: distance {dist}{sign} {t} "
+            f"on {s.get('backend')}")
 
 
 def _cluster_line(s: JobSummary) -> str:
