@@ -22,7 +22,7 @@ import time
 from apache_beam.io.filesystems import FileSystems
 
 from facebeam.pipelines.runner import defaults as runners
-from facebeam.transforms import manifest, metrics, shards
+from facebeam.transforms import manifest, metrics, progress, shards
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.summary import JobSummary
 
@@ -124,12 +124,19 @@ def worker_user_error(exc: BaseException):
     return None
 
 
-def run(pipeline):
-    """Run to completion; returns (result, elapsed seconds). A user error raised on a worker is raised as such."""
+def run(pipeline, totals=None):
+    """Run to completion; returns (result, elapsed seconds). A user error raised on a worker is raised as such.
+
+    On a terminal, a progress bar per kind of work (photos embedded, faces indexed) runs meanwhile; `totals`
+    ({"embed": n}) gives it an ETA; by default the photo count the last `preflight` found.
+    """
     started = time.perf_counter()
+    totals = totals if totals is not None else dict(_expected)
+    _expected.clear()
     try:
-        result = pipeline.run()
-        result.wait_until_finish()
+        with progress.bars(totals):
+            result = pipeline.run()
+            result.wait_until_finish()
     except Exception as e:
         user = worker_user_error(e)
         if user is None or user is e:
@@ -178,6 +185,13 @@ def preflight(inputs, spec) -> None:
 
     sources.check_inputs(inputs.patterns)
     weights.require(spec)  # raises WeightsMissing naming the file and where it goes; loads nothing
+    n = progress.count_files(inputs.patterns, sources.IMAGE_EXTENSIONS)
+    if n:
+        _expected["embed"] = n
+
+
+# The photo count of the last preflight, for the next job's progress bar (the launcher's own state).
+_expected = {}
 
 
 def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):
