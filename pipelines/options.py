@@ -162,6 +162,8 @@ def choices_said(config, result) -> list:
         why = "an Elasticsearch cluster is configured" if backend in ("es", "elasticsearch") else \
             "no Elasticsearch configured"
         said.append(f"store: {backend}, chosen automatically ({why}; --store picks another)")
+    if getattr(config, "dry_run", False):
+        said.append("dry run: nothing was changed (without --dry-run these go)")
     inputs = getattr(config, "inputs", None)
     if inputs is not None and hasattr(inputs, "label_from"):
         said.append(f"labels: from {inputs.label_from}" if inputs.label_from else

@@ -107,7 +107,7 @@ def run(config: SearchConfig, pipeline=None) -> dict:
     print(f"ready: {b.where['backend']} search of {b.where['searched']}, spec {searcher.spec.spec_id}, "
           f"same person at <= {b.threshold:.4f} ({b.threshold_from}), warm-up {searcher.warmup_s:.2f} s")
     paths = list(config.photos) + ([line.strip() for line in sys.stdin if line.strip()] if config.stdin else [])
-    failed = 0
+    failed = faces = 0
     try:
         for path in paths:
             started = time.perf_counter()
@@ -117,10 +117,12 @@ def run(config: SearchConfig, pipeline=None) -> dict:
                 print(f"\n{path}: cannot search: {e}")
                 failed += 1
                 continue
+            faces += len(probes)
             print_table(path, probes, rows, time.perf_counter() - started)
     finally:
         searcher.open.close()
-    return {"photos": len(paths), "failed": failed}
+    return {"photos": len(paths), "faces": faces, "failed": failed, **b.where, "threshold": b.threshold,
+            "threshold_from": b.threshold_from}
 
 
 def main(argv=None) -> int:

@@ -259,8 +259,7 @@ def _reindex_line(s: JobSummary) -> str:
 
 
 def _forget_line(s: JobSummary) -> str:
-    verb = "would erase" if s.get("dry_run") else "erased"
-    return (f"{verb} {s.get('images', 0)} image(s): {s.get('rows', 0)} shard row(s), {s.get('docs', 0)} "
+    return (f"forget: {s.get('images', 0)} image(s), {s.get('rows', 0)} shard row(s), {s.get('docs', 0)} "
             "indexed face(s)")
 
 
