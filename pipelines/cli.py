@@ -5,6 +5,7 @@ Every module exposes `main(argv) -> int`; pipeline modules also run as
 so `facebeam --help` stays fast.
 """
 import importlib
+import logging
 import sys
 
 COMMANDS = {
@@ -29,10 +30,15 @@ COMMANDS = {
 
 
 def _usage() -> str:
-    lines = ["usage: facebeam <command> [options]   (facebeam <command> --help for details)", "", "commands:"]
+    lines = ["usage: facebeam <command> [options] [-v] [--json]   (facebeam <command> --help for details)", "",
+             "Every command ends with one result line (--json: the summary itself); -v shows the logs.", "",
+             "commands:"]
     for name, (module, text) in COMMANDS.items():
         if importlib.util.find_spec(module) is not None:
             lines.append(f"  {name:<9} {text}")
+    lines += ["", "example (no server needed):",
+              "  facebeam run --input photos/ --output out/photos --index faces --store local",
+              "  facebeam search photos/img1.jpg --index faces --store local"]
     return "\n".join(lines)
 
 
@@ -46,10 +52,15 @@ def main(argv=None) -> int:
         print(f"facebeam: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     from facebeam.pipelines import jobs
+    from facebeam.transforms.errors import UserError
 
-    jobs.setup_logging()
+    jobs.setup_logging(verbose=any(a in jobs.VERBOSE_FLAGS for a in rest))
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except UserError as e:  # commands with their own main (bench index/query/verify) parse through options too
+        logging.getLogger("facebeam").error("%s", e)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -23,42 +24,85 @@ import filelock
 from apache_beam.io.filesystems import FileSystems
 
 from facebeam.pipelines.runner.kinds import runner_name
-from facebeam.transforms import manifest, metrics, shards
+from facebeam.transforms import manifest, metrics, progress, shards
 from facebeam.transforms.errors import UserError
+from facebeam.transforms.summary import JobSummary
 
 log = logging.getLogger(__name__)
+# The stderr level of local worker processes (the worker main reads it): WARNING by default, INFO with -v.
+WORKER_LOG_ENV = "FACEBEAM_WORKER_LOG"
+
+
+VERBOSE_FLAGS = ("-v", "--verbose")
 
 
 def main(module, argv=None, failed=lambda summary: False) -> int:
-    """`module.configure(*parse(argv))` then `module.run(config)`: exit 0, 1 when `failed(summary)`, 2 on a user error.
+    """`module.configure(*parse(argv))`, `module.run(config)`, then the result line: exit 0, 1 when `failed(summary)`,
+    2 on a user error (one plain line on stderr, before any work when it is a flag).
 
-    Only `UserError`s become one line and exit 2; any other exception is a bug and keeps its traceback.
+    `-v/--verbose` (anywhere) brings the logs back; `--json` prints the typed summary instead of its line, and
+    whatever the command prints itself goes to stderr. Only `UserError`s become one line; any other exception
+    is a bug and keeps its traceback.
     """
     from facebeam.pipelines import options
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = module.build_parser()
+    own_json = "--json" in options.flags_of(parser)  # `es status --json` prints its own document
+    options.finish_help(parser)
+    as_json = "--json" in argv and not own_json
+    # -v was read by the entry point (cli.main, entry), which set the log levels for the process.
+    argv = [a for a in argv if a not in VERBOSE_FLAGS and (own_json or a != "--json")]
+    command = parser.prog.removeprefix("facebeam ").strip()
     try:
-        config = module.configure(*options.parse(module.build_parser(), argv, beam=getattr(module, "BEAM", True)))
-        summary = module.run(config)
+        config = module.configure(*options.parse(parser, argv, beam=getattr(module, "BEAM", True)))
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            result = module.run(config)
     except UserError as e:
-        log.error("%s", e)
+        log.error("%s", e)  # one plain line on stderr (setup_logging's format)
         return 2
+    action = getattr(config, "action", None)
+    if isinstance(action, str):
+        command = f"{command} {action}"
+    summary = JobSummary.build(command, result or {}, choices=options.choices_said(config, result or {}))
+    if not own_json or "--json" not in argv:
+        print(summary.to_json() if as_json else summary.line(), flush=True)
     return 1 if failed(summary) else 0
 
 
-def setup_logging() -> None:
-    """Launcher logs: facebeam at INFO; Beam's and the client's chatter off (workers print their own)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+class _Plain(logging.Formatter):
+    """Quiet mode: a facebeam warning reads as a sentence ("warning: ..."), no logger name or time."""
+
+    def format(self, record):
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Quiet by default: facebeam's warnings and errors as sentences, nothing from Beam, gRPC or the clients.
+
+    `verbose`: every facebeam INFO line (progress, choices, timings) and Beam's warnings, with time and logger.
+    Workers started from here inherit the choice (FACEBEAM_WORKER_LOG, read by the worker main).
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    if verbose:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(_Plain())
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("facebeam").setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in ("apache_beam", "elastic_transport", "urllib3", "py4j"):
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
     # Worker errors come back as the job's exception (a user error as one line, a bug with its traceback).
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.CRITICAL)
+    os.environ[WORKER_LOG_ENV] = "INFO" if verbose else "WARNING"
+    if not verbose:
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def entry(main_fn) -> None:
     """`python -m facebeam.pipelines.<command>`: the same as `facebeam <command>`."""
-    import sys
-
-    setup_logging()
+    setup_logging(any(a in VERBOSE_FLAGS for a in sys.argv[1:]))
     sys.exit(main_fn())
 
 
@@ -84,12 +128,19 @@ def worker_user_error(exc: BaseException):
     return None
 
 
-def run(pipeline):
-    """Run to completion; returns (result, elapsed seconds). A user error raised on a worker is raised as such."""
+def run(pipeline, totals=None):
+    """Run to completion; returns (result, elapsed seconds). A user error raised on a worker is raised as such.
+
+    On a terminal, a progress bar per kind of work (photos embedded, faces indexed) runs meanwhile; `totals`
+    ({"embed": n}) gives it an ETA; by default the photo count the last `preflight` found.
+    """
     started = time.perf_counter()
+    totals = totals if totals is not None else dict(_expected)
+    _expected.clear()
     try:
-        result = pipeline.run()
-        result.wait_until_finish()
+        with progress.bars(totals):
+            result = pipeline.run()
+            result.wait_until_finish()
     except Exception as e:
         user = worker_user_error(e)
         if user is None or user is e:
@@ -135,6 +186,13 @@ def preflight(inputs, spec) -> None:
 
     sources.check_inputs(inputs.patterns)
     weights.require(spec)  # raises WeightsMissing naming the file and where it goes; loads nothing
+    n = progress.count_files(inputs.patterns, sources.IMAGE_EXTENSIONS)
+    if n:
+        _expected["embed"] = n
+
+
+# The photo count of the last preflight, for the next job's progress bar (the launcher's own state).
+_expected = {}
 
 
 def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):
@@ -150,11 +208,20 @@ def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):
     return run_id, manifest.SkipDone(spec.spec_id, done, erased, max_file_bytes)
 
 
-def finish_run(output: str, run_id, summary: dict) -> None:
-    summary["run_id"] = run_id
-    shards.write_json(FileSystems.join(output, "summary.json"), summary)
+def finish_run(output: str, run_id, summary: dict) -> JobSummary:
+    """summary.json from the typed summary (the same one the result line is built from); commits the run."""
+    summary.update(run_id=run_id, output=output)
+    typed = JobSummary.build("embed", summary)
+    write_summary(FileSystems.join(output, "summary.json"), typed)
     if run_id:
         shards.commit(output, run_id, summary)  # the run counts from here on
+    return typed
+
+
+def write_summary(path: str, summary) -> None:
+    from facebeam.transforms import summary as summaries
+
+    summaries.write(path, summary if isinstance(summary, JobSummary) else JobSummary.build("job", summary))
 
 
 def embed_summary(result, elapsed: float, spec, opts) -> dict:
@@ -168,6 +235,8 @@ def embed_summary(result, elapsed: float, spec, opts) -> dict:
         # Folder-walk files with a non-image extension: not read, not images_seen (sources.py).
         "files_skipped": {"not_image": skipped} if skipped else {},
         "files_seen": counts["images_seen"] + skipped,
+        # Photos an incremental run skipped because their content is already done for this spec (or erased).
+        "images_done": counters.get(metrics.IMAGES_DONE, 0),
         "stages_core_s": metrics.stage_totals(counters),  # CPU per stage, all workers together
         "spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim,
         "runner": runner_name(opts),

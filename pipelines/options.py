@@ -45,15 +45,146 @@ class Args:
         return set(vars(self._ns))
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The docstring as written; every flag's help ends with its default when it has one worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or "default" in text.lower() or default in (None, False, argparse.SUPPRESS, [], ())
+                or not action.option_strings):
+            return text
+        return f"{text} (default %(default)s)"
+
+
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
+
+
+def all_parsers(p: argparse.ArgumentParser):
+    """The parser and every subcommand's parser under it, depth first."""
+    yield p
+    for action in p._actions:  # argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from all_parsers(sub)
+
+
+def flags_of(p: argparse.ArgumentParser) -> list:
+    return sorted({s for q in all_parsers(p) for a in q._actions for s in a.option_strings if s.startswith("--")})
+
+
+def beam_flags(beam_args) -> tuple[list, list]:
+    """(the tokens of `beam_args` no Beam pipeline option knows, every Beam flag name)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    parsers = []
+    # Beam's own option parser, handed over by its public hook, so plugins' options count too.
+    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    known = sorted({s for a in parsers[0]._actions for s in a.option_strings if s.startswith("--")})
+    _, unknown = parsers[0].parse_known_args(list(beam_args))
+    return [u for u in unknown if u.startswith("-")], known
+
+
+def refuse_unknown(unknown, valid) -> None:
+    """One line naming the first unknown flag and the closest valid ones; raised before any work starts."""
+    import difflib
+
+    if not unknown:
+        return
+    flag = unknown[0].split("=", 1)[0]
+    norm = {v.replace("_", "-"): v for v in valid}
+    close = difflib.get_close_matches(flag.replace("_", "-"), list(norm), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(norm[c] for c in close)}?" if close else "; see --help"
+    raise UserError(f"unknown flag {flag}{hint}")
+
+
+# One or two real examples per command, at the end of its --help (the sample is ../shared/data/faces).
+EXAMPLES = {
+    "embed": ["facebeam embed --input photos/ --output out/photos --label-from parent-dir",
+              "facebeam embed --input photos/ --output out/photos --incremental --direct_num_workers 2"],
+    "run": ["facebeam run --input photos/ --output out/photos --index faces --store local",
+            "facebeam run --input photos/ --output out/photos --incremental"],
+    "index": ["facebeam index --shards out/photos --index faces --store local",
+              "facebeam index --shards out/photos --index faces --store es --es-url http://localhost:9200"],
+    "query": ["facebeam query --probes probes/ --index faces --store local --k 5 --output out/query "
+              "--report out/query/report.html"],
+    "search": ["facebeam search photos/img1.jpg --index faces --store local",
+               "ls photos/*.jpg | facebeam search --stdin --k 3"],
+    "calibrate": ["facebeam calibrate --shards out/photos --pairs photos/face-recognition-pivot.csv",
+                  "facebeam calibrate --shards out/photos --label-from parent-dir --index faces"],
+    "cluster": ["facebeam cluster --shards out/photos --output out/persons --contact-sheet out/persons/sheet.html"],
+    "persons": ["facebeam persons --clusters out/persons list --top 10",
+                "facebeam persons --clusters out/persons name p-3f2a9c rose_leslie"],
+    "reindex": ["facebeam reindex --input photos/ --output out/photos-v2 --index faces --store local "
+                "--detect-max-side 1024"],
+    "forget": ["facebeam forget --image photos/img1.jpg --shards out/photos --store local --dry-run"],
+    "verify": ["facebeam verify kit_with_rose.jpg --as rose_leslie --store redis",
+               "facebeam verify kit_with_rose.jpg --as rose_leslie --face 2"],
+    "models": ["facebeam models seed", "facebeam models check --model Dlib --detector dlib"],
+    "es": ["facebeam es up --nodes 1", "facebeam es status --index faces"],
+    "redis": ["facebeam redis up", "facebeam redis status"],
+    "flink": ["facebeam flink up --workers 2", "facebeam flink down"],
+    "spark": ["facebeam spark up --workers 2", "facebeam spark status"],
+    "bench embed": ["facebeam bench embed --input ../shared/data/faces"],
+    "bench runners": ["facebeam bench runners --photos 16"],
+    "bench cluster": ["facebeam bench cluster --vectors 20000"],
+    "bench index": ["facebeam bench index --vectors 20000 --embedded only"],
+    "bench query": ["facebeam bench query --vectors 20000"],
+    "bench verify": ["facebeam bench verify --vectors 20000 --stores redis"],
+}
+OUTPUT_HELP = (("-v", "--verbose", "show the logs: progress lines, choices, Beam's warnings"),
+               ("--json", None, "print the job's summary (what summary.json holds) instead of its result line"))
+
+
+def finish_help(p: argparse.ArgumentParser) -> None:
+    """Every parser of a command: defaults shown, `-v`/`--json` listed, its examples at the end of its help."""
+    command = p.prog.removeprefix("facebeam ").strip()
+    own = set(flags_of(p)) | {s for q in all_parsers(p) for a in q._actions for s in a.option_strings}
+    for q in all_parsers(p):
+        q.formatter_class = HelpFormatter
+        g = q.add_argument_group("output")
+        for short, long, text in OUTPUT_HELP:
+            names = [n for n in (short, long) if n and n not in own]
+            if names:
+                g.add_argument(*names, action="store_true", default=argparse.SUPPRESS, help=text)
+        examples = EXAMPLES.get(command)
+        if examples and not q.epilog:
+            q.epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+
+
+def choices_said(config, result) -> list:
+    """What a job chose on its own, for its result line: the store picked automatically, the labels mode."""
+    said = []
+    store = getattr(config, "store", None)
+    if store is not None and getattr(store, "kind", "") is None and result.get("backend"):
+        backend = result["backend"]
+        why = "an Elasticsearch cluster is configured" if backend in ("es", "elasticsearch") else \
+            "no Elasticsearch configured"
+        said.append(f"store: {backend}, chosen automatically ({why}; --store picks another)")
+    if getattr(config, "dry_run", False):
+        said.append("dry run: nothing was changed (without --dry-run these go)")
+    inputs = getattr(config, "inputs", None)
+    if inputs is not None and hasattr(inputs, "label_from"):
+        said.append(f"labels: from {inputs.label_from}" if inputs.label_from else
+                    "labels: none (--label-from parent-dir|csv:FILE stores names)")
+    return said
 
 
 def parse(p: argparse.ArgumentParser, argv, beam: bool = True) -> tuple[Args, tuple]:
-    """App flags via argparse; with `beam`, what it does not know goes to Beam (with quiet worker logs)."""
+    """App flags via argparse; with `beam`, Beam's own flags pass through (with quiet worker logs).
+
+    A flag neither argparse nor (with `beam`) Beam knows is a UserError with the closest valid flags.
+    """
+    ns, rest = p.parse_known_args(argv)
     if not beam:
-        return Args(p.parse_args(argv)), ()
-    ns, beam_args = p.parse_known_args(argv)
+        refuse_unknown([r for r in rest if r.startswith("-")], flags_of(p))
+        if rest:
+            p.error(f"unrecognized arguments: {' '.join(rest)}")
+        return Args(ns), ()
+    unknown, known = beam_flags(rest)
+    refuse_unknown(unknown, flags_of(p) + known)
+    beam_args = list(rest)
     for flag in QUIET_WORKERS:
         name = flag.split("=", 1)[0]
         if not any(a == name or a.startswith(name + "=") for a in beam_args):
@@ -73,7 +204,8 @@ def add_inputs(p, flag: str = "--input", required: bool = True, labels: bool = T
         g.add_argument("--since", default=None, metavar="DATE", help="only files modified at or after DATE (ISO)")
     g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="refuse images with more pixels, before decoding (default %(default)s)")
-    g.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES)
+    g.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES,
+                   help="refuse files larger than this many bytes, before reading them")
     g.add_argument("--batch-size", type=int, default=4, help="images per model batch")
 
 
@@ -97,17 +229,19 @@ def add_spec(p, check_only: bool = False) -> None:
     """The spec flags; with `check_only` they default to unset and only assert what an index must have."""
     g = p.add_argument_group("embedding spec" + (" (checked against the index's own)" if check_only else ""))
     d = {k: (None if check_only else f.default) for k, f in EmbeddingSpec.__dataclass_fields__.items()}
-    g.add_argument("--model", default=d["model"], choices=sorted(MODEL_DIMS))
-    g.add_argument("--detector", default=d["detector"])
+    g.add_argument("--model", default=d["model"], choices=sorted(MODEL_DIMS), help="face recognition model")
+    g.add_argument("--detector", default=d["detector"], help="face detector backend (dlib, opencv, mtcnn, ...)")
     g.add_argument("--no-align", dest="align", action="store_const", const=False,
                    default=None if check_only else True, help="skip eye alignment")
     g.add_argument("--align-mode", default=d["align_mode"], choices=ALIGN_MODES,
                    help="chip: dlib's 150x150 face chips (default, Dlib only); deepface: DeepFace.represent's steps")
-    g.add_argument("--normalization", default=d["normalization"], choices=NORMALIZATIONS)
-    g.add_argument("--metric", default=d["metric"], choices=METRICS)
+    g.add_argument("--normalization", default=d["normalization"], choices=NORMALIZATIONS,
+                   help="input normalization before the model (deepface's names)")
+    g.add_argument("--metric", default=d["metric"], choices=METRICS, help="distance between two face vectors")
     g.add_argument("--detect-max-side", type=int, default=d["detect_max_side"],
                    help="detect on a copy scaled to this longest side (default %(default)s)")
-    g.add_argument("--expand-percentage", type=int, default=d["expand_percentage"])
+    g.add_argument("--expand-percentage", type=int, default=d["expand_percentage"],
+                   help="grow each detected box by this percentage before alignment")
 
 
 def spec_from(a: Args) -> EmbeddingSpec:
@@ -153,19 +287,23 @@ def es_from(a: Args) -> EsFlags:
 # --- loading an index -----------------------------------------------------------------------
 def add_load(p, alias_required: bool = True) -> None:
     p.add_argument("--index", required=alias_required, default=None if alias_required else "faces",
-                   help="alias name; the concrete index is versioned behind it")
+                   help="alias name; the concrete index is versioned behind it"
+                        + ("" if alias_required else " (default %(default)s)"))
     d = BulkConfig.__dataclass_fields__
     g = p.add_argument_group("bulk loading")
-    g.add_argument("--chunk-docs", type=int, default=d["chunk_docs"].default)
-    g.add_argument("--chunk-bytes", type=int, default=d["chunk_bytes"].default)
-    g.add_argument("--max-retries", type=int, default=d["max_retries"].default)
-    g.add_argument("--initial-backoff", type=float, default=d["initial_backoff_s"].default)
+    g.add_argument("--chunk-docs", type=int, default=d["chunk_docs"].default, help="faces per bulk request")
+    g.add_argument("--chunk-bytes", type=int, default=d["chunk_bytes"].default, help="bytes per bulk request, at most")
+    g.add_argument("--max-retries", type=int, default=d["max_retries"].default,
+                   help="retries of a rejected (429) or failed chunk before its faces are dead-lettered")
+    g.add_argument("--initial-backoff", type=float, default=d["initial_backoff_s"].default, metavar="SECONDS",
+                   help="first wait between retries; doubles each time")
     g.add_argument("--es-down-deadline", type=float, default=d["down_deadline_s"].default, metavar="SECONDS",
                    help="stop the job once the cluster has answered no bulk request for this long, per worker "
                         "(unsent docs are not dead-lettered; a re-run finishes the load) (default %(default)s)")
-    g.add_argument("--index-type", default="hnsw", choices=es_index.INDEX_TYPES)
+    g.add_argument("--index-type", default="hnsw", choices=es_index.INDEX_TYPES,
+                   help="Elasticsearch dense_vector index type")
     g.add_argument("--m", type=int, default=16, help="HNSW graph degree")
-    g.add_argument("--ef-construction", type=int, default=100)
+    g.add_argument("--ef-construction", type=int, default=100, help="HNSW candidates while building the graph")
     g.add_argument("--replicas", type=int, default=None, help="replicas after the load (default: as before)")
     g.add_argument("--load-replicas", type=int, default=0, help="replicas during the load (default 0)")
     add_es(p)

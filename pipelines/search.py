@@ -36,13 +36,14 @@ class SearchConfig:
 
 def build_parser():
     p = options.parser("facebeam search", __doc__)
-    p.add_argument("photos", nargs="*")
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--index", default="faces")
-    p.add_argument("--num-candidates", type=int, default=None)
-    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE")
-    p.add_argument("--exact", action="store_true")
-    p.add_argument("--shards", default=None)
+    p.add_argument("photos", nargs="*", metavar="PHOTO", help="photos to look up (their faces, each)")
+    p.add_argument("--k", type=int, default=5, help="hits per face")
+    p.add_argument("--index", default="faces", help="alias / store name")
+    p.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(100, 10k))")
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                   help="only hits whose FIELD equals VALUE (repeatable)")
+    p.add_argument("--exact", action="store_true", help="brute force over --shards instead of an index")
+    p.add_argument("--shards", default=None, help="embed/run output folder (for --exact)")
     p.add_argument("--threshold", type=float, default=None,
                    help="same-person distance (default: the calibrated one the index or shards carry)")
     p.add_argument("--stdin", action="store_true", help="read more photo paths from standard input")
@@ -106,7 +107,7 @@ def run(config: SearchConfig, pipeline=None) -> dict:
     print(f"ready: {b.where['backend']} search of {b.where['searched']}, spec {searcher.spec.spec_id}, "
           f"same person at <= {b.threshold:.4f} ({b.threshold_from}), warm-up {searcher.warmup_s:.2f} s")
     paths = list(config.photos) + ([line.strip() for line in sys.stdin if line.strip()] if config.stdin else [])
-    failed = 0
+    failed = faces = 0
     try:
         for path in paths:
             started = time.perf_counter()
@@ -116,10 +117,12 @@ def run(config: SearchConfig, pipeline=None) -> dict:
                 print(f"\n{path}: cannot search: {e}")
                 failed += 1
                 continue
+            faces += len(probes)
             print_table(path, probes, rows, time.perf_counter() - started)
     finally:
         searcher.open.close()
-    return {"photos": len(paths), "failed": failed}
+    return {"photos": len(paths), "faces": faces, "failed": failed, **b.where, "threshold": b.threshold,
+            "threshold_from": b.threshold_from}
 
 
 def main(argv=None) -> int:

@@ -42,13 +42,17 @@ class VerifyConfig:
     photos: str = None
     index: str = "faces"
     threshold: float = None
+    face: int = None  # the photo's face to compare (face_index, left to right); None: the largest
     store: object = None  # stores.StoreChoice
     es: options.EsFlags = options.EsFlags()
 
 
 def build_parser():
     p = options.parser("facebeam verify", __doc__)
-    p.add_argument("photo", nargs="?", help="the photo to verify (its largest face)")
+    p.add_argument("photo", nargs="?", help="the photo to verify (its largest face, or --face N)")
+    p.add_argument("--face", type=int, default=None, metavar="N",
+                   help="compare face N of the photo, numbered left to right from 0 as `facebeam search` shows "
+                        "them (default: the largest face)")
     p.add_argument("--as", dest="name", default=None, metavar="NAME", help="the identity label to verify against")
     p.add_argument("--pairs", default=None, metavar="CSV", help="verify many: photo,identity[,decision] rows")
     p.add_argument("--photos", default=None, metavar="DIR", help="folder the --pairs photo names are in "
@@ -62,7 +66,7 @@ def build_parser():
 
 def configure(a: options.Args, beam_args=()) -> VerifyConfig:
     return VerifyConfig(photo=a.photo, name=a.name, pairs=a.pairs, photos=a.photos, index=a.index,
-                        threshold=a.threshold, store=options.store_from(a, kinds=KINDS), es=options.es_from(a))
+                        threshold=a.threshold, face=a.face, store=options.store_from(a, kinds=KINDS), es=options.es_from(a))
 
 
 def read_pairs(path: str, photos: str = None) -> list:
@@ -133,14 +137,16 @@ class Backend:
 
 
 class Prober:
-    """Photo -> its largest face's vector, the model loaded once (vectors cached by content)."""
+    """Photo -> one face's vector (the largest, or face N) and how many faces it had; the model loaded once
+    (faces cached by content)."""
 
     def __init__(self, spec):
         from facebeam.transforms.faces import FaceModel
 
         self.spec, self.model, self.cache = spec, FaceModel(spec), {}
 
-    def __call__(self, path: str):
+    def __call__(self, path: str, face: int = None) -> tuple:
+        """(vector, the face's index, faces in the photo, "largest" or "given")."""
         from facebeam.transforms import images
 
         try:
@@ -152,27 +158,39 @@ class Prober:
             found = self.model.embed([img])[0]
             found.path, found.sha256 = path, sha
             faces = knn.probe_faces(found, self.spec)
-            self.cache[sha] = max(faces, key=lambda f: f["box_w"] * f["box_h"])["embedding"] if faces else None
-        if self.cache[sha] is None:
+            self.cache[sha] = faces
+        faces = self.cache[sha]
+        if not faces:
             raise UserError(f"no face found in {path}")
-        return self.cache[sha]
+        if face is None:
+            best = max(faces, key=lambda f: f["box_w"] * f["box_h"])
+            return best["embedding"], best["face_index"], len(faces), "largest"
+        given = [f for f in faces if f["face_index"] == face]
+        if not given:
+            raise UserError(f"{path} has {len(faces)} face(s), numbered 0 to {len(faces) - 1} left to right; "
+                            f"--face {face} is not one of them")
+        return given[0]["embedding"], face, len(faces), "given"
 
 
-def verify_one(backend: Backend, prober: Prober, photo: str, name: str) -> dict:
-    vector = prober(photo)
+def verify_one(backend: Backend, prober: Prober, photo: str, name: str, face: int = None) -> dict:
+    vector, index, n_faces, chosen = prober(photo, face)
+    which = {"face": index, "faces_in_photo": n_faces, "face_chosen": chosen}
     started = time.perf_counter()
     face_id, distance, n = backend.closest(vector, name)
     ms = (time.perf_counter() - started) * 1000
     if face_id is None:
-        return {"photo": photo, "identity": name, "verdict": "unknown", "distance": None, "latency_ms": round(ms, 3)}
+        return {"photo": photo, "identity": name, "verdict": "unknown", "distance": None, "latency_ms": round(ms, 3),
+                **which}
     return {"photo": photo, "identity": name, "verdict": "same" if distance <= backend.threshold else "different",
             "distance": round(float(distance), 6), "closest_face_id": face_id, "faces_of_identity": n,
-            "latency_ms": round(ms, 3)}
+            "latency_ms": round(ms, 3), **which}
 
 
 def run(config: VerifyConfig, pipeline=None) -> dict:
     if config.pairs is None and not (config.photo and config.name):
         raise UserError("give PHOTO --as NAME, or --pairs CSV")
+    if config.pairs is not None and config.face is not None:
+        raise UserError("--face goes with PHOTO --as NAME, not with --pairs")
     if config.pairs is not None and (config.photo or config.name):
         raise UserError("give either PHOTO --as NAME or --pairs CSV, not both")
     options.existing_file(config.pairs, "--pairs file")
@@ -182,12 +200,9 @@ def run(config: VerifyConfig, pipeline=None) -> dict:
         head = {"backend": backend.kind if backend.kind == "redis" else "elasticsearch", "store": backend.where,
                 "threshold": backend.threshold, "threshold_from": backend.threshold_from, "spec_id": backend.spec.spec_id}
         if config.pairs is None:
-            res = verify_one(backend, prober, config.photo, config.name)
+            res = verify_one(backend, prober, config.photo, config.name, config.face)
             if res["verdict"] == "unknown":
                 raise UserError(f"no face labeled {config.name!r} in {backend.where}")
-            print(f"{res['verdict']}: {config.photo} as {config.name}: distance {res['distance']:.4f} "
-                  f"{'<=' if res['verdict'] == 'same' else '>'} {backend.threshold:.4f} ({backend.threshold_from}); "
-                  f"{res['latency_ms']:.1f} ms on {head['backend']}")
             return {**head, **res, "ok": True}
         results = []
         for photo, name, expected in read_pairs(config.pairs, config.photos):
@@ -201,9 +216,6 @@ def run(config: VerifyConfig, pipeline=None) -> dict:
                    "judged": len(judged), "right": right, "accuracy": round(right / len(judged), 4) if judged else None,
                    "latency_p50_ms": latencies[len(latencies) // 2] if latencies else None, "results": results,
                    "ok": True}
-        print(f"verified {len(results)} pair(s) on {backend.where}: {summary['unknown']} unknown identit(ies); "
-              + (f"accuracy {summary['accuracy']:.4f} ({right}/{len(judged)})" if judged else "no decisions to score")
-              + (f"; server time p50 {summary['latency_p50_ms']:.2f} ms" if latencies else ""))
         return summary
     finally:
         backend.close()

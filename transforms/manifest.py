@@ -8,7 +8,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.parquetio import ReadAllFromParquet
 
-from facebeam.transforms import sources
+from facebeam.transforms import metrics, sources
 from facebeam.transforms.shards import DETERMINISTIC_REASONS
 
 MANIFEST_SCHEMA = pa.schema([
@@ -58,8 +58,17 @@ class SkipDone(beam.PTransform):
         gone = _keys(p, "Erased", self._gone)
         return ({"new": hashed, "done": done, "gone": gone}
                 | "Join" >> beam.CoGroupByKey()
-                | "KeepNew" >> beam.FlatMap(
-                    lambda kv: [] if kv[0] is not None and (kv[1]["done"] or kv[1]["gone"]) else kv[1]["new"]))
+                | "KeepNew" >> beam.FlatMap(keep_new))
+
+
+def keep_new(kv):
+    """The new files of one content hash; those done or erased are counted (images_done) and dropped."""
+    sha, groups = kv
+    new = list(groups["new"])
+    if sha is not None and (groups["done"] or groups["gone"]):
+        metrics.count(metrics.IMAGES_DONE, len(new))
+        return []
+    return new
 
 
 def manifest_rows(faces, errors, spec_id: str):

@@ -1,26 +1,43 @@
-"""A throttled progress line from inside workers (one per worker process)."""
+"""Progress: counts each worker keeps, a throttled log line per worker, and one overall bar in the launcher.
+
+Workers count what they did (`EMBED.add(images=1, faces=2)`, the same events the Beam counters
+count). When the launcher shows a bar it names a folder in FACEBEAM_PROGRESS_DIR before the job
+starts; each worker process then keeps its running counts in one small JSON file there, and the
+launcher sums the files into a tqdm bar (done, rate, ETA). Beam's metrics reach the launcher
+only when the job ends on the local runner, hence the files; workers a cluster started
+elsewhere do not see the folder, and their bar stays at zero until the job's counters arrive.
+"""
 import collections
+import contextlib
+import json
 import logging
 import os
+import shutil
+import sys
+import tempfile
 import threading
 import time
 
 log = logging.getLogger("facebeam.progress")
+ENV_DIR = "FACEBEAM_PROGRESS_DIR"
 
 
 class Progress:
     """Counts what a worker did; logs `what` with the counts and a rate at most every `every_s`."""
 
-    def __init__(self, what: str, rate_key: str, every_s: float = 5.0):
-        self.what, self.rate_key, self.every_s = what, rate_key, every_s
+    def __init__(self, what: str, rate_key: str, every_s: float = 5.0, share_s: float = 0.5):
+        self.what, self.rate_key, self.every_s, self.share_s = what, rate_key, every_s, share_s
         self.counts = collections.Counter()
-        self.started = self.last = time.monotonic()
+        self.started = self.last = self.shared = time.monotonic()
         self._lock = threading.Lock()
 
     def add(self, **deltas) -> None:
         with self._lock:
             self.counts.update(deltas)
             now = time.monotonic()
+            if now - self.shared >= self.share_s:
+                self.shared = now
+                self._share(dict(self.counts))
             if now - self.last < self.every_s:
                 return
             self.last = now
@@ -28,6 +45,93 @@ class Progress:
             rate = self.counts[self.rate_key] / max(now - self.started, 1e-9)
         log.info("%s progress [worker %d]: %s, %.2f %s/s", self.what, os.getpid(), counts, rate, self.rate_key)
 
+    def _share(self, counts: dict) -> None:
+        folder = os.environ.get(ENV_DIR)
+        if not folder or not os.path.isdir(folder):
+            return
+        path = os.path.join(folder, f"{self.what}-{os.getpid()}-{id(self)}.json")
+        with contextlib.suppress(OSError):
+            with open(path + ".tmp", "w") as f:
+                json.dump(counts, f)
+            os.replace(path + ".tmp", path)
+
 
 EMBED = Progress("embed", "images")
 INDEX = Progress("index", "docs")
+
+#: what each kind of work shows on its bar: (unit, the count that advances it)
+BARS = {"embed": ("photos", "images"), "index": ("faces", "docs")}
+
+
+def shared_counts(folder: str, what: str) -> collections.Counter:
+    total = collections.Counter()
+    for name in os.listdir(folder):
+        if name.startswith(what + "-") and name.endswith(".json"):
+            with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, name)) as f:
+                total.update(json.load(f))
+    return total
+
+
+@contextlib.contextmanager
+def bars(totals=None, stream=None, every_s: float = 0.3):
+    """While the body runs a job, one tqdm bar per kind of work its workers report; off unless `stream`
+    (stderr) is a terminal. `totals`: {kind: expected count}, for the ETA."""
+    stream = stream or sys.stderr
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        yield
+        return
+    from tqdm import tqdm
+
+    folder = tempfile.mkdtemp(prefix="facebeam-progress-")
+    before = os.environ.get(ENV_DIR)
+    os.environ[ENV_DIR] = folder
+    shown, stop = {}, threading.Event()
+
+    def refresh():
+        for what, (unit, key) in BARS.items():
+            n = shared_counts(folder, what)[key]
+            if n and what not in shown:
+                shown[what] = tqdm(total=(totals or {}).get(what), desc=what, unit=f" {unit}", file=stream,
+                                   dynamic_ncols=True, leave=False)
+            if what in shown:
+                shown[what].update(n - shown[what].n)
+
+    def poll():
+        while not stop.wait(every_s):
+            refresh()
+
+    thread = threading.Thread(target=poll, name="facebeam-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        for bar in shown.values():
+            bar.close()
+        if before is None:
+            os.environ.pop(ENV_DIR, None)
+        else:
+            os.environ[ENV_DIR] = before
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def count_files(patterns, extensions, budget_s: float = 2.0):
+    """How many files local folders and globs hold with these extensions, for a bar's ETA; None when it is
+    not cheap to know (another filesystem, a list file, or more than `budget_s` of walking)."""
+    import glob
+
+    n, deadline = 0, time.monotonic() + budget_s
+    for p in patterns:
+        if "://" in p or p.startswith("@"):
+            return None
+        if os.path.isdir(p):
+            for _, _, names in os.walk(p):
+                n += sum(1 for name in names if name.lower().endswith(tuple(extensions)) or "." not in name)
+                if time.monotonic() > deadline:
+                    return None
+        elif os.path.isfile(p) and p.lower().endswith((".txt", ".lst")):
+            return None
+        else:
+            n += len(glob.glob(p, recursive=True))
+    return n

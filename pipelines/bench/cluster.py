@@ -60,14 +60,14 @@ class BenchClusterConfig:
 
 def build_parser():
     p = options.parser("facebeam bench cluster", __doc__)
-    p.add_argument("--vectors", type=int, default=100_000)
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--methods", default="cw,cc,mutual")
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--input", default=synthetic.DEFAULT_SAMPLE)
+    p.add_argument("--vectors", type=int, default=100_000, help="synthetic faces to cluster")
+    p.add_argument("--k", type=int, default=16, help="neighbours per face in the graph")
+    p.add_argument("--methods", default="cw,cc,mutual", help="clustering methods to compare, comma-separated")
+    p.add_argument("--threshold", type=float, default=None, help="edge distance (default: the model's)")
+    p.add_argument("--input", default=synthetic.DEFAULT_SAMPLE, help="photos the synthetic faces are fitted on")
     p.add_argument("--stats", default=None, help="fitted stats JSON (skips the embed run)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", dest="json_out", default=None)
+    p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
+    p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write the figures to FILE")
     return p
 
 

@@ -141,7 +141,7 @@ class BenchEmbedConfig:
 
 def build_parser():
     parser = options.parser("facebeam bench embed", __doc__)
-    parser.add_argument("--input", default=DEFAULT_SAMPLE)
+    parser.add_argument("--input", default=DEFAULT_SAMPLE, help="photos to embed")
     parser.add_argument("--photos", type=int, default=0,
                         help="embed N augmented copies of the sample, made at run time (default: the sample as is)")
     parser.add_argument("--output", default=None, help="pipeline output folder (default: a temp dir)")

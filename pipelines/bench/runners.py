@@ -138,16 +138,16 @@ class BenchRunnersConfig:
 
 def build_parser():
     parser = options.parser("facebeam bench runners", __doc__)
-    parser.add_argument("--photos", type=int, default=1000)
+    parser.add_argument("--photos", type=int, default=1000, help="photos per timed job (the sample, repeated)")
     parser.add_argument("--warmup", type=int, default=20,
                         help="photos of an untimed job each runner runs first: a long-lived cluster's JVMs "
                              "are warm, a fresh one's are not (default %(default)s; 0: none)")
-    parser.add_argument("--sample", default=DEFAULT_SAMPLE)
+    parser.add_argument("--sample", default=DEFAULT_SAMPLE, help="photos the jobs read")
     parser.add_argument("--runners", default=DEFAULT_RUNNERS, help=f"comma-separated, of: {', '.join(RUNNER_PRESETS)}")
     parser.add_argument("--scaling", default="flink-cluster",
                         help="preset to run once more with one worker (one harness process; one slot on Flink); "
                              "'none' to skip (default %(default)s)")
-    parser.add_argument("--json", dest="json_out", default=None)
+    parser.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write the figures to FILE")
     return parser
 
 

@@ -141,9 +141,9 @@ def build_parser():
     p.add_argument("--per-identity", default="10,1000", help="faces per identity, comma-separated (default %(default)s)")
     p.add_argument("--queries", type=int, default=300, help="verifications per store and setting (default %(default)s)")
     p.add_argument("--stores", default="redis,es", help="redis,es (default %(default)s)")
-    p.add_argument("--redis-home", default=str(facebeam_home() / "bench-redis"))
-    p.add_argument("--redis-port", type=int, default=6395)
-    p.add_argument("--json", dest="json_out")
+    p.add_argument("--redis-home", default=str(facebeam_home() / "bench-redis"), help="the benchmark's own Redis folder")
+    p.add_argument("--redis-port", type=int, default=6395, help="the benchmark's own Redis port")
+    p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the figures to FILE")
     return p
 
 

@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = options.parser("facebeam es", "Start, stop and inspect a local Elasticsearch.")
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start a local cluster and wait until it is ready")
-    up.add_argument("--nodes", type=int, default=1)
+    up.add_argument("--nodes", type=int, default=1, help="cluster nodes on this machine")
     up.add_argument("--version", default=DEFAULT_VERSION, help="server version (8.x; default %(default)s)")
     up.add_argument("--heap", default=DEFAULT_HEAP, help="JVM heap per node (default %(default)s)")
     up.add_argument("--no-security", action="store_true", help="plain http without authentication")

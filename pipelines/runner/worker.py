@@ -5,9 +5,16 @@ that logs Beam's "apitools not found ... bigquery" warning before any pipeline c
 `facebeam.pipelines` first installs the same root-logger filter the launcher has
 (pipelines/__init__.py), then the stock worker main runs unchanged.
 """
+import logging
+import os
 import runpy
 
 import facebeam.pipelines  # noqa: F401  (installs the filter)
 
 if __name__ == "__main__":
+    # The launcher's verbosity (jobs.setup_logging): this stderr shows WARNING and up unless -v; the
+    # worker's records still reach the runner at the pipeline's levels.
+    stderr = logging.StreamHandler()
+    stderr.setLevel(os.environ.get("FACEBEAM_WORKER_LOG", "INFO"))
+    logging.getLogger().addHandler(stderr)
     runpy.run_module("apache_beam.runners.worker.sdk_worker_main", run_name="__main__", alter_sys=True)

@@ -1,0 +1,274 @@
+"""The command line as a user meets it: a result line per command that matches summary.json, typos refused
+with a suggestion, help on every flag, quiet logs, and `verify` saying which face of a photo it used."""
+import argparse
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from facebeam.pipelines import cli, index, options
+from facebeam.pipelines.bench import BENCHES
+from facebeam.transforms.errors import UserError
+from tests.helpers import PAIRS, ROOT, SAMPLE, job
+
+NOISE = ("Logging handler created", "INFO", "Traceback", "ERROR:", "WARNING:", "grpc")
+
+
+def command_modules():
+    """(command words, module) for every command and benchmark."""
+    out = [((name,), m) for name, (m, _) in cli.COMMANDS.items() if name != "bench"]
+    return out + [(("bench", name), m) for name, m in BENCHES.items()]
+
+
+def facebeam(*words, env=None, check=True):
+    """`facebeam WORDS` in a fresh process, as a user runs it (stderr not a terminal: no bar)."""
+    e = {**os.environ, **(env or {})}
+    for k in ("FACEBEAM_ES_URL", "FACEBEAM_ES_CONN"):
+        e.pop(k, None)
+    r = subprocess.run([sys.executable, "-m", "facebeam.pipelines.cli", *words], capture_output=True, text=True,
+                       cwd=ROOT, env=e, timeout=600)
+    if check:
+        assert r.returncode == 0, (words, r.stdout, r.stderr)
+    return r
+
+
+def quiet(r):
+    """Nothing on stderr but facebeam's own warnings, as plain sentences."""
+    for line in r.stderr.splitlines():
+        assert not any(n in line for n in NOISE), line
+
+
+# --- help ----------------------------------------------------------------------------------------
+def test_no_flag_without_help_and_every_command_ends_with_examples():
+    missing, without_examples = [], []
+    for words, module in command_modules():
+        p = importlib.import_module(module).build_parser()
+        options.finish_help(p)
+        for q in options.all_parsers(p):
+            for a in q._actions:
+                if isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
+                    continue
+                if not (a.help or "").strip():
+                    missing.append(f"{q.prog} {'/'.join(a.option_strings) or a.dest}")
+        if "examples:" not in p.format_help():
+            without_examples.append(" ".join(words))
+    assert not missing, f"flags without help: {missing}"
+    assert not without_examples, without_examples
+
+
+def test_help_shows_defaults():
+    r = facebeam("verify", "--help")
+    assert re.search(r"--index INDEX\s+alias / store name \(default faces\)", r.stdout)
+    assert "examples:\n  facebeam verify" in r.stdout
+    r = facebeam("embed", "--help")
+    assert re.search(r"--batch-size BATCH_SIZE\s+images per model batch \(default 4\)", r.stdout)
+
+
+# --- typos ---------------------------------------------------------------------------------------
+# Per command: the words it needs to parse, and one of its optional flags misspelled (the suggestion).
+TYPOS = {
+    ("embed",): (["--input", SAMPLE, "--output", "x"], "--lable-from", "--label-from"),
+    ("index",): (["--shards", "x"], "--chunk-dcos", "--chunk-docs"),
+    ("run",): (["--input", SAMPLE, "--output", "x"], "--incremantal", "--incremental"),
+    ("query",): (["--probes", SAMPLE, "--output", "x"], "--treshold", "--threshold"),
+    ("search",): (["x.jpg"], "--treshold", "--threshold"),
+    ("calibrate",): (["--shards", "x"], "--fodls", "--folds"),
+    ("cluster",): (["--shards", "x", "--output", "y"], "--min-boxx", "--min-box"),
+    ("persons",): (["--clusters", "x", "list"], "--topp", "--top"),
+    ("reindex",): (["--input", SAMPLE, "--output", "x", "--index", "faces"], "--drop-olds", "--drop-old"),
+    ("forget",): (["--shards", "x", "--label", "a"], "--dry_runn", "--dry-run"),
+    ("verify",): (["x.jpg", "--as", "a"], "--threshhold", "--threshold"),
+    ("es",): (["up"], "--ndoes", "--nodes"),
+    ("redis",): (["status"], "--hmoe", "--home"),
+    ("flink",): (["up"], "--wokrers", "--workers"),
+    ("spark",): (["up"], "--wokrers", "--workers"),
+    ("models",): (["check"], "--detecter", "--detector"),
+    ("bench", "embed"): ([], "--inptu", "--input"),
+    ("bench", "index"): ([], "--vectros", "--vectors"),
+    ("bench", "query"): ([], "--vectros", "--vectors"),
+    ("bench", "runners"): ([], "--phtoos", "--photos"),
+    ("bench", "verify"): ([], "--querys", "--queries"),
+    ("bench", "cluster"): ([], "--mehtods", "--methods"),
+}
+
+
+def test_every_command_refuses_a_misspelled_flag_before_any_work(tmp_path, monkeypatch, caplog):
+    """In-process (the refusal comes before any work, so it is quick); `facebeam` itself is checked below."""
+    assert {w for w, _ in command_modules()} == set(TYPOS), "a command without a typo case"
+    monkeypatch.setenv("FACEBEAM_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    modules = dict(command_modules())
+    for words, (args, typo, suggestion) in TYPOS.items():
+        module = importlib.import_module(modules[words])
+        caplog.clear()
+        try:
+            code = module.main([*args, typo, "1"])
+            message = " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+        except UserError as e:  # bench index/query/verify parse in their own main; `facebeam` says it (exit 2)
+            code, message = 2, str(e)
+        assert code == 2, words
+        assert f"unknown flag {typo}" in message and suggestion in message, (words, message)
+        assert "\n" not in message
+    assert not os.listdir(tmp_path), "a refused command started work"
+    r = facebeam("bench", "index", "--vectros", "5", check=False)
+    assert r.returncode == 2 and r.stderr.startswith("error: unknown flag --vectros; did you mean --vectors")
+    assert len(r.stderr.splitlines()) == 1
+
+
+def test_a_beam_option_passes_and_a_misspelled_one_names_beams_flag(tmp_path):
+    out = tmp_path / "out"
+    photos = [os.path.join(SAMPLE, n) for n in ("img1.jpg", "img2.jpg")]
+    r = facebeam("embed", "--input", *photos, "--output", str(out), "--direct_num_workers", "2",
+                 "--runner", "DirectRunner")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images_seen"] == 2 and f"embedded 2 photos: {summary['faces']} faces" in r.stdout
+    quiet(r)
+    r = facebeam("embed", "--input", *photos, "--output", str(out), "--direct_num_worker", "2", check=False)
+    assert r.returncode == 2 and "did you mean --direct_num_workers" in r.stderr
+
+
+# --- result lines on the sample ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A fresh FACEBEAM_HOME (no Elasticsearch configured: the store is picked automatically)."""
+    return {"FACEBEAM_HOME": str(tmp_path_factory.mktemp("home"))}
+
+
+@pytest.fixture(scope="module")
+def ran(home, tmp_path_factory):
+    """`facebeam run` on the sample, without --store: (output folder, its summary.json, the result)."""
+    out = str(tmp_path_factory.mktemp("cli") / "sample")
+    r = facebeam("run", "--input", SAMPLE, "--output", out, "--index", "faces", env=home)
+    with open(os.path.join(out, "summary.json")) as f:
+        return out, json.load(f), r
+
+
+def test_run_says_what_it_did_and_which_store_it_chose(ran):
+    out, s, r = ran
+    failed = sum(s["images_failed"].values())
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"embedded {s['images_seen']} photos: {s['faces']} faces, {failed} failed "
+                               f"({s['files_skipped']['not_image']} non-image file(s) skipped) -> {out}")
+    assert lines[1].startswith(f"indexed {s['docs_indexed']} faces into the embedded index faces")
+    assert f"{s['doc_count']} in all" in lines[1]
+    assert "store: local, chosen automatically (no Elasticsearch configured" in r.stdout
+    assert "labels: none" in r.stdout
+    assert len(lines) == 4
+    quiet(r)
+
+
+def test_incremental_run_counts_what_it_skipped_as_done(home, tmp_path):
+    photos = [os.path.join(SAMPLE, n) for n in ("img1.jpg", "img2.jpg", "couple.jpg")]
+    out = str(tmp_path / "inc")
+    facebeam("embed", "--input", *photos, "--output", out, "--incremental", env=home)
+    r = facebeam("embed", "--input", *photos, "--output", out, "--incremental", "--json", env=home)
+    printed = json.loads(r.stdout)
+    with open(os.path.join(out, "summary.json")) as f:
+        assert json.load(f) == printed  # --json prints the summary itself
+    assert printed["images_done"] == 3 and printed["images_seen"] == 0
+    r = facebeam("embed", "--input", *photos, "--output", out, "--incremental", env=home)
+    assert "embedded 0 photos: 0 faces, 0 failed (3 already done, skipped)" in r.stdout
+
+
+def test_index_query_search_lines_match_their_summaries(ran, home, tmp_path):
+    out, s, _ = ran
+    r = facebeam("index", "--shards", out, "--index", "again", "--store", "local", env=home)
+    with open(os.path.join(out, "index-summary.json")) as f:
+        idx = json.load(f)
+    assert r.stdout.startswith(f"indexed {idx['indexed']} faces into the embedded index again (")
+    assert f"{idx['doc_count']} in all ({idx['rows_read']} rows read" in r.stdout
+    assert "chosen automatically" not in r.stdout  # --store given
+
+    q = str(tmp_path / "query")
+    probes = [os.path.join(SAMPLE, n) for n in ("couple.jpg", "img1.jpg")]
+    r = facebeam("query", "--probes", *probes, "--index", "faces", "--store", "local", "--output", q, env=home)
+    with open(os.path.join(q, "summary.json")) as f:
+        qs = json.load(f)
+    assert r.stdout.startswith(f"queried {qs['images_seen']} probe photos: {qs['probe_faces']} faces searched, "
+                               f"0 failed, top 5 from local")
+    assert f"same person at <= {qs['threshold']:.4f} ({qs['threshold_from']})" in r.stdout
+    quiet(r)
+
+    r = facebeam("search", *probes, "--index", "faces", "--store", "local", "--json", env=home)
+    ss = json.loads(r.stdout)  # the table went to stderr, the summary to stdout
+    assert ss["photos"] == 2 and ss["faces"] == qs["probe_faces"] and "couple.jpg: 2 face(s)" in r.stderr
+    r = facebeam("search", *probes, "--index", "faces", "--store", "local", env=home)
+    assert r.stdout.splitlines()[-1].startswith(f"searched 2 photo(s): {ss['faces']} face(s), 0 failed")
+
+
+def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
+    out, s, _ = ran
+    cal = str(tmp_path / "cal")
+    r = facebeam("calibrate", "--shards", out, "--pairs", PAIRS, "--output", cal, env=home)
+    with open(os.path.join(cal, "calibration.json")) as f:
+        c = json.load(f)
+    assert f"calibrated on {c['pairs']} pairs" in r.stdout.splitlines()[-1]
+    assert f"best threshold {c['best']['threshold']:.4f}" in r.stdout.splitlines()[-1]
+
+    cl = str(tmp_path / "persons")
+    r = facebeam("cluster", "--shards", out, "--output", cl, env=home)
+    with open(os.path.join(cl, "cluster.json")) as f:
+        k = json.load(f)
+    assert r.stdout.startswith(f"clustered {k['faces']} faces into {k['persons']} persons "
+                               f"({k['singletons']} singletons, {k['low_quality']} low quality); "
+                               f"same person at <= {k['threshold']:.4f}")
+    quiet(r)
+    r = facebeam("persons", "--clusters", cl, "list", "--top", "2", env=home)
+    assert r.stdout.splitlines()[-1] == f"{k['persons']} persons in all"
+    person = r.stdout.split()[0]
+    r = facebeam("persons", "--clusters", cl, "name", person, "someone", env=home)
+    assert r.stdout.startswith("persons name: ") and person in r.stdout
+
+    r = facebeam("forget", "--image", os.path.join(SAMPLE, "img1.jpg"), "--shards", out, "--store", "local",
+                 "--index", "faces", "--dry-run", env=home)
+    assert "forget: 1 image(s), 1 shard row(s), 1 indexed face(s)" in r.stdout
+    assert "dry run: nothing was changed" in r.stdout
+
+    r = facebeam("models", "check", env=home)
+    assert r.stdout.splitlines()[-1].startswith("models load offline in ")
+
+
+def test_services_say_their_state(tmp_path):
+    r = facebeam("es", "status", "--home", str(tmp_path / "es"), check=False)
+    assert r.returncode == 1 and r.stdout.splitlines()[-1] == "es status: not ok (exit 1)"
+    r = facebeam("redis", "status", "--home", str(tmp_path / "redis"), check=False)
+    assert r.returncode == 1 and r.stdout.splitlines()[-1] == "redis status: not ok (exit 1)"
+
+
+# --- verify: which face ----------------------------------------------------------------------------
+def test_verify_on_a_two_face_photo_names_the_face_and_offers_face(sample_run, redis_conn_args, tmp_path):
+    """couple.jpg has two people; each face is labeled person_<face_index>. The default compares the
+    largest face; --face picks the other one, which is then the same person at distance 0."""
+    rows = [r for name in sorted(os.listdir(os.path.join(sample_run[0], "embeddings"))) if name.endswith(".parquet")
+            for r in pq.read_table(os.path.join(sample_run[0], "embeddings", name)).to_pylist()
+            if os.path.basename(r["image_path"]) == "couple.jpg"]
+    assert len(rows) == 2
+    for r in rows:
+        r["label"] = f"person_{r['face_index']}"
+    shards = tmp_path / "couple"
+    os.makedirs(shards / "embeddings")
+    first = pq.read_table(os.path.join(sample_run[0], "embeddings",
+                                       next(n for n in os.listdir(os.path.join(sample_run[0], "embeddings"))
+                                            if n.endswith(".parquet"))))
+    pq.write_table(pa.Table.from_pylist(rows, schema=first.schema), shards / "embeddings" / "part-0.parquet")
+    job(index, ["--shards", str(shards), "--store", "redis", "--index", "cli-couple", *redis_conn_args])
+
+    largest = max(rows, key=lambda r: r["box_w"] * r["box_h"])["face_index"]
+    other = 1 - largest
+    photo = os.path.join(SAMPLE, "couple.jpg")
+    args = ["--store", "redis", "--index", "cli-couple", *redis_conn_args]
+    r = facebeam("verify", photo, "--as", f"person_{other}", *args, check=False)
+    line = r.stdout.strip()
+    assert r.returncode == 0, r.stderr
+    assert line.startswith(f"different: {photo} as person_{other} (face {largest} of 2 in the photo, the largest; "
+                           "pick another with --face N): distance ")
+    r = facebeam("verify", photo, "--as", f"person_{other}", "--face", str(other), *args)
+    assert r.stdout.startswith(f"same: {photo} as person_{other} (face {other} of 2 in the photo): distance 0.0000 <=")
+    r = facebeam("verify", photo, "--as", f"person_{other}", "--face", "5", *args, check=False)
+    assert r.returncode == 2 and "has 2 face(s), numbered 0 to 1 left to right" in r.stderr

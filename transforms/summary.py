@@ -1,0 +1,293 @@
+"""A job's result, typed: what `summary.json` holds, what `--json` prints and what the result line says.
+
+`JobSummary.build(command, fields)` is the one place a summary is made: the flat fields a job
+counted (the same keys summary.json has always had) plus typed views of them: `embed`
+(photos in and out), `load` (faces into a store), `threshold` (the same-person distance and
+where it came from). The result line is built from those views only, so the line and the
+file cannot disagree. A summary reads like a mapping (`s["faces"]`) so existing callers keep
+working; it is frozen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+from collections.abc import Mapping
+from typing import Any
+
+
+def _int(v) -> int:
+    return int(v or 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedCounts:
+    """Photos in, faces out: seen = embedded + failed; `done` were skipped as already done (incremental)."""
+
+    seen: int
+    embedded: int
+    faces: int
+    failed: int
+    not_images: int
+    done: int
+    elapsed_s: float | None
+    per_s: float | None
+
+    @classmethod
+    def of(cls, f: Mapping) -> EmbedCounts | None:
+        if "images_seen" not in f:
+            return None
+        failed = f.get("images_failed") or {}
+        return cls(seen=_int(f["images_seen"]), embedded=_int(f.get("images_embedded")), faces=_int(f.get("faces")),
+                   failed=sum(failed.values()) if isinstance(failed, Mapping) else _int(failed),
+                   not_images=sum((f.get("files_skipped") or {}).values()), done=_int(f.get("images_done")),
+                   elapsed_s=f.get("elapsed_s"), per_s=f.get("images_per_s"))
+
+    def words(self, output: str | None = None) -> str:
+        extra = [f"{self.not_images} non-image file(s) skipped"] if self.not_images else []
+        if self.done:
+            extra.append(f"{self.done} already done, skipped")
+        text = (f"embedded {self.seen} photos: {self.faces} faces, {self.failed} failed"
+                + (f" ({', '.join(extra)})" if extra else ""))
+        if output:
+            text += f" -> {output}"
+        if self.elapsed_s:
+            text += f" ({self.elapsed_s:.1f} s" + (f", {self.per_s:.1f} photos/s)" if self.per_s else ")")
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadCounts:
+    """Faces into a store: indexed now, failed, already there; `doc_count` the store holds after."""
+
+    backend: str
+    index: str | None
+    where: str | None
+    indexed: int
+    failed: int
+    present: int
+    doc_count: int | None
+
+    @classmethod
+    def of(cls, f: Mapping) -> LoadCounts | None:
+        if "docs_indexed" in f:
+            indexed, failed = f["docs_indexed"], f.get("docs_failed")
+        elif "indexed" in f and "backend" in f:
+            indexed, failed = f["indexed"], f.get("failed")
+        else:
+            return None
+        backend = f.get("backend") or "elasticsearch"
+        where = f.get("concrete_index") or f.get("new_index") or f.get("ann_dir") or f.get("store")
+        return cls(backend=backend, index=f.get("index"), where=where, indexed=_int(indexed), failed=_int(failed),
+                   present=_int(f.get("skipped_present")), doc_count=f.get("doc_count"))
+
+    def store_words(self) -> str:
+        name = {"elasticsearch": "Elasticsearch index", "local": "embedded index", "redis": "Redis store"}.get(
+            self.backend, f"{self.backend} store")
+        return f"the {name} {self.index}" + (f" ({self.where})" if self.where and self.where != self.index else "")
+
+    def words(self) -> str:
+        text = f"indexed {self.indexed} faces into {self.store_words()}"
+        extra = [f"{self.failed} failed"] if self.failed else []
+        if self.present:
+            extra.append(f"{self.present} already there")
+        if self.doc_count is not None:
+            extra.append(f"{self.doc_count} in all")
+        return text + (f": {', '.join(extra)}" if extra else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+    """The same-person distance a job judged with and where it came from (flag, calibration, model)."""
+
+    value: float
+    source: str
+
+    @classmethod
+    def of(cls, f: Mapping) -> Threshold | None:
+        if f.get("threshold") is None:
+            return None
+        return cls(value=float(f["threshold"]), source=str(f.get("threshold_from") or "given"))
+
+    def words(self) -> str:
+        return f"same person at <= {self.value:.4f} ({self.source})"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchHit:
+    """One ranked hit of a probe face."""
+
+    rank: int
+    distance: float
+    same_person: bool
+    image_path: str
+    label: str | None = None
+
+    @classmethod
+    def of(cls, row: Mapping) -> SearchHit:
+        return cls(rank=int(row["rank"]), distance=float(row["distance"]), same_person=bool(row["same_person"]),
+                   image_path=row["hit_image_path"], label=row.get("hit_label"))
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSummary(Mapping):
+    """A command's result: its flat fields (summary.json) and the typed views its line is built from."""
+
+    command: str
+    fields: Mapping[str, Any]
+    embed: EmbedCounts | None = None
+    load: LoadCounts | None = None
+    threshold: Threshold | None = None
+    choices: tuple = ()  # what the job chose on its own, said out loud: ("store: ...", "labels: ...")
+
+    @classmethod
+    def build(cls, command: str, fields: Mapping, choices=()) -> JobSummary:
+        if isinstance(fields, JobSummary):
+            fields = fields.fields
+        fields = types.MappingProxyType(dict(fields or {}))
+        return cls(command=command, fields=fields, embed=EmbedCounts.of(fields), load=LoadCounts.of(fields),
+                   threshold=Threshold.of(fields), choices=tuple(choices))
+
+    def __getitem__(self, key):
+        return self.fields[key]
+
+    def __iter__(self):
+        return iter(self.fields)
+
+    def __len__(self):
+        return len(self.fields)
+
+    def to_dict(self) -> dict:
+        return dict(self.fields)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str)
+
+    def line(self) -> str:
+        text = LINES.get(self.command.split()[0], _generic)(self)
+        return text + "".join(f"\n  {c}" for c in self.choices)
+
+
+def _secs(f: Mapping, key: str = "elapsed_s") -> str:
+    return f" in {f[key]:.1f} s" if isinstance(f.get(key), (int, float)) else ""
+
+
+def _embed_line(s: JobSummary) -> str:
+    return s.embed.words(s.get("output"))
+
+
+def _run_line(s: JobSummary) -> str:
+    text = _embed_line(s)
+    return text + ("\n" + s.load.words() if s.load else "")
+
+
+def _index_line(s: JobSummary) -> str:
+    if s.load is None:
+        return _generic(s)
+    read = s.get("rows_read")
+    return s.load.words() + (f" ({read} rows read{_secs(s)})" if read is not None else "")
+
+
+def _query_line(s: JobSummary) -> str:
+    e = s.embed
+    text = (f"queried {e.seen} probe photos: {s.get('probe_faces', 0)} faces searched, {e.failed} failed, "
+            f"top {s.get('k')} from {s.get('backend', '?')} {s.get('searched', '')}".rstrip())
+    if s.threshold:
+        text += f"; {s.threshold.words()}"
+    if s.get("output"):
+        text += f" -> {s['output']}"
+    return text + (f"; report {s['report']}" if s.get("report") else "")
+
+
+def _search_line(s: JobSummary) -> str:
+    text = f"searched {s.get('photos', 0)} photo(s): {s.get('faces', 0)} face(s), {s.get('failed', 0)} failed"
+    if s.get("searched"):
+        text += f", in {s.get('backend', '')} {s['searched']}".replace("  ", " ")
+    return text + (f"; {s.threshold.words()}" if s.threshold else "")
+
+
+def _calibrate_line(s: JobSummary) -> str:
+    best, cur = s.get("best") or {}, s.get("current") or {}
+    return (f"calibrated on {s.get('pairs', 0)} pairs ({s.get('source', '')}): best threshold "
+            f"{best.get('threshold', 0):.4f} (accuracy {best.get('accuracy', 0):.4f}) vs current "
+            f"{cur.get('threshold', 0):.4f} ({cur.get('accuracy', 0):.4f}) -> {s.get('written')}"
+            + (f"; stored in index {s['index']}" if s.get("index") else ""))
+
+
+def _verify_line(s: JobSummary) -> str:
+    t = s.threshold.words() if s.threshold else ""
+    if "pairs" in s:
+        acc = f"accuracy {s['accuracy']:.4f} ({s['right']}/{s['judged']})" if s.get("judged") else "no decisions"
+        p50 = f"; server time p50 {s['latency_p50_ms']:.2f} ms" if s.get("latency_p50_ms") is not None else ""
+        return f"verified {s['pairs']} pair(s) on {s.get('store')}: {s.get('unknown', 0)} unknown, {acc}; {t}{p50}"
+    face = ""
+    if s.get("faces_in_photo") is not None:
+        face = f" (face {s['face']} of {s['faces_in_photo']} in the photo"
+        face += ", the largest" if s.get("face_chosen") == "largest" else ""
+        face += "; pick another with --face N)" if s["faces_in_photo"] > 1 else ")"
+    dist = s.get("distance")
+    dist = f"{dist:.4f}" if isinstance(dist, (int, float)) else "?"
+    sign = {"same": " <=", "different": " >"}.get(s.get("verdict"), ";")
+    t = t.replace("same person at <= ", "") if s.threshold else "?"
+    return (f"{s.get('verdict')}: {s.get('photo')} as {s.get('identity')}{face}: distance {dist}{sign} {t} "
+            f"on {s.get('backend')}")
+
+
+def _cluster_line(s: JobSummary) -> str:
+    text = (f"clustered {s.get('faces', 0)} faces into {s.get('persons', 0)} persons "
+            f"({s.get('singletons', 0)} singletons, {s.get('low_quality', 0)} low quality)")
+    if s.threshold:
+        text += f"; {s.threshold.words()}"
+    return text + (f" -> {s['output']}" if s.get("output") else "") + _secs(s)
+
+
+def _persons_line(s: JobSummary) -> str:
+    action = s.command.split()[1] if " " in s.command else "persons"
+    if action == "list":
+        return f"{s.get('persons', 0)} persons in all"
+    keys = ", ".join(f"{k} {v}" for k, v in s.items() if not isinstance(v, (dict, list)))
+    return f"persons {action}: {keys}"
+
+
+def _reindex_line(s: JobSummary) -> str:
+    old = s.get("old_index") or s.get("old_spec_id")
+    new = s.get("new_index") or s.get("new_spec_id")
+    comp = s.get("comparison") or {}
+    text = s.embed.words(s.get("output")) if s.embed else "reindexed"
+    return (text + f"\nreindexed {s.get('doc_count')} faces: {old} -> {new}"
+            + (f"; top-{comp.get('k')} image overlap {comp.get('topk_image_overlap')}" if comp else ""))
+
+
+def _forget_line(s: JobSummary) -> str:
+    return (f"forget: {s.get('images', 0)} image(s), {s.get('rows', 0)} shard row(s), {s.get('docs', 0)} "
+            "indexed face(s)")
+
+
+def _models_line(s: JobSummary) -> str:
+    if "seeded" in s:
+        return f"seeded {len(s['seeded'])} weight file(s)"
+    return f"models load offline in {s.get('load_seconds', 0):.2f} s"
+
+
+def _service_line(s: JobSummary) -> str:
+    ok = not s.get("code") and s.get("ok", True)
+    return f"{s.command}: {'ok' if ok else 'not ok (exit 1)'}"
+
+
+def _generic(s: JobSummary) -> str:
+    flat = ", ".join(f"{k} {v}" for k, v in s.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool))
+    return f"{s.command} done" + (f": {flat}" if flat else "")
+
+
+LINES = {"embed": _embed_line, "run": _run_line, "index": _index_line, "query": _query_line, "search": _search_line,
+         "calibrate": _calibrate_line, "verify": _verify_line, "cluster": _cluster_line, "persons": _persons_line,
+         "reindex": _reindex_line, "forget": _forget_line, "models": _models_line, "es": _service_line,
+         "redis": _service_line, "flink": _service_line, "spark": _service_line}
+
+
+def write(path: str, summary: JobSummary) -> None:
+    """summary.json from the typed summary (any Beam filesystem)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(path) as f:
+        f.write(summary.to_json().encode() + b"\n")
