@@ -132,7 +132,7 @@ def preflight(inputs, spec) -> None:
     """Fail in the launcher, before any worker starts: inputs that name nothing, missing weights."""
     from facebeam.transforms import sources, weights
 
-    sources.check_inputs(inputs.patterns)
+    sources.check_inputs(inputs.patterns, inputs.follow_symlinks)
     weights.require(spec)  # raises WeightsMissing naming the file and where it goes; loads nothing
 
 
@@ -157,16 +157,14 @@ def finish_run(output: str, run_id, summary: dict) -> None:
 
 
 def embed_summary(result, elapsed: float, spec, opts) -> dict:
-    from facebeam.transforms.sources import SKIPPED_NOT_IMAGE
+    from facebeam.transforms import sources
 
     counters = metrics.read_counters(result)
     counts = metrics.image_counts(counters)
-    skipped = counters.get(SKIPPED_NOT_IMAGE, 0)
     return {
         **counts,
-        # Folder-walk files with a non-image extension: not read, not images_seen (sources.py).
-        "files_skipped": {"not_image": skipped} if skipped else {},
-        "files_seen": counts["images_seen"] + skipped,
+        # Files listed but not read (not images by extension, symlinks out of the input) and TIFF pages (sources.py).
+        **sources.input_counts(counters, counts["images_seen"]),
         "stages_core_s": metrics.stage_totals(counters),  # CPU per stage, all workers together
         "spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim,
         "runner": runners.runner_name(opts),
@@ -186,5 +184,5 @@ def load_summary(result, target, index_errors: str | None = None) -> dict:
 
 
 def skipped_note(summary: dict) -> str:
-    n = sum(summary.get("files_skipped", {}).values())
-    return f"; skipped {n} file(s) that are not images by extension" if n else ""
+    what = {"not_image": "file(s) that are not images by extension", "symlink_outside": "symlink(s) out of the input"}
+    return "".join(f"; skipped {n} {what.get(why, why)}" for why, n in summary.get("files_skipped", {}).items())
