@@ -7,6 +7,11 @@ lock goes with the process (a killed run frees it). On other Beam filesystems (`
 there is no atomic lock to take: no lock is taken (a warning says so), and runs into one such
 folder must not overlap.
 
+Output faults: before the job the output must have room (`shards.check_room`); a full disk, a
+read-only or unwritable folder, or a folder deleted mid-run (its lock file is gone when the run
+would commit) ends the job with one line (`shards.OutputFault`, exit 2) after `shards.discard_partial`
+removed what the run wrote; the lock is released either way.
+
 Worker errors: Beam re-raises an exception from a worker as a RuntimeError holding the worker's
 traceback text. `run` finds facebeam `UserError`s in it (e.g. `EsDownDeadline`, `EsAuthError`,
 `ShardError`) by their qualified class name and raises them again, so they are one line, exit 2.
@@ -103,9 +108,13 @@ def lock_output(folder: str):
         return
     import fcntl
 
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, ".facebeam.lock")
-    f = open(path, "a+")  # noqa: SIM115 - held for the whole body
+    started = time.time()
+    path = os.path.join(folder, shards.LOCK_FILE)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        f = open(path, "a+")  # noqa: SIM115 - held for the whole body
+    except OSError as e:  # a read-only, unwritable or full output
+        raise (shards.output_fault(folder, e) or e) from None
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -119,7 +128,15 @@ def lock_output(folder: str):
         f.write(f"{os.getpid()}\n")
         f.flush()
         try:
+            shards.check_room(folder)
             yield
+        except Exception as e:
+            # A full disk, a read-only or vanished folder: one line, and nothing of the run left behind.
+            fault = e if isinstance(e, shards.OutputFault) else shards.output_fault(folder, e)
+            if fault is None:
+                raise
+            shards.discard_partial(folder, started)
+            raise fault from None
         finally:
             f.seek(0)
             f.truncate()
@@ -150,6 +167,8 @@ def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):
 
 
 def finish_run(output: str, run_id, summary: dict) -> None:
+    if "://" not in output and not os.path.exists(os.path.join(output, shards.LOCK_FILE)):
+        raise shards.output_gone(os.path.abspath(output))  # deleted mid-run (Beam made it again): do not commit
     summary["run_id"] = run_id
     shards.write_json(FileSystems.join(output, "summary.json"), summary)
     if run_id:
