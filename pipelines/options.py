@@ -23,7 +23,8 @@ from facebeam.transforms.spec import ALIGN_MODES, METRICS, MODEL_DIMS, NORMALIZA
 # comes back to the launcher with its traceback, so the worker's own copy of it is off.
 QUIET_WORKERS = (
     "--default_sdk_harness_log_level=ERROR",
-    '--sdk_harness_log_level_overrides={"facebeam": "INFO", "apache_beam.runners.worker.sdk_worker": "CRITICAL"}',
+    '--sdk_harness_log_level_overrides={"facebeam": "INFO", "apache_beam.runners.worker.sdk_worker": "CRITICAL", '
+    '"apache_beam.runners.common": "CRITICAL", "apache_beam.runners.worker.bundle_processor": "CRITICAL"}',
 )
 
 
