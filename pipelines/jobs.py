@@ -26,7 +26,7 @@ import time
 from apache_beam.io.filesystems import FileSystems
 
 from facebeam.pipelines.runner import defaults as runners
-from facebeam.transforms import manifest, metrics, shards
+from facebeam.transforms import manifest, metrics, privacy, shards
 from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -106,15 +106,22 @@ def lock_output(folder: str):
         log.warning("no lock on %s (not a local folder): runs into it must not overlap", folder)
         yield
         return
-    import fcntl
 
     started = time.time()
     path = os.path.join(folder, shards.LOCK_FILE)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        f = open(path, "a+")  # noqa: SIM115 - held for the whole body
-    except OSError as e:  # a read-only, unwritable or full output
-        raise (shards.output_fault(folder, e) or e) from None
+    with privacy.private_umask():  # what the job writes is 0600 in 0700 folders (transforms/privacy.py)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            f = open(path, "a+")  # noqa: SIM115 - held for the whole body
+        except OSError as e:  # a read-only, unwritable or full output
+            raise (shards.output_fault(folder, e) or e) from None
+        yield from _held(folder, f, started)
+
+
+def _held(folder: str, f, started: float):
+    """The body of `lock_output` once its file is open: take the lock, run the job, release it."""
+    import fcntl
+
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -38,6 +38,7 @@ import uuid
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from facebeam.transforms import privacy
 from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -401,13 +402,18 @@ class WriteShards(beam.PTransform):
         from facebeam.transforms import manifest, records
 
         folder, spec, run_id = self._folder, self._spec, self._run_id
-        out["faces"] | "WriteFaces" >> WriteToParquet(
+        is_shared = privacy.shared()  # the launcher's rule, carried to the workers (privacy.py)
+        kinds = ["embeddings", "errors"] + (["manifest"] if run_id else [])
+        for kind in kinds:  # 0700 before any worker writes into them (Beam would make them with its umask)
+            privacy.make_dirs(posixpath.dirname(partition(folder, kind, run_id)), is_shared)
+        out["faces"] | "PrivateFaces" >> beam.ParDo(privacy.PrivateWrites(is_shared)) | "WriteFaces" >> WriteToParquet(
             partition(folder, "embeddings", run_id), records.face_schema(spec.dim), codec="zstd",
             file_name_suffix=".parquet")
-        out["errors"] | "WriteErrors" >> WriteToParquet(
+        out["errors"] | "PrivateErrors" >> beam.ParDo(privacy.PrivateWrites(is_shared)) | "WriteErrors" >> WriteToParquet(
             partition(folder, "errors", run_id), records.ERROR_SCHEMA, codec="zstd", file_name_suffix=".parquet")
         if run_id:
-            manifest.manifest_rows(out["faces"], out["errors"], spec.spec_id) | "WriteManifest" >> WriteToParquet(
-                partition(folder, "manifest", run_id), manifest.MANIFEST_SCHEMA, codec="zstd",
-                file_name_suffix=".parquet")
+            (manifest.manifest_rows(out["faces"], out["errors"], spec.spec_id)
+             | "PrivateManifest" >> beam.ParDo(privacy.PrivateWrites(is_shared))
+             | "WriteManifest" >> WriteToParquet(partition(folder, "manifest", run_id), manifest.MANIFEST_SCHEMA,
+                                                 codec="zstd", file_name_suffix=".parquet"))
         return beam.pvalue.PDone(out["faces"].pipeline)

@@ -48,6 +48,7 @@ from typing import NamedTuple, Optional
 
 from facebeam.pipelines.local import toolkit
 from facebeam.transforms import home as fb_home
+from facebeam.transforms import privacy
 from facebeam.transforms.es_conn import EsConnection, EsError
 
 log = logging.getLogger(__name__)
@@ -214,22 +215,11 @@ def make_certs(cert_dir: Path) -> dict:
         return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                serialization.NoEncryption())
 
-    _write_private(paths["ca_key"], pem_key(ca_key))
-    _write_private(paths["node_key"], pem_key(node_key))
+    privacy.write_private(paths["ca_key"], pem_key(ca_key))
+    privacy.write_private(paths["node_key"], pem_key(node_key))
     paths["ca_crt"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["node_crt"].write_bytes(node.public_bytes(serialization.Encoding.PEM))
     return paths
-
-
-def _write_private(path: Path, data: bytes):
-    """Write a file readable by its owner only (atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def _add_file_user(es_home: Path, java_home: str, conf_dir: Path, username: str, password: str):
@@ -520,7 +510,7 @@ def start_cluster(home=None, nodes: int = 1, version: str = DEFAULT_VERSION, hea
         "version": version, "security": security,
         "nodes": [{"name": n.name, "pid": procs[n.name].pid, "http_port": n.http_port} for n in layout],
     }
-    _write_private(home / "connection.json", (json.dumps(info, indent=2) + "\n").encode())
+    privacy.write_private(home / "connection.json", (json.dumps(info, indent=2) + "\n").encode())
     log.info("Elasticsearch %s: %d node(s) up at %s in %.1f s", version, nodes, urls[0], time.monotonic() - started)
     return conn
 
@@ -538,7 +528,7 @@ def _credentials(home: Path, es_home: Path, java_home: str) -> tuple:
             log.warning("%s is unreadable: new credentials for the cluster under %s", cred_file, home)
     if creds is None:
         creds = (USERNAME, secrets.token_urlsafe(24))
-        _write_private(cred_file, (json.dumps({"username": creds[0], "password": creds[1]}, indent=2)
+        privacy.write_private(cred_file, (json.dumps({"username": creds[0], "password": creds[1]}, indent=2)
                                    + "\n").encode())
         shutil.rmtree(auth_dir, ignore_errors=True)  # users of older credentials
     if not all((auth_dir / f).is_file() for f in ("users", "users_roles")):

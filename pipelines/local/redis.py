@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import secrets
 import shutil
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from facebeam.pipelines import jobs, options
 from facebeam.pipelines.local import toolkit
+from facebeam.transforms import privacy
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.home import facebeam_home
 from facebeam.transforms.redis_store import DEFAULT_PORT, RedisConn
@@ -40,16 +40,6 @@ class RedisLocalError(UserError):
 
 def default_home() -> Path:
     return facebeam_home() / "redis"
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def _pid(home: Path):
@@ -98,10 +88,12 @@ def up(home: Path, port: int = DEFAULT_PORT, maxmemory: str | None = None, timeo
         if toolkit.port_open("127.0.0.1", port, timeout=1.0):
             raise RedisLocalError(f"port {port} on 127.0.0.1 is taken by another process; pick --port")
         password = saved.get("password") or secrets.token_urlsafe(24)
-        (home / "data").mkdir(parents=True, exist_ok=True)
-        _write_private(conn_path, json.dumps({"host": "127.0.0.1", "port": port, "password": password}, indent=2) + "\n")
-        _write_private(home / "redis.conf", config_text(home, port, password, maxmemory))
-        proc = toolkit.spawn_detached([server, str(home / "redis.conf")], home / "console.log")
+        privacy.make_dirs(str(home / "data"))  # AOF/RDB hold face vectors: 0700, files 0600 (privacy.py)
+        privacy.write_private(conn_path, json.dumps({"host": "127.0.0.1", "port": port, "password": password},
+                                                    indent=2) + "\n")
+        privacy.write_private(home / "redis.conf", config_text(home, port, password, maxmemory))
+        with privacy.private_umask():  # redis-server creates its files with the umask it inherits
+            proc = toolkit.spawn_detached([server, str(home / "redis.conf")], home / "console.log")
         conn = RedisConn(host="127.0.0.1", port=port, conn_file=str(conn_path), timeout_s=2.0)
         deadline = time.monotonic() + timeout
         while True:
