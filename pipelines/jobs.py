@@ -7,6 +7,11 @@ lock goes with the process (a killed run frees it). On other Beam filesystems (`
 there is no atomic lock to take: no lock is taken (a warning says so), and runs into one such
 folder must not overlap.
 
+Output faults: before the job the output must have room (`shards.check_room`); a full disk, a
+read-only or unwritable folder, or a folder deleted mid-run (its lock file is gone when the run
+would commit) ends the job with one line (`shards.OutputFault`, exit 2) after `shards.discard_partial`
+removed what the run wrote; the lock is released either way.
+
 Worker errors: Beam re-raises an exception from a worker as a RuntimeError holding the worker's
 traceback text. `run` finds facebeam `UserError`s in it (e.g. `EsDownDeadline`, `EsAuthError`,
 `ShardError`) by their qualified class name and raises them again, so they are one line, exit 2.
@@ -24,7 +29,7 @@ import filelock
 from apache_beam.io.filesystems import FileSystems
 
 from facebeam.pipelines.runner.kinds import runner_name
-from facebeam.transforms import manifest, metrics, progress, shards
+from facebeam.transforms import manifest, metrics, privacy, progress, shards
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.summary import JobSummary
 
@@ -156,35 +161,48 @@ def lock_output(folder: str):
         log.warning("no lock on %s (not a local folder): runs into it must not overlap", folder)
         yield
         return
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, ".facebeam.lock")
+    started = time.time()
+    path = os.path.join(folder, shards.LOCK_FILE)
 
     def write_holder(fd: int) -> None:  # the holder's pid, for the message of the job that is refused
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
-    lock = filelock.FileLock(path, blocking=False, preserve_lock_file=True, on_acquired=write_holder)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
+    with privacy.private_umask():  # what the job writes is 0600 in 0700 folders (transforms/privacy.py)
+        lock = filelock.FileLock(path, blocking=False, preserve_lock_file=True, on_acquired=write_holder)
         try:
-            holder = Path(path).read_text().strip() or "unknown"
-        except OSError:
-            holder = "unknown"
-        raise UserError(f"output folder {os.path.abspath(folder)} is in use by another facebeam job (pid {holder}); "
-                        "wait for it to finish, or use another folder") from None
-    try:
-        yield
-    finally:
-        os.truncate(path, 0)
-        lock.release()
+            os.makedirs(folder, exist_ok=True)
+            lock.acquire()
+        except filelock.Timeout:
+            try:
+                holder = Path(path).read_text().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise UserError(f"output folder {os.path.abspath(folder)} is in use by another facebeam job (pid {holder}); "
+                            "wait for it to finish, or use another folder") from None
+        except OSError as e:  # a read-only, unwritable or full output
+            raise (shards.output_fault(folder, e) or e) from None
+        try:
+            shards.check_room(folder)
+            yield
+        except Exception as e:
+            # A full disk, a read-only or vanished folder: one line, and nothing of the run left behind.
+            fault = e if isinstance(e, shards.OutputFault) else shards.output_fault(folder, e)
+            if fault is None:
+                raise
+            shards.discard_partial(folder, started)
+            raise fault from None
+        finally:
+            with contextlib.suppress(OSError):  # the folder may have been deleted mid-run
+                os.truncate(path, 0)
+            lock.release()
 
 
 def preflight(inputs, spec) -> None:
     """Fail in the launcher, before any worker starts: inputs that name nothing, missing weights."""
     from facebeam.transforms import sources, weights
 
-    sources.check_inputs(inputs.patterns)
+    sources.check_inputs(inputs.patterns, inputs.follow_symlinks)
     weights.require(spec)  # raises WeightsMissing naming the file and where it goes; loads nothing
     n = progress.count_files(inputs.patterns, sources.IMAGE_EXTENSIONS)
     if n:
@@ -210,6 +228,8 @@ def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):
 
 def finish_run(output: str, run_id, summary: dict) -> JobSummary:
     """summary.json from the typed summary (the same one the result line is built from); commits the run."""
+    if "://" not in output and not os.path.exists(os.path.join(output, shards.LOCK_FILE)):
+        raise shards.output_gone(os.path.abspath(output))  # deleted mid-run (Beam made it again): do not commit
     summary.update(run_id=run_id, output=output)
     typed = JobSummary.build("embed", summary)
     write_summary(FileSystems.join(output, "summary.json"), typed)
@@ -225,16 +245,14 @@ def write_summary(path: str, summary) -> None:
 
 
 def embed_summary(result, elapsed: float, spec, opts) -> dict:
-    from facebeam.transforms.sources import SKIPPED_NOT_IMAGE
+    from facebeam.transforms import sources
 
     counters = metrics.read_counters(result)
     counts = metrics.image_counts(counters)
-    skipped = counters.get(SKIPPED_NOT_IMAGE, 0)
     return {
         **counts,
-        # Folder-walk files with a non-image extension: not read, not images_seen (sources.py).
-        "files_skipped": {"not_image": skipped} if skipped else {},
-        "files_seen": counts["images_seen"] + skipped,
+        # Files listed but not read (not images by extension, symlinks out of the input) and TIFF pages (sources.py).
+        **sources.input_counts(counters, counts["images_seen"]),
         # Photos an incremental run skipped because their content is already done for this spec (or erased).
         "images_done": counters.get(metrics.IMAGES_DONE, 0),
         "stages_core_s": metrics.stage_totals(counters),  # CPU per stage, all workers together
@@ -256,5 +274,5 @@ def load_summary(result, target, index_errors: str | None = None) -> dict:
 
 
 def skipped_note(summary: dict) -> str:
-    n = sum(summary.get("files_skipped", {}).values())
-    return f"; skipped {n} file(s) that are not images by extension" if n else ""
+    what = {"not_image": "file(s) that are not images by extension", "symlink_outside": "symlink(s) out of the input"}
+    return "".join(f"; skipped {n} {what.get(why, why)}" for why, n in summary.get("files_skipped", {}).items())

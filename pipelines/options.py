@@ -23,7 +23,8 @@ from facebeam.transforms.spec import ALIGN_MODES, METRICS, MODEL_DIMS, NORMALIZA
 # comes back to the launcher with its traceback, so the worker's own copy of it is off.
 QUIET_WORKERS = (
     "--default_sdk_harness_log_level=ERROR",
-    '--sdk_harness_log_level_overrides={"facebeam": "INFO", "apache_beam.runners.worker.sdk_worker": "CRITICAL"}',
+    '--sdk_harness_log_level_overrides={"facebeam": "INFO", "apache_beam.runners.worker.sdk_worker": "CRITICAL", '
+    '"apache_beam.runners.common": "CRITICAL", "apache_beam.runners.worker.bundle_processor": "CRITICAL"}',
 )
 
 
@@ -203,7 +204,9 @@ def add_inputs(p, flag: str = "--input", required: bool = True, labels: bool = T
     if backfill:
         g.add_argument("--since", default=None, metavar="DATE", help="only files modified at or after DATE (ISO)")
     g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="refuse images with more pixels, before decoding (default %(default)s)")
+                   help="refuse images with more pixels, before decoding; the only pixel limit (default %(default)s)")
+    g.add_argument("--follow-symlinks", action="store_true",
+                   help="read symlinks whose target is outside the input folder/glob (default: skip and count them)")
     g.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES,
                    help="refuse files larger than this many bytes, before reading them")
     g.add_argument("--batch-size", type=int, default=4, help="images per model batch")
@@ -212,7 +215,7 @@ def add_inputs(p, flag: str = "--input", required: bool = True, labels: bool = T
 def inputs_from(a: Args, labels: bool = True, backfill: bool = True) -> Inputs:
     return Inputs(patterns=tuple(a.input or ()), label_from=a.label_from if labels else None,
                   since=a.since if backfill else None, max_pixels=a.max_pixels,
-                  max_file_bytes=a.max_file_bytes, batch_size=a.batch_size)
+                  max_file_bytes=a.max_file_bytes, batch_size=a.batch_size, follow_symlinks=a.follow_symlinks)
 
 
 def add_incremental(p) -> None:

@@ -102,3 +102,88 @@ def test_exif_orientation_is_applied(corpus):
     assert (row["image_width"], row["image_height"]) == upright
     # The eyes of an upright face are side by side: far more apart in x than in y.
     assert abs(row["left_eye_x"] - row["right_eye_x"]) > 3 * abs(row["left_eye_y"] - row["right_eye_y"])
+
+
+# --- inputs that leave the folder, pages, and the one pixel limit --------------------------------------
+OTHER = os.path.join(SAMPLE, "img19.jpg")  # another person than FACE (a "No" pair in the sample's pairs)
+HUGE_SIDE = 11000  # 121M pixels: over Pillow's own 89,478,485, under --max-pixels 200000000
+
+
+@pytest.fixture(scope="module")
+def inputs_job(tmp_path_factory):
+    base = tmp_path_factory.mktemp("inputs")
+    d = base / "photos"
+    (d / "data").mkdir(parents=True)
+    Image.open(FACE).save(d / "face.jpg")
+    pages = [Image.open(FACE).convert("RGB"), Image.open(OTHER).convert("RGB")]
+    pages[0].save(d / "two-pages.tif", save_all=True, append_images=pages[1:], compression="tiff_lzw")
+    assert Image.open(d / "two-pages.tif").n_frames == 2
+    os.symlink("/etc/passwd", d / "passwd")  # no extension: a walk would read it, were it inside
+    os.symlink(os.path.join(SAMPLE, "img1.jpg"), d / "outside.jpg")
+    Image.open(os.path.join(SAMPLE, "img8.jpg")).save(d / "data" / "photo.bin", format="JPEG")  # not_image by name
+    os.symlink(d / "data" / "photo.bin", d / "inside-link.jpg")  # a symlink that stays inside is read
+    huge = Image.new("RGB", (HUGE_SIDE, HUGE_SIDE), (128, 128, 128))
+    face = Image.open(FACE).convert("RGB")
+    face = face.resize((face.width * 10, face.height * 10), Image.Resampling.BILINEAR)
+    huge.paste(face, ((HUGE_SIDE - face.width) // 2, (HUGE_SIDE - face.height) // 2))
+    huge.save(d / "huge.jpg", quality=80)
+    del huge, face
+    out = base / "out"
+    code = embed.main(["--input", str(d), "--output", str(out), "--max-pixels", "200000000"])
+    from facebeam.transforms.shards import read_json
+
+    return d, out, code, read_json(str(out / "summary.json"))
+
+
+def test_symlinks_out_of_the_input_are_not_read_but_counted(inputs_job):
+    d, out, code, s = inputs_job
+    assert code == 0
+    rows = read_rows(str(out / "embeddings")) + read_rows(str(out / "errors"))
+    read = {os.path.basename(r["image_path"]) for r in rows}
+    assert "passwd" not in read and "outside.jpg" not in read
+    assert all(os.path.realpath(r["image_path"]) != "/etc/passwd" for r in rows)
+    assert read == {"face.jpg", "two-pages.tif", "inside-link.jpg", "huge.jpg"}
+    assert s["files_skipped"] == {"not_image": 1, "symlink_outside": 2}
+
+
+def test_every_page_of_a_tiff_is_an_image_and_the_summary_adds_up(inputs_job):
+    import numpy as np
+
+    d, out, code, s = inputs_job
+    faces = [r for r in read_rows(str(out / "embeddings")) if r["image_path"].endswith("two-pages.tif")]
+    assert len(faces) == 2 and len({r["image_sha256"] for r in faces}) == 2 and len({r["face_id"] for r in faces}) == 2
+    a, b = (np.asarray(r["embedding"]) for r in faces)
+    assert np.linalg.norm(a - b) > 0.6  # two people: one per page
+    single = next(r for r in read_rows(str(out / "embeddings")) if r["image_path"].endswith("face.jpg"))
+    page1 = next(r for r in faces if r["image_sha256"] != single["image_sha256"] and
+                 np.linalg.norm(np.asarray(r["embedding"]) - single["embedding"]) < 0.3)
+    assert page1  # page 1 is the same person as face.jpg
+    assert s["images_extra_pages"] == 1
+    assert s["images_seen"] == 5 == s["images_embedded"] + sum(s["images_failed"].values())
+    assert s["images_failed"] == {}
+    assert s["files_seen"] == 7 == s["images_seen"] - s["images_extra_pages"] + sum(s["files_skipped"].values())
+
+
+def test_max_pixels_is_the_only_pixel_limit(inputs_job):
+    from facebeam.transforms import images
+
+    d, out, code, s = inputs_job
+    huge = [r for r in read_rows(str(out / "embeddings")) if r["image_path"].endswith("huge.jpg")]
+    assert len(huge) == 1 and huge[0]["image_width"] * huge[0]["image_height"] == HUGE_SIDE ** 2
+    data = (d / "huge.jpg").read_bytes()
+    with pytest.raises(images.ImageError, match=f"{HUGE_SIDE ** 2} pixels exceeds the limit of 100000000") as e:
+        images.decode(str(d / "huge.jpg"), data, "x")  # the documented default refuses it, by our own check
+    assert e.value.reason == "too_large"
+
+
+def test_follow_symlinks_reads_links_out_of_the_input(inputs_job):
+    from facebeam.transforms import sources
+
+    d = str(inputs_job[0])
+    skipped = []
+    kept = {os.path.basename(p) for p, _ in sources.expand(d, skipped=lambda p, why: skipped.append(why))}
+    assert "passwd" not in kept and skipped.count("symlink_outside") == 2
+    followed = {os.path.basename(p) for p, _ in sources.expand(d, skipped=lambda p, why: None, follow_symlinks=True)}
+    assert {"passwd", "outside.jpg"} <= followed
+    glob_kept = {os.path.basename(p) for p, _ in sources.expand(os.path.join(d, "*"), skipped=lambda p, why: None)}
+    assert "outside.jpg" not in glob_kept and "face.jpg" in glob_kept

@@ -63,6 +63,72 @@ def test_auth_refusal_in_a_bulk_raises_and_dead_letters_nothing(es_client, alias
     assert flaky.calls == 2  # not retried
 
 
+class Blocking:
+    """Wraps a real client: just before its `at`-th bulk it sets a real block on the index (`settings`)."""
+
+    def __init__(self, client, index, settings, at):
+        self._client, self._index, self._settings, self._at, self.bulks = client, index, settings, at, 0
+
+    def options(self, **kw):
+        return self
+
+    def bulk(self, *args, **kwargs):
+        self.bulks += 1
+        if self.bulks == self._at:
+            self._client.indices.put_settings(index=self._index, settings=self._settings)
+        return self._client.bulk(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+BLOCKS = {  # the setting -> what the message must name
+    "index.blocks.write": "index.blocks.write",
+    "index.blocks.read_only": "index.blocks.read_only",
+    "index.blocks.read_only_allow_delete": "flood-stage disk watermark",
+}
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS))
+def test_a_block_set_mid_load_is_named_with_how_to_lift_it_and_a_rerun_is_exact(
+        tmp_path, es_client, alias, monkeypatch, caplog, block):
+    """A real block, set on the index by the worker's client before its 4th bulk: one line naming the
+    block and how to lift it, never the credentials; after lifting it, the same command loads every doc."""
+    from facebeam.transforms import es_sink
+
+    rows = synthetic_shards(str(tmp_path), 3000, EmbeddingSpec(), files=4)
+    setup = es_sink.IndexBatches.setup
+
+    def blocking_setup(self):
+        setup(self)
+        self._client = Blocking(self._client, self._cfg.index, {block: True}, at=4)
+
+    monkeypatch.setattr(es_sink.IndexBatches, "setup", blocking_setup)
+    argv = ["--shards", str(tmp_path), "--index", alias, "--es-conn", CONN, "--chunk-docs", "100",
+            "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    concrete = None
+    try:
+        with caplog.at_level(logging.ERROR):
+            code = index.main(argv)
+        errors = error_lines(caplog)
+        concrete = es_index.alias_target(es_client, alias)
+        assert code == 2 and len(errors) == 1, errors
+        assert BLOCKS[block] in errors[0] and f"PUT /{concrete}/_settings" in errors[0], errors[0]
+        assert "credential" not in errors[0].lower() and "401" not in errors[0], errors[0]
+        assert "Nothing was dead-lettered" in errors[0]
+        assert parquet_rows_under(tmp_path / "index-errors") == []
+        assert 0 < count(es_client, concrete) < len(rows)
+    finally:
+        monkeypatch.undo()
+        concrete = concrete or es_index.alias_target(es_client, alias)
+        es_client.indices.put_settings(index=concrete, settings={block: None})
+    again = job(index, argv)
+    assert again["failed"] == 0 and again["indexed"] == len(rows)
+    assert count(es_client, alias) == len(rows)
+    settings = es_client.indices.get_settings(index=concrete).body[concrete]["settings"]["index"]
+    assert "refresh_interval" not in settings and "blocks" not in settings
+
+
 class Refusing:
     """Wraps a real client: from the `after`-th bulk on (and for settings), the cluster answers 401."""
 

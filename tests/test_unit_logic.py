@@ -20,7 +20,7 @@ from facebeam.pipelines import embed, index, jobs, options
 from facebeam.pipelines.local import service, toolkit
 from facebeam.pipelines.local.toolkit import RunnerSetupError
 from facebeam.pipelines.runner import job_options, kinds
-from facebeam.transforms import calibrate, persons, records
+from facebeam.transforms import calibrate, persons, privacy, records
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.es_sink import BulkConfig, bulk_index
 from facebeam.transforms.spec import EmbeddingSpec, SpecError
@@ -309,7 +309,7 @@ def test_output_folder_lock_refuses_a_second_job_naming_the_holder(tmp_path):
 
 
 def test_private_files_are_owner_only(tmp_path):
-    toolkit.write_private(tmp_path / "d" / "secret.json", '{"password": "x"}')
+    privacy.write_private(tmp_path / "d" / "secret.json", '{"password": "x"}')
     assert (tmp_path / "d" / "secret.json").stat().st_mode & 0o777 == 0o600
     assert json.loads((tmp_path / "d" / "secret.json").read_text()) == {"password": "x"}
 

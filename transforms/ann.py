@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from facebeam.transforms import privacy
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.spec import EmbeddingSpec, SpecError
 
@@ -266,7 +267,7 @@ class AnnIndex:
             log.info("embedded index %s: %d of %d positions deleted, rebuilding the graph without them",
                      self.folder, self.deleted, self.total)
             self.compact()
-        os.makedirs(self.folder, exist_ok=True)
+        privacy.make_dirs(self.folder)  # biometric data: 0700 / 0600 unless FACEBEAM_SHARED_FILES (privacy.py)
         old = {self.info.get("index_file"), self.info.get("meta_file")} - {None}
         gen = int(self.info.get("generation", 0)) + 1
         info = {**self.info, "generation": gen, "index_file": f"faces-{gen}.faiss", "meta_file": f"faces-{gen}.parquet",
@@ -284,6 +285,7 @@ class AnnIndex:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, os.path.join(self.folder, SPEC_FILE))
+        privacy.restrict(self.folder, info["index_file"], info["meta_file"], SPEC_FILE)
         self.info = info
         for name in old - {info["index_file"], info["meta_file"]}:
             with contextlib.suppress(OSError):

@@ -42,12 +42,11 @@ class ReadAndDecode(beam.DoFn):
         except OSError as e:
             yield self._fail(path, "unreadable", f"{type(e).__name__}: {e}", "read")
             return
-        try:
-            # The chip path decodes a JPEG only as large as detection needs (images.decode docs).
-            yield images.decode(path, data, sha, self._max_pixels, self._spec.detect_max_side,
-                                draft=self._spec.align_mode == "chip")
-        except images.ImageError as e:
-            yield self._fail(path, e.reason, str(e), e.stage, sha)
+        # The chip path decodes a JPEG only as large as detection needs; every page of a TIFF is an image.
+        for page in images.decode_pages(path, data, sha, self._max_pixels, self._spec.detect_max_side,
+                                        draft=self._spec.align_mode == "chip"):
+            yield self._fail(path, page.reason, str(page), page.stage, page.sha256) \
+                if isinstance(page, images.ImageError) else page
 
     def _fail(self, path, reason, message, stage, sha=None):
         count_failed(reason)
@@ -151,7 +150,7 @@ class EmbedInputs(beam.PTransform):
         since = sources.parse_since(inputs.since) if inputs.since else None
         paths = (p
                  | "Inputs" >> beam.Create(list(inputs.patterns))
-                 | "Expand" >> beam.ParDo(sources.ExpandInputs(since))
+                 | "Expand" >> beam.ParDo(sources.ExpandInputs(since, inputs.follow_symlinks))
                  | "Distinct" >> beam.Distinct())  # also spreads paths over workers
         if self._skip is not None:
             paths = paths | "SkipDone" >> self._skip

@@ -47,6 +47,57 @@ class EsAuthError(EsError):
     """Elasticsearch rejected the credentials."""
 
 
+class EsBlocked(EsError):
+    """A cluster or index block refuses writes (not a credentials problem); the message says how to lift it."""
+
+
+# Elasticsearch's write-refusing blocks, by the description in its `cluster_block_exception`
+# ("blocked by: [FORBIDDEN/8/index write (api)]"): (what it is, how to lift it). Longest first,
+# since "cluster read-only (api)" is a prefix of "cluster read-only / allow delete (api)".
+BLOCKS = (
+    ("cluster read-only / allow delete", "the cluster-wide block cluster.blocks.read_only_allow_delete",
+     'PUT /_cluster/settings {"persistent": {"cluster.blocks.read_only_allow_delete": null}}'),
+    ("cluster read-only", "the cluster-wide block cluster.blocks.read_only",
+     'PUT /_cluster/settings {"persistent": {"cluster.blocks.read_only": null}}'),
+    ("flood-stage watermark", "the flood-stage disk watermark's block index.blocks.read_only_allow_delete (a data "
+     "node's disk is over cluster.routing.allocation.disk.watermark.flood_stage)",
+     "free disk space on the data nodes: Elasticsearch lifts the block itself once usage is below the high "
+     'watermark; or PUT /{index}/_settings {{"index.blocks.read_only_allow_delete": null}}'),
+    ("index read-only / allow delete", "the index block index.blocks.read_only_allow_delete",
+     'PUT /{index}/_settings {{"index.blocks.read_only_allow_delete": null}}'),
+    ("index read-only", "the index block index.blocks.read_only",
+     'PUT /{index}/_settings {{"index.blocks.read_only": false}}'),
+    ("index write", "the index write block index.blocks.write", 'PUT /{index}/_settings {{"index.blocks.write": false}}'),
+    ("index metadata", "the index block index.blocks.metadata",
+     'PUT /{index}/_settings {{"index.blocks.metadata": false}}'),
+)
+
+
+def block_of(error) -> Optional[tuple]:
+    """(what the block is, how to lift it) for an Elasticsearch error that is a cluster/index block, else None.
+
+    `error` is a bulk item's error (a dict) or any exception/text that carries Elasticsearch's answer.
+    """
+    text = json.dumps(error) if isinstance(error, dict) else str(error)
+    if "cluster_block_exception" not in text and "blocked by:" not in text:
+        return None
+    low = text.lower()
+    for needle, what, lift in BLOCKS:
+        if needle in low:
+            return what, lift
+    start = text.find("blocked by:")
+    found = text[start:start + 120].split("]")[0] + "]" if start >= 0 else "a cluster block"
+    return f"a block ({found})", "find it with GET /_cluster/settings and GET /{index}/_settings, and lift it"
+
+
+def blocked_error(url: str, index: str, error, done: str = "") -> "EsBlocked":
+    """The one-line `EsBlocked` for a block found by `block_of(error)`: names the block and how to lift it."""
+    what, lift = block_of(error)
+    return EsBlocked(f"Elasticsearch at {url} refuses writes to {index}: {what} is set{done}. Nothing was "
+                     f"dead-lettered; lift it ({lift.format(index=index)}) and run the same command again "
+                     "(writes are idempotent by face_id)")
+
+
 def _split_hosts(value) -> tuple:
     if isinstance(value, str):
         value = value.split(",")

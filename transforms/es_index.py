@@ -14,6 +14,7 @@ import logging
 import re
 import time
 
+from facebeam.transforms import es_conn
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.spec import EmbeddingSpec, SpecError
 
@@ -238,6 +239,12 @@ def finish_load(client, concrete: str, replicas: int, wait_s: int = 120, tries: 
                 isinstance(status, int) and status < 500)
             if final:
                 what = f"HTTP {status}" if isinstance(status, int) else type(e).__name__
+                if es_conn.block_of(e):  # a block, not the credentials: say which and how to lift it
+                    what, lift = es_conn.block_of(e)
+                    raise RestoreFailed(f"could not restore the settings of index {concrete} after the load: {what} "
+                                        f"is set; lift it ({lift.format(index=concrete)}), then run "
+                                        f"`{restore_call(concrete, replicas)}` and `POST /{concrete}/_refresh` "
+                                        "(or run the same load again)") from None
                 raise RestoreFailed(f"could not restore the settings of index {concrete} after the load ({what}); "
                                     f"it still has refresh off: once the cluster accepts you, run "
                                     f"`{restore_call(concrete, replicas)}` then `POST /{concrete}/_refresh` "

@@ -8,8 +8,11 @@ elasticsearch-py's `streaming_bulk` cuts and sends the chunks. It retries only
   goes to a dead-letter output with Elasticsearch's reason, carrying the original row.
 - No answer at all (refused, reset, timed out) is retried until the cluster answers again:
   such docs were never looked at, so they are never dead-lettered.
-- 401 / 403 stop the job at once with `EsAuthError` (the credentials or permissions changed,
-  e.g. a restarted cluster): nothing is wrong with the documents, so none is dead-lettered.
+- A cluster or index block (a write block, read-only, the flood-stage disk watermark; Elasticsearch's
+  `cluster_block_exception`, answered with a 403 or a 429) stops the job at once with `EsBlocked`,
+  naming the block and how to lift it; nothing is dead-lettered. Any other 401 / 403 stops it with
+  `EsAuthError` (the credentials or permissions changed, e.g. a restarted cluster). Either way nothing
+  is wrong with the documents, so none is dead-lettered.
 - A whole-job deadline for a cluster that stays down (`down_deadline_s`, `--es-down-deadline`):
   each worker process keeps, per cluster, the time of its first failed bulk since its last
   successful one (`ClusterWatch`); once that is `down_deadline_s` ago it raises `EsDownDeadline`
@@ -27,7 +30,7 @@ from apache_beam.metrics import Metrics
 
 from facebeam.transforms import es_index, metrics
 from facebeam.transforms.errors import UserError
-from facebeam.transforms.es_conn import EsAuthError, EsConnection, EsError, EsUnavailable
+from facebeam.transforms.es_conn import EsAuthError, EsConnection, EsError, EsUnavailable, block_of, blocked_error
 from facebeam.transforms.progress import INDEX
 
 log = logging.getLogger(__name__)
@@ -134,8 +137,9 @@ class BulkOutcome:
 def bulk_index(client, rows, cfg: BulkConfig, sleep=time.sleep, on_retry=None, watch=None, url=None) -> BulkOutcome:
     """Index rows with the bulk `index` op (`_id` = face_id, so a replay overwrites).
 
-    Raises `EsAuthError` on a 401/403 and `EsDownDeadline` once `watch` (default: one for this
-    call) has seen the cluster fail every bulk for `cfg.down_deadline_s`; see the module docstring.
+    Raises `EsBlocked` on a cluster/index block, `EsAuthError` on any other 401/403, and `EsDownDeadline`
+    once `watch` (default: one for this call) has seen the cluster fail every bulk for `cfg.down_deadline_s`;
+    see the module docstring.
     """
     from elasticsearch import helpers
     from elasticsearch.exceptions import ConnectionError as EsConnectionError
@@ -162,6 +166,9 @@ def bulk_index(client, rows, cfg: BulkConfig, sleep=time.sleep, on_retry=None, w
                     continue
                 item = next(iter(info.values()))
                 status = item.get("status")
+                if block_of(item.get("error")):  # a 403 or 429 that no retry and no credentials can fix
+                    raise blocked_error(url or _client_url(client), cfg.index, item.get("error"),
+                                        f" (this worker had indexed {out.indexed} docs of its batch)")
                 if status in AUTH_STATUSES:
                     raise _auth_error(url or _client_url(client), status, item.get("error"), out.indexed)
                 was_down = was_down or down(status)

@@ -9,8 +9,17 @@ scales by 1/2, 1/4 or 1/8 while decoding (`Image.draft`), so the full frame is n
 made. Where a face needs more pixels, `DecodedImage.at_level(k)` decodes the same bytes
 again at a larger scale (the level depends only on the bytes and the face, so any
 caller gets the same pixels).
+
+`--max-pixels` (`max_pixels`) is the one pixel limit: it is checked from the header before any
+pixel is decoded, and Pillow's own `MAX_IMAGE_PIXELS` (89,478,485, a warning, then an error at
+twice that) is switched off so it cannot refuse what the limit allows.
+
+Every page of a multi-page TIFF is an image (`decode_pages`): page 1 keeps the file's sha256
+and path; page k > 1 has the sha256 `page_sha256(file_sha256, k)`, so its faces get their own
+ids, and is counted in the Beam counter `images_extra_pages`.
 """
 import dataclasses
+import hashlib
 import io
 import math
 import warnings
@@ -18,14 +27,16 @@ import warnings
 import numpy as np
 
 DEFAULT_MAX_PIXELS = 100_000_000
+EXTRA_PAGES = "images_extra_pages"  # Beam counter: pages after the first of multi-page files
+PAGED_FORMATS = ("TIFF",)  # formats whose frames are pages (a GIF's or WebP's frames are an animation)
 
 
 class ImageError(Exception):
     """An image that cannot be embedded; `reason` is a stable code."""
 
-    def __init__(self, reason: str, message: str, stage: str = "decode"):
+    def __init__(self, reason: str, message: str, stage: str = "decode", sha256: str = None):
         super().__init__(message)
-        self.reason, self.stage = reason, stage
+        self.reason, self.stage, self.sha256 = reason, stage, sha256
 
 
 MAX_DRAFT_LEVEL = 3  # JPEG decodes at 1/2**level, level 0..3
@@ -43,6 +54,8 @@ class DecodedImage:
     data: bytes = dataclasses.field(default=None, repr=False)  # the file, kept to decode other levels
     draft: bool = False  # decoded by decode(draft=True)
     jpeg: bool = False  # other levels can be decoded (JPEG only)
+    page: int = 0  # the page of a multi-page file (0: the first)
+    pages: int = 1  # how many pages the file has
     _levels: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -65,7 +78,7 @@ class DecodedImage:
         if level not in self._levels:
             if self.data is None:
                 raise ValueError(f"{self.path}: no file bytes kept to decode level {level}")
-            self._levels[level] = np.ascontiguousarray(_decode_rgb(self.data, level)[0][:, :, ::-1])
+            self._levels[level] = np.ascontiguousarray(_decode_rgb(self.data, level, self.page)[0][:, :, ::-1])
         return self._levels[level]
 
 
@@ -95,6 +108,7 @@ def draft_level(width: int, height: int, min_side: int) -> int:
 def _open(data: bytes):
     from PIL import Image, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = None  # --max-pixels is the one limit (decode checks it from the header)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -115,11 +129,13 @@ def _oriented_size(im) -> tuple:
     return (h, w) if swapped else (w, h)
 
 
-def _decode_rgb(data: bytes, level: int = 0):
+def _decode_rgb(data: bytes, level: int = 0, page: int = 0):
     """(RGB uint8 array, level actually used): decoded at 1/2**level where the format allows it."""
     from PIL import ImageOps
 
     im = _open(data)
+    if page:
+        im.seek(page)
     if level and im.format == "JPEG":
         w, h = im.size
         im.draft("RGB", (-(-w // 2 ** level), -(-h // 2 ** level)))
@@ -130,15 +146,56 @@ def _decode_rgb(data: bytes, level: int = 0):
     return np.asarray(_to_rgb8(im)), got
 
 
+def page_sha256(sha256: str, page: int) -> str:
+    """The content address of page `page` (1-based) of a file whose bytes hash to `sha256`; page 1 is the file's."""
+    return sha256 if page <= 1 else hashlib.sha256(f"{sha256}#page={page}".encode()).hexdigest()
+
+
+def page_count(im) -> int:
+    return int(getattr(im, "n_frames", 1) or 1) if im.format in PAGED_FORMATS else 1
+
+
+def decode_pages(path: str, data: bytes, sha256: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 detect_max_side: int = 640, draft: bool = False):
+    """Every page of the file: a DecodedImage, or the ImageError of a page that cannot be decoded.
+
+    Page 1 is `decode(...)`; an ImageError there ends it (the file is not an image). Pages 2.. of a
+    multi-page TIFF follow with their own sha256 (`page_sha256`), each counted in `images_extra_pages`.
+    """
+    from facebeam.transforms import metrics
+
+    try:
+        first = decode(path, data, sha256, max_pixels, detect_max_side, draft)
+    except ImageError as e:
+        e.sha256 = sha256
+        yield e
+        return
+    yield first
+    for page in range(1, first.pages):
+        metrics.count(EXTRA_PAGES)
+        sha = page_sha256(sha256, page + 1)
+        try:
+            yield decode(path, data, sha, max_pixels, detect_max_side, draft, page=page)
+        except ImageError as e:
+            yield ImageError(e.reason, f"page {page + 1} of {first.pages}: {e}", e.stage, sha)
+
+
 def decode(path: str, data: bytes, sha256: str, max_pixels: int = DEFAULT_MAX_PIXELS,
-           detect_max_side: int = 640, draft: bool = False) -> DecodedImage:
-    """Bytes -> DecodedImage. With `draft`, a JPEG is decoded at the smallest scale that still
-    gives a detection copy of detect_max_side (see the module doc); otherwise at full size."""
+           detect_max_side: int = 640, draft: bool = False, page: int = 0) -> DecodedImage:
+    """Bytes -> DecodedImage (of page `page`, 0-based, of a multi-page TIFF). With `draft`, a JPEG is
+    decoded at the smallest scale that still gives a detection copy of detect_max_side (see the module
+    doc); otherwise at full size."""
     import cv2
 
     if not data:
         raise ImageError("empty", "file is empty (0 bytes)")
     im = _open(data)
+    pages = page_count(im)
+    if page:
+        try:
+            im.seek(page)
+        except (EOFError, OSError, ValueError) as e:
+            raise ImageError("corrupt", f"cannot read page {page + 1}: {e}") from e
     w, h = im.size
     if w * h > max_pixels:
         raise ImageError("too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
@@ -147,7 +204,7 @@ def decode(path: str, data: bytes, sha256: str, max_pixels: int = DEFAULT_MAX_PI
     size = _oriented_size(im)
     level = draft_level(w, h, detect_max_side) if draft and im.format == "JPEG" else 0
     try:
-        rgb, level = _decode_rgb(data, level)
+        rgb, level = _decode_rgb(data, level, page)
     except (OSError, SyntaxError, ValueError) as e:
         # Pillow raises OSError for truncated data ("image file is truncated").
         raise ImageError("truncated" if "truncat" in str(e).lower() else "corrupt", f"cannot decode: {e}") from e
@@ -161,4 +218,4 @@ def decode(path: str, data: bytes, sha256: str, max_pixels: int = DEFAULT_MAX_PI
     else:
         detect_bgr = bgr
     return DecodedImage(path=path, sha256=sha256, bgr=bgr, detect_bgr=detect_bgr, scale=scale,
-                        level=level, size=size, data=data, draft=draft, jpeg=im.format == "JPEG")
+                        level=level, size=size, data=data, draft=draft, jpeg=im.format == "JPEG", page=page, pages=pages)

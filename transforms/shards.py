@@ -14,20 +14,31 @@ plain `facebeam run`; the job summary's `index_errors` names the folder of its l
 `index-errors/`; a finished plain `run` removes the older flat and `load=` ones (incremental runs'
 own partitions stay with their runs).
 
+Faults of the output's own filesystem (`OutputFault`): a job checks for room before it starts
+(`check_room`: at least `MIN_FREE_BYTES` free), and a full disk, a read-only or unwritable folder, or
+a folder deleted while the job ran is one line naming the folder and what to do (`output_fault`
+recognises them in an exception, also in a worker's traceback text). What the failed run wrote is
+then removed (`discard_partial`: Beam's `beam-temp-*` folders, this run's partitions and its flat
+files), so nothing incomplete is left to count.
+
 Shards are verified before a load writes anything (`verify`: every file's footer and every row
 group decoded); a damaged file is a `ShardError` naming it, and reading on the workers
 (`ReadShardRows`) names the file too.
 """
+import contextlib
+import errno
 import json
 import logging
 import os
 import posixpath
+import re
 import time
 import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from facebeam.transforms import privacy
 from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -68,8 +79,22 @@ def partition(folder: str, kind: str, run_id=None) -> str:
 
 
 def write_json(path: str, obj) -> None:
-    with FileSystems.create(path) as f:
-        f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Whole or not at all on local disk (a full disk leaves no half-written summary or commit)."""
+    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+    if not _local(path):
+        with FileSystems.create(path) as f:
+            f.write(data)
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def read_json(path: str):
@@ -121,6 +146,118 @@ def drop_uncommitted(folder: str) -> list:
     if dirs:
         log.warning("removed %d partition(s) of runs that did not finish: %s", len(dirs), dirs)
     return dirs
+
+
+MIN_FREE_BYTES = 16 * 1024 * 1024  # a job refuses to start with less free on its output's filesystem
+OUTPUT_ERRNOS = {errno.ENOSPC: "full", errno.EDQUOT: "full", errno.EROFS: "read-only", errno.EACCES: "denied",
+                 errno.EPERM: "denied", errno.ENOENT: "gone"}
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] [^:'\n]*(?::\s*'([^'\n]*)')?|\b\w*Error\((\d+), '")  # str() and repr()
+
+
+class OutputFault(UserError):
+    """The output folder's filesystem refused the job: full, read-only, not writable, or the folder went away."""
+
+
+def _existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def free_bytes(folder: str) -> int:
+    st = os.statvfs(_existing(folder))
+    return st.f_bavail * st.f_frsize
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB"
+
+
+def check_room(folder: str, need: int = MIN_FREE_BYTES) -> None:
+    """Refuse before the job when the output's filesystem has less than `need` bytes free (local disk only)."""
+    if not _local(folder):
+        return
+    free = free_bytes(folder)
+    if free < need:
+        raise OutputFault(f"output folder {os.path.abspath(folder)} has only {_mib(free)} free on its filesystem, "
+                          f"less than the {_mib(need)} a job needs to start: free some space or choose another "
+                          "--output")
+
+
+def output_fault(folder: str, exc: BaseException):
+    """The `OutputFault` for an exception caused by the output's filesystem, else None.
+
+    Looks at the exception chain and at the text of a worker's traceback (Beam re-raises worker
+    errors as text). Full disks count wherever the path was; permission, read-only and missing-path
+    errors only when the path lies under `folder` (or `folder` itself is gone).
+    """
+    if not _local(folder):
+        return None
+    top = os.path.abspath(folder)
+    found, seen, cause = [], 0, exc
+    while cause is not None and seen < 10:
+        if isinstance(cause, OSError) and cause.errno in OUTPUT_ERRNOS:
+            found.append((cause.errno, cause.filename))
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    found += [(int(n or m), p or None) for n, p, m in _ERRNO_TEXT.findall(str(exc)) if int(n or m) in OUTPUT_ERRNOS]
+    gone = not os.path.isdir(top) or not os.path.exists(os.path.join(top, LOCK_FILE))
+    for code, path in found:
+        kind = OUTPUT_ERRNOS[code]
+        inside = path is not None and os.path.abspath(str(path)).startswith(top)
+        if kind == "full":
+            return OutputFault(f"no space left on the filesystem of output folder {top} ({_mib(free_bytes(top))} "
+                               f"free now): free some space or choose another --output, then run the same command "
+                               "again; nothing of this run was kept")
+        if kind == "gone" and (inside or gone):
+            return output_gone(top)
+        if kind == "read-only" and (inside or path is None):
+            return OutputFault(f"output folder {top} is on a read-only filesystem: choose another --output "
+                               "(nothing of this run was kept)")
+        if kind == "denied" and inside:
+            return OutputFault(f"cannot write into output folder {top}: permission denied on {path}; make it "
+                               "writable for this user or choose another --output (nothing of this run was kept)")
+    return output_gone(top) if gone and found else None
+
+
+def output_gone(folder: str) -> OutputFault:
+    return OutputFault(f"output folder {folder} was deleted or moved while the job ran: nothing of this run was kept; "
+                       "run the same command again")
+
+
+LOCK_FILE = ".facebeam.lock"
+
+
+def discard_partial(folder: str, since: float) -> list:
+    """Remove what a run that failed on its output wrote: Beam's temp folders, uncommitted partitions and
+    flat shard files written since `since` (epoch seconds). Local disk; returns what went."""
+    if not _local(folder) or not os.path.isdir(folder):
+        return []
+    gone = list(drop_uncommitted(folder))
+    for kind in PARTITIONED:
+        base = os.path.join(folder, kind)
+        if not os.path.isdir(base):
+            continue
+        for name in os.listdir(base):
+            path = os.path.join(base, name)
+            try:
+                if name.startswith("beam-temp-") and os.path.isdir(path):
+                    FileSystems.delete([path])
+                elif name.endswith(".parquet") and os.path.getmtime(path) >= since:
+                    os.remove(path)
+                else:
+                    continue
+            except OSError as e:
+                log.warning("could not remove %s: %s", path, e)
+                continue
+            gone.append(path)
+    for name in os.listdir(folder):
+        if ".tmp-" in name:  # a half-written summary (write_json)
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, name))
+    if gone:
+        log.info("removed %d partial file(s)/folder(s) of the failed run under %s", len(gone), folder)
+    return gone
 
 
 def index_errors(folder: str, run_id=None, load_id=None) -> str:
@@ -265,13 +402,18 @@ class WriteShards(beam.PTransform):
         from facebeam.transforms import manifest, records
 
         folder, spec, run_id = self._folder, self._spec, self._run_id
-        out["faces"] | "WriteFaces" >> WriteToParquet(
+        is_shared = privacy.shared()  # the launcher's rule, carried to the workers (privacy.py)
+        kinds = ["embeddings", "errors"] + (["manifest"] if run_id else [])
+        for kind in kinds:  # 0700 before any worker writes into them (Beam would make them with its umask)
+            privacy.make_dirs(posixpath.dirname(partition(folder, kind, run_id)), is_shared)
+        out["faces"] | "PrivateFaces" >> beam.ParDo(privacy.PrivateWrites(is_shared)) | "WriteFaces" >> WriteToParquet(
             partition(folder, "embeddings", run_id), records.face_schema(spec.dim), codec="zstd",
             file_name_suffix=".parquet")
-        out["errors"] | "WriteErrors" >> WriteToParquet(
+        out["errors"] | "PrivateErrors" >> beam.ParDo(privacy.PrivateWrites(is_shared)) | "WriteErrors" >> WriteToParquet(
             partition(folder, "errors", run_id), records.ERROR_SCHEMA, codec="zstd", file_name_suffix=".parquet")
         if run_id:
-            manifest.manifest_rows(out["faces"], out["errors"], spec.spec_id) | "WriteManifest" >> WriteToParquet(
-                partition(folder, "manifest", run_id), manifest.MANIFEST_SCHEMA, codec="zstd",
-                file_name_suffix=".parquet")
+            (manifest.manifest_rows(out["faces"], out["errors"], spec.spec_id)
+             | "PrivateManifest" >> beam.ParDo(privacy.PrivateWrites(is_shared))
+             | "WriteManifest" >> WriteToParquet(partition(folder, "manifest", run_id), manifest.MANIFEST_SCHEMA,
+                                                 codec="zstd", file_name_suffix=".parquet"))
         return beam.pvalue.PDone(out["faces"].pipeline)

@@ -5,8 +5,18 @@ The rule for files: every file a glob or a list file names is read, and decoding
 extension or no extension at all (decoding decides again); a file with any other extension
 (`.txt`, `.csv`, `.md`, ...) is not read but counted as skipped: the Beam counter
 `facebeam/files_skipped.not_image`, `files_skipped` in the job summary and the end-of-run
-log line, with the first paths in the workers' log. So `files_seen = images_seen + files_skipped`,
-and `images_seen = images_embedded + sum(images_failed)` as before.
+log line, with the first paths in the workers' log.
+
+Symlinks: a folder walk or a glob on local disk does not read a symlink whose target lies outside
+the input's root (the folder, or the glob's folder before its first wildcard): it is counted in
+`files_skipped.symlink_outside` instead, so a link to `/etc/passwd` dropped into a photo folder
+is never read. `--follow-symlinks` (`Inputs.follow_symlinks`) reads them. A path named on its own
+or in a list file is read as named. (Beam's local lister never descends into symlinked folders.)
+
+Pages: every page of a multi-page TIFF is an image of its own (`images.decode_pages`); the pages
+after the first are counted in `images_extra_pages`. So
+`files_seen = images_seen - images_extra_pages + sum(files_skipped)`, and
+`images_seen = images_embedded + sum(images_failed)` as before.
 
 Paths are canonical: a local path is stored absolute and normalised (symlinks are kept as
 typed), whatever folder the job ran from; a URI (`gs://...`) is kept as it is.
@@ -21,14 +31,16 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from facebeam.transforms.errors import UserError
-from facebeam.transforms.images import DEFAULT_MAX_PIXELS
+from facebeam.transforms.images import DEFAULT_MAX_PIXELS, EXTRA_PAGES
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif")
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
-SKIPPED_NOT_IMAGE = "files_skipped.not_image"  # Beam counter: folder-walk files with a non-image extension
+SKIPPED = "files_skipped."  # Beam counters files_skipped.<why>: files listed but not read
+SKIPPED_NOT_IMAGE = SKIPPED + "not_image"  # folder-walk files with a non-image extension
+SKIPPED_SYMLINK = SKIPPED + "symlink_outside"  # symlinks whose target leaves the input root
 
 
 class InputError(UserError, ValueError):
@@ -45,6 +57,7 @@ class Inputs:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     batch_size: int = 4
+    follow_symlinks: bool = False  # read symlinks whose target leaves the input root
 
 
 def _is_dir(p: str) -> bool:
@@ -73,12 +86,32 @@ def _list_lines(path: str):
                 yield line
 
 
-def expand(pattern: str, since: float = None, skipped=None):
+def _root(pattern: str) -> str:
+    """The folder a local folder walk or glob stays in: the folder itself, or the glob's folder before its first wildcard."""
+    fixed = pattern
+    for i, ch in enumerate(pattern):
+        if ch in "*?[":
+            fixed = os.path.dirname(pattern[:i])
+            break
+    return os.path.realpath(fixed or ".")
+
+
+def leaves(path: str, root: str) -> bool:
+    """Whether a local `path` is a symlink (or lies under one) whose target is outside `root` (a realpath)."""
+    real = os.path.realpath(path)
+    return real != root and not real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: bool = False):
     """Yield (canonical path, size_in_bytes or None) for one user input; `since` keeps files modified at or after it.
 
-    A folder walk passes each file it does not read (see the module docstring) to `skipped(path)`.
-    Inputs that name nothing were refused in the launcher (`check_inputs`); here they yield nothing.
+    A folder walk or glob passes each file it does not read (see the module docstring) to
+    `skipped(path, why)`, why = "not_image" or "symlink_outside". Inputs that name nothing were
+    refused in the launcher (`check_inputs`); here they yield nothing.
     """
+    def fresh(m):
+        return since is None or m.last_updated_in_seconds >= since
+
     if pattern.startswith("@") or pattern.lower().endswith(LIST_EXTENSIONS):
         for line in _list_lines(pattern.lstrip("@")):
             if since is None:
@@ -88,19 +121,29 @@ def expand(pattern: str, since: float = None, skipped=None):
             if found and found[0].last_updated_in_seconds >= since:
                 yield canonical(line), found[0].size_in_bytes
         return
-    if _is_dir(pattern):
-        found = []
-        for m in FileSystems.match([FileSystems.join(pattern.rstrip("/"), "**")])[0].metadata_list:
-            if walk_takes(m.path):
-                found.append(m)
-            elif skipped is not None and (since is None or m.last_updated_in_seconds >= since):
-                skipped(canonical(m.path))
+    walk = _is_dir(pattern)
+    if walk:
+        listed = FileSystems.match([FileSystems.join(pattern.rstrip("/"), "**")])[0].metadata_list
     else:
-        found = FileSystems.match([pattern])[0].metadata_list
+        listed = FileSystems.match([pattern])[0].metadata_list
+    # A glob or walk on local disk stays in its root; a path named on its own is read as named.
+    globbed = walk or any(ch in pattern for ch in "*?[")
+    root = _root(pattern) if globbed and "://" not in pattern and not follow_symlinks else None
+    found = []
+    for m in listed:
+        if root is not None and leaves(m.path, root):
+            why = "symlink_outside"
+        elif walk and not walk_takes(m.path):
+            why = "not_image"
+        else:
+            found.append(m)
+            continue
+        if skipped is not None and fresh(m):
+            skipped(canonical(m.path), why)
     if not found:
         log.warning("input %r matched no image files", pattern)
     for m in found:
-        if since is None or m.last_updated_in_seconds >= since:
+        if fresh(m):
             yield canonical(m.path), m.size_in_bytes
 
 
@@ -108,23 +151,35 @@ class ExpandInputs(beam.DoFn):
     """Pattern -> (path, size); listing happens on workers, not in the launcher."""
 
     SHOWN = 5  # skipped paths logged per input
+    WHY = {"not_image": "whose extension is not an image's",
+           "symlink_outside": "that are symlinks out of the input (--follow-symlinks reads them)"}
 
-    def __init__(self, since: float = None):
-        self._since = since
+    def __init__(self, since: float = None, follow_symlinks: bool = False):
+        self._since, self._follow = since, follow_symlinks
 
     def process(self, pattern):
         from facebeam.transforms import metrics
 
-        skipped = []
+        skipped = {}
 
-        def skip(path):
-            metrics.count(SKIPPED_NOT_IMAGE)
-            skipped.append(path)
+        def skip(path, why):
+            metrics.count(SKIPPED + why)
+            skipped.setdefault(why, []).append(path)
 
-        yield from expand(pattern, self._since, skip)
-        if skipped:
-            log.warning("input %r: skipped %d file(s) whose extension is not an image's, e.g. %s",
-                        pattern, len(skipped), ", ".join(skipped[: self.SHOWN]))
+        yield from expand(pattern, self._since, skip, self._follow)
+        for why, paths in skipped.items():
+            log.warning("input %r: skipped %d file(s) %s, e.g. %s",
+                        pattern, len(paths), self.WHY[why], ", ".join(paths[: self.SHOWN]))
+
+
+def input_counts(counters: dict, images_seen: int) -> dict:
+    """The summary's file counts from the job's Beam counters: files_skipped by why, extra pages, files_seen."""
+    skipped = {k[len(SKIPPED):]: v for k, v in sorted(counters.items()) if k.startswith(SKIPPED) and v}
+    extra = counters.get(EXTRA_PAGES, 0)
+    out = {"files_skipped": skipped, "files_seen": images_seen - extra + sum(skipped.values())}
+    if extra:
+        out[EXTRA_PAGES] = extra
+    return out
 
 
 def parse_since(text: str) -> float:
@@ -149,22 +204,23 @@ def read_bytes(path: str, max_bytes: int):
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _folder_has_candidate(folder: str):
+def _folder_has_candidate(folder: str, follow_symlinks: bool = False):
     """(files seen, whether one is read by the walk); stops at the first candidate on local disk."""
     if "://" not in folder:
-        seen = 0
+        seen, top = 0, os.path.realpath(folder)
         for root, _dirs, names in os.walk(folder):
             for name in names:
-                if os.path.isfile(os.path.join(root, name)):
+                path = os.path.join(root, name)
+                if os.path.isfile(path):
                     seen += 1
-                    if walk_takes(name):
+                    if walk_takes(name) and (follow_symlinks or not leaves(path, top)):
                         return seen, True
         return seen, False
     found = FileSystems.match([FileSystems.join(folder.rstrip("/"), "**")])[0].metadata_list
     return len(found), any(walk_takes(m.path) for m in found)
 
 
-def check_inputs(patterns) -> None:
+def check_inputs(patterns, follow_symlinks: bool = False) -> None:
     """Fail before launching a job when an input names nothing (a typo should not run for an hour).
 
     A folder must hold at least one file a walk reads (an image extension or none); a glob must
@@ -178,12 +234,13 @@ def check_inputs(patterns) -> None:
             if next(_list_lines(path), None) is None:
                 raise InputError(f"list file {path!r} names no files")
         elif _is_dir(p):
-            seen, ok = _folder_has_candidate(p)
+            seen, ok = _folder_has_candidate(p, follow_symlinks)
             if not seen:
                 raise InputError(f"input folder {p!r} holds no files")
             if not ok:
                 raise InputError(f"input folder {p!r} holds no image files: its {seen} file(s) all have "
-                                 f"non-image extensions (images: {', '.join(IMAGE_EXTENSIONS)}, or no extension)")
+                                 f"non-image extensions (images: {', '.join(IMAGE_EXTENSIONS)}, or no extension) "
+                                 "or are symlinks out of the folder (--follow-symlinks reads those)")
         elif not FileSystems.match([p])[0].metadata_list:
             raise InputError(f"input {p!r} matched no files")
 

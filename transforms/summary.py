@@ -286,8 +286,7 @@ LINES = {"embed": _embed_line, "run": _run_line, "index": _index_line, "query": 
 
 
 def write(path: str, summary: JobSummary) -> None:
-    """summary.json from the typed summary (any Beam filesystem)."""
-    from apache_beam.io.filesystems import FileSystems
+    """summary.json from the typed summary (any Beam filesystem; whole or not at all on local disk)."""
+    from facebeam.transforms import shards
 
-    with FileSystems.create(path) as f:
-        f.write(summary.to_json().encode() + b"\n")
+    shards.write_json(path, json.loads(summary.to_json()))  # to_json's default=str makes every value JSON

@@ -68,6 +68,7 @@ from facebeam.pipelines.local.es.process import (  # noqa: F401 (kill_node: the 
 )
 from facebeam.pipelines.local.es.realm import credentials
 from facebeam.transforms import home as fb_home
+from facebeam.transforms import privacy
 from facebeam.transforms.es_conn import EsConnection
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def start_cluster(home=None, nodes: int = 1, version: str = DEFAULT_VERSION, hea
         "version": version, "security": security,
         "nodes": [{"name": n.name, "pid": procs[n.name].pid, "http_port": n.http_port} for n in layout],
     }
-    toolkit.write_private(home / "connection.json", (json.dumps(info, indent=2) + "\n").encode())
+    privacy.write_private(home / "connection.json", (json.dumps(info, indent=2) + "\n").encode())
     log.info("Elasticsearch %s: %d node(s) up at %s in %.1f s", version, nodes, urls[0], time.monotonic() - started)
     return conn
 

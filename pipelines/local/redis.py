@@ -23,6 +23,7 @@ from pathlib import Path
 
 from facebeam.pipelines import jobs, options
 from facebeam.pipelines.local import service, toolkit
+from facebeam.transforms import privacy
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.home import facebeam_home
 from facebeam.transforms.redis_store import DEFAULT_PORT, RedisConn
@@ -86,10 +87,11 @@ def up(home: Path, port: int = DEFAULT_PORT, maxmemory: str | None = None, timeo
         if toolkit.port_open("127.0.0.1", port, timeout=1.0):
             raise RedisLocalError(f"port {port} on 127.0.0.1 is taken by another process; pick --port")
         password = saved.get("password") or secrets.token_urlsafe(24)
-        (home / "data").mkdir(parents=True, exist_ok=True)
-        toolkit.write_private(conn_path, json.dumps({"host": "127.0.0.1", "port": port, "password": password}, indent=2) + "\n")
-        toolkit.write_private(home / "redis.conf", config_text(home, port, password, maxmemory))
-        proc = toolkit.spawn_detached([server, str(home / "redis.conf")], home / "console.log")
+        privacy.make_dirs(str(home / "data"))  # AOF/RDB hold face vectors: 0700, files 0600 (privacy.py)
+        privacy.write_private(conn_path, json.dumps({"host": "127.0.0.1", "port": port, "password": password}, indent=2) + "\n")
+        privacy.write_private(home / "redis.conf", config_text(home, port, password, maxmemory))
+        with privacy.private_umask():  # redis-server creates its files with the umask it inherits
+            proc = toolkit.spawn_detached([server, str(home / "redis.conf")], home / "console.log")
         conn = RedisConn(host="127.0.0.1", port=port, conn_file=str(conn_path), timeout_s=2.0)
         def answers() -> bool:
             if proc.poll() is not None:

@@ -231,18 +231,6 @@ def file_lock(path: Path, deadline: float | None = None, timeout: float | None =
         lock.release()
 
 
-def write_private(path: Path, data) -> None:
-    """Write a file readable by its owner only (mode 0600), whole or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 # --- deadlines ------------------------------------------------------------------------------
 class Deadline:
     """`timeout` seconds from now, on the monotonic clock."""

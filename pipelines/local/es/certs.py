@@ -7,7 +7,7 @@ import datetime
 import ipaddress
 from pathlib import Path
 
-from facebeam.pipelines.local import toolkit
+from facebeam.transforms import privacy
 
 
 def make_certs(cert_dir: Path) -> dict:
@@ -57,8 +57,8 @@ def make_certs(cert_dir: Path) -> dict:
         return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                serialization.NoEncryption())
 
-    toolkit.write_private(paths["ca_key"], pem_key(ca_key))
-    toolkit.write_private(paths["node_key"], pem_key(node_key))
+    privacy.write_private(paths["ca_key"], pem_key(ca_key))
+    privacy.write_private(paths["node_key"], pem_key(node_key))
     paths["ca_crt"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["node_crt"].write_bytes(node.public_bytes(serialization.Encoding.PEM))
     return paths

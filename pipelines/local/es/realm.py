@@ -12,8 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from facebeam.pipelines.local import toolkit
 from facebeam.pipelines.local.es.layout import EsLocalError
+from facebeam.transforms import privacy
 
 log = logging.getLogger(__name__)
 USERNAME = "facebeam"
@@ -48,7 +48,7 @@ def credentials(home: Path, es_home: Path, java_home: str) -> tuple:
             log.warning("%s is unreadable: new credentials for the cluster under %s", cred_file, home)
     if creds is None:
         creds = (USERNAME, secrets.token_urlsafe(24))
-        toolkit.write_private(cred_file, (json.dumps({"username": creds[0], "password": creds[1]}, indent=2)
+        privacy.write_private(cred_file, (json.dumps({"username": creds[0], "password": creds[1]}, indent=2)
                                    + "\n").encode())
         shutil.rmtree(auth_dir, ignore_errors=True)  # users of older credentials
     if not all((auth_dir / f).is_file() for f in ("users", "users_roles")):
