@@ -156,7 +156,8 @@ def finish_run(output: str, run_id, summary: dict) -> None:
         shards.commit(output, run_id, summary)  # the run counts from here on
 
 
-def embed_summary(result, elapsed: float, spec, opts) -> dict:
+def embed_summary(result, elapsed: float, spec, opts, turns: str = None) -> dict:
+    from facebeam.transforms.faces import DEFAULT_TURNS, detection_summary
     from facebeam.transforms.sources import SKIPPED_NOT_IMAGE
 
     counters = metrics.read_counters(result)
@@ -169,6 +170,8 @@ def embed_summary(result, elapsed: float, spec, opts) -> dict:
         "files_seen": counts["images_seen"] + skipped,
         "stages_core_s": metrics.stage_totals(counters),  # CPU per stage, all workers together
         "spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim,
+        # detector, onnxruntime providers used, orientations tried (not part of the spec: vectors do not change)
+        "detection": detection_summary(counters, spec, turns or DEFAULT_TURNS),
         "runner": runners.runner_name(opts),
         "elapsed_s": round(elapsed, 3),
         "images_per_s": round(counts["images_seen"] / elapsed, 3) if elapsed else None,

@@ -127,7 +127,9 @@ def offline():
 
 # The weight files a spec's model and detector read, where known exactly; a check needs no loading.
 MODEL_FILES = {"Dlib": ("dlib_face_recognition_resnet_model_v1.dat",)}
-DETECTOR_FILES = {"dlib": ("shape_predictor_5_face_landmarks.dat",)}
+DETECTOR_FILES = {"dlib": ("shape_predictor_5_face_landmarks.dat",),
+                  "mmod": ("shape_predictor_5_face_landmarks.dat", "mmod_human_face_detector.dat"),
+                  "dlib_mmod": ("shape_predictor_5_face_landmarks.dat", "mmod_human_face_detector.dat")}
 
 
 def require(spec) -> list:

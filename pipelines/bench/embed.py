@@ -117,7 +117,7 @@ def descriptor_alone(photos, spec, n_faces: int = 48) -> dict:
         chips += [c for _, c in model.chips(images.decode(path, data, "", draft=True))]
         if len(chips) >= n_faces:
             break
-    engine = model._chip_models()[2]
+    engine = model.descriptor
     out = {"faces": len(chips), "engine": engine.name}
     for key, run in (("core_s_per_face", engine), ("dlib_core_s_per_face", DlibResnet(weights.resolve(DLIB_RESNET_FILE)))):
         run(chips[:2])  # warm
