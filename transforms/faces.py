@@ -102,8 +102,7 @@ def chip_level(face_w: float, max_level: int) -> int:
 
 
 # When the chip path also tries the detection copy turned by 90, 180 and 270 degrees: "off" never,
-# "no-face" when the upright copy gives no face (keeping the first turn that gives one), "always"
-# (keeping the turn that gives the most faces; the upright copy wins ties).
+# "no-face" when the upright copy gives no face, "always" on every photo (FaceModel.find).
 TURNS = ("off", "no-face", "always")
 DEFAULT_TURNS = "no-face"
 
@@ -183,8 +182,8 @@ class FaceModel:
         self.load_seconds = time.perf_counter() - started
 
     def _chip_models(self):
-        """(HOG detector or None, 5-point shape predictor, descriptor, MMOD detector or None) from
-        dlib's files, one set per thread."""
+        """(HOG detector, 5-point shape predictor, descriptor, MMOD detector or None) from dlib's
+        files, one set per thread."""
         models = getattr(self._local, "chip", None)
         if models is None:
             import dlib
@@ -193,7 +192,7 @@ class FaceModel:
 
             resnet = weights.resolve(DLIB_RESNET_FILE, DLIB_URLS[DLIB_RESNET_FILE])
             detector = self.spec.detector
-            models = (dlib.get_frontal_face_detector() if detector in ("dlib", "dlib_mmod") else None,
+            models = (dlib.get_frontal_face_detector(),  # also the judge of turns (find)
                       dlib.shape_predictor(weights.resolve(DLIB_LANDMARKS_FILE, DLIB_URLS[DLIB_LANDMARKS_FILE])),
                       descriptor_engine(resnet),
                       mmod.MmodDetector(weights.resolve(mmod.MMOD_FILE, mmod.MMOD_URL))
@@ -328,13 +327,10 @@ class FaceModel:
     def detect(self, bgr: np.ndarray) -> list:
         """The spec's detector on a BGR detection copy: [(left, top, right, bottom, score)] in its pixels."""
         hog, _, _, cnn = self._chip_models()
-        up = self.spec.upsample
+        up, detector = self.spec.upsample, self.spec.detector
         found = []
-        if hog is not None:
-            import cv2
-
-            rects, scores, _ = hog.run(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), up)
-            found = [(r.left(), r.top(), r.right(), r.bottom(), s) for r, s in zip(rects, scores)]
+        if detector in ("dlib", "dlib_mmod"):
+            found = self._hog(hog, bgr, up)
         if cnn is not None and not found:
             import cv2
 
@@ -344,21 +340,40 @@ class FaceModel:
             found = [(d.left / k, d.top / k, d.right / k, d.bottom / k, d.confidence) for d in cnn(rgb)]
         return found
 
+    @staticmethod
+    def _hog(hog, bgr: np.ndarray, upsample: int) -> list:
+        import cv2
+
+        rects, scores, _ = hog.run(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), upsample)
+        return [(r.left(), r.top(), r.right(), r.bottom(), s) for r, s in zip(rects, scores)]
+
     def find(self, bgr: np.ndarray):
         """(turn, found): the detector on the detection copy, turned `turn` degrees counter-clockwise
-        (np.rot90) when the upright copy gives no face (self.turns; see TURNS)."""
+        (np.rot90) when self.turns says so (TURNS).
+
+        Of several turns with faces, the one HOG scores highest wins: HOG knows only upright faces,
+        while the CNN also finds a face lying on its side, with nearly the same score as upright.
+        """
         found = self.detect(bgr)
-        best = (0, found)
         if self.turns == "off" or (found and self.turns == "no-face"):
-            return best
+            return 0, found
+        tried = [(0, bgr, found)]
         for turn in (90, 180, 270):
-            found = self.detect(np.ascontiguousarray(np.rot90(bgr, turn // 90)))
+            turned = np.ascontiguousarray(np.rot90(bgr, turn // 90))
+            tried.append((turn, turned, self.detect(turned)))
             metrics.count(turn_counter(turn, "tried"))
-            if len(found) > len(best[1]):
-                best = (turn, found)
-                if self.turns == "no-face":
-                    break
-        return best
+        with_faces = [t for t in tried if t[2]]
+        if len(with_faces) <= 1:
+            return (with_faces or tried)[0][0], (with_faces or tried)[0][2]
+
+        def strength(faces):
+            return sum(max(f[4], 0.0) for f in faces)
+
+        hog = self._chip_models()[0]
+        own = self.spec.detector == "dlib"
+        turn, _, found = max(with_faces, key=lambda t: (strength(t[2] if own else self._hog(hog, t[1], 0)),
+                                                        strength(t[2]), -t[0]))
+        return turn, found
 
     def chips(self, img: DecodedImage):
         """(Face without embedding, RGB uint8 150x150 dlib chip) for each face, in detector order."""
