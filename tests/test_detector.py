@@ -134,3 +134,35 @@ def test_hog_finds_a_photo_on_its_side_only_when_turns_are_tried():
     assert _faces(FaceModel(EmbeddingSpec.preset("chip"), turns="off"), data, "on-its-side") == []
     faces = _faces(FaceModel(EmbeddingSpec.preset("chip"), turns="no-face"), data, "on-its-side")
     assert [f.orientation for f in faces] == [90]
+
+
+def test_embed_with_the_cnn_spec_names_detector_providers_and_turns_in_summary_json(tmp_path):
+    import json
+    import shutil
+
+    from facebeam.pipelines import embed
+    from tests.helpers import job, read_rows
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("couple.jpg", "img3.jpg"):
+        shutil.copy(os.path.join(SAMPLE, name), photos / name)
+    turned = cv2.rotate(cv2.imread(os.path.join(SAMPLE, "img1.jpg")), cv2.ROTATE_90_COUNTERCLOCKWISE)
+    cv2.imwrite(str(photos / "img1-on-its-side.jpg"), turned)
+    out = str(tmp_path / "out")
+    summary = job(embed, ["--input", str(photos), "--output", out, "--detector", "mmod", "--turns", "always"])
+    with open(os.path.join(out, "summary.json")) as f:
+        written = json.load(f)
+    for s in (summary, written):
+        d = s["detection"]
+        assert d["detector"] == "mmod" and d["turns"] == "always"
+        assert d["orientations_tried"] == [0, 90, 180, 270]
+        assert d["providers"] == ["CPUExecutionProvider"]  # no accelerator here
+        assert all(d["turned"][str(t) if s is written else t]["tried"] == 3 for t in (90, 180, 270))
+    assert summary["spec"]["detector"] == "mmod" and summary["spec_id"] == EmbeddingSpec.preset("mmod").spec_id
+    rows = read_rows(os.path.join(out, "embeddings"))
+    side = [r for r in rows if r["image_path"].endswith("img1-on-its-side.jpg")]
+    assert [r["orientation"] for r in side] == [270]
+    assert summary["detection"]["turned"][270]["faces"] == 1
+    assert all(r["orientation"] == 0 for r in rows if not r["image_path"].endswith("on-its-side.jpg"))
+    assert len(rows) >= 4 and all(r["spec_id"] == summary["spec_id"] for r in rows)
