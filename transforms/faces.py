@@ -334,6 +334,7 @@ class FaceModel:
         if cnn is not None and not found:
             import cv2
 
+            up = up if detector == "mmod" else 0  # the cascade's CNN runs on the copy as it is
             rgb, k = np.ascontiguousarray(bgr[:, :, ::-1]), 2 ** up
             if up:  # what HOG's upsampling buys: faces down to 80 / 2**up pixels of the detection copy
                 rgb = cv2.resize(rgb, (rgb.shape[1] * k, rgb.shape[0] * k), interpolation=cv2.INTER_LINEAR)

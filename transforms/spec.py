@@ -33,7 +33,8 @@ ALIGN_MODES = ("chip", "deepface")
 #                onnxruntime (transforms/mmod.py): also profiles, tilted and partly hidden faces;
 #   "dlib_mmod": a cascade: HOG first, the CNN only on photos where HOG finds no face.
 CHIP_DETECTORS = ("dlib", "mmod", "dlib_mmod")
-# Times the detection copy is upsampled 2x before detection when the spec does not say (detect_upsample None).
+# Times the detection copy is upsampled 2x before detection when the spec does not say (detect_upsample None);
+# the cascade's CNN always runs on the copy as it is (4x the pixels would cost it 4x).
 DEFAULT_UPSAMPLE = {"dlib": 1, "mmod": 0, "dlib_mmod": 1}
 # Specs stored before a field existed have its legacy value, and that value is left out of the
 # spec_id, so their ids are unchanged: align_mode (deepface before it existed), detect_upsample.
