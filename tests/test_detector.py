@@ -166,3 +166,15 @@ def test_embed_with_the_cnn_spec_names_detector_providers_and_turns_in_summary_j
     assert summary["detection"]["turned"][270]["faces"] == 1
     assert all(r["orientation"] == 0 for r in rows if not r["image_path"].endswith("on-its-side.jpg"))
     assert len(rows) >= 4 and all(r["spec_id"] == summary["spec_id"] for r in rows)
+
+
+def test_execution_providers_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FACEBEAM_ORT_PROVIDERS", "CUDAExecutionProvider")  # not in this CPU build
+    assert mmod.providers() == ["CPUExecutionProvider"]
+    monkeypatch.delenv("FACEBEAM_ORT_PROVIDERS")
+    import onnxruntime as ort
+
+    want = (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in ort.get_available_providers() else [])
+    assert mmod.providers() == want + ["CPUExecutionProvider"]
+    model = FaceModel(EmbeddingSpec.preset("mmod"), turns="off")
+    assert model.providers == sorted(set(want + ["CPUExecutionProvider"]))
