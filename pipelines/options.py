@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import os
 
-from facebeam.transforms import es_conn, es_index
+from facebeam.transforms import es_conn, es_index, faces
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.es_load import LoadConfig
 from facebeam.transforms.es_sink import BulkConfig
@@ -225,7 +225,7 @@ def add_incremental(p) -> None:
 
 # --- the embedding spec ---------------------------------------------------------------------
 SPEC_FIELDS = ("model", "detector", "align", "align_mode", "normalization", "metric", "detect_max_side",
-               "expand_percentage")
+               "expand_percentage", "detect_upsample")
 
 
 def add_spec(p, check_only: bool = False) -> None:
@@ -233,7 +233,11 @@ def add_spec(p, check_only: bool = False) -> None:
     g = p.add_argument_group("embedding spec" + (" (checked against the index's own)" if check_only else ""))
     d = {k: (None if check_only else f.default) for k, f in EmbeddingSpec.__dataclass_fields__.items()}
     g.add_argument("--model", default=d["model"], choices=sorted(MODEL_DIMS), help="face recognition model")
-    g.add_argument("--detector", default=d["detector"], help="face detector backend (dlib, opencv, mtcnn, ...)")
+    g.add_argument("--detector", default=d["detector"],
+                   help="dlib (HOG, default), mmod (dlib's CNN on onnxruntime), dlib_mmod (HOG, then the CNN "
+                        "where HOG finds none), or a deepface detector backend with --align-mode deepface")
+    g.add_argument("--detect-upsample", type=int, default=d["detect_upsample"],
+                   help="2x upsamplings of the detection copy (default: the detector's own, HOG 1, CNN 0)")
     g.add_argument("--no-align", dest="align", action="store_const", const=False,
                    default=None if check_only else True, help="skip eye alignment")
     g.add_argument("--align-mode", default=d["align_mode"], choices=ALIGN_MODES,
@@ -245,6 +249,15 @@ def add_spec(p, check_only: bool = False) -> None:
                    help="detect on a copy scaled to this longest side (default %(default)s)")
     g.add_argument("--expand-percentage", type=int, default=d["expand_percentage"],
                    help="grow each detected box by this percentage before alignment")
+
+
+DEFAULT_TURNS = faces.DEFAULT_TURNS
+
+
+def add_turns(p) -> None:
+    p.add_argument("--turns", default=DEFAULT_TURNS, choices=faces.TURNS,
+                   help="when to also detect on the photo turned by 90, 180 and 270 degrees: off, no-face (when "
+                        "the upright photo gives no face; default) or always (keep the turn with most faces)")
 
 
 def spec_from(a: Args) -> EmbeddingSpec:

@@ -11,9 +11,12 @@ from tests.helpers import SAMPLE
 def test_seed_places_shipped_dlib_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPFACE_HOME", str(tmp_path))
     placed = weights.seed()
-    names = {os.path.basename(p) for p in placed}
-    assert names == {"dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat"}
-    assert all(os.path.getsize(p) > 1_000_000 and p.startswith(str(tmp_path)) for p in placed)
+    sizes = {os.path.basename(p): os.path.getsize(p) for p in placed}
+    assert set(sizes) == {"dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat",
+                          "mmod_human_face_detector.dat"}
+    assert all(p.startswith(str(tmp_path)) for p in placed)
+    assert sizes["mmod_human_face_detector.dat"] > 700_000  # the MMOD CNN is small (730 KB)
+    assert all(n > 1_000_000 for name, n in sizes.items() if name != "mmod_human_face_detector.dat")
 
 
 def test_absent_weights_fail_at_once_naming_file_and_place(tmp_path, monkeypatch, caplog):

@@ -4,7 +4,7 @@ from apache_beam import typehints
 from apache_beam.ml.inference.base import RunInference
 
 from facebeam.transforms import images, metrics, records
-from facebeam.transforms.faces import FaceModelHandler
+from facebeam.transforms.faces import DEFAULT_TURNS, FaceModelHandler
 from facebeam.transforms.progress import EMBED as PROGRESS
 from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
 from facebeam.transforms.spec import EmbeddingSpec
@@ -98,10 +98,11 @@ class EmbedImages(beam.PTransform):
     """(path, size) -> {'faces': face rows, 'errors': error rows}."""
 
     def __init__(self, spec: EmbeddingSpec, max_pixels: int = images.DEFAULT_MAX_PIXELS,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_batch_size: int = 4, labeler=None):
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_batch_size: int = 4, labeler=None,
+                 turns: str = DEFAULT_TURNS):
         super().__init__()
         self._spec, self._max_pixels, self._max_file_bytes = spec, max_pixels, max_file_bytes
-        self._max_batch_size, self._labeler = max_batch_size, labeler
+        self._max_batch_size, self._labeler, self._turns = max_batch_size, labeler, turns
 
     def expand(self, paths):
         spec = self._spec
@@ -112,7 +113,7 @@ class EmbedImages(beam.PTransform):
             "errors", main="images")
 
         inferred, failed = decoded["images"] | "Embed" >> RunInference(
-            FaceModelHandler(spec, self._max_batch_size)).with_exception_handling()
+            FaceModelHandler(spec, self._max_batch_size, self._turns)).with_exception_handling()
 
         rows = inferred | "ToRows" >> beam.ParDo(ToRows(spec, self._labeler)).with_outputs("errors", main="faces")
 
@@ -136,12 +137,14 @@ class EmbedInputs(beam.PTransform):
     """Input patterns -> {'faces', 'errors'}: list on the workers, drop repeats, skip what is done, embed.
 
     `skip` (a PTransform on (path, size) pairs, e.g. manifest.SkipDone) leaves out photos a
-    backfill has already done; `labeler` overrides the one `inputs.label_from` names.
+    backfill has already done; `labeler` overrides the one `inputs.label_from` names; `turns`
+    (faces.TURNS) says when turned copies of a photo are tried.
     """
 
-    def __init__(self, inputs, spec: EmbeddingSpec, skip=None, labeler=None):
+    def __init__(self, inputs, spec: EmbeddingSpec, skip=None, labeler=None, turns: str = DEFAULT_TURNS):
         super().__init__()
         self._inputs, self._spec, self._skip, self._labeler = inputs, spec, skip, labeler
+        self._turns = turns
 
     def expand(self, p):
         from facebeam.transforms import labels, sources
@@ -156,5 +159,5 @@ class EmbedInputs(beam.PTransform):
             paths = paths | "SkipDone" >> self._skip
         return paths | "EmbedImages" >> EmbedImages(
             self._spec, max_pixels=inputs.max_pixels, max_file_bytes=inputs.max_file_bytes,
-            max_batch_size=inputs.batch_size,
+            max_batch_size=inputs.batch_size, turns=self._turns,
             labeler=self._labeler or labels.labeler_from(inputs.label_from, inputs.patterns))

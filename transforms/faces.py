@@ -41,7 +41,6 @@ CHIP_SIZE, CHIP_PADDING = 150, 0.25  # dlib's face chip for its ResNet (dlib.get
 # A face is cut from the smallest JPEG draft level where its detector box is still this wide
 # (the chip's face region is 150 / 1.5 = 100 px: the chip is then never upsampled).
 CHIP_MIN_FACE_PX = 150
-DETECT_UPSAMPLE = 1  # what deepface's dlib detector uses: finds faces down to ~40 px in the detection copy
 
 
 class DlibResnet:
@@ -68,11 +67,12 @@ class OnnxResnet:
     def __init__(self, path: str):
         import onnxruntime as ort
 
-        from facebeam.transforms import weights
+        from facebeam.transforms import mmod, weights
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1  # a Beam worker per core already
-        self._session = ort.InferenceSession(weights.dlib_resnet_onnx(path), opts, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(weights.dlib_resnet_onnx(path), opts, providers=mmod.providers())
+        self.providers = self._session.get_providers()
         self._mean = np.asarray(weights.DLIB_RESNET_MEAN_RGB, np.float32)
 
     def __call__(self, chips) -> np.ndarray:
@@ -101,6 +101,44 @@ def chip_level(face_w: float, max_level: int) -> int:
     return level
 
 
+# When the chip path also tries the detection copy turned by 90, 180 and 270 degrees: "off" never,
+# "no-face" when the upright copy gives no face, "always" on every photo (FaceModel.find).
+TURNS = ("off", "no-face", "always")
+DEFAULT_TURNS = "no-face"
+
+
+def turn_counter(turn: int, what: str) -> str:
+    """Beam counter names: turned.<degrees>.tried (detections run turned), .faces (faces found so)."""
+    return f"turned.{turn}.{what}"
+
+
+def provider_counter(name: str) -> str:
+    """Beam counter name: models loaded on this onnxruntime execution provider."""
+    return f"providers.{name}"
+
+
+def detection_summary(counters: dict, spec: EmbeddingSpec, turns: str) -> dict:
+    """What the summary says about detection: detector, execution providers used, turns tried and found."""
+    providers = sorted(k.split(".", 1)[1] for k, v in counters.items() if k.startswith("providers.") and v)
+    turned = {t: {"tried": counters.get(turn_counter(t, "tried"), 0), "faces": counters.get(turn_counter(t, "faces"), 0)}
+              for t in (90, 180, 270)}
+    return {"detector": spec.detector, "detect_upsample": spec.upsample, "providers": providers,
+            "turns": turns, "orientations_tried": [0] + ([90, 180, 270] if turns != "off" else []),
+            "turned": turned}
+
+
+def to_upright(x: float, y: float, quarters: int, width: int, height: int) -> tuple:
+    """A point in a photo turned `quarters` x 90 degrees counter-clockwise (np.rot90) -> the same
+    point in the photo as stored, `width` x `height` pixels."""
+    if quarters == 1:
+        return width - 1 - y, x
+    if quarters == 2:
+        return width - 1 - x, height - 1 - y
+    if quarters == 3:
+        return y, height - 1 - x
+    return x, y
+
+
 @dataclasses.dataclass
 class Face:
     box: tuple  # x, y, w, h in original-image pixels
@@ -108,6 +146,7 @@ class Face:
     right_eye: Optional[tuple]
     confidence: float
     embedding: np.ndarray  # float32[dim]
+    orientation: int = 0  # degrees the photo was turned counter-clockwise for the detector to find this face
 
 
 @dataclasses.dataclass
@@ -128,8 +167,10 @@ class FaceModel:
     built directly, not through deepface's global model cache, which has no lock.
     """
 
-    def __init__(self, spec: EmbeddingSpec):
-        self.spec = spec
+    def __init__(self, spec: EmbeddingSpec, turns: str = "no-face"):
+        if turns not in TURNS:
+            raise SpecError(f"unknown turns {turns!r}; choose one of {TURNS}")
+        self.spec, self.turns = spec, turns
         self._local = threading.local()
         started = time.perf_counter()
         if spec.align_mode == "chip":
@@ -141,19 +182,29 @@ class FaceModel:
         self.load_seconds = time.perf_counter() - started
 
     def _chip_models(self):
-        """(HOG detector, 5-point shape predictor, descriptor) from dlib's files, one set per thread."""
+        """(HOG detector, 5-point shape predictor, descriptor, MMOD detector or None) from dlib's
+        files, one set per thread."""
         models = getattr(self._local, "chip", None)
         if models is None:
             import dlib
 
-            from facebeam.transforms import weights
+            from facebeam.transforms import mmod, weights
 
             resnet = weights.resolve(DLIB_RESNET_FILE, DLIB_URLS[DLIB_RESNET_FILE])
-            models = (dlib.get_frontal_face_detector(),
+            detector = self.spec.detector
+            models = (dlib.get_frontal_face_detector(),  # also the judge of turns (find)
                       dlib.shape_predictor(weights.resolve(DLIB_LANDMARKS_FILE, DLIB_URLS[DLIB_LANDMARKS_FILE])),
-                      descriptor_engine(resnet))
+                      descriptor_engine(resnet),
+                      mmod.MmodDetector(weights.resolve(mmod.MMOD_FILE, mmod.MMOD_URL))
+                      if detector in ("mmod", "dlib_mmod") else None)
             self._local.chip = models
         return models
+
+    @property
+    def providers(self) -> list:
+        """The onnxruntime execution providers this thread's sessions use (empty when none run)."""
+        _, _, descriptor, cnn = self._chip_models()
+        return sorted({*getattr(descriptor, "providers", ()), *(cnn.providers if cnn else ())})
 
     def _pair(self):
         pair = getattr(self._local, "pair", None)
@@ -273,14 +324,65 @@ class FaceModel:
         out = self.recognizer.forward(np.concatenate(crops, axis=0))
         return np.asarray(out, dtype=np.float32).reshape(len(crops), self.spec.dim)
 
+    def detect(self, bgr: np.ndarray) -> list:
+        """The spec's detector on a BGR detection copy: [(left, top, right, bottom, score)] in its pixels."""
+        hog, _, _, cnn = self._chip_models()
+        up, detector = self.spec.upsample, self.spec.detector
+        found = []
+        if detector in ("dlib", "dlib_mmod"):
+            found = self._hog(hog, bgr, up)
+        if cnn is not None and not found:
+            import cv2
+
+            up = up if detector == "mmod" else 0  # the cascade's CNN runs on the copy as it is
+            rgb, k = np.ascontiguousarray(bgr[:, :, ::-1]), 2 ** up
+            if up:  # what HOG's upsampling buys: faces down to 80 / 2**up pixels of the detection copy
+                rgb = cv2.resize(rgb, (rgb.shape[1] * k, rgb.shape[0] * k), interpolation=cv2.INTER_LINEAR)
+            found = [(d.left / k, d.top / k, d.right / k, d.bottom / k, d.confidence) for d in cnn(rgb)]
+        return found
+
+    @staticmethod
+    def _hog(hog, bgr: np.ndarray, upsample: int) -> list:
+        import cv2
+
+        rects, scores, _ = hog.run(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), upsample)
+        return [(r.left(), r.top(), r.right(), r.bottom(), s) for r, s in zip(rects, scores)]
+
+    def find(self, bgr: np.ndarray):
+        """(turn, found): the detector on the detection copy, turned `turn` degrees counter-clockwise
+        (np.rot90) when self.turns says so (TURNS).
+
+        Of several turns with faces, the one HOG scores highest wins: HOG knows only upright faces,
+        while the CNN also finds a face lying on its side, with nearly the same score as upright.
+        """
+        found = self.detect(bgr)
+        if self.turns == "off" or (found and self.turns == "no-face"):
+            return 0, found
+        tried = [(0, bgr, found)]
+        for turn in (90, 180, 270):
+            turned = np.ascontiguousarray(np.rot90(bgr, turn // 90))
+            tried.append((turn, turned, self.detect(turned)))
+            metrics.count(turn_counter(turn, "tried"))
+        with_faces = [t for t in tried if t[2]]
+        if len(with_faces) <= 1:
+            return (with_faces or tried)[0][0], (with_faces or tried)[0][2]
+
+        def strength(faces):
+            return sum(max(f[4], 0.0) for f in faces)
+
+        hog = self._chip_models()[0]
+        own = self.spec.detector == "dlib"
+        turn, _, found = max(with_faces, key=lambda t: (strength(t[2] if own else self._hog(hog, t[1], 0)),
+                                                        strength(t[2]), -t[0]))
+        return turn, found
+
     def chips(self, img: DecodedImage):
         """(Face without embedding, RGB uint8 150x150 dlib chip) for each face, in detector order."""
-        import cv2
         import dlib
 
         from facebeam.transforms import images
 
-        detector, predictor, _ = self._chip_models()
+        _, predictor, _, _ = self._chip_models()
         if not img.draft and img.data is not None:
             # Decoded by someone else (e.g. the search command): decode as this path does, so the
             # same bytes give the same faces and vectors whoever decoded them.
@@ -288,21 +390,32 @@ class FaceModel:
                 img = images.decode(img.path, img.data, img.sha256, max_pixels=2 ** 62,
                                     detect_max_side=self.spec.detect_max_side, draft=True)
         with metrics.stage_timer(metrics.STAGE_DETECT):
-            gray = cv2.cvtColor(img.detect_bgr, cv2.COLOR_BGR2GRAY)
-            rects, scores, _ = detector.run(gray, DETECT_UPSAMPLE)
+            turn, found = self.find(img.detect_bgr)
+        quarters = turn // 90
+        # The turned photo's size in original pixels; boxes and landmarks go back to the photo's own frame.
+        tw, th = (img.height, img.width) if quarters % 2 else (img.width, img.height)
+
+        def unturn(x, y):
+            return to_upright(x, y, quarters, img.width, img.height)
+
         out = []
         inv = 1.0 / img.scale
-        for r, score in zip(rects, scores):
-            left, top, right, bottom = r.left() * inv, r.top() * inv, r.right() * inv, r.bottom() * inv
+        for left, top, right, bottom, score in found:
+            left, top, right, bottom = left * inv, top * inv, right * inv, bottom * inv
             level = chip_level(right - left, img.level)
             with metrics.stage_timer(metrics.STAGE_DECODE):
                 src = img.at_level(level)  # BGR; dlib's landmarks and chips are channel-order blind
+                if quarters:
+                    src = np.ascontiguousarray(np.rot90(src, quarters))
             with metrics.stage_timer(metrics.STAGE_ALIGN):
-                sx, sy = src.shape[1] / img.width, src.shape[0] / img.height
+                sx, sy = src.shape[1] / tw, src.shape[0] / th
                 shape = predictor(src, dlib.rectangle(int(round(left * sx)), int(round(top * sy)),
                                                       int(round(right * sx)), int(round(bottom * sy))))
                 chip = np.ascontiguousarray(dlib.get_face_chip(src, shape, CHIP_SIZE, CHIP_PADDING)[:, :, ::-1])
-                pts = [(shape.part(i).x / sx, shape.part(i).y / sy) for i in range(4)]
+                pts = [unturn(shape.part(i).x / sx, shape.part(i).y / sy) for i in range(4)]
+            if quarters:
+                (x0, y0), (x1, y1) = unturn(left, top), unturn(right, bottom)
+                left, top, right, bottom = min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
             # Box and eyes in original pixels, reported the way the deepface path reports them.
             x, y = max(0, int(round(left))), max(0, int(round(top)))
             w = min(int(round(right)), img.width) - x
@@ -316,8 +429,10 @@ class FaceModel:
                 return (ex, ey) if 0 <= ex < img.width and 0 <= ey < img.height else None
 
             face = Face(box=(x, y, w, h), left_eye=eye(pts[0], pts[1]), right_eye=eye(pts[2], pts[3]),
-                        confidence=float(min(max(0.0, score), 1.0)), embedding=None)
+                        confidence=float(min(max(0.0, score), 1.0)), embedding=None, orientation=turn)
             out.append((face, chip))
+        if turn and out:
+            metrics.count(turn_counter(turn, "faces"), len(out))
         return out
 
     def describe(self, chips: Sequence[np.ndarray]) -> np.ndarray:
@@ -325,7 +440,12 @@ class FaceModel:
         if not chips:
             return np.zeros((0, self.spec.dim), np.float32)
         with metrics.stage_timer(metrics.STAGE_DESCRIPTOR):
-            return self._chip_models()[2](chips)
+            return self.descriptor(chips)
+
+    @property
+    def descriptor(self):
+        """The Dlib ResNet runner of this thread (DlibResnet or OnnxResnet)."""
+        return self._chip_models()[2]
 
     def embed(self, images: Sequence[DecodedImage]) -> list:
         """One recognizer call for all faces of all images in the batch."""
@@ -357,16 +477,20 @@ class FaceModel:
 class FaceModelHandler(ModelHandler[DecodedImage, ImageFaces, FaceModel]):
     """Beam ModelHandler: small picklable settings here, the model in load_model()."""
 
-    def __init__(self, spec: EmbeddingSpec, max_batch_size: int = 4):
+    def __init__(self, spec: EmbeddingSpec, max_batch_size: int = 4, turns: str = DEFAULT_TURNS):
         super().__init__()
         self._spec = spec
         self._max_batch_size = max_batch_size
+        self._turns = turns
 
     def load_model(self) -> FaceModel:
-        return FaceModel(self._spec)
+        return FaceModel(self._spec, self._turns)
 
     def run_inference(self, batch: Sequence[DecodedImage], model: FaceModel,
                       inference_args: Optional[dict] = None) -> Iterable[ImageFaces]:
+        if model.spec.align_mode == "chip":
+            for name in model.providers:  # batches run per execution provider, for the summary
+                metrics.count(provider_counter(name))
         return model.embed(batch)
 
     def get_num_bytes(self, batch: Sequence[DecodedImage]) -> int:

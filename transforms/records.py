@@ -38,6 +38,8 @@ def face_schema(dim: int) -> pa.Schema:
         ("deepface_version", pa.string()),
         ("facebeam_version", pa.string()),
         ("embedding", pa.list_(pa.float32(), dim)),
+        # Degrees the photo was turned counter-clockwise for the detector to find this face (0: as stored).
+        ("orientation", pa.int32()),
     ], metadata={"facebeam.dim": str(dim)})
 
 
@@ -74,7 +76,7 @@ def face_rows(result, spec: EmbeddingSpec, label=None) -> list:
             "box_x": face.box[0], "box_y": face.box[1], "box_w": face.box[2], "box_h": face.box[3],
             "left_eye_x": le[0], "left_eye_y": le[1], "right_eye_x": re[0], "right_eye_y": re[1],
             "confidence": face.confidence, "label": label,
-            "embedding": face.embedding.tolist(),
+            "embedding": face.embedding.tolist(), "orientation": face.orientation,
             **stamp,
         })
     return rows

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 from importlib import metadata
+from typing import Optional
 
 from facebeam.transforms.errors import UserError
 
@@ -26,8 +27,18 @@ NORMALIZATIONS = ("base", "raw", "Facenet", "Facenet2018", "VGGFace", "VGGFace2"
 #   "deepface": deepface's own steps (rotate about the eyes, crop the box, pad-resize to 150x150):
 #               equals DeepFace.represent for photos that need no downscaling (tests/test_golden.py).
 ALIGN_MODES = ("chip", "deepface")
-# Specs stored before align_mode existed are deepface specs; their spec_id is unchanged.
-LEGACY_DEFAULTS = {"align_mode": "deepface"}
+# Detectors of the chip path (faces.FaceModel.chips):
+#   "dlib":      dlib's HOG detector (upright frontal faces), one 2x upsampling of the detection copy;
+#   "mmod":      dlib's CNN (MMOD) detector from the same package's mmod_human_face_detector.dat, run by
+#                onnxruntime (transforms/mmod.py): also profiles, tilted and partly hidden faces;
+#   "dlib_mmod": a cascade: HOG first, the CNN only on photos where HOG finds no face.
+CHIP_DETECTORS = ("dlib", "mmod", "dlib_mmod")
+# Times the detection copy is upsampled 2x before detection when the spec does not say (detect_upsample None);
+# the cascade's CNN always runs on the copy as it is (4x the pixels would cost it 4x).
+DEFAULT_UPSAMPLE = {"dlib": 1, "mmod": 0, "dlib_mmod": 1}
+# Specs stored before a field existed have its legacy value, and that value is left out of the
+# spec_id, so their ids are unchanged: align_mode (deepface before it existed), detect_upsample.
+LEGACY_DEFAULTS = {"align_mode": "deepface", "detect_upsample": None}
 
 
 class SpecError(UserError, ValueError):
@@ -55,6 +66,8 @@ class EmbeddingSpec:
     pad_downscaled: bool = False
     expand_percentage: int = 0
     align_mode: str = "chip"
+    # 2x upsamplings of the detection copy before the chip path's detector; None: DEFAULT_UPSAMPLE.
+    detect_upsample: Optional[int] = None
     deepface_version: str = dataclasses.field(default_factory=lambda: _version("deepface"))
 
     def __post_init__(self):
@@ -70,17 +83,30 @@ class EmbeddingSpec:
             raise SpecError("detect_max_side must be at least 64 pixels")
         if self.align_mode not in ALIGN_MODES:
             raise SpecError(f"unknown align_mode {self.align_mode!r}; choose one of {ALIGN_MODES}")
+        if self.detector in CHIP_DETECTORS[1:] and not self.chip_applies:
+            raise SpecError(f"detector {self.detector!r} runs on the chip path only (model Dlib, aligned, "
+                            "expand_percentage 0)")
+        if self.detector in CHIP_DETECTORS[1:] and self.align_mode != "chip":
+            raise SpecError(f"detector {self.detector!r} needs align_mode 'chip'")
+        if self.detect_upsample is not None and not 0 <= self.detect_upsample <= 2:
+            raise SpecError("detect_upsample must be 0, 1 or 2")
         if self.align_mode == "chip" and not self.chip_applies:
             # The chip path is dlib's detector + landmarks + ResNet; everything else goes through deepface.
             object.__setattr__(self, "align_mode", "deepface")
 
     @property
     def chip_applies(self) -> bool:
-        return self.model == "Dlib" and self.detector == "dlib" and self.align and self.expand_percentage == 0
+        return (self.model == "Dlib" and self.detector in CHIP_DETECTORS and self.align
+                and self.expand_percentage == 0)
+
+    @property
+    def upsample(self) -> int:
+        """2x upsamplings of the detection copy before the chip path's detector."""
+        return DEFAULT_UPSAMPLE.get(self.detector, 1) if self.detect_upsample is None else self.detect_upsample
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "EmbeddingSpec":
-        """A named spec: "chip" (the default) or "deepface" (reproduces DeepFace.represent)."""
+        """A named spec (SPEC_PRESETS): "chip" (the default), "deepface", "mmod", "cascade"."""
         if name not in SPEC_PRESETS:
             raise SpecError(f"unknown spec preset {name!r}; choose one of {sorted(SPEC_PRESETS)}")
         return cls(**{**SPEC_PRESETS[name], **overrides})
@@ -159,4 +185,7 @@ class EmbeddingSpec:
 # (better pair accuracy on the sample) and cost a fraction of deepface's steps. "deepface" is
 # the spec that reproduces DeepFace.represent (1e-6) and the one every index built before
 # align_mode existed uses (same spec_id as then).
-SPEC_PRESETS = {"chip": {"align_mode": "chip"}, "deepface": {"align_mode": "deepface"}}
+# "mmod" is the chip spec with dlib's CNN detector; "cascade" runs the CNN where HOG finds nothing.
+SPEC_PRESETS = {"chip": {"align_mode": "chip"}, "deepface": {"align_mode": "deepface"},
+                "mmod": {"align_mode": "chip", "detector": "mmod"},
+                "cascade": {"align_mode": "chip", "detector": "dlib_mmod"}}

@@ -6,6 +6,7 @@ returns the local file, copies it from a package that ships it, or raises
 `WeightsMissing` naming the file and where to put it.
 """
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 SHIPPED = {
     "dlib_face_recognition_resnet_model_v1.dat": ("face_recognition_models", "models/dlib_face_recognition_resnet_model_v1.dat"),
     "shape_predictor_5_face_landmarks.dat": ("face_recognition_models", "models/shape_predictor_5_face_landmarks.dat"),
+    "mmod_human_face_detector.dat": ("face_recognition_models", "models/mmod_human_face_detector.dat"),
 }
 _lock = threading.Lock()
 
@@ -125,7 +127,9 @@ def offline():
 
 # The weight files a spec's model and detector read, where known exactly; a check needs no loading.
 MODEL_FILES = {"Dlib": ("dlib_face_recognition_resnet_model_v1.dat",)}
-DETECTOR_FILES = {"dlib": ("shape_predictor_5_face_landmarks.dat",)}
+DETECTOR_FILES = {"dlib": ("shape_predictor_5_face_landmarks.dat",),
+                  "mmod": ("shape_predictor_5_face_landmarks.dat", "mmod_human_face_detector.dat"),
+                  "dlib_mmod": ("shape_predictor_5_face_landmarks.dat", "mmod_human_face_detector.dat")}
 
 
 def require(spec) -> list:
@@ -310,3 +314,151 @@ def dlib_resnet_onnx(path: str) -> bytes:
              + _pb(11, _onnx_value("input", ["N", 3, 150, 150])) + _pb(12, _onnx_value("descriptor", ["N", 128])))
     # ModelProto: ir_version 1, producer_name 2, graph 7, opset_import 8 (domain "", version 17)
     return _pb(1, 8) + _pb(2, "facebeam") + _pb(7, graph) + _pb(8, _pb(1, "") + _pb(2, 17))
+
+
+# --- dlib's MMOD CNN face detector as an ONNX model -------------------------------------------
+# The network is dlib's dnn_mmod_face_detection_ex.cpp `net_type`: three 5x5/2 convs (16, 32, 32
+# filters), three 5x5/1 convs (45), each followed by batch norm (stored as bn_con2, frozen to an
+# affine here, as dlib does on load) and relu, then a 9x9/1 conv to one score map. Its input is
+# dlib's tiled image pyramid (facebeam.transforms.mmod builds it); its loss layer stores the
+# detector window and the non-max suppression thresholds, which are read here too.
+@dataclasses.dataclass(frozen=True)
+class MmodOptions:
+    window: tuple  # (width, height) of the detector window in pyramid pixels
+    nms_iou: float  # loss_mmod's overlaps_nms: IoU (against the bounding box of both) above which ...
+    nms_covered: float  # ... or share of either box covered above which a lower-scoring box is dropped
+    mean_rgb: tuple  # input_rgb_image_pyramid: (pixel - mean) / 256
+    pyramid_padding: int
+    pyramid_outer_padding: int
+    stride: int  # an output cell (c, r) maps to input-tensor point (stride*c + offset, stride*r + offset)
+    offset: int
+
+
+class _DlibStream:
+    """A reader of dlib's serialization: ints as a byte count then little-endian bytes (0x80 = negative),
+    strings as an int length then bytes, floats as mantissa and exponent ints, tensors as version 2,
+    four int dims, then little-endian float32."""
+
+    def __init__(self, buf: bytes, pos: int = 0):
+        self.buf, self.pos = buf, pos
+
+    def int(self) -> int:
+        control = self.buf[self.pos]
+        n = control & 0x0F
+        value = int.from_bytes(self.buf[self.pos + 1:self.pos + 1 + n], "little")
+        self.pos += 1 + n
+        return -value if control & 0x80 else value
+
+    def str(self) -> str:
+        n = self.int()
+        self.pos += n
+        return self.buf[self.pos - n:self.pos].decode("latin-1")
+
+    def float(self) -> float:
+        import math
+
+        mantissa, exponent = self.int(), self.int()
+        if exponent >= 32000:  # dlib's float_details: 32000 inf, 32001 -inf, 32002 nan
+            return {32000: math.inf, 32001: -math.inf}.get(exponent, math.nan)
+        return math.ldexp(mantissa, exponent)
+
+    def tensor(self):
+        import numpy as np
+
+        if self.int() != 2:
+            raise ValueError("not a dlib tensor (version 2)")
+        dims = [self.int() for _ in range(4)]
+        n = int(np.prod(dims))
+        out = np.frombuffer(self.buf, "<f4", n, self.pos).astype(np.float64)
+        self.pos += 4 * n
+        return out.reshape(dims)
+
+    def alias(self) -> tuple:
+        if self.int() != 1:
+            raise ValueError("not a dlib alias_tensor (version 1)")
+        return tuple(self.int() for _ in range(4))
+
+
+def dlib_mmod_params(path: str):
+    """(MmodOptions, [(W (out, in, k, k), b (out,), stride, pad, relu)]) from dlib's MMOD .dat,
+    each batch norm folded into the conv before it."""
+    import re
+
+    import numpy as np
+
+    with open(path, "rb") as f:
+        buf = f.read()
+    s = _DlibStream(buf)
+    if s.int() != 1 or s.str() != "loss_mmod_":
+        raise ValueError(f"{path}: not a dlib MMOD detector (no loss_mmod_ at the start)")
+    version = s.int()
+    if version == 1:
+        windows = [(s.int(), s.int())]
+    else:  # detector_window_details: version, width, height, label
+        windows = []
+        for _ in range(s.int()):
+            s.int()
+            windows.append((s.int(), s.int()))
+            s.str()
+    if len(windows) != 1:
+        raise ValueError(f"{path}: {len(windows)} detector windows; the face detector has one")
+    s.float(), s.float(), s.float()  # loss per false alarm, per missed target, truth-match IoU
+    nms_iou, nms_covered = s.float(), s.float()
+    s.pos = buf.index(b"input_rgb_image_pyramid", s.pos) - 2
+    kind = s.str()
+    mean = (s.float(), s.float(), s.float())
+    padding, outer = (s.int(), s.int()) if kind == "input_rgb_image_pyramid2" else (10, 11)
+
+    convs, base = [], s.pos
+    for m in re.finditer(rb"\x01\x05con_4|\x01\x07bn_con2", buf[base:]):
+        s.pos = base + m.start()
+        name = s.str()
+        if name == "con_4":
+            params = s.tensor().ravel()
+            n, kh, kw, sy, sx, py, px = (s.int() for _ in range(7))
+            w = params[:-n].reshape(n, -1, kh, kw)
+            convs.append([w, params[-n:], (sy, sx), (py, px), False])
+        else:  # bn_con2: params, gamma, beta, means, invstds, running means, running variances, ...
+            params = s.tensor().ravel()
+            s.alias(), s.alias()
+            s.tensor(), s.tensor()
+            means, variances = s.tensor().ravel(), s.tensor().ravel()
+            s.int(), s.int()  # updates, running stats window
+            s.float(), s.float(), s.float(), s.float()  # learning-rate and weight-decay multipliers
+            eps = s.float()
+            k = len(means)
+            gamma = params[:k] / np.sqrt(variances + eps)
+            beta = params[k:] - gamma * means
+            w, b = convs[-1][0], convs[-1][1]
+            convs[-1][0], convs[-1][1] = w * gamma[:, None, None, None], b * gamma + beta
+            convs[-1][4] = True  # every affine here is followed by a relu (rcon5, downsampler)
+    stride, offset = 1, 0
+    for w, _, (sy, _sx), (py, _px), _ in reversed(convs):  # dlib's con_::map_output_to_input, top down
+        offset = offset * sy - py + w.shape[2] // 2
+        stride *= sy
+    options = MmodOptions(window=windows[0], nms_iou=nms_iou, nms_covered=nms_covered, mean_rgb=mean,
+                          pyramid_padding=padding, pyramid_outer_padding=outer, stride=stride, offset=offset)
+    return options, [tuple(c) for c in convs]
+
+
+def dlib_mmod_onnx(path: str):
+    """(ONNX model bytes, MmodOptions) for dlib's MMOD face detector: input (N, 3, H, W) float32, the
+    tiled pyramid already normalized; output (N, 1, H', W'), the detection score at each cell."""
+    import numpy as np
+
+    options, convs = dlib_mmod_params(path)
+    nodes, inits = [], []
+    x = "input"
+    for i, (w, b, stride, pad, relu) in enumerate(convs):
+        inits += [_onnx_tensor(f"W{i}", w.astype(np.float32)), _onnx_tensor(f"B{i}", b.astype(np.float32))]
+        y = f"conv{i}" if relu or i < len(convs) - 1 else "scores"
+        nodes.append(_onnx_node("Conv", [x, f"W{i}", f"B{i}"], [y], kernel_shape=list(w.shape[2:]),
+                                strides=list(stride), pads=[pad[0], pad[1], pad[0], pad[1]]))
+        x = y
+        if relu:
+            x = f"relu{i}"
+            nodes.append(_onnx_node("Relu", [y], [x]))
+    graph = (b"".join(_pb(1, n) for n in nodes) + _pb(2, "mmod_human_face_detector")
+             + b"".join(_pb(5, t) for t in inits)
+             + _pb(11, _onnx_value("input", ["N", 3, "H", "W"])) + _pb(12, _onnx_value("scores", ["N", 1, "h", "w"])))
+    return _pb(1, 8) + _pb(2, "facebeam") + _pb(7, graph) + _pb(8, _pb(1, "") + _pb(2, 17)), options

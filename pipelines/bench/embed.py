@@ -1,6 +1,7 @@
 """facebeam bench embed: the pipeline vs a naive DeepFace.represent loop, same photos, one run.
 
-    facebeam bench embed [--input DIR] [--photos N] [--spec-preset chip|deepface] [--json FILE]
+    facebeam bench embed [--input DIR] [--photos N] [--spec-preset chip|deepface|mmod|cascade]
+                         [--compare chip,mmod,...] [--turns no-face] [--json FILE]
 
 Prints images/s for each, the ratio, each one's accuracy on the 280 labeled pairs, where the
 pipeline's time goes (core-seconds per photo for each stage, from Beam counters), and the
@@ -8,6 +9,12 @@ pipeline's throughput against the descriptor alone (the Dlib ResNet's own cost p
 this machine: the physical limit). `--photos N` embeds N augmented copies of the sample made
 at run time (as `bench runners` does); the naive loop then times `--naive-limit` of them
 (default 64, spread over the copies) and accuracy is taken on the first copy of each photo.
+
+Detection side by side: `--compare` runs the pipeline once per detection variant on the same
+photos (PRESET[@MAX_SIDE][/upN], e.g. `chip`, `mmod`, `mmod@960`, `chip@1280/up0`, `cascade`)
+and prints photos/s, core-seconds per photo by stage, faces found and pair accuracy for each;
+then each detector alone on the sample's detection copies, one thread: HOG's upsampling and
+scale, the CNN's onnxruntime graph and thread settings, and the CNN batched over photos.
 """
 import dataclasses
 import glob
@@ -85,7 +92,7 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def run_pipeline(photos_dir, out, spec, beam_args):
+def run_pipeline(photos_dir, out, spec, beam_args, turns=None):
     """embed.run on a pipeline whose result is kept, so the bench reads its counters: (summary, counters)."""
     from facebeam.pipelines.runner.job_options import pipeline_options
     from facebeam.pipelines.runner.launch import create_pipeline
@@ -100,7 +107,8 @@ def run_pipeline(photos_dir, out, spec, beam_args):
         return kept["result"]
 
     p.run = run_and_keep
-    summary = embed.run(embed.EmbedConfig(Inputs((photos_dir,)), out, spec, beam_args=args), pipeline=p)
+    summary = embed.run(embed.EmbedConfig(Inputs((photos_dir,)), out, spec, beam_args=args,
+                                          turns=turns or options.DEFAULT_TURNS), pipeline=p)
     return summary, metrics.read_counters(kept["result"])
 
 
@@ -118,7 +126,7 @@ def descriptor_alone(photos, spec, n_faces: int = 48) -> dict:
         chips += [c for _, c in model.chips(images.decode(path, data, "", draft=True))]
         if len(chips) >= n_faces:
             break
-    engine = model._chip_models()[2]
+    engine = model.descriptor
     out = {"faces": len(chips), "engine": engine.name}
     for key, run in (("core_s_per_face", engine), ("dlib_core_s_per_face", DlibResnet(weights.resolve(DLIB_RESNET_FILE)))):
         run(chips[:2])  # warm
@@ -126,6 +134,99 @@ def descriptor_alone(photos, spec, n_faces: int = 48) -> dict:
         run(chips)
         out[key] = round((time.thread_time() - started) / len(chips), 4)
     return out
+
+
+def variant_spec(text: str) -> EmbeddingSpec:
+    """PRESET[@MAX_SIDE][/upN] -> the spec, e.g. "mmod@960", "chip@1280/up0"."""
+    head, _, up = text.partition("/up")
+    preset, _, side = head.partition("@")
+    overrides = {}
+    if side:
+        overrides["detect_max_side"] = int(side)
+    if up:
+        overrides["detect_upsample"] = int(up)
+    return EmbeddingSpec.preset(preset, **overrides)
+
+
+def compare_detection(variants, photos_dir, work, names, pairs_csv, beam_args, turns, done=None) -> list:
+    """The pipeline once per detection variant on the same photos: one row each."""
+    rows = []
+    for text in variants:
+        spec = variant_spec(text)
+        if done and done[0] == spec:
+            summary, counters = done[1], done[2]
+            out = done[3]
+        else:
+            out = os.path.join(work, f"compare-{len(rows)}")
+            summary, counters = run_pipeline(photos_dir, out, spec, beam_args, turns)
+        n = summary["images_seen"]
+        vectors = pipeline_vectors(out)
+        if names:
+            vectors = {names[k]: v for k, v in vectors.items() if k in names}
+        acc, n_pairs = pair_accuracy(vectors, spec, pairs_csv)
+        stages = {k: round(v / n, 4) for k, v in metrics.stage_totals(counters).items()} if n else {}
+        rows.append({"variant": text, "spec_id": spec.spec_id, "detector": spec.detector,
+                     "detect_max_side": spec.detect_max_side, "upsample": spec.upsample,
+                     "images_per_s": round(n / summary["elapsed_s"], 3), "images": n, "faces": summary["faces"],
+                     "images_with_face": summary["images_embedded"], "pair_accuracy": round(acc, 4), "pairs": n_pairs,
+                     "stage_core_s_per_photo": stages, "core_s_per_photo": round(sum(stages.values()), 4),
+                     "turned_faces": sum(v["faces"] for v in summary["detection"]["turned"].values()),
+                     "providers": summary["detection"]["providers"]})
+    return rows
+
+
+def detectors_alone(photos, n: int = 24) -> list:
+    """Each detector setting alone on the sample's detection copies (640 px, as the pipeline makes
+    them), one after the other in this process: core-seconds per photo and faces found."""
+    import cv2
+
+    from facebeam.transforms import images, mmod, weights
+
+    copies = []
+    for path in photos[:n]:
+        with open(path, "rb") as f:
+            copies.append(images.decode(path, f.read(), "", draft=True).detect_bgr)
+    import dlib
+
+    hog = dlib.get_frontal_face_detector()
+    path = weights.resolve(mmod.MMOD_FILE)
+    rows = []
+
+    def timed(name, fn, items, threads=1):
+        fn(items[:1])  # warm
+        cpu, wall = time.process_time(), time.perf_counter()
+        faces = fn(items)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        rows.append({"setting": name, "photos": len(items), "faces": faces, "threads": threads,
+                     "core_s_per_photo": round(cpu / len(items), 4), "wall_s_per_photo": round(wall / len(items), 4)})
+
+    def hog_run(up, scale=1.0):
+        def run(items):
+            found = 0
+            for bgr in items:
+                gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+                if scale != 1.0:
+                    gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+                found += len(hog.run(gray, up)[0])
+            return found
+        return run
+
+    timed("hog 640 upsample 1 (today)", hog_run(1), copies)
+    timed("hog 640 upsample 0", hog_run(0), copies)
+    timed("hog 480 upsample 1", hog_run(1, 0.75), copies)
+    for threads, graph in ((1, "all"), (1, "basic"), (2, "all")):
+        det = mmod.MmodDetector(path, threads=threads, graph_level=graph)
+        timed(f"cnn 640 ort threads {threads} graph {graph}", lambda items, d=det: sum(len(d(c[:, :, ::-1])) for c in items),
+              copies, threads)
+    det = mmod.MmodDetector(path)
+    small = [cv2.resize(c, None, fx=0.75, fy=0.75, interpolation=cv2.INTER_AREA) for c in copies]
+    timed("cnn 480", lambda items: sum(len(det(c[:, :, ::-1])) for c in items), small)
+    # Batching needs photos of one size (dlib's detect_mult asks the same): 640x480 copies.
+    same = [np.ascontiguousarray(cv2.resize(c, (640, 480), interpolation=cv2.INTER_AREA)[:, :, ::-1]) for c in copies]
+    timed("cnn 640x480 one at a time", lambda items: sum(len(det(c)) for c in items), same)
+    timed("cnn 640x480 batches of 4", lambda items: sum(len(f) for i in range(0, len(items), 4)
+                                                        for f in det.batch(items[i:i + 4])), same)
+    return rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +237,8 @@ class BenchEmbedConfig:
     spec_preset: str = "chip"
     naive_limit: int = None
     json_out: str = None
+    compare: tuple = ("chip", "mmod")
+    turns: str = options.DEFAULT_TURNS
     beam_args: tuple = ()
 
 
@@ -149,13 +252,19 @@ def build_parser():
                         help="the pipeline's spec (default %(default)s, the default spec)")
     parser.add_argument("--naive-limit", type=int, default=None,
                         help="time the naive loop on N photos only (default: all of the sample; 64 with --photos)")
+    parser.add_argument("--compare", default="chip,mmod",
+                        help="detection variants run side by side on the same photos, PRESET[@MAX_SIDE][/upN] "
+                             "comma-separated (default %(default)s; '' for none)")
+    options.add_turns(parser)
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results here")
     return parser
 
 
 def configure(a: options.Args, beam_args=()) -> BenchEmbedConfig:
     return BenchEmbedConfig(input=a.input, photos=a.photos, output=a.output, spec_preset=a.spec_preset,
-                            naive_limit=a.naive_limit, json_out=a.json_out, beam_args=tuple(beam_args))
+                            naive_limit=a.naive_limit, json_out=a.json_out,
+                            compare=tuple(v for v in a.compare.split(",") if v), turns=a.turns,
+                            beam_args=tuple(beam_args))
 
 
 def run(ns: BenchEmbedConfig, pipeline=None) -> dict:
@@ -175,7 +284,9 @@ def run(ns: BenchEmbedConfig, pipeline=None) -> dict:
     out = os.path.join(work, "pipeline")
 
     cpu_before = cpu_seconds()
-    summary, counters = run_pipeline(photos_dir, out, spec, beam_args)
+    for text in ns.compare:
+        variant_spec(text)  # a bad variant fails before any photo is embedded
+    summary, counters = run_pipeline(photos_dir, out, spec, beam_args, ns.turns)
     job_cpu = cpu_seconds() - cpu_before  # launcher + workers, start-up included: independent of other load
     n = summary["images_seen"]
     fast_rate = n / summary["elapsed_s"]
@@ -236,10 +347,39 @@ def run(ns: BenchEmbedConfig, pipeline=None) -> dict:
           f"faces/photo -> limit {limit_rate:.2f} images/s on {cores} cores; pipeline at "
           f"{result['ratio_to_descriptor_limit']:.3f} of it (dlib's own code: {desc['dlib_core_s_per_face']:.4f} core-s/face)")
     print(f"load average during the bench: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if ns.compare:
+        result["detection"] = compare_detection(ns.compare, photos_dir, work, names, pairs_csv, beam_args, ns.turns,
+                                                done=(spec, summary, counters, out))
+        result["detectors_alone"] = detectors_alone(sample)
+        print_detection(result, ns.turns)
     if ns.json_out:
         with open(ns.json_out, "w") as f:
             json.dump(result, f, indent=2)
     return result
+
+
+def print_detection(result: dict, turns: str) -> None:
+    rows = result["detection"]
+    stages = [k for k in metrics.STAGES if any(k in r["stage_core_s_per_photo"] for r in rows)]
+    print(f"detection side by side on the same {rows[0]['images']} photos (turns {turns}; "
+          f"providers {', '.join(sorted({p for r in rows for p in r['providers']})) or '-'}):")
+    print(f"  {'variant':<16} {'photos/s':>8} {'faces':>6} {'w/face':>6} {'turned':>6} {'pairs acc':>9} "
+          + " ".join(f"{k:>10}" for k in stages) + f" {'core-s/ph':>9}")
+    for r in rows:
+        print(f"  {r['variant']:<16} {r['images_per_s']:8.2f} {r['faces']:6d} {r['images_with_face']:6d} "
+              f"{r['turned_faces']:6d} {r['pair_accuracy']:9.4f} "
+              + " ".join(f"{r['stage_core_s_per_photo'].get(k, 0):10.4f}" for k in stages)
+              + f" {r['core_s_per_photo']:9.4f}")
+    base = rows[0]
+    for r in rows[1:]:
+        print(f"  {r['variant']} / {base['variant']}: photos/s x{r['images_per_s'] / base['images_per_s']:.2f}, "
+              f"core-s per photo x{r['core_s_per_photo'] / base['core_s_per_photo']:.2f}, "
+              f"faces {r['faces'] - base['faces']:+d}")
+    print("each detector alone on the sample's detection copies (core-s per photo, faces found):")
+    for r in result["detectors_alone"]:
+        print(f"  {r['setting']:<34} {r['core_s_per_photo']:7.4f} core-s  {r['wall_s_per_photo']:7.4f} wall-s  "
+              f"{r['faces']:3d} faces on {r['photos']}")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def main(argv=None) -> int:

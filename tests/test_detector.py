@@ -1,0 +1,180 @@
+"""The CNN (MMOD) detector on onnxruntime against dlib's own, turned photos, and the crowded selfie."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from facebeam.transforms import images, mmod, weights
+from facebeam.transforms.faces import FaceModel
+from facebeam.transforms.spec import EmbeddingSpec
+from tests.helpers import SAMPLE
+
+# dlib's own CNN runs ~1 s per photo here (no BLAS): the comparison uses photos scaled to this side.
+COMPARE_SIDE = 400
+COMPARE = ("selfie-many-people.jpg", "couple.jpg", "img1.jpg", "img11_reflection.jpg", "img3.jpg",
+           "img17.jpg", "img29.jpg", "img44.jpg", "img5.jpg", "img61.jpg")
+
+
+def _rgb(name: str, side: int) -> np.ndarray:
+    bgr = cv2.imread(os.path.join(SAMPLE, name))
+    scale = side / max(bgr.shape[:2])
+    bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def _faces(model: FaceModel, data: bytes, name: str) -> list:
+    return model.embed([images.decode(name, data, "", draft=True)])[0].faces
+
+
+@pytest.fixture(scope="module")
+def detectors():
+    import dlib
+
+    path = weights.resolve(mmod.MMOD_FILE)
+    return mmod.MmodDetector(path), dlib.cnn_face_detection_model_v1(path)
+
+
+@pytest.mark.parametrize("name", COMPARE)
+def test_onnx_mmod_gives_dlibs_boxes_and_scores(detectors, name):
+    ours, dlibs = detectors
+    rgb = _rgb(name, COMPARE_SIDE)
+    got = sorted(ours(rgb), key=lambda d: -d.confidence)
+    want = sorted(dlibs(rgb, 0), key=lambda d: -d.confidence)
+    assert want, f"dlib finds no face in {name}: pick another photo"
+    assert len(got) == len(want), (got, want)
+    for g, w in zip(got, want):
+        box = (g.left, g.top, g.right, g.bottom)
+        ref = (w.rect.left(), w.rect.top(), w.rect.right(), w.rect.bottom())
+        assert max(abs(a - b) for a, b in zip(box, ref)) <= 2, (name, box, ref)
+        assert abs(g.confidence - w.confidence) < 1e-3, (name, g.confidence, w.confidence)
+
+
+@pytest.mark.parametrize("side", [257, 517])
+def test_onnx_mmod_gives_dlibs_boxes_at_other_sizes(detectors, side):
+    ours, dlibs = detectors
+    rgb = _rgb("selfie-many-people.jpg", side)
+    got = [(d.left, d.top, d.right, d.bottom) for d in sorted(ours(rgb), key=lambda d: -d.confidence)]
+    want = [(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom())
+            for d in sorted(dlibs(rgb, 0), key=lambda d: -d.confidence)]
+    assert len(got) == len(want) > 0
+    assert all(max(abs(a - b) for a, b in zip(g, w)) <= 2 for g, w in zip(got, want)), (got, want)
+
+
+def test_pyramid_tiles_as_dlib_does():
+    rects, (rows, cols) = mmod.pyramid_rects(400, 300, 10, 11)
+    assert rects[0] == (11, 11, 310, 410)  # the image itself, inside the outer padding
+    sizes = [(r[3] - r[1] + 1, r[2] - r[0] + 1) for r in rects]
+    assert sizes[1] == (333, 250) and all(h >= mmod.MIN_LEVEL_ROWS for h, _ in sizes)
+    for a, b in zip(rects, rects[1:]):  # no two levels overlap, all inside the tiled image
+        assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
+        assert min(b[0], b[1]) >= 0 and b[2] < cols and b[3] < rows
+
+
+def test_cnn_spec_finds_more_faces_than_hog_in_the_crowded_selfie():
+    with open(os.path.join(SAMPLE, "selfie-many-people.jpg"), "rb") as f:
+        data = f.read()
+    hog = _faces(FaceModel(EmbeddingSpec.preset("chip"), turns="off"), data, "selfie")
+    cnn = _faces(FaceModel(EmbeddingSpec.preset("mmod"), turns="off"), data, "selfie")
+    assert len(cnn) > len(hog) >= 3, (len(cnn), len(hog))
+
+
+def test_cnn_spec_is_a_new_spec_and_old_ids_stay():
+    assert EmbeddingSpec().spec_id == "12087e652389"  # the default (HOG chip) spec, as stored in indices
+    assert EmbeddingSpec.preset("deepface").spec_id == "2876f5224600"
+    ids = {EmbeddingSpec.preset(p).spec_id for p in ("chip", "mmod", "cascade")}
+    assert len(ids) == 3
+    assert EmbeddingSpec.from_dict(EmbeddingSpec().identity()).spec_id == EmbeddingSpec().spec_id
+
+
+@pytest.mark.parametrize("preset", ["chip", "mmod"])
+@pytest.mark.parametrize("name", ["img1.jpg", "img3.jpg"])
+def test_turned_copies_give_their_face(tmp_path, preset, name):
+    """A photo turned by 90/180/270 degrees (no EXIF) gives its face: same person as upright, the
+    box in the turned photo's own frame, the orientation recorded."""
+    model = FaceModel(EmbeddingSpec.preset(preset), turns="always")
+    bgr = cv2.imread(os.path.join(SAMPLE, name))
+    upright = _faces(model, cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(), name)
+    assert len(upright) == 1 and upright[0].orientation == 0
+    up = upright[0]
+    h, w = bgr.shape[:2]
+    # A turn of k quarters clockwise is undone by k quarters counter-clockwise: what is recorded.
+    for code, undo in ((cv2.ROTATE_90_CLOCKWISE, 90), (cv2.ROTATE_180, 180), (cv2.ROTATE_90_COUNTERCLOCKWISE, 270)):
+        turned = cv2.rotate(bgr, code)
+        data = cv2.imencode(".jpg", turned, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+        faces = _faces(model, data, f"{name}-{undo}")
+        assert len(faces) == 1, (undo, faces)
+        face = faces[0]
+        assert face.orientation == undo
+        assert float(np.linalg.norm(face.embedding - up.embedding)) < 0.25, undo
+        # The upright box's corners, carried into the turned photo's frame.
+        x, y, bw, bh = up.box
+        corners = np.array([[x, y], [x + bw, y + bh]], np.float64)
+        if code == cv2.ROTATE_90_CLOCKWISE:
+            corners = np.stack([h - 1 - corners[:, 1], corners[:, 0]], 1)
+        elif code == cv2.ROTATE_180:
+            corners = np.stack([w - 1 - corners[:, 0], h - 1 - corners[:, 1]], 1)
+        else:
+            corners = np.stack([corners[:, 1], w - 1 - corners[:, 0]], 1)
+        ex0, ey0 = corners.min(0)
+        ex1, ey1 = corners.max(0)
+        fx, fy, fw, fh = face.box
+        tol = 0.15 * max(bw, bh)  # the detector runs on differently resampled pixels when turned
+        assert abs(fx - ex0) < tol and abs(fy - ey0) < tol, (undo, face.box, (ex0, ey0, ex1, ey1))
+        assert abs(fx + fw - ex1) < tol and abs(fy + fh - ey1) < tol, (undo, face.box, (ex0, ey0, ex1, ey1))
+        th, tw = turned.shape[:2]
+        assert min(fx, fy) >= 0 and fx + fw < tw and fy + fh < th
+        lx, ly = face.left_eye
+        assert fx <= lx <= fx + fw and fy <= ly <= fy + fh
+
+
+def test_hog_finds_a_photo_on_its_side_only_when_turns_are_tried():
+    bgr = cv2.rotate(cv2.imread(os.path.join(SAMPLE, "img1.jpg")), cv2.ROTATE_90_CLOCKWISE)
+    data = cv2.imencode(".jpg", bgr)[1].tobytes()
+    assert _faces(FaceModel(EmbeddingSpec.preset("chip"), turns="off"), data, "on-its-side") == []
+    faces = _faces(FaceModel(EmbeddingSpec.preset("chip"), turns="no-face"), data, "on-its-side")
+    assert [f.orientation for f in faces] == [90]
+
+
+def test_embed_with_the_cnn_spec_names_detector_providers_and_turns_in_summary_json(tmp_path):
+    import json
+    import shutil
+
+    from facebeam.pipelines import embed
+    from tests.helpers import job, read_rows
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("couple.jpg", "img3.jpg"):
+        shutil.copy(os.path.join(SAMPLE, name), photos / name)
+    turned = cv2.rotate(cv2.imread(os.path.join(SAMPLE, "img1.jpg")), cv2.ROTATE_90_COUNTERCLOCKWISE)
+    cv2.imwrite(str(photos / "img1-on-its-side.jpg"), turned)
+    out = str(tmp_path / "out")
+    summary = job(embed, ["--input", str(photos), "--output", out, "--detector", "mmod", "--turns", "always"])
+    with open(os.path.join(out, "summary.json")) as f:
+        written = json.load(f)
+    for s in (summary, written):
+        d = s["detection"]
+        assert d["detector"] == "mmod" and d["turns"] == "always"
+        assert d["orientations_tried"] == [0, 90, 180, 270]
+        assert d["providers"] == ["CPUExecutionProvider"]  # no accelerator here
+        assert all(d["turned"][str(t) if s is written else t]["tried"] == 3 for t in (90, 180, 270))
+    assert summary["spec"]["detector"] == "mmod" and summary["spec_id"] == EmbeddingSpec.preset("mmod").spec_id
+    rows = read_rows(os.path.join(out, "embeddings"))
+    side = [r for r in rows if r["image_path"].endswith("img1-on-its-side.jpg")]
+    assert [r["orientation"] for r in side] == [270]
+    assert summary["detection"]["turned"][270]["faces"] == 1
+    assert all(r["orientation"] == 0 for r in rows if not r["image_path"].endswith("on-its-side.jpg"))
+    assert len(rows) >= 4 and all(r["spec_id"] == summary["spec_id"] for r in rows)
+
+
+def test_execution_providers_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FACEBEAM_ORT_PROVIDERS", "CUDAExecutionProvider")  # not in this CPU build
+    assert mmod.providers() == ["CPUExecutionProvider"]
+    monkeypatch.delenv("FACEBEAM_ORT_PROVIDERS")
+    import onnxruntime as ort
+
+    want = (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in ort.get_available_providers() else [])
+    assert mmod.providers() == want + ["CPUExecutionProvider"]
+    model = FaceModel(EmbeddingSpec.preset("mmod"), turns="off")
+    assert model.providers == sorted(set(want + ["CPUExecutionProvider"]))
