@@ -229,9 +229,8 @@ class AnnIndex:
         for i in gone:
             self.meta["deleted"][i] = True
             codes[i, :] = 0
-            for k in META_FIELDS:
-                if k not in ("face_id",):
-                    self.meta[k][i] = None
+            for k in META_FIELDS:  # nothing of the face stays, its id included
+                self.meta[k][i] = None
         self._positions = self._selector = None
         self.__dict__.pop("_most", None)
         self.__dict__.pop("_deleted", None)

@@ -131,6 +131,8 @@ class ElasticsearchStore(FaceStore):
             if errors:
                 raise StoreError(f"{self.describe()}: {len(errors)} face doc(s) could not be deleted: {errors[:3]}")
             client.indices.refresh(index=self.name)
+            # Deleted docs stay in their segments until a merge: expunge them, so no file keeps the faces.
+            client.options(request_timeout=300).indices.forcemerge(index=self.name, only_expunge_deletes=True)
             return deleted
         finally:
             client.close()
