@@ -139,7 +139,7 @@ def carry(config: CalibrateConfig, spec, result: dict) -> list:
     elif config.index:
         named = stores.make(stores.StoreChoice("es"), config.es.connection, config.index)
     lines = []
-    for store in stores.erasure_targets(config.shards, config.es.connection, named)[:-1]:
+    for store in stores.recorded_stores(config.shards, config.es.connection, named)[:-1]:
         try:
             store.check(spec)
             store.set_calibration(result)

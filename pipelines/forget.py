@@ -129,7 +129,7 @@ def run(ns: ForgetConfig, pipeline=None) -> dict:
     print(f"{'would erase' if ns.dry_run else 'erasing'} {len(shas)} image(s): "
           + ", ".join(sorted(p or s[:12] for s, (p, _) in found.items())))
     per_store, unreachable, docs = {}, [], 0
-    targets = stores.erasure_targets(ns.shards, ns.es.connection, named_store(ns))
+    targets = stores.recorded_stores(ns.shards, ns.es.connection, named_store(ns))
     for store in targets[:-1]:
         try:
             n = store.remove(shas, ns.dry_run)

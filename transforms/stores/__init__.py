@@ -22,7 +22,8 @@ from facebeam.transforms.home import facebeam_home
 from facebeam.transforms.stores.base import Capabilities, FaceStore, Load, Searcher, StoreError
 
 __all__ = ["KINDS", "Capabilities", "FaceStore", "Load", "Searcher", "StoreChoice", "StoreError", "ann_folder",
-           "es_configured", "for_loading", "for_search", "for_verify", "from_record", "erasure_targets"]
+           "es_configured", "for_loading", "for_search", "for_verify", "from_record", "recorded_stores",
+           "open_search", "push_persons"]
 log = logging.getLogger(__name__)
 KINDS = ("es", "local", "redis")
 
@@ -170,8 +171,9 @@ def from_record(rec: dict, connect) -> FaceStore:
     return REOPEN[rec["kind"]](rec, connect)
 
 
-def erasure_targets(folder: str, connect, named: FaceStore | None = None) -> list:
-    """Every store the collection recorded, plus `named` (the one --store/--index names), once each; then the shards."""
+def recorded_stores(folder: str, connect, named: FaceStore | None = None) -> list:
+    """Every store the collection recorded, plus `named` (the one --store/--index names), once each; then the shards
+    (what `forget` erases, `calibrate` calibrates and `persons` names)."""
     from facebeam.transforms.stores import registry
 
     out, seen = [], set()
@@ -212,3 +214,17 @@ def open_search(choice, connect, name: str, shards: str = None, exact: bool = Fa
         dataclasses.replace(spec, **dict(spec_given)).require_same(spec, what=store.describe())
     t, source = store.threshold(spec, threshold)
     return SearchTarget(store, spec, store.where(), t, source)
+
+
+def push_persons(folder: str, connect, found: dict) -> list:
+    """{face_id: (person_id, name)} (persons.lookup) onto every store the collection recorded and its shards;
+    one line per store (a store that cannot be reached is said, and keeps what it had)."""
+    lines = []
+    for store in recorded_stores(folder, connect):
+        try:
+            lines.append(f"{store.describe()}: {store.set_persons(found)} face(s) carry a person")
+        except UserError as e:
+            lines.append(f"{store.describe()}: NOT updated ({e})")
+        finally:
+            store.close()
+    return lines
