@@ -73,7 +73,7 @@ def build_parser():
     options.add_search_filters(p)
     options.add_spec(p, check_only=True)
     options.add_es(p)
-    options.add_store(p, kinds=("es", "local"), redis=False)
+    options.add_store(p)  # redis is refused by its capability: it verifies, it does not rank
     return p
 
 
@@ -83,7 +83,7 @@ def configure(a: options.Args, beam_args=()) -> QueryConfig:
                        exclude_same_image=a.exclude_same_image, format=a.format, exact=a.exact, shards=a.shards,
                        report=a.report, persons=a.persons, threshold=a.threshold, path_prefix=a.path_prefix,
                        spec_given=tuple(options.spec_given(a).items()),
-                       es=options.es_from(a), store=options.store_from(a, kinds=("es", "local"), redis=False),
+                       es=options.es_from(a), store=options.store_from(a),
                        beam_args=tuple(beam_args))
 
 

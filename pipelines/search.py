@@ -49,7 +49,7 @@ def build_parser():
     p.add_argument("--stdin", action="store_true", help="read more photo paths from standard input")
     options.add_search_filters(p)
     options.add_es(p)
-    options.add_store(p, kinds=("es", "local"), redis=False)
+    options.add_store(p)  # redis is refused by its capability: it verifies, it does not rank
     return p
 
 
@@ -57,7 +57,7 @@ def configure(a: options.Args, beam_args=()) -> SearchConfig:
     return SearchConfig(photos=tuple(a.photos), index=a.index, k=a.k, num_candidates=a.num_candidates,
                         filters=options.search_filters(a), exact=a.exact, shards=a.shards, threshold=a.threshold,
                         path_prefix=a.path_prefix, stdin=a.stdin, es=options.es_from(a),
-                        store=options.store_from(a, kinds=("es", "local"), redis=False))
+                        store=options.store_from(a))
 
 
 class Searcher:

@@ -372,3 +372,12 @@ def test_forget_with_redis_down_exits_2_naming_it_and_a_later_load_finishes_the_
     assert forget.main(["--label", label, "--shards", out]) == 0
     assert "already erased everywhere" in capsys.readouterr().out
     red.close()
+
+
+def test_search_on_redis_says_it_verifies_and_does_not_rank(redis_conn_args, caplog):
+    """A capability a store lacks is declared and said in one line (exit 2), never silently skipped."""
+    from facebeam.pipelines import search
+
+    photo = sample_images()[0]
+    assert search.main([photo, "--store", "redis", "--index", "nothing-here", *redis_conn_args]) == 2
+    assert "verifies by identity and does not rank the whole collection: use `facebeam verify`" in caplog.text

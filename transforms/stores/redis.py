@@ -111,7 +111,18 @@ class RedisStore(FaceStore):
         n = redis_store.forget_images(client, self.name, shas, dry_run)
         if gone and not dry_run:
             client.hdel(p + "persons", *gone)
+            self._rewrite_files(client)
         return n
+
+    def _rewrite_files(self, client) -> None:
+        """The append-only file still holds the erased vectors' HSETs: have Redis rewrite it (and the snapshot)."""
+        import redis
+
+        for call in (client.bgrewriteaof, client.bgsave):
+            try:
+                call()
+            except redis.ResponseError as e:  # one already in progress covers it; persistence off needs nothing
+                log.info("redis %s: %s after an erasure: %s", self.conn.url, call.__name__, e)
 
     def closest(self, vector, label: str) -> tuple:
         if not self.exists():
