@@ -381,3 +381,29 @@ def test_search_on_redis_says_it_verifies_and_does_not_rank(redis_conn_args, cap
     photo = sample_images()[0]
     assert search.main([photo, "--store", "redis", "--index", "nothing-here", *redis_conn_args]) == 2
     assert "verifies by identity and does not rank the whole collection: use `facebeam verify`" in caplog.text
+
+
+def test_commands_never_branch_on_a_store_kind_and_stores_import_no_loop():
+    """Commands hold a FaceStore and read its capabilities; ann, knn and stores import one way (with local imports)."""
+    import ast
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    branches = [f"{p.name}:{n}" for p in sorted((root / "pipelines").glob("*.py"))
+                for n, line in enumerate(p.read_text().splitlines(), 1)
+                if re.search(r"(\.kind|\bkind|\.mode|\bmode)\s*(==|!=|\bin\b)|\.kind\s*\]", line)]
+    assert branches == []
+
+    def imports(path: Path) -> set:
+        out = set()
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.ImportFrom) and n.module:
+                names = [n.module] + [f"{n.module}.{a.name}" for a in n.names]
+                out |= {x.removeprefix("facebeam.transforms.").split(".")[0] for x in names
+                        if x.startswith("facebeam.transforms.")}
+        return out
+
+    t = root / "transforms"
+    graph = {"ann": imports(t / "ann.py"), "knn": imports(t / "knn.py"),
+             "stores": set().union(*(imports(p) for p in (t / "stores").glob("*.py"))) - {"stores"}}
+    assert "stores" not in graph["ann"] | graph["knn"] and "ann" not in graph["knn"]
