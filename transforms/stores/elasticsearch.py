@@ -27,7 +27,12 @@ class ElasticsearchStore(FaceStore):
         self._conn = None
 
     def __getstate__(self):  # workers get the resolved connection (its secret travels as a reference)
-        return {**self.__dict__, "_conn": self.conn, "_connect": None}
+        return {**self.__dict__, "_conn": self.conn, "_connect": None, "_verifying": None}
+
+    def close(self) -> None:
+        if self.__dict__.get("_verifying") is not None:
+            self._verifying[0].close()
+            self._verifying = None
 
     @property
     def conn(self):
@@ -140,12 +145,12 @@ class ElasticsearchStore(FaceStore):
     def closest(self, vector, label: str) -> tuple:
         from facebeam.transforms import knn
 
-        client, _, spec = self.open_alias()
-        try:
-            search = knn.SearchSpec(k=1, num_candidates=100, filters=(("label", label),))
-            hits = knn.es_search(client, self.name, [{"embedding": vector, "image_sha256": ""}], search, spec)[0]
-        finally:
-            client.close()
+        if self.__dict__.get("_verifying") is None:  # one client and spec for many verifications
+            client, _, spec = self.open_alias()
+            self._verifying = (client, spec)
+        client, spec = self._verifying
+        search = knn.SearchSpec(k=1, num_candidates=100, filters=(("label", label),))
+        hits = knn.es_search(client, self.name, [{"embedding": vector, "image_sha256": ""}], search, spec)[0]
         if not hits:
             return None, None, 0
         return hits[0]["face_id"], hits[0]["distance"], None

@@ -114,13 +114,26 @@ class EmbeddedStore(FaceStore):
 
         if not self.exists():
             return None, None, 0
-        idx = ann.AnnIndex.open(self.folder)
+        idx = self._reader()
         hits = idx.search([{"embedding": vector, "image_sha256": ""}],
                           knn.SearchSpec(k=1, num_candidates=100, filters=(("label", label),)))[0]
         if not hits:
             return None, None, 0
         n = sum(1 for lab, d in zip(idx.meta["label"], idx.meta["deleted"]) if lab == label and not d)
         return hits[0]["face_id"], hits[0]["distance"], n
+
+    def _reader(self):
+        """The current generation, memory-mapped, reopened once a writer switched generations."""
+        gen = ann.read_info(self.folder)["generation"]
+        if self.__dict__.get("_open") is None or self._open.info["generation"] != gen:
+            self._open = ann.AnnIndex.open(self.folder)
+        return self._open
+
+    def __getstate__(self):
+        return {**self.__dict__, "_open": None}
+
+    def close(self) -> None:
+        self._open = None
 
     def searcher(self) -> Searcher:
         if not self.exists():
