@@ -49,7 +49,6 @@ def index_body(spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100
             "_meta": {"facebeam": {"spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim}},
             "properties": {
                 "face_id": keyword, "image_path": keyword, "image_sha256": keyword, "label": keyword,
-                "person": keyword, "person_id": keyword,  # persons' names (`facebeam persons name`)
                 "model": keyword, "detector": keyword, "spec_id": keyword,
                 "face_index": {"type": "integer"},
                 "box": {"properties": {k: {"type": "integer"} for k in ("x", "y", "w", "h")}},

@@ -52,8 +52,11 @@ def distance_to_score(distance: float, spec: EmbeddingSpec) -> float:
     return (2.0 - distance) / 2.0
 
 
-def es_knn_body(vector, sha256, search: SearchSpec) -> dict:
+def es_knn_body(vector, sha256, search: SearchSpec, face_ids=None) -> dict:
+    """The kNN request; every filter is a pre-filter (the top k are all within it). `face_ids`: only those."""
     flt = [{"term": {f: v}} for f, v in search.filters]
+    if face_ids is not None:
+        flt.append({"terms": {"face_id": sorted(face_ids)}})
     if search.path_prefix:
         flt.append({"prefix": {"image_path": search.path_prefix}})
     must_not = [{"term": {"image_sha256": sha256}}] if search.exclude_same_image else []
@@ -61,15 +64,14 @@ def es_knn_body(vector, sha256, search: SearchSpec) -> dict:
            "num_candidates": search.num_candidates}
     if flt or must_not:
         knn["filter"] = {"bool": {"filter": flt, "must_not": must_not}}
-    return {"knn": knn, "size": search.k, "_source": ["face_id", "image_path", "image_sha256", "face_index", "label", "box",
-                                                       "person", "person_id"]}
+    return {"knn": knn, "size": search.k, "_source": ["face_id", "image_path", "image_sha256", "face_index", "label", "box"]}
 
 
-def es_search(client, index: str, probes: list, search: SearchSpec, spec: EmbeddingSpec) -> list:
+def es_search(client, index: str, probes: list, search: SearchSpec, spec: EmbeddingSpec, face_ids=None) -> list:
     """One msearch for a batch of probe rows; returns a list of hit lists."""
     body = []
     for p in probes:
-        body += [{"index": index}, es_knn_body(p["embedding"], p["image_sha256"], search)]
+        body += [{"index": index}, es_knn_body(p["embedding"], p["image_sha256"], search, face_ids)]
     responses = client.msearch(searches=body).body["responses"]
     out = []
     for r in responses:
@@ -81,7 +83,6 @@ def es_search(client, index: str, probes: list, search: SearchSpec, spec: Embedd
             hits.append({"face_id": s["face_id"], "image_path": s["image_path"], "image_sha256": s["image_sha256"],
                          "face_index": s["face_index"], "label": s.get("label"),
                          "box_x": box.get("x"), "box_y": box.get("y"), "box_w": box.get("w"), "box_h": box.get("h"),
-                         "person_id": s.get("person_id"), "person": s.get("person"),
                          "score": float(h["_score"]), "distance": score_to_distance(h["_score"], spec)})
         out.append(hits)
     return out

@@ -1,8 +1,11 @@
 """Elasticsearch as a FaceStore: the versioned index behind an alias (es_index), loaded by a Beam step (es_load).
 
-Its metadata lives in the concrete index's `_meta.facebeam` (calibration, beside the spec);
-persons' names are fields of the faces' documents (`person`, `person_id`), so a `--person`
-filter is a kNN pre-filter like `--label`: the top k are all within it.
+Its metadata lives in the concrete index's `_meta.facebeam` (calibration, beside the spec).
+Persons' names live in a side index `<alias>-persons` (one doc per face: _id = face_id, person,
+person_id): the faces' documents cannot be updated in place, because their vectors are not in
+`_source` and a partial update would re-index them without one. A `--person` filter resolves the
+person's face ids there and is a kNN pre-filter (`terms` on face_id), like `--label`: the top k
+are all within it.
 """
 from __future__ import annotations
 
@@ -10,10 +13,52 @@ import logging
 
 from facebeam.transforms import es_conn, es_index
 from facebeam.transforms.errors import UserError
-from facebeam.transforms.stores.base import Capabilities, FaceStore, Load, Reindex, Searcher, StoreError, comparison
+from facebeam.transforms.stores.base import (
+    Capabilities,
+    FaceStore,
+    Load,
+    Reindex,
+    Searcher,
+    StoreError,
+    annotate,
+    comparison,
+    split_filters,
+)
 
 log = logging.getLogger(__name__)
-PERSON_FIELDS = {"person": {"type": "keyword"}, "person_id": {"type": "keyword"}}
+PERSONS_MAPPING = {"dynamic": "strict", "properties": {"face_id": {"type": "keyword"}, "person": {"type": "keyword"},
+                                                      "person_id": {"type": "keyword"}}}
+
+
+def persons_index(alias: str) -> str:
+    return f"{alias}-persons"
+
+
+def read_persons(client, alias: str, face_ids=None) -> dict:
+    """{face_id: [person_id, name]} of those faces (all when None) from the side index; {} when there is none."""
+    from elasticsearch import helpers
+
+    index = persons_index(alias)
+    if not client.indices.exists(index=index):
+        return {}
+    if face_ids is not None:
+        ids = sorted(set(face_ids))
+        if not ids:
+            return {}
+        docs = client.mget(index=index, ids=ids).body["docs"]
+        return {d["_id"]: [d["_source"].get("person_id"), d["_source"].get("person")] for d in docs if d.get("found")}
+    return {h["_id"]: [h["_source"].get("person_id"), h["_source"].get("person")]
+            for h in helpers.scan(client, index=index, query={"query": {"match_all": {}}})}
+
+
+def faces_of_person(client, alias: str, name: str) -> set:
+    from elasticsearch import helpers
+
+    index = persons_index(alias)
+    if not client.indices.exists(index=index):
+        return set()
+    query = {"query": {"bool": {"should": [{"term": {"person": name}}, {"term": {"person_id": name}}]}}}
+    return {h["_id"] for h in helpers.scan(client, index=index, query=query, _source=False)}
 
 
 class ElasticsearchStore(FaceStore):
@@ -135,12 +180,24 @@ class ElasticsearchStore(FaceStore):
                                                     for h in hits), raise_on_error=False)
             if errors:
                 raise StoreError(f"{self.describe()}: {len(errors)} face doc(s) could not be deleted: {errors[:3]}")
-            client.indices.refresh(index=self.name)
-            # Deleted docs stay in their segments until a merge: expunge them, so no file keeps the faces.
-            client.options(request_timeout=300).indices.forcemerge(index=self.name, only_expunge_deletes=True)
+            named = persons_index(self.name)
+            if client.indices.exists(index=named):
+                helpers.bulk(client, ({"_op_type": "delete", "_index": named, "_id": h["_id"]} for h in hits),
+                             raise_on_error=False)  # a face without a name has no doc there (404)
+                self._expunge(client, named)
+            self._expunge(client, self.name)
             return deleted
         finally:
             client.close()
+
+    @staticmethod
+    def _expunge(client, index: str) -> None:
+        """Deleted docs stay in their segments until a merge: expunge every one, so no file keeps the faces."""
+        client.indices.refresh(index=index)
+        client.indices.flush(index=index)  # lets the shard's retention lease move past the deletes
+        client.indices.put_settings(index=index, settings={"index.merge.policy.expunge_deletes_allowed": 0})
+        client.options(request_timeout=300).indices.forcemerge(index=index, only_expunge_deletes=True)
+        client.indices.refresh(index=index)
 
     def closest(self, vector, label: str) -> tuple:
         from facebeam.transforms import knn
@@ -186,34 +243,31 @@ class ElasticsearchStore(FaceStore):
             client.close()
 
     def persons(self) -> dict:
-        from elasticsearch import helpers
-
-        client, _, _ = self.open_alias()
+        client = self._client()
         try:
-            return {h["_source"]["face_id"]: [h["_source"].get("person_id"), h["_source"].get("person")]
-                    for h in helpers.scan(client, index=self.name, query={"query": {"exists": {"field": "person"}}},
-                                          _source=["face_id", "person", "person_id"])}
+            return read_persons(client, self.name)
         finally:
             client.close()
 
     def set_persons(self, found: dict, chunk: int = 1000) -> int:
-        """Bulk `update` ops by face_id (the document _id): `person` and `person_id` on every named face."""
-        client, concrete, _ = self.open_alias()
+        """The side index replaced by these names, for the faces the index holds; how many faces got one."""
+        from elasticsearch import helpers
+
+        client, _, _ = self.open_alias()
         try:
-            client.indices.put_mapping(index=concrete, properties=PERSON_FIELDS)  # older indices lack the fields
-            done, items = 0, list(found.items())
-            for i in range(0, len(items), chunk):
-                ops = []
-                for fid, (pid, name) in items[i:i + chunk]:
-                    ops += [{"update": {"_index": concrete, "_id": fid}}, {"doc": {"person": name, "person_id": pid}}]
-                for item in client.bulk(operations=ops, refresh=False).body["items"]:
-                    status = item["update"].get("status", 500)
-                    if status < 300:
-                        done += 1
-                    elif status != 404:  # a face erased meanwhile
-                        raise StoreError(f"update of {item['update'].get('_id')} failed: {item['update'].get('error')}")
-            client.indices.refresh(index=concrete)
-            return done
+            have = set()
+            ids = sorted(found)
+            for i in range(0, len(ids), chunk):
+                have |= {h["_id"] for h in client.search(index=self.name, query={"ids": {"values": ids[i:i + chunk]}},
+                                                         size=chunk, _source=False).body["hits"]["hits"]}
+            index = persons_index(self.name)
+            client.options(ignore_status=404).indices.delete(index=index)
+            client.indices.create(index=index, mappings=PERSONS_MAPPING,
+                                  settings={"number_of_shards": 1, "number_of_replicas": 0})
+            helpers.bulk(client, ({"_index": index, "_id": f, "face_id": f, "person": found[f][1],
+                                   "person_id": found[f][0]} for f in sorted(have)))
+            client.indices.refresh(index=index)
+            return len(have)
         finally:
             client.close()
 
@@ -223,9 +277,16 @@ class _EsSearcher(Searcher):
         self._client, self._alias, self._spec = conn.client(), alias, spec
 
     def search(self, probes: list, search) -> list:
+        import dataclasses
+
         from facebeam.transforms import knn
 
-        return knn.es_search(self._client, self._alias, probes, search, self._spec)
+        rest, person = split_filters(search.filters)
+        faces = faces_of_person(self._client, self._alias, person) if person is not None else None
+        found = knn.es_search(self._client, self._alias, probes, dataclasses.replace(search, filters=rest), self._spec,
+                              face_ids=faces)
+        annotate(found, read_persons(self._client, self._alias, [h["face_id"] for hs in found for h in hs]))
+        return found
 
     def close(self) -> None:
         self._client.close()
