@@ -1,7 +1,7 @@
 """facebeam calibrate: fit the same-person threshold to a collection of labeled faces.
 
     facebeam calibrate --shards DIR [--label-from parent-dir|csv:FILE [--root DIR ...]] [--pairs CSV]
-                       [--output DIR] [--index NAME] [--folds 5]
+                       [--output DIR] [--index NAME] [--store es|local[:DIR]|redis] [--folds 5]
 
 Reads the faces of an embed run (`--shards DIR`), labels them (`--label-from`, else the labels
 stored in the shards), and judges pairs: every two labeled photos, or the pairs `--pairs CSV`
@@ -9,8 +9,10 @@ lists (file_x, file_y, decision Yes/No, as in the sample's face-recognition-pivo
 the accuracy at the current threshold, the best threshold with its accuracy and its
 cross-validated accuracy on unseen photos, and writes OUTPUT/calibration.json and
 OUTPUT/roc.png (ROC and DET curves). OUTPUT defaults to the shards folder, where
-`query --exact` and `search --exact` find it; with `--index NAME` it is also kept in that
-index's _meta for Elasticsearch queries. The embedding spec (and its id) does not change.
+`query --exact` and `search --exact` find it. It is also written into the metadata of the store
+`--store S` (or `--index NAME`, an Elasticsearch alias) names, and of every store the shards were
+loaded into (DIR/stores.json), so every verdict read from those stores uses it and says so.
+The embedding spec (and its id) does not change.
 """
 import dataclasses
 import logging
@@ -18,7 +20,7 @@ import os
 import sys
 
 from facebeam.pipelines import jobs, options
-from facebeam.transforms import calibrate, labels, shards
+from facebeam.transforms import calibrate, labels, shards, stores
 from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class CalibrateConfig:
     index: str = None
     folds: int = 5
     es: options.EsFlags = options.EsFlags()
+    store: stores.StoreChoice = stores.StoreChoice()
 
 
 def build_parser():
@@ -49,6 +52,7 @@ def build_parser():
     p.add_argument("--index", default=None, help="also keep the threshold in this index's _meta")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds over photos (default %(default)s)")
     options.add_es(p)
+    options.add_store(p)
     return p
 
 
@@ -57,7 +61,7 @@ def configure(a: options.Args, beam_args=()) -> CalibrateConfig:
         raise UserError("--folds must be at least 2")
     return CalibrateConfig(shards=a.shards, label_from=a.label_from, roots=tuple(a.root),
                            pairs=options.existing_file(a.pairs, "pairs CSV"), output=a.output or a.shards,
-                           index=a.index, folds=a.folds, es=options.es_from(a))
+                           index=a.index, folds=a.folds, es=options.es_from(a), store=options.store_from(a))
 
 
 def _common_folder(paths) -> str:
@@ -108,15 +112,7 @@ def run(config: CalibrateConfig, pipeline=None) -> dict:
     calibrate.plot(picture, result)
     result["picture"] = picture
     result["written"] = calibrate.save(config.output, result)
-    if config.index:
-        from facebeam.transforms import es_index
-
-        client, concrete, _ = es_index.open_alias(config.es.connection(), config.index, spec)
-        try:
-            calibrate.store_in_index(client, concrete, result)
-        finally:
-            client.close()
-        result["index"] = concrete
+    carried = carry(config, spec, result)
     cur, best, cv = result["current"], result["best"], result["cross_validated"]
     print(f"calibrate: {result['pairs']} pairs ({result['same_pairs']} same, {result['different_pairs']} different) "
           f"from {source}; {spec.model}/{spec.metric}")
@@ -126,8 +122,39 @@ def run(config: CalibrateConfig, pipeline=None) -> dict:
           f"(false matches {best['false_positive_rate']:.3f}, misses {1 - best['true_positive_rate']:.3f})")
     print(f"  cross-validated accuracy ({cv['folds']} folds over photos, threshold fitted without them): "
           f"{cv['accuracy']}  fold thresholds {cv['fold_thresholds']}")
-    print(f"  wrote {result['written']} and {picture}" + (f"; stored in index {result['index']}" if config.index else ""))
+    print(f"  wrote {result['written']} and {picture}" + (f"; stored in index {result['index']}" if "index" in result
+                                                           else ""))
+    for line in carried:
+        print(f"  {line}")
     return calibrate.public(result)
+
+
+def carry(config: CalibrateConfig, spec, result: dict) -> list:
+    """The threshold into the metadata of the store --store/--index names and of every store the collection was
+    loaded into; one line each. The named store must take it (a user error otherwise); a recorded one that cannot
+    be reached is said, and keeps what it had."""
+    named = None
+    if config.store.given():
+        named = stores.make(config.store, config.es.connection, config.index or "faces")
+    elif config.index:
+        named = stores.make(stores.StoreChoice("es"), config.es.connection, config.index)
+    lines = []
+    for store in stores.recorded_stores(config.shards, config.es.connection, named)[:-1]:
+        try:
+            store.check(spec)
+            store.set_calibration(result)
+            lines.append(f"{store.describe()}: threshold {result['threshold']:.4f} stored with the collection")
+            where = store.where()
+            if "concrete_index" in where:  # as before: the concrete index the alias points at
+                result["index"] = where["concrete_index"]
+        except UserError as e:
+            if store is named:
+                raise
+            lines.append(f"{store.describe()}: NOT updated ({e})")
+        finally:
+            store.close()
+        result.setdefault("stores", []).append(store.describe())
+    return lines
 
 
 def main(argv=None) -> int:

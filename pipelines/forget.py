@@ -1,12 +1,16 @@
-"""facebeam forget: erase faces from the index and the shards, and keep them erased.
+"""facebeam forget: erase faces from every store, the shards, and keep them erased.
 
     facebeam forget (--image PATH | --sha256 H | --label L) --shards DIR [--index NAME]
                     [--store es|local[:DIR]|redis] [--dry-run]
 
-With --index the faces are deleted from that Elasticsearch alias; with --store local[:DIR]
-or --store redis from the embedded index or the Redis store of that name (default "faces").
-Shard files are rewritten only where they hold an erased image. A tombstone in
-DIR/tombstones/ makes later runs into DIR skip those images' content.
+The images are resolved once, from the shards and the tombstones. Their faces are then
+erased from every store the collection DIR was loaded into (DIR/stores.json: kind, name,
+location), from the store --index/--store names, and from the shards (rewritten only
+where they hold an erased image), with one line per store. A tombstone in DIR/tombstones/
+makes later runs into DIR skip those images' content. A store that cannot be reached is
+named and the command exits 2, with the tombstone written: the same `forget` again, or any
+later load into that store, finishes the erasure. Run a second time, it says the images
+are already erased everywhere.
 """
 import dataclasses
 import datetime
@@ -14,14 +18,14 @@ import logging
 import sys
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from facebeam.pipelines import jobs, options
-from facebeam.transforms import es_index, manifest, shards, sources, stores
+from facebeam.transforms import manifest, shards, sources, stores
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
+from facebeam.transforms.stores import exact, registry
 
 log = logging.getLogger(__name__)
 BEAM = False  # no pipeline: unknown flags are errors
@@ -30,14 +34,6 @@ BEAM = False  # no pipeline: unknown flags are errors
 def _read(path):
     with FileSystems.open(path) as f:
         return pq.read_table(f)
-
-
-def _write(path, table):
-    """Replace a shard file: write beside it, then rename over it."""
-    tmp = path + ".forget-tmp"
-    with FileSystems.create(tmp) as f:
-        pq.write_table(table, f, compression="zstd")
-    FileSystems.rename([tmp], [path])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +69,11 @@ def configure(a: options.Args, beam_args=()) -> ForgetConfig:
                         es=options.es_from(a), store=options.store_from(a))
 
 
-def images_to_erase(ns: ForgetConfig) -> dict:
-    """sha256 -> (image path, label) of every image to erase."""
+def images_to_erase(ns: ForgetConfig) -> tuple:
+    """(sha256 -> (image path, label) of every image to erase, the shas the tombstones already list).
+
+    Resolved once, from the shards and the tombstones: a second `forget --label X` still finds X's photos.
+    """
     found = {}
     if ns.sha256:
         found[ns.sha256] = (None, None)
@@ -89,22 +88,13 @@ def images_to_erase(ns: ForgetConfig) -> dict:
         for r in t.to_pylist():
             if r["image_path"] == ns.image or (ns.label and r["label"] == ns.label) or r["image_sha256"] in found:
                 found[r["image_sha256"]] = (r["image_path"], r["label"])
-    return found
-
-
-def erase_from_shards(folder: str, shas: set, dry_run: bool) -> dict:
-    """Rewrite only the files that hold those images; returns {file: rows removed}."""
-    removed = {}
-    for kind in ("embeddings", "errors", "manifest"):
-        for path in shards.files(folder, kind):
-            table = _read(path)
-            hit = pc.is_in(table.column("image_sha256"), value_set=pa.array(sorted(shas), pa.string()))
-            n = pc.sum(hit).as_py() or 0
-            if n:
-                removed[path] = n
-                if not dry_run:
-                    _write(path, table.filter(pc.invert(pc.fill_null(hit, False))))
-    return removed
+    tombstoned = set()
+    for sha, (path, label) in registry.erased(ns.shards).items():
+        if sha == ns.sha256 or (ns.image and path == ns.image) or (ns.label and label == ns.label) or sha in found:
+            tombstoned.add(sha)
+            prev = found.get(sha, (None, None))
+            found[sha] = (prev[0] or path, prev[1] or label)
+    return found, tombstoned
 
 
 def record_tombstones(folder: str, found: dict, why: str) -> str:
@@ -117,54 +107,59 @@ def record_tombstones(folder: str, found: dict, why: str) -> str:
     return target
 
 
-def erase_from_index(ns: ForgetConfig, shas: set, dry_run: bool) -> int:
-    client, _, _ = es_index.open_alias(ns.es.connection(), ns.index)
-    from elasticsearch import helpers
-
-    # Scan + bulk delete by _id rather than _delete_by_query, which needs the reindex module
-    # (absent from some distributions, such as the integ-test-zip that `es up` runs).
-    query = {"query": {"terms": {"image_sha256": sorted(shas)}}}
-    hits = list(helpers.scan(client, index=ns.index, query=query, _source=False))
-    if dry_run or not hits:
-        return len(hits)
-    deleted, errors = helpers.bulk(client, ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]} for h in hits),
-                                   raise_on_error=False)
-    if errors:
-        raise UserError(f"{len(errors)} face doc(s) could not be deleted: {errors[:3]}")
-    client.indices.refresh(index=ns.index)
-    return deleted
-
-
-def erase_from_store(ns: ForgetConfig, shas: set, dry_run: bool):
-    """(where, faces deleted) from the store: --store local/redis, else the Elasticsearch alias --index (or None)."""
-    if ns.store.kind in ("local", "redis"):
-        store = stores.resolve(ns.store, ns.es.connection, ns.index or "faces")
-        return store.describe(), stores.forget(store, shas, dry_run)
-    return f"index {ns.index}", (erase_from_index(ns, shas, dry_run) if ns.index else None)
+def named_store(ns: ForgetConfig):
+    """The store --store or --index names (besides the ones the collection recorded), or None."""
+    if ns.store.given():
+        return stores.make(ns.store, ns.es.connection, ns.index or "faces")
+    if ns.index:
+        return stores.make(stores.StoreChoice("es"), ns.es.connection, ns.index)
+    return None
 
 
 def run(ns: ForgetConfig, pipeline=None) -> dict:
-    """Erase; returns {'images', 'docs', 'rows'} (what went, or would go with dry_run)."""
-    found = images_to_erase(ns)
+    """Erase from every store the collection was loaded into, and the shards; returns {'images', 'docs', 'rows',
+    'stores', 'unreachable'} (what went, or would go with dry_run). A store that cannot be reached is named,
+    the tombstone is still written, and the command exits 2: the next `forget` or load finishes it."""
+    found, tombstoned = images_to_erase(ns)
     if not found:
-        print("nothing matched: no shard row or file for that image/label")
+        print("nothing matched: no shard row, tombstone or file for that image/label")
         return {"images": 0, "docs": 0, "rows": 0}
     shas = set(found)
-    try:
-        where, deleted = erase_from_store(ns, shas, ns.dry_run)
-    except UserError as e:
-        raise UserError(f"{e} (nothing was erased)") from None
-    removed = erase_from_shards(ns.shards, shas, ns.dry_run)
     verb = "would remove" if ns.dry_run else "removed"
-    print(f"{verb} {len(shas)} image(s): " + ", ".join(sorted(p or s[:12] for s, (p, _) in found.items())))
-    if deleted is not None:
-        print(f"  {where}: {verb} {deleted} face doc(s)")
+    print(f"{'would erase' if ns.dry_run else 'erasing'} {len(shas)} image(s): "
+          + ", ".join(sorted(p or s[:12] for s, (p, _) in found.items())))
+    per_store, unreachable, docs = {}, [], 0
+    targets = stores.recorded_stores(ns.shards, ns.es.connection, named_store(ns))
+    for store in targets[:-1]:
+        try:
+            n = store.remove(shas, ns.dry_run)
+        except UserError as e:
+            unreachable.append(store.describe())
+            print(f"  {store.describe()}: NOT reached, nothing removed there: {e}")
+            continue
+        finally:
+            store.close()
+        per_store[store.describe()] = n
+        docs += n
+        print(f"  {store.describe()}: {verb} {n} face doc(s)")
+    removed = exact.erase_rows(ns.shards, shas, ns.dry_run)
     for path, n in sorted(removed.items()):
         print(f"  {path}: {verb} {n} row(s)")
-    if not ns.dry_run:
+    print(f"  {targets[-1].describe()}: {verb} {sum(removed.values())} row(s)")
+    fresh = {s: v for s, v in found.items() if s not in tombstoned}
+    if not ns.dry_run and fresh:
         why = f"forget --image {ns.image}" if ns.image else f"forget --label {ns.label}" if ns.label else "forget --sha256"
-        print(f"  tombstone: {record_tombstones(ns.shards, found, why)}")
-    return {"images": len(shas), "docs": deleted or 0, "rows": sum(removed.values())}
+        print(f"  tombstone: {record_tombstones(ns.shards, fresh, why)}")
+    if not fresh and not docs and not removed and not unreachable:
+        print(f"already erased everywhere: {len(shas)} image(s) listed in the tombstones of {ns.shards}; "
+              f"no store ({len(targets)} checked) holds any of their faces")
+    summary = {"images": len(shas), "docs": docs, "rows": sum(removed.values()), "stores": per_store,
+               "unreachable": unreachable, "already_erased": not fresh}
+    if unreachable:
+        raise UserError(f"could not reach {'; '.join(unreachable)}: its faces of those {len(shas)} image(s) are not "
+                        "erased yet; the tombstone is written, so the next `facebeam forget` (the same command) or "
+                        "any load into it finishes the erasure")
+    return summary
 
 
 def main(argv=None) -> int:

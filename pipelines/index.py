@@ -24,6 +24,7 @@ from facebeam.pipelines.runner.job_options import pipeline_options
 from facebeam.pipelines.runner.kinds import runner_name
 from facebeam.pipelines.runner.launch import create_pipeline
 from facebeam.transforms import es_load, metrics, shards, stores
+from facebeam.transforms.stores import registry
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +55,37 @@ def run(config: IndexConfig, pipeline=None) -> dict:
     found = shards.files(config.shards)
     shards.verify(found)  # every footer and row group, before anything is written
     spec = shards.spec_of(config.shards)
-    store = stores.resolve(config.store, config.es.connection, config.load.alias)
-    if store.kind != "es":  # the embedded index or Redis: loaded from the shards here, no Beam job
-        return stores.index_job(store, config.shards, found, spec, config.load.m, config.load.ef_construction,
-                                config.load.bulk.chunk_docs, config.load.bulk.max_retries)
-    target = es_load.open_target(config.es.connection(), config.load, spec)  # fails fast, before any file is made
+    store = stores.for_loading(config.store, config.es.connection, config.load.alias)
     with jobs.lock_output(config.shards):
-        return _load(config, pipeline, found, spec, target)
+        loading = store.begin_load(spec, config.load, config.shards, shard_files=found)  # fails fast
+        return _load(config, pipeline, found, spec, store, loading)
 
 
-def _load(config: IndexConfig, pipeline, found, spec, target) -> dict:
+def _load(config: IndexConfig, pipeline, found, spec, store, loading) -> dict:
     opts = pipeline_options(config.beam_args)
-    p = create_pipeline(opts, pipeline)
-    load = es_load.LoadFaces(target, config.load, config.shards, spec)
-    (p | "ShardFiles" >> beam.Create(found)
-       | "ReadShards" >> beam.ParDo(shards.ReadShardRows())
-       | "Spread" >> beam.Reshuffle()
-       | "CountRead" >> beam.Map(metrics.counted, metrics.ROWS_READ)
-       | "Load" >> load)
-    with es_load.loading(target):
-        result, elapsed = jobs.run(p)
-    shards.clear_index_errors(config.shards, keep=load.errors_dir, runs_too=True)  # every shard was re-sent
-    c = metrics.read_counters(result)
-    summary = {"rows_read": c.get(metrics.ROWS_READ, 0), **metrics.index_counts(c), "backend": "elasticsearch",
-               "index": target.alias,
-               "concrete_index": target.concrete, "doc_count": target.count, "spec_id": spec.spec_id,
-               "index_errors": load.errors_dir,
-               "runner": runner_name(opts), "elapsed_s": round(elapsed, 3),
-               "docs_per_s": round(c.get(metrics.DOCS_INDEXED, 0) / elapsed, 1)}
+    result, elapsed, c = None, 0.0, {}
+    if store.capabilities.in_pipeline:  # a Beam job reads the shards into the store
+        p = create_pipeline(opts, pipeline)
+        rows = (p | "ShardFiles" >> beam.Create(found)
+                  | "ReadShards" >> beam.ParDo(shards.ReadShardRows())
+                  | "Spread" >> beam.Reshuffle()
+                  | "CountRead" >> beam.Map(metrics.counted, metrics.ROWS_READ))
+        loading.attach(rows)
+        with loading.running():
+            result, elapsed = jobs.run(p)
+        c = metrics.read_counters(result)
+    loaded = loading.finish(result)  # other stores read the shards here, no Beam job
+    summary = {"rows_read": c.get(metrics.ROWS_READ, 0), **loaded, "index": loaded.get("index", store.name),
+               "spec_id": spec.spec_id, "retried": loaded.get("retried", 0)}
+    if store.capabilities.in_pipeline:
+        summary.update(runner=runner_name(opts), elapsed_s=round(elapsed, 3),
+                       docs_per_s=round(loaded["indexed"] / elapsed, 1) if elapsed else 0.0)
+    registry.remember(config.shards, store)
+    summary["erased_late"] = registry.finish_erasure(config.shards, store)
     shards.write_json(FileSystems.join(config.shards, "index-summary.json"), summary)
-    log.info("index done: %d rows read, %d indexed, %d failed (%d retries); %s holds %d docs",
-             summary["rows_read"], summary["indexed"], summary["failed"], summary["retried"], target.concrete, target.count)
+    log.info("index done (%s): %d rows read, %d loaded, %d failed (%d retries); %s holds %d faces", summary["backend"],
+             summary["rows_read"], summary["indexed"], summary["failed"], summary["retried"], store.describe(),
+             summary["doc_count"])
     return summary
 
 

@@ -392,6 +392,25 @@ def add_store(p, kinds=("es", "local", "redis"), redis: bool = True, auto: str =
                                                           "<FACEBEAM_HOME>/redis/connection.json)")
 
 
+def add_search_filters(p) -> None:
+    """--label NAME, --person NAME, --path-prefix P: filters every searching store applies before ranking."""
+    p.add_argument("--label", default=None, metavar="NAME", help="only faces with this identity label")
+    p.add_argument("--person", default=None, metavar="NAME",
+                   help="only faces of the person of this name (`facebeam persons name`) or person id")
+    p.add_argument("--path-prefix", default=None, metavar="P", help="only faces of images whose path starts with P")
+
+
+def search_filters(a: Args) -> tuple:
+    """--filter FIELD=VALUE, --label and --person -> knn.SearchSpec filters ((field, value), ...)."""
+    from facebeam.transforms import knn
+
+    try:
+        found = knn.parse_filters(a.filter)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return found + ((("label", a.label),) if a.label else ()) + ((("person", a.person),) if a.person else ())
+
+
 def store_from(a: Args, kinds=("es", "local", "redis"), redis: bool = True):
     from facebeam.transforms.stores import StoreChoice
 

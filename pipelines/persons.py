@@ -15,7 +15,7 @@ import logging
 import sys
 
 from facebeam.pipelines import jobs, options
-from facebeam.transforms import persons
+from facebeam.transforms import persons, stores
 from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class PersonsConfig:
     faces: tuple = ()
     top: int = 20
     index: str = None
+    shards: str = None
     es: options.EsFlags = options.EsFlags()
 
 
@@ -52,6 +53,8 @@ def build_parser():
     ls.add_argument("--top", type=int, default=20, help="persons to print, largest first")
     for q in (n, m, s):
         q.add_argument("--index", default=None, help="also update the faces' documents in this alias")
+        q.add_argument("--shards", default=None, metavar="DIR",
+                       help="also give the names to every store the collection DIR was loaded into (and its shards)")
         options.add_es(q)
     return p
 
@@ -60,7 +63,8 @@ def configure(a: options.Args, beam_args=()) -> PersonsConfig:
     action = a.action
     if action == "list":
         return PersonsConfig(clusters=a.clusters, action=action, top=a.top)
-    base = {"clusters": a.clusters, "action": action, "person_id": a.person_id, "index": a.index, "es": options.es_from(a)}
+    base = {"clusters": a.clusters, "action": action, "person_id": a.person_id, "index": a.index, "shards": a.shards,
+            "es": options.es_from(a)}
     if action == "name":
         return PersonsConfig(**base, name=a.name)
     if action == "merge":
@@ -80,6 +84,10 @@ def run(config: PersonsConfig, pipeline=None) -> dict:
     result = persons.edit(c.clusters, c.action, c.person_id, name=c.name, into=c.into, faces=c.faces)
     if c.index:
         result["index_updated"] = persons.push_names(c.es.connection(), c.index, c.clusters)
+    if c.shards:
+        result["stores_updated"] = stores.push_persons(c.shards, c.es.connection, persons.lookup(c.clusters))
+        for line in result["stores_updated"]:
+            print(f"  {line}")
     log.info("persons %s: %s", c.action, result)
     return result
 

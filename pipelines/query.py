@@ -25,7 +25,7 @@ from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner.job_options import pipeline_options
 from facebeam.pipelines.runner.kinds import runner_name
 from facebeam.pipelines.runner.launch import create_pipeline
-from facebeam.transforms import knn, metrics, persons, records, shards, sources
+from facebeam.transforms import knn, metrics, persons, records, shards, sources, stores
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.sources import Inputs
 
@@ -48,9 +48,10 @@ class QueryConfig:
     report: str = None
     persons: str = None
     threshold: float = None
+    path_prefix: str = None
     spec_given: tuple = ()  # (field, value) pairs the index's spec must match
     es: options.EsFlags = options.EsFlags()
-    store: object = None  # stores.StoreChoice: es | local[:DIR]
+    store: object = None  # stores.StoreChoice: es | local[:DIR] (Redis verifies, it does not rank)
     beam_args: tuple = ()
 
 
@@ -72,29 +73,31 @@ def build_parser():
                    help="a `facebeam cluster` output: give each hit its person id and name")
     p.add_argument("--threshold", type=float, default=None,
                    help="same-person distance (default: the calibrated one the index or shards carry, else the model's)")
+    options.add_search_filters(p)
     options.add_spec(p, check_only=True)
     options.add_es(p)
-    options.add_store(p, kinds=("es", "local"), redis=False)
+    options.add_store(p)  # redis is refused by its capability: it verifies, it does not rank
     return p
 
 
 def configure(a: options.Args, beam_args=()) -> QueryConfig:
     return QueryConfig(probes=options.inputs_from(a, labels=False, backfill=False), output=a.output, index=a.index,
-                       k=a.k, num_candidates=a.num_candidates, filters=tuple(a.filter),
+                       k=a.k, num_candidates=a.num_candidates, filters=options.search_filters(a),
                        exclude_same_image=a.exclude_same_image, format=a.format, exact=a.exact, shards=a.shards,
-                       report=a.report, persons=a.persons, threshold=a.threshold, spec_given=tuple(options.spec_given(a).items()),
-                       es=options.es_from(a), store=options.store_from(a, kinds=("es", "local"), redis=False),
+                       report=a.report, persons=a.persons, threshold=a.threshold, path_prefix=a.path_prefix,
+                       spec_given=tuple(options.spec_given(a).items()),
+                       es=options.es_from(a), store=options.store_from(a),
                        beam_args=tuple(beam_args))
 
 
 class Search(beam.DoFn):
     """A batch of probe face rows -> (probe image, (probe face, hits)) per face."""
 
-    def __init__(self, backend: knn.Backend, search: knn.SearchSpec, persons_dir=None):
-        self._backend, self._search, self._persons_dir = backend, search, persons_dir
+    def __init__(self, store, search: knn.SearchSpec, persons_dir=None):
+        self._store, self._search, self._persons_dir = store, search, persons_dir
 
     def setup(self):
-        self._open = self._backend.open()
+        self._open = self._store.searcher()
         self._persons = persons.lookup(self._persons_dir) if self._persons_dir else None
 
     def process(self, batch):
@@ -118,18 +121,18 @@ def result_rows(item, spec, mode, threshold=None):
 
 def run(config: QueryConfig, pipeline=None) -> dict:
     ns = config
-    backend = knn.open_backend(ns.es.connection, ns.index, ns.exact, ns.shards, ns.spec_given, ns.threshold,
-                               store=ns.store)
+    backend = stores.open_search(ns.store, ns.es.connection, ns.index, ns.shards, ns.exact, ns.spec_given, ns.threshold)
     spec, mode, where, threshold = backend.spec, backend.mode, backend.where, backend.threshold
     search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or max(100, 10 * ns.k),
-                            filters=knn.parse_filters(ns.filters), exclude_same_image=ns.exclude_same_image)
+                            filters=ns.filters,
+                            exclude_same_image=ns.exclude_same_image, path_prefix=ns.path_prefix)
     sources.check_inputs(ns.probes.patterns)
     opts = pipeline_options(ns.beam_args)
     p = create_pipeline(opts, pipeline)
     probes = p | "EmbedProbes" >> EmbedInputs(ns.probes, spec)
     results = (probes["faces"]
                | "BatchProbes" >> beam.BatchElements(min_batch_size=1, max_batch_size=64)
-               | "Search" >> beam.ParDo(Search(backend, search, ns.persons))
+               | "Search" >> beam.ParDo(Search(backend.store, search, ns.persons))
                | "ByPhoto" >> beam.GroupByKey()
                | "Rows" >> beam.FlatMap(result_rows, spec, mode, threshold))
     join = FileSystems.join

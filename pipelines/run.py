@@ -13,6 +13,7 @@ from facebeam.transforms import es_load, shards, stores
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.sources import Inputs
 from facebeam.transforms.spec import EmbeddingSpec
+from facebeam.transforms.stores import registry
 
 log = logging.getLogger(__name__)
 
@@ -53,48 +54,26 @@ def run(config: RunConfig, pipeline=None) -> dict:
 
 
 def _run(config: RunConfig, pipeline) -> dict:
+    """Embed and write the shards; the store loads the faces in the pipeline (Elasticsearch) or from the shards after."""
     spec = config.spec
-    store = stores.resolve(config.store, config.es.connection, config.load.alias)
-    if store.kind != "es":
-        return _run_into_store(config, pipeline, store)
-    target = es_load.open_target(config.es.connection(), config.load, spec)
+    store = stores.for_loading(config.store, config.es.connection, config.load.alias)
     opts = pipeline_options(config.beam_args)
     run_id, skip = jobs.plan_backfill(config.output, spec, config.incremental, config.inputs.max_file_bytes)
+    loading = store.begin_load(spec, config.load, config.output, run_id=run_id)  # reachable, this spec: fails fast
     p = create_pipeline(opts, pipeline)
     out = p | "Embed" >> EmbedInputs(config.inputs, spec, skip)
     out | "Write" >> shards.WriteShards(config.output, spec, run_id)
-    load = es_load.LoadFaces(target, config.load, config.output, spec, run_id)
-    out["faces"] | "Load" >> load
-    with es_load.loading(target):
+    loading.attach(out["faces"])
+    with loading.running():
         result, elapsed = jobs.run(p)
-    if not run_id:  # a plain run re-sent the flat shards: older flat/load= dead letters are stale
-        shards.clear_index_errors(config.output, keep=load.errors_dir, runs_too=False)
     summary = jobs.embed_summary(result, elapsed, spec, opts)
-    summary.update(jobs.load_summary(result, target, load.errors_dir), backend="elasticsearch")
-    jobs.finish_run(config.output, run_id, summary)
-    log.info("run done: %d images, %d embedded, %d faces, failed %s; %d docs indexed into %s (%d docs)%s",
-             summary["images_seen"], summary["images_embedded"], summary["faces"], summary["images_failed"] or "none",
-             summary["docs_indexed"], target.concrete, target.count, jobs.skipped_note(summary))
-    return summary
-
-
-
-def _run_into_store(config: RunConfig, pipeline, store) -> dict:
-    """Embed and write the shards, then add the new faces to the embedded index or Redis (no cluster needed)."""
-    spec = config.spec
-    stores.check(store, spec)  # reachable and of this spec, before anything is embedded
-    opts = pipeline_options(config.beam_args)
-    run_id, skip = jobs.plan_backfill(config.output, spec, config.incremental, config.inputs.max_file_bytes)
-    p = create_pipeline(opts, pipeline)
-    out = p | "Embed" >> EmbedInputs(config.inputs, spec, skip)
-    out | "Write" >> shards.WriteShards(config.output, spec, run_id)
-    result, elapsed = jobs.run(p)
-    summary = jobs.embed_summary(result, elapsed, spec, opts)
-    loaded = stores.load_shards(store, stores.run_shards(store, config.output, run_id), spec, config.load.m,
-                                config.load.ef_construction, config.load.bulk.chunk_docs, config.load.bulk.max_retries)
-    summary.update(backend=loaded["backend"], store=loaded["store"], index=store.name, doc_count=loaded["doc_count"],
-                   docs_indexed=loaded["indexed"], docs_failed=0, docs_retried=loaded.get("retried", 0),
-                   **{k: loaded[k] for k in ("ann_dir", "library", "bytes_on_disk") if k in loaded})
+    loaded = loading.finish(result)
+    summary.update({k: v for k, v in loaded.items() if k in ("backend", "store", "index", "concrete_index",
+                                                             "index_errors", "ann_dir", "library", "bytes_on_disk")},
+                   index=loaded.get("index", store.name), doc_count=loaded["doc_count"],
+                   docs_indexed=loaded["indexed"], docs_failed=loaded["failed"], docs_retried=loaded.get("retried", 0))
+    registry.remember(config.output, store)
+    summary["erased_late"] = registry.finish_erasure(config.output, store)
     jobs.finish_run(config.output, run_id, summary)
     log.info("run done: %d images, %d embedded, %d faces, failed %s; %d faces added to the %s (%d in all)%s",
              summary["images_seen"], summary["images_embedded"], summary["faces"], summary["images_failed"] or "none",

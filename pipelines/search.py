@@ -13,7 +13,7 @@ import sys
 import time
 
 from facebeam.pipelines import jobs, options
-from facebeam.transforms import images, knn, sources
+from facebeam.transforms import images, knn, sources, stores
 
 log = logging.getLogger(__name__)
 BEAM = False  # answered in this process, photo by photo
@@ -29,6 +29,7 @@ class SearchConfig:
     exact: bool = False
     shards: str = None
     threshold: float = None
+    path_prefix: str = None
     stdin: bool = False
     es: options.EsFlags = options.EsFlags()
     store: object = None  # stores.StoreChoice: es | local[:DIR]
@@ -47,16 +48,17 @@ def build_parser():
     p.add_argument("--threshold", type=float, default=None,
                    help="same-person distance (default: the calibrated one the index or shards carry)")
     p.add_argument("--stdin", action="store_true", help="read more photo paths from standard input")
+    options.add_search_filters(p)
     options.add_es(p)
-    options.add_store(p, kinds=("es", "local"), redis=False)
+    options.add_store(p)  # redis is refused by its capability: it verifies, it does not rank
     return p
 
 
 def configure(a: options.Args, beam_args=()) -> SearchConfig:
     return SearchConfig(photos=tuple(a.photos), index=a.index, k=a.k, num_candidates=a.num_candidates,
-                        filters=tuple(a.filter), exact=a.exact, shards=a.shards, threshold=a.threshold,
-                        stdin=a.stdin, es=options.es_from(a),
-                        store=options.store_from(a, kinds=("es", "local"), redis=False))
+                        filters=options.search_filters(a), exact=a.exact, shards=a.shards, threshold=a.threshold,
+                        path_prefix=a.path_prefix, stdin=a.stdin, es=options.es_from(a),
+                        store=options.store_from(a))
 
 
 class Searcher:
@@ -64,13 +66,14 @@ class Searcher:
         from facebeam.transforms.faces import FaceModel
 
         started = time.perf_counter()
-        self.backend = knn.open_backend(config.es.connection, config.index, config.exact, config.shards,
-                                        threshold=config.threshold, store=config.store)
+        self.backend = stores.open_search(config.store, config.es.connection, config.index, config.shards,
+                                          config.exact, threshold=config.threshold)
         self.spec = self.backend.spec
         self.search = knn.SearchSpec(k=config.k, num_candidates=config.num_candidates or max(100, 10 * config.k),
-                                     filters=knn.parse_filters(config.filters))
+                                     filters=config.filters,
+                                     path_prefix=config.path_prefix)
         self.model = FaceModel(self.spec)
-        self.open = self.backend.open()
+        self.open = self.backend.store.searcher()
         self.warmup_s = time.perf_counter() - started
 
     def __call__(self, path: str):
@@ -86,10 +89,11 @@ class Searcher:
                                       self.backend.mode)
 
 
-def print_table(path, probes, rows, seconds, out=None):
+def print_table(path, probes, rows, seconds, out=None, threshold_note=None):
     """One photo's faces (knn.probe_faces) and result rows (knn.photo_rows) as text."""
     out = out or sys.stdout
-    print(f"\n{path}: {len(probes)} face(s), answered in {seconds * 1000:.0f} ms", file=out)
+    note = f"; same person at <= {threshold_note}" if threshold_note else ""
+    print(f"\n{path}: {len(probes)} face(s), answered in {seconds * 1000:.0f} ms{note}", file=out)
     for p in probes:
         mine = [r for r in rows if r["probe_face_index"] == p["face_index"]]
         label = mine[0]["top_label"] if mine else None
@@ -117,8 +121,8 @@ def run(config: SearchConfig, pipeline=None) -> dict:
                 print(f"\n{path}: cannot search: {e}")
                 failed += 1
                 continue
-            faces += len(probes)
-            print_table(path, probes, rows, time.perf_counter() - started)
+            print_table(path, probes, rows, time.perf_counter() - started,
+                        threshold_note=f"{b.threshold:.4f} ({b.threshold_from})")
     finally:
         searcher.open.close()
     return {"photos": len(paths), "faces": faces, "failed": failed, **b.where, "threshold": b.threshold,

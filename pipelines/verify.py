@@ -25,13 +25,13 @@ import sys
 import time
 
 from facebeam.pipelines import jobs, options
-from facebeam.transforms import calibrate, knn, sources
+from facebeam.transforms import knn, sources
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
 BEAM = False
-KINDS = ("redis", "es")
+KINDS = ("redis", "es", "local")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,51 +89,21 @@ def read_pairs(path: str, photos: str = None) -> list:
 
 
 class Backend:
-    """The store behind verification: closest(vector, name) -> (face_id, distance, faces of name)."""
+    """The store behind verification, chosen once: closest(vector, name) -> (face_id, distance, faces of name)."""
 
     def __init__(self, config: VerifyConfig):
         from facebeam.transforms import stores
 
-        choice = config.store
-        if choice.kind is None:  # automatic: Elasticsearch when a cluster is configured, else Redis
-            kind = "es" if stores.es_configured(config.es.connection) else "redis"
-            choice = dataclasses.replace(choice, kind=kind)
-            log.info("verifying on %s (no --store given)", "Elasticsearch" if kind == "es" else "Redis")
-        self.kind = choice.kind
-        if self.kind == "redis":
-            from facebeam.transforms import redis_store
-
-            self.conn = choice.redis()
-            self.client = self.conn.check()
-            self.spec = redis_store.stored_spec(self.client, config.index)
-            self.verifier = redis_store.Verifier(self.client, config.index, self.spec)
-            self.where = f"Redis {self.conn.url} store {config.index!r}"
-            carried, place = None, None
-        else:
-            from facebeam.transforms import es_conn, es_index
-
-            conn = config.es.connection()
-            self.client = conn.client()
-            es_conn.check(self.client, conn)
-            concrete = es_index.alias_target(self.client, config.index)
-            if concrete is None:
-                raise UserError(f"no index {config.index!r} in Elasticsearch at {conn.url}; run `facebeam index` first")
-            self.spec, self.alias = es_index.spec_of(self.client, concrete), config.index
-            self.where = f"Elasticsearch {conn.url} index {config.index} ({concrete})"
-            carried, place = calibrate.from_index(self.client, concrete), f"index {concrete}"
-        self.threshold, self.threshold_from = calibrate.choose_threshold(self.spec, config.threshold, carried, place)
+        self.store = stores.for_verify(config.store, config.es.connection, config.index)
+        self.spec = self.store.spec()
+        self.where = self.store.describe()
+        self.threshold, self.threshold_from = self.store.threshold(self.spec, config.threshold)
 
     def closest(self, vector, name: str) -> tuple:
-        if self.kind == "redis":
-            return self.verifier.closest(vector, name)
-        search = knn.SearchSpec(k=1, num_candidates=100, filters=(("label", name),))
-        hits = knn.es_search(self.client, self.alias, [{"embedding": vector, "image_sha256": ""}], search, self.spec)[0]
-        if not hits:
-            return None, None, 0
-        return hits[0]["face_id"], hits[0]["distance"], None
+        return self.store.closest(vector, name)
 
     def close(self):
-        self.client.close()
+        self.store.close()
 
 
 class Prober:
@@ -197,7 +167,7 @@ def run(config: VerifyConfig, pipeline=None) -> dict:
     backend = Backend(config)
     try:
         prober = Prober(backend.spec)
-        head = {"backend": backend.kind if backend.kind == "redis" else "elasticsearch", "store": backend.where,
+        head = {"backend": backend.store.where()["backend"], "store": backend.where,
                 "threshold": backend.threshold, "threshold_from": backend.threshold_from, "spec_id": backend.spec.spec_id}
         if config.pairs is None:
             res = verify_one(backend, prober, config.photo, config.name, config.face)

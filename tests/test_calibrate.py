@@ -133,3 +133,26 @@ def test_index_meta_carries_the_threshold_to_elasticsearch_queries(tree, tmp_pat
         assert rows and all(r["same_person"] == (r["distance"] <= cal["threshold"]) for r in rows)
     finally:
         drop_versions(es_client, alias)
+
+
+def test_calibrate_on_the_embedded_index_and_search_store_local_uses_it(tree, tmp_path, capsys):
+    """`calibrate --store local:DIR` writes the threshold into the embedded index; `search --store local:DIR`
+    judges with it and says where it came from, on the ready line and on every photo's line."""
+    import re
+
+    from facebeam.pipelines import search
+
+    work, root, out, people = tree
+    folder = str(tmp_path / "ann")
+    job(index, ["--shards", out, "--store", f"local:{folder}"])
+    cal = job(calibrate_cmd, ["--shards", out, "--label-from", "parent-dir", "--store", f"local:{folder}",
+                              "--output", str(tmp_path / "cal")])
+    t = cal["threshold"]
+    assert t != pytest.approx(0.6, abs=1e-4)
+    photos = sorted(str(p) for p in root.rglob("*.jpg"))[:3]
+    assert search.main([*photos, "--store", f"local:{folder}"]) == 0
+    printed = capsys.readouterr().out
+    where = f"same person at <= {t:.4f} (calibration in embedded index {folder})"
+    assert printed.count(where) == 1 + len(photos), printed
+    judged = re.findall(r"^\s+\d+\s+([\d.]+)\s+(yes|no)\s", printed, flags=re.M)
+    assert judged and all((float(d) <= t) == (same == "yes") for d, same in judged)

@@ -241,3 +241,169 @@ def test_reindex_switches_the_embedded_index_to_the_new_spec(tmp_path, capsys):
                       knn.SearchSpec(k=1, num_candidates=10))[0] and old_rows
     with pytest.raises(Exception, match="embedding spec mismatch"):
         job(index, ["--shards", str(tmp_path / "v1"), "--store", f"local:{folder}"])
+
+
+# --- erasure everywhere: one collection, every store it was loaded into ------------------------------
+def labeled_subset(sample_run, folder, photos: int = 6) -> list:
+    """The faces of the sample's first photos, labeled with their file name, as a shards folder."""
+    import pyarrow.parquet as pq
+
+    every = str(Path(folder).parent / (Path(folder).name + "-all"))
+    label_by_file(sample_run[0], every)
+    keep = sorted({os.path.basename(r["image_path"]) for r in read_rows(os.path.join(every, "embeddings"))})[:photos]
+    os.makedirs(os.path.join(folder, "embeddings"))
+    rows = []
+    for name in sorted(os.listdir(os.path.join(every, "embeddings"))):
+        t = pq.read_table(os.path.join(every, "embeddings", name))
+        t = t.filter([os.path.basename(p) in keep for p in t.column("image_path").to_pylist()])
+        if t.num_rows:
+            pq.write_table(t, os.path.join(folder, "embeddings", name))
+            rows += t.to_pylist()
+    return rows
+
+
+def answers(store, faces, label) -> list:
+    """What of `faces` (or their label) a store still answers: by verification, and by search where it ranks."""
+    found = []
+    face_id, _, _ = store.closest(faces[0]["embedding"], label)
+    if face_id is not None:
+        found.append(f"{store.describe()} verifies {label} as {face_id}")
+    if store.capabilities.search:
+        searcher = store.searcher()
+        try:
+            hits = searcher.search(faces, knn.SearchSpec(k=10, num_candidates=100))
+        finally:
+            searcher.close()
+        found += [f"{store.describe()} ranks {h['face_id']} ({h['label']})" for hs in hits for h in hs
+                  if h["label"] == label or h["face_id"] in {f["face_id"] for f in faces}]
+    return found
+
+
+def test_one_forget_erases_a_label_from_every_store_and_a_second_says_already_erased(
+        sample_run, tmp_path, es_conn, es_client, redis_conn_args, capsys):
+    from facebeam.transforms import stores
+    from facebeam.transforms.stores import registry
+
+    out, folder, alias, name = str(tmp_path / "shards"), str(tmp_path / "ann"), "stores-erase", "stores-erase"
+    rows = labeled_subset(sample_run, out)
+    label = rows[0]["label"]
+    faces = [r for r in rows if r["label"] == label]
+    drop_versions(es_client, alias)
+    try:
+        job(index, ["--shards", out, "--index", alias, "--es-conn", CONN])
+        job(index, ["--shards", out, "--store", f"local:{folder}"])
+        job(index, ["--shards", out, "--store", "redis", "--index", name, *redis_conn_args])
+        recorded = registry.recorded(out)
+        assert sorted(r["kind"] for r in recorded) == ["es", "local", "redis"]
+        text = Path(registry.path(out)).read_text()
+        secret = json.loads(Path(redis_conn_args[1]).read_text())["password"]
+        assert secret not in text and "password" not in text.lower(), "the record holds no secret"
+        every = [stores.from_record(r, lambda: es_conn) for r in recorded]
+        assert all(answers(s, faces, label) for s in every), "before: every store answers with the label"
+
+        assert forget.main(["--label", label, "--shards", out, "--es-conn", CONN]) == 0
+        printed = capsys.readouterr().out
+        for s in every:
+            assert f"{s.describe()}: removed {len(faces)} face doc(s)" in printed
+        assert f"shards {out}: removed {len(faces)} row(s)" in printed and "tombstone:" in printed
+        for s in every:
+            assert answers(s, faces, label) == [], s.describe()
+            assert s.count() == len(rows) - len(faces)
+        assert all(r["label"] != label for r in read_rows(os.path.join(out, "embeddings")))
+
+        assert forget.main(["--label", label, "--shards", out, "--es-conn", CONN]) == 0
+        printed = capsys.readouterr().out
+        assert "already erased everywhere" in printed and "tombstone:" not in printed
+        for s in every:
+            assert f"{s.describe()}: removed 0 face doc(s)" in printed
+            s.close()
+    finally:
+        drop_versions(es_client, alias)
+        client = redis_store.RedisConn.resolve(conn_file=redis_conn_args[1]).check()
+        for key in client.scan_iter(redis_store.prefix(name) + "*"):
+            client.delete(key)
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis of this test alone (it is stopped and started again)."""
+    from facebeam.pipelines.local import redis as redis_local
+    from tests.redis_fixtures import free_port
+
+    home, port = tmp_path / "redis", free_port()
+    redis_local.up(home, port)
+    yield home, port
+    redis_local.down(home)
+
+
+def test_forget_with_redis_down_exits_2_naming_it_and_a_later_load_finishes_the_erasure(
+        sample_run, tmp_path, own_redis, caplog, capsys):
+    from facebeam.pipelines.local import redis as redis_local
+    from facebeam.transforms.stores import embedded
+    from facebeam.transforms.stores import redis as redis_faces
+
+    home, port = own_redis
+    conn_args = ["--redis-conn", str(home / "connection.json")]
+    out, folder, name = str(tmp_path / "shards"), str(tmp_path / "ann"), "stores-down"
+    rows = labeled_subset(sample_run, out)
+    label = rows[-1]["label"]
+    faces = [r for r in rows if r["label"] == label]
+    job(index, ["--shards", out, "--store", f"local:{folder}"])
+    job(index, ["--shards", out, "--store", "redis", "--index", name, *conn_args])
+    local = embedded.EmbeddedStore("faces", folder)
+    red = redis_faces.RedisStore(name, redis_store.RedisConn.resolve(conn_file=conn_args[1]))
+    assert answers(red, faces, label)
+    red.close()
+
+    assert redis_local.down(home)
+    assert forget.main(["--label", label, "--shards", out]) == 2
+    printed, error = capsys.readouterr().out, caplog.text
+    assert f"could not reach Redis store {name!r} at redis://127.0.0.1:{port}" in error
+    assert f"{local.describe()}: removed {len(faces)} face doc(s)" in printed
+    assert "NOT reached" in printed and "tombstone:" in printed and shards.tombstones(out)
+    assert answers(local, faces, label) == []
+
+    redis_local.up(home, port)
+    assert answers(red, faces, label), "Redis was down: it still holds the faces"
+    red.close()
+    loaded = job(index, ["--shards", out, "--store", "redis", "--index", name, *conn_args])
+    assert loaded["erased_late"] == len(faces)
+    assert answers(red, faces, label) == [] and red.count() == len(rows) - len(faces)
+    assert forget.main(["--label", label, "--shards", out]) == 0
+    assert "already erased everywhere" in capsys.readouterr().out
+    red.close()
+
+
+def test_search_on_redis_says_it_verifies_and_does_not_rank(redis_conn_args, caplog):
+    """A capability a store lacks is declared and said in one line (exit 2), never silently skipped."""
+    from facebeam.pipelines import search
+
+    photo = sample_images()[0]
+    assert search.main([photo, "--store", "redis", "--index", "nothing-here", *redis_conn_args]) == 2
+    assert "verifies by identity and does not rank the whole collection: use `facebeam verify`" in caplog.text
+
+
+def test_commands_never_branch_on_a_store_kind_and_stores_import_no_loop():
+    """Commands hold a FaceStore and read its capabilities; ann, knn and stores import one way (with local imports)."""
+    import ast
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    branches = [f"{p.name}:{n}" for p in sorted((root / "pipelines").glob("*.py"))
+                for n, line in enumerate(p.read_text().splitlines(), 1)
+                if re.search(r"(\.kind|\bkind|\.mode|\bmode)\s*(==|!=|\bin\b)|\.kind\s*\]", line)]
+    assert branches == []
+
+    def imports(path: Path) -> set:
+        out = set()
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.ImportFrom) and n.module:
+                names = [n.module] + [f"{n.module}.{a.name}" for a in n.names]
+                out |= {x.removeprefix("facebeam.transforms.").split(".")[0] for x in names
+                        if x.startswith("facebeam.transforms.")}
+        return out
+
+    t = root / "transforms"
+    graph = {"ann": imports(t / "ann.py"), "knn": imports(t / "knn.py"),
+             "stores": set().union(*(imports(p) for p in (t / "stores").glob("*.py"))) - {"stores"}}
+    assert "stores" not in graph["ann"] | graph["knn"] and "ann" not in graph["knn"]

@@ -230,9 +230,8 @@ class AnnIndex:
         for i in gone:
             self.meta["deleted"][i] = True
             codes[i, :] = 0
-            for k in META_FIELDS:
-                if k not in ("face_id",):
-                    self.meta[k][i] = None
+            for k in META_FIELDS:  # nothing of the face stays, its id included
+                self.meta[k][i] = None
         self._positions = self._selector = None
         self.__dict__.pop("_most", None)
         self.__dict__.pop("_deleted", None)
@@ -347,16 +346,20 @@ class AnnIndex:
                 "box_y": m["box_y"][pos], "box_w": m["box_w"][pos], "box_h": m["box_h"][pos],
                 "distance": float(dist), "score": distance_to_score(float(dist), self.spec)}
 
-    def _allowed(self, filters) -> list | None:
-        if not filters:
+    def _allowed(self, filters, face_ids=None, path_prefix=None) -> list | None:
+        if not filters and face_ids is None and not path_prefix:
             return None
         for field, _ in filters:
             if field not in self.meta:
                 raise ValueError(f"cannot filter on {field!r} in the embedded index; it keeps {', '.join(META_FIELDS)}")
-        return [i for i in range(self.total) if not self.meta["deleted"][i]
-                and all(str(self.meta[f][i]) == v for f, v in filters)]
+        m = self.meta
+        return [i for i in range(self.total) if not m["deleted"][i]
+                and all(str(m[f][i]) == v for f, v in filters)
+                and (face_ids is None or m["face_id"][i] in face_ids)
+                and (not path_prefix or (m["image_path"][i] or "").startswith(path_prefix))]
 
-    def search_vectors(self, vectors, k: int, ef: int = 100, filters=(), exclude_shas=None) -> list:
+    def search_vectors(self, vectors, k: int, ef: int = 100, filters=(), exclude_shas=None, face_ids=None,
+                       path_prefix=None) -> list:
         """[(position, distance), ...] per query vector, best first; deleted faces never come back."""
         q = _prepare(vectors, self.spec)
         if self.total == 0 or len(q) == 0:
@@ -364,7 +367,7 @@ class AnnIndex:
         extra = 0
         if exclude_shas is not None:
             extra = self._most_faces_per_image()
-        allowed = self._allowed(filters)
+        allowed = self._allowed(filters, face_ids, path_prefix)
         want = k + extra
         if allowed is not None and len(allowed) <= EXACT_SUBSET:
             out = self._exact(q, allowed, want)
@@ -399,11 +402,12 @@ class AnnIndex:
             self.__dict__["_most"] = max(c.values(), default=0)
         return self.__dict__["_most"]
 
-    def search(self, probes: list, search) -> list:
-        """Probe face rows + a knn.SearchSpec -> hit lists in the shape knn.es_search returns."""
+    def search(self, probes: list, search, face_ids=None) -> list:
+        """Probe face rows + a knn.SearchSpec -> hit lists in the shape knn.es_search returns (`face_ids`: only those)."""
         excl = [p["image_sha256"] for p in probes] if search.exclude_same_image else None
         found = self.search_vectors([p["embedding"] for p in probes], search.k, ef=search.num_candidates,
-                                    filters=search.filters, exclude_shas=excl)
+                                    filters=search.filters, exclude_shas=excl, face_ids=face_ids,
+                                    path_prefix=getattr(search, "path_prefix", None))
         return [[self._hit(i, d) for i, d in hits] for hits in found]
 
     def describe(self) -> str:
@@ -451,7 +455,7 @@ def load_shards(folder: str, shard_files, spec: EmbeddingSpec, m: int = 16, ef_c
 
 
 def where(folder: str) -> dict:
-    """What a search of this embedded index runs against, for summaries and logs (knn.Backend.where)."""
+    """What a search of this embedded index runs against, for summaries and logs (FaceStore.where)."""
     info = read_info(folder)
     return {"backend": "local", "ann_dir": folder, "library": info.get("library"),
             "searched": f"embedded HNSW index {folder} ({info.get('count')} faces, {info.get('library')})"}

@@ -1,7 +1,8 @@
 """Top-k face search: Elasticsearch kNN (msearch) or an exact scan over the Parquet shards.
 
 Both take probe face rows and return hits as the same dicts, so one job and one
-report serve both; the exact scan is the recall ground truth.
+report serve both; the exact scan is the recall ground truth. The stores
+(transforms/stores/) search through these; this module imports none of them.
 """
 import dataclasses
 import logging
@@ -19,8 +20,9 @@ HIT_FIELDS = ("face_id", "image_path", "image_sha256", "face_index", "label",
 class SearchSpec:
     k: int = 5
     num_candidates: int = 100
-    filters: tuple = ()  # ((field, value), ...)
+    filters: tuple = ()  # ((field, value), ...); field "person" is a person's name (the stores resolve it)
     exclude_same_image: bool = False
+    path_prefix: str = None  # only faces of images whose path starts with this
 
     def __post_init__(self):
         if self.k < 1 or self.num_candidates < self.k:
@@ -50,8 +52,13 @@ def distance_to_score(distance: float, spec: EmbeddingSpec) -> float:
     return (2.0 - distance) / 2.0
 
 
-def es_knn_body(vector, sha256, search: SearchSpec) -> dict:
+def es_knn_body(vector, sha256, search: SearchSpec, face_ids=None) -> dict:
+    """The kNN request; every filter is a pre-filter (the top k are all within it). `face_ids`: only those."""
     flt = [{"term": {f: v}} for f, v in search.filters]
+    if face_ids is not None:
+        flt.append({"terms": {"face_id": sorted(face_ids)}})
+    if search.path_prefix:
+        flt.append({"prefix": {"image_path": search.path_prefix}})
     must_not = [{"term": {"image_sha256": sha256}}] if search.exclude_same_image else []
     knn = {"field": "embedding", "query_vector": [float(x) for x in vector], "k": search.k,
            "num_candidates": search.num_candidates}
@@ -60,11 +67,11 @@ def es_knn_body(vector, sha256, search: SearchSpec) -> dict:
     return {"knn": knn, "size": search.k, "_source": ["face_id", "image_path", "image_sha256", "face_index", "label", "box"]}
 
 
-def es_search(client, index: str, probes: list, search: SearchSpec, spec: EmbeddingSpec) -> list:
+def es_search(client, index: str, probes: list, search: SearchSpec, spec: EmbeddingSpec, face_ids=None) -> list:
     """One msearch for a batch of probe rows; returns a list of hit lists."""
     body = []
     for p in probes:
-        body += [{"index": index}, es_knn_body(p["embedding"], p["image_sha256"], search)]
+        body += [{"index": index}, es_knn_body(p["embedding"], p["image_sha256"], search, face_ids)]
     responses = client.msearch(searches=body).body["responses"]
     out = []
     for r in responses:
@@ -138,8 +145,9 @@ def empty_topk(rows: int):
     return np.zeros((rows, 0), np.int64), np.zeros((rows, 0), np.float32)
 
 
-def exact_search(shard_files, probes: list, search: SearchSpec, spec: EmbeddingSpec, chunk_rows: int = 65536) -> list:
-    """Brute force over every shard, chunk by chunk: memory is O(chunk_rows x dim + probes x k)."""
+def exact_search(shard_files, probes: list, search: SearchSpec, spec: EmbeddingSpec, chunk_rows: int = 65536,
+                 face_ids=None) -> list:
+    """Brute force over every shard, chunk by chunk: memory is O(chunk_rows x dim + probes x k); `face_ids`: only those."""
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
@@ -157,6 +165,12 @@ def exact_search(shard_files, probes: list, search: SearchSpec, spec: EmbeddingS
                 excluded = np.zeros((len(probes), n), dtype=bool)
                 if search.filters:
                     excluded[:, ~_matches(batch, search.filters)] = True
+                if face_ids is not None:
+                    fids = batch.column("face_id").to_pylist()
+                    excluded[:, ~np.array([f in face_ids for f in fids], dtype=bool)] = True
+                if search.path_prefix:
+                    paths = batch.column("image_path").to_pylist()
+                    excluded[:, ~np.array([(p or "").startswith(search.path_prefix) for p in paths], dtype=bool)] = True
                 if search.exclude_same_image:
                     shas = np.asarray(batch.column("image_sha256").to_pylist(), dtype=object)
                     for i, p in enumerate(probes):
@@ -213,99 +227,3 @@ def photo_rows(path: str, faces, spec: EmbeddingSpec, threshold: float, mode: st
                 "mode": mode, "spec_id": spec.spec_id,
             })
     return rows
-
-
-@dataclasses.dataclass
-class Backend:
-    """What a search runs against, chosen once in the launcher and opened on each worker.
-
-    `where` describes it for summaries and logs; `threshold` is the same-person distance the
-    verdicts use (a calibrated one the index or shards carry, an override, or the model's).
-    """
-
-    mode: str  # "es" | "exact"
-    spec: EmbeddingSpec
-    where: dict
-    threshold: float = None
-    threshold_from: str = None
-    conn: object = None
-    index: str = None
-    shards_dir: str = None
-    ann_dir: str = None  # mode "local": the embedded HNSW index (transforms/ann.py)
-
-    def open(self) -> "OpenBackend":
-        return OpenBackend(self)
-
-
-class OpenBackend:
-    """A backend's client or shard list, for one worker; `search(probes, search)` -> hits per probe."""
-
-    def __init__(self, backend: Backend):
-        from facebeam.transforms import shards
-
-        self.backend = backend
-        self._client = backend.conn.client() if backend.mode == "es" else None
-        self._files = shards.files(backend.shards_dir) if backend.mode == "exact" else None
-        if backend.mode == "local":
-            from facebeam.transforms import ann
-
-            self._ann = ann.AnnIndex.open(backend.ann_dir, backend.spec)  # memory-mapped
-
-    def search(self, probes: list, search: SearchSpec) -> list:
-        b = self.backend
-        if b.mode == "es":
-            return es_search(self._client, b.index, probes, search, b.spec)
-        if b.mode == "local":
-            return self._ann.search(probes, search)
-        return exact_search(self._files, probes, search, b.spec)
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
-
-def open_backend(connect, index: str, exact: bool, shards_dir, spec_given=(), threshold=None,
-                 store=None) -> Backend:
-    """Elasticsearch when a cluster is configured (`connect()` gives its connection) and `exact` is
-    not asked for, else an exact scan of `shards_dir`. `spec_given` ((field, value) pairs) must
-    match the backend's own spec; `threshold` overrides a carried one. The embedded HNSW index
-    (mode "local") when `store` asks for it, or when no cluster is configured and one is built."""
-    from facebeam.transforms import calibrate, es_conn, es_index, shards, stores
-    from facebeam.transforms.errors import UserError
-
-    conn = None
-    local = stores.search_folder(connect, store, index, exact)  # --store local[:DIR], or no cluster + one built
-    if not exact and local is None:
-        try:
-            conn = connect()
-        except es_conn.EsConfigError:
-            if not shards_dir:
-                raise
-            log.info("no Elasticsearch configured: searching the shards exactly")
-    if local is not None:
-        from facebeam.transforms import ann
-
-        spec, where, carried, place = ann.spec_of(local), ann.where(local), None, None
-        backend = Backend("local", spec, where, ann_dir=local)
-    elif conn is None:
-        if not shards_dir:
-            raise UserError("--exact needs --shards DIR")
-        spec = shards.spec_of(shards_dir)
-        where = {"backend": "exact", "shards": shards_dir,
-                 "searched": f"{len(shards.files(shards_dir))} embedding shard file(s) under {shards_dir}"}
-        carried, place = (calibrate.load(shards_dir), shards_dir) if threshold is None else (None, None)
-        backend = Backend("exact", spec, where, shards_dir=shards_dir)
-    else:
-        client, concrete, spec = es_index.open_alias(conn, index)
-        try:
-            carried, place = ((calibrate.from_index(client, concrete), f"index {concrete}") if threshold is None
-                              else (None, None))
-        finally:
-            client.close()
-        where = {"backend": "elasticsearch", "searched": f"index {index} ({concrete}) at {conn.url}",
-                 "index": index, "concrete_index": concrete, "es_url": conn.url}
-        backend = Backend("es", spec, where, conn=conn, index=index)
-    if spec_given:
-        dataclasses.replace(spec, **dict(spec_given)).require_same(spec, what="index" if conn else "shards")
-    backend.threshold, backend.threshold_from = calibrate.choose_threshold(spec, threshold, carried, place)
-    return backend

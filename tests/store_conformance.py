@@ -1,0 +1,126 @@
+"""The contract every face store passes, written once (as fsspec's tests/abstract): a mixin of test methods.
+
+A store's test class (tests/test_store_conformance.py) subclasses `AbstractStoreTests` and supplies
+three class-scoped fixtures:
+
+- `store`: an empty `FaceStore` of a unique name;
+- `load`: a callable that loads the collection's shards into it (the way users do);
+- `traces`: a callable (store, sha256, face_ids, vectors) -> what of those faces the store's own data
+  still holds (keys, files, documents), [] when nothing.
+
+`collection` (the module's fixture) is (shards folder, face rows): a few sample photos, each labeled
+with its file name. The tests run in this order on one store; the erasure test comes last.
+"""
+import pytest
+
+from facebeam.transforms import knn
+from facebeam.transforms.spec import EmbeddingSpec, SpecError
+from facebeam.transforms.stores import StoreError
+
+SPEC = EmbeddingSpec()
+OTHER = EmbeddingSpec(detect_max_side=320)
+
+
+def by_image(rows) -> dict:
+    out = {}
+    for r in rows:
+        out.setdefault(r["image_sha256"], []).append(r)
+    return dict(sorted(out.items(), key=lambda kv: kv[1][0]["image_path"]))
+
+
+class AbstractStoreTests:
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def loaded(cls, load):
+        load()
+
+    def test_spec_is_refused_on_a_mismatch(self, store, collection):
+        with pytest.raises(SpecError, match="embedding spec mismatch"):
+            store.check(OTHER)
+        store.check(SPEC)  # its own spec passes
+        assert store.spec().spec_id == SPEC.spec_id
+
+    def test_load_again_leaves_the_count_unchanged(self, store, load, collection):
+        _, rows = collection
+        first = store.count()
+        assert first == len(rows)
+        load()
+        assert store.count() == first
+
+    def test_every_face_finds_itself_first(self, store, collection):
+        _, rows = collection
+        if store.capabilities.search:
+            searcher = store.searcher()
+            try:
+                hits = searcher.search(rows, knn.SearchSpec(k=1, num_candidates=50))
+            finally:
+                searcher.close()
+            assert [h[0]["face_id"] for h in hits] == [r["face_id"] for r in rows]
+            assert max(h[0]["distance"] for h in hits) < 1e-3
+        else:  # the capability is declared, and the store says so instead of ranking
+            with pytest.raises(StoreError, match="does not rank the whole collection"):
+                store.searcher()
+        for r in rows:  # every store verifies by identity
+            face_id, distance, _ = store.closest(r["embedding"], r["label"])
+            assert face_id == r["face_id"] and distance < 1e-3
+
+    def test_a_label_filter_returns_only_that_label(self, store, collection):
+        _, rows = collection
+        images = list(by_image(rows).values())
+        label, probe = images[0][0]["label"], images[1][0]
+        mine = {r["face_id"] for r in images[0]}
+        if store.capabilities.search:
+            searcher = store.searcher()
+            try:
+                hits = searcher.search([probe], knn.SearchSpec(k=5, num_candidates=50, filters=(("label", label),)))[0]
+            finally:
+                searcher.close()
+            assert hits and {h["label"] for h in hits} == {label} and {h["face_id"] for h in hits} <= mine
+        face_id, _, _ = store.closest(probe["embedding"], label)
+        assert face_id in mine
+
+    def test_the_calibrated_threshold_is_used(self, store):
+        assert store.threshold(SPEC) == (SPEC.threshold, f"{SPEC.model}/{SPEC.metric} default")
+        store.set_calibration({"threshold": 0.4242, "spec_id": SPEC.spec_id, "pairs": 3})
+        t, source = store.threshold(SPEC)
+        assert t == 0.4242 and source.startswith("calibration in ") and store.threshold_place() in source
+        assert store.threshold(SPEC, 0.3) == (0.3, "--threshold")
+        assert store.calibration()["threshold"] == 0.4242
+        store.set_calibration({"threshold": 0.1, "spec_id": OTHER.spec_id})  # fitted for another spec: ignored
+        assert store.threshold(SPEC)[0] == SPEC.threshold
+
+    def test_persons_names_are_visible(self, store, collection):
+        _, rows = collection
+        faces = list(by_image(rows).values())[1]
+        named = {r["face_id"]: ("p-conformance", "Ada Lovelace") for r in faces}
+        assert store.set_persons(named) == len(named)
+        assert {f: tuple(v) for f, v in store.persons().items()} == named
+        if store.capabilities.search:
+            searcher = store.searcher()
+            try:
+                hits = searcher.search(faces, knn.SearchSpec(k=1, num_candidates=50))
+                only = searcher.search([rows[0]], knn.SearchSpec(k=5, num_candidates=50,
+                                                                 filters=(("person", "Ada Lovelace"),)))[0]
+            finally:
+                searcher.close()
+            assert [(h[0]["person"], h[0]["person_id"]) for h in hits] == [("Ada Lovelace", "p-conformance")] * len(faces)
+            assert only and {h["face_id"] for h in only} <= set(named)
+
+    def test_erasure_leaves_no_trace(self, store, collection, traces):
+        _, rows = collection
+        sha, faces = next(iter(by_image(rows).items()))
+        ids = {r["face_id"] for r in faces}
+        before = store.count()
+        assert store.remove({sha}, dry_run=True) == len(faces) and store.count() == before
+        assert store.remove({sha}) == len(faces)
+        assert store.count() == before - len(faces)
+        if store.capabilities.search:
+            searcher = store.searcher()
+            try:
+                hits = searcher.search(faces, knn.SearchSpec(k=5, num_candidates=50))
+            finally:
+                searcher.close()
+            assert not {h["face_id"] for hs in hits for h in hs} & ids
+        assert store.closest(faces[0]["embedding"], faces[0]["label"])[0] is None  # that label had only this photo
+        assert traces(store, sha, ids, [r["embedding"] for r in faces]) == []
+        assert store.remove({sha}) == 0

@@ -1,0 +1,429 @@
+"""Elasticsearch as a FaceStore: the versioned index behind an alias (es_index), loaded by a Beam step (es_load).
+
+Its metadata lives in the concrete index's `_meta.facebeam` (calibration, beside the spec).
+Persons' names live in a side index `<alias>-persons` (one doc per face: _id = face_id, person,
+person_id): the faces' documents cannot be updated in place, because their vectors are not in
+`_source` and a partial update would re-index them without one. A `--person` filter resolves the
+person's face ids there and is a kNN pre-filter (`terms` on face_id), like `--label`: the top k
+are all within it.
+"""
+from __future__ import annotations
+
+import logging
+
+from facebeam.transforms import es_conn, es_index
+from facebeam.transforms.errors import UserError
+from facebeam.transforms.stores.base import (
+    Capabilities,
+    FaceStore,
+    Load,
+    Reindex,
+    Searcher,
+    StoreError,
+    annotate,
+    comparison,
+    split_filters,
+)
+
+log = logging.getLogger(__name__)
+PERSONS_MAPPING = {"dynamic": "strict", "properties": {"face_id": {"type": "keyword"}, "person": {"type": "keyword"},
+                                                      "person_id": {"type": "keyword"}}}
+
+
+def persons_index(alias: str) -> str:
+    return f"{alias}-persons"
+
+
+def read_persons(client, alias: str, face_ids=None) -> dict:
+    """{face_id: [person_id, name]} of those faces (all when None) from the side index; {} when there is none."""
+    from elasticsearch import helpers
+
+    index = persons_index(alias)
+    if not client.indices.exists(index=index):
+        return {}
+    if face_ids is not None:
+        ids = sorted(set(face_ids))
+        if not ids:
+            return {}
+        docs = client.mget(index=index, ids=ids).body["docs"]
+        return {d["_id"]: [d["_source"].get("person_id"), d["_source"].get("person")] for d in docs if d.get("found")}
+    return {h["_id"]: [h["_source"].get("person_id"), h["_source"].get("person")]
+            for h in helpers.scan(client, index=index, query={"query": {"match_all": {}}})}
+
+
+def faces_of_person(client, alias: str, name: str) -> set:
+    from elasticsearch import helpers
+
+    index = persons_index(alias)
+    if not client.indices.exists(index=index):
+        return set()
+    query = {"query": {"bool": {"should": [{"term": {"person": name}}, {"term": {"person_id": name}}]}}}
+    return {h["_id"] for h in helpers.scan(client, index=index, query=query, _source=False)}
+
+
+class ElasticsearchStore(FaceStore):
+    kind = "es"
+    capabilities = Capabilities(search=True, in_pipeline=True, reindex=True)
+
+    def __init__(self, name: str, connect):
+        """`connect()` resolves the connection (flags, environment or connection file), once, when first needed."""
+        super().__init__(name)
+        self._connect = connect
+        self._conn = None
+
+    def __getstate__(self):  # workers get the resolved connection (its secret travels as a reference)
+        return {**self.__dict__, "_conn": self.conn, "_connect": None, "_verifying": None}
+
+    def close(self) -> None:
+        if self.__dict__.get("_verifying") is not None:
+            self._verifying[0].close()
+            self._verifying = None
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    def _url(self) -> str:
+        try:
+            return self.conn.url
+        except UserError:
+            return "(no connection)"
+
+    def describe(self) -> str:
+        return f"Elasticsearch alias {self.name!r}"
+
+    def location(self) -> str:
+        return self._url()
+
+    def identity(self) -> tuple:
+        return self.kind, self.name, None  # the cluster today's connection reaches
+
+    def threshold_place(self) -> str:
+        return f"index {self.concrete()}"
+
+    def _client(self):
+        try:
+            client = self.conn.client()
+            es_conn.check(client, self.conn)
+        except es_conn.EsError as e:
+            raise StoreError(f"{self.describe()}: {e}") from None
+        return client
+
+    def concrete(self, client=None):
+        own = client is None
+        client = client or self._client()
+        try:
+            return es_index.alias_target(client, self.name)
+        finally:
+            if own:
+                client.close()
+
+    def open_alias(self, spec=None):
+        """(client, concrete index, its spec); the caller closes the client."""
+        return es_index.open_alias(self.conn, self.name, spec)
+
+    def exists(self) -> bool:
+        return self.concrete() is not None
+
+    def spec(self):
+        client, _, spec = self.open_alias()
+        client.close()
+        return spec
+
+    def check(self, spec) -> None:
+        client = self._client()
+        try:
+            concrete = es_index.alias_target(client, self.name)
+            if concrete is not None:
+                spec.require_same(es_index.spec_of(client, concrete), what=f"index {concrete!r}")
+        finally:
+            client.close()
+
+    def where(self) -> dict:
+        client, concrete, _ = self.open_alias()
+        client.close()
+        return {"backend": "elasticsearch", "searched": f"index {self.name} ({concrete}) at {self.conn.url}",
+                "index": self.name, "concrete_index": concrete, "es_url": self.conn.url}
+
+    def begin_load(self, spec, load, output, shard_files=None, run_id=None) -> Load:
+        import dataclasses
+
+        return _EsLoad(self, spec, dataclasses.replace(load, alias=self.name), output, shard_files, run_id)
+
+    def count(self) -> int:
+        client = self._client()
+        try:
+            if es_index.alias_target(client, self.name) is None:
+                return 0
+            client.indices.refresh(index=self.name)
+            return int(client.count(index=self.name).body["count"])
+        finally:
+            client.close()
+
+    def remove(self, shas, dry_run: bool = False) -> int:
+        from elasticsearch import helpers
+
+        client = self._client()
+        try:
+            if es_index.alias_target(client, self.name) is None:
+                return 0
+            # Scan + bulk delete by _id rather than _delete_by_query, which needs the reindex module
+            # (absent from some distributions, such as the integ-test-zip that `es up` runs).
+            client.indices.refresh(index=self.name)
+            query = {"query": {"terms": {"image_sha256": sorted(shas)}}}
+            hits = list(helpers.scan(client, index=self.name, query=query, _source=False))
+            if dry_run or not hits:
+                return len(hits)
+            deleted, errors = helpers.bulk(client, ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]}
+                                                    for h in hits), raise_on_error=False)
+            if errors:
+                raise StoreError(f"{self.describe()}: {len(errors)} face doc(s) could not be deleted: {errors[:3]}")
+            named = persons_index(self.name)
+            if client.indices.exists(index=named):
+                helpers.bulk(client, ({"_op_type": "delete", "_index": named, "_id": h["_id"]} for h in hits),
+                             raise_on_error=False)  # a face without a name has no doc there (404)
+                self._expunge(client, named)
+            self._expunge(client, self.name)
+            return deleted
+        finally:
+            client.close()
+
+    @staticmethod
+    def _expunge(client, index: str) -> None:
+        """Deleted docs stay in their segments until a merge: expunge every one, so no file keeps the faces."""
+        client.indices.refresh(index=index)
+        client.indices.flush(index=index)  # lets the shard's retention lease move past the deletes
+        client.indices.put_settings(index=index, settings={"index.merge.policy.expunge_deletes_allowed": 0})
+        client.options(request_timeout=300).indices.forcemerge(index=index, only_expunge_deletes=True)
+        client.indices.refresh(index=index)
+
+    def closest(self, vector, label: str) -> tuple:
+        from facebeam.transforms import knn
+
+        if self.__dict__.get("_verifying") is None:  # one client and spec for many verifications
+            client, _, spec = self.open_alias()
+            self._verifying = (client, spec)
+        client, spec = self._verifying
+        search = knn.SearchSpec(k=1, num_candidates=100, filters=(("label", label),))
+        hits = knn.es_search(client, self.name, [{"embedding": vector, "image_sha256": ""}], search, spec)[0]
+        if not hits:
+            return None, None, 0
+        return hits[0]["face_id"], hits[0]["distance"], None
+
+    def searcher(self) -> Searcher:
+        client, _, spec = self.open_alias()
+        client.close()
+        return _EsSearcher(self.conn, self.name, spec)
+
+    def reindexer(self, new_spec, load) -> Reindex:
+        return _EsReindex(self, new_spec, load)
+
+    # --- metadata ---------------------------------------------------------------------------------
+    def _mapping(self, client, concrete):
+        return client.indices.get_mapping(index=concrete).body[concrete]["mappings"]
+
+    def read_meta(self) -> dict:
+        client, concrete, _ = self.open_alias()
+        try:
+            own = (self._mapping(client, concrete).get("_meta") or {}).get("facebeam") or {}
+        finally:
+            client.close()
+        return {k: v for k, v in own.items() if k == "calibration"}
+
+    def write_meta(self, **updates) -> None:
+        client, concrete, _ = self.open_alias()
+        try:
+            meta = dict(self._mapping(client, concrete).get("_meta") or {})
+            own = {**meta.get("facebeam", {}), **updates}
+            meta["facebeam"] = {k: v for k, v in own.items() if v is not None}
+            client.indices.put_mapping(index=concrete, meta=meta)
+        finally:
+            client.close()
+
+    def persons(self) -> dict:
+        client = self._client()
+        try:
+            return read_persons(client, self.name)
+        finally:
+            client.close()
+
+    def set_persons(self, found: dict, chunk: int = 1000) -> int:
+        """The side index replaced by these names, for the faces the index holds; how many faces got one."""
+        from elasticsearch import helpers
+
+        client, _, _ = self.open_alias()
+        try:
+            have = set()
+            ids = sorted(found)
+            for i in range(0, len(ids), chunk):
+                have |= {h["_id"] for h in client.search(index=self.name, query={"ids": {"values": ids[i:i + chunk]}},
+                                                         size=chunk, _source=False).body["hits"]["hits"]}
+            index = persons_index(self.name)
+            client.options(ignore_status=404).indices.delete(index=index)
+            client.indices.create(index=index, mappings=PERSONS_MAPPING,
+                                  settings={"number_of_shards": 1, "number_of_replicas": 0})
+            helpers.bulk(client, ({"_index": index, "_id": f, "face_id": f, "person": found[f][1],
+                                   "person_id": found[f][0]} for f in sorted(have)))
+            client.indices.refresh(index=index)
+            return len(have)
+        finally:
+            client.close()
+
+
+class _EsSearcher(Searcher):
+    def __init__(self, conn, alias, spec):
+        self._client, self._alias, self._spec = conn.client(), alias, spec
+
+    def search(self, probes: list, search) -> list:
+        import dataclasses
+
+        from facebeam.transforms import knn
+
+        rest, person = split_filters(search.filters)
+        faces = faces_of_person(self._client, self._alias, person) if person is not None else None
+        found = knn.es_search(self._client, self._alias, probes, dataclasses.replace(search, filters=rest), self._spec,
+                              face_ids=faces)
+        annotate(found, read_persons(self._client, self._alias, [h["face_id"] for hs in found for h in hs]))
+        return found
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class _EsLoad(Load):
+    """The Beam load (es_load.LoadFaces) inside the pipeline; refresh and replicas restored whatever happens."""
+
+    def __init__(self, store: ElasticsearchStore, spec, load, output, shard_files, run_id):
+        from facebeam.transforms import es_load
+
+        self.store, self.spec, self.load, self.output, self.run_id = store, spec, load, output, run_id
+        self.resend_all = shard_files is not None  # `index`: every shard is re-sent
+        self.target = es_load.open_target(store.conn, load, spec)  # fails fast, before any file is made
+        self.step = None
+
+    def attach(self, rows) -> None:
+        from facebeam.transforms import es_load
+
+        self.step = es_load.LoadFaces(self.target, self.load, self.output, self.spec, self.run_id)
+        rows | "Load" >> self.step
+
+    def running(self):
+        from facebeam.transforms import es_load
+
+        return es_load.loading(self.target)
+
+    def finish(self, result) -> dict:
+        from facebeam.transforms import metrics, shards
+
+        if self.resend_all:
+            shards.clear_index_errors(self.output, keep=self.step.errors_dir, runs_too=True)
+        elif not self.run_id:  # a plain run re-sent the flat shards: older flat/load= dead letters are stale
+            shards.clear_index_errors(self.output, keep=self.step.errors_dir, runs_too=False)
+        counts = metrics.index_counts(metrics.read_counters(result))
+        return {"backend": "elasticsearch", "index": self.target.alias, "concrete_index": self.target.concrete,
+                "doc_count": self.target.count, "index_errors": self.step.errors_dir, **counts}
+
+
+def _largest_face(client, index_name: str, sha: str):
+    """The image's largest face; its vector from the dense_vector doc values (`_source` leaves it out)."""
+    hits = client.search(index=index_name, query={"term": {"image_sha256": sha}}, size=50,
+                         _source=["box", "image_sha256", "label"], docvalue_fields=["embedding"]).body["hits"]["hits"]
+    if not hits:
+        return None
+    best = max(hits, key=lambda h: h["_source"]["box"]["w"] * h["_source"]["box"]["h"])
+    return {**best["_source"], "embedding": best["fields"]["embedding"][0]}
+
+
+class _EsReindex(Reindex):
+    """A new concrete index for the new spec; the alias swapped in one atomic update once it is complete."""
+
+    def __init__(self, store: ElasticsearchStore, new_spec, load):
+        from facebeam.transforms.spec import SpecError
+
+        self.store, self.new_spec, self.load = store, new_spec, load
+        self.client = store._client()
+        self.old = es_index.alias_target(self.client, store.name)
+        if self.old is None:
+            raise UserError(f"no alias {store.name!r} to reindex; use `facebeam run` for a first load")
+        self.old_spec = es_index.spec_of(self.client, self.old)
+        if self.old_spec.spec_id == new_spec.spec_id:
+            raise SpecError(f"{self.old} already has this spec ({new_spec.spec_id}); give the new model or settings")
+        self.new = self.loading = None
+
+    def images(self) -> dict:
+        from elasticsearch import helpers
+
+        out = {}
+        for hit in helpers.scan(self.client, index=self.store.name, _source=["image_sha256", "image_path", "label"],
+                                size=1000):
+            s = hit["_source"]
+            prev = out.get(s["image_sha256"], (None, None))
+            out[s["image_sha256"]] = (s["image_path"], s.get("label") or prev[1])
+        return out
+
+    def begin_load(self, output: str) -> Load:
+        from facebeam.transforms import es_load
+
+        load, client, old = self.load, self.client, self.old
+        self.new = es_index.create_version(client, self.store.name, self.new_spec, load.index_type, load.m,
+                                           load.ef_construction)
+        client.indices.put_settings(index=self.new, settings={"index": {"refresh_interval": "-1",
+                                                                        "number_of_replicas": load.load_replicas}})
+        replicas = load.replicas if load.replicas is not None else int(
+            client.indices.get_settings(index=old).body[old]["settings"]["index"]["number_of_replicas"])
+        target = es_load.LoadTarget(self.store.conn, client, self.store.name, self.new, replicas)
+        self.loading = _ReindexLoad(target, load, output, self.new_spec, old)
+        return self.loading
+
+    def compare(self, shas, k: int = 10) -> dict:
+        from facebeam.transforms import knn
+
+        search = knn.SearchSpec(k=k, num_candidates=max(100, 10 * k), exclude_same_image=True)
+        pairs = []
+        for sha in shas:
+            a, b = _largest_face(self.client, self.old, sha), _largest_face(self.client, self.new, sha)
+            if a is None or b is None:
+                continue
+            found = [knn.es_search(self.client, index, [{"embedding": face["embedding"], "image_sha256": sha}],
+                                   search, spec)[0]
+                     for index, face, spec in ((self.old, a, self.old_spec), (self.new, b, self.new_spec))]
+            pairs.append(tuple([(h["image_sha256"], h["distance"]) for h in hits] for hits in found))
+        return comparison(pairs, self.old_spec, self.new_spec, k)
+
+    def comparing(self) -> str:
+        return f"old {self.old} ({self.old_spec.spec_id}) vs new {self.new} ({self.new_spec.spec_id})"
+
+    def switch(self) -> str:
+        es_index.swap_alias(self.client, self.store.name, self.old, self.new)
+        return f"alias {self.store.name}: {self.old} -> {self.new} ({self.loading.target.count} docs)"
+
+    def drop_old(self) -> str:
+        self.client.indices.delete(index=self.old)
+        return f"dropped {self.old}"
+
+    def summary(self) -> dict:
+        return {"old_index": self.old, "new_index": self.new, "doc_count": self.loading.target.count}
+
+
+class _ReindexLoad(Load):
+    def __init__(self, target, load, output, spec, old):
+        self.target, self.load, self.output, self.spec, self.old = target, load, output, spec, old
+
+    def attach(self, rows) -> None:
+        from facebeam.transforms import es_load
+
+        rows | "Load" >> es_load.LoadFaces(self.target, self.load, self.output, self.spec)
+
+    def running(self):
+        from facebeam.transforms import es_load
+
+        return es_load.loading(self.target)
+
+    def finish(self, result) -> dict:
+        from facebeam.transforms import metrics
+
+        counts = metrics.index_counts(metrics.read_counters(result))
+        return {"doc_count": self.target.count, **{f"docs_{k}": v for k, v in counts.items()},
+                "incomplete_note": f"the alias still points at {self.old}"}

@@ -1,0 +1,77 @@
+"""A collection (a shards folder) remembers every store it was loaded into, and what was erased from it.
+
+`<shards>/stores.json`: {"stores": [{"kind", "name", "location", ...}]}: kind, name and where
+(URL or folder, and for Redis the path of its connection file), never a secret. `forget` erases
+from every store listed there; the tombstones (`<shards>/tombstones/*.parquet`) say what was
+erased, so a store that was down during a `forget` is cleaned by the next `forget` or load.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from apache_beam.io.filesystems import FileSystems
+
+from facebeam.transforms import shards
+
+log = logging.getLogger(__name__)
+FILE = "stores.json"
+
+
+def path(folder: str) -> str:
+    return FileSystems.join(folder, FILE)
+
+
+def recorded(folder: str) -> list:
+    """The stores this collection was loaded into (records), oldest first."""
+    if not folder or not FileSystems.exists(path(folder)):
+        return []
+    return list((shards.read_json(path(folder)) or {}).get("stores", []))
+
+
+def key(rec: dict) -> tuple:
+    return rec["kind"], rec["name"], rec.get("location")
+
+
+def remember(folder: str, store) -> dict:
+    """Add the store to the collection's record (once); returns its record."""
+    rec = store.record()
+    found = recorded(folder)
+    if key(rec) not in {key(r) for r in found}:
+        found.append({**rec, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        shards.write_json(path(folder), {"stores": found})
+        log.info("collection %s: recorded %s", folder, store.describe())
+    return rec
+
+
+def erased(folder: str) -> dict:
+    """sha256 -> (image path, label) of every image the tombstones list."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for p in shards.tombstones(folder) if folder else []:
+        with FileSystems.open(p) as f:
+            for r in pq.read_table(f, columns=["image_sha256", "image_path", "label"]).to_pylist():
+                out[r["image_sha256"]] = (r["image_path"], r["label"])
+    return out
+
+
+def finish_erasure(folder: str, store) -> int:
+    """Erase the tombstoned images from `store` (a store that was down during a `forget`); faces removed."""
+    gone = erased(folder)
+    if not gone:
+        return 0
+    n = store.remove(set(gone))
+    if n:
+        log.info("%s: erased %d face(s) of %d image(s) forgotten earlier", store.describe(), n, len(gone))
+    return n
+
+
+def partition_files(output: str, run_id: str) -> list:
+    return sorted(m.path for m in FileSystems.match(
+        [FileSystems.join(output, "embeddings", f"run={run_id}", "*.parquet")])[0].metadata_list)
+
+
+def run_files(output: str, run_id=None) -> list:
+    """The shard files that count once `run_id` commits: committed ones plus the run's own partition."""
+    return shards.files(output) + (partition_files(output, run_id) if run_id else [])
