@@ -205,8 +205,10 @@ def output_fault(folder: str, exc: BaseException):
     for code, path in found:
         kind = OUTPUT_ERRNOS[code]
         inside = path is not None and os.path.abspath(str(path)).startswith(top)
-        if kind == "full":
-            return OutputFault(f"no space left on the filesystem of output folder {top} ({_mib(free_bytes(top))} "
+        if kind == "full":  # a path elsewhere (e.g. a worker's temp folder) is named as such
+            full = top if path is None or inside else str(path)
+            where = f"output folder {top}" if full == top else full
+            return OutputFault(f"no space left on the filesystem of {where} ({_mib(free_bytes(full))} "
                                f"free now): free some space or choose another --output, then run the same command "
                                "again; nothing of this run was kept")
         if kind == "gone" and (inside or gone):
