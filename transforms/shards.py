@@ -79,7 +79,8 @@ def partition(folder: str, kind: str, run_id=None) -> str:
 
 
 def write_json(path: str, obj) -> None:
-    """Whole or not at all on local disk (a full disk leaves no half-written summary or commit)."""
+    """Whole or not at all on local disk (a full disk leaves no half-written summary or commit); 0600 unless
+    FACEBEAM_SHARED_FILES (privacy.py)."""
     data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
     if not _local(path):
         with FileSystems.create(path) as f:
@@ -87,8 +88,9 @@ def write_json(path: str, obj) -> None:
         return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
+    mode = 0o666 if privacy.shared() else privacy.FILE_MODE  # summaries name photos: private by default
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
