@@ -202,7 +202,7 @@ def preflight(inputs, spec) -> None:
     """Fail in the launcher, before any worker starts: inputs that name nothing, missing weights."""
     from facebeam.transforms import sources, weights
 
-    sources.check_inputs(inputs.patterns, inputs.follow_symlinks)
+    sources.check_inputs(inputs.patterns)
     weights.require(spec)  # raises WeightsMissing naming the file and where it goes; loads nothing
     n = progress.count_files(inputs.patterns, sources.IMAGE_EXTENSIONS)
     if n:

@@ -79,7 +79,8 @@ def partition(folder: str, kind: str, run_id=None) -> str:
 
 
 def write_json(path: str, obj) -> None:
-    """Whole or not at all on local disk (a full disk leaves no half-written summary or commit)."""
+    """Whole or not at all on local disk (a full disk leaves no half-written summary or commit); 0600 unless
+    FACEBEAM_SHARED_FILES (privacy.py)."""
     data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
     if not _local(path):
         with FileSystems.create(path) as f:
@@ -87,8 +88,9 @@ def write_json(path: str, obj) -> None:
         return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
+    mode = 0o666 if privacy.shared() else privacy.FILE_MODE  # summaries name photos: private by default
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -205,8 +207,10 @@ def output_fault(folder: str, exc: BaseException):
     for code, path in found:
         kind = OUTPUT_ERRNOS[code]
         inside = path is not None and os.path.abspath(str(path)).startswith(top)
-        if kind == "full":
-            return OutputFault(f"no space left on the filesystem of output folder {top} ({_mib(free_bytes(top))} "
+        if kind == "full":  # a path elsewhere (e.g. a worker's temp folder) is named as such
+            full = top if path is None or inside else str(path)
+            where = f"output folder {top}" if full == top else full
+            return OutputFault(f"no space left on the filesystem of {where} ({_mib(free_bytes(full))} "
                                f"free now): free some space or choose another --output, then run the same command "
                                "again; nothing of this run was kept")
         if kind == "gone" and (inside or gone):

@@ -204,23 +204,22 @@ def read_bytes(path: str, max_bytes: int):
     return data, hashlib.sha256(data).hexdigest()
 
 
-def _folder_has_candidate(folder: str, follow_symlinks: bool = False):
+def _folder_has_candidate(folder: str):
     """(files seen, whether one is read by the walk); stops at the first candidate on local disk."""
     if "://" not in folder:
-        seen, top = 0, os.path.realpath(folder)
+        seen = 0
         for root, _dirs, names in os.walk(folder):
             for name in names:
-                path = os.path.join(root, name)
-                if os.path.isfile(path):
+                if os.path.isfile(os.path.join(root, name)):
                     seen += 1
-                    if walk_takes(name) and (follow_symlinks or not leaves(path, top)):
+                    if walk_takes(name):
                         return seen, True
         return seen, False
     found = FileSystems.match([FileSystems.join(folder.rstrip("/"), "**")])[0].metadata_list
     return len(found), any(walk_takes(m.path) for m in found)
 
 
-def check_inputs(patterns, follow_symlinks: bool = False) -> None:
+def check_inputs(patterns) -> None:
     """Fail before launching a job when an input names nothing (a typo should not run for an hour).
 
     A folder must hold at least one file a walk reads (an image extension or none); a glob must
@@ -234,13 +233,12 @@ def check_inputs(patterns, follow_symlinks: bool = False) -> None:
             if next(_list_lines(path), None) is None:
                 raise InputError(f"list file {path!r} names no files")
         elif _is_dir(p):
-            seen, ok = _folder_has_candidate(p, follow_symlinks)
+            seen, ok = _folder_has_candidate(p)
             if not seen:
                 raise InputError(f"input folder {p!r} holds no files")
             if not ok:
                 raise InputError(f"input folder {p!r} holds no image files: its {seen} file(s) all have "
-                                 f"non-image extensions (images: {', '.join(IMAGE_EXTENSIONS)}, or no extension) "
-                                 "or are symlinks out of the folder (--follow-symlinks reads those)")
+                                 f"non-image extensions (images: {', '.join(IMAGE_EXTENSIONS)}, or no extension)")
         elif not FileSystems.match([p])[0].metadata_list:
             raise InputError(f"input {p!r} matched no files")
 
