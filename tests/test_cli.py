@@ -215,12 +215,13 @@ def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
     r = facebeam("cluster", "--shards", out, "--output", cl, env=home)
     with open(os.path.join(cl, "cluster.json")) as f:
         k = json.load(f)
-    assert r.stdout.startswith(f"clustered {k['faces']} faces into {k['persons']} persons "
-                               f"({k['singletons']} singletons, {k['low_quality']} low quality); "
-                               f"same person at <= {k['threshold']:.4f}")
+    assert r.stdout.startswith(f"clustered {k['faces']} faces into {k['persons']} persons and {k['singletons']} "
+                               f"singletons ({k['low_quality']} low quality, 0 named); "
+                               f"same person at <= {k['threshold']:.4f} ({k['threshold_from']}) in ")
     quiet(r)
     r = facebeam("persons", "--clusters", cl, "list", "--top", "2", env=home)
-    assert r.stdout.splitlines()[-1] == f"{k['persons']} persons in all"
+    table = pq.read_table(os.path.join(cl, "persons.parquet"))
+    assert r.stdout.splitlines()[-1] == f"{table.num_rows} persons in all"
     person = r.stdout.split()[0]
     r = facebeam("persons", "--clusters", cl, "name", person, "someone", env=home)
     assert r.stdout.startswith("persons name: ") and person in r.stdout
@@ -269,6 +270,7 @@ def test_verify_on_a_two_face_photo_names_the_face_and_offers_face(sample_run, r
     assert line.startswith(f"different: {photo} as person_{other} (face {largest} of 2 in the photo, the largest; "
                            "pick another with --face N): distance ")
     r = facebeam("verify", photo, "--as", f"person_{other}", "--face", str(other), *args)
-    assert r.stdout.startswith(f"same: {photo} as person_{other} (face {other} of 2 in the photo): distance 0.0000 <=")
+    assert r.stdout.startswith(f"same: {photo} as person_{other} (face {other} of 2 in the photo; pick another with "
+                               "--face N): distance 0.0000 <=")
     r = facebeam("verify", photo, "--as", f"person_{other}", "--face", "5", *args, check=False)
     assert r.returncode == 2 and "has 2 face(s), numbered 0 to 1 left to right" in r.stderr

@@ -234,8 +234,8 @@ def _verify_line(s: JobSummary) -> str:
 
 
 def _cluster_line(s: JobSummary) -> str:
-    text = (f"clustered {s.get('faces', 0)} faces into {s.get('persons', 0)} persons "
-            f"({s.get('singletons', 0)} singletons, {s.get('low_quality', 0)} low quality)")
+    text = (f"clustered {s.get('faces', 0)} faces into {s.get('persons', 0)} persons and {s.get('singletons', 0)} "
+            f"singletons ({s.get('low_quality', 0)} low quality, {s.get('named', 0)} named)")
     if s.threshold:
         text += f"; {s.threshold.words()}"
     return text + (f" -> {s['output']}" if s.get("output") else "") + _secs(s)
