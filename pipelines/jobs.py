@@ -27,7 +27,7 @@ from facebeam.transforms.errors import UserError
 from facebeam.transforms.summary import JobSummary
 
 log = logging.getLogger(__name__)
-# The stderr level of local worker processes (the worker main reads it): WARNING by default, INFO with -v.
+# The stderr level of local worker processes (the worker main reads it): ERROR by default, INFO with -v.
 WORKER_LOG_ENV = "FACEBEAM_WORKER_LOG"
 
 
@@ -92,7 +92,7 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
     # Worker errors come back as the job's exception (a user error as one line, a bug with its traceback).
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.CRITICAL)
-    os.environ[WORKER_LOG_ENV] = "INFO" if verbose else "WARNING"
+    os.environ[WORKER_LOG_ENV] = "INFO" if verbose else "ERROR"  # what workers count, the summary says
     if not verbose:
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -12,7 +12,7 @@ import runpy
 import facebeam.pipelines  # noqa: F401  (installs the filter)
 
 if __name__ == "__main__":
-    # The launcher's verbosity (jobs.setup_logging): this stderr shows WARNING and up unless -v; the
+    # The launcher's verbosity (jobs.setup_logging): this stderr shows ERROR and up unless -v; the
     # worker's records still reach the runner at the pipeline's levels.
     stderr = logging.StreamHandler()
     stderr.setLevel(os.environ.get("FACEBEAM_WORKER_LOG", "INFO"))
