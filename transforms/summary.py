@@ -217,9 +217,8 @@ def _calibrate_line(s: JobSummary) -> str:
 def _verify_line(s: JobSummary) -> str:
     t = s.threshold.words() if s.threshold else ""
     if "pairs" in s:
-        acc = f"accuracy {s['accuracy']:.4f} ({s['right']}/{s['judged']})" if s.get("judged") else "no decisions"
-        p50 = f"; server time p50 {s['latency_p50_ms']:.2f} ms" if s.get("latency_p50_ms") is not None else ""
-        return f"verified {s['pairs']} pair(s) on {s.get('store')}: {s.get('unknown', 0)} unknown, {acc}; {t}{p50}"
+        acc = f"accuracy {s['accuracy']:.4f}" if s.get("judged") else "no decisions"
+        return f"{s['pairs']} pair(s) judged, {acc}, {t}"
     face = ""
     if s.get("faces_in_photo") is not None:
         face = f" (face {s['face']} of {s['faces_in_photo']} in the photo"
