@@ -134,9 +134,13 @@ def run(pipeline, totals=None):
     totals = totals if totals is not None else dict(_expected)
     _expected.clear()
     try:
-        with progress.bars(totals):
+        with progress.bars(totals) as final:
             result = pipeline.run()
             result.wait_until_finish()
+            if final is not None:  # the bars end on the job's own counters
+                c = metrics.read_counters(result)
+                final.update(embed=c.get(metrics.IMAGES_SEEN, 0),
+                             index=c.get(metrics.DOCS_INDEXED, 0) + c.get(metrics.DOCS_FAILED, 0))
     except Exception as e:
         user = worker_user_error(e)
         if user is None or user is e:

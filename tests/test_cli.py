@@ -242,6 +242,44 @@ def test_services_say_their_state(tmp_path):
     assert r.returncode == 1 and r.stdout.splitlines()[-1] == "redis status: not ok (exit 1)"
 
 
+# --- the progress bar ----------------------------------------------------------------------------------
+def on_a_terminal(*words, env=None) -> str:
+    """`facebeam WORDS` with a 100x24 pseudo-terminal as its stdout and stderr: everything it wrote."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    parent, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "facebeam.pipelines.cli", *words], stdin=child, stdout=child,
+                         stderr=child, cwd=ROOT, env={**os.environ, **(env or {})})
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            data = os.read(parent, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        out += data
+    assert p.wait(timeout=600) == 0, out[-2000:]
+    os.close(parent)
+    return out.decode(errors="replace")
+
+
+def test_a_progress_bar_on_a_terminal_only(tmp_path):
+    photos = [os.path.join(SAMPLE, n) for n in ("img1.jpg", "img2.jpg", "img3.jpg", "img4.jpg")]
+    shown = on_a_terminal("embed", "--input", *photos, "--output", str(tmp_path / "tty"))
+    frames = [f for f in shown.split("\r") if f.startswith("embed:")]
+    assert frames, shown[-2000:]
+    assert re.search(r"\| 4/4 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(s/ photos| photos/s)\]", frames[-1]), frames[-1]
+    assert "embedded 4 photos" in shown
+    r = facebeam("embed", "--input", *photos, "--output", str(tmp_path / "pipe"))
+    assert "photos/s]" not in r.stderr  # stderr is a pipe: no bar
+
+
 # --- verify: which face ----------------------------------------------------------------------------
 def test_verify_on_a_two_face_photo_names_the_face_and_offers_face(sample_run, redis_conn_args, tmp_path):
     """couple.jpg has two people; each face is labeled person_<face_index>. The default compares the
