@@ -62,7 +62,7 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
     action = getattr(config, "action", None)
     if isinstance(action, str):
         command = f"{command} {action}"
-    summary = JobSummary.build(command, result or {}, choices=options.choices_said(config, result or {}))
+    summary = JobSummary.build(command, result or {}, choices=options.choices_said(command, config, result or {}))
     if not own_json or "--json" not in argv:
         print(summary.to_json() if as_json else summary.line(), flush=True)
     return 1 if failed(summary) else 0

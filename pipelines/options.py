@@ -153,7 +153,7 @@ def finish_help(p: argparse.ArgumentParser) -> None:
             q.epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
 
 
-def choices_said(config, result) -> list:
+def choices_said(command: str, config, result) -> list:
     """What a job chose on its own, for its result line: the store picked automatically, the labels mode."""
     said = []
     store = getattr(config, "store", None)
@@ -165,7 +165,7 @@ def choices_said(config, result) -> list:
     if getattr(config, "dry_run", False):
         said.append("dry run: nothing was changed (without --dry-run these go)")
     inputs = getattr(config, "inputs", None)
-    if inputs is not None and hasattr(inputs, "label_from"):
+    if command in ("embed", "run") and inputs is not None:
         said.append(f"labels: from {inputs.label_from}" if inputs.label_from else
                     "labels: none (--label-from parent-dir|csv:FILE stores names)")
     return said

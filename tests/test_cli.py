@@ -235,6 +235,21 @@ def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
     assert r.stdout.splitlines()[-1].startswith("models load offline in ")
 
 
+def test_reindex_says_what_it_embedded_and_swapped(home, tmp_path):
+    photos = [os.path.join(SAMPLE, n) for n in ("img1.jpg", "img2.jpg", "couple.jpg")]
+    facebeam("run", "--input", *photos, "--output", str(tmp_path / "v1"), "--index", "re", "--store", "local",
+             env=home)
+    r = facebeam("reindex", "--output", str(tmp_path / "v2"), "--index", "re", "--store", "local",
+                 "--detect-max-side", "480", env=home)
+    s = json.loads((tmp_path / "v2" / "summary.json").read_text())
+    lines = r.stdout.splitlines()
+    assert f"\nembedded {s['images_seen']} photos: {s['faces']} faces, 0 failed (" in r.stdout
+    assert lines[-1].startswith(f"reindexed {s['doc_count']} faces: {s['old_spec_id']} -> {s['new_spec_id']}; "
+                                f"top-{s['comparison']['k']} image overlap")
+    assert "labels:" not in r.stdout  # reindex carries the old labels by content
+    quiet(r)
+
+
 def test_services_say_their_state(tmp_path):
     r = facebeam("es", "status", "--home", str(tmp_path / "es"), check=False)
     assert r.returncode == 1 and r.stdout.splitlines()[-1] == "es status: not ok (exit 1)"
