@@ -88,8 +88,9 @@ def setup_logging(verbose: bool = False) -> None:
         handler.setFormatter(_Plain())
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("facebeam").setLevel(logging.INFO if verbose else logging.WARNING)
+    # Quiet: a failure Beam or a client reports comes back as the job's exception (one line or a traceback).
     for name in ("apache_beam", "elastic_transport", "urllib3", "py4j"):
-        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.CRITICAL)
     # Worker errors come back as the job's exception (a user error as one line, a bug with its traceback).
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.CRITICAL)
     os.environ[WORKER_LOG_ENV] = "INFO" if verbose else "ERROR"  # what workers count, the summary says

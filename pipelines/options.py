@@ -46,7 +46,14 @@ class Args:
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The docstring as written; every flag's help ends with its default when it has one worth showing."""
+    """The docstring as written; every flag's help ends with its default when it has one worth showing, and
+    a flag with a plain default shows it as its value (`[--index faces]` in the usage line)."""
+
+    def _get_default_metavar_for_optional(self, action):
+        d = action.default
+        if isinstance(d, (str, int, float)) and not isinstance(d, bool) and str(d) and " " not in str(d):
+            return str(d)
+        return super()._get_default_metavar_for_optional(action)
 
     def _get_help_string(self, action):
         text = action.help or ""

@@ -64,10 +64,11 @@ def test_no_flag_without_help_and_every_command_ends_with_examples():
 
 def test_help_shows_defaults():
     r = facebeam("verify", "--help")
-    assert re.search(r"--index INDEX\s+alias / store name \(default faces\)", r.stdout)
+    assert re.search(r"--index faces\s+alias / store name \(default faces\)", r.stdout)
+    assert "[--index faces]" in r.stdout.split("\n\n")[0]  # in the usage line too
     assert "examples:\n  facebeam verify" in r.stdout
     r = facebeam("embed", "--help")
-    assert re.search(r"--batch-size BATCH_SIZE\s+images per model batch \(default 4\)", r.stdout)
+    assert re.search(r"--batch-size 4\s+images per model batch \(default 4\)", r.stdout)
 
 
 # --- typos ---------------------------------------------------------------------------------------
