@@ -44,6 +44,29 @@ def quiet(r):
         assert not any(n in line for n in NOISE), line
 
 
+# --- the typed summary -----------------------------------------------------------------------------------
+def test_the_summary_is_typed_frozen_and_reads_like_its_file():
+    import dataclasses
+
+    from facebeam.transforms.summary import JobSummary
+
+    fields = {"images_seen": 5, "images_embedded": 4, "faces": 6, "images_failed": {"no_face": 1},
+              "files_skipped": {"not_image": 2}, "images_done": 3, "elapsed_s": 2.0, "images_per_s": 2.5,
+              "output": "out/x", "docs_indexed": 6, "docs_failed": 0, "backend": "local", "index": "faces",
+              "ann_dir": "/h/ann/faces", "doc_count": 9, "threshold": 0.6, "threshold_from": "calibrated"}
+    s = JobSummary.build("run", fields, choices=["labels: from parent-dir"])
+    assert s["faces"] == 6 and dict(s) == fields == s.to_dict() and json.loads(s.to_json()) == fields
+    assert (s.embed.seen, s.embed.failed, s.embed.done, s.load.indexed, s.threshold.source) == (5, 1, 3, 6, "calibrated")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.command = "x"
+    with pytest.raises(TypeError):
+        s.fields["faces"] = 7
+    assert s.line() == ("embedded 5 photos: 6 faces, 1 failed (2 non-image file(s) skipped, 3 already done, skipped) "
+                        "-> out/x (2.0 s, 2.5 photos/s)\n"
+                        "indexed 6 faces into the embedded index faces (/h/ann/faces): 9 in all\n"
+                        "  labels: from parent-dir")
+
+
 # --- help ----------------------------------------------------------------------------------------
 def test_no_flag_without_help_and_every_command_ends_with_examples():
     missing, without_examples = [], []
