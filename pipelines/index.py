@@ -80,7 +80,7 @@ def _load(config: IndexConfig, pipeline, found, spec, target) -> dict:
                "index_errors": load.errors_dir,
                "runner": runners.runner_name(opts), "elapsed_s": round(elapsed, 3),
                "docs_per_s": round(c.get(metrics.DOCS_INDEXED, 0) / elapsed, 1)}
-    shards.write_json(FileSystems.join(config.shards, "index-summary.json"), summary)
+    jobs.write_summary(FileSystems.join(config.shards, "index-summary.json"), summary)
     log.info("index done: %d rows read, %d indexed, %d failed (%d retries); %s holds %d docs",
              summary["rows_read"], summary["indexed"], summary["failed"], summary["retried"], target.concrete, target.count)
     return summary

@@ -23,7 +23,7 @@ from apache_beam.io.parquetio import WriteToParquet
 
 from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner import defaults as runners
-from facebeam.transforms import knn, metrics, persons, records, shards, sources
+from facebeam.transforms import knn, metrics, persons, records, sources
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.sources import Inputs
 
@@ -144,7 +144,7 @@ def run(config: QueryConfig, pipeline=None) -> dict:
     summary = {**metrics.image_counts(c), "probe_faces": c.get(PROBE_FACES, 0), "mode": mode, **where,
                "k": ns.k, "threshold": threshold, "threshold_from": backend.threshold_from, "spec_id": spec.spec_id,
                "runner": runners.runner_name(opts), "elapsed_s": round(elapsed, 3)}
-    shards.write_json(join(ns.output, "summary.json"), summary)
+    jobs.write_summary(join(ns.output, "summary.json"), summary)
     if ns.report:
         from facebeam.transforms import report
 

@@ -184,7 +184,7 @@ def _reindex_local(config: ReindexConfig, pipeline, store) -> dict:
             print(f"dropped generation {before['generation']}")
     summary.update(backend="local", ann_dir=folder, old_spec_id=before["spec_id"], new_spec_id=new_spec.spec_id,
                    doc_count=new.count, comparison=comparison, docs_indexed=new.count, docs_failed=0)
-    shards.write_json(config.output.rstrip("/") + "/summary.json", summary)
+    jobs.write_summary(config.output.rstrip("/") + "/summary.json", summary)
     return summary
 
 
@@ -240,7 +240,7 @@ def run(config: ReindexConfig, pipeline=None) -> dict:
         print(f"dropped {old}")
     summary.update(old_index=old, new_index=new, doc_count=target.count, comparison=comparison,
                    **{k: v for k, v in loaded.items() if k.startswith("docs_")})
-    shards.write_json(config.output.rstrip("/") + "/summary.json", summary)
+    jobs.write_summary(config.output.rstrip("/") + "/summary.json", summary)
     return summary
 
 
