@@ -21,6 +21,7 @@ import time
 
 from apache_beam.io.filesystems import FileSystems
 
+from facebeam.pipelines import options
 from facebeam.pipelines.runner import defaults as runners
 from facebeam.transforms import manifest, metrics, progress, shards
 from facebeam.transforms.errors import UserError
@@ -42,11 +43,10 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
     whatever the command prints itself goes to stderr. Only `UserError`s become one line; any other exception
     is a bug and keeps its traceback.
     """
-    from facebeam.pipelines import options
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = module.build_parser()
-    own_json = "--json" in options.flags_of(parser)  # `es status --json` prints its own document
+    own_json = "--json" in options.flags_of(parser)  # a command's own --json: `es status`, `bench cluster FILE`
+    prints_json = own_json and "--json" in argv and options.json_switch(parser)  # `es status --json`: stdout is its
     options.finish_help(parser)
     as_json = "--json" in argv and not own_json
     # -v was read by the entry point (cli.main, entry), which set the log levels for the process.
@@ -63,7 +63,7 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
     if isinstance(action, str):
         command = f"{command} {action}"
     summary = JobSummary.build(command, result or {}, choices=options.choices_said(command, config, result or {}))
-    if not own_json or "--json" not in argv:
+    if not prints_json:
         print(summary.to_json() if as_json else summary.line(), flush=True)
     return 1 if failed(summary) else 0
 

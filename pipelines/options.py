@@ -81,6 +81,11 @@ def flags_of(p: argparse.ArgumentParser) -> list:
     return sorted({s for q in all_parsers(p) for a in q._actions for s in a.option_strings if s.startswith("--")})
 
 
+def json_switch(p: argparse.ArgumentParser) -> bool:
+    """Has a parser of this command a `--json` switch of its own (machine-readable stdout, no value)?"""
+    return any("--json" in a.option_strings and a.nargs == 0 for q in all_parsers(p) for a in q._actions)
+
+
 def beam_flags(beam_args) -> tuple[list, list]:
     """(the tokens of `beam_args` no Beam pipeline option knows, every Beam flag name)."""
     from apache_beam.options.pipeline_options import PipelineOptions
