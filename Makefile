@@ -29,12 +29,12 @@ sample:
 # the same commands take --store es.
 # Each step prints its result line (`-v` on a command brings the logs back).
 demo: sample env
-	@echo '$$ facebeam run --input $(SAMPLE) --output $(OUT) --index faces --store local'
+	@echo '== run: embed the sample and index it into the embedded index'
 	@$(BIN)/facebeam run --input $(SAMPLE) --output $(OUT) --index faces --store local
-	@echo '$$ facebeam query --probes $(notdir $(PHOTOS)) --index faces --store local --k 5 --output $(OUT)-query --report ...'
+	@echo '== query: the top 5 for $(notdir $(PHOTOS)), with an HTML report'
 	@$(BIN)/facebeam query --probes $(PHOTOS) --index faces --store local --k 5 \
 	    --output $(OUT)-query --report $(OUT)-query/report.html
-	@echo '$$ facebeam search $(notdir $(PHOTOS)) --index faces --store local --k 3'
+	@echo '== search: the same photos, as a table'
 	@$(BIN)/facebeam search $(PHOTOS) --index faces --store local --k 3
 
 test: env
