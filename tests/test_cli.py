@@ -281,6 +281,23 @@ def test_services_say_their_state(tmp_path):
     assert r.returncode == 1 and r.stdout.splitlines()[-1] == "redis status: not ok (exit 1)"
 
 
+def test_make_demo_fits_one_screen(tmp_path):
+    """`make demo`, in full: a line per step, the search table, no log noise, under 40 lines."""
+    r = subprocess.run(["make", "demo", f"OUT={tmp_path}/out"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=900, env={**os.environ, "FACEBEAM_HOME": str(tmp_path / "home")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    shown = (r.stdout + r.stderr).splitlines()
+    assert len(shown) < 40, "\n".join(shown)
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert any(line.startswith(f"embedded {s['images_seen']} photos: {s['faces']} faces") for line in shown)
+    assert any(line.startswith(f"indexed {s['docs_indexed']} faces into the embedded index faces") for line in shown)
+    assert any(line.startswith("queried 2 probe photos") for line in shown)
+    assert any(line.startswith("searched 2 photo(s)") for line in shown)
+    assert sum("rank  distance  same?  path" in line for line in shown) >= 2
+    for line in shown:
+        assert not any(n in line for n in NOISE), line
+
+
 # --- the progress bar ----------------------------------------------------------------------------------
 def on_a_terminal(*words, env=None) -> str:
     """`facebeam WORDS` with a 100x24 pseudo-terminal as its stdout and stderr: everything it wrote."""
