@@ -1,5 +1,6 @@
 # facebeam. Two commands from a fresh clone:
-#   make demo   set up .venv, weights and a local Elasticsearch; embed + index the sample; query it
+#   make demo   set up .venv and the offline weights; embed + index the sample into the embedded index
+#               (no server); query it with an HTML report; search two photos. One screen: a line per step.
 #   make test   run the test suite (it starts its own Elasticsearch, Flink and Spark)
 #   make unit   the pure-logic tier alone: no server, no JVM, no network port (well under 2 minutes)
 PY ?= python3
@@ -20,19 +21,22 @@ $(BIN)/facebeam: requirements.lock setup.py
 	touch $@
 
 env: $(BIN)/facebeam
-	$(BIN)/facebeam models seed
+	@$(BIN)/facebeam models seed | tail -1
 
 sample:
 	$(if $(PHOTOS),,$(error no photos (.jpg/.jpeg/.png) under SAMPLE=$(SAMPLE): run `make demo SAMPLE=DIR` with a folder of photos, or put deepface's tests/unit/dataset (github.com/serengil/deepface) at ../shared/data/faces))
 
 # The zero-server default: the embedded HNSW index (--store local). With a cluster (`facebeam es up`),
 # the same commands take --store es.
+# Each step prints its result line (`-v` on a command brings the logs back).
 demo: sample env
-	$(BIN)/facebeam run --input $(SAMPLE) --output $(OUT) --index faces --store local
-	$(BIN)/facebeam query --probes $(PHOTOS) --index faces --store local --k 5 \
+	@echo '== run: embed the sample and index it into the embedded index'
+	@$(BIN)/facebeam run --input $(SAMPLE) --output $(OUT) --index faces --store local
+	@echo '== query: the top 5 for $(notdir $(PHOTOS)), with an HTML report'
+	@$(BIN)/facebeam query --probes $(PHOTOS) --index faces --store local --k 5 \
 	    --output $(OUT)-query --report $(OUT)-query/report.html
-	$(BIN)/facebeam search $(PHOTOS) --index faces --store local --k 5
-	@echo "report: $(OUT)-query/report.html"
+	@echo '== search: the same photos, as a table'
+	@$(BIN)/facebeam search $(PHOTOS) --index faces --store local --k 3
 
 test: env
 	$(BIN)/ruff check .

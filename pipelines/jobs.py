@@ -28,13 +28,14 @@ from pathlib import Path
 import filelock
 from apache_beam.io.filesystems import FileSystems
 
+from facebeam.pipelines import options
 from facebeam.pipelines.runner.kinds import runner_name
 from facebeam.transforms import manifest, metrics, privacy, progress, shards
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.summary import JobSummary
 
 log = logging.getLogger(__name__)
-# The stderr level of local worker processes (the worker main reads it): WARNING by default, INFO with -v.
+# The stderr level of local worker processes (the worker main reads it): ERROR by default, INFO with -v.
 WORKER_LOG_ENV = "FACEBEAM_WORKER_LOG"
 
 
@@ -49,11 +50,10 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
     whatever the command prints itself goes to stderr. Only `UserError`s become one line; any other exception
     is a bug and keeps its traceback.
     """
-    from facebeam.pipelines import options
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = module.build_parser()
-    own_json = "--json" in options.flags_of(parser)  # `es status --json` prints its own document
+    own_json = "--json" in options.flags_of(parser)  # a command's own --json: `es status`, `bench cluster FILE`
+    prints_json = own_json and "--json" in argv and options.json_switch(parser)  # `es status --json`: stdout is its
     options.finish_help(parser)
     as_json = "--json" in argv and not own_json
     # -v was read by the entry point (cli.main, entry), which set the log levels for the process.
@@ -69,8 +69,8 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
     action = getattr(config, "action", None)
     if isinstance(action, str):
         command = f"{command} {action}"
-    summary = JobSummary.build(command, result or {}, choices=options.choices_said(config, result or {}))
-    if not own_json or "--json" not in argv:
+    summary = JobSummary.build(command, result or {}, choices=options.choices_said(command, config, result or {}))
+    if not prints_json:
         print(summary.to_json() if as_json else summary.line(), flush=True)
     return 1 if failed(summary) else 0
 
@@ -95,11 +95,12 @@ def setup_logging(verbose: bool = False) -> None:
         handler.setFormatter(_Plain())
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("facebeam").setLevel(logging.INFO if verbose else logging.WARNING)
+    # Quiet: a failure Beam or a client reports comes back as the job's exception (one line or a traceback).
     for name in ("apache_beam", "elastic_transport", "urllib3", "py4j"):
-        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.ERROR)
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.CRITICAL)
     # Worker errors come back as the job's exception (a user error as one line, a bug with its traceback).
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.CRITICAL)
-    os.environ[WORKER_LOG_ENV] = "INFO" if verbose else "WARNING"
+    os.environ[WORKER_LOG_ENV] = "INFO" if verbose else "ERROR"  # what workers count, the summary says
     if not verbose:
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -143,9 +144,13 @@ def run(pipeline, totals=None):
     totals = totals if totals is not None else dict(_expected)
     _expected.clear()
     try:
-        with progress.bars(totals):
+        with progress.bars(totals) as final:
             result = pipeline.run()
             result.wait_until_finish()
+            if final is not None:  # the bars end on the job's own counters
+                c = metrics.read_counters(result)
+                final.update(embed=c.get(metrics.IMAGES_SEEN, 0),
+                             index=c.get(metrics.DOCS_INDEXED, 0) + c.get(metrics.DOCS_FAILED, 0))
     except Exception as e:
         user = worker_user_error(e)
         if user is None or user is e:

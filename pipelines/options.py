@@ -47,7 +47,14 @@ class Args:
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The docstring as written; every flag's help ends with its default when it has one worth showing."""
+    """The docstring as written; every flag's help ends with its default when it has one worth showing, and
+    a flag with a plain default shows it as its value (`[--index faces]` in the usage line)."""
+
+    def _get_default_metavar_for_optional(self, action):
+        d = action.default
+        if isinstance(d, (str, int, float)) and not isinstance(d, bool) and str(d) and " " not in str(d):
+            return str(d)
+        return super()._get_default_metavar_for_optional(action)
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -73,6 +80,11 @@ def all_parsers(p: argparse.ArgumentParser):
 
 def flags_of(p: argparse.ArgumentParser) -> list:
     return sorted({s for q in all_parsers(p) for a in q._actions for s in a.option_strings if s.startswith("--")})
+
+
+def json_switch(p: argparse.ArgumentParser) -> bool:
+    """Has a parser of this command a `--json` switch of its own (machine-readable stdout, no value)?"""
+    return any("--json" in a.option_strings and a.nargs == 0 for q in all_parsers(p) for a in q._actions)
 
 
 def beam_flags(beam_args) -> tuple[list, list]:
@@ -154,7 +166,7 @@ def finish_help(p: argparse.ArgumentParser) -> None:
             q.epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
 
 
-def choices_said(config, result) -> list:
+def choices_said(command: str, config, result) -> list:
     """What a job chose on its own, for its result line: the store picked automatically, the labels mode."""
     said = []
     store = getattr(config, "store", None)
@@ -166,7 +178,7 @@ def choices_said(config, result) -> list:
     if getattr(config, "dry_run", False):
         said.append("dry run: nothing was changed (without --dry-run these go)")
     inputs = getattr(config, "inputs", None)
-    if inputs is not None and hasattr(inputs, "label_from"):
+    if command in ("embed", "run") and inputs is not None:
         said.append(f"labels: from {inputs.label_from}" if inputs.label_from else
                     "labels: none (--label-from parent-dir|csv:FILE stores names)")
     return said

@@ -25,7 +25,7 @@ from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner.job_options import pipeline_options
 from facebeam.pipelines.runner.kinds import runner_name
 from facebeam.pipelines.runner.launch import create_pipeline
-from facebeam.transforms import knn, metrics, persons, records, shards, sources, stores
+from facebeam.transforms import knn, metrics, persons, records, sources, stores
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.sources import Inputs
 
@@ -149,7 +149,7 @@ def run(config: QueryConfig, pipeline=None) -> dict:
     summary = {**metrics.image_counts(c), "probe_faces": c.get(PROBE_FACES, 0), "mode": mode, **where,
                "k": ns.k, "threshold": threshold, "threshold_from": backend.threshold_from, "spec_id": spec.spec_id,
                "runner": runner_name(opts), "elapsed_s": round(elapsed, 3)}
-    shards.write_json(join(ns.output, "summary.json"), summary)
+    jobs.write_summary(join(ns.output, "summary.json"), summary)
     if ns.report:
         from facebeam.transforms import report
 

@@ -114,7 +114,7 @@ def _reindex(config: ReindexConfig, pipeline, job) -> dict:
         print(job.drop_old())
     summary.update({k: v for k, v in loaded.items() if k.startswith("docs_")}, comparison=comparison)
     summary.update(job.summary())
-    shards.write_json(config.output.rstrip("/") + "/summary.json", summary)
+    jobs.write_summary(config.output.rstrip("/") + "/summary.json", summary)
     return summary
 
 

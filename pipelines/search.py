@@ -14,6 +14,7 @@ import time
 
 from facebeam.pipelines import jobs, options
 from facebeam.transforms import images, knn, sources, stores
+from facebeam.transforms.summary import SearchHit
 
 log = logging.getLogger(__name__)
 BEAM = False  # answered in this process, photo by photo
@@ -100,9 +101,9 @@ def print_table(path, probes, rows, seconds, out=None, threshold_note=None):
         box = (p["box_x"], p["box_y"], p["box_w"], p["box_h"])
         print(f"  face {p['face_index']} at {box}" + (f"  -> {label}" if label else ""), file=out)
         print(f"  {'rank':>4}  {'distance':>8}  {'same?':<5}  path", file=out)
-        for r in mine:
-            same = "yes" if r["same_person"] else "no"
-            print(f"  {r['rank']:>4}  {r['distance']:8.4f}  {same:<5}  {r['hit_image_path']}", file=out)
+        for hit in map(SearchHit.of, mine):
+            same = "yes" if hit.same_person else "no"
+            print(f"  {hit.rank:>4}  {hit.distance:8.4f}  {same:<5}  {hit.image_path}", file=out)
 
 
 def run(config: SearchConfig, pipeline=None) -> dict:

@@ -186,6 +186,9 @@ def run(config: VerifyConfig, pipeline=None) -> dict:
                    "judged": len(judged), "right": right, "accuracy": round(right / len(judged), 4) if judged else None,
                    "latency_p50_ms": latencies[len(latencies) // 2] if latencies else None, "results": results,
                    "ok": True}
+        print(f"verified {len(results)} pair(s) on {backend.where}: {summary['unknown']} unknown identit(ies); "
+              + (f"accuracy {summary['accuracy']:.4f} ({right}/{len(judged)})" if judged else "no decisions to score")
+              + (f"; server time p50 {summary['latency_p50_ms']:.2f} ms" if latencies else ""))
         return summary
     finally:
         backend.close()

@@ -44,6 +44,29 @@ def quiet(r):
         assert not any(n in line for n in NOISE), line
 
 
+# --- the typed summary -----------------------------------------------------------------------------------
+def test_the_summary_is_typed_frozen_and_reads_like_its_file():
+    import dataclasses
+
+    from facebeam.transforms.summary import JobSummary
+
+    fields = {"images_seen": 5, "images_embedded": 4, "faces": 6, "images_failed": {"no_face": 1},
+              "files_skipped": {"not_image": 2}, "images_done": 3, "elapsed_s": 2.0, "images_per_s": 2.5,
+              "output": "out/x", "docs_indexed": 6, "docs_failed": 0, "backend": "local", "index": "faces",
+              "ann_dir": "/h/ann/faces", "doc_count": 9, "threshold": 0.6, "threshold_from": "calibrated"}
+    s = JobSummary.build("run", fields, choices=["labels: from parent-dir"])
+    assert s["faces"] == 6 and dict(s) == fields == s.to_dict() and json.loads(s.to_json()) == fields
+    assert (s.embed.seen, s.embed.failed, s.embed.done, s.load.indexed, s.threshold.source) == (5, 1, 3, 6, "calibrated")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.command = "x"
+    with pytest.raises(TypeError):
+        s.fields["faces"] = 7
+    assert s.line() == ("embedded 5 photos: 6 faces, 1 failed (2 non-image file(s) skipped, 3 already done, skipped) "
+                        "-> out/x (2.0 s, 2.5 photos/s)\n"
+                        "indexed 6 faces into the embedded index faces (/h/ann/faces): 9 in all\n"
+                        "  labels: from parent-dir")
+
+
 # --- help ----------------------------------------------------------------------------------------
 def test_no_flag_without_help_and_every_command_ends_with_examples():
     missing, without_examples = [], []
@@ -64,10 +87,11 @@ def test_no_flag_without_help_and_every_command_ends_with_examples():
 
 def test_help_shows_defaults():
     r = facebeam("verify", "--help")
-    assert re.search(r"--index INDEX\s+alias / store name \(default faces\)", r.stdout)
+    assert re.search(r"--index faces\s+alias / store name \(default faces\)", r.stdout)
+    assert "[--index faces]" in r.stdout.split("\n\n")[0]  # in the usage line too
     assert "examples:\n  facebeam verify" in r.stdout
     r = facebeam("embed", "--help")
-    assert re.search(r"--batch-size BATCH_SIZE\s+images per model batch \(default 4\)", r.stdout)
+    assert re.search(r"--batch-size 4\s+images per model batch \(default 4\)", r.stdout)
 
 
 # --- typos ---------------------------------------------------------------------------------------
@@ -215,12 +239,13 @@ def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
     r = facebeam("cluster", "--shards", out, "--output", cl, env=home)
     with open(os.path.join(cl, "cluster.json")) as f:
         k = json.load(f)
-    assert r.stdout.startswith(f"clustered {k['faces']} faces into {k['persons']} persons "
-                               f"({k['singletons']} singletons, {k['low_quality']} low quality); "
-                               f"same person at <= {k['threshold']:.4f}")
+    assert r.stdout.startswith(f"clustered {k['faces']} faces into {k['persons']} persons and {k['singletons']} "
+                               f"singletons ({k['low_quality']} low quality, 0 named); "
+                               f"same person at <= {k['threshold']:.4f} ({k['threshold_from']}) in ")
     quiet(r)
     r = facebeam("persons", "--clusters", cl, "list", "--top", "2", env=home)
-    assert r.stdout.splitlines()[-1] == f"{k['persons']} persons in all"
+    table = pq.read_table(os.path.join(cl, "persons.parquet"))
+    assert r.stdout.splitlines()[-1] == f"{table.num_rows} persons in all"
     person = r.stdout.split()[0]
     r = facebeam("persons", "--clusters", cl, "name", person, "someone", env=home)
     assert r.stdout.startswith("persons name: ") and person in r.stdout
@@ -234,11 +259,81 @@ def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
     assert r.stdout.splitlines()[-1].startswith("models load offline in ")
 
 
+def test_reindex_says_what_it_embedded_and_swapped(home, tmp_path):
+    photos = [os.path.join(SAMPLE, n) for n in ("img1.jpg", "img2.jpg", "couple.jpg")]
+    facebeam("run", "--input", *photos, "--output", str(tmp_path / "v1"), "--index", "re", "--store", "local",
+             env=home)
+    r = facebeam("reindex", "--output", str(tmp_path / "v2"), "--index", "re", "--store", "local",
+                 "--detect-max-side", "480", env=home)
+    s = json.loads((tmp_path / "v2" / "summary.json").read_text())
+    lines = r.stdout.splitlines()
+    assert f"\nembedded {s['images_seen']} photos: {s['faces']} faces, 0 failed (" in r.stdout
+    assert lines[-1].startswith(f"reindexed {s['doc_count']} faces: {s['old_spec_id']} -> {s['new_spec_id']}; "
+                                f"top-{s['comparison']['k']} image overlap")
+    assert "labels:" not in r.stdout  # reindex carries the old labels by content
+    quiet(r)
+
+
 def test_services_say_their_state(tmp_path):
     r = facebeam("es", "status", "--home", str(tmp_path / "es"), check=False)
     assert r.returncode == 1 and r.stdout.splitlines()[-1] == "es status: not ok (exit 1)"
     r = facebeam("redis", "status", "--home", str(tmp_path / "redis"), check=False)
     assert r.returncode == 1 and r.stdout.splitlines()[-1] == "redis status: not ok (exit 1)"
+
+
+def test_make_demo_fits_one_screen(tmp_path):
+    """`make demo`, in full: a line per step, the search table, no log noise, under 40 lines."""
+    r = subprocess.run(["make", "demo", f"OUT={tmp_path}/out"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=900, env={**os.environ, "FACEBEAM_HOME": str(tmp_path / "home")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    shown = (r.stdout + r.stderr).splitlines()
+    assert len(shown) < 40, "\n".join(shown)
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert any(line.startswith(f"embedded {s['images_seen']} photos: {s['faces']} faces") for line in shown)
+    assert any(line.startswith(f"indexed {s['docs_indexed']} faces into the embedded index faces") for line in shown)
+    assert any(line.startswith("queried 2 probe photos") for line in shown)
+    assert any(line.startswith("searched 2 photo(s)") for line in shown)
+    assert sum("rank  distance  same?  path" in line for line in shown) >= 2
+    for line in shown:
+        assert not any(n in line for n in NOISE), line
+
+
+# --- the progress bar ----------------------------------------------------------------------------------
+def on_a_terminal(*words, env=None) -> str:
+    """`facebeam WORDS` with a 100x24 pseudo-terminal as its stdout and stderr: everything it wrote."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    parent, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "facebeam.pipelines.cli", *words], stdin=child, stdout=child,
+                         stderr=child, cwd=ROOT, env={**os.environ, **(env or {})})
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            data = os.read(parent, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        out += data
+    assert p.wait(timeout=600) == 0, out[-2000:]
+    os.close(parent)
+    return out.decode(errors="replace")
+
+
+def test_a_progress_bar_on_a_terminal_only(tmp_path):
+    photos = [os.path.join(SAMPLE, n) for n in ("img1.jpg", "img2.jpg", "img3.jpg", "img4.jpg")]
+    shown = on_a_terminal("embed", "--input", *photos, "--output", str(tmp_path / "tty"))
+    frames = [f for f in shown.split("\r") if f.startswith("embed:")]
+    assert frames, shown[-2000:]
+    assert re.search(r"\| 4/4 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(s/ photos| photos/s)\]", frames[-1]), frames[-1]
+    assert "embedded 4 photos" in shown
+    r = facebeam("embed", "--input", *photos, "--output", str(tmp_path / "pipe"))
+    assert "photos/s]" not in r.stderr  # stderr is a pipe: no bar
 
 
 # --- verify: which face ----------------------------------------------------------------------------
@@ -269,6 +364,7 @@ def test_verify_on_a_two_face_photo_names_the_face_and_offers_face(sample_run, r
     assert line.startswith(f"different: {photo} as person_{other} (face {largest} of 2 in the photo, the largest; "
                            "pick another with --face N): distance ")
     r = facebeam("verify", photo, "--as", f"person_{other}", "--face", str(other), *args)
-    assert r.stdout.startswith(f"same: {photo} as person_{other} (face {other} of 2 in the photo): distance 0.0000 <=")
+    assert r.stdout.startswith(f"same: {photo} as person_{other} (face {other} of 2 in the photo; pick another with "
+                               "--face N): distance 0.0000 <=")
     r = facebeam("verify", photo, "--as", f"person_{other}", "--face", "5", *args, check=False)
     assert r.returncode == 2 and "has 2 face(s), numbered 0 to 1 left to right" in r.stderr

@@ -75,10 +75,12 @@ def shared_counts(folder: str, what: str) -> collections.Counter:
 @contextlib.contextmanager
 def bars(totals=None, stream=None, every_s: float = 0.3):
     """While the body runs a job, one tqdm bar per kind of work its workers report; off unless `stream`
-    (stderr) is a terminal. `totals`: {kind: expected count}, for the ETA."""
+    (stderr) is a terminal. `totals`: {kind: expected count}, for the ETA. The body may put the job's final
+    counts into the dict it gets ({"embed": images seen}); the bars end on them."""
     stream = stream or sys.stderr
+    final = {}  # {kind: count}: the job's own metrics once it ended (bars.update_final)
     if not (hasattr(stream, "isatty") and stream.isatty()):
-        yield
+        yield final
         return
     from tqdm import tqdm
 
@@ -89,7 +91,7 @@ def bars(totals=None, stream=None, every_s: float = 0.3):
 
     def refresh():
         for what, (unit, key) in BARS.items():
-            n = shared_counts(folder, what)[key]
+            n = max(shared_counts(folder, what)[key], final.get(what, 0))
             if n and what not in shown:
                 shown[what] = tqdm(total=(totals or {}).get(what), desc=what, unit=f" {unit}", file=stream,
                                    dynamic_ncols=True, leave=False)
@@ -103,10 +105,11 @@ def bars(totals=None, stream=None, every_s: float = 0.3):
     thread = threading.Thread(target=poll, name="facebeam-progress", daemon=True)
     thread.start()
     try:
-        yield
+        yield final
     finally:
         stop.set()
         thread.join()
+        refresh()  # the last counts the workers shared
         for bar in shown.values():
             bar.close()
         if before is None:

@@ -217,9 +217,8 @@ def _calibrate_line(s: JobSummary) -> str:
 def _verify_line(s: JobSummary) -> str:
     t = s.threshold.words() if s.threshold else ""
     if "pairs" in s:
-        acc = f"accuracy {s['accuracy']:.4f} ({s['right']}/{s['judged']})" if s.get("judged") else "no decisions"
-        p50 = f"; server time p50 {s['latency_p50_ms']:.2f} ms" if s.get("latency_p50_ms") is not None else ""
-        return f"verified {s['pairs']} pair(s) on {s.get('store')}: {s.get('unknown', 0)} unknown, {acc}; {t}{p50}"
+        acc = f"accuracy {s['accuracy']:.4f}" if s.get("judged") else "no decisions"
+        return f"{s['pairs']} pair(s) judged, {acc}, {t}"
     face = ""
     if s.get("faces_in_photo") is not None:
         face = f" (face {s['face']} of {s['faces_in_photo']} in the photo"
@@ -234,8 +233,8 @@ def _verify_line(s: JobSummary) -> str:
 
 
 def _cluster_line(s: JobSummary) -> str:
-    text = (f"clustered {s.get('faces', 0)} faces into {s.get('persons', 0)} persons "
-            f"({s.get('singletons', 0)} singletons, {s.get('low_quality', 0)} low quality)")
+    text = (f"clustered {s.get('faces', 0)} faces into {s.get('persons', 0)} persons and {s.get('singletons', 0)} "
+            f"singletons ({s.get('low_quality', 0)} low quality, {s.get('named', 0)} named)")
     if s.threshold:
         text += f"; {s.threshold.words()}"
     return text + (f" -> {s['output']}" if s.get("output") else "") + _secs(s)
