@@ -1,6 +1,6 @@
 """facebeam forget: erase faces from every store, the shards, and keep them erased.
 
-    facebeam forget (--image PATH | --sha256 H | --label L) --shards DIR [--index NAME]
+    facebeam forget (--image PATH | --sha256 H | --label L | --person NAME) --shards DIR [--index NAME]
                     [--store es|local[:DIR]|redis] [--dry-run]
 
 The images are resolved once, from the shards and the tombstones. Their faces are then
@@ -42,6 +42,7 @@ class ForgetConfig:
     image: str = None
     sha256: str = None
     label: str = None
+    person: str = None
     index: str = None
     dry_run: bool = False
     es: options.EsFlags = options.EsFlags()
@@ -54,6 +55,8 @@ def build_parser():
     what.add_argument("--image", help="a photo's path as it was embedded (or an existing file)")
     what.add_argument("--sha256", help="an image's content hash")
     what.add_argument("--label", help="every face with this identity label")
+    what.add_argument("--person", metavar="NAME", help="every photo of the person of this name (or person id), "
+                                                       "as the stores' persons' names say (`persons ... --shards`)")
     p.add_argument("--shards", required=True, help="the embed/run output folder")
     p.add_argument("--index", default=None, help="also delete from this alias")
     p.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
@@ -65,7 +68,8 @@ def build_parser():
 def configure(a: options.Args, beam_args=()) -> ForgetConfig:
     # Shards store canonical paths (absolute for local files), so a relative --image matches too.
     image = sources.canonical(a.image) if a.image else None
-    return ForgetConfig(shards=a.shards, image=image, sha256=a.sha256, label=a.label, index=a.index, dry_run=a.dry_run,
+    return ForgetConfig(shards=a.shards, image=image, sha256=a.sha256, label=a.label, person=a.person, index=a.index,
+                        dry_run=a.dry_run,
                         es=options.es_from(a), store=options.store_from(a))
 
 
@@ -83,18 +87,42 @@ def images_to_erase(ns: ForgetConfig) -> tuple:
             found[sha] = (ns.image, None)
         except (OSError, ValueError):
             pass  # the photo may be gone already; the shards still know it
+    faces = person_faces(ns) if ns.person else set()
     for path in shards.files(ns.shards) if ns.shards else []:
-        t = _read(path).select(["image_sha256", "image_path", "label"])
+        t = _read(path).select(["image_sha256", "image_path", "label", "face_id"])
         for r in t.to_pylist():
-            if r["image_path"] == ns.image or (ns.label and r["label"] == ns.label) or r["image_sha256"] in found:
+            if (r["image_path"] == ns.image or (ns.label and r["label"] == ns.label) or r["image_sha256"] in found
+                    or r["face_id"] in faces):
                 found[r["image_sha256"]] = (r["image_path"], r["label"])
     tombstoned = set()
+    by_person = registry.erased(ns.shards, reason=reason(ns)) if ns.person else {}
     for sha, (path, label) in registry.erased(ns.shards).items():
-        if sha == ns.sha256 or (ns.image and path == ns.image) or (ns.label and label == ns.label) or sha in found:
+        if (sha == ns.sha256 or (ns.image and path == ns.image) or (ns.label and label == ns.label) or sha in found
+                or sha in by_person):
             tombstoned.add(sha)
             prev = found.get(sha, (None, None))
             found[sha] = (prev[0] or path, prev[1] or label)
     return found, tombstoned
+
+
+def person_faces(ns: ForgetConfig) -> set:
+    """The face ids the stores' persons' names give `--person` (every reachable recorded store, and the shards)."""
+    from facebeam.transforms.stores.base import person_faces as named
+
+    out = set()
+    for store in stores.recorded_stores(ns.shards, ns.es.connection, named_store(ns)):
+        try:
+            out |= named(store.persons(), ns.person)
+        except UserError as e:
+            log.warning("%s: its persons' names cannot be read (%s)", store.describe(), e)
+        finally:
+            store.close()
+    return out
+
+
+def reason(ns: ForgetConfig) -> str:
+    return (f"forget --image {ns.image}" if ns.image else f"forget --label {ns.label}" if ns.label
+            else f"forget --person {ns.person}" if ns.person else "forget --sha256")
 
 
 def record_tombstones(folder: str, found: dict, why: str) -> str:
@@ -122,7 +150,7 @@ def run(ns: ForgetConfig, pipeline=None) -> dict:
     the tombstone is still written, and the command exits 2: the next `forget` or load finishes it."""
     found, tombstoned = images_to_erase(ns)
     if not found:
-        print("nothing matched: no shard row, tombstone or file for that image/label")
+        print("nothing matched: no shard row, tombstone, person or file for that image/label/person")
         return {"images": 0, "docs": 0, "rows": 0}
     shas = set(found)
     verb = "would remove" if ns.dry_run else "removed"
@@ -148,8 +176,7 @@ def run(ns: ForgetConfig, pipeline=None) -> dict:
     print(f"  {targets[-1].describe()}: {verb} {sum(removed.values())} row(s)")
     fresh = {s: v for s, v in found.items() if s not in tombstoned}
     if not ns.dry_run and fresh:
-        why = f"forget --image {ns.image}" if ns.image else f"forget --label {ns.label}" if ns.label else "forget --sha256"
-        print(f"  tombstone: {record_tombstones(ns.shards, fresh, why)}")
+        print(f"  tombstone: {record_tombstones(ns.shards, fresh, reason(ns))}")
     if not fresh and not docs and not removed and not unreachable:
         print(f"already erased everywhere: {len(shas)} image(s) listed in the tombstones of {ns.shards}; "
               f"no store ({len(targets)} checked) holds any of their faces")

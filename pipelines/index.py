@@ -56,8 +56,8 @@ def run(config: IndexConfig, pipeline=None) -> dict:
     shards.verify(found)  # every footer and row group, before anything is written
     spec = shards.spec_of(config.shards)
     store = stores.for_loading(config.store, config.es.connection, config.load.alias)
+    loading = store.begin_load(spec, config.load, config.shards, shard_files=found)  # fails fast, before any file
     with jobs.lock_output(config.shards):
-        loading = store.begin_load(spec, config.load, config.shards, shard_files=found)  # fails fast
         return _load(config, pipeline, found, spec, store, loading)
 
 

@@ -8,7 +8,9 @@
 Each change is written once: to the persons table (DIR/persons.parquet, DIR/persons/) and to
 DIR/edits.jsonl, which every later `facebeam cluster` replays by face, so names, merges and
 splits survive a re-cluster. With --index, the faces' documents get the name in their `label`
-field (bulk `update` ops by face id), so query results and top_label carry it.
+field (bulk `update` ops by face id), so query results and top_label carry it. With --shards DIR,
+every store the collection DIR was loaded into (and its shards) keeps the persons' names with the
+faces: search results show them and `query`/`search --person NAME` filter on them.
 """
 import dataclasses
 import logging

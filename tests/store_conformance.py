@@ -122,5 +122,6 @@ class AbstractStoreTests:
                 searcher.close()
             assert not {h["face_id"] for hs in hits for h in hs} & ids
         assert store.closest(faces[0]["embedding"], faces[0]["label"])[0] is None  # that label had only this photo
-        assert traces(store, sha, ids, [r["embedding"] for r in faces]) == []
+        left = traces(store, sha, ids, [r["embedding"] for r in faces])
+        assert left == [], left
         assert store.remove({sha}) == 0

@@ -407,3 +407,22 @@ def test_commands_never_branch_on_a_store_kind_and_stores_import_no_loop():
     graph = {"ann": imports(t / "ann.py"), "knn": imports(t / "knn.py"),
              "stores": set().union(*(imports(p) for p in (t / "stores").glob("*.py"))) - {"stores"}}
     assert "stores" not in graph["ann"] | graph["knn"] and "ann" not in graph["knn"]
+
+
+def test_forget_person_erases_the_named_person_s_photos_from_every_store(sample_run, tmp_path, capsys):
+    """Persons' names kept with the faces (as `persons name --shards` pushes them) resolve `forget --person`."""
+    from facebeam.transforms import stores
+    from facebeam.transforms.stores import registry
+
+    out, folder = str(tmp_path / "shards"), str(tmp_path / "ann")
+    rows = labeled_subset(sample_run, out)
+    job(index, ["--shards", out, "--store", f"local:{folder}"])
+    local = stores.from_record(registry.recorded(out)[0], None)
+    faces = [r for r in rows if r["image_sha256"] == rows[0]["image_sha256"]]
+    assert local.set_persons({r["face_id"]: ("p-1", "Grace Hopper") for r in faces}) == len(faces)
+    assert forget.main(["--person", "Grace Hopper", "--shards", out]) == 0
+    printed = capsys.readouterr().out
+    assert f"{local.describe()}: removed {len(faces)} face doc(s)" in printed
+    assert answers(local, faces, faces[0]["label"]) == [] and local.persons() == {}
+    assert forget.main(["--person", "Grace Hopper", "--shards", out]) == 0
+    assert "already erased everywhere" in capsys.readouterr().out

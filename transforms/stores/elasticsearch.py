@@ -191,13 +191,31 @@ class ElasticsearchStore(FaceStore):
             client.close()
 
     @staticmethod
-    def _expunge(client, index: str) -> None:
-        """Deleted docs stay in their segments until a merge: expunge every one, so no file keeps the faces."""
-        client.indices.refresh(index=index)
-        client.indices.flush(index=index)  # lets the shard's retention lease move past the deletes
+    def _expunge(client, index: str, wait_s: float = 90.0, pause_s: float = 5.0) -> None:
+        """Deleted docs stay in their segments (soft deletes) until a merge may drop them, which the shard's
+        retention lease allows once it has moved past the deletes (its background sync, ~30 s): flush and
+        expunge until none is left, or say what is left to Elasticsearch's own merges."""
+        import time
+
+        def deleted():
+            stats = client.indices.stats(index=index, metric="docs").body["indices"]
+            return sum(v["primaries"]["docs"]["deleted"] for v in stats.values())
+
         client.indices.put_settings(index=index, settings={"index.merge.policy.expunge_deletes_allowed": 0})
-        client.options(request_timeout=300).indices.forcemerge(index=index, only_expunge_deletes=True)
-        client.indices.refresh(index=index)
+        deadline = time.monotonic() + wait_s
+        while True:
+            client.indices.refresh(index=index)
+            client.indices.flush(index=index)
+            client.options(request_timeout=300).indices.forcemerge(index=index, only_expunge_deletes=True)
+            client.indices.refresh(index=index)
+            left = deleted()
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                log.warning("%s: %d deleted doc(s) still in its segments; Elasticsearch drops them at a later merge",
+                            index, left)
+                return
+            time.sleep(pause_s)
 
     def closest(self, vector, label: str) -> tuple:
         from facebeam.transforms import knn

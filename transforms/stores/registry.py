@@ -44,15 +44,16 @@ def remember(folder: str, store) -> dict:
     return rec
 
 
-def erased(folder: str) -> dict:
-    """sha256 -> (image path, label) of every image the tombstones list."""
+def erased(folder: str, reason: str = None) -> dict:
+    """sha256 -> (image path, label) of every image the tombstones list (only those erased for `reason`)."""
     import pyarrow.parquet as pq
 
     out = {}
     for p in shards.tombstones(folder) if folder else []:
         with FileSystems.open(p) as f:
-            for r in pq.read_table(f, columns=["image_sha256", "image_path", "label"]).to_pylist():
-                out[r["image_sha256"]] = (r["image_path"], r["label"])
+            for r in pq.read_table(f, columns=["image_sha256", "image_path", "label", "reason"]).to_pylist():
+                if reason is None or r["reason"] == reason:
+                    out[r["image_sha256"]] = (r["image_path"], r["label"])
     return out
 
 
