@@ -109,6 +109,7 @@ class BenchClusterConfig:
     k: int = 16
     graph: str = "hnsw"
     recall_sample: int = 1000
+    ef: int = 128
     incremental: int = 0
     threshold: float = None
     input: str = synthetic.DEFAULT_SAMPLE
@@ -125,6 +126,7 @@ def build_parser():
                    help=f"any of {','.join(persons.METHODS)} (default %(default)s)")
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--graph", choices=("hnsw", "exact"), default="hnsw")
+    p.add_argument("--ef", type=int, default=persons.EF_SEARCH, help="HNSW efSearch for the graph (default %(default)s)")
     p.add_argument("--recall-sample", type=int, default=1000, help="faces whose top-k is checked against exact search")
     p.add_argument("--incremental", type=int, default=0, metavar="N", help="then add N new faces through the index")
     p.add_argument("--threshold", type=float, default=None)
@@ -151,17 +153,17 @@ def configure(a: options.Args, beam_args=()) -> BenchClusterConfig:
         if s not in ("sample", "plain", "hard"):
             raise UserError(f"--sets: unknown set {s!r}; choose from sample, plain, hard")
     return BenchClusterConfig(vectors=sizes, sets=sets, methods=methods, k=a.k, graph=a.graph,
-                              recall_sample=a.recall_sample, incremental=a.incremental, threshold=a.threshold,
+                              recall_sample=a.recall_sample, ef=a.ef, incremental=a.incremental, threshold=a.threshold,
                               input=a.input, stats=a.stats, seed=a.seed, json_out=a.json_out)
 
 
-def _graph(x: np.ndarray, k: int, how: str, recall_sample: int, seed: int) -> dict:
+def _graph(x: np.ndarray, k: int, how: str, recall_sample: int, seed: int, ef: int) -> dict:
     started = time.perf_counter()
     if how == "exact" or len(x) <= EXACT_MAX:
         ids, dist = persons.knn_exact(x, k)
         how = "exact"
     else:
-        ids, dist = persons.knn_hnsw(x, k)
+        ids, dist = persons.knn_hnsw(x, k, ef_search=ef)
     took = time.perf_counter() - started
     rows = np.random.default_rng(seed).choice(len(x), min(recall_sample, len(x)), replace=False)
     exact_ids, _ = persons.exact_sample(x, rows, ids.shape[1])
@@ -182,7 +184,7 @@ def _incremental(x_new, truth_new, base_x, base_labels, base_truth, k, t) -> dic
     index.hnsw.efConstruction = 100
     index.add(base_x)
     started = time.perf_counter()
-    ids, dist = persons.search_batched(index, x_new, k, 64, own_offset=None)
+    ids, dist = persons.search_batched(index, x_new, k, persons.EF_SEARCH, own_offset=None)
     joined = persons.join_by_neighbours(ids, dist, base_labels, t)
     took = time.perf_counter() - started
     hit = joined >= 0
@@ -224,7 +226,7 @@ def run(ns: BenchClusterConfig, pipeline=None) -> dict:
             x = knn.prepare(faces.vectors(), stats.get("metric", "euclidean"))
             truth, scored = faces.labels, np.ones(len(x), bool)
         base_mib = _peak_mib()
-        g = _graph(x, ns.k, ns.graph, ns.recall_sample, ns.seed)
+        g = _graph(x, ns.k, ns.graph, ns.recall_sample, ns.seed, ns.ef)
         t, source = persons.threshold_for_bench(x, stats, ns.threshold)
         case = {"set": name, "faces": len(x), "true_persons": int(len(np.unique(truth[scored]))),
                 "graph": g["graph"], "graph_s": g["graph_s"], "recall_at_k": g["recall_at_k"],
@@ -232,7 +234,7 @@ def run(ns: BenchClusterConfig, pipeline=None) -> dict:
                 "vectors_mib": round(x.nbytes / 2**20, 1), "peak_mib_before_graph": round(base_mib, 1),
                 "peak_mib_after_graph": round(_peak_mib(), 1), "results": []}
         print(f"\n{name}: {len(x)} faces, {case['true_persons']} true persons, k={ns.k}; {g['graph']} graph "
-              f"{g['graph_s']} s, recall@{ns.k} {g['recall_at_k']} on {g['recall_faces']} faces; "
+              f"{g['graph_s']} s (efSearch {ns.ef}), recall@{ns.k} {g['recall_at_k']} on {g['recall_faces']} faces; "
               f"threshold {t:.4f} ({source}); peak {case['peak_mib_after_graph']} MiB after the graph")
         print(f"  {'method':8} {'wall s':>7} {'peak MiB':>9} {'pair P':>7} {'pair R':>7} {'pair F1':>7} "
               f"{'B3 P':>7} {'B3 R':>7} {'B3 F1':>7} {'found':>7} {'true':>6}")

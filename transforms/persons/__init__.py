@@ -42,6 +42,7 @@ from facebeam.transforms.persons.edits import (
     replay_edits,
 )
 from facebeam.transforms.persons.graph import (
+    EF_SEARCH,
     drop_self,
     edges,
     exact_sample,
@@ -143,6 +144,7 @@ __all__ = [
     "edit",
     "read_edits",
     "replay_edits",
+    "EF_SEARCH",
     "drop_self",
     "edges",
     "exact_sample",

@@ -7,6 +7,10 @@ import pyarrow.compute as pc
 
 from facebeam.transforms.knn import merge_topk, topk_block
 
+# efSearch for graph lookups: 64 gave recall@16 0.937 on 100k faces of the hard synthetic set (near-duplicates
+# and a few very large identities crowd the candidate lists), 0.993 on the plain set.
+EF_SEARCH = 128
+
 
 def knn_exact(x: np.ndarray, k: int, block: int = 2048):
     """Top-k neighbours of every row of prepared `x` (self excluded): (ids N x k, distances N x k).
@@ -70,7 +74,7 @@ def padded_lists(graph: pa.Table, face_ids: np.ndarray, offset: int, n: int, k: 
     return nbr, dist
 
 
-def knn_hnsw(x: np.ndarray, k: int, m: int = 16, ef_construction: int = 100, ef_search: int = 64,
+def knn_hnsw(x: np.ndarray, k: int, m: int = 16, ef_construction: int = 100, ef_search: int = EF_SEARCH,
              batch: int = 65536, threads: int = None):
     """Top-k neighbours of every row of prepared `x` through an in-memory faiss HNSW graph built the way
     the embedded index builds it (transforms/ann.py: IndexHNSWFlat, same M and efConstruction).

@@ -10,6 +10,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from facebeam.transforms import ann, images, knn, metrics
 from facebeam.transforms.knn import merge_topk, prepare, to_distance, topk_block
+from facebeam.transforms.persons.graph import EF_SEARCH
 from facebeam.transforms.persons.limits import Limits, sharpness
 from facebeam.transforms.persons.tables import GRAPH_SCHEMA
 
@@ -66,7 +67,7 @@ class Neighbours(beam.DoFn):
     """
 
     def __init__(self, spec, k: int, files=(), conn=None, alias=None, block: int = 65536, ann_dir=None,
-                 ef: int = 64, keep_vectors: bool = False):
+                 ef: int = EF_SEARCH, keep_vectors: bool = False):
         self._spec, self._k, self._files = spec, k, list(files)
         self._conn, self._alias, self._block = conn, alias, block
         self._ann_dir, self._ef, self._keep_vectors = ann_dir, ef, keep_vectors
