@@ -115,7 +115,6 @@ def search_batched(index, x: np.ndarray, k: int, ef_search: int, batch: int = 65
         d2, found = index.search(q, k + extra, params=params)
         d = np.sqrt(np.maximum(d2, 0)).astype(np.float32)
         if own_offset is None:
-            found, d = found.copy(), d
             d[found < 0] = np.inf
         else:
             found, d = drop_self(found, d, np.arange(s, s + len(q))[:, None] + own_offset, k)
