@@ -197,3 +197,47 @@ def test_every_method_clusters_the_sample_graph(sample_vectors):
     for method in persons.METHODS:
         labels = persons.cluster(ids, dist, t, method)
         assert labels.shape == (len(x),) and len(np.unique(labels)) < len(x), method
+
+
+def test_incremental_through_the_index_reads_no_earlier_vector(sample_run, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from facebeam.transforms.persons import resolve
+
+    shards_dir = str(tmp_path / "shards")
+    shutil.copytree(sample_run[0], shards_dir)
+    spec = shards.spec_of(shards_dir)
+    folder = str(tmp_path / "ann")
+    ann.load_shards(folder, shards.files(shards_dir), spec)
+    out = str(tmp_path / "clusters")
+    job(cluster, ["--shards", shards_dir, "--output", out, "--ann", folder])
+    before = _assignments(out)
+    person_of_file = {os.path.basename(r["image_path"]): r["person_id"] for r in persons.read_assignments(out)}
+    new = tmp_path / "new"
+    new.mkdir()
+    faces_in = {}
+    for r in persons.read_assignments(out):
+        faces_in[os.path.basename(r["image_path"])] = faces_in.get(os.path.basename(r["image_path"]), 0) + 1
+    names = [n for n in _photos_of_people(4, 3) if faces_in.get(n) == 1][:6]
+    assert len(names) >= 4
+    for name in names:
+        im = Image.open(os.path.join(SAMPLE, name)).convert("RGB")
+        im.thumbnail((900, 900))
+        im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(new / f"flip-{name}")
+    job(embed, ["--input", str(new), "--output", shards_dir, "--incremental"])
+    ann.load_shards(folder, shards.files(shards_dir), spec)
+
+    def no_scan(*a, **k):  # the fault: reading the shards' vectors in the launcher
+        raise AssertionError("an incremental run read every vector")
+
+    monkeypatch.setattr(resolve, "prepared_chunks", no_scan)
+    summary = job(cluster, ["--shards", shards_dir, "--output", out, "--ann", folder, "--incremental"])
+    assert summary["incremental"] and summary["mode"] == "ann" and summary["new_faces"] == len(names), summary
+    assert summary["joined"] == len(names), summary
+    after = persons.read_assignments(out)
+    for r in after:
+        name = os.path.basename(r["image_path"])
+        if name.startswith("flip-"):
+            assert r["person_id"] == person_of_file[name[len("flip-"):]], r
+        else:
+            assert r["person_id"] == before[r["face_id"]]
