@@ -202,7 +202,7 @@ def test_every_method_clusters_the_sample_graph(sample_vectors):
 def test_incremental_through_the_index_reads_no_earlier_vector(sample_run, tmp_path, monkeypatch):
     from PIL import Image
 
-    from facebeam.transforms.persons import resolve
+    from facebeam.transforms.persons import from_graph
 
     shards_dir = str(tmp_path / "shards")
     shutil.copytree(sample_run[0], shards_dir)
@@ -230,7 +230,7 @@ def test_incremental_through_the_index_reads_no_earlier_vector(sample_run, tmp_p
     def no_scan(*a, **k):  # the fault: reading the shards' vectors in the launcher
         raise AssertionError("an incremental run read every vector")
 
-    monkeypatch.setattr(resolve, "prepared_chunks", no_scan)
+    monkeypatch.setattr(from_graph, "prepared_chunks", no_scan)
     summary = job(cluster, ["--shards", shards_dir, "--output", out, "--ann", folder, "--incremental"])
     assert summary["incremental"] and summary["mode"] == "ann" and summary["new_faces"] == len(names), summary
     assert summary["joined"] == len(names), summary

@@ -14,7 +14,7 @@ One room per concern; this package re-exports the public names, so callers keep
 - limits.py      faces worth clustering (box, confidence, sharpness)
 - tables.py      the cluster folder: assignments, persons table, state, the workers' graph files
 - job.py         the Beam side: score faces, find their neighbours on the workers
-- resolve.py     the launcher's side: the graph -> persons, tables written
+- from_graph.py  the launcher's side (resolve): the workers' graph -> persons, tables written
 - store.py       names onto the faces' documents in Elasticsearch
 """
 from facebeam.transforms.persons.clustering import (
@@ -40,6 +40,9 @@ from facebeam.transforms.persons.edits import (
     edit,
     read_edits,
     replay_edits,
+)
+from facebeam.transforms.persons.from_graph import (
+    resolve,
 )
 from facebeam.transforms.persons.graph import (
     EF_SEARCH,
@@ -70,9 +73,6 @@ from facebeam.transforms.persons.limits import (
     SHARP_PX,
     Limits,
     sharpness,
-)
-from facebeam.transforms.persons.resolve import (
-    resolve,
 )
 from facebeam.transforms.persons.store import (
     check_index,

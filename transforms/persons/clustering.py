@@ -58,7 +58,7 @@ def infomap_labels(n: int, a: np.ndarray, b: np.ndarray, d: np.ndarray, threshol
     labels = np.arange(n, dtype=np.int64) + n  # faces Infomap never sees keep a label of their own
     if len(a) == 0:
         return labels
-    im = Infomap(two_level=True, silent=True, num_trials=1, seed=SEED + 1, flow_model="undirected")
+    im = Infomap(two_level=True, silent=True, num_trials=1, seed=SEED + 1)  # links are undirected by default
     im.add_links(zip(a.tolist(), b.tolist(), edge_weights(d, threshold).tolist()))
     im.run()
     nodes, modules = zip(*im.get_modules().items())
