@@ -24,6 +24,10 @@ setup(
         # Redis identity store (transforms/redis_store.py).
         "faiss-cpu>=1.12,<2",
         "redis>=5,<9",
+        # persons clustering methods (transforms/persons/clustering.py): Leiden over igraph, and Infomap.
+        "igraph>=0.11,<2",
+        "leidenalg>=0.10,<1",
+        "infomap>=2.7,<3",
         "pyarrow>=16",
         "numpy>=1.26",
         "pillow>=10",

@@ -1,16 +1,20 @@
 """facebeam cluster: group every face of the shards into persons, with stable ids and names.
 
-    facebeam cluster --shards DIR --output DIR [--index NAME] [--threshold T | --pairs CSV]
-                     [--method cw|cc|mutual] [--k 16] [--min-box PX] [--min-confidence C]
-                     [--min-sharpness S] [--incremental] [--contact-sheet FILE.html] [Beam flags]
+    facebeam cluster --shards DIR --output DIR [--ann DIR | --index NAME] [--threshold T | --pairs CSV]
+                     [--method infomap|leiden|density|cw|cc|mutual] [--k 16] [--min-box PX]
+                     [--min-confidence C] [--min-sharpness S] [--incremental]
+                     [--contact-sheet FILE.html] [Beam flags]
 
-The kNN graph is built on the workers: batches of faces -> their top k neighbours, from
-Elasticsearch (--index, batched msearch) or exactly over the shards. The launcher keeps the
-edges within the threshold and clusters them (Chinese whispers by default). Outputs, in DIR:
+The kNN graph is built on the workers: batches of faces -> their top k neighbours, from the
+embedded index (--ann, batched HNSW search, memory-mapped once per worker), Elasticsearch
+(--index, batched msearch) or exactly over the shards (small sets; every worker holds all vectors).
+The launcher keeps the edges within the threshold and clusters them (Infomap by default; see
+`facebeam bench cluster`). The threshold and its source are printed. Outputs, in DIR:
 persons/*.parquet (one row per face), persons.parquet (one row per person, with its name),
 cluster.json. Faces below the quality limits are kept and marked `low_quality`. With
---incremental, faces not yet in DIR go to the nearest person centre within the threshold;
-only the rest is clustered. Names (`facebeam persons name`) survive every re-cluster.
+--incremental, faces not yet in DIR join the person their neighbours within the threshold hold
+most of (the workers carry the new faces' vectors; no earlier vector is read); only the rest is
+clustered. Names, merges and splits (`facebeam persons`) survive every re-cluster.
 """
 import dataclasses
 import logging
@@ -34,9 +38,10 @@ class ClusterConfig:
     shards: str
     output: str
     index: str = None
+    ann: str = None
     threshold: float = None
     pairs: str = None
-    method: str = "cw"
+    method: str = persons.DEFAULT_METHOD
     k: int = 16
     limits: persons.Limits = persons.Limits()
     incremental: bool = False
@@ -50,7 +55,11 @@ def build_parser():
     p = options.parser("facebeam cluster", __doc__)
     p.add_argument("--shards", required=True, help="embed/run output folder")
     p.add_argument("--output", required=True, help="cluster folder (persons/, persons.parquet, cluster.json)")
-    p.add_argument("--index", default=None, help="search this alias for the kNN graph (default: exact over the shards)")
+    graph = p.add_mutually_exclusive_group()
+    graph.add_argument("--ann", default=None, metavar="DIR",
+                       help="build the kNN graph from this embedded index (`facebeam index --store local:DIR`)")
+    graph.add_argument("--index", default=None,
+                       help="search this Elasticsearch alias for the kNN graph (default: exact over the shards)")
     options.add_persons(p)
     p.add_argument("--incremental", action="store_true",
                    help="only faces not yet in --output: join the nearest person, cluster the rest")
@@ -62,7 +71,8 @@ def build_parser():
 
 def configure(a: options.Args, beam_args=()) -> ClusterConfig:
     threshold, pairs, method, k, limits = options.persons_from(a)
-    return ClusterConfig(shards=a.shards, output=a.output, index=a.index, threshold=threshold, pairs=pairs,
+    return ClusterConfig(shards=a.shards, output=a.output, index=a.index, ann=options.existing_file(a.ann, "--ann index"),
+                         threshold=threshold, pairs=pairs,
                          method=method, k=k, limits=limits, incremental=a.incremental,
                          contact_sheet=a.contact_sheet, sheet_persons=a.sheet_persons, es=options.es_from(a),
                          beam_args=tuple(beam_args))
@@ -93,13 +103,14 @@ def run(config: ClusterConfig, pipeline=None) -> dict:
        | "New" >> beam.Filter(lambda r, done: r["face_id"] not in done, skip)
        | "Score" >> persons.ScoreFaces(c.limits)
        | "Batch" >> beam.BatchElements(min_batch_size=32, max_batch_size=512)
-       | "Neighbours" >> beam.ParDo(persons.Neighbours(spec, c.k, files, conn, c.index))
+       | "Neighbours" >> beam.ParDo(persons.Neighbours(spec, c.k, files, conn, c.index, ann_dir=c.ann,
+                                                       keep_vectors=bool(c.incremental and previous)))
        | "WriteGraph" >> beam.io.WriteToParquet(persons.join(graph_dir, "part"), persons.GRAPH_SCHEMA,
                                                 codec="zstd", file_name_suffix=".parquet"))
     result, graph_s = jobs.run(p)
     summary = persons.resolve(c.output, c.shards, files, spec, c.incremental, previous, state,
                               threshold=c.threshold, pairs=c.pairs, method=c.method, k=c.k, limits=c.limits)
-    summary.update(graph_s=round(graph_s, 3), mode="es" if conn else "exact",
+    summary.update(graph_s=round(graph_s, 3), mode="es" if conn else ("ann" if c.ann else "exact"),
                    runner=runner_name(opts))
     if conn is not None:
         summary["index_updated"] = persons.push_names(conn, c.index, c.output)
@@ -110,6 +121,8 @@ def run(config: ClusterConfig, pipeline=None) -> dict:
         summary["contact_sheet"] = c.contact_sheet
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
     persons.write_state(c.output, {**(state or {}), **summary, "spec_id": spec.spec_id})
+    print(f"threshold {summary['threshold']:.4f} from {summary['threshold_from']}"
+          + (f" ({summary['threshold_note']})" if summary.get("threshold_note") else ""), file=sys.stderr)
     log.info("cluster done: %d faces -> %d persons (%d singletons, %d low quality), threshold %.4f (%s), %.1f s",
              summary["faces"], summary["persons"], summary["singletons"], summary["low_quality"],
              summary["threshold"], summary["threshold_from"], summary["elapsed_s"])

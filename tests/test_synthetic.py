@@ -135,3 +135,22 @@ def test_queries_are_new_faces_of_existing_identities(faces):
     assert d2.min() > 1e-4  # not copies of corpus vectors
     assert np.mean(faces.labels[nn] == labels) > 0.95
     np.testing.assert_array_equal(faces.queries(200, seed=2)[0], q)
+
+
+def test_the_hard_set_has_heavy_tails_look_alikes_wide_faces_and_near_duplicates(real):
+    stats, _, _ = real
+    hard = synthetic.HardFaces(stats, 20_000, seed=2)
+    x = hard.vectors()
+    assert np.array_equal(x[8000:8300], hard.vectors(8000, 8300))  # random access, whatever the slicing
+    sizes = np.sort(hard.sizes)[::-1]
+    assert sizes[0] >= 100 * np.median(sizes)  # a few people in thousands of photos, most in a handful
+    assert sizes[:len(sizes) // 100].sum() >= 0.3 * hard.n
+    dup = np.flatnonzero(hard.duplicate)
+    assert len(dup) > 500
+    same = SPEC.distance(x[dup], x[dup - 1])
+    assert np.all(hard.labels[dup] == hard.labels[dup - 1]) and np.median(same) < 0.05
+    centre = hard.centroids[hard.labels]
+    spread = np.linalg.norm(x - centre, axis=1)
+    low, plain = spread[hard.low_quality], spread[~hard.low_quality & ~hard.duplicate]
+    assert np.median(low) > 1.5 * np.median(plain)
+    assert hard.lookalikes > 0.1 * hard.k

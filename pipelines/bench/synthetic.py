@@ -273,3 +273,65 @@ def uniform_like(stats: dict, n: int, seed: int = 0) -> np.ndarray:
                       for p in (stats["between"], stats["within"])))
     half = np.sqrt(3.0) * std  # a uniform on [-h, h] has std h / sqrt(3)
     return (mean + rng.uniform(-1, 1, (n, len(mean))) * half).astype(np.float32)
+
+
+_STREAM_HARD = 4
+
+
+class HardFaces(SyntheticFaces):
+    """A harder collection from the same fitted stats, closer to real photo libraries:
+
+    - identity sizes from a Zipf-like law (rank r gets weight r^-zipf): a few people in thousands of
+      photos, most in one or two;
+    - look-alikes: `lookalike_share` of the identities have their centre pulled toward another's, to
+      `lookalike_gap` of the distance between them;
+    - low-quality faces: `low_quality_share` of the faces lie `low_quality_spread` times further from
+      their identity's centre (blur, tiny crops), kept at the real norms;
+    - near-duplicates: `duplicate_share` of the faces are another face of theirs plus a tiny jitter
+      (bursts, edited copies).
+
+    `labels` are the true identities; vectors(start, stop) stays random access and deterministic.
+    """
+
+    def __init__(self, stats: dict, n: int, seed: int = 0, faces_per_identity: float = 20.0, zipf: float = 1.1,
+                 lookalike_share: float = 0.2, lookalike_gap: float = 0.55, low_quality_share: float = 0.05,
+                 low_quality_spread: float = 2.0, duplicate_share: float = 0.05):
+        super().__init__(stats, n, seed=seed, faces_per_identity=faces_per_identity)
+        rng = np.random.default_rng([self.seed, _STREAM_HARD])
+        weights = np.arange(1, self.k + 1, dtype=np.float64) ** -float(zipf)
+        sizes = 1 + rng.multinomial(self.n - self.k, weights / weights.sum())
+        labels = np.repeat(np.arange(self.k, dtype=np.int32), sizes)
+        rng.shuffle(labels)
+        # Near-duplicates copy the face just before them (same block, so a block is made alone).
+        dup = rng.random(self.n) < duplicate_share
+        dup[np.arange(self.n) % BLOCK_ROWS == 0] = False
+        for i in np.flatnonzero(dup):  # in order, so a run of duplicates copies one face
+            labels[i] = labels[i - 1]
+        self.labels, self.duplicate = labels, dup
+        self.sizes = np.bincount(labels, minlength=self.k)
+        self.low_quality = (rng.random(self.n) < low_quality_share) & ~dup
+        self.low_quality_spread = float(low_quality_spread)
+        alike = np.flatnonzero(rng.random(self.k) < lookalike_share)
+        partner = rng.integers(0, self.k, len(alike))
+        keep = partner != alike
+        alike, partner = alike[keep], partner[keep]
+        c = self.centroids
+        c[alike] = c[partner] + float(lookalike_gap) * (c[alike] - c[partner])
+        self.lookalikes = len(alike)
+
+    def _block(self, b: int) -> np.ndarray:
+        lo, hi = b * BLOCK_ROWS, min(self.n, (b + 1) * BLOCK_ROWS)
+        rng = np.random.default_rng([self.seed, _STREAM_HARD, b])
+        x = self._finish(self._raw(rng, hi - lo, self.labels[lo:hi]))
+        low = self.low_quality[lo:hi]
+        if low.any():
+            norms = np.linalg.norm(x[low], axis=1, keepdims=True)
+            centre = self.centroids[self.labels[lo:hi][low]]
+            wide = centre + self.low_quality_spread * (x[low] - centre)
+            x[low] = wide * (norms / np.maximum(np.linalg.norm(wide, axis=1, keepdims=True), 1e-12))
+        dup = np.flatnonzero(self.duplicate[lo:hi])
+        if len(dup):
+            jitter = 0.02 * float(np.mean(self._within_diag))
+            for i in dup:  # in order: a duplicate of a duplicate copies the copy
+                x[i] = x[i - 1] + rng.standard_normal(self.dim).astype(np.float32) * jitter
+        return x

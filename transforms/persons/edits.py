@@ -53,6 +53,32 @@ def replay_edits(face_ids, person_of: dict, edits: list) -> dict:
     return names
 
 
+def replay_on_groups(group_of: dict, edits: list) -> list:
+    """Apply merges and splits (by face) to a fresh clustering, {face_id: group}, before ids are given, so
+    the ids that follow (ids.stable_ids) see the partition the user made. Returns the name edits as
+    [(faces named, name)], in order.
+
+    merge: the merged faces join the group most of the target's faces are in now; split: the listed
+    faces become a group of their own.
+    """
+    named = []
+    for e in edits:
+        if e["op"] == "merge":
+            target = majority(group_of, e["into_faces"])
+            if target is None:
+                continue
+            for fid in e["faces"]:
+                if fid in group_of:
+                    group_of[fid] = target
+        elif e["op"] == "split":
+            for fid in e["faces"]:
+                if fid in group_of:
+                    group_of[fid] = ("split", e["new_person_id"])
+        elif e["op"] == "name":
+            named.append((e["faces"], e["name"]))
+    return named
+
+
 def _rep_fields(a: dict) -> dict:
     return {"representative_face_id": a["face_id"], "representative_image_path": a["image_path"],
             "rep_box_x": a["box_x"], "rep_box_y": a["box_y"], "rep_box_w": a["box_w"], "rep_box_h": a["box_h"]}

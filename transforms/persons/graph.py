@@ -7,6 +7,10 @@ import pyarrow.compute as pc
 
 from facebeam.transforms.knn import merge_topk, topk_block
 
+# efSearch for graph lookups: 64 gave recall@16 0.937 on 100k faces of the hard synthetic set (near-duplicates
+# and a few very large identities crowd the candidate lists), 0.993 on the plain set.
+EF_SEARCH = 128
+
 
 def knn_exact(x: np.ndarray, k: int, block: int = 2048):
     """Top-k neighbours of every row of prepared `x` (self excluded): (ids N x k, distances N x k).
@@ -68,3 +72,78 @@ def padded_lists(graph: pa.Table, face_ids: np.ndarray, offset: int, n: int, k: 
     nbr[row[keep] + offset, col[keep]] = idx[keep]
     dist[row[keep] + offset, col[keep]] = dv[keep]
     return nbr, dist
+
+
+def knn_hnsw(x: np.ndarray, k: int, m: int = 16, ef_construction: int = 100, ef_search: int = EF_SEARCH,
+             batch: int = 65536, threads: int = None):
+    """Top-k neighbours of every row of prepared `x` through an in-memory faiss HNSW graph built the way
+    the embedded index builds it (transforms/ann.py: IndexHNSWFlat, same M and efConstruction).
+
+    Returns (ids N x k, distances N x k) as knn_exact does (self dropped; -1 / inf where fewer found).
+    Memory: the vectors once more plus the graph (about 2 * M int32 links per face at level 0).
+    """
+    import faiss
+
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    n, dim = x.shape
+    k = min(k, max(n - 1, 1))
+    index = faiss.IndexHNSWFlat(dim, m)
+    index.hnsw.efConstruction = ef_construction
+    index.add(np.ascontiguousarray(x, dtype=np.float32))
+    ids, dist = search_batched(index, x, k, ef_search, batch)
+    del index
+    return ids, dist
+
+
+def search_batched(index, x: np.ndarray, k: int, ef_search: int, batch: int = 65536, own_offset: int | None = 0):
+    """Batched top-k HNSW search of the rows of `x`: (ids, euclidean distances), -1 / inf where none.
+
+    With `own_offset`, row i of x is position own_offset + i of the index, and its own entry is dropped;
+    with None, the queries are not in the index (new faces).
+    """
+    import faiss
+
+    extra = 0 if own_offset is None else 1
+    params = faiss.SearchParametersHNSW()
+    params.efSearch = max(int(ef_search), k + extra)
+    n = len(x)
+    ids = np.full((n, k), -1, np.int64)
+    dist = np.full((n, k), np.inf, np.float32)
+    for s in range(0, n, batch):
+        q = np.ascontiguousarray(x[s:s + batch], dtype=np.float32)
+        d2, found = index.search(q, k + extra, params=params)
+        d = np.sqrt(np.maximum(d2, 0)).astype(np.float32)
+        if own_offset is None:
+            d[found < 0] = np.inf
+        else:
+            found, d = drop_self(found, d, np.arange(s, s + len(q))[:, None] + own_offset, k)
+        ids[s:s + len(q)], dist[s:s + len(q)] = found, d
+    return ids, dist
+
+
+def drop_self(found: np.ndarray, d: np.ndarray, own: np.ndarray, k: int):
+    """Top-(k + 1) lists that may hold the query itself -> top-k lists without it."""
+    keep = found != own
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept entries first, in their order
+    ids = np.take_along_axis(found, order, 1)
+    dist = np.take_along_axis(d, order, 1).astype(np.float32)
+    gone = ~np.take_along_axis(keep, order, 1) | (ids < 0)
+    ids[gone], dist[gone] = -1, np.inf
+    return ids, dist
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Share of the exact top-k neighbours that the approximate lists found (rows aligned)."""
+    hits = sum(len(np.intersect1d(a[a >= 0], e[e >= 0])) for a, e in zip(approx_ids, exact_ids))
+    total = int(np.sum(exact_ids >= 0))
+    return round(hits / total, 4) if total else 1.0
+
+
+def exact_sample(x: np.ndarray, rows: np.ndarray, k: int, block: int = 4096):
+    """Exact top-k of the given rows of `x` against all of `x` (self excluded): recall's ground truth."""
+    q = x[rows]
+    best = (np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32))
+    for xs in range(0, len(x), block):
+        best = merge_topk(best, topk_block(q, x[xs:xs + block], k + 1, x_offset=xs), k + 1)
+    return drop_self(best[0], best[1], rows[:, None], k)

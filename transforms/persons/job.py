@@ -8,8 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from facebeam.transforms import images, knn, metrics
+from facebeam.transforms import ann, images, knn, metrics
 from facebeam.transforms.knn import merge_topk, prepare, to_distance, topk_block
+from facebeam.transforms.persons.graph import EF_SEARCH
 from facebeam.transforms.persons.limits import Limits, sharpness
 from facebeam.transforms.persons.tables import GRAPH_SCHEMA
 
@@ -59,26 +60,42 @@ class ScoreFaces(beam.PTransform):
 class Neighbours(beam.DoFn):
     """A batch of scored faces -> graph rows: each good face's top k (face ids, distances).
 
-    Exact mode holds the collection's vectors once per worker (N x dim float32) and scans them in
-    blocks; Elasticsearch mode sends one msearch per batch.
+    Three sources, one shape: the embedded index (`ann_dir`: a folder, memory-mapped once per worker, one
+    batched HNSW search per batch), Elasticsearch (`conn` + `alias`: one msearch per batch), or exact
+    (the collection's vectors once per worker, N x dim float32, scanned in blocks: small sets, and the
+    ground truth for recall). `keep_vectors` carries each face's embedding on (incremental runs).
     """
 
-    def __init__(self, spec, k: int, files=(), conn=None, alias=None, block: int = 65536):
+    def __init__(self, spec, k: int, files=(), conn=None, alias=None, block: int = 65536, ann_dir=None,
+                 ef: int = EF_SEARCH, keep_vectors: bool = False):
         self._spec, self._k, self._files = spec, k, list(files)
         self._conn, self._alias, self._block = conn, alias, block
+        self._ann_dir, self._ef, self._keep_vectors = ann_dir, ef, keep_vectors
 
     def setup(self):
         if self._conn is not None:
             self._client = self._conn.client()
             return
-        ids, vecs = [], []
+        if self._ann_dir is not None:
+            self._ann = ann.AnnIndex.open(self._ann_dir, self._spec)
+            return
+        ids, vecs, seen = [], [], set()
         for path in self._files:
             with FileSystems.open(path) as f:
                 t = pq.read_table(f, columns=["face_id", "embedding"])
-            ids += t.column("face_id").to_pylist()
-            vecs.append(np.asarray(t.column("embedding").combine_chunks().values, np.float32).reshape(-1, self._spec.dim))
+            fids = t.column("face_id").to_pylist()
+            first = [i for i, fid in enumerate(fids) if not (fid in seen or seen.add(fid))]  # one row per face
+            ids += [fids[i] for i in first]
+            x = np.asarray(t.column("embedding").combine_chunks().values, np.float32).reshape(-1, self._spec.dim)
+            vecs.append(x[first])
         self._ids = np.asarray(ids, dtype=object)
         self._x = prepare(np.concatenate(vecs) if vecs else np.zeros((0, self._spec.dim), np.float32), self._spec.metric)
+
+    def _index(self, rows):
+        found = self._ann.search_vectors([r["embedding"] for r in rows], self._k + 1, ef=max(self._ef, self._k + 1))
+        face_of = self._ann.meta["face_id"]
+        return [[(face_of[i], d) for i, d in hits if face_of[i] != r["face_id"]][:self._k]
+                for r, hits in zip(rows, found)]
 
     def _exact(self, rows):
         q = prepare([r["embedding"] for r in rows], self._spec.metric)
@@ -101,13 +118,19 @@ class Neighbours(beam.DoFn):
         good = [r for r in batch if r["ok"]]
         found = {}
         if good:
-            lists = self._es(good) if self._conn is not None else self._exact(good)
+            if self._conn is not None:
+                lists = self._es(good)
+            elif self._ann_dir is not None:
+                lists = self._index(good)
+            else:
+                lists = self._exact(good)
             found = {id(r): hits for r, hits in zip(good, lists)}
             metrics.count(FACES_SEARCHED, len(good))
         for r in batch:
             hits = found.get(id(r), [])
-            yield {**{k: r[k] for k in GRAPH_SCHEMA.names if k in r},
-                   "neighbours": [h[0] for h in hits], "distances": [h[1] for h in hits]}
+            yield {**{k: r[k] for k in GRAPH_SCHEMA.names if k in r and k != "embedding"},
+                   "neighbours": [h[0] for h in hits], "distances": [h[1] for h in hits],
+                   "embedding": list(r["embedding"]) if self._keep_vectors else None}
 
     def teardown(self):
         if getattr(self, "_client", None) is not None:

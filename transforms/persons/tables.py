@@ -34,6 +34,7 @@ GRAPH_SCHEMA = pa.schema([
     ("box_x", pa.int32()), ("box_y", pa.int32()), ("box_w", pa.int32()), ("box_h", pa.int32()),
     ("confidence", pa.float32()), ("sharpness", pa.float32()), ("ok", pa.bool_()),
     ("neighbours", pa.list_(pa.string())), ("distances", pa.list_(pa.float32())),
+    ("embedding", pa.list_(pa.float32())),  # carried only by incremental runs: the launcher reads no shard vector
 ])
 
 

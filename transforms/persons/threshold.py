@@ -1,6 +1,14 @@
-"""The edge threshold: from labeled pairs, from the shards' labels, or from the distance distribution."""
+"""The edge threshold: from labeled pairs, from the shards' labels, or from the distance distribution.
+
+A fitted threshold is only used when it is plausible: inside the metric's range and within
+[PLAUSIBLE_LOW, PLAUSIBLE_HIGH] x the spec's verification threshold. Otherwise, and when there are
+too few faces or pairs to fit, the spec's default (SPEC_SHARE x the verification threshold) is used,
+and the summary says why.
+"""
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import os
 
@@ -11,8 +19,71 @@ from facebeam.transforms.errors import UserError
 from facebeam.transforms.knn import prepare, to_distance
 from facebeam.transforms.persons.tables import scan, vectors_of
 
+log = logging.getLogger(__name__)
 # The different-person false-accept rate one edge may have (Gaussian fit of different-person distances).
 EDGE_FAR = 1e-3
+# Measured on the sample (dlib, verification threshold 0.6): labeled pairs fit 0.57, the distance
+# distribution 0.614. A graph edge is a little tighter than a one-pair verification, never far off.
+SPEC_SHARE = 0.95
+PLAUSIBLE_LOW, PLAUSIBLE_HIGH = 0.5, 1.1
+METRIC_MAX = {"cosine": 2.0, "euclidean_l2": 2.0}  # normalized metrics; raw euclidean has no bound
+MIN_RANDOM_PAIRS = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+    """An edge threshold, where it came from (flag, carried, pairs, labels, distribution, spec), and why."""
+
+    value: float
+    source: str
+    note: str = ""
+
+    def describe(self) -> str:
+        return f"threshold {self.value:.4f} ({self.source}{': ' + self.note if self.note else ''})"
+
+
+def plausible_range(verification: float | None, metric: str) -> tuple:
+    """(low, high) an edge threshold must fall in: the metric's range, and near the verification threshold."""
+    top = METRIC_MAX.get(metric, math.inf)
+    if verification is None or not math.isfinite(verification) or verification <= 0:
+        return 1e-6, top
+    return round(PLAUSIBLE_LOW * verification, 4), round(min(top, PLAUSIBLE_HIGH * verification), 4)
+
+
+def spec_default(verification: float | None, metric: str) -> float:
+    if verification is None:
+        return {"cosine": 0.3, "euclidean_l2": 0.75}.get(metric, 0.6)  # deepface's usual order of magnitude
+    return round(SPEC_SHARE * verification, 4)
+
+
+def checked(value: float, source: str, verification: float | None, metric: str) -> Threshold:
+    """A fitted threshold if plausible, else the spec default, saying why."""
+    low, high = plausible_range(verification, metric)
+    if math.isfinite(value) and low <= value <= high:
+        return Threshold(value, source, f"plausible range [{low}, {high}]")
+    fallback = spec_default(verification, metric)
+    log.warning("fitted threshold %.4f (%s) is outside the plausible range [%s, %s]; using the spec default %.4f",
+                value, source, low, high, fallback)
+    return Threshold(fallback, "spec", f"fitted {value:.4f} from the {source} is outside [{low}, {high}]")
+
+
+def verification_of(spec) -> float | None:
+    try:
+        return float(spec.threshold)
+    except (KeyError, ImportError, AttributeError, TypeError):  # a model deepface has no threshold for
+        return None
+
+
+def threshold_from_vectors(x: np.ndarray, metric: str, verification: float | None) -> Threshold:
+    """From a sample of prepared vectors without labels: the distance distribution, checked; too few faces
+    to fit -> the spec default."""
+    d = random_pair_distances(x, metric)
+    if len(d) < MIN_RANDOM_PAIRS:
+        value = spec_default(verification, metric)
+        log.warning("%d faces give %d random pairs, fewer than the %d a fit needs; using the spec default %.4f",
+                    len(x), len(d), MIN_RANDOM_PAIRS, value)
+        return Threshold(value, "spec", f"{len(x)} faces: too few to fit a distribution (need {MIN_RANDOM_PAIRS} pairs)")
+    return checked(threshold_from_distances(d), "distribution", verification, metric)
 
 
 def normal_quantile(p: float) -> float:
@@ -43,8 +114,8 @@ def threshold_from_distances(random_d, far: float = EDGE_FAR, iters: int = 200) 
     far component is different people. Threshold: that component's false-accept rate is `far`."""
     d = np.asarray(random_d, dtype=np.float64)
     d = d[np.isfinite(d)]
-    if len(d) < 50:
-        raise ValueError("need at least 50 random pair distances")
+    if len(d) < MIN_RANDOM_PAIRS:
+        raise ValueError(f"need at least {MIN_RANDOM_PAIRS} random pair distances")
     lo, hi = np.quantile(d, [0.05, 0.5])
     mu = np.array([lo, hi])
     sd = np.array([d.std() / 2, d.std()])
@@ -72,13 +143,15 @@ def random_pair_distances(x: np.ndarray, metric: str, n: int = 200_000, seed: in
     return to_distance(np.linalg.norm(x[i] - x[j], axis=1), metric)
 
 
-def fit_threshold(files, spec, given=None, pairs=None, carried=None, sample: int = 3000):
-    """(threshold, where it came from): the flag; the one carried by an incremental run; labeled pairs
-    (--pairs, largest face of each named photo); labels in the shards; else the distance distribution."""
+def fit_threshold(files, spec, given=None, pairs=None, carried=None, sample: int = 3000) -> Threshold:
+    """The threshold and where it came from: the flag; the one carried by an incremental run; labeled
+    pairs (--pairs, largest face of each named photo); labels in the shards; else the distance
+    distribution. Fitted values are checked (`checked`); too few faces or pairs -> the spec default."""
+    verification = verification_of(spec)
     if given is not None:
-        return float(given), "flag"
+        return Threshold(float(given), "flag")
     if carried is not None:
-        return float(carried), "carried"
+        return Threshold(float(carried), "carried", "from the earlier clustering")
     total = sum(b.num_rows for b in scan(files, ["face_id"]))
     cut = int(0x1000000 * min(1.0, sample / max(total, 1)))
     wanted = {n for x, y, _ in labels.read_pairs(pairs) for n in (x, y)} if pairs else set()
@@ -106,7 +179,7 @@ def fit_threshold(files, spec, given=None, pairs=None, carried=None, sample: int
             if a in biggest and b in biggest:
                 (same if yes else diff).append(dist(biggest[a][1], biggest[b][1]))
         try:
-            return threshold_from_pairs(same, diff), "pairs"
+            return checked(threshold_from_pairs(same, diff), "pairs", verification, spec.metric)
         except ValueError as e:
             raise UserError(f"--pairs {pairs}: {e} among photos of the shards (found {len(same)} + {len(diff)})") from None
     if labeled:
@@ -117,8 +190,17 @@ def fit_threshold(files, spec, given=None, pairs=None, carried=None, sample: int
         if d is not None:
             same_mask = lab[i] == lab[j]
             try:
-                return threshold_from_pairs(d[same_mask], d[~same_mask]), "labels"
+                return checked(threshold_from_pairs(d[same_mask], d[~same_mask]), "labels", verification, spec.metric)
             except ValueError:
                 pass
     x = np.asarray(rand, dtype=np.float32).reshape(-1, spec.dim)
-    return threshold_from_distances(random_pair_distances(x, spec.metric)), "distribution"
+    return threshold_from_vectors(x, spec.metric, verification)
+
+
+def threshold_for_bench(x: np.ndarray, stats: dict, given=None) -> tuple:
+    """(threshold, source) for synthetic vectors: the flag, else their distance distribution, checked against
+    the verification threshold the stats were fitted with (dlib's 0.6 when they carry none)."""
+    if given is not None:
+        return float(given), "flag"
+    t = threshold_from_vectors(x[:3000], stats.get("metric", "euclidean"), stats.get("threshold") or 0.6)
+    return t.value, t.source

@@ -10,12 +10,13 @@ import dataclasses
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from facebeam.transforms.knn import prepare, to_distance
-from facebeam.transforms.persons.clustering import centres_of, label_faces, nearest_centre, representative
-from facebeam.transforms.persons.edits import read_edits, replay_edits
+from facebeam.transforms.persons.clustering import DEFAULT_METHOD, centres_of, join_by_neighbours, label_faces, representative
+from facebeam.transforms.persons.edits import read_edits, replay_edits, replay_on_groups
 from facebeam.transforms.persons.graph import padded_lists
-from facebeam.transforms.persons.ids import stable_ids
+from facebeam.transforms.persons.ids import majority, stable_ids
 from facebeam.transforms.persons.limits import Limits
 from facebeam.transforms.persons.tables import (
     LOW_QUALITY,
@@ -47,6 +48,7 @@ class Faces:
 
 def gather_faces(output: str, previous: list, incremental: bool) -> Faces:
     graph = read_graph(graph_folder(output))
+    graph = graph.take(pc.sort_indices(graph, [("face_id", "ascending"), ("image_path", "ascending")]))
     new_rows = graph.select(list(META) + ["ok"]).to_pylist()
     earlier = [{**{c: r[c] for c in META}, "ok": r["status"] != LOW_QUALITY} for r in previous] if incremental else []
     rows = earlier + new_rows
@@ -69,52 +71,65 @@ def prepared_chunks(files, spec):
         yield b.column("face_id").to_pylist(), prepare(vectors_of(b, spec.dim), spec.metric)
 
 
-def vectors_for(files, spec, wanted: dict, n: int) -> np.ndarray:
-    """An n x dim array with the prepared vector of each face in `wanted` ({face_id: row}) at its row."""
-    x = np.zeros((n, spec.dim), np.float32)
-    for fids, chunk in prepared_chunks(files, spec):
-        for j, fid in enumerate(fids):
-            if fid in wanted:
-                x[wanted[fid]] = chunk[j]
+def new_vectors(faces: Faces, spec) -> np.ndarray:
+    """The prepared vectors the workers carried in the graph rows (incremental runs), one per new face."""
+    if "embedding" not in faces.graph.column_names or faces.graph.num_rows == 0:
+        return np.zeros((faces.graph.num_rows, spec.dim), np.float32)
+    col = faces.graph.column("embedding").combine_chunks()
+    x = np.zeros((faces.graph.num_rows, spec.dim), np.float32)
+    have = np.asarray(col.is_valid().to_numpy(zero_copy_only=False))
+    if have.any():
+        x[have] = prepare(np.asarray(col.filter(pa.array(have)).values.to_numpy(zero_copy_only=False),
+                                     np.float32).reshape(-1, spec.dim), spec.metric)
     return x
 
 
-def persons_from_scratch(faces: Faces, nbr, dist, threshold, method, previous: list) -> dict:
-    """Cluster every good face; ids carried over from the earlier clustering by overlap."""
+def persons_from_scratch(faces: Faces, nbr, dist, threshold, method, previous: list, edits: list):
+    """Cluster every good face, apply the edit log to the groups, then carry ids over from the earlier
+    clustering by overlap. Returns ({face: person}, {person: name} from the name edits)."""
     cluster_of = label_faces(len(faces.rows), faces.ok, nbr, dist, threshold, method)
+    group_of = {faces.face_ids[i]: int(cluster_of[i]) for i in np.flatnonzero(faces.ok)}
+    named = replay_on_groups(group_of, edits)
     earlier_person = {r["face_id"]: r["person_id"] for r in previous if r["person_id"] is not None}
-    person_of_cluster = stable_ids(faces.face_ids[faces.ok], cluster_of[faces.ok], earlier_person)
-    return {faces.face_ids[i]: person_of_cluster[int(cluster_of[i])] for i in np.flatnonzero(faces.ok)}
+    person_of_group = stable_ids(list(group_of), list(group_of.values()), earlier_person)
+    person_of = {fid: person_of_group[_group_key(g)] for fid, g in group_of.items()}
+    names = {}
+    for named_faces, name in named:
+        pid = majority(person_of, named_faces)
+        if pid is not None:
+            names[pid] = name
+    return person_of, names
 
 
-def persons_incremental(faces: Faces, nbr, dist, threshold, method, previous: list, table: list, files, spec):
-    """Earlier faces keep their persons; each good new face joins the nearest person centre within the
-    threshold; the new faces left over are clustered among themselves. Returns ({face: person}, joined)."""
+def _group_key(group):
+    return group if isinstance(group, tuple) else int(group)
+
+
+def persons_incremental(faces: Faces, nbr, dist, threshold, method, previous: list):
+    """Earlier faces keep their persons. Each good new face joins the person its graph neighbours within
+    the threshold hold most of (the index answered; no earlier vector is read); the new faces left over
+    are clustered among themselves. Returns ({face: person}, joined)."""
     person_of = {r["face_id"]: r["person_id"] for r in previous if r["person_id"] is not None}
-    is_new = np.arange(len(faces.rows)) >= faces.earlier
-    new_rows = np.flatnonzero(is_new & faces.ok)
-    x = vectors_for(files, spec, {faces.face_ids[i]: i for i in new_rows}, len(faces.rows))
-    with_centre = [r for r in table if r["centre"] is not None]
-    centres = np.asarray([r["centre"] for r in with_centre], np.float32).reshape(-1, spec.dim)
-    nearest, d = nearest_centre(x[new_rows], centres)
-    d = to_distance(d, spec.metric)
+    pids = sorted(set(person_of.values()))
+    code = {p: i for i, p in enumerate(pids)}
+    person_code = np.asarray([code.get(person_of.get(f), -1) for f in faces.face_ids], np.int64)
+    new_rows = np.flatnonzero((np.arange(len(faces.rows)) >= faces.earlier) & faces.ok)
+    chosen = join_by_neighbours(nbr[new_rows], dist[new_rows], person_code, threshold)
     leftover = np.zeros(len(faces.rows), bool)
-    joined = 0
-    for row, c, dc in zip(new_rows, nearest, d):
-        if len(centres) and dc <= threshold:
-            person_of[faces.face_ids[row]] = with_centre[c]["person_id"]
-            joined += 1
+    for row, c in zip(new_rows, chosen):
+        if c >= 0:
+            person_of[faces.face_ids[row]] = pids[c]
         else:
             leftover[row] = True
     cluster_of = label_faces(len(faces.rows), leftover, nbr, dist, threshold, method)
     person_of_cluster = stable_ids(faces.face_ids[leftover], cluster_of[leftover], {})
     for i in np.flatnonzero(leftover):
         person_of[faces.face_ids[i]] = person_of_cluster[int(cluster_of[i])]
-    return person_of, joined
+    return person_of, int(np.sum(chosen >= 0))
 
 
-def tables_for(faces: Faces, person_of: dict, names: dict, files, spec):
-    """(assignments, persons table): centres, each face's distance to its centre, representatives."""
+def centres_from_shards(person_of: dict, files, spec):
+    """({person: (centre, size)}, {face: distance to its centre}) from every vector of the shards."""
     centres = centres_of(person_of, lambda: prepared_chunks(files, spec), spec.dim)
     to_centre = {}
     for fids, x in prepared_chunks(files, spec):
@@ -122,6 +137,35 @@ def tables_for(faces: Faces, person_of: dict, names: dict, files, spec):
             pid = person_of.get(fid)
             if pid is not None and fid not in to_centre:
                 to_centre[fid] = float(to_distance(np.linalg.norm(v - centres[pid][0]), spec.metric))
+    return centres, to_centre
+
+
+def centres_updated(person_of: dict, faces: Faces, previous: list, table: list, spec):
+    """The same, for an incremental run: earlier centres moved by the new faces' vectors only (the sum of a
+    person's faces is centre x size). Earlier faces keep the distance they had."""
+    sums = {r["person_id"]: np.asarray(r["centre"], np.float64) * r["size"] for r in table if r["centre"] is not None}
+    sizes = {r["person_id"]: int(r["size"]) for r in table if r["centre"] is not None}
+    x = new_vectors(faces, spec)
+    new_ids = faces.face_ids[faces.earlier:]
+    for fid, v in zip(new_ids, x):
+        pid = person_of.get(fid)
+        if pid is not None:
+            sums[pid] = sums.get(pid, 0.0) + v
+            sizes[pid] = sizes.get(pid, 0) + 1
+    counted = {}
+    for pid in person_of.values():
+        counted[pid] = counted.get(pid, 0) + 1
+    centres = {p: ((sums[p] / sizes[p]).astype(np.float32), counted[p]) for p in counted if p in sums}
+    to_centre = {r["face_id"]: r["distance"] for r in previous if r["person_id"] is not None}
+    for fid, v in zip(new_ids, x):
+        pid = person_of.get(fid)
+        if pid is not None:
+            to_centre[fid] = float(to_distance(np.linalg.norm(v - centres[pid][0]), spec.metric))
+    return centres, to_centre
+
+
+def tables_for(faces: Faces, person_of: dict, names: dict, centres: dict, to_centre: dict):
+    """(assignments, persons table) from each person's (centre, size) and each face's distance to it."""
     assignments = []
     for r in faces.rows:
         pid = person_of.get(r["face_id"])
@@ -144,28 +188,33 @@ def tables_for(faces: Faces, person_of: dict, names: dict, files, spec):
 
 
 def resolve(output, shards_dir, files, spec, incremental, previous, state, threshold=None, pairs=None,
-            method="cw", k=16, limits: Limits = None) -> dict:
+            method=DEFAULT_METHOD, k=16, limits: Limits = None) -> dict:
     """The graph the workers wrote -> persons: assignments, persons table, names carried over."""
     limits = limits or Limits()
     faces = gather_faces(output, previous, incremental)
     incremental = bool(incremental and previous)
-    t, source = fit_threshold(files, spec, given=threshold, pairs=pairs,
-                              carried=state.get("threshold") if incremental else None)
+    fitted = fit_threshold(files, spec, given=threshold, pairs=pairs,
+                           carried=state.get("threshold") if incremental else None)
+    t = fitted.value
     nbr, dist = padded_lists(faces.graph, faces.face_ids, faces.earlier, len(faces.rows), k)
     earlier_table = read_table(output)
     names = {r["person_id"]: r["name"] for r in earlier_table if r["name"]}
     joined = 0
+    edits = read_edits(output)
     if incremental:
-        person_of, joined = persons_incremental(faces, nbr, dist, t, method, previous, earlier_table, files, spec)
+        person_of, joined = persons_incremental(faces, nbr, dist, t, method, previous)
+        names.update(replay_edits(faces.face_ids, person_of, edits))
+        centres, to_centre = centres_updated(person_of, faces, previous, earlier_table, spec)
     else:
-        person_of = persons_from_scratch(faces, nbr, dist, t, method, previous)
-    names.update(replay_edits(faces.face_ids, person_of, read_edits(output)))
-    assignments, table = tables_for(faces, person_of, names, files, spec)
+        person_of, edit_names = persons_from_scratch(faces, nbr, dist, t, method, previous, edits)
+        names.update(edit_names)
+        centres, to_centre = centres_from_shards(person_of, files, spec)
+    assignments, table = tables_for(faces, person_of, names, centres, to_centre)
     write_outputs(output, assignments, table, spec.dim)
     clear(graph_folder(output))
     return {"faces": len(assignments), "persons": sum(1 for r in table if r["size"] > 1),
             "singletons": sum(1 for r in table if r["size"] == 1),
             "low_quality": sum(1 for a in assignments if a["status"] == LOW_QUALITY),
             "named": sum(1 for r in table if r["name"]), "new_faces": faces.new_faces, "joined": joined,
-            "threshold": t, "threshold_from": source, "method": method, "k": k,
+            "threshold": t, "threshold_from": fitted.source, "threshold_note": fitted.note, "method": method, "k": k,
             "limits": dataclasses.asdict(limits), "incremental": incremental}
