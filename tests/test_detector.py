@@ -178,3 +178,14 @@ def test_execution_providers_come_from_the_environment(monkeypatch):
     assert mmod.providers() == want + ["CPUExecutionProvider"]
     model = FaceModel(EmbeddingSpec.preset("mmod"), turns="off")
     assert model.providers == sorted(set(want + ["CPUExecutionProvider"]))
+
+
+def test_bench_variants_name_specs():
+    from facebeam.pipelines.bench.embed import variant_spec
+
+    v = variant_spec("mmod@960/up1")
+    assert (v.detector, v.detect_max_side, v.upsample) == ("mmod", 960, 1)
+    assert variant_spec("chip") == EmbeddingSpec.preset("chip")
+    assert variant_spec("cascade/up0").detector == "dlib_mmod" and variant_spec("cascade/up0").upsample == 0
+    with pytest.raises(ValueError):
+        variant_spec("nope")

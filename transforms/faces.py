@@ -102,7 +102,8 @@ def chip_level(face_w: float, max_level: int) -> int:
 
 
 # When the chip path also tries the detection copy turned by 90, 180 and 270 degrees: "off" never,
-# "no-face" when the upright copy gives no face, "always" on every photo (FaceModel.find).
+# "no-face" when the upright copy gives no face, "always" on every photo (FaceModel.find). The
+# deepface path detects as deepface does, upright only.
 TURNS = ("off", "no-face", "always")
 DEFAULT_TURNS = "no-face"
 
@@ -113,7 +114,7 @@ def turn_counter(turn: int, what: str) -> str:
 
 
 def provider_counter(name: str) -> str:
-    """Beam counter name: models loaded on this onnxruntime execution provider."""
+    """Beam counter name: batches embedded with a model on this onnxruntime execution provider."""
     return f"providers.{name}"
 
 
@@ -122,9 +123,10 @@ def detection_summary(counters: dict, spec: EmbeddingSpec, turns: str) -> dict:
     providers = sorted(k.split(".", 1)[1] for k, v in counters.items() if k.startswith("providers.") and v)
     turned = {t: {"tried": counters.get(turn_counter(t, "tried"), 0), "faces": counters.get(turn_counter(t, "faces"), 0)}
               for t in (90, 180, 270)}
-    return {"detector": spec.detector, "detect_upsample": spec.upsample, "providers": providers,
-            "turns": turns, "orientations_tried": [0] + ([90, 180, 270] if turns != "off" else []),
-            "turned": turned}
+    turns = turns if spec.align_mode == "chip" else "off"  # the deepface path detects as deepface does
+    return {"detector": spec.detector, "detect_upsample": spec.upsample if spec.align_mode == "chip" else None,
+            "providers": providers, "turns": turns,
+            "orientations_tried": [0] + ([90, 180, 270] if turns != "off" else []), "turned": turned}
 
 
 def to_upright(x: float, y: float, quarters: int, width: int, height: int) -> tuple:
