@@ -34,7 +34,7 @@ setup(
         # deepface 0.0.103 imports werkzeug without declaring it.
         "werkzeug>=3",
         # the local services' plumbing (pipelines/local): locks, process checks, probes, deadlines.
-        "filelock>=3.12",
+        "filelock>=4.2,<5",  # on_acquired, preserve_lock_file (jobs.lock_output)
         "psutil>=5.9",
         "requests>=2.31",
         "tenacity>=8.2",

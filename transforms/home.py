@@ -4,6 +4,7 @@
 folder, always made absolute. Everything the local tooling keeps lives under it:
 
     <home>/es/             `facebeam es up` cluster (connection.json, certs, nodes/)
+    <home>/redis/          `facebeam redis up` server (connection.json, redis.conf, data/)
     <home>/flink/          `facebeam flink up` configuration, logs and pid files
     <home>/spark/          `facebeam spark up` logs, pid files and scratch space
     <home>/logs/           saved job-server logs

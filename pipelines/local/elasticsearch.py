@@ -157,6 +157,11 @@ def ports_free(ports) -> bool:
     return True
 
 
+def is_running(home=None) -> bool:
+    """Does a node of the cluster under `home` (default: <facebeam home>/es) run?"""
+    return bool(node_processes(home))
+
+
 def connection(home=None) -> EsConnection:
     """The EsConnection of the cluster running under `home` (from its connection.json)."""
     return EsConnection.from_file(home_path(home) / "connection.json")

@@ -53,6 +53,11 @@ def running_pid(home: Path):
     return pid if pid and toolkit.alive(pid, must_contain=SERVER) else None
 
 
+def is_running(home: Path | None = None) -> bool:
+    """Is the Redis that `up` started under `home` (default: <facebeam home>/redis) running?"""
+    return running_pid((home or default_home()).absolute()) is not None
+
+
 def config_text(home: Path, port: int, password: str, maxmemory: str | None) -> str:
     lines = [
         "bind 127.0.0.1", f"port {port}", "protected-mode yes", "daemonize no",
