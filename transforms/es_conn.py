@@ -312,7 +312,7 @@ def check(client, conn: Optional[EsConnection] = None, timeout: float = 5.0) -> 
     import elastic_transport
     from elasticsearch import ApiError, AuthenticationException, AuthorizationException
 
-    url = conn.url if conn else _client_url(client)
+    url = conn.url if conn else client_url(client)
     who = conn.auth_label if conn else "the configured credentials"
     try:
         return dict(client.options(request_timeout=timeout, max_retries=0).cluster.health())
@@ -367,7 +367,7 @@ def _safe_url(url: str) -> str:
     return _strip_userinfo(url)[0] if "@" in url else url
 
 
-def _client_url(client) -> str:
+def client_url(client) -> str:
     try:
         return str(client.transport.node_pool.all()[0].base_url)
     except Exception:  # noqa: BLE001 - only for a message

@@ -30,7 +30,15 @@ from apache_beam.metrics import Metrics
 
 from facebeam.transforms import es_index, metrics
 from facebeam.transforms.errors import UserError
-from facebeam.transforms.es_conn import EsAuthError, EsConnection, EsError, EsUnavailable, block_of, blocked_error
+from facebeam.transforms.es_conn import (
+    EsAuthError,
+    EsConnection,
+    EsError,
+    EsUnavailable,
+    block_of,
+    blocked_error,
+    client_url,
+)
 from facebeam.transforms.progress import INDEX
 
 log = logging.getLogger(__name__)
@@ -121,11 +129,6 @@ def cluster_watch(url: str, deadline_s: float) -> ClusterWatch:
         return _WATCHES[key]
 
 
-def _client_url(client) -> str:
-    from facebeam.transforms.es_conn import _client_url as url_of
-
-    return url_of(client)
-
 
 @dataclasses.dataclass
 class BulkOutcome:
@@ -167,10 +170,10 @@ def bulk_index(client, rows, cfg: BulkConfig, sleep=time.sleep, on_retry=None, w
                 item = next(iter(info.values()))
                 status = item.get("status")
                 if block_of(item.get("error")):  # a 403 or 429 that no retry and no credentials can fix
-                    raise blocked_error(url or _client_url(client), cfg.index, item.get("error"),
+                    raise blocked_error(url or client_url(client), cfg.index, item.get("error"),
                                         f" (this worker had indexed {out.indexed} docs of its batch)")
                 if status in AUTH_STATUSES:
-                    raise _auth_error(url or _client_url(client), status, item.get("error"), out.indexed)
+                    raise _auth_error(url or client_url(client), status, item.get("error"), out.indexed)
                 was_down = was_down or down(status)
                 if unanswered(status):
                     retry.append(row)
@@ -181,7 +184,7 @@ def bulk_index(client, rows, cfg: BulkConfig, sleep=time.sleep, on_retry=None, w
                     out.failed.append((row, status, _reason(item.get("error"))))
         except (EsConnectionError, ConnectionTimeout) as e:
             if _cert_refused(e):  # e.g. a cluster restarted with new certificates: retrying cannot help
-                raise EsUnavailable(f"Elasticsearch at {url or _client_url(client)}: TLS certificate verification "
+                raise EsUnavailable(f"Elasticsearch at {url or client_url(client)}: TLS certificate verification "
                                     "failed in the middle of the load (did the cluster get new certificates?). Nothing "
                                     "was dead-lettered; fix --es-ca-certs and run the same command again") from None
             # The chunk in flight and everything after it were not answered: never dead-lettered.
@@ -192,7 +195,7 @@ def bulk_index(client, rows, cfg: BulkConfig, sleep=time.sleep, on_retry=None, w
         elif was_down:
             down_for = watch.failed()
             if down_for >= watch.deadline_s:
-                raise _down_error(url or _client_url(client), watch.deadline_s, down_for, len(retry), last_error)
+                raise _down_error(url or client_url(client), watch.deadline_s, down_for, len(retry), last_error)
         if not retry:
             break
         answered_tries += answered_retry

@@ -82,7 +82,7 @@ class DecodedImage:
         return self._levels[level]
 
 
-def _to_rgb8(im):
+def to_rgb8(im):
     from PIL import Image
 
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -143,7 +143,7 @@ def _decode_rgb(data: bytes, level: int = 0, page: int = 0):
     else:
         got = 0
     im = ImageOps.exif_transpose(im)
-    return np.asarray(_to_rgb8(im)), got
+    return np.asarray(to_rgb8(im)), got
 
 
 def page_sha256(sha256: str, page: int) -> str:

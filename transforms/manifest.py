@@ -9,11 +9,12 @@ import pyarrow as pa
 from apache_beam.io.parquetio import ReadAllFromParquet
 
 from facebeam.transforms import metrics, sources
-from facebeam.transforms.shards import DETERMINISTIC_REASONS
 
 MANIFEST_SCHEMA = pa.schema([
     ("image_sha256", pa.string()), ("spec_id", pa.string()), ("status", pa.string()), ("image_path", pa.string()),
 ])
+# Failures that a re-run would repeat: the image is done (for this spec) as far as a backfill goes.
+DETERMINISTIC_REASONS = ("empty", "not_an_image", "truncated", "corrupt", "too_large", "no_face")
 TOMBSTONE_SCHEMA = pa.schema([
     ("image_sha256", pa.string()), ("image_path", pa.string()), ("label", pa.string()),
     ("reason", pa.string()), ("erased_at", pa.string()),

@@ -81,7 +81,7 @@ def _decode_for_crops(data: bytes, smallest_face: int):
     scale = im.size[0] / w
     im = ImageOps.exif_transpose(im)
     if im.mode != "RGB":
-        im = images._to_rgb8(im)
+        im = images.to_rgb8(im)
     return im, scale
 
 

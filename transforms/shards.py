@@ -48,7 +48,6 @@ class ShardError(UserError):
     """A shard file that cannot be read; the message names the file and what is wrong."""
 
 PARTITIONED = ("embeddings", "errors", "manifest", "index-errors")
-DETERMINISTIC_REASONS = ("empty", "not_an_image", "truncated", "corrupt", "too_large", "no_face")
 
 
 def new_run_id() -> str:
