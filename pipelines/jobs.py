@@ -208,7 +208,10 @@ def preflight(inputs, spec) -> None:
     from facebeam.transforms import sources, weights
 
     sources.check_inputs(inputs.patterns)
-    weights.require(spec)  # raises WeightsMissing naming the file and where it goes; loads nothing
+    if weights.require(spec) is None:  # raises WeightsMissing naming the file and where it goes; loads nothing
+        from facebeam.transforms.faces import FaceModel
+
+        FaceModel(spec)  # a model only deepface knows the files of: loaded once here, failing before any worker
     n = progress.count_files(inputs.patterns, sources.IMAGE_EXTENSIONS)
     if n:
         _expected["embed"] = n

@@ -132,19 +132,16 @@ DETECTOR_FILES = {"dlib": ("shape_predictor_5_face_landmarks.dat",),
                   "dlib_mmod": ("shape_predictor_5_face_landmarks.dat", "mmod_human_face_detector.dat")}
 
 
-def require(spec) -> list:
+def require(spec) -> list | None:
     """Check (cheaply) that the spec's weight files are there, seeding shipped ones; returns their paths.
 
-    Raises WeightsMissing naming the file and where it goes. Nothing is loaded or imported for
-    Dlib + dlib; for a model or detector whose files are not listed here, the model is loaded
-    once (as before) because only deepface knows its file names.
+    Raises WeightsMissing naming the file and where it goes. Nothing is loaded or imported. For a
+    model or detector whose files are not listed here it returns None: only deepface knows their
+    file names, so the caller loads the model once to find out (`jobs.preflight`).
     """
     if spec.model in MODEL_FILES and spec.detector in DETECTOR_FILES:
         return [resolve(f) for f in (*MODEL_FILES[spec.model], *DETECTOR_FILES[spec.detector])]
-    from facebeam.transforms.faces import FaceModel
-
-    FaceModel(spec)
-    return []
+    return None
 
 
 # --- dlib's face ResNet as an ONNX model ------------------------------------------------------
