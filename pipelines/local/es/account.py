@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from facebeam.pipelines.local.es.layout import EsLocalError
+from facebeam.transforms.home import facebeam_home
 
 ENV_RUN_AS = "FACEBEAM_ES_RUN_AS"  # OS account for the nodes when we are root
 
@@ -31,9 +32,19 @@ def run_as_account() -> Optional[pwd.struct_passwd]:
 
 
 def check_reachable(path: Path, account: pwd.struct_passwd):
-    """Every parent of `path` must let the node account through (o+x), or the node cannot start."""
+    """Every parent of `path` must let the node account through (o+x), or the node cannot start.
+
+    facebeam's own state folder and the folders under it are opened for passing through (o+x, never
+    o+r): a private umask makes them 0700, and passing through lists nothing. Folders above it are
+    the user's, so they are only checked.
+    """
+    own = facebeam_home()
     for parent in [path, *path.parents]:
         st = parent.stat()
+        if st.st_uid != account.pw_uid and not st.st_mode & stat.S_IXOTH and st.st_uid == os.geteuid() \
+                and (parent == own or own in parent.parents):
+            os.chmod(parent, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+            continue
         if st.st_uid != account.pw_uid and not st.st_mode & stat.S_IXOTH:
             raise EsLocalError(f"{parent} is not searchable by {account.pw_name!r}, the account the nodes run as "
                                f"(Elasticsearch refuses root): chmod o+x it or use another --home")
