@@ -122,6 +122,7 @@ def run(config: SearchConfig, pipeline=None) -> dict:
                 print(f"\n{path}: cannot search: {e}")
                 failed += 1
                 continue
+            faces += len(probes)
             print_table(path, probes, rows, time.perf_counter() - started,
                         threshold_note=f"{b.threshold:.4f} ({b.threshold_from})")
     finally:

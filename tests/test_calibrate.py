@@ -137,7 +137,7 @@ def test_index_meta_carries_the_threshold_to_elasticsearch_queries(tree, tmp_pat
 
 def test_calibrate_on_the_embedded_index_and_search_store_local_uses_it(tree, tmp_path, capsys):
     """`calibrate --store local:DIR` writes the threshold into the embedded index; `search --store local:DIR`
-    judges with it and says where it came from, on the ready line and on every photo's line."""
+    judges with it and says where it came from, on the ready line, on every photo's line and in the result line."""
     import re
 
     from facebeam.pipelines import search
@@ -153,6 +153,6 @@ def test_calibrate_on_the_embedded_index_and_search_store_local_uses_it(tree, tm
     assert search.main([*photos, "--store", f"local:{folder}"]) == 0
     printed = capsys.readouterr().out
     where = f"same person at <= {t:.4f} (calibration in embedded index {folder})"
-    assert printed.count(where) == 1 + len(photos), printed
+    assert printed.count(where) == 1 + len(photos) + 1, printed  # the ready line, each photo's, the result line
     judged = re.findall(r"^\s+\d+\s+([\d.]+)\s+(yes|no)\s", printed, flags=re.M)
     assert judged and all((float(d) <= t) == (same == "yes") for d, same in judged)
