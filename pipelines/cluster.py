@@ -27,7 +27,7 @@ from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner.job_options import pipeline_options
 from facebeam.pipelines.runner.kinds import runner_name
 from facebeam.pipelines.runner.launch import create_pipeline
-from facebeam.transforms import persons, shards
+from facebeam.transforms import persons, shards, stores
 from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,9 @@ def run(config: ClusterConfig, pipeline=None) -> dict:
                               threshold=c.threshold, pairs=c.pairs, method=c.method, k=c.k, limits=c.limits)
     summary.update(graph_s=round(graph_s, 3), mode="es" if conn else ("ann" if c.ann else "exact"),
                    runner=runner_name(opts))
-    if conn is not None:
-        summary["index_updated"] = persons.push_names(conn, c.index, c.output)
+    if conn is not None:  # names reach the index through the store contract (never a partial update of a face doc)
+        summary["index_updated"] = stores.push_persons_to(stores.make(stores.StoreChoice("es"), lambda: conn, c.index),
+                                                          persons.lookup(c.output))
     if c.contact_sheet:
         from facebeam.transforms import contact_sheet
 

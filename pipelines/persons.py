@@ -85,7 +85,8 @@ def run(config: PersonsConfig, pipeline=None) -> dict:
         return {"persons": len(table)}
     result = persons.edit(c.clusters, c.action, c.person_id, name=c.name, into=c.into, faces=c.faces)
     if c.index:
-        result["index_updated"] = persons.push_names(c.es.connection(), c.index, c.clusters)
+        result["index_updated"] = stores.push_persons_to(stores.make(stores.StoreChoice("es"), c.es.connection, c.index),
+                                                         persons.lookup(c.clusters))
     if c.shards:
         result["stores_updated"] = stores.push_persons(c.shards, c.es.connection, persons.lookup(c.clusters))
         for line in result["stores_updated"]:

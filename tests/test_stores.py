@@ -426,3 +426,35 @@ def test_forget_person_erases_the_named_person_s_photos_from_every_store(sample_
     assert answers(local, faces, faces[0]["label"]) == [] and local.persons() == {}
     assert forget.main(["--person", "Grace Hopper", "--shards", out]) == 0
     assert "already erased everywhere" in capsys.readouterr().out
+
+
+def test_naming_persons_on_elasticsearch_keeps_every_vector_and_the_store_carries_the_name(
+        sample_run, sample_rows, es_conn, es_client, tmp_path):
+    """`cluster --index` and `persons name --index` reach Elasticsearch through the store contract: every face
+    still has its vector afterwards (an in-place update of a doc whose vector is not in _source would drop it)."""
+    from facebeam.pipelines import cluster
+    from facebeam.pipelines import persons as persons_cmd
+    from facebeam.transforms import persons, stores
+    from facebeam.transforms.stores.base import person_faces
+
+    alias = "stores-persons"
+    drop_versions(es_client, alias)
+    work, clusters = tmp_path / "shards", str(tmp_path / "persons")
+    shutil.copytree(sample_run[0], work)
+    try:
+        job(index, ["--shards", str(work), "--index", alias, "--es-conn", CONN])
+        job(cluster, ["--shards", str(work), "--output", clusters, "--index", alias, "--es-conn", CONN])
+        biggest = persons.read_table(clusters)[0]
+        job(persons_cmd, ["--clusters", clusters, "name", biggest["person_id"], "someone", "--index", alias,
+                          "--es-conn", CONN])
+        es_client.indices.refresh(index=alias)
+        found = knn.es_search(es_client, alias, sample_rows, knn.SearchSpec(k=5, num_candidates=100), SPEC)
+        assert [h[0]["face_id"] for h in found] == [r["face_id"] for r in sample_rows]
+        theirs = {f for f, (pid, _) in persons.lookup(clusters).items() if pid == biggest["person_id"]}
+        store = stores.make(stores.StoreChoice("es"), lambda: es_conn, alias)
+        try:
+            assert theirs and person_faces(store.persons(), "someone") == theirs
+        finally:
+            store.close()
+    finally:
+        drop_versions(es_client, alias)

@@ -71,7 +71,7 @@ def es_search(client, index: str, probes: list, search: SearchSpec, spec: Embedd
     """One msearch for a batch of probe rows; returns a list of hit lists."""
     body = []
     for p in probes:
-        body += [{"index": index}, es_knn_body(p["embedding"], p["image_sha256"], search, face_ids)]
+        body += [{"index": index}, es_knn_body(p["embedding"], p.get("image_sha256"), search, face_ids)]
     responses = client.msearch(searches=body).body["responses"]
     out = []
     for r in responses:

@@ -76,8 +76,6 @@ from facebeam.transforms.persons.limits import (
 )
 from facebeam.transforms.persons.store import (
     check_index,
-    es_set_person,
-    push_names,
 )
 from facebeam.transforms.persons.tables import (
     ASSIGN_SCHEMA,
@@ -168,8 +166,6 @@ __all__ = [
     "sharpness",
     "resolve",
     "check_index",
-    "es_set_person",
-    "push_names",
     "ASSIGN_SCHEMA",
     "FACE_COLUMNS",
     "GRAPH_SCHEMA",

@@ -22,7 +22,7 @@ from facebeam.transforms.home import facebeam_home
 from facebeam.transforms.stores.base import Capabilities, FaceStore, Load, Searcher, StoreError
 
 __all__ = ["KINDS", "Capabilities", "FaceStore", "Load", "Searcher", "StoreChoice", "StoreError", "ann_folder",
-           "es_configured", "for_loading", "for_search", "for_verify", "from_record", "recorded_stores",
+           "es_configured", "for_loading", "push_persons_to", "for_search", "for_verify", "from_record", "recorded_stores",
            "open_search", "push_persons"]
 log = logging.getLogger(__name__)
 KINDS = ("es", "local", "redis")
@@ -214,6 +214,14 @@ def open_search(choice, connect, name: str, shards: str = None, exact: bool = Fa
         dataclasses.replace(spec, **dict(spec_given)).require_same(spec, what=store.describe())
     t, source = store.threshold(spec, threshold)
     return SearchTarget(store, spec, store.where(), t, source)
+
+
+def push_persons_to(store: FaceStore, found: dict) -> int:
+    """{face_id: (person_id, name)} onto one store (then closed); how many of its faces carry a person."""
+    try:
+        return store.set_persons(found)
+    finally:
+        store.close()
 
 
 def push_persons(folder: str, connect, found: dict) -> list:
