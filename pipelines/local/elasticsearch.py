@@ -22,12 +22,7 @@ root (`account`), node configuration (`config`), node processes (`process`), sta
 health (`health`) and the home folder's layout (`layout`). This module is the command and
 `start_cluster`, which puts them together.
 
-Layout of a home folder:
-    connection.json        url, hosts, ca_certs, username, password, nodes (while running)
-    credentials.json       username, password (kept across restarts)
-    certs/                 ca.crt, ca.key, node.crt, node.key
-    auth/                  users, users_roles (file realm, hashed; kept across restarts)
-    nodes/<name>/          config/, data/, logs/, tmp/, console.log, node.json (pid file)
+The layout of a home folder is described once, in `es/layout.py`.
 """
 import argparse
 import dataclasses
