@@ -41,5 +41,5 @@ setup(
     ],
     # bench: faster JSON for bulk vectors (orjson), the recall-vs-QPS plot (matplotlib).
     extras_require={"test": ["pytest>=8"], "bench": ["orjson>=3.9", "matplotlib>=3.8"]},
-    entry_points={"console_scripts": ["facebeam=facebeam.pipelines.cli:main"]},
+    entry_points={"console_scripts": ["facebeam=facebeam.pipelines.cli:entry"]},
 )

@@ -63,5 +63,13 @@ def main(argv=None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The `facebeam` console script and `python -m facebeam.pipelines.cli`."""
+    code = main()
+    from facebeam.pipelines import jobs
+
+    jobs.exit_process(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

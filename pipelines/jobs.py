@@ -109,7 +109,27 @@ def setup_logging(verbose: bool = False) -> None:
 def entry(main_fn) -> None:
     """`python -m facebeam.pipelines.<command>`: the same as `facebeam <command>`."""
     setup_logging(any(a in VERBOSE_FLAGS for a in sys.argv[1:]))
-    sys.exit(main_fn())
+    exit_process(main_fn())
+
+
+def exit_process(code) -> None:
+    """End a command's process with `code` once its own exit handlers have run.
+
+    By hand: a short command can end while a native library's background thread (gRPC's, under Beam) is still
+    starting, and the C++ static destructors that `exit()` runs then abort the process ("terminate called
+    without an active exception", exit 134) after the answer was printed. So Python's exit handlers run
+    (job servers and worker pools stop) and the process ends without the C++ destructors.
+    """
+    import atexit
+
+    code = 0 if code is None else code if isinstance(code, int) else 1
+    try:
+        atexit._run_exitfuncs()  # the stdlib's own exit handlers, which os._exit would skip
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
 
 
 # By hand: the Fn API hands a worker's failure back as text (InstructionResponse.error is a string, on
