@@ -151,11 +151,12 @@ OUTPUT_HELP = (("-v", "--verbose", "show the logs: progress lines, choices, Beam
 
 
 def finish_help(p: argparse.ArgumentParser) -> None:
-    """Every parser of a command: defaults shown, `-v`/`--json` listed, its examples at the end of its help."""
+    """Every parser of a command: no abbreviated flags, defaults shown, `-v`/`--json` listed, examples at the end."""
     command = p.prog.removeprefix("facebeam ").strip()
     own = set(flags_of(p)) | {s for q in all_parsers(p) for a in q._actions for s in a.option_strings}
     for q in all_parsers(p):
         q.formatter_class = HelpFormatter
+        q.allow_abbrev = False  # `--fold` must not quietly become `--folds`: refused with the closest flags
         g = q.add_argument_group("output")
         for short, long, text in OUTPUT_HELP:
             names = [n for n in (short, long) if n and n not in own]
@@ -189,6 +190,10 @@ def parse(p: argparse.ArgumentParser, argv, beam: bool = True) -> tuple[Args, tu
 
     A flag neither argparse nor (with `beam`) Beam knows is a UserError with the closest valid flags.
     """
+    valid = flags_of(p) + (beam_flags(())[1] if beam else [])
+    # Flag names first, so a misspelt flag is named even when argparse would stop at a missing required one.
+    words = [a.split("=", 1)[0] for a in argv if a.startswith("--") and a != "--"]
+    refuse_unknown([w for w in words if w not in valid], valid)
     ns, rest = p.parse_known_args(argv)
     if not beam:
         refuse_unknown([r for r in rest if r.startswith("-")], flags_of(p))

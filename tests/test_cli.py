@@ -145,6 +145,24 @@ def test_every_command_refuses_a_misspelled_flag_before_any_work(tmp_path, monke
     assert len(r.stderr.splitlines()) == 1
 
 
+def test_abbreviated_flags_are_refused_and_named_before_a_missing_required_one(tmp_path, monkeypatch, caplog):
+    """argparse would take `--label-fro` for `--label-from`; a typo must not silently pick a flag."""
+    monkeypatch.setenv("FACEBEAM_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    modules = dict(command_modules())
+    for words, (args, _, flag) in TYPOS.items():
+        module = importlib.import_module(modules[words])
+        for argv, typo in (([*args, flag[:-1], "1"], flag[:-1]), ([flag[:-1], "1"], flag[:-1])):
+            caplog.clear()
+            try:
+                code = module.main(argv)
+                message = " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+            except UserError as e:
+                code, message = 2, str(e)
+            assert code == 2 and f"unknown flag {typo}; did you mean {flag}" in message, (words, argv, message)
+    assert not os.listdir(tmp_path), "a refused command started work"
+
+
 def test_a_beam_option_passes_and_a_misspelled_one_names_beams_flag(tmp_path):
     out = tmp_path / "out"
     photos = [os.path.join(SAMPLE, n) for n in ("img1.jpg", "img2.jpg")]
