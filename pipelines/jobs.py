@@ -61,7 +61,7 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
     command = parser.prog.removeprefix("facebeam ").strip()
     try:
         config = module.configure(*options.parse(parser, argv, beam=getattr(module, "BEAM", True)))
-        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(), progress.launch_folder():
             result = module.run(config)
     except UserError as e:
         log.error("%s", e)  # one plain line on stderr (setup_logging's format)

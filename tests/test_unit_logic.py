@@ -338,3 +338,23 @@ def test_a_service_that_fails_says_one_line_and_logs_the_rest(caplog, capsys):
     assert "log tail line 2" in caplog.text
     assert service.run_action("flink", "status", actions) == {"up": False, "ok": False}
     assert capsys.readouterr().out == "not running\n"
+
+
+def test_embed_workers_of_a_local_cluster_count_into_the_launchers_bar_folder(tmp_path, monkeypatch):
+    """A local cluster's harnesses do not inherit FACEBEAM_PROGRESS_DIR: the transform carries it to them."""
+    import pickle
+
+    from facebeam.transforms import embed as embed_transforms
+    from facebeam.transforms import progress
+    from facebeam.transforms.faces import ImageFaces
+
+    monkeypatch.setenv(progress.ENV_DIR, str(tmp_path))
+    fn = pickle.loads(pickle.dumps(embed_transforms.ToRows(EmbeddingSpec())))  # as Beam ships it
+    monkeypatch.delenv(progress.ENV_DIR)  # the worker's own environment
+    monkeypatch.setattr(progress.EMBED, "folder", None)
+    monkeypatch.setattr(progress.EMBED, "share_s", 0.0)
+    monkeypatch.setattr(progress.EMBED, "counts", __import__("collections").Counter())
+    fn.setup()
+    rows = list(fn.process(ImageFaces(path="a.jpg", sha256="0" * 64, width=10, height=10, faces=[])))
+    assert len(rows) == 1 and rows[0].tag == "errors"
+    assert progress.shared_counts(str(tmp_path), "embed") == {"images": 1, "failed": 1}

@@ -3,7 +3,7 @@ import apache_beam as beam
 from apache_beam import typehints
 from apache_beam.ml.inference.base import RunInference
 
-from facebeam.transforms import images, metrics, records
+from facebeam.transforms import images, metrics, progress, records
 from facebeam.transforms.faces import DEFAULT_TURNS, FaceModelHandler
 from facebeam.transforms.progress import EMBED as PROGRESS
 from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
@@ -21,6 +21,10 @@ class ReadAndDecode(beam.DoFn):
 
     def __init__(self, spec: EmbeddingSpec, max_pixels: int, max_file_bytes: int):
         self._spec, self._max_pixels, self._max_file_bytes = spec, max_pixels, max_file_bytes
+        self._progress = progress.shared_folder()
+
+    def setup(self):
+        PROGRESS.share_into(self._progress)
 
     def process(self, element):
         # Timed without the yield: downstream stages are fused and run inside it.
@@ -58,6 +62,10 @@ class ToRows(beam.DoFn):
 
     def __init__(self, spec: EmbeddingSpec, labeler=None):
         self._spec, self._labeler = spec, labeler
+        self._progress = progress.shared_folder()
+
+    def setup(self):
+        PROGRESS.share_into(self._progress)
 
     def process(self, result):
         with metrics.stage_timer(metrics.STAGE_ROWS):

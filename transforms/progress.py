@@ -4,8 +4,10 @@ Workers count what they did (`EMBED.add(images=1, faces=2)`, the same events the
 count). When the launcher shows a bar it names a folder in FACEBEAM_PROGRESS_DIR before the job
 starts; each worker process then keeps its running counts in one small JSON file there, and the
 launcher sums the files into a tqdm bar (done, rate, ETA). Beam's metrics reach the launcher
-only when the job ends on the local runner, hence the files; workers a cluster started
-elsewhere do not see the folder, and their bar stays at zero until the job's counters arrive.
+only when the job ends, hence the files. Harnesses a local cluster's worker pool started do not
+inherit the launcher's environment, so the embed transforms also carry the folder to their
+workers (`shared_folder` at construction, `Progress.share_into` in setup). Workers on other
+machines do not see the folder, and their bar stays at zero until the job's counters arrive.
 """
 import collections
 import contextlib
@@ -28,6 +30,7 @@ class Progress:
     def __init__(self, what: str, rate_key: str, every_s: float = 5.0, share_s: float = 0.5):
         self.what, self.rate_key, self.every_s, self.share_s = what, rate_key, every_s, share_s
         self.counts = collections.Counter()
+        self.folder = None  # set on a worker by share_into; else FACEBEAM_PROGRESS_DIR
         self.started = self.last = self.shared = time.monotonic()
         self._lock = threading.Lock()
 
@@ -45,8 +48,13 @@ class Progress:
             rate = self.counts[self.rate_key] / max(now - self.started, 1e-9)
         log.info("%s progress [worker %d]: %s, %.2f %s/s", self.what, os.getpid(), counts, rate, self.rate_key)
 
+    def share_into(self, folder) -> None:
+        """On a worker: keep counts in the launcher's folder (from `shared_folder()` at construction)."""
+        if folder:
+            self.folder = folder
+
     def _share(self, counts: dict) -> None:
-        folder = os.environ.get(ENV_DIR)
+        folder = self.folder or os.environ.get(ENV_DIR)
         if not folder or not os.path.isdir(folder):
             return
         path = os.path.join(folder, f"{self.what}-{os.getpid()}-{id(self)}.json")
@@ -61,6 +69,27 @@ INDEX = Progress("index", "docs")
 
 #: what each kind of work shows on its bar: (unit, the count that advances it)
 BARS = {"embed": ("photos", "images"), "index": ("faces", "docs")}
+
+
+def shared_folder():
+    """The folder this launch's bars read, if any; a transform built now carries it to its workers."""
+    return os.environ.get(ENV_DIR)
+
+
+@contextlib.contextmanager
+def launch_folder(stream=None):
+    """While a command runs on a terminal: its bars' folder exists before its pipeline is built."""
+    stream = stream or sys.stderr
+    if os.environ.get(ENV_DIR) or not (hasattr(stream, "isatty") and stream.isatty()):
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="facebeam-progress-")
+    os.environ[ENV_DIR] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop(ENV_DIR, None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def shared_counts(folder: str, what: str) -> collections.Counter:
@@ -84,8 +113,9 @@ def bars(totals=None, stream=None, every_s: float = 0.3):
         return
     from tqdm import tqdm
 
-    folder = tempfile.mkdtemp(prefix="facebeam-progress-")
     before = os.environ.get(ENV_DIR)
+    owned = not (before and os.path.isdir(before))  # else launch_folder's, made before the pipeline was built
+    folder = tempfile.mkdtemp(prefix="facebeam-progress-") if owned else before
     os.environ[ENV_DIR] = folder
     shown, stop = {}, threading.Event()
 
@@ -112,11 +142,12 @@ def bars(totals=None, stream=None, every_s: float = 0.3):
         refresh()  # the last counts the workers shared
         for bar in shown.values():
             bar.close()
-        if before is None:
-            os.environ.pop(ENV_DIR, None)
-        else:
-            os.environ[ENV_DIR] = before
-        shutil.rmtree(folder, ignore_errors=True)
+        if owned:
+            if before is None:
+                os.environ.pop(ENV_DIR, None)
+            else:
+                os.environ[ENV_DIR] = before
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def count_files(patterns, extensions, budget_s: float = 2.0):
