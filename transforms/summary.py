@@ -273,6 +273,20 @@ def _service_line(s: JobSummary) -> str:
     return f"{s.command}: {'ok' if ok else 'not ok (exit 1)'}"
 
 
+def _bench_line(s: JobSummary) -> str:
+    """What a benchmark measured; its figures are the table it printed above the line."""
+    if isinstance(s.get("cases"), list):
+        what = f"{len(s['cases'])} set(s) x {len(s.get('methods') or [])} method(s) clustered side by side"
+    elif isinstance(s.get("results"), list):
+        what = f"{len(s['results'])} setting(s) measured side by side"
+    elif isinstance(s.get("ratio"), (int, float)):
+        what = f"pipeline {s['ratio']:.1f}x the naive loop"
+    else:
+        runs = [k for k, v in s.items() if isinstance(v, Mapping) and "images_per_s" in v]
+        what = f"{len(runs)} run(s) measured side by side" if runs else "done"
+    return f"{s.command}: {what}; the figures are above"
+
+
 def _generic(s: JobSummary) -> str:
     flat = ", ".join(f"{k} {v}" for k, v in s.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool))
     return f"{s.command} done" + (f": {flat}" if flat else "")
@@ -281,7 +295,7 @@ def _generic(s: JobSummary) -> str:
 LINES = {"embed": _embed_line, "run": _run_line, "index": _index_line, "query": _query_line, "search": _search_line,
          "calibrate": _calibrate_line, "verify": _verify_line, "cluster": _cluster_line, "persons": _persons_line,
          "reindex": _reindex_line, "forget": _forget_line, "models": _models_line, "es": _service_line,
-         "redis": _service_line, "flink": _service_line, "spark": _service_line}
+         "redis": _service_line, "flink": _service_line, "spark": _service_line, "bench": _bench_line}
 
 
 def write(path: str, summary: JobSummary) -> None:

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from facebeam.pipelines import jobs
 from facebeam.pipelines.bench import index as bench_index
 from facebeam.pipelines.bench import synthetic
 from facebeam.transforms import es_index, knn, redis_store
+from facebeam.transforms.errors import UserError
 from facebeam.transforms.es_conn import EsError
 from facebeam.transforms.home import facebeam_home
 from facebeam.transforms.spec import EmbeddingSpec
@@ -154,8 +156,7 @@ def configure(a, beam_args=()) -> argparse.Namespace:
     return bench_index.configure(a, beam_args)
 
 
-def main(argv=None) -> int:
-    ns = bench_index.parse_args(sys.modules[__name__], argv)
+def run(ns: argparse.Namespace, pipeline=None) -> dict:
     bench_index.quiet_client_logs()
     spec = EmbeddingSpec()
     stats = bench_index.load_stats(ns, spec)
@@ -166,8 +167,7 @@ def main(argv=None) -> int:
         try:
             conn, started = bench_index.ensure_cluster(ns)
         except EsError as e:
-            print(f"facebeam bench verify: {e}", file=sys.stderr)
-            return 1
+            raise UserError(f"bench verify: {e}") from None
         es_client = conn.client(request_timeout=600)
     results = []
     try:
@@ -209,12 +209,15 @@ def main(argv=None) -> int:
         size = r.get("memory_bytes") or r.get("store_bytes")
         print(f"{r['store']:<14} {r['per_identity']:>7} {r['identities']:>7} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} "
               f"{r['p99_ms']:>8.2f} {r['load_vectors_per_s']:>9,.0f} {size / 2**20:>8.0f}Mi {r['verdicts_as_exact']:>9.4f}")
+    out = {"date": date, "loadavg_start": load_start, "results": results}
     if ns.json_out:
-        Path(ns.json_out).write_text(json.dumps({"date": date, "loadavg_start": load_start, "results": results},
-                                                indent=2) + "\n")
-    return 0
+        Path(ns.json_out).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def main(argv=None) -> int:
+    return jobs.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    jobs.entry(main)
