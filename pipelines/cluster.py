@@ -107,7 +107,7 @@ def run(config: ClusterConfig, pipeline=None) -> dict:
                                                        keep_vectors=bool(c.incremental and previous)))
        | "WriteGraph" >> beam.io.WriteToParquet(persons.join(graph_dir, "part"), persons.GRAPH_SCHEMA,
                                                 codec="zstd", file_name_suffix=".parquet"))
-    result, graph_s = jobs.run(p)
+    result, graph_s = jobs.run(p, totals={"graph": persons.row_count(files) - len(skip)})
     summary = persons.resolve(c.output, c.shards, files, spec, c.incremental, previous, state,
                               threshold=c.threshold, pairs=c.pairs, method=c.method, k=c.k, limits=c.limits)
     summary.update(graph_s=round(graph_s, 3), mode="es" if conn else ("ann" if c.ann else "exact"),

@@ -353,6 +353,9 @@ def test_a_progress_bar_on_a_terminal_only(tmp_path):
     assert frames, shown[-2000:]
     assert re.search(r"\| 4/4 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(s/ photos| photos/s)\]", frames[-1]), frames[-1]
     assert "embedded 4 photos" in shown
+    shown = on_a_terminal("cluster", "--shards", str(tmp_path / "tty"), "--output", str(tmp_path / "persons"))
+    frames = [f for f in shown.split("\r") if f.startswith("graph:")]
+    assert frames and re.search(r"\| (\d+)/\1 \[", frames[-1]), shown[-2000:]  # every face's neighbours, of all
     r = facebeam("embed", "--input", *photos, "--output", str(tmp_path / "pipe"))
     assert "photos/s]" not in r.stderr  # stderr is a pipe: no bar
 

@@ -48,6 +48,12 @@ class Progress:
             rate = self.counts[self.rate_key] / max(now - self.started, 1e-9)
         log.info("%s progress [worker %d]: %s, %.2f %s/s", self.what, os.getpid(), counts, rate, self.rate_key)
 
+    def flush(self) -> None:
+        """Share the counts now (at a bundle's end: the last counts must reach the bar)."""
+        with self._lock:
+            self.shared = time.monotonic()
+            self._share(dict(self.counts))
+
     def share_into(self, folder) -> None:
         """On a worker: keep counts in the launcher's folder (from `shared_folder()` at construction)."""
         if folder:
@@ -66,9 +72,10 @@ class Progress:
 
 EMBED = Progress("embed", "images")
 INDEX = Progress("index", "docs")
+GRAPH = Progress("graph", "faces")
 
 #: what each kind of work shows on its bar: (unit, the count that advances it)
-BARS = {"embed": ("photos", "images"), "index": ("faces", "docs")}
+BARS = {"embed": ("photos", "images"), "index": ("faces", "docs"), "graph": ("faces", "faces")}
 
 
 def shared_folder():

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from facebeam.transforms import ann, images, knn, metrics
+from facebeam.transforms import ann, images, knn, metrics, progress
 from facebeam.transforms.knn import merge_topk, prepare, to_distance, topk_block
 from facebeam.transforms.persons.graph import EF_SEARCH
 from facebeam.transforms.persons.limits import Limits, sharpness
@@ -71,8 +71,10 @@ class Neighbours(beam.DoFn):
         self._spec, self._k, self._files = spec, k, list(files)
         self._conn, self._alias, self._block = conn, alias, block
         self._ann_dir, self._ef, self._keep_vectors = ann_dir, ef, keep_vectors
+        self._progress = progress.shared_folder()
 
     def setup(self):
+        progress.GRAPH.share_into(self._progress)
         if self._conn is not None:
             self._client = self._conn.client()
             return
@@ -126,11 +128,15 @@ class Neighbours(beam.DoFn):
                 lists = self._exact(good)
             found = {id(r): hits for r, hits in zip(good, lists)}
             metrics.count(FACES_SEARCHED, len(good))
+        progress.GRAPH.add(faces=len(batch))
         for r in batch:
             hits = found.get(id(r), [])
             yield {**{k: r[k] for k in GRAPH_SCHEMA.names if k in r and k != "embedding"},
                    "neighbours": [h[0] for h in hits], "distances": [h[1] for h in hits],
                    "embedding": list(r["embedding"]) if self._keep_vectors else None}
+
+    def finish_bundle(self):
+        progress.GRAPH.flush()
 
     def teardown(self):
         if getattr(self, "_client", None) is not None:

@@ -142,6 +142,15 @@ def scan(files, columns, chunk_rows: int = 65536):
             yield from pq.ParquetFile(f).iter_batches(batch_size=chunk_rows, columns=list(columns))
 
 
+def row_count(files) -> int:
+    """Face rows over every shard, from the Parquet footers alone (a bar's total)."""
+    total = 0
+    for path in files:
+        with FileSystems.open(path) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
 def vectors_of(batch, dim: int) -> np.ndarray:
     """A record batch's `embedding` column as an N x dim float32 array."""
     return np.asarray(batch.column("embedding").values, dtype=np.float32).reshape(batch.num_rows, dim)
