@@ -1,28 +1,32 @@
-"""facebeam bench index: synthetic face vectors into a local Elasticsearch node, timed until searchable.
+"""facebeam bench index: load levers side by side on the same synthetic vectors, each timed until it answers.
 
-    facebeam bench index --vectors 1000000 [--index-types hnsw,int8_hnsw] [--es-home DIR] [--port P]
-                         [--heap 4g] [--chunk-docs 1000] [--workers N] [--driver threads|beam]
-                         [--java-home DIR] [--json FILE] [--keep]
+    facebeam bench index --vectors 100000 [--variants TYPE/LEVER,...] [--index-types hnsw,int8_hnsw]
+                         [--probes 200] [--target-recall 0.95] [--hnswlib yes|no] [--es-home DIR] [--port P]
+                         [--heap 4g] [--chunk-docs N] [--workers N] [--driver threads|beam] [--java-home DIR]
+                         [--json FILE] [--keep]
 
 The vectors come from `transforms.synthetic`, fitted once on the sample's real
 embeddings (kept in --stats; made by running the embed job on --sample if missing).
-For each index type: a fresh index (the project's mapping and load settings), bulk
-loads through the Beam `IndexFaces` transform on the local runner (or
-`transforms.es_sink.bulk_index` from a thread pool with --driver threads), refresh, then a force merge to one
-segment, which completes the HNSW graph. "load" is the bulk phase plus refresh,
-"load+merge" runs until the data is searchable as one graph. Also printed: size on
-disk (_stats/store and the _disk_usage breakdown of the vector field), the node's
-heap, and where the CPU went (the node, this client, the rest of the machine).
+Each variant (--variants; LEVERS below) loads them into a fresh index the way `facebeam index`
+does with that variant's `es_index.LoadTuning` (translog durability, merge threads, a two-phase
+flat -> HNSW build, a force merge) and bulk shape (docs per request, concurrent senders). Two
+times per variant: the bulk phase, and from the first bulk request until the index answers at
+the query target: recall@10 >= --target-recall on --probes fixed probes against the exact top
+10, at the first num_candidates of --sweep that reaches it (its p50 is printed), whatever the
+segment count. It is checked after the settings are restored (the segments the bulk left) and
+again after the force merge if the variant has one; the merge counts, the searches do not. The
+flat segments of a two-phase load before its merge are an exact scan, printed but not counted.
 
-The bench cluster (one node under --es-home, port 9290) is reused if it is running
-and stopped at the end unless --keep; `facebeam bench query` reuses its indices.
+Side by side on the same vectors, the anchors: hnswlib's 2-thread build (--hnswlib, the `bench`
+extra) with the same m and ef_construction, and the embedded HNSW index (`transforms/ann.py`,
+faiss-cpu; --embedded no|only). Every variant's rate is printed as a ratio to hnswlib's, against
+the target of 0.5x. Also printed: store size, the node's peak heap during the load, where the
+CPU went (the node, this client, the rest of the machine).
 
-Side by side on the same vectors: the embedded HNSW index (`transforms/ann.py`, faiss-cpu,
-same m and ef_construction; --embedded no|only), built from the same face rows and saved;
-its build vectors/s and bytes on disk are printed next to Elasticsearch's. Elasticsearch
-indices are loaded with the vectors left out of `_source` (the mapping facebeam uses) and, with
---source-vectors both (the default), also with them kept there (how facebeam mapped them
-before), to show the store size and load rate before and after.
+The bench cluster (one node under --es-home, port 9290) is reused if it is running and stopped at
+the end unless --keep. `facebeam bench query` reuses the last one-segment index of each type
+(alias `bench-<type>-<n>-s<seed>`); --source-vectors included|both also loads the vectors kept in
+`_source` (the mapping before), for the store size before and after.
 """
 import argparse
 import concurrent.futures
@@ -45,6 +49,7 @@ from facebeam.pipelines import options
 from facebeam.pipelines.bench import synthetic
 from facebeam.pipelines.local import elasticsearch as es_local
 from facebeam.transforms import es_index, records
+from facebeam.transforms.errors import UserError
 from facebeam.transforms.es_conn import EsConnection, EsError
 from facebeam.transforms.es_sink import BulkConfig, bulk_index
 from facebeam.transforms.sources import Inputs
@@ -640,8 +645,11 @@ def mib(b) -> str:
 
 def bench_hnswlib(ns, faces, threads: int = 2) -> dict:
     """The anchor: hnswlib's build of the same vectors (same m, ef_construction) with `threads` threads."""
-    import hnswlib
-
+    try:
+        import hnswlib
+    except ImportError:
+        raise UserError("bench index: the hnswlib anchor needs `pip install hnswlib` (the `bench` extra); "
+                        "or --hnswlib no") from None
     x = np.ascontiguousarray(faces.vectors(), dtype=np.float32)
     idx = hnswlib.Index(space="l2", dim=faces.dim)
     t0 = time.perf_counter()
@@ -825,10 +833,15 @@ def main(argv=None) -> int:
                 results.append(r)
                 log.info("%s done: %s", v.name, {k: r[k] for k in ("bulk_vectors_per_s", "answer_vectors_per_s",
                                                                       "docs", "store_bytes")})
+            kept = set()
             for t in types:  # bench query's index of each type: the last one-segment load of it
                 merged = [r for r in results if r["final_type"] == t and r["segments"] == 1 and not r["source_vectors"]]
                 if merged:
                     register(ns, client, faces, merged[-1], alias_for(t, faces.n, faces.seed))
+                    kept.add(merged[-1]["index"])
+            dropped = [r["index"] for r in results if r["index"] not in kept]
+            if dropped:  # the other variants' indices: measured, no longer needed
+                client.indices.delete(index=",".join(dropped))
         finally:
             client.close()
             if started and not ns.keep:
