@@ -199,8 +199,8 @@ class LoadTuning:
 
     translog_async: bool = True
     merge_threads: int | None = None
-    two_phase: bool = True
-    force_merge: bool = True
+    two_phase: bool = False
+    force_merge: bool = False
     merge_segments: int = 1
     shards: int = 1
 

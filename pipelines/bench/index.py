@@ -344,7 +344,11 @@ def disk_usage(client, index: str, breakdown: bool = True) -> dict:
     """Store size, and (`breakdown`) what the vector field takes (raw floats, quantized copy, graph) per _disk_usage."""
     store = client.indices.stats(index=index, metric="store,segments,indexing,merge,refresh,flush").body
     prim = store["indices"][index]["primaries"]
+    live = client.indices.segments(index=index).body["indices"][index]["shards"]
     out = {"store_bytes": prim["store"]["size_in_bytes"], "segments": prim["segments"]["count"],
+           # the live segments alone: the store can still hold files a merge replaced
+           "segments_bytes": sum(seg["size_in_bytes"] for copies in live.values() for c in copies
+                                 if c["routing"]["primary"] for seg in c["segments"].values()),
            "index_time_ms": prim["indexing"]["index_time_in_millis"],
            "merge_time_ms": prim["merges"]["total_time_in_millis"], "flushes": prim["flush"]["total"]}
     if not breakdown:
@@ -422,18 +426,20 @@ LEVERS = {
     # name: (tuning, docs per bulk request, senders)
     "before": (BEFORE, 1000, 3),
     "async": (es_index.LoadTuning(translog_async=True, two_phase=False, force_merge=True), 1000, 3),
-    "async-merge2": (es_index.LoadTuning(translog_async=True, two_phase=False, merge_threads=2), 1000, 3),
-    "two-phase": (es_index.LoadTuning(translog_async=True, two_phase=True), 1000, 3),
-    "two-phase-sync": (es_index.LoadTuning(translog_async=False, two_phase=True), 1000, 3),
+    "async-merge2": (es_index.LoadTuning(translog_async=True, merge_threads=2), 1000, 3),
+    "direct-500x2": (es_index.LoadTuning(), 500, 2),
+    "direct-2000x4": (es_index.LoadTuning(), 2000, 4),
+    "two-phase": (es_index.LoadTuning(translog_async=True, two_phase=True, force_merge=True), 1000, 3),
+    "two-phase-sync": (es_index.LoadTuning(translog_async=False, two_phase=True, force_merge=True), 1000, 3),
     # two primary shards: two graphs, one per shard, each merged to one segment
-    "two-phase-2shards": (es_index.LoadTuning(two_phase=True, shards=2), 1000, 3),
+    "two-phase-2shards": (es_index.LoadTuning(two_phase=True, force_merge=True, shards=2), 1000, 3),
     # bulk shape only: a flat load, not merged (no graph: its time to answer is not counted)
     "bulk-500x2": (es_index.LoadTuning(two_phase=True, force_merge=False), 500, 2),
     "bulk-1000x3": (es_index.LoadTuning(two_phase=True, force_merge=False), 1000, 3),
     "bulk-2000x4": (es_index.LoadTuning(two_phase=True, force_merge=False), 2000, 4),
     "default": (es_index.LoadTuning(), 1000, 3),  # what `facebeam index` does now
 }
-DEFAULT_VARIANTS = "hnsw/before,hnsw/async,hnsw/two-phase,int8_hnsw/two-phase"
+DEFAULT_VARIANTS = "hnsw/before,hnsw/default,hnsw/two-phase,int8_hnsw/default"
 
 
 def variants(text: str, types: list, source_vectors: str) -> list:
@@ -702,7 +708,7 @@ def print_report(results: list, meta: dict) -> None:
         nc, rec, p50 = (reached["num_candidates"], f"{reached['recall']:.3f}", f"{reached['p50_ms']:.2f}") \
             if reached else ("-", "-", "-")
         print(f"{r['variant']:<26} {r['bulk_s']:>5.1f}s {r['bulk_vectors_per_s']:>9,.0f} {r['segments_before_merge']:>5} "
-              f"{r['merge_s']:>8.1f} {answer:>11} {rate:>14} {nc:>5} {rec:>7} {p50:>7} {mib(r['store_bytes']):>9} "
+              f"{r['merge_s']:>8.1f} {answer:>11} {rate:>14} {nc:>5} {rec:>7} {p50:>7} {mib(r.get('segments_bytes')):>9} "
               f"{mib(r['heap_peak']):>10}")
     for r in results:
         if r["failed"] or r["docs"] != r["vectors"]:
