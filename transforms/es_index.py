@@ -38,8 +38,7 @@ def index_body(spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100
     if index_type.startswith("bbq") and spec.dim < 64:
         raise SpecError(f"{index_type} needs at least 64 dimensions; {spec.model} has {spec.dim}")
     vector = {"type": "dense_vector", "dims": spec.dim, "index": True, "similarity": spec.es_similarity,
-              "index_options": {"type": index_type}}
-    vector["index_options"] = vector_options(index_type, m, ef_construction)
+              "index_options": vector_options(index_type, m, ef_construction)}
     keyword = {"type": "keyword"}
     return {
         "settings": {"number_of_shards": shards, "number_of_replicas": 0, "refresh_interval": "-1"},
@@ -262,7 +261,7 @@ def plan_load(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, 
     `replicas` (after the load) defaults to what the index had. Raises SpecError on a spec mismatch,
     before anything is written. Only an index made by this load is loaded two-phase and merged.
     """
-    tuning = tuning or LoadTuning(translog_async=False, two_phase=False, force_merge=False)
+    tuning = tuning or LoadTuning()
     write_type = load_type(index_type) if tuning.two_phase else index_type
     current = alias_target(client, alias)
     fresh = False  # made now, by this job or a concurrent one
@@ -290,8 +289,8 @@ def plan_load(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, 
 
 def prepare_load(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100,
                  load_replicas=0, create_alias=True) -> tuple:
-    """(concrete index, replicas it had before) of `plan_load` with refresh off and replicas at
-    `load_replicas` only: one type throughout, no merge."""
+    """(concrete index, replicas it had before) of `plan_load` with the default tuning: refresh off and
+    replicas at `load_replicas`, one type throughout, no merge."""
     plan = plan_load(client, alias, spec, index_type, m, ef_construction, load_replicas, create_alias)
     return plan.concrete, plan.replicas
 
