@@ -441,7 +441,7 @@ LEVERS = {
     "bulk-2000x4": (es_index.LoadTuning(translog_async=True, two_phase=True), 2000, 4),
     "default": (es_index.LoadTuning(), 1000, 3),  # what `facebeam index` does now
 }
-DEFAULT_VARIANTS = "hnsw/before,hnsw/async,hnsw/two-phase,int8_hnsw/before"  # each ends merged: bench query reuses it
+DEFAULT_VARIANTS = "hnsw/before,hnsw/two-phase,int8_hnsw/before"  # each ends merged: bench query reuses it
 
 
 def variants(text: str, types: list, source_vectors: str) -> list:
