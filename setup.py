@@ -39,7 +39,8 @@ setup(
         "requests>=2.31",
         "tenacity>=8.2",
     ],
-    # bench: faster JSON for bulk vectors (orjson), the recall-vs-QPS plot (matplotlib).
-    extras_require={"test": ["pytest>=8"], "bench": ["orjson>=3.9", "matplotlib>=3.8"]},
+    # bench: faster JSON for bulk vectors (orjson), the recall-vs-QPS plot (matplotlib), the load anchor
+    # (hnswlib: bench index builds the same vectors with it, the rate Elasticsearch's load is held to).
+    extras_require={"test": ["pytest>=8"], "bench": ["orjson>=3.9", "matplotlib>=3.8", "hnswlib>=0.8,<1"]},
     entry_points={"console_scripts": ["facebeam=facebeam.pipelines.cli:entry"]},
 )

@@ -201,7 +201,8 @@ def test_credentials_refused_mid_load_stop_the_job_in_one_line_and_a_rerun_compl
     concrete = es_index.alias_target(es_client, alias)
     assert "refused the load with HTTP 401" in errors[0] and "Nothing was dead-lettered" in errors[0]
     # The restore was refused too: the message gives the exact call.
-    assert f'PUT /{concrete}/_settings {{"index": {{"refresh_interval": null, "number_of_replicas": 0}}}}' in errors[0]
+    assert (f'PUT /{concrete}/_settings {{"index": {{"refresh_interval": null, "number_of_replicas": 0, '
+            '"translog": {"durability": null}, "merge": {"scheduler": {"max_thread_count": null}}}}') in errors[0]
     assert parquet_rows_under(tmp_path / "index-errors") == []
     assert 0 < count(es_client, alias) < len(rows)
 

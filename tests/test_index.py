@@ -149,3 +149,73 @@ def test_node_killed_mid_load_loses_nothing(tmp_path, es_cluster_factory):
     assert summary["failed"] == 0 and summary["indexed"] >= len(rows)
     assert count(client, "faces") == len(rows)
     assert read_rows(summary["index_errors"]) == []
+
+
+def test_default_load_restores_the_settings_and_every_doc_is_searchable(tmp_path, es_client, alias):
+    """The measured-best load (es_index.LoadTuning's defaults: async translog during the load): afterwards the
+    settings are as before the load and every doc answers, by id and by its vector. Run twice: a new index,
+    then a re-load into it."""
+    rows = synthetic_shards(str(tmp_path), 3000, EmbeddingSpec(), files=4)
+    ids = [r["face_id"] for r in rows]
+    for attempt in range(2):
+        summary = job(index, ["--shards", str(tmp_path), "--index", alias, "--es-conn", CONN])
+        assert summary["failed"] == 0 and summary["indexed"] == summary["doc_count"] == len(rows)
+        concrete = summary["concrete_index"]
+        settings = es_client.indices.get_settings(index=concrete, flat_settings=True).body[concrete]["settings"]
+        assert settings["index.number_of_replicas"] == "0"  # as a new index has it on one node
+        for key in ("index.refresh_interval", "index.translog.durability", "index.merge.scheduler.max_thread_count"):
+            assert key not in settings, (attempt, key, settings[key])  # back to Elasticsearch's defaults
+        field = es_client.indices.get_mapping(index=concrete).body[concrete]["mappings"]["properties"]["embedding"]
+        assert field["index_options"] == {"type": "hnsw", "m": 16, "ef_construction": 100}
+        assert count(es_client, alias) == len(rows)
+        hits = es_client.search(index=alias, query={"ids": {"values": ids}}, size=len(ids), _source=False).body
+        assert sorted(h["_id"] for h in hits["hits"]["hits"]) == sorted(ids)
+        assert self_scores(es_client, alias, rows) == [(i, 1.0) for i in ids]
+
+
+def self_scores(client, alias, rows) -> list:
+    """(id, score) of a kNN search by each row's vector, filtered to its own face (an exact search over the
+    filter): 1.0, distance 0, when the vector is intact and searchable. The graph's own answers are checked on
+    the real sample above: random 128-d vectors are HNSW's hard case, where ~1% of self-queries miss even at
+    1,000 candidates, merged or not."""
+    scores = []
+    for start in range(0, len(rows), 500):
+        searches = []
+        for r in rows[start:start + 500]:
+            searches += [{"index": alias}, {"knn": {"field": "embedding", "query_vector": r["embedding"], "k": 1,
+                                                    "num_candidates": 10, "filter": {"ids": {"values": [r["face_id"]]}}},
+                                            "_source": False, "size": 1}]
+        scores += [(a["hits"]["hits"][0]["_id"], a["hits"]["hits"][0]["_score"])
+                   for a in client.msearch(searches=searches).body["responses"]]
+    return scores
+
+
+def test_two_phase_load_ends_with_one_graph_even_from_one_flat_segment(tmp_path, es_client, alias):
+    """The two-phase lever (bench index): flat during the load, then HNSW and a force merge. A load that left
+    a single flat segment is still rewritten with its graph (a lone segment is one a merge would skip)."""
+    from facebeam.transforms.es_index import LoadTuning, finish_plan, plan_load
+
+    rows = synthetic_shards(str(tmp_path), 3000, EmbeddingSpec(), files=1)
+    plan = plan_load(es_client, alias, EmbeddingSpec(), "hnsw", tuning=LoadTuning(two_phase=True, force_merge=True))
+    concrete = plan.concrete
+    field = es_client.indices.get_mapping(index=concrete).body[concrete]["mappings"]["properties"]["embedding"]
+    assert field["index_options"]["type"] == "flat" and plan.merge
+    ok, errors = helpers.bulk(es_client, ({"_index": concrete, "_id": r["face_id"], **es_mapping.document(r)}
+                                          for r in rows), chunk_size=len(rows), raise_on_error=False)
+    assert ok == len(rows) and not errors
+    es_client.indices.refresh(index=concrete)
+    assert es_mapping.lone_segments(es_client, concrete) == ["0"]  # one flat segment
+    assert finish_plan(es_client, plan) == len(rows)
+    field = es_client.indices.get_mapping(index=concrete).body[concrete]["mappings"]["properties"]["embedding"]
+    assert field["index_options"] == {"type": "hnsw", "m": 16, "ef_construction": 100}
+    stats = es_client.indices.stats(index=concrete, metric="segments").body["indices"][concrete]
+    assert stats["primaries"]["segments"]["count"] == 1
+    settings = es_client.indices.get_settings(index=concrete, flat_settings=True).body[concrete]["settings"]
+    assert not {"index.refresh_interval", "index.translog.durability"} & set(settings)
+    # The segment searches through a graph now: a kNN search compares far fewer vectors than the 3,000 a
+    # flat (exact) segment compares.
+    profile = es_client.search(index=alias, knn={"field": "embedding", "query_vector": rows[0]["embedding"], "k": 10,
+                                                 "num_candidates": 10}, profile=True, _source=False).body["profile"]
+    ops = profile["shards"][0]["dfs"]["knn"][0]["vector_operations_count"]
+    assert 0 < ops < len(rows) / 2, ops
+    assert self_scores(es_client, alias, rows) == [(r["face_id"], 1.0) for r in rows]

@@ -9,6 +9,7 @@ alias (one atomic request); a creator that finds its name taken
 and one whose fresh version ends up beside another behind the alias withdraws it (the lower
 version, created first, wins).
 """
+import dataclasses
 import json
 import logging
 import re
@@ -37,9 +38,7 @@ def index_body(spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100
     if index_type.startswith("bbq") and spec.dim < 64:
         raise SpecError(f"{index_type} needs at least 64 dimensions; {spec.model} has {spec.dim}")
     vector = {"type": "dense_vector", "dims": spec.dim, "index": True, "similarity": spec.es_similarity,
-              "index_options": {"type": index_type}}
-    if "hnsw" in index_type:
-        vector["index_options"].update(m=m, ef_construction=ef_construction)
+              "index_options": vector_options(index_type, m, ef_construction)}
     keyword = {"type": "keyword"}
     return {
         "settings": {"number_of_shards": shards, "number_of_replicas": 0, "refresh_interval": "-1"},
@@ -127,13 +126,13 @@ def already_exists(e) -> bool:
 
 
 def create_version(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100,
-                   with_alias: bool = False) -> str:
+                   with_alias: bool = False, shards: int = 1) -> str:
     """A new, empty concrete index for `spec`; behind the alias only `with_alias` (in the same request).
 
     Raises the client's `resource_already_exists_exception` error when a concurrent creator took the name.
     """
     concrete = concrete_name(alias, spec, next_version(client, alias, spec))
-    body = index_body(spec, index_type, m, ef_construction)
+    body = index_body(spec, index_type, m, ef_construction, shards)
     if with_alias:
         body["aliases"] = {alias: {}}
     client.indices.create(index=concrete, **body)
@@ -146,10 +145,11 @@ def _version_of(name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _join_alias(client, alias: str, spec: EmbeddingSpec, index_type, m, ef_construction, wait_s: float = 10.0) -> str:
-    """The concrete index behind `alias`, creating it (with the alias) unless a concurrent creator did."""
+def _join_alias(client, alias: str, spec: EmbeddingSpec, index_type, m, ef_construction, wait_s: float = 10.0,
+                shards: int = 1) -> tuple:
+    """(the concrete index behind `alias`, made here): created (with the alias) unless a concurrent creator did."""
     try:
-        concrete = create_version(client, alias, spec, index_type, m, ef_construction, with_alias=True)
+        concrete = create_version(client, alias, spec, index_type, m, ef_construction, with_alias=True, shards=shards)
     except Exception as e:
         if not already_exists(e):
             raise
@@ -159,15 +159,15 @@ def _join_alias(client, alias: str, spec: EmbeddingSpec, index_type, m, ef_const
             time.sleep(0.2)
         if current is None:
             raise
-        return current
+        return current, False
     # A creator that read the versions before ours existed may have put its own version beside it.
     targets = sorted(client.indices.get_alias(name=alias).body, key=_version_of)
     if len(targets) > 1 and targets[0] != concrete:
         client.indices.update_aliases(actions=[{"remove": {"index": concrete, "alias": alias}}])
         client.options(ignore_status=404).indices.delete(index=concrete)
         log.info("another job created %s behind %s first; using it", targets[0], alias)
-        return targets[0]
-    return concrete
+        return targets[0], False
+    return concrete, True
 
 
 def swap_alias(client, alias: str, old: str, new: str) -> None:
@@ -180,19 +180,96 @@ def data_nodes(client) -> int:
     return int(client.cluster.health().body["number_of_data_nodes"])
 
 
-def prepare_load(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100,
-                 load_replicas=0, create_alias=True) -> tuple:
-    """Find or create the concrete index for `spec` behind `alias`; set it up for a bulk load.
+@dataclasses.dataclass(frozen=True)
+class LoadTuning:
+    """How a bulk load runs; the defaults are the best `facebeam bench index` measured that loses nothing.
+
+    During the load refresh is off and replicas are at the load's count; with these, also:
+    translog_async: no fsync per bulk request (index.translog.durability: async). Off by default: a node
+      killed mid-load loses its last acknowledged docs (106 of 20,000 in test_faults' restart test), which
+      nothing re-sends; a lever for loads that are re-run from scratch anyway.
+    merge_threads: index.merge.scheduler.max_thread_count during the load (None: Elasticsearch's).
+    two_phase: a new index is loaded with the flat type of its HNSW type (no graph per segment), and
+      switched to the HNSW type at the end, where the merge builds one graph (needs force_merge).
+    force_merge: a new index is merged to `merge_segments` segments (per shard) at the end, so a query
+      searches that many graphs.
+    shards: primary shards of a new index.
+    """
+
+    translog_async: bool = False
+    merge_threads: int | None = None
+    two_phase: bool = False
+    force_merge: bool = False
+    merge_segments: int = 1
+    shards: int = 1
+
+    def __post_init__(self):
+        if self.merge_threads is not None and self.merge_threads < 1:
+            raise UserError("merge threads must be at least 1")
+        if self.merge_segments < 1:
+            raise UserError("merge segments must be at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadPlan:
+    """What a load does at its end: restore the settings, and for a new index the switch and the merge."""
+
+    concrete: str
+    replicas: int  # after the load
+    index_options: dict | None = None  # two-phase: the vector's index_options to switch to at the end
+    merge: bool = False  # force merge at the end
+    segments: int = 1  # ... to this many segments
+
+
+def load_type(index_type: str) -> str:
+    """The flat type a two-phase load writes for `index_type` (hnsw -> flat, int8_hnsw -> int8_flat, ...)."""
+    return index_type.replace("hnsw", "flat")
+
+
+def vector_options(index_type: str, m: int, ef_construction: int) -> dict:
+    options = {"type": index_type}
+    if "hnsw" in index_type:
+        options.update(m=m, ef_construction=ef_construction)
+    return options
+
+
+def load_settings(tuning: LoadTuning, load_replicas: int = 0) -> dict:
+    """The index settings during a bulk load."""
+    index = {"refresh_interval": "-1", "number_of_replicas": load_replicas}
+    if tuning.translog_async:
+        index["translog"] = {"durability": "async"}
+    if tuning.merge_threads:
+        index["merge"] = {"scheduler": {"max_thread_count": tuning.merge_threads}}
+    return {"index": index}
+
+
+def restored_settings(replicas: int, merge_threads: bool = True) -> dict:
+    """The settings a load puts back: Elasticsearch's defaults, and the replicas the index had
+    (the merge threads stay as they are without `merge_threads`, for the final merge)."""
+    index = {"refresh_interval": None, "number_of_replicas": replicas, "translog": {"durability": None}}
+    if merge_threads:
+        index["merge"] = {"scheduler": {"max_thread_count": None}}
+    return {"index": index}
+
+
+def plan_load(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100,
+              load_replicas=0, create_alias=True, tuning: LoadTuning | None = None,
+              replicas: int | None = None) -> LoadPlan:
+    """Find or create the concrete index for `spec` behind `alias`; set it up for a bulk load (`tuning`).
 
     With create_alias=False a new version is always made and the alias is left alone (reindex).
-    Returns (concrete index, replicas it had before). Raises SpecError on a spec mismatch,
-    before anything is written.
+    `replicas` (after the load) defaults to what the index had. Raises SpecError on a spec mismatch,
+    before anything is written. Only an index made by this load is loaded two-phase and merged.
     """
+    tuning = tuning or LoadTuning()
+    write_type = load_type(index_type) if tuning.two_phase else index_type
     current = alias_target(client, alias)
     fresh = False  # made now, by this job or a concurrent one
+    made_here = False
     if current is None and create_alias:
         # Index and alias in one request: readers never see a half-made index. A concurrent creator is joined.
-        current, fresh = _join_alias(client, alias, spec, index_type, m, ef_construction), True
+        current, made_here = _join_alias(client, alias, spec, write_type, m, ef_construction, shards=tuning.shards)
+        fresh = True
     if current is not None and create_alias:
         spec.require_same(spec_of(client, current), what=f"index {current!r} behind alias {alias!r}")
         concrete = current
@@ -202,35 +279,91 @@ def prepare_load(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=1
             settings = client.indices.get_settings(index=concrete).body[concrete]["settings"]["index"]
             before = int(settings["number_of_replicas"])
     else:
-        concrete = create_version(client, alias, spec, index_type, m, ef_construction)
-        before = 1 if data_nodes(client) > 1 else 0
-    client.indices.put_settings(index=concrete,
-                                settings={"index": {"refresh_interval": "-1", "number_of_replicas": load_replicas}})
-    return concrete, before
+        concrete = create_version(client, alias, spec, write_type, m, ef_construction, shards=tuning.shards)
+        before, made_here = (1 if data_nodes(client) > 1 else 0), True
+    client.indices.put_settings(index=concrete, settings=load_settings(tuning, load_replicas))
+    switch = vector_options(index_type, m, ef_construction) if made_here and write_type != index_type else None
+    return LoadPlan(concrete, before if replicas is None else replicas, switch, made_here and tuning.force_merge,
+                    tuning.merge_segments)
+
+
+def prepare_load(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100,
+                 load_replicas=0, create_alias=True) -> tuple:
+    """(concrete index, replicas it had before) of `plan_load` with the default tuning: refresh off and
+    replicas at `load_replicas`, one type throughout, no merge."""
+    plan = plan_load(client, alias, spec, index_type, m, ef_construction, load_replicas, create_alias)
+    return plan.concrete, plan.replicas
 
 
 def restore_call(concrete: str, replicas: int) -> str:
     """The settings request that ends a load, for a person to run when the job could not."""
-    body = json.dumps({"index": {"refresh_interval": None, "number_of_replicas": replicas}})
-    return f"PUT /{concrete}/_settings {body}"
+    return f"PUT /{concrete}/_settings {json.dumps(restored_settings(replicas))}"
 
 
 class RestoreFailed(UserError):
     """The index settings could not be restored after a load; the message holds the call to run."""
 
 
-def finish_load(client, concrete: str, replicas: int, wait_s: int = 120, tries: int = 3, pause_s: float = 2.0) -> int:
-    """Restore refresh and replicas after a load, refresh, and return the doc count.
+def switch_vector(client, concrete: str, index_options: dict) -> None:
+    """The vector field's index_options changed in place (flat -> hnsw; Elasticsearch 8.15+ allows it):
+    segments written from now on, and merged ones, get the new type."""
+    field = client.indices.get_mapping(index=concrete).body[concrete]["mappings"]["properties"]["embedding"]
+    client.indices.put_mapping(index=concrete, properties={"embedding": {**field, "index_options": index_options}})
 
-    A cluster that refuses (401/403) or stays unreachable raises `RestoreFailed`, whose message
-    gives the exact settings call to run once it is back.
+
+def lone_segments(client, concrete: str) -> list:
+    """The primary shards that hold a single segment."""
+    shards = client.indices.stats(index=concrete, metric="segments", level="shards").body["indices"][concrete]["shards"]
+    return [n for n, copies in shards.items() for c in copies if c["routing"]["primary"] and c["segments"]["count"] == 1]
+
+
+def second_segments(client, concrete: str, tries: int = 64) -> None:
+    """A force merge leaves a shard's lone segment as it is, flat after a two-phase load: the delete of an id
+    no face has writes a tombstone into a new segment, so the merge rewrites the flat one with its graph."""
+    for i in range(tries):
+        if not lone_segments(client, concrete):
+            return
+        client.options(ignore_status=404).delete(index=concrete, id=f"facebeam-two-phase-{i}")
+        client.indices.refresh(index=concrete)
+    log.warning("index %s: shards %s still hold one segment; their vectors stay flat (exact) until a merge",
+                concrete, lone_segments(client, concrete))
+
+
+def wait_task(client, task_id: str, poll: float = 2.0) -> dict:
+    """Poll a background task (a force merge can outlast any HTTP timeout) until it completes."""
+    while True:
+        t = client.tasks.get(task_id=task_id).body
+        if t.get("completed"):
+            if t.get("error"):
+                raise RuntimeError(f"task {task_id} failed: {t['error']}")
+            return t
+        time.sleep(poll)
+
+
+def force_merge(client, concrete: str, segments: int = 1) -> None:
+    """Force merge to `segments` segments, waited for as a task; in a two-phase load this builds the graph."""
+    task = client.indices.forcemerge(index=concrete, max_num_segments=segments, wait_for_completion=False).body["task"]
+    wait_task(client, task)
+    client.indices.refresh(index=concrete)
+
+
+def finish_load(client, concrete: str, replicas: int, wait_s: int = 120, tries: int = 3, pause_s: float = 2.0,
+                index_options: dict | None = None, merge: bool = False, segments: int = 1) -> int:
+    """Restore the settings after a load (`restored_settings`), refresh, and return the doc count.
+
+    A two-phase load first switches the vector to `index_options`; with `merge` the index is then
+    merged to `segments` segments (which builds the graphs of a two-phase load), with the load's
+    merge threads, restored after. A cluster that refuses
+    (401/403) or stays unreachable raises `RestoreFailed`, whose message gives the exact calls to
+    run once it is back.
     """
     from elasticsearch import ApiError, AuthenticationException, AuthorizationException, TransportError
 
     for attempt in range(tries):
         try:
-            client.indices.put_settings(index=concrete,
-                                        settings={"index": {"refresh_interval": None, "number_of_replicas": replicas}})
+            if index_options:
+                switch_vector(client, concrete, index_options)
+            client.indices.put_settings(index=concrete, settings=restored_settings(replicas, merge_threads=not merge))
             client.indices.refresh(index=concrete)
             break
         except (AuthenticationException, AuthorizationException, TransportError, ApiError) as e:
@@ -238,21 +371,36 @@ def finish_load(client, concrete: str, replicas: int, wait_s: int = 120, tries: 
             final = attempt == tries - 1 or isinstance(e, (AuthenticationException, AuthorizationException)) or (
                 isinstance(status, int) and status < 500)
             if final:
+                calls = f"`{restore_call(concrete, replicas)}` and `POST /{concrete}/_refresh`"
+                if index_options:
+                    calls = (f"`PUT /{concrete}/_mapping` with embedding.index_options {json.dumps(index_options)}, "
+                             f"{calls}, then `POST /{concrete}/_forcemerge?max_num_segments=1`")
                 what = f"HTTP {status}" if isinstance(status, int) else type(e).__name__
                 if es_conn.block_of(e):  # a block, not the credentials: say which and how to lift it
                     what, lift = es_conn.block_of(e)
                     raise RestoreFailed(f"could not restore the settings of index {concrete} after the load: {what} "
-                                        f"is set; lift it ({lift.format(index=concrete)}), then run "
-                                        f"`{restore_call(concrete, replicas)}` and `POST /{concrete}/_refresh` "
+                                        f"is set; lift it ({lift.format(index=concrete)}), then run {calls} "
                                         "(or run the same load again)") from None
                 raise RestoreFailed(f"could not restore the settings of index {concrete} after the load ({what}); "
-                                    f"it still has refresh off: once the cluster accepts you, run "
-                                    f"`{restore_call(concrete, replicas)}` then `POST /{concrete}/_refresh` "
+                                    f"it still has refresh off: once the cluster accepts you, run {calls} "
                                     "(or run the same load again)") from None
             time.sleep(pause_s)
+    if merge:
+        try:
+            if index_options:
+                second_segments(client, concrete)
+            force_merge(client, concrete, segments)
+        finally:
+            client.indices.put_settings(index=concrete, settings={"index.merge.scheduler.max_thread_count": None})
     if replicas and replicas < data_nodes(client):
         health = client.options(request_timeout=wait_s + 15).cluster.health(
             index=concrete, wait_for_status="green", timeout=f"{wait_s}s").body
         if health.get("timed_out"):
             log.warning("index %s is %s: its %d replica(s) are not all allocated yet", concrete, health["status"], replicas)
     return int(client.count(index=concrete).body["count"])
+
+
+def finish_plan(client, plan: LoadPlan, completed: bool = True) -> int:
+    """`finish_load` of a plan; a load that did not complete is switched but not merged."""
+    return finish_load(client, plan.concrete, plan.replicas, index_options=plan.index_options,
+                       merge=plan.merge and completed, segments=plan.segments)

@@ -2,11 +2,11 @@
 
 `open_target` connects (failing fast), checks the spec and readies the index before any
 pipeline starts; `LoadFaces` is the Beam part (bulk writes, dead letters to Parquet, one
-folder per load: see `shards.index_errors`); `loading` restores refresh and replicas whatever
-happens in the job. When the cluster refuses that too (401/403, or it is down), the job does
-not end in a traceback: the error says which settings call restores the index. A job that
-failed on a user error (a cluster that stays down, changed credentials) keeps its own message,
-with the restore instruction added.
+folder per load: see `shards.index_errors`); `loading` restores the settings whatever happens
+in the job, and a new index gets its graph at the end (`es_index.LoadTuning`). When the cluster
+refuses that too (401/403, or it is down), the job does not end in a traceback: the error says
+which settings call restores the index. A job that failed on a user error (a cluster that stays
+down, changed credentials) keeps its own message, with the restore instruction added.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class LoadConfig:
     ef_construction: int = 100
     replicas: int | None = None  # after the load; None keeps what the index had
     load_replicas: int = 0
+    tuning: es_index.LoadTuning = es_index.LoadTuning()  # the measured best load (bench index)
 
 
 @dataclasses.dataclass
@@ -47,6 +48,7 @@ class LoadTarget:
     concrete: str
     replicas: int
     count: int | None = None
+    plan: es_index.LoadPlan | None = None  # what the end of the load does; None: restore the settings only
 
     def bulk(self, load: LoadConfig) -> BulkConfig:
         return dataclasses.replace(load.bulk, index=self.concrete)
@@ -56,9 +58,15 @@ def open_target(conn: es_conn.EsConnection, load: LoadConfig, spec: EmbeddingSpe
     """Connect (failing fast), check the spec and make the index ready for a bulk load."""
     client = conn.client()
     es_conn.check(client, conn)
-    concrete, before = es_index.prepare_load(client, load.alias, spec, load.index_type, load.m, load.ef_construction,
-                                             load_replicas=load.load_replicas)
-    return LoadTarget(conn, client, load.alias, concrete, before if load.replicas is None else load.replicas)
+    plan = es_index.plan_load(client, load.alias, spec, load.index_type, load.m, load.ef_construction,
+                              load_replicas=load.load_replicas, tuning=load.tuning, replicas=load.replicas)
+    return LoadTarget(conn, client, load.alias, plan.concrete, plan.replicas, plan=plan)
+
+
+def finish(target: LoadTarget, completed: bool = True) -> int:
+    """Settings restored (and, for a new index, the vector switched and merged: `es_index.finish_plan`)."""
+    plan = target.plan or es_index.LoadPlan(target.concrete, target.replicas)
+    return es_index.finish_plan(target.client, plan, completed)
 
 
 @contextlib.contextmanager
@@ -73,7 +81,7 @@ def loading(target: LoadTarget):
         yield target
     except BaseException as failure:
         try:
-            target.count = es_index.finish_load(target.client, target.concrete, target.replicas)
+            target.count = finish(target, completed=False)
         except es_index.RestoreFailed as restore:
             if isinstance(failure, UserError):
                 raise _with_note(failure, f"also, {restore}") from None
@@ -82,7 +90,7 @@ def loading(target: LoadTarget):
             log.error("after the failed load, finishing index %s failed too: %s: %s",
                       target.concrete, type(other).__name__, other)
         raise
-    target.count = es_index.finish_load(target.client, target.concrete, target.replicas)
+    target.count = finish(target)
 
 
 def _with_note(error: UserError, note: str) -> UserError:

@@ -1,32 +1,37 @@
-"""facebeam bench index: synthetic face vectors into a local Elasticsearch node, timed until searchable.
+"""facebeam bench index: load levers side by side on the same synthetic vectors, each timed until it answers.
 
-    facebeam bench index --vectors 1000000 [--index-types hnsw,int8_hnsw] [--es-home DIR] [--port P]
-                         [--heap 4g] [--chunk-docs 1000] [--workers N] [--driver threads|beam]
-                         [--java-home DIR] [--json FILE] [--keep]
+    facebeam bench index --vectors 100000 [--variants TYPE/LEVER,...] [--index-types hnsw,int8_hnsw]
+                         [--probes 200] [--target-recall 0.95] [--hnswlib yes|no] [--es-home DIR] [--port P]
+                         [--heap 4g] [--chunk-docs N] [--workers N] [--driver threads|beam] [--java-home DIR]
+                         [--json FILE] [--keep]
 
 The vectors come from `transforms.synthetic`, fitted once on the sample's real
 embeddings (kept in --stats; made by running the embed job on --sample if missing).
-For each index type: a fresh index (the project's mapping and load settings), bulk
-loads through the Beam `IndexFaces` transform on the local runner (or
-`transforms.es_sink.bulk_index` from a thread pool with --driver threads), refresh, then a force merge to one
-segment, which completes the HNSW graph. "load" is the bulk phase plus refresh,
-"load+merge" runs until the data is searchable as one graph. Also printed: size on
-disk (_stats/store and the _disk_usage breakdown of the vector field), the node's
-heap, and where the CPU went (the node, this client, the rest of the machine).
+Each variant (--variants; LEVERS below) loads them into a fresh index the way `facebeam index`
+does with that variant's `es_index.LoadTuning` (translog durability, merge threads, a two-phase
+flat -> HNSW build, a force merge) and bulk shape (docs per request, concurrent senders). Two
+times per variant: the bulk phase, and from the first bulk request until the index answers at
+the query target: recall@10 >= --target-recall on --probes fixed probes against the exact top
+10, at the first num_candidates of --sweep that reaches it (its p50 is printed), whatever the
+segment count. It is checked after the settings are restored (the segments the bulk left) and
+again after the force merge if the variant has one; the merge counts, the searches do not. The
+flat segments of a two-phase load before its merge are an exact scan, printed but not counted.
 
-The bench cluster (one node under --es-home, port 9290) is reused if it is running
-and stopped at the end unless --keep; `facebeam bench query` reuses its indices.
+Side by side on the same vectors, the anchors: hnswlib's 2-thread build (--hnswlib, the `bench`
+extra) with the same m and ef_construction, and the embedded HNSW index (`transforms/ann.py`,
+faiss-cpu; --embedded no|only). Every variant's rate is printed as a ratio to hnswlib's, against
+the target of 0.5x. Also printed: store size, the node's peak heap during the load, where the
+CPU went (the node, this client, the rest of the machine).
 
-Side by side on the same vectors: the embedded HNSW index (`transforms/ann.py`, faiss-cpu,
-same m and ef_construction; --embedded no|only), built from the same face rows and saved;
-its build vectors/s and bytes on disk are printed next to Elasticsearch's. Elasticsearch
-indices are loaded with the vectors left out of `_source` (the mapping facebeam uses) and, with
---source-vectors both (the default), also with them kept there (how facebeam mapped them
-before), to show the store size and load rate before and after.
+The bench cluster (one node under --es-home, port 9290) is reused if it is running and stopped at
+the end unless --keep. `facebeam bench query` reuses the last one-segment index of each type
+(alias `bench-<type>-<n>-s<seed>`); --source-vectors included|both also loads the vectors kept in
+`_source` (the mapping before), for the store size before and after.
 """
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,11 +43,13 @@ import time
 from pathlib import Path
 
 import apache_beam as beam
+import numpy as np
 
 from facebeam.pipelines import options
 from facebeam.pipelines.bench import synthetic
 from facebeam.pipelines.local import elasticsearch as es_local
 from facebeam.transforms import es_index, records
+from facebeam.transforms.errors import UserError
 from facebeam.transforms.es_conn import EsConnection, EsError
 from facebeam.transforms.es_sink import BulkConfig, bulk_index
 from facebeam.transforms.sources import Inputs
@@ -60,7 +67,7 @@ ANCHORS = [
     ("managed vector DB (14 min per 100k)", 100_000 / (14 * 60)),
     ("NMSLIB (1M in 264 s)", 1_000_000 / 264),
 ]
-TARGET_VECTORS_PER_S = 5000
+TARGET_HNSWLIB_RATIO = 0.5  # issue 24: load until the index answers >= 0.5x hnswlib's 2-thread build
 
 
 # --- shared with bench query ------------------------------------------------------------------
@@ -259,16 +266,17 @@ class Sampler(threading.Thread):
         self.join(5)
 
 
-def load_threads(conn, maker: RowMaker, cfg: BulkConfig, workers: int, task_rows: int) -> dict:
-    """bulk_index from `workers` threads, each on its own ranges of rows; one shared client."""
+def load_threads(conn, maker: RowMaker, cfg: BulkConfig, workers: int, task_rows: int, rows=None) -> dict:
+    """bulk_index from `workers` threads, each on its own ranges of rows (made there, or sliced from
+    `rows` made before the clock starts); one shared client."""
     client = conn.client(request_timeout=300)
     done = {"indexed": 0, "failed": 0, "retried": 0}
     lock = threading.Lock()
     failures = []
 
     def task(start):
-        rows = maker.rows(start, min(start + task_rows, maker.faces.n))
-        outcome = bulk_index(client, rows, cfg)
+        stop = min(start + task_rows, maker.faces.n)
+        outcome = bulk_index(client, rows[start:stop] if rows is not None else maker.rows(start, stop), cfg)
         with lock:
             done["indexed"] += outcome.indexed
             done["retried"] += outcome.retried
@@ -332,24 +340,19 @@ class _SyntheticRows(beam.DoFn):
         yield from self._maker.rows(*rng)
 
 
-def wait_task(client, task_id: str, poll: float = 2.0) -> dict:
-    """Poll a background task (a force merge can outlast any HTTP timeout) until it completes."""
-    while True:
-        t = client.tasks.get(task_id=task_id).body
-        if t.get("completed"):
-            if t.get("error"):
-                raise RuntimeError(f"task {task_id} failed: {t['error']}")
-            return t
-        time.sleep(poll)
-
-
-def disk_usage(client, index: str) -> dict:
-    """Store size, and what the vector field takes (raw floats, quantized copy, graph) per _disk_usage."""
+def disk_usage(client, index: str, breakdown: bool = True) -> dict:
+    """Store size, and (`breakdown`) what the vector field takes (raw floats, quantized copy, graph) per _disk_usage."""
     store = client.indices.stats(index=index, metric="store,segments,indexing,merge,refresh,flush").body
     prim = store["indices"][index]["primaries"]
+    live = client.indices.segments(index=index).body["indices"][index]["shards"]
     out = {"store_bytes": prim["store"]["size_in_bytes"], "segments": prim["segments"]["count"],
+           # the live segments alone: the store can still hold files a merge replaced
+           "segments_bytes": sum(seg["size_in_bytes"] for copies in live.values() for c in copies
+                                 if c["routing"]["primary"] for seg in c["segments"].values()),
            "index_time_ms": prim["indexing"]["index_time_in_millis"],
            "merge_time_ms": prim["merges"]["total_time_in_millis"], "flushes": prim["flush"]["total"]}
+    if not breakdown:
+        return out
     try:
         usage = client.options(request_timeout=600).indices.disk_usage(index=index, run_expensive_tasks=True).body
         fields = usage[index]["fields"]
@@ -401,65 +404,226 @@ def bench_embedded(ns, spec, faces, maker) -> dict:
             "machine_busy_load": _busy_share(busy0, busy1)}
 
 
-def bench_type(conn, client, ns, spec, faces, maker, index_type: str, source_vectors: bool = False) -> dict:
-    """One Elasticsearch index type; `source_vectors` keeps the vectors in `_source` too (the old mapping)."""
-    alias = alias_for(index_type + ("-src" if source_vectors else ""), faces.n, faces.seed)
+# --- load variants -----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One way to load: the bulk shape and the index settings (`es_index.LoadTuning`) of the load."""
+
+    lever: str
+    index_type: str  # what the index answers with at the end
+    tuning: es_index.LoadTuning
+    chunk_docs: int = 1000
+    workers: int = 3
+    source_vectors: bool = False  # vectors kept in _source too (the mapping before)
+
+    @property
+    def name(self) -> str:
+        return f"{self.index_type}/{self.lever}" + ("+src" if self.source_vectors else "")
+
+
+BEFORE = es_index.LoadTuning(translog_async=False, two_phase=False, force_merge=True)  # facebeam index until now
+LEVERS = {
+    # name: (tuning, docs per bulk request, senders)
+    "before": (BEFORE, 1000, 3),
+    "async": (es_index.LoadTuning(translog_async=True, two_phase=False, force_merge=True), 1000, 3),
+    "merge2": (es_index.LoadTuning(merge_threads=2), 1000, 3),
+    "async-merge2": (es_index.LoadTuning(translog_async=True, merge_threads=2), 1000, 3),
+    "async-nomerge": (es_index.LoadTuning(translog_async=True), 1000, 3),
+    "direct-500x2": (es_index.LoadTuning(), 500, 2),
+    "direct-2000x4": (es_index.LoadTuning(), 2000, 4),
+    "two-phase": (es_index.LoadTuning(translog_async=True, two_phase=True, force_merge=True), 1000, 3),
+    "two-phase-sync": (es_index.LoadTuning(translog_async=False, two_phase=True, force_merge=True), 1000, 3),
+    # two primary shards: two graphs, one per shard, each merged to one segment
+    "two-phase-2shards": (es_index.LoadTuning(two_phase=True, force_merge=True, shards=2), 1000, 3),
+    # bulk shape only: a flat load, not merged (no graph: its time to answer is not counted)
+    "bulk-500x2": (es_index.LoadTuning(translog_async=True, two_phase=True), 500, 2),
+    "bulk-1000x3": (es_index.LoadTuning(translog_async=True, two_phase=True), 1000, 3),
+    "bulk-2000x4": (es_index.LoadTuning(translog_async=True, two_phase=True), 2000, 4),
+    "default": (es_index.LoadTuning(), 1000, 3),  # what `facebeam index` does now
+}
+DEFAULT_VARIANTS = "hnsw/before,hnsw/two-phase,int8_hnsw/before"  # each ends merged: bench query reuses it
+
+
+def variants(text: str, types: list, source_vectors: str) -> list:
+    """`TYPE/LEVER,...` (or a bare LEVER: for each of `types`) -> Variants, in order."""
+    out = []
+    for word in [w.strip() for w in text.split(",") if w.strip()]:
+        index_type, _, lever = word.rpartition("/")
+        if lever not in LEVERS or (index_type and index_type not in es_index.INDEX_TYPES):
+            raise SystemExit(f"--variants: unknown {word!r}; TYPE/LEVER with LEVER one of {','.join(LEVERS)}")
+        tuning, chunk, workers = LEVERS[lever]
+        out += [Variant(lever, t, tuning, chunk, workers) for t in ([index_type] if index_type else types) if t in types]
+    if source_vectors in ("included", "both"):
+        extra = [dataclasses.replace(v, source_vectors=True) for v in out if v.lever in ("default", "before")]
+        out = extra if source_vectors == "included" else out + extra
+    return out
+
+
+def exact_truth(faces, queries, k: int):
+    """The exact top k of each probe among all N vectors (numpy, chunk by chunk)."""
+    from facebeam.transforms import knn
+
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    best = knn.empty_topk(len(q))
+    for start, x in faces.chunks(50_000):
+        best = knn.merge_topk(best, knn.topk_block(q, np.asarray(x, dtype=np.float32), k, x_offset=start), k)
+    return best[0]
+
+
+def knn_body(vector, k: int, num_candidates: int) -> dict:
+    return {"knn": {"field": "embedding", "query_vector": vector, "k": k, "num_candidates": num_candidates},
+            "size": k, "_source": False, "docvalue_fields": ["image_path"]}
+
+
+def answer_at_target(client, index: str, probes, truth, k: int, sweep, target: float) -> dict:
+    """recall@k and p50 of single searches at each num_candidates of `sweep` until recall reaches `target`.
+
+    Returns the first point that reaches it (reached=True), else the last one.
+    """
+    vectors = probes.tolist()
+    point = {}
+    for nc in sweep:
+        for v in vectors[:20]:  # warm this setting
+            client.search(index=index, **knn_body(v, k, nc))
+        lat, took, hits = [], [], 0
+        for v, want in zip(vectors, truth):
+            t0 = time.perf_counter()
+            r = client.search(index=index, **knn_body(v, k, nc)).body
+            lat.append(1000 * (time.perf_counter() - t0))
+            took.append(r["took"])
+            rows = {int(h["fields"]["image_path"][0].rsplit("/", 1)[1].split(".", 1)[0]) for h in r["hits"]["hits"]}
+            hits += len(rows & set(want[:k].tolist()))
+        point = {"num_candidates": nc, "recall": round(hits / (k * len(vectors)), 4),
+                 "p50_ms": round(float(np.percentile(lat, 50)), 2), "took_p50_ms": float(np.percentile(took, 50))}
+        if point["recall"] >= target:
+            return {**point, "reached": True}
+    return {**point, "reached": False}
+
+
+def segments(client, index: str) -> int:
+    """Segments of all primary shards together."""
+    return client.indices.stats(index=index, metric="segments").body["indices"][index]["primaries"]["segments"]["count"]
+
+
+def bench_variant(conn, client, ns, spec, faces, maker, variant: Variant, probes=None, truth=None, rows=None,
+                  alias=None) -> dict:
+    """One load, timed from the first bulk request until the index answers at the target.
+
+    The index is loaded as `facebeam index` would with the variant's tuning (`es_index.plan_load`,
+    `finish_plan`), except that the searches that check the target are not counted in the time:
+    after the settings are restored (the segments the bulk phase left) and after the merge.
+    """
+    alias = alias or alias_for(f"{variant.index_type}-{variant.lever}" + ("-src" if variant.source_vectors else ""),
+                               faces.n, faces.seed)
     old = list(client.indices.get(index=f"{alias}-*", ignore_unavailable=True).body)
     if old:
         client.indices.delete(index=",".join(old))
-    body = es_index.index_body(spec, index_type, ns.m, ns.ef_construction)
-    if source_vectors:
+    body = es_index.index_body(spec, es_index.load_type(variant.index_type) if variant.tuning.two_phase
+                               else variant.index_type, ns.m, ns.ef_construction, shards=variant.tuning.shards)
+    if variant.source_vectors:
         body["mappings"].pop("_source", None)
-    else:
-        body["mappings"]["_source"] = {"excludes": ["embedding"]}
     client.indices.create(index=es_index.concrete_name(alias, spec, 1), aliases={alias: {}}, **body)
-    concrete, replicas = es_index.prepare_load(client, alias, spec, index_type, ns.m, ns.ef_construction)
-    if ns.translog_async:  # no fsync per bulk request during the load; back to the default after
-        client.indices.put_settings(index=concrete, settings={"index": {"translog": {"durability": "async"}}})
-    cfg = BulkConfig(index=concrete, chunk_docs=ns.chunk_docs, chunk_bytes=ns.chunk_bytes)
+    plan = es_index.plan_load(client, alias, spec, variant.index_type, ns.m, ns.ef_construction, tuning=variant.tuning)
+    # plan_load joined the index made above: the switch and the merge are this variant's own.
+    plan = dataclasses.replace(plan, merge=variant.tuning.force_merge, segments=variant.tuning.merge_segments,
+                               index_options=es_index.vector_options(variant.index_type, ns.m, ns.ef_construction)
+                               if variant.tuning.two_phase else None)
+    concrete = plan.concrete
+    cfg = BulkConfig(index=concrete, chunk_docs=variant.chunk_docs, chunk_bytes=ns.chunk_bytes)
     es_cpu0, cpu0 = node_info(client)["cpu_ms"], _own_cpu_s()
-    log.info("%s: loading %d vectors into %s (%s, %d workers, %d docs/bulk)", index_type, faces.n, concrete,
-             ns.driver, ns.workers, ns.chunk_docs)
+    log.info("%s: loading %d vectors into %s (%s, %d senders, %d docs/bulk)", variant.name, faces.n, concrete,
+             ns.driver, variant.workers, variant.chunk_docs)
     busy0, t0 = _machine_busy(), time.perf_counter()
-    loader = load_beam if ns.driver == "beam" else load_threads
-    loaded = loader(conn, maker, cfg, ns.workers, ns.task_rows)
+    if ns.driver == "beam":
+        loaded = load_beam(conn, maker, cfg, variant.workers, ns.task_rows)
+    else:
+        loaded = load_threads(conn, maker, cfg, variant.workers, ns.task_rows, rows=rows)
     t_bulk = time.perf_counter() - t0
-    if ns.translog_async:
-        client.indices.put_settings(index=concrete, settings={"index": {"translog": {"durability": "request"}}})
-    docs = es_index.finish_load(client, concrete, replicas)
-    t_load = time.perf_counter() - t0
     es_cpu1, cpu1, busy1 = node_info(client)["cpu_ms"], _own_cpu_s(), _machine_busy()
-    seg_stats = client.indices.stats(index=concrete, metric="segments").body["indices"][concrete]
-    segments_before = seg_stats["primaries"]["segments"]["count"]
-    task = client.indices.forcemerge(index=concrete, max_num_segments=1, wait_for_completion=False).body["task"]
-    wait_task(client, task)
+    # The end of the load in two steps, to time a search before the merge: restore (+ switch), then merge.
+    # finish_load's first step (settings back, switch, refresh), with the merge threads kept for the merge
+    if plan.index_options:
+        es_index.switch_vector(client, concrete, plan.index_options)
+    client.indices.put_settings(index=concrete, settings=es_index.restored_settings(plan.replicas, merge_threads=False))
     client.indices.refresh(index=concrete)
-    t_all = time.perf_counter() - t0
+    docs = int(client.count(index=concrete).body["count"])
+    t_settle = time.perf_counter() - t0
+    segments_before = segments(client, concrete)
+    points = []
+    if probes is not None:
+        t1 = time.perf_counter()
+        point = answer_at_target(client, concrete, probes, truth, ns.k, ns.sweep, ns.target_recall)
+        paused = time.perf_counter() - t1
+        if plan.index_options:  # its segments are still flat: an exact scan, whose time grows with N, not an answer
+            point = {**point, "reached": False, "flat": True}
+        points.append({"after": "bulk + restore" + (" + switch" if plan.index_options else ""), "s": t_settle,
+                       "segments": segments_before, **point})
+    else:
+        paused = 0.0
+    t_merge = 0.0
+    if plan.merge:
+        t2 = time.perf_counter()
+        if plan.index_options:
+            es_index.second_segments(client, concrete)
+        es_index.force_merge(client, concrete, plan.segments)
+        t_merge = time.perf_counter() - t2
+        if probes is not None:
+            points.append({"after": f"+ force merge to {plan.segments}", "s": t_settle + t_merge,
+                           "segments": segments(client, concrete),
+                           **answer_at_target(client, concrete, probes, truth, ns.k, ns.sweep, ns.target_recall)})
+    t_all = time.perf_counter() - t0 - paused
     busy2 = _machine_busy()
+    client.indices.put_settings(index=concrete, settings=es_index.restored_settings(plan.replicas))
     client.indices.flush(index=concrete)  # commit, so the pre-merge segment files are gone from the store
     es_cpu2 = node_info(client)["cpu_ms"]
     info = node_info(client)
-    disk = disk_usage(client, concrete)
+    disk = disk_usage(client, concrete) if ns.disk_usage else disk_usage(client, concrete, breakdown=False)
+    reached = next((p for p in points if p["reached"]), None)
     result = {
-        "index_type": index_type + (" +_source vectors" if source_vectors else ""), "source_vectors": source_vectors,
+        "variant": variant.name, "lever": variant.lever, "index_type": variant.name,
+        "final_type": variant.index_type, "source_vectors": variant.source_vectors,
+        "tuning": dataclasses.asdict(variant.tuning), "chunk_docs": variant.chunk_docs, "workers": variant.workers,
         "alias": alias, "index": concrete, "vectors": faces.n, "docs": docs,
         "indexed": loaded["indexed"], "failed": loaded["failed"], "retried": loaded["retried"],
-        "bulk_s": round(t_bulk, 2), "load_s": round(t_load, 2), "merge_s": round(t_all - t_load, 2),
-        "total_s": round(t_all, 2), "load_vectors_per_s": round(faces.n / t_load, 1),
-        "total_vectors_per_s": round(faces.n / t_all, 1), "segments_before_merge": segments_before,
+        "bulk_s": round(t_bulk, 2), "bulk_vectors_per_s": round(faces.n / t_bulk, 1),
+        "load_s": round(t_settle, 2), "merge_s": round(t_merge, 2), "total_s": round(t_all, 2),
+        "load_vectors_per_s": round(faces.n / t_settle, 1), "total_vectors_per_s": round(faces.n / t_all, 1),
+        "points": points, "answer_s": round(reached["s"], 2) if reached else None,
+        "answer_vectors_per_s": round(faces.n / reached["s"], 1) if reached else None,
+        "segments_before_merge": segments_before,
         "es_cpu_load_s": round((es_cpu1 - es_cpu0) / 1000, 1), "es_cpu_merge_s": round((es_cpu2 - es_cpu1) / 1000, 1),
         "client_cpu_load_s": round(cpu1 - cpu0, 1) if ns.driver == "threads" else None,
         "machine_busy_load": _busy_share(busy0, busy1), "machine_busy_merge": _busy_share(busy1, busy2),
         "heap_used": info["heap_used"], "heap_max": info["heap_max"], "heap_peak": loaded["peak_heap"],
         **disk,
     }
-    state = read_state(ns.es_home)
-    state[alias] = {"index": concrete, "index_type": index_type, "source_vectors": source_vectors,
-                    "vectors": faces.n, "seed": faces.seed,
-                    "faces_per_identity": faces.faces_per_identity, "stats": stats_digest(faces.stats),
-                    "m": ns.m, "ef_construction": ns.ef_construction, "docs": docs}
-    write_state(ns.es_home, state)
     return result
+
+
+def register(ns, client, faces, r: dict, alias: str) -> None:
+    """A one-segment index for bench query: `alias` points at it, and the state file says what it holds."""
+    current = client.indices.get_alias(name=alias, ignore_unavailable=True).body if \
+        client.indices.exists_alias(name=alias) else {}
+    actions = [{"remove": {"index": i, "alias": alias}} for i in current if i != r["index"]]
+    client.indices.update_aliases(actions=actions + [{"add": {"index": r["index"], "alias": alias}}])
+    state = read_state(ns.es_home)
+    state[alias] = {"index": r["index"], "index_type": r["final_type"], "source_vectors": r["source_vectors"],
+                    "lever": r["lever"], "vectors": faces.n, "seed": faces.seed,
+                    "faces_per_identity": faces.faces_per_identity, "stats": stats_digest(faces.stats),
+                    "m": ns.m, "ef_construction": ns.ef_construction, "docs": r["docs"]}
+    write_state(ns.es_home, state)
+
+
+def bench_type(conn, client, ns, spec, faces, maker, index_type: str, source_vectors: bool = False) -> dict:
+    """`facebeam index`'s load of one index type, then merged to one segment (what bench query measures),
+    registered for bench query under `alias_for(index_type)`; no searches."""
+    tuning, chunk, workers = LEVERS["default"]
+    alias = alias_for(index_type + ("-src" if source_vectors else ""), faces.n, faces.seed)
+    merged = dataclasses.replace(tuning, force_merge=True)
+    r = bench_variant(conn, client, ns, spec, faces, maker,
+                      Variant("default+merge", index_type, merged, chunk, workers, source_vectors), alias=alias)
+    register(ns, client, faces, r, alias)
+    return r
 
 
 def _own_cpu_s() -> float:
@@ -488,6 +652,25 @@ def mib(b) -> str:
     return "n/a" if b is None else f"{b / 2**20:,.0f} MiB"
 
 
+def bench_hnswlib(ns, faces, threads: int = 2) -> dict:
+    """The anchor: hnswlib's build of the same vectors (same m, ef_construction) with `threads` threads."""
+    try:
+        import hnswlib
+    except ImportError:
+        raise UserError("bench index: the hnswlib anchor needs `pip install hnswlib` (the `bench` extra); "
+                        "or --hnswlib no") from None
+    x = np.ascontiguousarray(faces.vectors(), dtype=np.float32)
+    idx = hnswlib.Index(space="l2", dim=faces.dim)
+    cpu0, t0 = _own_cpu_s(), time.perf_counter()
+    idx.init_index(max_elements=faces.n, ef_construction=ns.ef_construction, M=ns.m)
+    idx.add_items(x, np.arange(faces.n), num_threads=threads)
+    build_s, cpu_s = time.perf_counter() - t0, _own_cpu_s() - cpu0
+    return {"library": f"hnswlib {getattr(hnswlib, '__version__', '')}".strip(), "threads": threads,
+            "build_s": round(build_s, 2), "build_vectors_per_s": round(faces.n / build_s, 1), "cpu_s": round(cpu_s, 1),
+            # the rate on `threads` free cores: what a shared machine's wall clock hides
+            "free_cores_vectors_per_s": round(faces.n * threads / max(cpu_s, 1e-9), 1)}
+
+
 def print_embedded(r: dict, es: list) -> None:
     print(f"embedded HNSW index ({r['library']}, m={r.get('m')}, ef_construction={r.get('ef_construction')}): "
           f"build {r['build_s']:.1f} s = {r['build_vectors_per_s']:,.0f} vectors/s, build + save "
@@ -496,64 +679,116 @@ def print_embedded(r: dict, es: list) -> None:
           + (f"; machine {r['machine_busy_load']:.0%} busy" if r.get("machine_busy_load") is not None else ""))
     for e in es:
         rate = r["build_vectors_per_s"]
-        print(f"  vs {e['index_type']:<28} load {e['load_vectors_per_s']:>8,.0f} v/s ({rate / e['load_vectors_per_s']:.2f}x), "
+        print(f"  vs {e['variant']:<28} bulk {e['bulk_vectors_per_s']:>8,.0f} v/s ({rate / e['bulk_vectors_per_s']:.2f}x), "
               f"load+merge {e['total_vectors_per_s']:>8,.0f} v/s ({rate / e['total_vectors_per_s']:.2f}x), "
               f"store {mib(e['store_bytes'])} ({e['store_bytes'] / r['bytes_on_disk']:.2f}x the embedded index)")
-    lean = {e["index_type"]: e for e in es if not e.get("source_vectors")}
+    lean = {(e["final_type"], e["lever"]): e for e in es if not e.get("source_vectors")}
     for e in es:
-        base = lean.get(e["index_type"].replace(" +_source vectors", ""))
+        base = lean.get((e["final_type"], e["lever"]))
         if e.get("source_vectors") and base:
-            print(f"  _source without vectors ({base['index_type']}): store {mib(e['store_bytes'])} -> "
-                  f"{mib(base['store_bytes'])} ({1 - base['store_bytes'] / e['store_bytes']:.0%} smaller), load "
-                  f"{e['load_vectors_per_s']:,.0f} -> {base['load_vectors_per_s']:,.0f} vectors/s, _source "
-                  f"{mib(e.get('source_bytes'))} -> {mib(base.get('source_bytes'))}")
+            print(f"  _source without vectors ({base['variant']}): store {mib(e['store_bytes'])} -> "
+                  f"{mib(base['store_bytes'])} ({1 - base['store_bytes'] / e['store_bytes']:.0%} smaller), bulk "
+                  f"{e['bulk_vectors_per_s']:,.0f} -> {base['bulk_vectors_per_s']:,.0f} vectors/s")
+
+
+def _point(p: dict) -> str:
+    return (f"{p['after']} ({p['segments']} segments, at {p['s']:.1f} s): recall@10 {p['recall']:.3f} at "
+            f"num_candidates {p['num_candidates']}, p50 {p['p50_ms']:.2f} ms (took {p['took_p50_ms']:.0f} ms)"
+            + (" - flat segments, an exact scan: not counted" if p.get("flat") else "" if p["reached"]
+               else " - below the target"))
 
 
 def print_report(results: list, meta: dict) -> None:
     print(f"bench index: {meta['vectors']:,} synthetic {meta['dim']}-d vectors ({meta['identities']:,} identities), "
           f"{meta['cores']} cores, ES {meta['es_version']} on {meta['java']}, heap {meta['heap']}, "
-          f"driver {meta['driver']} x{meta['workers']}, {meta['chunk_docs']} docs/bulk, JSON {meta['json']}")
-    hdr = f"{'type':<10} {'load s':>8} {'load v/s':>9} {'merge s':>8} {'load+merge v/s':>15} {'store':>10} " \
-          f"{'vectors':>10} {'heap used/max (peak)':>24} {'ES cpu load/merge':>18}"
+          f"driver {meta['driver']}, JSON {meta['json']}; target: recall@{meta['k']} >= {meta['target_recall']} "
+          f"on {meta['probes']} fixed probes against exact search")
+    hdr = (f"{'variant':<26} {'bulk':>6} {'bulk v/s':>9} {'segs':>5} {'merge s':>8} {'answers at':>11} "
+           f"{'v/s to answer':>14} {'nc':>5} {'recall':>7} {'p50 ms':>7} {'store':>9} {'heap peak':>10}")
     print(hdr)
     for r in results:
-        heap = f"{mib(r['heap_used'])}/{mib(r['heap_max'])} ({mib(r['heap_peak'])})"
-        print(f"{r['index_type']:<10} {r['load_s']:>8.1f} {r['load_vectors_per_s']:>9,.0f} {r['merge_s']:>8.1f} "
-              f"{r['total_vectors_per_s']:>15,.0f} {mib(r['store_bytes']):>10} {mib(r.get('embedding_knn_bytes')):>10} "
-              f"{heap:>24} {r['es_cpu_load_s']:>8.0f}s/{r['es_cpu_merge_s']:.0f}s")
+        reached = next((p for p in r["points"] if p["reached"]), r["points"][-1] if r["points"] else None)
+        answer = f"{r['answer_s']:.1f} s" if r["answer_s"] else "not reached"
+        rate = f"{r['answer_vectors_per_s']:,.0f}" if r["answer_vectors_per_s"] else "-"
+        nc, rec, p50 = (reached["num_candidates"], f"{reached['recall']:.3f}", f"{reached['p50_ms']:.2f}") \
+            if reached else ("-", "-", "-")
+        print(f"{r['variant']:<26} {r['bulk_s']:>5.1f}s {r['bulk_vectors_per_s']:>9,.0f} {r['segments_before_merge']:>5} "
+              f"{r['merge_s']:>8.1f} {answer:>11} {rate:>14} {nc:>5} {rec:>7} {p50:>7} {mib(r.get('segments_bytes')):>9} "
+              f"{mib(r['heap_peak']):>10}")
     for r in results:
         if r["failed"] or r["docs"] != r["vectors"]:
-            print(f"  WARNING {r['index_type']}: {r['docs']:,} docs searchable of {r['vectors']:,} ({r['failed']} failed)")
+            print(f"  WARNING {r['variant']}: {r['docs']:,} docs searchable of {r['vectors']:,} ({r['failed']} failed)")
         busy, busy_merge = r.get("machine_busy_load"), r.get("machine_busy_merge")
-        print(f"  {r['index_type']}: bulk {r['bulk_s']:.1f}s, {r['segments_before_merge']} segments before the merge; "
-              f"CPU during load: node {r['es_cpu_load_s'] / r['load_s']:.2f} cores"
+        t = r["tuning"]
+        print(f"  {r['variant']}: {r['chunk_docs']} docs/bulk x {r['workers']} senders, translog "
+              f"{'async' if t['translog_async'] else 'request'}, merge threads {t['merge_threads'] or 'default'}, "
+              f"{'two-phase (flat load, then ' + r['final_type'] + ')' if t['two_phase'] else r['final_type'] + ' throughout'}"
+              f"; CPU during the bulk: node {r['es_cpu_load_s'] / r['load_s']:.2f} cores"
               + (f", this client {r['client_cpu_load_s'] / r['load_s']:.2f}" if r.get("client_cpu_load_s") is not None else "")
               + (f", whole machine {busy:.0%} busy" if busy is not None else "")
-              + f"; merge: node {r['es_cpu_merge_s'] / max(r['merge_s'], 1e-9):.2f} cores"
-              + (f", whole machine {busy_merge:.0%} busy" if busy_merge is not None else ""))
+              + (f"; merge: node {r['es_cpu_merge_s'] / max(r['merge_s'], 1e-9):.2f} cores" if r["merge_s"] else "")
+              + (f", whole machine {busy_merge:.0%} busy" if busy_merge is not None and r["merge_s"] else ""))
+        for p in r["points"]:
+            print(f"    {_point(p)}")
+    hn = meta.get("hnswlib")
+    best = max((r for r in results if r["answer_vectors_per_s"]), key=lambda r: r["answer_vectors_per_s"], default=None)
     print("anchors:")
+    if hn:
+        print(f"  {hn['library'] + ', ' + str(hn['threads']) + ' threads, same vectors':<38} "
+              f"{hn['build_vectors_per_s']:>8,.0f} vectors/s (build {hn['build_s']:.1f} s)")
     for name, rate in ANCHORS:
         print(f"  {name:<38} {rate:>8,.0f} vectors/s")
-    print(f"  {'target on 2 cores':<38} {TARGET_VECTORS_PER_S:>8,} vectors/s")
+    if hn and best:
+        for r in results:
+            if r["answer_vectors_per_s"]:
+                print(f"  {r['variant']:<26} first bulk -> answers at the target: {r['answer_vectors_per_s']:>8,.0f} "
+                      f"vectors/s = {r['answer_vectors_per_s'] / hn['build_vectors_per_s']:.2f}x hnswlib "
+                      f"(bulk phase alone {r['bulk_vectors_per_s'] / hn['build_vectors_per_s']:.2f}x)")
+        print(f"  on free cores (core-seconds, load-independent): hnswlib {hn['cpu_s']:.1f} core-s = "
+              f"{hn['free_cores_vectors_per_s']:,.0f} vectors/s on {hn['threads']} cores")
+        for r in results:
+            if r["answer_vectors_per_s"]:
+                core_s = r["es_cpu_load_s"] + (r["client_cpu_load_s"] or 0) + (
+                    r["es_cpu_merge_s"] if r["points"] and not r["points"][0]["reached"] else 0)
+                free = r["vectors"] * hn["threads"] / max(core_s, 1e-9)
+                print(f"  {r['variant']:<26} {core_s:.1f} core-s (node + client) to answer = {free:,.0f} vectors/s on "
+                      f"{hn['threads']} cores = {free / hn['free_cores_vectors_per_s']:.2f}x hnswlib")
+        ratio = best["answer_vectors_per_s"] / hn["build_vectors_per_s"]
+        print(f"best: {best['variant']} at {ratio:.2f}x hnswlib's {hn['threads']}-thread build, target "
+              f"{TARGET_HNSWLIB_RATIO}x: {'met' if ratio >= TARGET_HNSWLIB_RATIO else 'missed'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facebeam bench index", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
-    parser.add_argument("--chunk-docs", type=int, default=1000, help="docs per bulk request (default 1000)")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS,
+                        help="loads to measure, TYPE/LEVER (or a bare LEVER: for each --index-types) with LEVER of "
+                             f"{','.join(LEVERS)} (default %(default)s)")
+    parser.add_argument("--chunk-docs", type=int, default=None,
+                        help="docs per bulk request, for every variant (default: each lever's own)")
     parser.add_argument("--chunk-bytes", type=int, default=50 * 2**20, help="bytes per bulk request at most")
-    parser.add_argument("--workers", type=int, default=3,
-                        help="concurrent bulk senders, Beam workers or threads (default 3: one more than "
-                             "the node's 2 write threads keeps them busy on 2 cores)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="concurrent bulk senders, Beam workers or threads, for every variant (default: each "
+                             "lever's own; 3, one more than the node's 2 write threads, keeps them busy on 2 cores)")
     parser.add_argument("--task-rows", type=int, default=5_000, help="rows a worker generates at a time")
-    parser.add_argument("--driver", choices=("beam", "threads"), default="beam",
-                        help="threads: bulk_index from a thread pool; beam: IndexFaces on the local runner")
+    parser.add_argument("--driver", choices=("beam", "threads"), default="threads",
+                        help="threads (default): bulk_index from a thread pool, on rows made before the clock starts; "
+                             "beam: IndexFaces on the local runner, rows made in the workers")
     parser.add_argument("--translog-async", action="store_true",
-                        help="index.translog.durability=async during the load (restored after)")
-    parser.add_argument("--source-vectors", choices=("excluded", "included", "both"), default="both",
+                        help="index.translog.durability=async during every variant's load (restored after)")
+    parser.add_argument("--source-vectors", choices=("excluded", "included", "both"), default="excluded",
                         help="Elasticsearch: vectors left out of _source (facebeam's mapping), kept there too "
-                             "(the old mapping), or both, for the before/after (default %(default)s)")
+                             "(the old mapping: the before/default levers), or both (default %(default)s)")
+    parser.add_argument("--probes", type=int, default=200, help="fixed probe set for the target (default 200)")
+    parser.add_argument("--k", type=int, default=10, help="recall@k (default 10)")
+    parser.add_argument("--target-recall", type=float, default=0.95, help="the query target (default 0.95)")
+    parser.add_argument("--sweep", type=lambda t: [int(x) for x in t.split(",")], default=[50, 100, 200, 400],
+                        help="num_candidates tried, in order, until the target is reached (default 50,100,200,400)")
+    parser.add_argument("--hnswlib", choices=("yes", "no"), default="yes",
+                        help="hnswlib's 2-thread build of the same vectors, the anchor (default yes)")
+    parser.add_argument("--disk-usage", action="store_true",
+                        help="also the _disk_usage breakdown of each index (slow at 1M)")
     parser.add_argument("--json", dest="json_out", help="also write the results here")
     return parser
 
@@ -574,15 +809,19 @@ def parse_args(module, argv) -> argparse.Namespace:
 def main(argv=None) -> int:
     ns = parse_args(sys.modules[__name__], argv)
     types = index_types(ns.index_types)
+    chosen = variants(ns.variants, types, ns.source_vectors)
+    chosen = [dataclasses.replace(v, chunk_docs=ns.chunk_docs or v.chunk_docs, workers=ns.workers or v.workers,
+                                  tuning=dataclasses.replace(v.tuning, translog_async=True) if ns.translog_async
+                                  else v.tuning) for v in chosen]
     quiet_client_logs()
     spec = EmbeddingSpec()
     stats = load_stats(ns, spec)
     faces = synthetic.SyntheticFaces(stats, ns.vectors, seed=ns.seed, faces_per_identity=ns.faces_per_identity)
     maker = RowMaker(faces, spec)
     meta = {"vectors": faces.n, "dim": faces.dim, "identities": faces.k, "cores": os.cpu_count(),
-            "heap": ns.heap, "driver": ns.driver, "workers": ns.workers, "chunk_docs": ns.chunk_docs,
-            "json": json_encoder(), "seed": ns.seed, "stats": stats_digest(stats), "m": ns.m,
-            "ef_construction": ns.ef_construction, "loadavg_start": os.getloadavg(),
+            "heap": ns.heap, "driver": ns.driver, "json": json_encoder(), "seed": ns.seed, "stats": stats_digest(stats),
+            "m": ns.m, "ef_construction": ns.ef_construction, "k": ns.k, "target_recall": ns.target_recall,
+            "probes": ns.probes, "variants": [v.name for v in chosen], "loadavg_start": os.getloadavg(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     embedded = None
     if ns.embedded != "no":
@@ -591,25 +830,38 @@ def main(argv=None) -> int:
         embedded.update(m=ns.m, ef_construction=ns.ef_construction, loadavg_before=load0,
                         loadavg_after=os.getloadavg()[0])
         log.info("embedded index done: %s", {k: embedded[k] for k in ("build_vectors_per_s", "bytes_on_disk")})
+    if ns.hnswlib == "yes" and ns.embedded != "only" and chosen:
+        meta["hnswlib"] = bench_hnswlib(ns, faces)
+        log.info("hnswlib: %s", meta["hnswlib"])
     results = []
-    if ns.embedded != "only":
+    if ns.embedded != "only" and chosen:
         try:
             conn, started = ensure_cluster(ns)
         except EsError as e:
             print(f"facebeam bench index: {e}", file=sys.stderr)
             return 1
         client = conn.client(request_timeout=600)
-        variants = {"excluded": (False,), "included": (True,), "both": (False, True)}[ns.source_vectors]
+        probes, _ = faces.queries(ns.probes, seed=1)
+        truth = exact_truth(faces, probes, ns.k)
+        rows = maker.rows(0, faces.n) if ns.driver == "threads" else None
         try:
             node = node_info(client)
-            for index_type in types:
-                for source_vectors in variants:
-                    load0 = os.getloadavg()[0]
-                    r = bench_type(conn, client, ns, spec, faces, maker, index_type, source_vectors)
-                    r["loadavg_before"], r["loadavg_after"] = load0, os.getloadavg()[0]
-                    results.append(r)
-                    log.info("%s done: %s", r["index_type"],
-                             {k: r[k] for k in ("load_vectors_per_s", "total_vectors_per_s", "docs", "store_bytes")})
+            for v in chosen:
+                load0 = os.getloadavg()[0]
+                r = bench_variant(conn, client, ns, spec, faces, maker, v, probes, truth, rows)
+                r["loadavg_before"], r["loadavg_after"] = load0, os.getloadavg()[0]
+                results.append(r)
+                log.info("%s done: %s", v.name, {k: r[k] for k in ("bulk_vectors_per_s", "answer_vectors_per_s",
+                                                                      "docs", "store_bytes")})
+            kept = set()
+            for t in types:  # bench query's index of each type: the last one-segment load of it
+                merged = [r for r in results if r["final_type"] == t and r["segments"] == 1 and not r["source_vectors"]]
+                if merged:
+                    register(ns, client, faces, merged[-1], alias_for(t, faces.n, faces.seed))
+                    kept.add(merged[-1]["index"])
+            dropped = [r["index"] for r in results if r["index"] not in kept]
+            if dropped:  # the other variants' indices: measured, no longer needed
+                client.indices.delete(index=",".join(dropped))
         finally:
             client.close()
             if started and not ns.keep:

@@ -385,13 +385,14 @@ class _EsReindex(Reindex):
         from facebeam.transforms import es_load
 
         load, client, old = self.load, self.client, self.old
-        self.new = es_index.create_version(client, self.store.name, self.new_spec, load.index_type, load.m,
-                                           load.ef_construction)
-        client.indices.put_settings(index=self.new, settings={"index": {"refresh_interval": "-1",
-                                                                        "number_of_replicas": load.load_replicas}})
         replicas = load.replicas if load.replicas is not None else int(
             client.indices.get_settings(index=old).body[old]["settings"]["index"]["number_of_replicas"])
-        target = es_load.LoadTarget(self.store.conn, client, self.store.name, self.new, replicas)
+        # A new version beside the old one, loaded as `facebeam index` loads a new index (load.tuning).
+        plan = es_index.plan_load(client, self.store.name, self.new_spec, load.index_type, load.m, load.ef_construction,
+                                  load_replicas=load.load_replicas, create_alias=False, tuning=load.tuning,
+                                  replicas=replicas)
+        self.new = plan.concrete
+        target = es_load.LoadTarget(self.store.conn, client, self.store.name, self.new, replicas, plan=plan)
         self.loading = _ReindexLoad(target, load, output, self.new_spec, old)
         return self.loading
 
