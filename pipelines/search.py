@@ -109,8 +109,10 @@ def print_table(path, probes, rows, seconds, out=None, threshold_note=None):
 def run(config: SearchConfig, pipeline=None) -> dict:
     searcher = Searcher(config)
     b = searcher.backend
+    settings = b.store.search_settings(searcher.search)
     print(f"ready: {b.where['backend']} search of {b.where['searched']}, spec {searcher.spec.spec_id}, "
           f"same person at <= {b.threshold:.4f} ({b.threshold_from}), warm-up {searcher.warmup_s:.2f} s")
+    print("search settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
     paths = list(config.photos) + ([line.strip() for line in sys.stdin if line.strip()] if config.stdin else [])
     failed = faces = 0
     try:
@@ -127,8 +129,8 @@ def run(config: SearchConfig, pipeline=None) -> dict:
                         threshold_note=f"{b.threshold:.4f} ({b.threshold_from})")
     finally:
         searcher.open.close()
-    return {"photos": len(paths), "faces": faces, "failed": failed, **b.where, "threshold": b.threshold,
-            "threshold_from": b.threshold_from}
+    return {"photos": len(paths), "faces": faces, "failed": failed, **b.where, "search_settings": settings,
+            "threshold": b.threshold, "threshold_from": b.threshold_from}
 
 
 def main(argv=None) -> int:

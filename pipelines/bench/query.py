@@ -60,38 +60,78 @@ def vector_file(faces: synthetic.SyntheticFaces, folder: Path, chunk_rows: int =
     return np.memmap(path, dtype=np.float32, mode="r", shape=(faces.n, faces.dim))
 
 
-def exact_topk(corpus, queries: np.ndarray, k: int, chunk_rows: int = 32_768, query_batch: int = 500):
-    """(ids, distances) of the k nearest corpus rows (euclidean) per query, chunk by chunk, on the
-    project's one exact top-k (knn.topk_block / merge_topk).
+def exact_topk(corpus, queries: np.ndarray, k: int, chunk_rows: int = 131_072, query_batch: int = 64,
+               threads: int = None):
+    """(ids, distances) of the k nearest corpus rows (euclidean) per query, on the project's one exact scan
+    (knn.ExactScan: float32 blocks, one BLAS matmul each, on a thread pool).
 
-    Memory: query_batch x chunk_rows floats for the distance block, plus the running top k.
+    Memory: query_batch x chunk_rows floats per block in flight, plus the running top k.
     """
     from facebeam.transforms import knn
 
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    ids_out = np.empty((len(q), k), dtype=np.int64)
-    dist_out = np.empty((len(q), k), dtype=np.float32)
-    for qs in range(0, len(q), query_batch):
-        qb = q[qs:qs + query_batch]
-        best = knn.empty_topk(len(qb))
-        for start in range(0, len(corpus), chunk_rows):
-            x = np.asarray(corpus[start:start + chunk_rows], dtype=np.float32)
-            best = knn.merge_topk(best, knn.topk_block(qb, x, k, x_offset=start), k)
-        ids_out[qs:qs + len(qb)], dist_out[qs:qs + len(qb)] = best
-    return ids_out, dist_out
+    scan = knn.ExactScan(corpus, block_rows=chunk_rows, threads=threads, block_floats=chunk_rows * query_batch)
+    try:
+        return scan.topk(queries, k)
+    finally:
+        scan.close()
+
+
+def single_query_ms(scan, queries, k: int, reps: int = 9) -> float:
+    """Median ms of one exact query alone (after one warm-up)."""
+    scan.topk(queries[:1], k)
+    times = []
+    for i in range(reps):
+        t0 = time.perf_counter()
+        scan.topk(queries[i % len(queries):i % len(queries) + 1], k)
+        times.append(1000 * (time.perf_counter() - t0))
+    return float(np.median(times))
 
 
 def time_exact(corpus, queries, k: int) -> dict:
+    from facebeam.transforms import knn
+
     t0 = time.perf_counter()
-    ids, dists = exact_topk(corpus, queries, k)
-    batch_s = time.perf_counter() - t0
-    singles = []
-    for i in range(min(5, len(queries))):
-        t1 = time.perf_counter()
-        exact_topk(corpus, queries[i:i + 1], k, chunk_rows=262_144)
-        singles.append(time.perf_counter() - t1)
-    return {"ids": ids, "distances": dists, "batch_s": batch_s,
-            "amortized_ms": 1000 * batch_s / len(queries), "single_ms": 1000 * float(np.median(singles))}
+    scan = knn.ExactScan(corpus)
+    open_s = time.perf_counter() - t0
+    try:
+        scan.topk(queries[:50], k)  # warm the page cache and BLAS
+        t0 = time.perf_counter()
+        ids, dists = scan.topk(queries, k)
+        batch_s = time.perf_counter() - t0
+        single = single_query_ms(scan, queries, k)
+        one_thread = knn.ExactScan(corpus, threads=1)
+        single_1t = single_query_ms(one_thread, queries, k)
+    finally:
+        scan.close()
+    return {"ids": ids, "distances": dists, "batch_s": batch_s, "open_s": open_s, "threads": scan.threads,
+            "amortized_ms": 1000 * batch_s / len(queries), "single_ms": single, "single_ms_1thread": single_1t,
+            "rows": len(corpus)}
+
+
+def exact_at_scale(rows: int, dim: int, folder: Path, k: int = 10) -> dict:
+    """One exact query on `rows` random float32 vectors in a memory map (written once, rows x dim x 4 bytes)."""
+    from facebeam.transforms import knn
+
+    path = Path(folder) / f"random-{rows}x{dim}.f32"
+    if not path.is_file() or path.stat().st_size != rows * dim * 4:
+        rng = np.random.default_rng(0)
+        tmp = path.with_suffix(".tmp")
+        mm = np.memmap(tmp, dtype=np.float32, mode="w+", shape=(rows, dim))
+        for s in range(0, rows, 100_000):
+            mm[s:s + 100_000] = rng.standard_normal((min(100_000, rows - s), dim), dtype=np.float32)
+        mm.flush()
+        del mm
+        os.replace(tmp, path)
+    corpus = np.memmap(path, dtype=np.float32, mode="r", shape=(rows, dim))
+    queries = np.random.default_rng(1).standard_normal((9, dim), dtype=np.float32)
+    scan = knn.ExactScan(corpus)
+    try:
+        out = {"rows": rows, "threads": scan.threads, "single_ms": single_query_ms(scan, queries, k)}
+    finally:
+        scan.close()
+    one = knn.ExactScan(corpus, threads=1)
+    out["single_ms_1thread"] = single_query_ms(one, queries, k)
+    return out
 
 
 # --- the embedded index ---------------------------------------------------------------------
@@ -337,7 +377,6 @@ def main(argv=None) -> int:
     log.info("exact top %d for %d queries over %d vectors (numpy, chunked)", ns.k, ns.queries, faces.n)
     corpus = vector_file(faces, Path(ns.stats).parent)
     queries, _ = faces.queries(ns.queries, seed=ns.query_seed)
-    exact_topk(corpus, queries[:50], ns.k)  # warm the page cache and BLAS
     exact = time_exact(corpus, queries, ns.k)
     truth = exact["ids"]
     results, node = [], {"version": None, "java": None}
