@@ -40,6 +40,7 @@ FORMAT = 1
 SPEC_FILE = "spec.json"
 COMPACT_SHARE = 0.25
 EXACT_SUBSET = 20_000  # a filter that keeps at most this many faces is answered exactly
+GATHERED_KEPT = 8  # the vectors of this many recent filters (<= EXACT_SUBSET rows each) stay gathered
 META_FIELDS = ("face_id", "image_path", "image_sha256", "face_index", "label", "box_x", "box_y", "box_w", "box_h")
 
 
@@ -375,9 +376,14 @@ class AnnIndex:
             paths = np.asarray([self.meta["image_path"][i] or "" for i in live], dtype=object)
             order = np.argsort(paths, kind="stable")
             self._lookup["paths"] = (paths[order], np.asarray(live, dtype=np.int64)[order])
-        paths, pos = self._lookup["paths"]
-        lo, hi = np.searchsorted(paths, prefix, "left"), np.searchsorted(paths, prefix + "\U0010ffff", "left")
-        return np.sort(pos[lo:hi])
+        under = self._lookup.setdefault("under", {})
+        if prefix not in under:
+            paths, pos = self._lookup["paths"]
+            lo, hi = np.searchsorted(paths, prefix, "left"), np.searchsorted(paths, prefix + "\U0010ffff", "left")
+            if len(under) >= 64:
+                under.pop(next(iter(under)))
+            under[prefix] = np.sort(pos[lo:hi])
+        return under[prefix]
 
     def _allowed(self, filters, face_ids=None, path_prefix=None, positions=None) -> np.ndarray | None:
         """Sorted live positions every filter keeps, or None when there is no filter."""
@@ -390,7 +396,7 @@ class AnnIndex:
         if face_ids is not None:
             sets.append(self.positions_of(face_ids))
         if positions is not None:
-            sets.append(np.unique(np.asarray(positions, dtype=np.int64)))
+            sets.append(np.asarray(positions, dtype=np.int64))
         if path_prefix:
             sets.append(self._under(path_prefix))
         out = sets[0]
@@ -401,7 +407,8 @@ class AnnIndex:
     def search_vectors(self, vectors, k: int, ef: int = 100, filters=(), exclude_shas=None, face_ids=None,
                        path_prefix=None, positions=None) -> list:
         """[(position, distance), ...] per query vector, best first; deleted faces never come back. Filters:
-        field values, `face_ids`, `path_prefix`, `positions` (live positions, e.g. a person's, looked up once)."""
+        field values, `face_ids`, `path_prefix`, `positions` (sorted, unique live positions, e.g. a person's from
+        positions_of, looked up once)."""
         q = _prepare(vectors, self.spec)
         if self.total == 0 or len(q) == 0:
             return [[] for _ in range(len(q))]
@@ -424,12 +431,26 @@ class AnnIndex:
                    for hits, sha in zip(out, exclude_shas)]
         return [hits[:k] for hits in out]
 
+    def _gathered(self, ids: np.ndarray) -> tuple:
+        """(vectors, squared norms) of those positions, kept for the last few filters (a person or a prefix asked
+        again gathers nothing: memory-mapped rows are copied out once)."""
+        import hashlib
+
+        key = ("gathered", hashlib.blake2b(ids.tobytes(), digest_size=16).digest())
+        cache = self._lookup.setdefault("gathered", {})
+        if key not in cache:
+            x = self.index.reconstruct_batch(ids)
+            while len(cache) >= GATHERED_KEPT:
+                cache.pop(next(iter(cache)))
+            cache[key] = (x, np.einsum("ij,ij->i", x, x))
+        return cache[key]
+
     def _exact(self, q: np.ndarray, allowed: np.ndarray, want: int) -> list:
         if not len(allowed):
             return [[] for _ in range(len(q))]
         ids = np.asarray(allowed, dtype=np.int64)
-        x = self.index.reconstruct_batch(ids)
-        d2 = np.sum(q * q, axis=1)[:, None] + np.sum(x * x, axis=1)[None, :] - 2.0 * (q @ x.T)
+        x, norms = self._gathered(ids)
+        d2 = np.einsum("ij,ij->i", q, q)[:, None] + norms[None, :] - 2.0 * (q @ x.T)
         top = min(want, len(ids))
         part = np.argpartition(d2, top - 1, axis=1)[:, :top] if top < len(ids) else np.tile(np.arange(len(ids)),
                                                                                              (len(q), 1))

@@ -65,14 +65,16 @@ FILTER_PATH = ["responses.hits.hits._score", "responses.hits.hits._source", "res
 
 @dataclasses.dataclass(frozen=True)
 class FaceIdsLookup:
-    """A kNN pre-filter on face ids kept server-side: the `face_ids` array of one document (terms lookup)."""
+    """A kNN pre-filter on face ids kept server-side: the `face_ids` arrays of documents (terms lookups; a document
+    that is not there matches nothing)."""
 
     index: str
-    id: str
+    ids: tuple
     path: str = "face_ids"
 
     def query(self) -> dict:
-        return {"terms": {"face_id": {"index": self.index, "id": self.id, "path": self.path}}}
+        terms = [{"terms": {"face_id": {"index": self.index, "id": i, "path": self.path}}} for i in self.ids]
+        return terms[0] if len(terms) == 1 else {"bool": {"should": terms, "minimum_should_match": 1}}
 
 
 def es_knn_body(vector, sha256, search: SearchSpec, face_ids=None, fetch: str = FETCH[0]) -> dict:
@@ -135,7 +137,7 @@ def es_settings(search: SearchSpec, fetch: str = FETCH[0]) -> dict:
 
 
 def es_search(client, index: str, probes: list, search: SearchSpec, spec: EmbeddingSpec, face_ids=None,
-              fetch: str = FETCH[0], encode: bool = True) -> list:
+              fetch: str = FETCH[0], encode: bool = True, filter_path=FILTER_PATH) -> list:
     """One msearch for a batch of probe rows (the response trimmed to the hits); returns a list of hit lists.
     `encode`: each request line encoded here with orjson when installed (the client's NDJSON uses the stdlib)."""
     body = []
@@ -144,7 +146,7 @@ def es_search(client, index: str, probes: list, search: SearchSpec, spec: Embedd
     fast = fast_json() if encode else None
     if fast is not None:
         body = [fast.dumps(line) for line in body]
-    responses = client.msearch(searches=body, filter_path=FILTER_PATH).body["responses"]
+    responses = client.msearch(searches=body, filter_path=filter_path).body["responses"]
     out = []
     for r in responses:
         if "error" in r:

@@ -78,10 +78,7 @@ def person_filter(client, alias: str, name: str):
     index = person_faces_index(alias)
     if not client.indices.exists(index=index):
         return faces_of_person(client, alias, name)
-    by_name, by_id = person_doc_ids(name)
-    found = client.mget(index=index, ids=[by_name, by_id], source=False).body["docs"]
-    doc = next((d["_id"] for d in found if d.get("found")), by_name)  # none: the lookup matches nothing
-    return knn.FaceIdsLookup(index, doc)
+    return knn.FaceIdsLookup(index, person_doc_ids(name))
 
 
 def read_persons(client, alias: str, face_ids=None) -> dict:
@@ -358,6 +355,7 @@ class _EsSearcher(Searcher):
 
         self._client, self._alias, self._spec = conn.client(**knn.es_client_options()), alias, spec
         self._fetch = fetch
+        self._person_filters = {}
 
     def search(self, probes: list, search) -> list:
         import dataclasses
@@ -365,7 +363,9 @@ class _EsSearcher(Searcher):
         from facebeam.transforms import knn
 
         rest, person = split_filters(search.filters)
-        faces = person_filter(self._client, self._alias, person) if person is not None else None
+        if person is not None and person not in self._person_filters:  # one look-up per person and searcher
+            self._person_filters[person] = person_filter(self._client, self._alias, person)
+        faces = self._person_filters[person] if person is not None else None
         found = knn.es_search(self._client, self._alias, probes, dataclasses.replace(search, filters=rest), self._spec,
                               face_ids=faces, fetch=self._fetch)
         annotate(found, read_persons(self._client, self._alias, [h["face_id"] for hs in found for h in hs]))
