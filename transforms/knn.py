@@ -227,12 +227,14 @@ class ExactScan:
 
         self.x = x
         n = len(x)
+        threads = max(1, threads or os.cpu_count() or 1)
+        block_rows = max(1, min(block_rows, -(-n // threads)))  # at least one block per thread
         self.half_norms = np.empty(n, dtype=np.float32)
         for s in range(0, n, block_rows):
             b = np.asarray(x[s:s + block_rows], dtype=np.float32)
             self.half_norms[s:s + len(b)] = 0.5 * np.einsum("ij,ij->i", b, b)
         self.blocks = [(s, min(n, s + block_rows)) for s in range(0, n, block_rows)]
-        self.threads = max(1, min(len(self.blocks), threads or os.cpu_count() or 1))
+        self.threads = max(1, min(len(self.blocks), threads))
         self.query_batch = max(1, block_floats // block_rows)
         self._pool = concurrent.futures.ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 

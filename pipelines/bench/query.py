@@ -83,8 +83,6 @@ def exact_topk(corpus, queries: np.ndarray, k: int, chunk_rows: int = 131_072, q
 
     Memory: query_batch x chunk_rows floats per block in flight, plus the running top k.
     """
-    from facebeam.transforms import knn
-
     scan = knn.ExactScan(corpus, block_rows=chunk_rows, threads=threads, block_floats=chunk_rows * query_batch)
     try:
         return scan.topk(queries, k)
@@ -104,8 +102,6 @@ def single_query_ms(scan, queries, k: int, reps: int = 9) -> float:
 
 
 def time_exact(corpus, queries, k: int) -> dict:
-    from facebeam.transforms import knn
-
     t0 = time.perf_counter()
     scan = knn.ExactScan(corpus)
     open_s = time.perf_counter() - t0
@@ -126,8 +122,6 @@ def time_exact(corpus, queries, k: int) -> dict:
 
 def exact_at_scale(rows: int, dim: int, folder: Path, k: int = 10) -> dict:
     """One exact query on `rows` random float32 vectors in a memory map (written once, rows x dim x 4 bytes)."""
-    from facebeam.transforms import knn
-
     path = Path(folder) / f"random-{rows}x{dim}.f32"
     if not path.is_file() or path.stat().st_size != rows * dim * 4:
         rng = np.random.default_rng(0)
@@ -291,38 +285,24 @@ def sweep_point(client, index: str, queries: np.ndarray, truth: np.ndarray, k: i
 
 
 # --- query levers, side by side on one setting --------------------------------------------------
-def product_point(client, index: str, queries: np.ndarray, truth, search, spec, **how) -> dict:
-    """Single queries the way `search` and the query job send them (knn.es_search: one msearch each)."""
+def interleaved(ways: list, queries: np.ndarray, truth, k: int, warm: int = 30) -> list:
+    """[(label, send(probe) -> hits)] timed side by side: each query goes through every way in turn (the order
+    rotating), so load that comes and goes falls on all of them alike. -> [{lever, p50_ms, p95_ms, mean_ms, recall}]"""
     probes = [{"embedding": v} for v in queries.tolist()]
-    for p in probes[-30:]:
-        knn.es_search(client, index, [p], search, spec, **how)
-    lat, found = [], []
-    for p in probes:
-        t0 = time.perf_counter()
-        hits = knn.es_search(client, index, [p], search, spec, **how)[0]
-        lat.append(1000 * (time.perf_counter() - t0))
-        found.append([path_row(h["image_path"]) for h in hits])
-    lat = np.asarray(lat)
-    return {"p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-            "mean_ms": float(lat.mean()), "recall": recall(found, truth, search.k)}
-
-
-def new_connection_point(conn, index, queries, truth, search, spec) -> dict:
-    """A new client (TCP + TLS handshake) per query: what connection reuse saves."""
-    probes = [{"embedding": v} for v in queries.tolist()]
-    lat, found = [], []
-    for p in probes:
-        t0 = time.perf_counter()
-        client = conn.client(request_timeout=300, **knn.es_client_options())
-        try:
-            hits = knn.es_search(client, index, [p], search, spec)[0]
-        finally:
-            client.close()
-        lat.append(1000 * (time.perf_counter() - t0))
-        found.append([path_row(h["image_path"]) for h in hits])
-    lat = np.asarray(lat)
-    return {"p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-            "mean_ms": float(lat.mean()), "recall": recall(found, truth, search.k)}
+    for _, send in ways:
+        for p in probes[-warm:]:
+            send(p)
+    lat = [[] for _ in ways]
+    found = [[] for _ in ways]
+    for i, p in enumerate(probes):
+        for j in [(i + r) % len(ways) for r in range(len(ways))]:
+            t0 = time.perf_counter()
+            hits = ways[j][1](p)
+            lat[j].append(1000 * (time.perf_counter() - t0))
+            found[j].append([path_row(h["image_path"]) for h in hits])
+    return [{"lever": label, "p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95)),
+             "mean_ms": float(np.mean(t)), "recall": recall(f, truth, k)}
+            for (label, _), t, f in zip(ways, lat, found)]
 
 
 PRELOAD = ["vec", "vex", "vem", "veq", "vemq"]  # float vectors, HNSW graph, their metadata, quantized vectors
@@ -339,38 +319,49 @@ def set_preload(client, index: str, exts) -> None:
 
 
 def levers(conn, client, index: str, queries, truth, k: int, nc: int, spec, preload: bool) -> list:
-    """Each query lever on one index and setting, side by side (single queries, product path)."""
-    search = knn.SearchSpec(k=k, num_candidates=nc)
+    """Each query lever on one index and setting, single queries on the product path (knn.es_search), interleaved."""
     from elasticsearch.serializer import JsonSerializer
 
+    search = knn.SearchSpec(k=k, num_candidates=nc)
     slow_client = conn.client(request_timeout=300, serializer=JsonSerializer())  # the stdlib's json both ways
-    out = []
+
+    def way(c, **how):
+        return lambda p: knn.es_search(c, index, [p], search, spec, **how)[0]
+
+    def new_connection(p):
+        c = conn.client(request_timeout=300, **knn.es_client_options())
+        try:
+            return knn.es_search(c, index, [p], search, spec)[0]
+        finally:
+            c.close()
+
     try:
-        rows = [
-            ("default: _source fields, hits only (filter_path), orjson, kept connection", client, {}),
-            ("doc values instead of _source", client, {"fetch": "docvalues"}),
-            ("no response trimming (no filter_path)", client, {"filter_path": None}),
-            ("stdlib json (no orjson)", slow_client, {"encode": False}),
-        ]
-        for label, c, how in rows:
-            r = product_point(c, index, queries, truth, search, spec, **how)
-            out.append({"lever": label, **r})
-            log.info("lever %s: p50 %.2f ms, recall %.4f", label, r["p50_ms"], r["recall"])
-        r = new_connection_point(conn, index, queries[:100], truth[:100], search, spec)
-        out.append({"lever": "new connection (TCP + TLS) per query", **r})
-        if preload:
+        out = interleaved([
+            ("default: _source fields, hits only (filter_path), orjson, kept connection", way(client)),
+            ("doc values instead of _source", way(client, fetch="docvalues")),
+            ("no response trimming (no filter_path)", way(client, filter_path=None)),
+            ("stdlib json (no orjson)", way(slow_client, encode=False)),
+            ("bench body: search API, _source false, image_path doc value",
+             lambda p: [{"image_path": f"synthetic/{r}.jpg"} for r in hit_rows(client.search(
+                 index=index, **knn_body(p["embedding"], k, nc)).body["hits"]["hits"])]),
+        ], queries, truth, k)
+        out += interleaved([("new connection (TCP + TLS) per query", new_connection),
+                            ("kept connection (same queries)", way(client))], queries[:50], truth[:50], k, warm=5)
+        if preload:  # static setting: measured after the others, not interleaved
             set_preload(client, index, PRELOAD)
             try:
-                r = product_point(client, index, queries, truth, search, spec)
-                out.append({"lever": f"index.store.preload {','.join(PRELOAD)}", **r})
+                out += [{**r, "lever": f"index.store.preload {','.join(PRELOAD)} (after a reopen, not interleaved)"}
+                        for r in interleaved([("preload", way(client))], queries, truth, k)]
             finally:
                 set_preload(client, index, None)
     finally:
         slow_client.close()
+    for r in out:
+        log.info("lever %s: p50 %.2f ms, recall %.4f", r["lever"], r["p50_ms"], r["recall"])
     return out
 
 
-def msearch_throughput(client, index: str, queries, truth, search, spec, batches=(64, 256)) -> list:
+def msearch_throughput(client, index: str, queries, truth, search, spec, batches=(64,)) -> list:
     """The batch query job's path (knn.es_search, one msearch per batch) over many probes: q/s and recall."""
     probes = [{"embedding": v} for v in queries.tolist()]
     out = []

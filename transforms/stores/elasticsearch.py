@@ -78,7 +78,9 @@ def person_filter(client, alias: str, name: str):
     index = person_faces_index(alias)
     if not client.indices.exists(index=index):
         return faces_of_person(client, alias, name)
-    return knn.FaceIdsLookup(index, person_doc_ids(name))
+    docs = client.mget(index=index, ids=list(person_doc_ids(name)), source=False).body["docs"]
+    found = tuple(d["_id"] for d in docs if d.get("found"))
+    return knn.FaceIdsLookup(index, found) if found else set()  # no such person: matches nothing
 
 
 def read_persons(client, alias: str, face_ids=None) -> dict:
