@@ -431,33 +431,28 @@ class AnnIndex:
                    for hits, sha in zip(out, exclude_shas)]
         return [hits[:k] for hits in out]
 
-    def _gathered(self, ids: np.ndarray) -> tuple:
-        """(vectors, squared norms) of those positions, kept for the last few filters (a person or a prefix asked
-        again gathers nothing: memory-mapped rows are copied out once)."""
+    def _gathered(self, ids: np.ndarray):
+        """An exact scan (knn.ExactScan, one thread) over those positions' vectors, kept for the last few filters: a
+        person or a prefix asked again copies nothing out of the memory-mapped index."""
         import hashlib
 
-        key = ("gathered", hashlib.blake2b(ids.tobytes(), digest_size=16).digest())
+        from facebeam.transforms.knn import ExactScan
+
+        key = hashlib.blake2b(ids.tobytes(), digest_size=16).digest()
         cache = self._lookup.setdefault("gathered", {})
         if key not in cache:
-            x = self.index.reconstruct_batch(ids)
             while len(cache) >= GATHERED_KEPT:
                 cache.pop(next(iter(cache)))
-            cache[key] = (x, np.einsum("ij,ij->i", x, x))
+            cache[key] = ExactScan(self.index.reconstruct_batch(ids), threads=1)
         return cache[key]
 
     def _exact(self, q: np.ndarray, allowed: np.ndarray, want: int) -> list:
         if not len(allowed):
             return [[] for _ in range(len(q))]
         ids = np.asarray(allowed, dtype=np.int64)
-        x, norms = self._gathered(ids)
-        d2 = np.einsum("ij,ij->i", q, q)[:, None] + norms[None, :] - 2.0 * (q @ x.T)
-        top = min(want, len(ids))
-        part = np.argpartition(d2, top - 1, axis=1)[:, :top] if top < len(ids) else np.tile(np.arange(len(ids)),
-                                                                                             (len(q), 1))
-        part_d2 = np.take_along_axis(d2, part, 1)
-        order = np.take_along_axis(part, np.argsort(part_d2, axis=1, kind="stable"), 1)
-        dist = _distance(np.take_along_axis(d2, order, 1), self.spec)
-        return [[(int(ids[j]), float(d)) for j, d in zip(order[r], dist[r])] for r in range(len(q))]
+        found, dist = self._gathered(ids).topk(q, want)
+        dist = _distance(dist * dist, self.spec)
+        return [[(int(ids[j]), float(d)) for j, d in zip(found[r], dist[r])] for r in range(len(q))]
 
     def _most_faces_per_image(self) -> int:
         if "_most" not in self.__dict__:

@@ -212,12 +212,15 @@ def empty_topk(rows: int):
     return np.zeros((rows, 0), np.int64), np.zeros((rows, 0), np.float32)
 
 
+EINSUM_QUERIES = 8
+
+
 class ExactScan:
     """Exact top-k (euclidean) over a float32 matrix, an array or a memory map, scanned in row blocks.
 
     ||q - x||^2 = ||q||^2 - 2 (q.x - ||x||^2 / 2): with the rows' half squared norms computed once
-    (on open), a query reads every vector once, in one BLAS matmul per block. Blocks run on a thread
-    pool (BLAS and argpartition release the GIL); their top k merge at the end. Memory per block:
+    (on open), a query reads every vector once, in one product per block (einsum for a few queries,
+    BLAS for many). Blocks run on a thread pool (numpy releases the GIL); their top k merge at the end. Memory per block:
     queries x block_rows floats (query batches are cut to keep it under `block_floats`).
     """
 
@@ -242,7 +245,10 @@ class ExactScan:
         return self._block(q, block[0], block[1], k)
 
     def _block(self, q: np.ndarray, start: int, stop: int, k: int):
-        s = q @ np.asarray(self.x[start:stop], dtype=np.float32).T
+        x = np.asarray(self.x[start:stop], dtype=np.float32)
+        # A few queries: numpy's own loop (einsum) streams the block at memory speed and runs beside the other
+        # blocks' threads; BLAS' gemv was 3-4x slower here and serializes concurrent calls. Many: BLAS gemm.
+        s = np.einsum("ij,qj->qi", x, q) if len(q) <= EINSUM_QUERIES else q @ x.T
         s -= self.half_norms[None, start:stop]
         kk = min(k, stop - start)
         part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
