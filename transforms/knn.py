@@ -137,16 +137,21 @@ def es_settings(search: SearchSpec, fetch: str = FETCH[0]) -> dict:
 
 
 def es_search(client, index: str, probes: list, search: SearchSpec, spec: EmbeddingSpec, face_ids=None,
-              fetch: str = FETCH[0], encode: bool = True, filter_path=FILTER_PATH) -> list:
+              fetch: str = FETCH[0], encode: bool = True, filter_path=FILTER_PATH, one_by_search: bool = False) -> list:
     """One msearch for a batch of probe rows (the response trimmed to the hits); returns a list of hit lists.
-    `encode`: each request line encoded here with orjson when installed (the client's NDJSON uses the stdlib)."""
+    `encode`: each request line encoded here with orjson when installed (the client's NDJSON uses the stdlib).
+    `one_by_search`: a single probe goes through the search API instead."""
     body = []
     for p in probes:
         body += [{"index": index}, es_knn_body(p["embedding"], p.get("image_sha256"), search, face_ids, fetch)]
-    fast = fast_json() if encode else None
-    if fast is not None:
-        body = [fast.dumps(line) for line in body]
-    responses = client.msearch(searches=body, filter_path=filter_path).body["responses"]
+    if len(probes) == 1 and one_by_search:  # one probe: the search API, without msearch's NDJSON framing
+        one = [f.removeprefix("responses.") for f in filter_path] if filter_path else None
+        responses = [client.search(index=index, **body[1], filter_path=one).body]
+    else:
+        fast = fast_json() if encode else None
+        if fast is not None:
+            body = [fast.dumps(line) for line in body]
+        responses = client.msearch(searches=body, filter_path=filter_path).body["responses"]
     out = []
     for r in responses:
         if "error" in r:

@@ -355,6 +355,7 @@ def levers(conn, client, index: str, queries, truth, k: int, nc: int, spec, prel
             ("doc values instead of _source", way(client, fetch="docvalues")),
             ("no response trimming (no filter_path)", way(client, filter_path=None)),
             ("stdlib json (no orjson)", way(slow_client, encode=False)),
+            ("one probe through the search API, not msearch", way(client, one_by_search=True)),
             ("bench body: search API, _source false, image_path doc value",
              lambda p: [{"image_path": f"synthetic/{r}.jpg"} for r in hit_rows(client.search(
                  index=index, **knn_body(p["embedding"], k, nc)).body["hits"]["hits"])]),
