@@ -20,6 +20,9 @@ setup(
         # runs the Dlib ResNet (transforms/faces.py OnnxResnet); deepface requires it too, same lock pin.
         "onnxruntime>=1.13",
         "elasticsearch>=8.19,<9",
+        # kNN requests and responses (transforms/knn.py): 1 ms less per single query than the stdlib's json
+        # (`facebeam bench query`, levers), and the bench's bulk vectors.
+        "orjson>=3.9",
         # the embedded HNSW index (transforms/ann.py: memory-mapped loads need IO_FLAG_MMAP_IFC) and the
         # Redis identity store (transforms/redis_store.py).
         "faiss-cpu>=1.12,<2",
@@ -39,7 +42,7 @@ setup(
         "requests>=2.31",
         "tenacity>=8.2",
     ],
-    # bench: faster JSON for bulk vectors (orjson), the recall-vs-QPS plot (matplotlib).
-    extras_require={"test": ["pytest>=8"], "bench": ["orjson>=3.9", "matplotlib>=3.8"]},
+    # bench: the recall-vs-QPS plot (matplotlib).
+    extras_require={"test": ["pytest>=8"], "bench": ["matplotlib>=3.8"]},
     entry_points={"console_scripts": ["facebeam=facebeam.pipelines.cli:entry"]},
 )

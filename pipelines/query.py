@@ -61,7 +61,7 @@ def build_parser():
     options.add_inputs(p, flag="--probes", labels=False, backfill=False)
     p.add_argument("--index", default="faces", help="alias to search (default %(default)s)")
     p.add_argument("--k", type=int, default=5, help="hits per probe face")
-    p.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(100, 10k))")
+    p.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(200, 20k))")
     p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                    help="only hits whose FIELD equals VALUE (repeatable), e.g. label=rose_leslie")
     p.add_argument("--exclude-same-image", action="store_true", help="ignore hits on the probe's own image")
@@ -128,7 +128,7 @@ def run(config: QueryConfig, pipeline=None) -> dict:
     ns = config
     backend = stores.open_search(ns.store, ns.es.connection, ns.index, ns.shards, ns.exact, ns.spec_given, ns.threshold)
     spec, mode, where, threshold = backend.spec, backend.mode, backend.where, backend.threshold
-    search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or max(100, 10 * ns.k),
+    search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or knn.default_candidates(ns.k),
                             filters=ns.filters,
                             exclude_same_image=ns.exclude_same_image, path_prefix=ns.path_prefix)
     sources.check_inputs(ns.probes.patterns)

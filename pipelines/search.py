@@ -41,7 +41,7 @@ def build_parser():
     p.add_argument("photos", nargs="*", metavar="PHOTO", help="photos to look up (their faces, each)")
     p.add_argument("--k", type=int, default=5, help="hits per face")
     p.add_argument("--index", default="faces", help="alias / store name")
-    p.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(100, 10k))")
+    p.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(200, 20k))")
     p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                    help="only hits whose FIELD equals VALUE (repeatable)")
     p.add_argument("--exact", action="store_true", help="brute force over --shards instead of an index")
@@ -70,7 +70,7 @@ class Searcher:
         self.backend = stores.open_search(config.store, config.es.connection, config.index, config.shards,
                                           config.exact, threshold=config.threshold)
         self.spec = self.backend.spec
-        self.search = knn.SearchSpec(k=config.k, num_candidates=config.num_candidates or max(100, 10 * config.k),
+        self.search = knn.SearchSpec(k=config.k, num_candidates=config.num_candidates or knn.default_candidates(config.k),
                                      filters=config.filters,
                                      path_prefix=config.path_prefix)
         self.model = FaceModel(self.spec)

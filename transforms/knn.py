@@ -30,6 +30,12 @@ class SearchSpec:
             raise ValueError("need k >= 1 and num_candidates >= k")
 
 
+def default_candidates(k: int) -> int:
+    """num_candidates when none is given: recall@10 reached 0.95 at 200 candidates on 1M force-merged hnsw vectors
+    (issue 24's `bench query`; 100 gave 0.88), at 1-2 ms more per query than 100 on 100k."""
+    return max(200, 20 * k)
+
+
 def parse_filters(items) -> tuple:
     out = []
     for item in items or ():
