@@ -20,8 +20,8 @@ setup(
         # runs the Dlib ResNet (transforms/faces.py OnnxResnet); deepface requires it too, same lock pin.
         "onnxruntime>=1.13",
         "elasticsearch>=8.19,<9",
-        # kNN requests and responses (transforms/knn.py): 1 ms less per single query than the stdlib's json
-        # (`facebeam bench query`, levers), and the bench's bulk vectors.
+        # kNN requests and responses (transforms/knn.py; `facebeam bench query` levers: 0-1 ms less per single
+        # query than the stdlib's json, never more), and the bench's bulk vectors.
         "orjson>=3.9",
         # the embedded HNSW index (transforms/ann.py: memory-mapped loads need IO_FLAG_MMAP_IFC) and the
         # Redis identity store (transforms/redis_store.py).
