@@ -1,5 +1,9 @@
 """Top-k face search: Elasticsearch kNN (msearch) or an exact scan over the Parquet shards.
 
+`ExactScan` is the one exact top-k over a float32 matrix (an array or a memory map) that the
+benchmarks and the embedded index's filtered path use; `topk_block`/`merge_topk` serve the scans
+that must exclude pairs (the shards with filters, the persons graph).
+
 Both take probe face rows and return hits as the same dicts, so one job and one
 report serve both; the exact scan is the recall ground truth. The stores
 (transforms/stores/) search through these; this module imports none of them.

@@ -437,8 +437,8 @@ def filtered_bench(stores_: list, corpus, queries, k: int, face_ids: list) -> li
     from facebeam.transforms.stores import push_persons_to
 
     sets = filter_sets(len(corpus))
-    persons = {face_ids[i]: ("bench-1pct", "bench-1pct") for i in sets[0][3]}
-    persons.update({face_ids[i]: ("bench-10pct", "bench-10pct") for i in sets[1][3]})
+    persons = {face_ids[i]: ("p-bench-1pct", "bench-1pct") for i in sets[0][3]}  # (person id, name)
+    persons.update({face_ids[i]: ("p-bench-10pct", "bench-10pct") for i in sets[1][3]})
     truths = {label: filtered_truth(corpus, queries, kept, k) for label, _, _, kept in sets}
     out = []
     for name, store, nc in stores_:
