@@ -20,6 +20,9 @@ setup(
         # runs the Dlib ResNet (transforms/faces.py OnnxResnet); deepface requires it too, same lock pin.
         "onnxruntime>=1.13",
         "elasticsearch>=8.19,<9",
+        # kNN requests and responses (transforms/knn.py; `facebeam bench query` levers: 0-1 ms less per single
+        # query than the stdlib's json, never more), and the bench's bulk vectors.
+        "orjson>=3.9",
         # the embedded HNSW index (transforms/ann.py: memory-mapped loads need IO_FLAG_MMAP_IFC) and the
         # Redis identity store (transforms/redis_store.py).
         "faiss-cpu>=1.12,<2",
@@ -39,8 +42,8 @@ setup(
         "requests>=2.31",
         "tenacity>=8.2",
     ],
-    # bench: faster JSON for bulk vectors (orjson), the recall-vs-QPS plot (matplotlib), the load anchor
-    # (hnswlib: bench index builds the same vectors with it, the rate Elasticsearch's load is held to).
-    extras_require={"test": ["pytest>=8"], "bench": ["orjson>=3.9", "matplotlib>=3.8", "hnswlib>=0.8,<1"]},
+    # bench: the recall-vs-QPS plot (matplotlib), the load anchor (hnswlib: bench index builds the same
+    # vectors with it, the rate Elasticsearch's load is held to).
+    extras_require={"test": ["pytest>=8"], "bench": ["matplotlib>=3.8", "hnswlib>=0.8,<1"]},
     entry_points={"console_scripts": ["facebeam=facebeam.pipelines.cli:entry"]},
 )

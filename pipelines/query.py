@@ -31,6 +31,7 @@ from facebeam.transforms.sources import Inputs
 
 log = logging.getLogger(__name__)
 PROBE_FACES = "probe_faces"
+SEARCH_US = "search_us"  # wall time inside the store's search (one msearch per batch on Elasticsearch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,7 @@ def build_parser():
     options.add_inputs(p, flag="--probes", labels=False, backfill=False)
     p.add_argument("--index", default="faces", help="alias to search (default %(default)s)")
     p.add_argument("--k", type=int, default=5, help="hits per probe face")
-    p.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(100, 10k))")
+    p.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(200, 20k))")
     p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                    help="only hits whose FIELD equals VALUE (repeatable), e.g. label=rose_leslie")
     p.add_argument("--exclude-same-image", action="store_true", help="ignore hits on the probe's own image")
@@ -101,7 +102,11 @@ class Search(beam.DoFn):
         self._persons = persons.lookup(self._persons_dir) if self._persons_dir else None
 
     def process(self, batch):
+        import time
+
+        started = time.perf_counter()
         found = self._open.search(batch, self._search)
+        metrics.count(SEARCH_US, int((time.perf_counter() - started) * 1e6))
         if self._persons is not None:
             persons.annotate(found, self._persons)
         for probe, hits in zip(batch, found):
@@ -123,7 +128,7 @@ def run(config: QueryConfig, pipeline=None) -> dict:
     ns = config
     backend = stores.open_search(ns.store, ns.es.connection, ns.index, ns.shards, ns.exact, ns.spec_given, ns.threshold)
     spec, mode, where, threshold = backend.spec, backend.mode, backend.where, backend.threshold
-    search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or max(100, 10 * ns.k),
+    search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or knn.default_candidates(ns.k),
                             filters=ns.filters,
                             exclude_same_image=ns.exclude_same_image, path_prefix=ns.path_prefix)
     sources.check_inputs(ns.probes.patterns)
@@ -146,7 +151,10 @@ def run(config: QueryConfig, pipeline=None) -> dict:
                                                        codec="zstd", file_name_suffix=".parquet")
     result, elapsed = jobs.run(p)
     c = metrics.read_counters(result)
+    search_s = c.get(SEARCH_US, 0) / 1e6
     summary = {**metrics.image_counts(c), "probe_faces": c.get(PROBE_FACES, 0), "mode": mode, **where,
+               "search_settings": backend.store.search_settings(search), "search_s": round(search_s, 3),
+               "search_faces_per_s": round(c.get(PROBE_FACES, 0) / search_s, 1) if search_s else None,
                "k": ns.k, "threshold": threshold, "threshold_from": backend.threshold_from, "spec_id": spec.spec_id,
                "runner": runner_name(opts), "elapsed_s": round(elapsed, 3)}
     jobs.write_summary(join(ns.output, "summary.json"), summary)
@@ -155,9 +163,10 @@ def run(config: QueryConfig, pipeline=None) -> dict:
 
         report.write(ns.report, read_results(ns.output, ns.format), spec, threshold)
         summary["report"] = ns.report
-    log.info("query done (%s search of %s, same person at <= %.4f from %s): %d probe photos, %d faces searched, "
-             "failed %s", where["backend"], where["searched"], threshold, backend.threshold_from, summary["images_seen"],
-             summary["probe_faces"], summary["images_failed"] or "none")
+    log.info("query done (%s search of %s, same person at <= %.4f from %s): %d probe photos, %d faces searched "
+             "(%s faces/s in the search step; %s), failed %s", where["backend"], where["searched"], threshold,
+             backend.threshold_from, summary["images_seen"], summary["probe_faces"], summary["search_faces_per_s"],
+             ", ".join(f"{k} {v}" for k, v in summary["search_settings"].items()), summary["images_failed"] or "none")
     return summary
 
 

@@ -41,7 +41,7 @@ def build_parser():
     p.add_argument("photos", nargs="*", metavar="PHOTO", help="photos to look up (their faces, each)")
     p.add_argument("--k", type=int, default=5, help="hits per face")
     p.add_argument("--index", default="faces", help="alias / store name")
-    p.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(100, 10k))")
+    p.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(200, 20k))")
     p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                    help="only hits whose FIELD equals VALUE (repeatable)")
     p.add_argument("--exact", action="store_true", help="brute force over --shards instead of an index")
@@ -70,7 +70,7 @@ class Searcher:
         self.backend = stores.open_search(config.store, config.es.connection, config.index, config.shards,
                                           config.exact, threshold=config.threshold)
         self.spec = self.backend.spec
-        self.search = knn.SearchSpec(k=config.k, num_candidates=config.num_candidates or max(100, 10 * config.k),
+        self.search = knn.SearchSpec(k=config.k, num_candidates=config.num_candidates or knn.default_candidates(config.k),
                                      filters=config.filters,
                                      path_prefix=config.path_prefix)
         self.model = FaceModel(self.spec)
@@ -109,8 +109,10 @@ def print_table(path, probes, rows, seconds, out=None, threshold_note=None):
 def run(config: SearchConfig, pipeline=None) -> dict:
     searcher = Searcher(config)
     b = searcher.backend
+    settings = b.store.search_settings(searcher.search)
     print(f"ready: {b.where['backend']} search of {b.where['searched']}, spec {searcher.spec.spec_id}, "
           f"same person at <= {b.threshold:.4f} ({b.threshold_from}), warm-up {searcher.warmup_s:.2f} s")
+    print("search settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
     paths = list(config.photos) + ([line.strip() for line in sys.stdin if line.strip()] if config.stdin else [])
     failed = faces = 0
     try:
@@ -127,8 +129,8 @@ def run(config: SearchConfig, pipeline=None) -> dict:
                         threshold_note=f"{b.threshold:.4f} ({b.threshold_from})")
     finally:
         searcher.open.close()
-    return {"photos": len(paths), "faces": faces, "failed": failed, **b.where, "threshold": b.threshold,
-            "threshold_from": b.threshold_from}
+    return {"photos": len(paths), "faces": faces, "failed": failed, **b.where, "search_settings": settings,
+            "threshold": b.threshold, "threshold_from": b.threshold_from}
 
 
 def main(argv=None) -> int:

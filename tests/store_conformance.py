@@ -11,6 +11,8 @@ three class-scoped fixtures:
 `collection` (the module's fixture) is (shards folder, face rows): a few sample photos, each labeled
 with its file name. The tests run in this order on one store; the erasure test comes last.
 """
+import os
+
 import pytest
 
 from facebeam.transforms import knn
@@ -105,6 +107,39 @@ class AbstractStoreTests:
                 searcher.close()
             assert [(h[0]["person"], h[0]["person_id"]) for h in hits] == [("Ada Lovelace", "p-conformance")] * len(faces)
             assert only and {h["face_id"] for h in only} <= set(named)
+
+    def test_person_and_path_prefix_filters_return_only_matching_faces_and_k_of_them(self, store, collection):
+        _, rows = collection
+        images = list(by_image(rows).values())
+        named = {r["face_id"]: ("p-grace", "Grace Hopper") for faces in images[:3] for r in faces}
+        assert len(named) >= 3 and store.set_persons(named) == len(named)
+        probe = images[3][0]
+        folder = os.path.dirname(images[0][0]["image_path"])
+        prefix = os.path.join(folder, os.path.basename(images[4][0]["image_path"])[:1])
+        under = {r["face_id"] for r in rows if r["image_path"].startswith(prefix)}
+        assert under and len(under) < len(rows)
+        if not store.capabilities.search:
+            return
+        searcher = store.searcher()
+        try:
+            def search(k, **kw):
+                return searcher.search([probe], knn.SearchSpec(k=k, num_candidates=50, **kw))[0]
+
+            for k in (2, len(named), len(named) + 3):  # k hits while k exist, then every one there is
+                by_name = search(k, filters=(("person", "Grace Hopper"),))
+                by_id = search(k, filters=(("person", "p-grace"),))
+                assert [h["face_id"] for h in by_name] == [h["face_id"] for h in by_id]
+                assert len(by_name) == min(k, len(named)) and {h["face_id"] for h in by_name} <= set(named)
+                assert {h["person"] for h in by_name} == {"Grace Hopper"}
+                prefixed = search(k, path_prefix=prefix)
+                assert len(prefixed) == min(k, len(under)) and {h["face_id"] for h in prefixed} <= under
+                assert all(h["image_path"].startswith(prefix) for h in prefixed)
+            both = search(len(rows), path_prefix=prefix, filters=(("person", "Grace Hopper"),))
+            assert {h["face_id"] for h in both} == under & set(named)
+            assert search(3, filters=(("person", "nobody by this name"),)) == []
+            assert search(3, path_prefix=os.path.join(folder, "no such photo")) == []
+        finally:
+            searcher.close()
 
     def test_erasure_leaves_no_trace(self, store, collection, traces):
         _, rows = collection

@@ -13,7 +13,7 @@ import pytest
 
 from facebeam.pipelines import index
 from facebeam.transforms import redis_store, stores
-from facebeam.transforms.stores.elasticsearch import ElasticsearchStore
+from facebeam.transforms.stores.elasticsearch import ElasticsearchStore, person_faces_index, persons_index
 from facebeam.transforms.stores.embedded import EmbeddedStore
 from facebeam.transforms.stores.exact import ShardsStore
 from facebeam.transforms.stores.redis import RedisStore
@@ -138,6 +138,12 @@ class TestElasticsearchStore(AbstractStoreTests):
         def find(store, sha, face_ids, vectors):
             found = [h["_id"] for h in es_client.search(index=store.name, size=50, query={"bool": {"should": [
                 {"term": {"image_sha256": sha}}, {"ids": {"values": sorted(face_ids)}}]}}).body["hits"]["hits"]]
+            for side in (persons_index(store.name), person_faces_index(store.name)):  # the persons' side indices
+                if es_client.indices.exists(index=side):
+                    es_client.indices.refresh(index=side)
+                    found += [f"{side} holds {h['_id']}" for h in es_client.search(index=side, size=50, query={
+                        "bool": {"should": [{"ids": {"values": sorted(face_ids)}},
+                                            {"terms": {"face_ids": sorted(face_ids)}}]}}).body["hits"]["hits"]]
             concrete = store.concrete()
             docs = es_client.indices.stats(index=concrete, metric="docs").body["indices"][concrete]["primaries"]["docs"]
             if docs["deleted"]:  # deleted docs stay in segment files until expunged

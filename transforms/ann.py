@@ -40,6 +40,7 @@ FORMAT = 1
 SPEC_FILE = "spec.json"
 COMPACT_SHARE = 0.25
 EXACT_SUBSET = 20_000  # a filter that keeps at most this many faces is answered exactly
+GATHERED_KEPT = 8  # the vectors of this many recent filters (<= EXACT_SUBSET rows each) stay gathered
 META_FIELDS = ("face_id", "image_path", "image_sha256", "face_index", "label", "box_x", "box_y", "box_w", "box_h")
 
 
@@ -101,6 +102,7 @@ class AnnIndex:
         self.writable = writable
         self._positions = None  # face_id -> position (live faces), built on demand
         self._selector = None
+        self._lookup = {}  # filter look-ups (sorted paths, positions by field value), built on demand
 
     # --- opening ------------------------------------------------------------------------
     @classmethod
@@ -211,7 +213,7 @@ class AnnIndex:
             if len(pending) >= chunk:
                 flush()
         flush()
-        self._selector = None
+        self._selector, self._lookup = None, {}
         self.__dict__.pop("_most", None)
         self.__dict__.pop("_deleted", None)
         return {"added": added, "skipped": skipped}
@@ -233,6 +235,7 @@ class AnnIndex:
             for k in META_FIELDS:  # nothing of the face stays, its id included
                 self.meta[k][i] = None
         self._positions = self._selector = None
+        self._lookup = {}
         self.__dict__.pop("_most", None)
         self.__dict__.pop("_deleted", None)
         return len(gone)
@@ -251,6 +254,7 @@ class AnnIndex:
         self.index = index
         self.meta = {k: [v[i] for i in live] for k, v in self.meta.items()}
         self._positions = self._selector = None
+        self._lookup = {}
         self.__dict__.pop("_most", None)
         self.__dict__.pop("_deleted", None)
         self.info["compacted_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -321,9 +325,12 @@ class AnnIndex:
         params = faiss.SearchParametersHNSW()
         params.efSearch = int(ef)
         keep = []
-        if allowed is not None:
-            sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
-            keep.append(sel)
+        if allowed is not None:  # a bitmap: one bit per position, built in numpy (no per-id hash set)
+            mask = np.zeros(self.total, dtype=bool)
+            mask[allowed] = True
+            bits = np.packbits(mask, bitorder="little")
+            sel = faiss.IDSelectorBitmap(self.total, faiss.swig_ptr(bits))
+            keep += [sel, bits]
         elif self.deleted:
             if self._selector is None:
                 gone = np.asarray([i for i, d in enumerate(self.meta["deleted"]) if d], dtype=np.int64)
@@ -346,28 +353,69 @@ class AnnIndex:
                 "box_y": m["box_y"][pos], "box_w": m["box_w"][pos], "box_h": m["box_h"][pos],
                 "distance": float(dist), "score": distance_to_score(float(dist), self.spec)}
 
-    def _allowed(self, filters, face_ids=None, path_prefix=None) -> list | None:
-        if not filters and face_ids is None and not path_prefix:
+    def positions_of(self, face_ids) -> np.ndarray:
+        """Positions of those live faces (sorted)."""
+        have = self.positions()
+        return np.asarray(sorted(have[f] for f in face_ids if f in have), dtype=np.int64)
+
+    def _with_value(self, field: str, value: str) -> np.ndarray:
+        """Live positions whose `field` is `value` (as text), from a per-field table built once."""
+        key = ("value", field)
+        if key not in self._lookup:
+            table = {}
+            for i, (v, gone) in enumerate(zip(self.meta[field], self.meta["deleted"])):
+                if not gone:
+                    table.setdefault(str(v), []).append(i)
+            self._lookup[key] = {v: np.asarray(p, dtype=np.int64) for v, p in table.items()}
+        return self._lookup[key].get(value, np.zeros(0, dtype=np.int64))
+
+    def _under(self, prefix: str) -> np.ndarray:
+        """Live positions whose image path starts with `prefix`: a range of the paths sorted once (binary search)."""
+        if "paths" not in self._lookup:
+            live = [i for i, gone in enumerate(self.meta["deleted"]) if not gone]
+            paths = np.asarray([self.meta["image_path"][i] or "" for i in live], dtype=object)
+            order = np.argsort(paths, kind="stable")
+            self._lookup["paths"] = (paths[order], np.asarray(live, dtype=np.int64)[order])
+        under = self._lookup.setdefault("under", {})
+        if prefix not in under:
+            paths, pos = self._lookup["paths"]
+            lo, hi = np.searchsorted(paths, prefix, "left"), np.searchsorted(paths, prefix + "\U0010ffff", "left")
+            if len(under) >= 64:
+                under.pop(next(iter(under)))
+            under[prefix] = np.sort(pos[lo:hi])
+        return under[prefix]
+
+    def _allowed(self, filters, face_ids=None, path_prefix=None, positions=None) -> np.ndarray | None:
+        """Sorted live positions every filter keeps, or None when there is no filter."""
+        if not filters and face_ids is None and not path_prefix and positions is None:
             return None
         for field, _ in filters:
             if field not in self.meta:
                 raise ValueError(f"cannot filter on {field!r} in the embedded index; it keeps {', '.join(META_FIELDS)}")
-        m = self.meta
-        return [i for i in range(self.total) if not m["deleted"][i]
-                and all(str(m[f][i]) == v for f, v in filters)
-                and (face_ids is None or m["face_id"][i] in face_ids)
-                and (not path_prefix or (m["image_path"][i] or "").startswith(path_prefix))]
+        sets = [self._with_value(f, v) for f, v in filters]
+        if face_ids is not None:
+            sets.append(self.positions_of(face_ids))
+        if positions is not None:
+            sets.append(np.asarray(positions, dtype=np.int64))
+        if path_prefix:
+            sets.append(self._under(path_prefix))
+        out = sets[0]
+        for other in sets[1:]:
+            out = np.intersect1d(out, other, assume_unique=True)
+        return out
 
     def search_vectors(self, vectors, k: int, ef: int = 100, filters=(), exclude_shas=None, face_ids=None,
-                       path_prefix=None) -> list:
-        """[(position, distance), ...] per query vector, best first; deleted faces never come back."""
+                       path_prefix=None, positions=None) -> list:
+        """[(position, distance), ...] per query vector, best first; deleted faces never come back. Filters:
+        field values, `face_ids`, `path_prefix`, `positions` (sorted, unique live positions, e.g. a person's from
+        positions_of, looked up once)."""
         q = _prepare(vectors, self.spec)
         if self.total == 0 or len(q) == 0:
             return [[] for _ in range(len(q))]
         extra = 0
         if exclude_shas is not None:
             extra = self._most_faces_per_image()
-        allowed = self._allowed(filters, face_ids, path_prefix)
+        allowed = self._allowed(filters, face_ids, path_prefix, positions)
         want = k + extra
         if allowed is not None and len(allowed) <= EXACT_SUBSET:
             out = self._exact(q, allowed, want)
@@ -383,16 +431,28 @@ class AnnIndex:
                    for hits, sha in zip(out, exclude_shas)]
         return [hits[:k] for hits in out]
 
-    def _exact(self, q: np.ndarray, allowed: list, want: int) -> list:
-        if not allowed:
+    def _gathered(self, ids: np.ndarray):
+        """An exact scan (knn.ExactScan, one thread) over those positions' vectors, kept for the last few filters: a
+        person or a prefix asked again copies nothing out of the memory-mapped index."""
+        import hashlib
+
+        from facebeam.transforms.knn import ExactScan
+
+        key = hashlib.blake2b(ids.tobytes(), digest_size=16).digest()
+        cache = self._lookup.setdefault("gathered", {})
+        if key not in cache:
+            while len(cache) >= GATHERED_KEPT:
+                cache.pop(next(iter(cache)))
+            cache[key] = ExactScan(self.index.reconstruct_batch(ids), threads=1)
+        return cache[key]
+
+    def _exact(self, q: np.ndarray, allowed: np.ndarray, want: int) -> list:
+        if not len(allowed):
             return [[] for _ in range(len(q))]
         ids = np.asarray(allowed, dtype=np.int64)
-        x = self.index.reconstruct_batch(ids)
-        d2 = np.sum(q * q, axis=1)[:, None] + np.sum(x * x, axis=1)[None, :] - 2.0 * (q @ x.T)
-        dist = _distance(d2, self.spec)
-        top = min(want, len(ids))
-        order = np.argsort(dist, axis=1, kind="stable")[:, :top]
-        return [[(int(ids[j]), float(dist[r, j])) for j in order[r]] for r in range(len(q))]
+        found, dist = self._gathered(ids).topk(q, want)
+        dist = _distance(dist * dist, self.spec)
+        return [[(int(ids[j]), float(d)) for j, d in zip(found[r], dist[r])] for r in range(len(q))]
 
     def _most_faces_per_image(self) -> int:
         if "_most" not in self.__dict__:
@@ -402,12 +462,13 @@ class AnnIndex:
             self.__dict__["_most"] = max(c.values(), default=0)
         return self.__dict__["_most"]
 
-    def search(self, probes: list, search, face_ids=None) -> list:
-        """Probe face rows + a knn.SearchSpec -> hit lists in the shape knn.es_search returns (`face_ids`: only those)."""
+    def search(self, probes: list, search, face_ids=None, positions=None) -> list:
+        """Probe face rows + a knn.SearchSpec -> hit lists in the shape knn.es_search returns (`face_ids`,
+        `positions`: only those)."""
         excl = [p["image_sha256"] for p in probes] if search.exclude_same_image else None
         found = self.search_vectors([p["embedding"] for p in probes], search.k, ef=search.num_candidates,
                                     filters=search.filters, exclude_shas=excl, face_ids=face_ids,
-                                    path_prefix=getattr(search, "path_prefix", None))
+                                    path_prefix=getattr(search, "path_prefix", None), positions=positions)
         return [[self._hit(i, d) for i, d in hits] for hits in found]
 
     def describe(self) -> str:

@@ -1,10 +1,15 @@
 """Top-k face search: Elasticsearch kNN (msearch) or an exact scan over the Parquet shards.
 
+`ExactScan` is the one exact top-k over a float32 matrix (an array or a memory map) that the
+benchmarks and the embedded index's filtered path use; `topk_block`/`merge_topk` serve the scans
+that must exclude pairs (the shards with filters, the persons graph).
+
 Both take probe face rows and return hits as the same dicts, so one job and one
 report serve both; the exact scan is the recall ground truth. The stores
 (transforms/stores/) search through these; this module imports none of them.
 """
 import dataclasses
+import functools
 import logging
 
 import numpy as np
@@ -27,6 +32,12 @@ class SearchSpec:
     def __post_init__(self):
         if self.k < 1 or self.num_candidates < self.k:
             raise ValueError("need k >= 1 and num_candidates >= k")
+
+
+def default_candidates(k: int) -> int:
+    """num_candidates when none is given: recall@10 reached 0.95 at 200 candidates on 1M force-merged hnsw vectors
+    (issue 24's `bench query`; 100 gave 0.88), at 1-2 ms more per query than 100 on 100k."""
+    return max(200, 20 * k)
 
 
 def parse_filters(items) -> tuple:
@@ -52,10 +63,37 @@ def distance_to_score(distance: float, spec: EmbeddingSpec) -> float:
     return (2.0 - distance) / 2.0
 
 
-def es_knn_body(vector, sha256, search: SearchSpec, face_ids=None) -> dict:
-    """The kNN request; every filter is a pre-filter (the top k are all within it). `face_ids`: only those."""
+# How a kNN request asks for its hits (measured side by side by `facebeam bench query`, the first is the default):
+# "source" reads the hit fields from `_source`; "docvalues" turns `_source` off and reads them from doc values.
+# Both trim the response to the hits (filter_path): no _shards, took, _index or _id to send and parse.
+FETCH = ("source", "docvalues")
+SOURCE_FIELDS = ["face_id", "image_path", "image_sha256", "face_index", "label", "box"]
+DOCVALUE_FIELDS = ["face_id", "image_path", "image_sha256", "face_index", "label", "box.x", "box.y", "box.w", "box.h"]
+FILTER_PATH = ["responses.hits.hits._score", "responses.hits.hits._source", "responses.hits.hits.fields",
+               "responses.error", "responses.status"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceIdsLookup:
+    """A kNN pre-filter on face ids kept server-side: the `face_ids` arrays of documents (terms lookups; a document
+    that is not there matches nothing)."""
+
+    index: str
+    ids: tuple
+    path: str = "face_ids"
+
+    def query(self) -> dict:
+        terms = [{"terms": {"face_id": {"index": self.index, "id": i, "path": self.path}}} for i in self.ids]
+        return terms[0] if len(terms) == 1 else {"bool": {"should": terms, "minimum_should_match": 1}}
+
+
+def es_knn_body(vector, sha256, search: SearchSpec, face_ids=None, fetch: str = FETCH[0]) -> dict:
+    """The kNN request; every filter is a pre-filter (the top k are all within it). `face_ids`: only those (a set,
+    or a FaceIdsLookup the server resolves)."""
     flt = [{"term": {f: v}} for f, v in search.filters]
-    if face_ids is not None:
+    if isinstance(face_ids, FaceIdsLookup):
+        flt.append(face_ids.query())
+    elif face_ids is not None:
         flt.append({"terms": {"face_id": sorted(face_ids)}})
     if search.path_prefix:
         flt.append({"prefix": {"image_path": search.path_prefix}})
@@ -64,27 +102,71 @@ def es_knn_body(vector, sha256, search: SearchSpec, face_ids=None) -> dict:
            "num_candidates": search.num_candidates}
     if flt or must_not:
         knn["filter"] = {"bool": {"filter": flt, "must_not": must_not}}
-    return {"knn": knn, "size": search.k, "_source": ["face_id", "image_path", "image_sha256", "face_index", "label", "box"]}
+    if fetch == "docvalues":
+        return {"knn": knn, "size": search.k, "_source": False, "docvalue_fields": DOCVALUE_FIELDS}
+    return {"knn": knn, "size": search.k, "_source": SOURCE_FIELDS}
 
 
-def es_search(client, index: str, probes: list, search: SearchSpec, spec: EmbeddingSpec, face_ids=None) -> list:
-    """One msearch for a batch of probe rows; returns a list of hit lists."""
+def es_hit(h: dict, spec: EmbeddingSpec) -> dict:
+    """One kNN hit (either FETCH shape) -> the hit dict every store returns."""
+    if "_source" in h:
+        s = h["_source"]
+        box = s.get("box") or {}
+    else:  # doc values: every field a list
+        s = {name: v[0] for name, v in (h.get("fields") or {}).items() if v}
+        box = {k: s.get(f"box.{k}") for k in ("x", "y", "w", "h")}
+    return {"face_id": s.get("face_id"), "image_path": s.get("image_path"), "image_sha256": s.get("image_sha256"),
+            "face_index": s.get("face_index"), "label": s.get("label"),
+            "box_x": box.get("x"), "box_y": box.get("y"), "box_w": box.get("w"), "box_h": box.get("h"),
+            "score": float(h["_score"]), "distance": score_to_distance(h["_score"], spec)}
+
+
+def fast_json():
+    """orjson when installed (it encodes vectors ~10x faster than the stdlib's json), else None."""
+    try:
+        import orjson
+    except ImportError:
+        return None
+    return orjson
+
+
+def es_client_options() -> dict:
+    """Options for a search client: orjson parses its responses when installed (`facebeam bench query` measures it)."""
+    if fast_json() is None:
+        return {}
+    from elasticsearch.serializer import OrjsonSerializer
+
+    return {"serializer": OrjsonSerializer()}
+
+
+def es_settings(search: SearchSpec, fetch: str = FETCH[0]) -> dict:
+    """The request settings a kNN search uses, for summaries."""
+    return {"num_candidates": search.num_candidates, "k": search.k, "fetch": fetch, "response": "filter_path (hits only)",
+            "request": "msearch", "json": "orjson" if fast_json() else "json (stdlib)",
+            "connection": "one keep-alive client per worker"}
+
+
+def es_search(client, index: str, probes: list, search: SearchSpec, spec: EmbeddingSpec, face_ids=None,
+              fetch: str = FETCH[0], encode: bool = True, filter_path=FILTER_PATH, one_by_search: bool = False) -> list:
+    """One msearch for a batch of probe rows (the response trimmed to the hits); returns a list of hit lists.
+    `encode`: each request line encoded here with orjson when installed (the client's NDJSON uses the stdlib).
+    `one_by_search`: a single probe goes through the search API instead."""
     body = []
     for p in probes:
-        body += [{"index": index}, es_knn_body(p["embedding"], p.get("image_sha256"), search, face_ids)]
-    responses = client.msearch(searches=body).body["responses"]
+        body += [{"index": index}, es_knn_body(p["embedding"], p.get("image_sha256"), search, face_ids, fetch)]
+    if len(probes) == 1 and one_by_search:  # one probe: the search API, without msearch's NDJSON framing
+        one = [f.removeprefix("responses.") for f in filter_path] if filter_path else None
+        responses = [client.search(index=index, **body[1], filter_path=one).body]
+    else:
+        fast = fast_json() if encode else None
+        if fast is not None:
+            body = [fast.dumps(line) for line in body]
+        responses = client.msearch(searches=body, filter_path=filter_path).body["responses"]
     out = []
     for r in responses:
         if "error" in r:
             raise RuntimeError(f"kNN search failed: {r['error']}")
-        hits = []
-        for h in r["hits"]["hits"]:
-            s, box = h["_source"], h["_source"].get("box") or {}
-            hits.append({"face_id": s["face_id"], "image_path": s["image_path"], "image_sha256": s["image_sha256"],
-                         "face_index": s["face_index"], "label": s.get("label"),
-                         "box_x": box.get("x"), "box_y": box.get("y"), "box_w": box.get("w"), "box_h": box.get("h"),
-                         "score": float(h["_score"]), "distance": score_to_distance(h["_score"], spec)})
-        out.append(hits)
+        out.append([es_hit(h, spec) for h in (r.get("hits") or {}).get("hits", [])])
     return out
 
 
@@ -143,6 +225,70 @@ def merge_topk(a, b, k: int):
 
 def empty_topk(rows: int):
     return np.zeros((rows, 0), np.int64), np.zeros((rows, 0), np.float32)
+
+
+EINSUM_QUERIES = 8
+
+
+class ExactScan:
+    """Exact top-k (euclidean) over a float32 matrix, an array or a memory map, scanned in row blocks.
+
+    ||q - x||^2 = ||q||^2 - 2 (q.x - ||x||^2 / 2): with the rows' half squared norms computed once
+    (on open), a query reads every vector once, in one product per block (einsum for a few queries,
+    BLAS for many). Blocks run on a thread pool (numpy releases the GIL); their top k merge at the end. Memory per block:
+    queries x block_rows floats (query batches are cut to keep it under `block_floats`).
+    """
+
+    def __init__(self, x, block_rows: int = 131_072, threads: int = None, block_floats: int = 8_388_608):
+        import concurrent.futures
+        import os
+
+        self.x = x
+        n = len(x)
+        threads = max(1, threads or os.cpu_count() or 1)
+        block_rows = max(1, min(block_rows, -(-n // threads)))  # at least one block per thread
+        self.half_norms = np.empty(n, dtype=np.float32)
+        for s in range(0, n, block_rows):
+            b = np.asarray(x[s:s + block_rows], dtype=np.float32)
+            self.half_norms[s:s + len(b)] = 0.5 * np.einsum("ij,ij->i", b, b)
+        self.blocks = [(s, min(n, s + block_rows)) for s in range(0, n, block_rows)]
+        self.threads = max(1, min(len(self.blocks), threads))
+        self.query_batch = max(1, block_floats // block_rows)
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def _run_block(self, q: np.ndarray, k: int, block: tuple):
+        return self._block(q, block[0], block[1], k)
+
+    def _block(self, q: np.ndarray, start: int, stop: int, k: int):
+        x = np.asarray(self.x[start:stop], dtype=np.float32)
+        # A few queries: numpy's own loop (einsum) streams the block at memory speed and runs beside the other
+        # blocks' threads; BLAS' gemv was 3-4x slower here and serializes concurrent calls. Many: BLAS gemm.
+        s = np.einsum("ij,qj->qi", x, q) if len(q) <= EINSUM_QUERIES else q @ x.T
+        s -= self.half_norms[None, start:stop]
+        kk = min(k, stop - start)
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        return part + start, np.take_along_axis(s, part, 1)
+
+    def topk(self, queries, k: int):
+        """(ids, euclidean distances) of the k nearest rows per query, best first."""
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.x.shape[1]))
+        ids_out = np.empty((len(q), min(k, len(self.x))), dtype=np.int64)
+        dist_out = np.empty(ids_out.shape, dtype=np.float32)
+        for qs in range(0, len(q), self.query_batch):
+            qb = q[qs:qs + self.query_batch]
+            run = functools.partial(self._run_block, qb, k)
+            parts = list(self._pool.map(run, self.blocks) if self._pool else map(run, self.blocks))
+            ids = np.concatenate([p[0] for p in parts], axis=1)
+            sc = np.concatenate([p[1] for p in parts], axis=1)
+            order = np.argsort(-sc, axis=1, kind="stable")[:, :ids_out.shape[1]]
+            ids, sc = np.take_along_axis(ids, order, 1), np.take_along_axis(sc, order, 1)
+            d2 = np.einsum("ij,ij->i", qb, qb)[:, None] - 2.0 * sc
+            ids_out[qs:qs + len(qb)], dist_out[qs:qs + len(qb)] = ids, np.sqrt(np.maximum(d2, 0.0))
+        return ids_out, dist_out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
 
 def exact_search(shard_files, probes: list, search: SearchSpec, spec: EmbeddingSpec, chunk_rows: int = 65536,

@@ -173,6 +173,10 @@ class FaceStore(abc.ABC):
     def searcher(self) -> Searcher:
         raise StoreError(f"{self.describe()} {self.capabilities.lacks('search')}")
 
+    def search_settings(self, search) -> dict:
+        """How a search (knn.SearchSpec) runs here, for the summaries of `query` and `search`."""
+        return {"k": search.k}
+
     def reindexer(self, new_spec, load) -> Reindex:
         raise StoreError(f"{self.describe()} {self.capabilities.lacks('reindex')}")
 

@@ -3,9 +3,10 @@
 Its metadata lives in the concrete index's `_meta.facebeam` (calibration, beside the spec).
 Persons' names live in a side index `<alias>-persons` (one doc per face: _id = face_id, person,
 person_id): the faces' documents cannot be updated in place, because their vectors are not in
-`_source` and a partial update would re-index them without one. A `--person` filter resolves the
-person's face ids there and is a kNN pre-filter (`terms` on face_id), like `--label`: the top k
-are all within it.
+`_source` and a partial update would re-index them without one. Beside it, `<alias>-person-faces`
+holds one doc per person (by name and by person id: `face_ids`), so a `--person` filter is a kNN
+pre-filter the server resolves itself (a `terms` lookup on face_id, no ids sent with each query),
+like `--label`: the top k are all within it.
 """
 from __future__ import annotations
 
@@ -30,8 +31,56 @@ PERSONS_MAPPING = {"dynamic": "strict", "properties": {"face_id": {"type": "keyw
                                                       "person_id": {"type": "keyword"}}}
 
 
+PERSON_FACES_MAPPING = {"dynamic": "strict", "properties": {"face_ids": {"type": "keyword"}}}
+TERMS_LIMIT = 65_536  # Elasticsearch's default index.max_terms_count
+
+
 def persons_index(alias: str) -> str:
     return f"{alias}-persons"
+
+
+def person_faces_index(alias: str) -> str:
+    return f"{alias}-person-faces"
+
+
+def person_doc_ids(name: str) -> tuple:
+    """The two docs of a person in the person-faces index: by name and by person id."""
+    return f"name:{name}", f"id:{name}"
+
+
+def write_person_faces(client, alias: str, persons: dict) -> None:
+    """`<alias>-person-faces` rebuilt from {face_id: [person_id, name]}; the faces index allows terms lookups
+    as large as its largest person."""
+    from elasticsearch import helpers
+
+    groups = {}
+    for face, (pid, name) in ((f, (list(v) + [None, None])[:2]) for f, v in persons.items()):
+        for doc_id, key in ((f"name:{name}", name), (f"id:{pid}", pid)):
+            if key is not None:
+                groups.setdefault(doc_id, []).append(face)
+    index = person_faces_index(alias)
+    client.options(ignore_status=404).indices.delete(index=index)
+    client.indices.create(index=index, mappings=PERSON_FACES_MAPPING,
+                          settings={"number_of_shards": 1, "number_of_replicas": 0})
+    helpers.bulk(client, ({"_index": index, "_id": d, "face_ids": sorted(f)} for d, f in groups.items()))
+    client.indices.refresh(index=index)
+    largest = max((len(f) for f in groups.values()), default=0)
+    if largest > TERMS_LIMIT:
+        client.indices.put_settings(index=es_index.alias_target(client, alias),
+                                    settings={"index": {"max_terms_count": largest}})
+
+
+def person_filter(client, alias: str, name: str):
+    """The kNN pre-filter for a person's faces: a terms lookup on the person-faces index (by name, else by person
+    id), or the face ids from the persons index where that index is not there yet (named before it existed)."""
+    from facebeam.transforms import knn
+
+    index = person_faces_index(alias)
+    if not client.indices.exists(index=index):
+        return faces_of_person(client, alias, name)
+    docs = client.mget(index=index, ids=list(person_doc_ids(name)), source=False).body["docs"]
+    found = tuple(d["_id"] for d in docs if d.get("found"))
+    return knn.FaceIdsLookup(index, found) if found else set()  # no such person: matches nothing
 
 
 def read_persons(client, alias: str, face_ids=None) -> dict:
@@ -185,6 +234,8 @@ class ElasticsearchStore(FaceStore):
                 helpers.bulk(client, ({"_op_type": "delete", "_index": named, "_id": h["_id"]} for h in hits),
                              raise_on_error=False)  # a face without a name has no doc there (404)
                 self._expunge(client, named)
+                if client.indices.exists(index=person_faces_index(self.name)):  # rebuilt without those faces
+                    write_person_faces(client, self.name, read_persons(client, self.name))
             self._expunge(client, self.name)
             return deleted
         finally:
@@ -231,9 +282,16 @@ class ElasticsearchStore(FaceStore):
         return hits[0]["face_id"], hits[0]["distance"], None
 
     def searcher(self) -> Searcher:
+        from facebeam.transforms import knn
+
         client, _, spec = self.open_alias()
         client.close()
-        return _EsSearcher(self.conn, self.name, spec)
+        return _EsSearcher(self.conn, self.name, spec, knn.FETCH[0])
+
+    def search_settings(self, search) -> dict:
+        from facebeam.transforms import knn
+
+        return knn.es_settings(search, knn.FETCH[0])
 
     def reindexer(self, new_spec, load) -> Reindex:
         return _EsReindex(self, new_spec, load)
@@ -285,14 +343,21 @@ class ElasticsearchStore(FaceStore):
             helpers.bulk(client, ({"_index": index, "_id": f, "face_id": f, "person": found[f][1],
                                    "person_id": found[f][0]} for f in sorted(have)))
             client.indices.refresh(index=index)
+            write_person_faces(client, self.name, {f: found[f] for f in have})
             return len(have)
         finally:
             client.close()
 
 
 class _EsSearcher(Searcher):
-    def __init__(self, conn, alias, spec):
-        self._client, self._alias, self._spec = conn.client(), alias, spec
+    """One keep-alive client per worker (its TLS session reused), orjson when installed, the hits trimmed."""
+
+    def __init__(self, conn, alias, spec, fetch: str):
+        from facebeam.transforms import knn
+
+        self._client, self._alias, self._spec = conn.client(**knn.es_client_options()), alias, spec
+        self._fetch = fetch
+        self._person_filters = {}
 
     def search(self, probes: list, search) -> list:
         import dataclasses
@@ -300,9 +365,11 @@ class _EsSearcher(Searcher):
         from facebeam.transforms import knn
 
         rest, person = split_filters(search.filters)
-        faces = faces_of_person(self._client, self._alias, person) if person is not None else None
+        if person is not None and person not in self._person_filters:  # one look-up per person and searcher
+            self._person_filters[person] = person_filter(self._client, self._alias, person)
+        faces = self._person_filters[person] if person is not None else None
         found = knn.es_search(self._client, self._alias, probes, dataclasses.replace(search, filters=rest), self._spec,
-                              face_ids=faces)
+                              face_ids=faces, fetch=self._fetch)
         annotate(found, read_persons(self._client, self._alias, [h["face_id"] for hs in found for h in hs]))
         return found
 

@@ -144,6 +144,11 @@ class EmbeddedStore(FaceStore):
     def reindexer(self, new_spec, load) -> Reindex:
         return _EmbeddedReindex(self, new_spec, load)
 
+    def search_settings(self, search) -> dict:
+        return {"k": search.k, "ef_search": search.num_candidates, "threads_per_search": 1,
+                "filters": f"exact below {ann.EXACT_SUBSET:,} allowed faces, else HNSW with a bitmap selector",
+                "index": "memory-mapped"}
+
     # --- metadata -------------------------------------------------------------------------------
     def _read_meta_file(self) -> dict:
         try:
@@ -184,14 +189,17 @@ class _EmbeddedSearcher(Searcher):
     def __init__(self, folder: str, persons: dict):
         self._ann = ann.AnnIndex.open(folder)  # memory-mapped
         self._persons = persons
+        self._of_person = {}  # name -> positions of their faces, looked up once per searcher
 
     def search(self, probes: list, search) -> list:
         import dataclasses
 
         rest, person = split_filters(search.filters)
         if person is not None:
-            faces = person_faces(self._persons, person)
-            found = self._ann.search(probes, dataclasses.replace(search, filters=rest), face_ids=faces)
+            if person not in self._of_person:
+                self._of_person[person] = self._ann.positions_of(person_faces(self._persons, person))
+            found = self._ann.search(probes, dataclasses.replace(search, filters=rest),
+                                     positions=self._of_person[person])
         else:
             found = self._ann.search(probes, search)
         annotate(found, self._persons)

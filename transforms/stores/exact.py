@@ -85,6 +85,9 @@ class ShardsStore(FaceStore):
             return None, None, 0
         return hits[0]["face_id"], hits[0]["distance"], None
 
+    def search_settings(self, search) -> dict:
+        return {"k": search.k, "scan": "every shard, exactly"}
+
     def searcher(self) -> Searcher:
         if not self.exists():
             raise UserError(f"no embedding shards under {self.folder}")
