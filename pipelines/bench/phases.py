@@ -86,11 +86,11 @@ def job_phases(kind: str, t0: float, t1: float, harnesses: int) -> dict:
     for name, a, b in zip(PHASES, marks, marks[1:]):
         out[name] = round(max(0.0, b - a), 1) if a is not None and b is not None else None
     if kind == "spark":
-        out["scheduling"] = _spark_scheduling(server)
+        out["scheduling"] = spark_scheduling(server)
     return out
 
 
-def _spark_scheduling(lines) -> float | None:
+def spark_scheduling(lines) -> float | None:
     """Seconds from each "Adding task set X" to the first "Starting task ... in stage X", summed."""
     total, found, waiting = 0.0, False, {}
     for t, line in lines:
