@@ -17,6 +17,9 @@ Beam's runner jars in the cluster's classpath; `facebeam flink|spark up` does th
   per job by `--pipeline_resources_detector_factory_class` (runner/job_options.py). No Beam
   artifact offers "the cluster has the jars already". Without a javac, jobs still run
   through the long-lived job server but ship the jars as before (`stages_jars` in the state).
+- `loopback_agent(spec)`: `runner/LoopbackServers.java`, compiled the same way into a -javaagent
+  jar, with which the job server, the Flink TaskManager and the Spark executors run: Beam's gRPC
+  servers in them (job, artifacts, fn-API) bind loopback, not every interface (`listening.py`).
 - `start(kind, master)`: the job server's main class on the job server's own classpath plus
   that jar, serving localhost:8099 (Flink) / 8097 (Spark), artifacts on the next port down;
   state in `<cluster state>/job-server.json`, log in `<cluster state>/log/job-server.log`.
