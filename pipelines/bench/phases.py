@@ -3,9 +3,9 @@
 `facebeam bench runners` times each job from the launcher; this splits the part of a cluster job
 that does not grow with the photos, between the launcher's start `t0` and the job's end `t1`:
 
-- job submission: `t0` until the engine has the job (Flink: the job server's "Successfully submitted
-  job"; Spark: "Running job"): pipeline construction and input listing in the launcher, artifact
-  staging, the job server's translation and its submission to the engine;
+- job submission: `t0` until the engine has the job (Flink: the job's start-time in the JobManager's
+  REST API; Spark: the job server's "Running job" line): pipeline construction and input listing in
+  the launcher, artifact staging, the job server's translation and its submission to the engine;
 - stage set-up: until the worker pool is first asked for a harness (Flink deploys and opens the
   tasks; Spark gets its executor, plans the first stage and launches its tasks);
 - harness start: until the harnesses of that first request are up ("Logging handler created.",
@@ -24,14 +24,10 @@ import datetime
 import re
 from pathlib import Path
 
-import psutil
+from facebeam.pipelines.local import flink, job_server, toolkit, workers
 
-from facebeam.pipelines.local import job_server, workers
-
-_FLINK_LINE = re.compile(r"^(\d+) \[")  # slf4j-simple with showDateTime: ms since the JVM started
 _SPARK_LINE = re.compile(r"^(\d\d/\d\d/\d\d \d\d:\d\d:\d\d) ")
 _POOL_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-_ACCEPTED = {"flink": "Successfully submitted job", "spark": "SparkPipelineRunner: Running job"}
 PHASES = ("job submission", "stage set-up", "harness start", "model load + first photo", "scheduling")
 
 
@@ -39,23 +35,24 @@ def _local(stamp: str, fmt: str) -> float:
     return datetime.datetime.strptime(stamp, fmt).timestamp()
 
 
-def job_server_lines(kind: str) -> list:
-    """[(unix time, line)] of the running job server's log."""
-    st = job_server.info(kind)
-    path = workers.state_dir(kind) / "log" / "job-server.log"
-    if not st or not path.is_file():
+def spark_job_server_lines() -> list:
+    """[(unix time, line)] of the Spark job server's log (Spark's own lines carry the wall clock;
+    the Flink job server's slf4j lines carry only milliseconds since its logger started)."""
+    path = workers.state_dir("spark") / "log" / "job-server.log"
+    if not job_server.info("spark") or not path.is_file():
         return []
+    return [(_local(m.group(1), "%y/%m/%d %H:%M:%S"), line)
+            for line in Path(path).read_text(errors="replace").splitlines() if (m := _SPARK_LINE.match(line))]
+
+
+def flink_job_started(t0: float, t1: float) -> float | None:
+    """When the local Flink JobManager received the job that ran between `t0` and `t1` (REST)."""
     try:
-        started = psutil.Process(int(st["pid"])).create_time()
-    except psutil.Error:
-        return []
-    out = []
-    for line in Path(path).read_text(errors="replace").splitlines():
-        if m := _FLINK_LINE.match(line):
-            out.append((started + int(m.group(1)) / 1000, line))
-        elif m := _SPARK_LINE.match(line):
-            out.append((_local(m.group(1), "%y/%m/%d %H:%M:%S"), line))
-    return out
+        jobs = toolkit.http_json(f"{flink.rest_url()}/jobs/overview", timeout=5).get("jobs", [])
+    except (OSError, ValueError):
+        return None
+    starts = [j["start-time"] / 1000 for j in jobs if t0 <= j.get("start-time", 0) / 1000 <= t1]
+    return min(starts) if starts else None
 
 
 def pool_lines(kind: str) -> list:
@@ -74,9 +71,10 @@ def _first(lines, needle: str, after: float):
 def job_phases(kind: str, t0: float, t1: float, harnesses: int) -> dict:
     """{phase: seconds or None} of the job that ran on `kind`'s local cluster from `t0` to `t1`
     with `harnesses` harness processes (PHASES; None where a log line was not found)."""
-    server = [(t, x) for t, x in job_server_lines(kind) if t0 - 1 <= t <= t1 + 1]
+    server = [(t, x) for t, x in spark_job_server_lines() if t0 - 1 <= t <= t1 + 1] if kind == "spark" else []
     pool = [(t, x) for t, x in pool_lines(kind) if t0 <= t <= t1 + 1]
-    accepted = _first(server, _ACCEPTED[kind], t0 - 1)
+    accepted = flink_job_started(t0, t1) if kind == "flink" else _first(server, "SparkPipelineRunner: Running job",
+                                                                         t0 - 1)
     requested = _first(pool, "Starting worker with command", t0)
     ready = sorted(t for t, x in pool if "Logging handler created." in x and requested and t >= requested)
     up = ready[min(harnesses, len(ready)) - 1] if ready else None

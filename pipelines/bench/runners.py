@@ -24,6 +24,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 
@@ -179,8 +180,8 @@ def run(ns: BenchRunnersConfig, pipeline=None) -> dict:
     made = augmented_copies(ns.sample, ns.photos, photos_dir)
     warm_dir = os.path.join(work, "warmup")
     os.makedirs(warm_dir)
-    for path in made[:ns.warmup]:
-        os.symlink(path, os.path.join(warm_dir, os.path.basename(path)))
+    for path in made[:ns.warmup]:  # copies: a symlink out of the input folder is not read (sources.py)
+        shutil.copyfile(path, os.path.join(warm_dir, os.path.basename(path)))
     keys, scaling = list(ns.runners), ns.scaling
     results = {}
     for key in keys + ([scaling] if scaling and scaling not in keys else []):
