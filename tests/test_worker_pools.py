@@ -224,9 +224,11 @@ def test_bench_splits_a_cluster_jobs_fixed_cost_by_phase(cluster, photo_list, tm
     got = r["phases"]
     assert list(got) == list(phases.PHASES)
     measured = {k: v for k, v in got.items() if v is not None}
-    assert set(measured) >= {"job submission", "stage set-up", "harness start", "model load + first photo"}, got
+    # "model load + first photo" needs a harness's first progress line, written at most every 5 s: a
+    # harness done sooner (12 photos on a quiet machine) writes none, and the phase is n/a.
+    assert set(measured) >= {"job submission", "stage set-up", "harness start"}, got
     assert ("scheduling" in measured) == (which == "spark"), got
-    steps = [got[k] for k in phases.PHASES[:4]]
+    steps = [got[k] for k in phases.PHASES[:4] if got[k] is not None]
     assert all(v >= 0 for v in steps) and sum(steps) <= r["elapsed_s"] + 2, (got, r["elapsed_s"])
     assert got["harness start"] > 0, got  # a Python process does not start in no time
     assert phases.describe(got).startswith(f"job submission {got['job submission']:.1f} s, stage set-up ")
