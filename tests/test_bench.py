@@ -73,3 +73,18 @@ def test_load_then_sweep_on_the_real_cluster(stats, es_conn, es_client, tmp_path
         names = [i["index"] for i in es_client.cat.indices(index="bench-hnsw-3000-s0-*", format="json")]
         if names:
             es_client.indices.delete(index=",".join(names))
+
+
+@pytest.mark.unit
+def test_spark_scheduling_sums_each_task_sets_wait_for_its_first_task():
+    """bench runners' Spark scheduling phase, on lines as the Spark job server logs them."""
+    from facebeam.pipelines.bench import phases
+
+    lines = [(100.0, "26/12/04 08:19:49 INFO TaskSchedulerImpl: Adding task set 0.0 with 2 tasks resource profile 0"),
+             (115.0, "26/12/04 08:20:04 INFO TaskSetManager: Starting task 0.0 in stage 0.0 (TID 0) (localhost, ...)"),
+             (116.0, "26/12/04 08:20:05 INFO TaskSetManager: Starting task 1.0 in stage 0.0 (TID 1) (localhost, ...)"),
+             (130.0, "26/12/04 08:20:19 INFO TaskSchedulerImpl: Adding task set 1.0 with 2 tasks resource profile 0"),
+             (131.0, "26/12/04 08:20:20 INFO TaskSetManager: Starting task 0.0 in stage 1.0 (TID 2) (localhost, ...)")]
+    assert phases.spark_scheduling(lines) == 16.0
+    assert phases.spark_scheduling(lines[:1]) is None
+    assert phases.describe({"job submission": 9.84, "scheduling": None}) == "job submission 9.8 s, scheduling n/a"

@@ -8,9 +8,11 @@ and a pool that is down or stale must fail the job within seconds.
 """
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +206,29 @@ def test_bench_cpu_accounting_counts_descendants():
     busy = "import time\nwhile time.process_time() < 0.5: pass\n"
     subprocess.run([sys.executable, "-c", busy], check=True)
     assert tree_cpu_s([os.getpid()]) - before >= 0.45
+
+
+def test_bench_splits_a_cluster_jobs_fixed_cost_by_phase(cluster, photo_list, tmp_path):
+    """`facebeam bench runners` on a cluster preset: the job's fixed cost by phase, read from the
+    cluster's logs, each phase found, in order, and together no longer than the job."""
+    from facebeam.pipelines.bench import phases
+    from facebeam.pipelines.bench.runners import run_one
+
+    key, which, _ = cluster
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for line in Path(photo_list[0]).read_text().split():
+        shutil.copyfile(line, photos / os.path.basename(line))  # a symlink out of the input is not read
+    r = run_one(key, str(photos), str(tmp_path / "out"))
+    assert r["images"] == photo_list[1] and r["faces"] >= photo_list[1], r
+    got = r["phases"]
+    assert list(got) == list(phases.PHASES)
+    measured = {k: v for k, v in got.items() if v is not None}
+    # "model load + first photo" needs a harness's first progress line, written at most every 5 s: a
+    # harness done sooner (12 photos on a quiet machine) writes none, and the phase is n/a.
+    assert set(measured) >= {"job submission", "stage set-up", "harness start"}, got
+    assert ("scheduling" in measured) == (which == "spark"), got
+    steps = [got[k] for k in phases.PHASES[:4] if got[k] is not None]
+    assert all(v >= 0 for v in steps) and sum(steps) <= r["elapsed_s"] + 2, (got, r["elapsed_s"])
+    assert got["harness start"] > 0, got  # a Python process does not start in no time
+    assert phases.describe(got).startswith(f"job submission {got['job submission']:.1f} s, stage set-up ")

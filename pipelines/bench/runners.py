@@ -14,7 +14,9 @@ processes). Each runner first runs an untimed `--warmup`-photo job, as a long-li
 cluster's JVMs are warm. `--scaling KEY` runs KEY once more
 with one worker (`--sdk_worker_parallelism=1`, and `--parallelism=1` on Flink: one slot, one
 harness process) and prints the speed-up of N workers over one, and the parallel
-efficiency (speed-up / N).
+efficiency (speed-up / N). For each cluster job it prints the fixed cost by phase (job
+submission, stage set-up, harness start, model load, Spark's scheduling), from the logs of the
+cluster's job server and worker pool (`bench/phases.py`).
 """
 import contextlib
 import dataclasses
@@ -22,12 +24,14 @@ import glob
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 
 import psutil
 
 from facebeam.pipelines import embed, jobs, options
+from facebeam.pipelines.bench import phases
 from facebeam.pipelines.bench.synthetic import DEFAULT_SAMPLE
 from facebeam.pipelines.local import flink, job_server, spark, workers
 from facebeam.pipelines.runner.job_options import pipeline_options
@@ -106,8 +110,10 @@ def run_one(key: str, photos_dir: str, out: str, extra=()) -> dict:
     pids = cluster_pids(key)
     load0 = os.getloadavg()
     own0, clu0 = _self_cpu_s(), tree_cpu_s(pids)
+    t0 = time.time()
     s = embed.run(embed.EmbedConfig(Inputs((photos_dir,)), out,
                                     beam_args=(*RUNNER_PRESETS[key], *extra, *options.QUIET_WORKERS)))
+    t1 = time.time()
     time.sleep(2)  # let the pool / Spark worker reap the harness and executor processes
     own, clu = _self_cpu_s() - own0, tree_cpu_s(pids) - clu0
     elapsed = s["elapsed_s"]
@@ -116,7 +122,17 @@ def run_one(key: str, photos_dir: str, out: str, extra=()) -> dict:
             "cpu_s": round(own + clu, 1), "cpu_launcher_s": round(own, 1), "cpu_cluster_s": round(clu, 1),
             "cores_used": round((own + clu) / elapsed, 2) if elapsed else None,
             "core_s_per_photo": round((own + clu) / max(1, s["images_seen"]), 3),
-            "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
+            "loadavg_before": [round(x, 2) for x in load0], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "phases": _phases(key, t0, t1, extra)}
+
+
+def _phases(key: str, t0: float, t1: float, extra) -> dict | None:
+    """The fixed cost of a cluster job by phase (bench/phases.py); None on Direct."""
+    which = PRESET_CLUSTERS.get(key)
+    if which is None:
+        return None
+    n = int(pipeline_options(RUNNER_PRESETS[key] + list(extra)).get_all_options()["sdk_worker_parallelism"] or 1)
+    return phases.job_phases(which, t0, t1, n)
 
 
 #: A one-worker run of a cluster preset: one harness process and, on Flink, one slot (else the
@@ -164,8 +180,8 @@ def run(ns: BenchRunnersConfig, pipeline=None) -> dict:
     made = augmented_copies(ns.sample, ns.photos, photos_dir)
     warm_dir = os.path.join(work, "warmup")
     os.makedirs(warm_dir)
-    for path in made[:ns.warmup]:
-        os.symlink(path, os.path.join(warm_dir, os.path.basename(path)))
+    for path in made[:ns.warmup]:  # copies: a symlink out of the input folder is not read (sources.py)
+        shutil.copyfile(path, os.path.join(warm_dir, os.path.basename(path)))
     keys, scaling = list(ns.runners), ns.scaling
     results = {}
     for key in keys + ([scaling] if scaling and scaling not in keys else []):
@@ -191,6 +207,9 @@ def run(ns: BenchRunnersConfig, pipeline=None) -> dict:
             continue
         print(f"{key:<18} {r['images_per_s']:>9.2f} {r['images_per_s'] / base:>9.2f} {r['elapsed_s']:>10.1f} "
               f"{r['faces']:>6} {r['cpu_s']:>7.1f} {r['cores_used']:>6.2f} {r['core_s_per_photo']:>12.3f}")
+    for key, r in results.items():
+        if key != "scaling" and r.get("phases"):
+            print(f"{key} fixed cost per job: {phases.describe(r['phases'])}")
     sc = results.get("scaling")
     if sc and sc["speedup"]:
         print(f"{sc['preset']}: {sc['processes']} harness processes vs 1: speed-up {sc['speedup']:.2f}x, "

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from facebeam.pipelines import jobs, options
-from facebeam.pipelines.local import jars, job_server, service, toolkit
+from facebeam.pipelines.local import jars, job_server, listening, service, toolkit
 from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.local.toolkit import RunnerSetupError
 
@@ -105,7 +105,7 @@ def is_running() -> bool:
     return bool(live_pids()["standalonesession"])
 
 
-def _write_conf(home: Path, slots: int, port: int, rpc_port: int = RPC_PORT) -> Path:
+def _write_conf(home: Path, slots: int, port: int, rpc_port: int = RPC_PORT, agent: Path | None = None) -> Path:
     import yaml
 
     conf_dir = state_dir() / "conf"
@@ -117,6 +117,8 @@ def _write_conf(home: Path, slots: int, port: int, rpc_port: int = RPC_PORT) -> 
     tmp = state_dir() / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     conf.setdefault("env", {}).update({"log": {"dir": str(state_dir() / "log")}, "pid": {"dir": str(state_dir())}})
+    if agent:  # Beam's fn-API servers in the TaskManager bind loopback (pipelines/local/listening.py)
+        conf["env"].setdefault("java", {}).setdefault("opts", {})["taskmanager"] = f"-javaagent:{agent}"
     conf["jobmanager"] = {
         "bind-host": "localhost",
         "rpc": {"address": "localhost", "port": rpc_port},
@@ -162,18 +164,35 @@ def _script(home: Path, env: dict, script: str, *args: str, timeout: float = 60)
 
 def up(slots: int | None = None, port: int = REST_PORT, timeout: float = UP_TIMEOUT_S,
        version: str = jars.FLINK_VERSION, rpc_port: int = RPC_PORT, workers: int | None = None,
-       pool_port: int | None = None) -> dict:
+       pool_port: int | None = None, allow_exposed: bool = False) -> dict:
     """Start the cluster and its worker pool (if not already running); wait until a
     TaskManager offers slots. `workers` SDK harness processes (default: `slots`, else one
-    per core); `workers=0` starts no pool (jobs then need an explicit environment)."""
+    per core); `workers=0` starts no pool (jobs then need an explicit environment).
+    Then every port it listens on must be on loopback (`listening.check`; `allow_exposed`: warn)."""
     slots = slots or workers or SLOTS
     workers = slots if workers is None else workers
-    info = _up_cluster(slots, port, timeout, version, rpc_port)
+    agent = job_server.loopback_agent(jars.flink_spec())
+    info = _up_cluster(slots, port, timeout, version, rpc_port, agent)
     if workers:
         info["worker_pool"] = pools.start_pool("flink", workers, pool_port)
         _record_cluster(port, int(info.get("slots-total") or slots), workers, int(info["worker_pool"]["port"]))
-    info["job_server"] = job_server.start("flink", f"localhost:{port}", stages_jars=not _beam_in_lib())
+    info["job_server"] = job_server.start("flink", f"localhost:{port}", stages_jars=not _beam_in_lib(), agent=agent)
+    info["exposed"] = [str(x) for x in listening.check("flink", cluster_pids(), beam_pids(), agent, allow_exposed,
+                                                      down)]
     return info
+
+
+def cluster_pids() -> list[int]:
+    """Every process `up` started that is alive: JobManager, TaskManager, job server, worker pool
+    (their children, such as SDK harnesses, are theirs)."""
+    return [p for ps in live_pids().values() for p in ps] + [
+        int(st["pid"]) for st in (job_server.info("flink"), pools.pool_info("flink")) if st]
+
+
+def beam_pids() -> list[int]:
+    """The JVMs that open Beam's servers: the TaskManager (fn-API, per job) and the job server."""
+    st = job_server.info("flink")
+    return live_pids()["taskexecutor"] + ([int(st["pid"])] if st else [])
 
 
 def _beam_in_lib() -> bool:
@@ -189,7 +208,7 @@ def _record_cluster(port: int, slots: int, workers: int, pool_port: int) -> None
     pools.update_state("flink", cluster_port=port, slots=slots, workers=workers, port=pool_port)
 
 
-def _up_cluster(slots, port, timeout, version, rpc_port) -> dict:
+def _up_cluster(slots, port, timeout, version, rpc_port, agent) -> dict:
     info = cluster_info(port)
     live = live_pids()
     if info and live["standalonesession"]:
@@ -203,7 +222,7 @@ def _up_cluster(slots, port, timeout, version, rpc_port) -> dict:
     java = toolkit.find_java(purpose="the Flink cluster")
     home = flink_home(version)
     (state_dir() / "log").mkdir(parents=True, exist_ok=True)
-    conf_dir = _write_conf(home, slots, port, rpc_port)
+    conf_dir = _write_conf(home, slots, port, rpc_port, agent)
     env = _env(home, conf_dir, java)
     env["FLINK_LIB_DIR"] = str(job_server.cluster_lib("flink", home / "lib")[0])
     t0 = time.monotonic()
@@ -261,6 +280,7 @@ class FlinkLocalConfig:
     pool_port: int = None
     rpc_port: int = RPC_PORT
     timeout: float = UP_TIMEOUT_S
+    allow_exposed: bool = False
     version: str = jars.FLINK_VERSION
 
 
@@ -277,6 +297,8 @@ def build_parser():
     up_p.add_argument("--rpc-port", type=int, default=RPC_PORT, help="JobManager RPC port (default %(default)s)")
     up_p.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait (default %(default)s)")
     up_p.add_argument("--version", default=jars.FLINK_VERSION, help="apache-flink wheel version (default %(default)s)")
+    up_p.add_argument("--allow-exposed-ports", action="store_true",
+                      help="warn, instead of stopping, when a port of the cluster listens beyond loopback")
     sub.add_parser("down", help="stop the cluster and its worker pool")
     status_p = sub.add_parser("status", help="is it running, slots, pool")
     for sp in (up_p, status_p):
@@ -287,7 +309,8 @@ def build_parser():
 def configure(a, beam_args=()) -> FlinkLocalConfig:
     if a.action == "up":
         return FlinkLocalConfig("up", port=a.port, workers=a.workers, slots=a.slots, pool_port=a.pool_port,
-                                rpc_port=a.rpc_port, timeout=a.timeout, version=a.version)
+                                rpc_port=a.rpc_port, timeout=a.timeout, version=a.version,
+                                allow_exposed=a.allow_exposed_ports)
     return FlinkLocalConfig("status", port=a.port) if a.action == "status" else FlinkLocalConfig("down")
 
 
@@ -311,7 +334,8 @@ def _status_line(st: dict) -> str:
 def run(args: FlinkLocalConfig, pipeline=None) -> dict:
     return service.run_action("flink", args.action, {
         "up": service.Action(lambda: up(slots=args.slots, port=args.port, timeout=args.timeout, version=args.version,
-                                        rpc_port=args.rpc_port, workers=args.workers, pool_port=args.pool_port),
+                                        rpc_port=args.rpc_port, workers=args.workers, pool_port=args.pool_port,
+                                        allow_exposed=args.allow_exposed),
                              lambda info: _up_line(args.port, info)),
         "down": service.Action(down, lambda stopped: "stopped" if stopped else "not running"),
         "status": service.Action(lambda: status(args.port), _status_line, ok=lambda st: bool(st["cluster"])),

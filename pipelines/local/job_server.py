@@ -17,6 +17,9 @@ Beam's runner jars in the cluster's classpath; `facebeam flink|spark up` does th
   per job by `--pipeline_resources_detector_factory_class` (runner/job_options.py). No Beam
   artifact offers "the cluster has the jars already". Without a javac, jobs still run
   through the long-lived job server but ship the jars as before (`stages_jars` in the state).
+- `loopback_agent(spec)`: `runner/LoopbackServers.java`, compiled the same way into a -javaagent
+  jar, with which the job server, the Flink TaskManager and the Spark executors run: Beam's gRPC
+  servers in them (job, artifacts, fn-API) bind loopback, not every interface (`listening.py`).
 - `start(kind, master)`: the job server's main class on the job server's own classpath plus
   that jar, serving localhost:8099 (Flink) / 8097 (Spark), artifacts on the next port down;
   state in `<cluster state>/job-server.json`, log in `<cluster state>/log/job-server.log`.
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 
 JAVA_SOURCE = Path(__file__).resolve().parents[1] / "runner" / "ClusterLibResources.java"
 DETECTOR_CLASS = "dev.facebeam.beam.ClusterLibResources"
+AGENT_SOURCE = JAVA_SOURCE.with_name("LoopbackServers.java")
+AGENT_CLASS = "dev.facebeam.beam.LoopbackServers"
 #: (job port, artifact port) per cluster: both clusters may be up at once.
 PORTS = {"flink": (8099, 8098), "spark": (8097, 8096)}
 STATE_FILE = "job-server.json"
@@ -66,27 +71,53 @@ def _artifact(name: str) -> str:
 
 def detector_jar(spec: jars.JobServerSpec) -> Path | None:
     """`facebeam-cluster-lib-<hash>.jar` in the jar cache, compiled on first use; None without a javac."""
-    source = JAVA_SOURCE.read_bytes()
-    out = jars.jar_cache_dir() / f"facebeam-cluster-lib-{hashlib.sha256(source).hexdigest()[:12]}.jar"
+    classpath = jars.jar_class_path(jars.job_server_jar(spec))
+    return _compiled_jar(JAVA_SOURCE, "facebeam-cluster-lib", classpath, spec, {},
+                         "jobs on the local cluster ship Beam's jars with every job")
+
+
+def loopback_agent(spec: jars.JobServerSpec) -> Path | None:
+    """`facebeam-loopback-agent-<hash>.jar`: the -javaagent that binds Beam's servers to loopback
+    (`runner/LoopbackServers.java`), compiled on first use against Byte Buddy from the job
+    server's classpath; None without a javac (then `up` finds Beam's ports on every interface)."""
+    buddy = [p for p in jars.jar_class_path(jars.job_server_jar(spec)) if p.name.startswith("byte-buddy-")]
+    if not buddy:
+        raise RunnerSetupError(f"{spec.assembled_coordinates}'s classpath has no byte-buddy jar, which "
+                               f"{AGENT_SOURCE.name} needs")
+    manifest = {"Premain-Class": AGENT_CLASS, "Class-Path": buddy[0].resolve().as_uri()}
+    return _compiled_jar(AGENT_SOURCE, "facebeam-loopback-agent", buddy[:1], spec, manifest,
+                         "Beam's servers on the local cluster listen on every interface")
+
+
+def _compiled_jar(source_file: Path, name: str, classpath: list, spec: jars.JobServerSpec, manifest: dict,
+                  without: str) -> Path | None:
+    """`<name>-<hash>.jar` in the jar cache: `source_file` compiled with the JDK's javac against
+    `classpath`, with `manifest` entries; None without a javac (`without`: what that costs)."""
+    source = source_file.read_bytes()
+    key = hashlib.sha256(source + repr(sorted(manifest.items())).encode()).hexdigest()[:12]
+    out = jars.jar_cache_dir() / f"{name}-{key}.jar"
     if out.is_file():
         return out
-    java = toolkit.find_java(purpose="compiling facebeam's Beam resources detector")
+    java = toolkit.find_java(purpose=f"compiling facebeam's {source_file.stem}")
     javac = Path(java.path).with_name("javac")
     if not os.access(javac, os.X_OK):
-        log.warning("no javac next to %s (a JRE?): jobs on the local cluster ship Beam's jars with every job", java.path)
+        log.warning("no javac next to %s (a JRE?): %s", java.path, without)
         return None
-    classpath = os.pathsep.join(str(p) for p in jars.jar_class_path(jars.job_server_jar(spec)))
-    work = out.parent / f".build-{os.getpid()}"
+    work = out.parent / f".build-{name}-{os.getpid()}"
+    (work / "classes").mkdir(parents=True, exist_ok=True)
+    (work / "MANIFEST.MF").write_text("".join(f"{k}: {v}\n" for k, v in manifest.items()))
     deadline = time.monotonic() + 120
-    ok, text = toolkit.run_until([str(javac), "--release", "11", "-nowarn", "-cp", classpath, "-d", str(work / "classes"),
-                                  str(JAVA_SOURCE)], cwd=out.parent, deadline=deadline, what="javac")
+    ok, text = toolkit.run_until([str(javac), "--release", "11", "-nowarn", "-cp",
+                                  os.pathsep.join(str(p) for p in classpath), "-d", str(work / "classes"),
+                                  str(source_file)], cwd=out.parent, deadline=deadline, what="javac")
     if ok:
-        ok, more = toolkit.run_until([str(javac.with_name("jar")), "cf", str(work / "lib.jar"), "-C",
-                                      str(work / "classes"), "."], cwd=out.parent, deadline=deadline, what="jar")
+        ok, more = toolkit.run_until([str(javac.with_name("jar")), "cfm", str(work / "lib.jar"),
+                                      str(work / "MANIFEST.MF"), "-C", str(work / "classes"), "."],
+                                     cwd=out.parent, deadline=deadline, what="jar")
         text += more
     if not ok:
         shutil.rmtree(work, ignore_errors=True)
-        raise RunnerSetupError(f"compiling {JAVA_SOURCE.name} against {spec.assembled_coordinates} failed:\n"
+        raise RunnerSetupError(f"compiling {source_file.name} against {spec.assembled_coordinates} failed:\n"
                                f"{text[-2000:]}")
     os.replace(work / "lib.jar", out)
     shutil.rmtree(work, ignore_errors=True)
@@ -137,12 +168,15 @@ def start_timeout_s() -> float:
     return float(os.environ.get("FACEBEAM_JOB_SERVER_TIMEOUT", "120"))
 
 
-def start(kind: str, master: str, stages_jars: bool, extra_jvm: tuple = (), timeout: float | None = None) -> dict:
-    """Start `kind`'s job server for the cluster at `master` (unless one already serves it)."""
+def start(kind: str, master: str, stages_jars: bool, extra_jvm: tuple = (), timeout: float | None = None,
+          agent: Path | None = None) -> dict:
+    """Start `kind`'s job server for the cluster at `master` (unless one already serves it);
+    `agent`: the loopback agent (`loopback_agent`) it runs with."""
     timeout = start_timeout_s() if timeout is None else timeout
     live = info(kind)
+    agent = str(agent) if agent else None
     if live and live.get("master") == master and live.get("stages_jars") == stages_jars \
-            and toolkit.port_open("localhost", int(live["port"])):
+            and live.get("agent") == agent and toolkit.port_open("localhost", int(live["port"])):
         return live
     stop(kind)
     spec = _spec(kind)
@@ -158,7 +192,8 @@ def start(kind: str, master: str, stages_jars: bool, extra_jvm: tuple = (), time
     master_flag = "--flink-master" if kind == "flink" else "--spark-master-url"
     artifacts = state_dir(kind) / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    cmd = [java.path, *flags, "-Dorg.slf4j.simpleLogger.showDateTime=true", *extra_jvm,
+    cmd = [java.path, *flags, *([f"-javaagent:{agent}"] if agent else []),
+           "-Dorg.slf4j.simpleLogger.showDateTime=true", *extra_jvm,
            "-cp", os.pathsep.join(classpath), spec.main_class, f"{master_flag}={master}",
            "--job-host=127.0.0.1", f"--job-port={job_port}", f"--artifact-port={artifact_port}", "--expansion-port=0",
            f"--artifacts-dir={artifacts}"]
@@ -170,7 +205,7 @@ def start(kind: str, master: str, stages_jars: bool, extra_jvm: tuple = (), time
     if ready:
         st = {"kind": kind, "pid": proc.pid, "port": job_port, "artifact_port": artifact_port, "master": master,
               "main_class": spec.main_class, "jar": classpath[0], "stages_jars": stages_jars,
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "agent": agent, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         toolkit.write_json(state_file(kind), st)
         log.info("Beam %s job server pid %d on localhost:%d for %s%s", kind, proc.pid, job_port, master,
                  "" if stages_jars else " (Beam from the cluster's classpath: jobs ship no jars)")

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from facebeam.pipelines import jobs, options
-from facebeam.pipelines.local import jars, job_server, service, toolkit
+from facebeam.pipelines.local import jars, job_server, listening, service, toolkit
 from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.local.toolkit import RunnerSetupError
 
@@ -137,10 +137,11 @@ def _daemon(home: Path, env: dict, *args: str, timeout: float = 60) -> None:
 
 def up(port: int = MASTER_PORT, webui_port: int = WEBUI_PORT, cores: int | None = None, memory: str = "2g",
        timeout: float = UP_TIMEOUT_S, version: str | None = None, workers: int | None = None,
-       pool_port: int | None = None) -> dict:
+       pool_port: int | None = None, allow_exposed: bool = False) -> dict:
     """Start master, worker and worker pool (if not already running); wait until the worker has
     registered. `workers` SDK harness processes (default: `cores`, else one per core);
-    `workers=0` starts no pool."""
+    `workers=0` starts no pool. Then every port it listens on must be on loopback
+    (`listening.check`; `allow_exposed`: warn)."""
     cores = cores or workers or max(2, os.cpu_count() or 2)
     workers = cores if workers is None else workers
     info = _up_cluster(port, webui_port, cores, memory, timeout, version)
@@ -151,9 +152,24 @@ def up(port: int = MASTER_PORT, webui_port: int = WEBUI_PORT, cores: int | None 
     # Executors take Beam from beam-lib (the job server's JVM property reaches every
     # application's SparkConf), so jobs ship no jars.
     lib, detector = job_server.cluster_lib("spark", spark_home(version) / "jars")
-    info["job_server"] = job_server.start("spark", master_url(port), stages_jars=detector is None,
-                                          extra_jvm=(f"-Dspark.executor.extraClassPath={lib}/*", *_DRIVER_LOCAL))
+    # The job server (the driver) and every executor carry the loopback agent: Beam's servers
+    # in them (job, artifacts, fn-API for the harnesses) bind loopback (pipelines/local/listening.py).
+    agent = job_server.loopback_agent(jars.spark_spec())
+    executor_agent = (f"-Dspark.executor.extraJavaOptions=-javaagent:{agent}",) if agent else ()
+    info["job_server"] = job_server.start("spark", master_url(port), stages_jars=detector is None, agent=agent,
+                                          extra_jvm=(f"-Dspark.executor.extraClassPath={lib}/*", *_DRIVER_LOCAL,
+                                                     *executor_agent))
+    st = info["job_server"]
+    info["exposed"] = [str(x) for x in listening.check("spark", cluster_pids(), [int(st["pid"])], agent,
+                                                      allow_exposed, down)]
     return info
+
+
+def cluster_pids() -> list[int]:
+    """Every process `up` started that is alive: master, worker (its executors are its children),
+    job server (the driver), worker pool."""
+    return [p for ps in live_pids().values() for p in ps] + [
+        int(st["pid"]) for st in (job_server.info("spark"), pools.pool_info("spark")) if st]
 
 
 def _up_cluster(port, webui_port, cores, memory, timeout, version) -> dict:
@@ -229,6 +245,7 @@ class SparkLocalConfig:
     memory: str = "2g"
     timeout: float = UP_TIMEOUT_S
     version: str = None
+    allow_exposed: bool = False
 
 
 def build_parser():
@@ -244,6 +261,8 @@ def build_parser():
     up_p.add_argument("--memory", default="2g", help="worker memory for executors (default %(default)s)")
     up_p.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait (default %(default)s)")
     up_p.add_argument("--version", default=None, help="pyspark version (default: the job server's Spark)")
+    up_p.add_argument("--allow-exposed-ports", action="store_true",
+                      help="warn, instead of stopping, when a port of the cluster listens beyond loopback")
     sub.add_parser("down", help="stop the master, the worker and the pool")
     status_p = sub.add_parser("status", help="is it running, cores, pool")
     for sp in (up_p, status_p):
@@ -254,7 +273,8 @@ def build_parser():
 def configure(a, beam_args=()) -> SparkLocalConfig:
     if a.action == "up":
         return SparkLocalConfig("up", port=a.port, webui_port=a.webui_port, workers=a.workers, cores=a.cores,
-                                pool_port=a.pool_port, memory=a.memory, timeout=a.timeout, version=a.version)
+                                pool_port=a.pool_port, memory=a.memory, timeout=a.timeout, version=a.version,
+                                allow_exposed=a.allow_exposed_ports)
     return SparkLocalConfig("status", webui_port=a.webui_port) if a.action == "status" else SparkLocalConfig("down")
 
 
@@ -278,7 +298,7 @@ def run(args: SparkLocalConfig, pipeline=None) -> dict:
     return service.run_action("spark", args.action, {
         "up": service.Action(lambda: up(port=args.port, webui_port=args.webui_port, cores=args.cores, memory=args.memory,
                                         timeout=args.timeout, version=args.version, workers=args.workers,
-                                        pool_port=args.pool_port),
+                                        pool_port=args.pool_port, allow_exposed=args.allow_exposed),
                              lambda info: _up_line(args, info)),
         "down": service.Action(down, lambda stopped: "stopped" if stopped else "not running"),
         "status": service.Action(lambda: status(args.webui_port), _status_line, ok=lambda st: bool(st["cluster"])),
