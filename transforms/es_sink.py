@@ -27,6 +27,7 @@ import time
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
 
 from facebeam.transforms import es_index, metrics
 from facebeam.transforms.errors import UserError
@@ -116,17 +117,6 @@ class ClusterWatch:
             return self.deadline_s - (self.clock() - self.down_since)
 
 
-_WATCHES: dict = {}
-_WATCHES_LOCK = threading.Lock()
-
-
-def cluster_watch(url: str, deadline_s: float) -> ClusterWatch:
-    """The one watch of this worker process for `url` (Beam runs DoFns in several threads of a process)."""
-    with _WATCHES_LOCK:
-        key = (url, deadline_s)
-        if key not in _WATCHES:
-            _WATCHES[key] = ClusterWatch(deadline_s)
-        return _WATCHES[key]
 
 
 
@@ -257,10 +247,13 @@ class IndexBatches(beam.DoFn):
         self._failed = metrics.counter(metrics.DOCS_FAILED)
         self._retried = metrics.counter(metrics.DOCS_RETRIED)
         self._requests = Metrics.distribution(metrics.NAMESPACE, "bulk_batch_ms")
+        self._watches = shared.Shared()
 
     def setup(self):
         self._client = self._conn.client()
-        self._watch = cluster_watch(self._conn.url, self._cfg.down_deadline_s)
+        # One watch per worker process and cluster (Beam runs DoFns in several threads of a process).
+        self._watch = self._watches.acquire(lambda: ClusterWatch(self._cfg.down_deadline_s),
+                                            tag=f"{self._conn.url}|{self._cfg.down_deadline_s}")
 
     def process(self, batch):
         started = time.perf_counter()
