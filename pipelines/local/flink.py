@@ -44,6 +44,9 @@ SLOTS = max(2, os.cpu_count() or 2)
 POOL_PORT = pools.POOL_PORTS["flink"]
 UP_TIMEOUT_S = 120
 DOWN_TIMEOUT_S = 30
+#: A task that fails (its SDK harness or its TaskManager died) restarts its region up to 3 times,
+#: 2 s apart; Flink's default without checkpoints is never, so one dead harness failed the job.
+RESTART_STRATEGY = {"type": "fixed-delay", "fixed-delay": {"attempts": 3, "delay": "15 s"}}
 _DAEMONS = {  # pid-file daemon name -> main class (to recognise our processes)
     "standalonesession": "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint",
     "taskexecutor": "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
@@ -134,6 +137,7 @@ def _write_conf(home: Path, slots: int, port: int, rpc_port: int = RPC_PORT) -> 
                    "network": {"min": f"{max(256, 64 * slots)}m", "max": f"{max(256, 64 * slots)}m"}},
     }
     conf["parallelism"] = {"default": min(slots, max(2, os.cpu_count() or 2))}
+    conf["restart-strategy"] = RESTART_STRATEGY
     conf["rest"] = {"address": "localhost", "bind-address": "localhost", "port": port}
     conf["io"] = {"tmp": {"dirs": str(tmp)}}
     conf["web"] = {"tmpdir": str(tmp)}
