@@ -120,12 +120,34 @@ def entry(main_fn) -> None:
 
 
 def interrupt_on_sigterm() -> None:
-    """A command's process takes SIGTERM as Ctrl-C: the job stops with one line and removes what it wrote."""
+    """A command's process takes SIGTERM as Ctrl-C (SIGINT): the job stops with one line and removes what it
+    wrote. A second signal ends the process at once."""
     import signal
-    import threading
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _interrupt)
+
+
+def _interrupt(signum, frame):
+    import signal
+
+    import psutil
+
+    from facebeam.pipelines.runner.launch import QUIET_WORKER_MODULE
+
+    _interrupted.set()
+    signal.signal(signum, signal.SIG_DFL)
+    # Local workers first: Beam's FnApiRunner, interrupted, waits for each worker to finish its bundle.
+    for p in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if QUIET_WORKER_MODULE in " ".join(p.cmdline()):
+                p.terminate()
+    raise KeyboardInterrupt
+
+
+#: Set once the process was interrupted: its local workers' deaths are then no news.
+_interrupted = threading.Event()
 
 
 def exit_process(code) -> None:
@@ -242,7 +264,8 @@ def _quiet_worker_death(hook):
     def quiet(args):
         if isinstance(args.exc_value, RuntimeError) and "Worker subprocess exited with return code" in str(
                 args.exc_value):
-            log.warning("a local worker process died (%s)", args.exc_value)
+            if not _interrupted.is_set():
+                log.warning("a local worker process died (%s)", args.exc_value)
             return
         hook(args)
     return quiet
