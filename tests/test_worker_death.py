@@ -173,3 +173,28 @@ def test_a_local_run_stopped_says_one_line(direct, tmp_path):
     assert_nothing_stray(out)
     job(embed, ["--input", SAMPLE, "--output", str(out), "--incremental"])
     assert_like_direct(out, direct)
+
+
+def test_a_killed_taskmanager_is_one_line_and_the_rerun_completes(direct, tmp_path):
+    """The Flink TaskManager SIGKILLed mid-embed (the only one: nothing restarts it): one line naming it, within
+    the bound; after `facebeam flink up` the `--incremental` re-run gives Direct's faces."""
+    already = flink_local.cluster_info() is not None
+    flink_local.up(workers=WORKERS)
+    try:
+        preset = RUNNER_PRESETS["flink-cluster"]
+        out = tmp_path / "out"
+        since = time.time() - 1
+        proc = _launch(out, *preset)
+        _wait_for(lambda: _harnesses("flink", since), proc, "SDK harness")
+        time.sleep(3)
+        assert proc.poll() is None, "the job ended before the kill"
+        tm = flink_local.live_pids()["taskexecutor"]
+        assert tm
+        os.kill(tm[0], signal.SIGKILL)
+        rc, _, stderr, took = _end(proc, time.monotonic())
+        print(f"flink: TaskManager pid {tm[0]} killed; the job ended with {rc} {took:.1f} s later")
+        flink_local.up(workers=WORKERS)  # a new TaskManager, as an operator (or Kubernetes) would start
+        finish(out, direct, rc, stderr, preset, "TaskManager")
+    finally:
+        if not already:
+            flink_local.down()
