@@ -14,7 +14,8 @@ the environment of the `up` command (DEEPFACE_HOME, FACEBEAM_*, PATH with the
 venv's bin first). Each harness it starts runs `harness` below, which does what
 Beam's container boot does (provision info -> pipeline options -> SDK worker main),
 with its stdout sent to the pool's log (Beam's pool pipes a harness's stdout and
-never reads it: a chatty harness would block).
+never reads it: a chatty harness would block). A harness killed by a signal is started again with the
+same worker id (`keeping_servicer`): Beam's runner would wait for it for ever.
 
 The pool writes `<cluster state>/worker-pool.json` once it serves: port, pid,
 workers, facebeam and Beam versions, Python, DEEPFACE_HOME. `check_pool` (run by
