@@ -47,7 +47,7 @@ DOWN_TIMEOUT_S = 30
 #: A task that fails (its SDK harness or its TaskManager died) restarts its region up to 3 times,
 #: 2 s apart; Flink's default without checkpoints is never, so one dead harness failed the job.
 RESTART_STRATEGY = {"type": "fixed-delay", "fixed-delay": {"attempts": 3, "delay": "15 s"}}
-SLOT_REQUEST_TIMEOUT = "60 s"
+SLOT_REQUEST_TIMEOUT = 60_000  # ms: a Long in Flink 1.19, not a duration
 _DAEMONS = {  # pid-file daemon name -> main class (to recognise our processes)
     "standalonesession": "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint",
     "taskexecutor": "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
