@@ -184,7 +184,7 @@ class WorkerLost(UserError):
 _DEATHS = (
     (re.compile(r"ExecutorLostFailure|Lost executor"), "a Spark executor"),
     (re.compile(r"TaskManager\S* .*(?:lost|disconnected|timed out|no longer reachable)|NoResourceAvailableException|"
-                r"heartbeat of TaskManager", re.I), "the Flink TaskManager"),
+                r"heartbeat of TaskManager|RecipientUnreachableException.*TaskExecutor", re.I), "the Flink TaskManager"),
     (re.compile(r"Worker subprocess exited with return code"), "a local worker process"),
     (re.compile(r"StatusRuntimeException: (?:CANCELLED|UNAVAILABLE)"), "an SDK harness (a Python worker process)"),
 )

@@ -358,4 +358,8 @@ def test_a_dead_worker_is_named_from_the_failure_text():
         assert "\n" not in str(err) and "run the same command again" in str(err)
     assert "the Flink TaskManager died" in str(jobs.worker_lost(RuntimeError(tm), "flink"))
     assert "facebeam flink status" in str(jobs.worker_lost(RuntimeError(tm), "flink"))
+    tm_gone = ("Pipeline BeamApp-root-3 failed in state FAILED: org.apache.flink.runtime.rpc.exceptions."
+               "RecipientUnreachableException: Could not send message [RemoteRpcInvocation(TaskExecutorGateway."
+               "submitTask(TaskDeploymentDescriptor, JobMasterId, Duration))]")
+    assert "the Flink TaskManager died" in str(jobs.worker_lost(RuntimeError(tm_gone), "flink"))
     assert jobs.worker_lost(RuntimeError("ValueError: bad photo [while running 'Embed']"), "flink") is None
