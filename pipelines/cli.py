@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     from facebeam.transforms.errors import UserError
 
     jobs.setup_logging(verbose=any(a in jobs.VERBOSE_FLAGS for a in rest))
+    jobs.interrupt_on_sigterm()
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)

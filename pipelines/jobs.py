@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import filelock
 from apache_beam.io.filesystems import FileSystems
 
 from facebeam.pipelines import options
-from facebeam.pipelines.runner.kinds import runner_name
+from facebeam.pipelines.runner.kinds import runner_kind, runner_name
 from facebeam.transforms import manifest, metrics, privacy, progress, shards
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.summary import JobSummary
@@ -66,6 +67,9 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
     except UserError as e:
         log.error("%s", e)  # one plain line on stderr (setup_logging's format)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (interrupt_on_sigterm): lock_output removed what the run wrote
+        log.error("%s interrupted: nothing of this run was committed; run the same command again", command)
+        return 130
     action = getattr(config, "action", None)
     if isinstance(action, str):
         command = f"{command} {action}"
@@ -93,6 +97,8 @@ def setup_logging(verbose: bool = False) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(_Plain())
+        # Beam relays a portable job's own messages on the root logger; its failure comes back as the job's error.
+        handler.addFilter(lambda record: not record.pathname.endswith(os.path.join("portability", "portable_runner.py")))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("facebeam").setLevel(logging.INFO if verbose else logging.WARNING)
     # Quiet: a failure Beam or a client reports comes back as the job's exception (one line or a traceback).
@@ -109,7 +115,39 @@ def setup_logging(verbose: bool = False) -> None:
 def entry(main_fn) -> None:
     """`python -m facebeam.pipelines.<command>`: the same as `facebeam <command>`."""
     setup_logging(any(a in VERBOSE_FLAGS for a in sys.argv[1:]))
+    interrupt_on_sigterm()
     exit_process(main_fn())
+
+
+def interrupt_on_sigterm() -> None:
+    """A command's process takes SIGTERM as Ctrl-C (SIGINT): the job stops with one line and removes what it
+    wrote. A second signal ends the process at once."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _interrupt)
+
+
+def _interrupt(signum, frame):
+    import signal
+
+    import psutil
+
+    from facebeam.pipelines.runner.launch import QUIET_WORKER_MODULE
+
+    _interrupted.set()
+    signal.signal(signum, signal.SIG_DFL)
+    # Local workers first: Beam's FnApiRunner, interrupted, waits for each worker to finish its bundle.
+    for p in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if QUIET_WORKER_MODULE in " ".join(p.cmdline()):
+                p.terminate()
+    raise KeyboardInterrupt
+
+
+#: Set once the process was interrupted: its local workers' deaths are then no news.
+_interrupted = threading.Event()
 
 
 def exit_process(code) -> None:
@@ -135,6 +173,38 @@ def exit_process(code) -> None:
 # By hand: the Fn API hands a worker's failure back as text (InstructionResponse.error is a string, on
 # every runner), so there is no exception object to unpickle; the qualified class name is the contract.
 _WORKER_ERROR = re.compile(r"^(facebeam\.transforms\.[\w.]+)\.(\w+): (.+?)(?: \[while running '.*'\])?$", re.M)
+
+
+class WorkerLost(UserError):
+    """Workers of a job died and the engine's retries did not get past it; nothing of the run was committed."""
+
+
+# By hand, as above: what a worker's death looks like in the text of the failure a runner hands back, and
+# what died. Spark's and Flink's own names first: a lost executor or TaskManager also cancels harness streams.
+_DEATHS = (
+    (re.compile(r"ExecutorLostFailure|Lost executor"), "a Spark executor"),
+    (re.compile(r"TaskManager\S* .*(?:lost|disconnected|timed out|no longer reachable)|NoResourceAvailableException|"
+                r"heartbeat of TaskManager|RecipientUnreachableException.*TaskExecutor", re.I), "the Flink TaskManager"),
+    (re.compile(r"Worker subprocess exited with return code"), "a local worker process"),
+    (re.compile(r"StatusRuntimeException: (?:CANCELLED|UNAVAILABLE)"), "an SDK harness (a Python worker process)"),
+)
+#: What to look at, per engine, before running again.
+_CHECK = {"flink": "`facebeam flink status` (logs in its logs folder)", "spark": "`facebeam spark status`",
+          "direct": "the machine's memory (a worker killed by the OOM killer?)"}
+
+
+def worker_lost(exc: BaseException, kind: str):
+    """A `WorkerLost` naming what died, when `exc` (a failed job) shows a worker's death; else None."""
+    text = str(exc)
+    for pattern, what in _DEATHS:
+        m = pattern.search(text)
+        if m:
+            line = next((ln.strip() for ln in text[m.start():].splitlines() if ln.strip()), "")[:160]
+            return WorkerLost(
+                f"the {kind} job failed: {what} died and the engine's retries did not get past it ({line}); "
+                f"nothing of this run was committed. Check {_CHECK.get(kind, 'the cluster')}, then run the same "
+                "command again (with --incremental only what is not done yet is redone)")
+    return None
 
 
 def worker_user_error(exc: BaseException):
@@ -163,6 +233,8 @@ def run(pipeline, totals=None):
     started = time.perf_counter()
     totals = totals if totals is not None else dict(_expected)
     _expected.clear()
+    hook, threading.excepthook = threading.excepthook, _quiet_worker_death(threading.excepthook)
+    result = None
     try:
         with progress.bars(totals) as final:
             result = pipeline.run()
@@ -171,12 +243,32 @@ def run(pipeline, totals=None):
                 c = metrics.read_counters(result)
                 final.update(embed=c.get(metrics.IMAGES_SEEN, 0),
                              index=c.get(metrics.DOCS_INDEXED, 0) + c.get(metrics.DOCS_FAILED, 0))
+    except KeyboardInterrupt:  # a cluster job would go on without its launcher
+        if result is not None:
+            with contextlib.suppress(Exception):
+                result.cancel()
+        raise
     except Exception as e:
-        user = worker_user_error(e)
+        user = worker_user_error(e) or worker_lost(e, runner_kind(pipeline.runner))
         if user is None or user is e:
             raise
         raise user from None
+    finally:
+        threading.excepthook = hook
     return result, time.perf_counter() - started
+
+
+def _quiet_worker_death(hook):
+    """A threading.excepthook that says a dead local worker in one line: Beam's FnApiRunner raises its exit in
+    the worker's watch thread, whose traceback would go to stderr whatever the job's outcome."""
+    def quiet(args):
+        if isinstance(args.exc_value, RuntimeError) and "Worker subprocess exited with return code" in str(
+                args.exc_value):
+            if not _interrupted.is_set():
+                log.warning("a local worker process died (%s)", args.exc_value)
+            return
+        hook(args)
+    return quiet
 
 
 @contextlib.contextmanager
@@ -210,6 +302,9 @@ def lock_output(folder: str):
         try:
             shards.check_room(folder)
             yield
+        except (KeyboardInterrupt, WorkerLost):  # nothing of a stopped run is left to count
+            shards.discard_partial(folder, started)
+            raise
         except Exception as e:
             # A full disk, a read-only or vanished folder: one line, and nothing of the run left behind.
             fault = e if isinstance(e, shards.OutputFault) else shards.output_fault(folder, e)

@@ -28,6 +28,7 @@ NEEDS_BY_FIXTURE = {
 NEEDS_BY_MODULE = {
     "test_runners.py": ("cluster", "pipeline"), "test_runners_embed.py": ("cluster", "pipeline"),
     "test_worker_pools.py": ("cluster", "pipeline"), "test_cluster_lib.py": ("cluster", "pipeline"),
+    "test_worker_death.py": ("cluster", "pipeline"),
     "test_listen_loopback.py": ("cluster", "pipeline"),
     "test_local_home.py": ("cluster", "es"), "test_es_local.py": ("es",), "test_report.py": ("browser", "pipeline"),
 }

@@ -358,3 +358,28 @@ def test_embed_workers_of_a_local_cluster_count_into_the_launchers_bar_folder(tm
     rows = list(fn.process(ImageFaces(path="a.jpg", sha256="0" * 64, width=10, height=10, faces=[])))
     assert len(rows) == 1 and rows[0].tag == "errors"
     assert progress.shared_counts(str(tmp_path), "embed") == {"images": 1, "failed": 1}
+
+
+def test_a_dead_worker_is_named_from_the_failure_text():
+    """The texts the engines handed back when a worker was killed mid-embed (tests/test_worker_death.py)."""
+    grpc = "org.apache.beam.vendor.grpc.v1p60p1.io.grpc.StatusRuntimeException"
+    seen = {
+        "flink": (f"Pipeline BeamApp-root-1 failed in state FAILED: {grpc}: {grpc}: CANCELLED: call already "
+                  "cancelled. Use ServerCallStreamObserver.setOnCancelHandler() to disable this exception",
+                  "an SDK harness"),
+        "spark": ("Job aborted: Lost task 1.3 in stage 2.0 (TID 9): ExecutorLostFailure (executor 0 exited caused "
+                  f"by one of the running tasks) Reason: Command exited with code 137\n{grpc}: CANCELLED", "executor"),
+    }
+    tm = ("Pipeline BeamApp-root-2 failed in state FAILED: org.apache.flink.runtime.jobmaster.JobMasterException: "
+          "TaskManager with id localhost:46301-b74b52 is no longer reachable.")
+    for kind, (text, died) in seen.items():
+        err = jobs.worker_lost(RuntimeError(text), kind)
+        assert isinstance(err, UserError) and died in str(err) and f"the {kind} job failed" in str(err)
+        assert "\n" not in str(err) and "run the same command again" in str(err)
+    assert "the Flink TaskManager died" in str(jobs.worker_lost(RuntimeError(tm), "flink"))
+    assert "facebeam flink status" in str(jobs.worker_lost(RuntimeError(tm), "flink"))
+    tm_gone = ("Pipeline BeamApp-root-3 failed in state FAILED: org.apache.flink.runtime.rpc.exceptions."
+               "RecipientUnreachableException: Could not send message [RemoteRpcInvocation(TaskExecutorGateway."
+               "submitTask(TaskDeploymentDescriptor, JobMasterId, Duration))]")
+    assert "the Flink TaskManager died" in str(jobs.worker_lost(RuntimeError(tm_gone), "flink"))
+    assert jobs.worker_lost(RuntimeError("ValueError: bad photo [while running 'Embed']"), "flink") is None

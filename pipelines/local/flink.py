@@ -44,6 +44,10 @@ SLOTS = max(2, os.cpu_count() or 2)
 POOL_PORT = pools.POOL_PORTS["flink"]
 UP_TIMEOUT_S = 120
 DOWN_TIMEOUT_S = 30
+#: A task that fails (its SDK harness or its TaskManager died) restarts its region up to 3 times,
+#: 2 s apart; Flink's default without checkpoints is never, so one dead harness failed the job.
+RESTART_STRATEGY = {"type": "fixed-delay", "fixed-delay": {"attempts": 3, "delay": "15 s"}}
+SLOT_REQUEST_TIMEOUT = 60_000  # ms: a Long in Flink 1.19, not a duration
 _DAEMONS = {  # pid-file daemon name -> main class (to recognise our processes)
     "standalonesession": "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint",
     "taskexecutor": "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
@@ -136,6 +140,10 @@ def _write_conf(home: Path, slots: int, port: int, rpc_port: int = RPC_PORT, age
                    "network": {"min": f"{max(256, 64 * slots)}m", "max": f"{max(256, 64 * slots)}m"}},
     }
     conf["parallelism"] = {"default": min(slots, max(2, os.cpu_count() or 2))}
+    conf["restart-strategy"] = RESTART_STRATEGY
+    # A job whose TaskManager died waits this long for slots before the attempt fails (default 300 s per
+    # attempt: with 3 restarts, 20 minutes that look like a hang); a new TaskManager within it picks the job up.
+    conf["slot"] = {"request": {"timeout": SLOT_REQUEST_TIMEOUT}}
     conf["rest"] = {"address": "localhost", "bind-address": "localhost", "port": port}
     conf["io"] = {"tmp": {"dirs": str(tmp)}}
     conf["web"] = {"tmpdir": str(tmp)}
@@ -212,7 +220,7 @@ def _up_cluster(slots, port, timeout, version, rpc_port, agent) -> dict:
     info = cluster_info(port)
     live = live_pids()
     if info and live["standalonesession"]:
-        if info.get("taskmanagers", 0) >= 1:
+        if info.get("taskmanagers", 0) >= 1 and live["taskexecutor"]:  # the JobManager may not know it died yet
             log.info("Flink %s already running at %s (%s slots)", info.get("flink-version"), rest_url(port),
                      info.get("slots-total"))
             return info

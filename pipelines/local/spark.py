@@ -49,6 +49,10 @@ DOWN_TIMEOUT_S = 30
 #: beam.spark.test.*: it is the path Beam's own Spark tests run every pipeline through.
 _DRIVER_LOCAL = ("-Dspark.driver.host=localhost", "-Dspark.driver.bindAddress=127.0.0.1", "-Dspark.ui.enabled=false",
                  "-Dspark.executorEnv.SPARK_LOCAL_IP=127.0.0.1", "-Dbeam.spark.test.reuseSparkContext=true")
+#: Retries, set deliberately (the job server is every job's driver): a task whose SDK harness or executor died
+#: runs again, up to 4 attempts in all; a lost executor's tasks do not count, and the standalone master starts
+#: the application a new executor (up to 10 times in a row, spark.deploy.maxExecutorRetries).
+RETRIES = ("-Dspark.task.maxFailures=4",)
 _MASTER = "org.apache.spark.deploy.master.Master"
 _WORKER = "org.apache.spark.deploy.worker.Worker"
 
@@ -158,7 +162,7 @@ def up(port: int = MASTER_PORT, webui_port: int = WEBUI_PORT, cores: int | None 
     executor_agent = (f"-Dspark.executor.extraJavaOptions=-javaagent:{agent}",) if agent else ()
     info["job_server"] = job_server.start("spark", master_url(port), stages_jars=detector is None, agent=agent,
                                           extra_jvm=(f"-Dspark.executor.extraClassPath={lib}/*", *_DRIVER_LOCAL,
-                                                     *executor_agent))
+                                                     *RETRIES, *executor_agent))
     st = info["job_server"]
     info["exposed"] = [str(x) for x in listening.check("spark", cluster_pids(), [int(st["pid"])], agent,
                                                       allow_exposed, down)]

@@ -14,7 +14,8 @@ the environment of the `up` command (DEEPFACE_HOME, FACEBEAM_*, PATH with the
 venv's bin first). Each harness it starts runs `harness` below, which does what
 Beam's container boot does (provision info -> pipeline options -> SDK worker main),
 with its stdout sent to the pool's log (Beam's pool pipes a harness's stdout and
-never reads it: a chatty harness would block).
+never reads it: a chatty harness would block). A harness killed by a signal is started again with the
+same worker id (`keeping_servicer`): Beam's runner would wait for it for ever.
 
 The pool writes `<cluster state>/worker-pool.json` once it serves: port, pid,
 workers, facebeam and Beam versions, Python, DEEPFACE_HOME. `check_pool` (run by
@@ -250,7 +251,7 @@ def _serve_pool(ns) -> int:
     tmp.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {_MODULE} harness "$@"\n')
     tmp.chmod(0o755)
     os.replace(tmp, launcher)
-    address, server = _pool_server(BeamFnExternalWorkerPoolServicer, ns.service_port, str(launcher))
+    address, server = _pool_server(keeping_servicer(BeamFnExternalWorkerPoolServicer), ns.service_port, str(launcher))
     logging.getLogger().setLevel(logging.INFO)
     info = {"kind": ns.kind, "port": ns.service_port, "address": address, "pid": os.getpid(), "workers": ns.workers,
             **versions(), "executable": sys.executable, "cwd": os.getcwd(),
@@ -263,6 +264,62 @@ def _serve_pool(ns) -> int:
     except KeyboardInterrupt:
         server.stop(0)
     return 0
+
+
+#: How often the pool starts a killed SDK harness again (per worker id and job).
+HARNESS_RESTARTS = 2
+
+
+def keeping_servicer(servicer_cls):
+    """Beam's pool servicer that starts a harness again, with the same worker id and endpoints, when a signal
+    killed it (SIGKILL, the OOM killer) before the runner asked the pool to stop it.
+
+    By hand: Beam's Java ExternalEnvironmentFactory waits for an EXTERNAL harness to connect with no deadline
+    ("Still waiting for startup of environment ... for worker id ...", every 2 minutes), and only the pool can
+    see the process: a harness killed during its start-up hung the job for ever. Started again, it connects
+    and the job goes on. One killed after it connected fails its task (the runner retries it, see
+    flink.RESTART_STRATEGY); its replacement then waits unused until the runner stops the worker id."""
+    import subprocess
+    import threading
+
+    class KeepingPool(servicer_cls):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._lock = threading.Lock()
+            self._restarts: dict = {}
+            threading.Thread(target=self._keep, name="keep-harnesses", daemon=True).start()
+
+        def StartWorker(self, request, context):
+            with self._lock:
+                return super().StartWorker(request, context)
+
+        def StopWorker(self, request, context):
+            with self._lock:
+                self._restarts.pop(request.worker_id, None)
+                return super().StopWorker(request, context)
+
+        def _keep(self):
+            while True:
+                time.sleep(0.5)
+                with self._lock:
+                    for wid, proc in list(self._worker_processes.items()):
+                        code = proc.poll()  # also reaps it: no zombie harnesses
+                        if code is None:
+                            continue
+                        done = self._restarts.get(wid, 0)
+                        if code >= 0 or done >= HARNESS_RESTARTS:
+                            log.warning("SDK harness %s (pid %d) exited with %d%s", wid, proc.pid, code,
+                                        "" if code >= 0 else f" after {done} restart(s); not started again")
+                            del self._worker_processes[wid]
+                            continue
+                        again = subprocess.Popen(proc.args, stdout=subprocess.PIPE, close_fds=True)
+                        self._worker_processes[wid] = again
+                        self._restarts[wid] = done + 1
+                        log.warning("SDK harness %s (pid %d) was killed by signal %d; started it again as pid %d "
+                                    "(%d of %d)", wid, proc.pid, -code, again.pid, done + 1, HARNESS_RESTARTS)
+
+    KeepingPool.__name__ = KeepingPool.__qualname__ = f"Keeping{servicer_cls.__name__}"
+    return KeepingPool
 
 
 def _pool_server(servicer_cls, port: int, launcher: str) -> tuple:

@@ -1,0 +1,203 @@
+"""Workers that die mid-embed: an SDK harness on Flink, an executor on Spark, a local run stopped by SIGTERM.
+
+Each kill happens while the job embeds the sample (an `--incremental` run, launched as `facebeam embed` would
+be, in its own process). The job must end within a bound: complete (the engine retried, the worker pool
+started a new harness), or fail with one line naming what died and what to run; then an `--incremental`
+re-run completes it. Either way the output holds exactly Direct's faces (`sample_run`), once each, no
+`beam-temp-*` folder, half-written file or uncommitted partition is left, the lock is free, and
+`summary.json` adds up.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import filelock
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from facebeam.pipelines import embed
+from facebeam.pipelines.local import flink as flink_local
+from facebeam.pipelines.local import spark as spark_local
+from facebeam.pipelines.local import workers as pools
+from facebeam.pipelines.runner.presets import RUNNER_PRESETS
+from facebeam.transforms import shards
+from tests.helpers import SAMPLE, job, read_rows
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKERS = 2
+#: Seconds a killed job may take to end: a Flink restart waits 15 s, the whole embed takes 20-90 s here.
+BOUND_S = 300
+
+
+@pytest.fixture(scope="module")
+def direct(sample_run):
+    out, summary = sample_run
+    return summary, {r["face_id"] for r in read_rows(os.path.join(out, "embeddings"))}
+
+
+def _launch(out, *beam_args):
+    argv = [sys.executable, "-m", "facebeam.pipelines.embed", "--input", SAMPLE, "--output", str(out),
+            "--incremental", *beam_args]
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(find, proc, what, timeout=180):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        assert proc.poll() is None, f"the job ended before its {what} started: {proc.communicate()}"
+        found = find()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {timeout} s")
+
+
+def _harnesses(which, since):
+    """This job's live SDK harness processes: children of the cluster's worker pool started after `since`."""
+    pool = psutil.Process(int(pools.pool_info(which)["pid"]))
+    out = []
+    for p in pool.children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and " harness " in " ".join(p.cmdline()) + " " \
+                    and p.create_time() >= since:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _executors():
+    return [p for p in psutil.process_iter(["cmdline"])
+            if "CoarseGrainedExecutorBackend" in " ".join(p.info["cmdline"] or [])]
+
+
+def _end(proc, killed_at):
+    try:
+        stdout, stderr = proc.communicate(timeout=BOUND_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the job still ran {BOUND_S} s after the kill: it hangs")
+    return proc.returncode, stdout, stderr, time.monotonic() - killed_at
+
+
+def _one_line(stderr):
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("warning: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+def assert_nothing_stray(out):
+    committed = set(shards.committed_runs(str(out)))
+    for root, dirs, files in os.walk(out):
+        for name in dirs + files:
+            assert not name.startswith("beam-temp-") and ".tmp-" not in name, os.path.join(root, name)
+        m = re.search(r"run=([^/]+)$", root)
+        assert m is None or m.group(1) in committed, f"uncommitted partition {root}"
+    lock = filelock.FileLock(str(out / shards.LOCK_FILE), blocking=False)
+    lock.acquire()  # raises filelock.Timeout if a job still held it
+    lock.release()
+
+
+def assert_like_direct(out, direct):
+    direct_summary, direct_ids = direct
+    assert_nothing_stray(out)
+    ids = [fid for f in shards.files(str(out)) for fid in pq.read_table(f, columns=["face_id"]).column(0).to_pylist()]
+    assert len(ids) == len(set(ids)), "duplicate faces"
+    assert set(ids) == direct_ids
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images_seen"] == direct_summary["images_seen"]
+    assert summary["images_embedded"] + sum(summary["images_failed"].values()) == summary["images_seen"]
+    assert summary["faces"] == len(ids) == direct_summary["faces"]
+
+
+def finish(out, direct, rc, stderr, beam_args, died):
+    """Completed, or one line naming what died and a re-run that completes; then Direct's faces exactly."""
+    if rc != 0:
+        assert rc == 2, stderr[-3000:]
+        line = _one_line(stderr)
+        assert died in line and "run the same command again" in line, line
+        assert_nothing_stray(out)
+        job(embed, ["--input", SAMPLE, "--output", str(out), "--incremental", *beam_args])
+    assert_like_direct(out, direct)
+
+
+@pytest.fixture(scope="module", params=["flink", "spark"])
+def cluster(request):
+    module = {"flink": flink_local, "spark": spark_local}[request.param]
+    already = module.cluster_info() is not None
+    module.up(workers=WORKERS)
+    try:
+        yield request.param, RUNNER_PRESETS[f"{request.param}-cluster"]
+    finally:
+        if not already:
+            module.down()
+
+
+def test_a_killed_worker_is_survived_or_named(cluster, direct, tmp_path):
+    """Flink: SIGKILL one SDK harness mid-embed. Spark: SIGKILL the executor mid-embed."""
+    which, preset = cluster
+    out = tmp_path / "out"
+    since = time.time() - 1
+    proc = _launch(out, *preset)
+    harnesses = _wait_for(lambda: _harnesses(which, since), proc, "SDK harness")
+    time.sleep(3)  # into the embed (or the harness's start-up: both must be survived)
+    if which == "flink":
+        victim, died = harnesses[0], "SDK harness"
+    else:
+        victim, died = _wait_for(_executors, proc, "executor")[0], "executor"
+    assert proc.poll() is None, "the job ended before the kill"
+    victim.kill()
+    killed_at = time.monotonic()
+    rc, _, stderr, took = _end(proc, killed_at)
+    print(f"{which}: {died} pid {victim.pid} killed; the job ended with {rc} {took:.1f} s later")
+    finish(out, direct, rc, stderr, preset, died)
+
+
+def test_a_local_run_stopped_says_one_line(direct, tmp_path):
+    """SIGTERM to a local (Direct) run mid-embed: one line, exit 130, nothing left; the re-run completes."""
+    out = tmp_path / "out"
+    proc = _launch(out)
+    _wait_for(lambda: [p for p in psutil.Process(proc.pid).children(recursive=True)
+                       if "runner.worker" in " ".join(p.cmdline())], proc, "local worker")
+    time.sleep(3)
+    assert proc.poll() is None, "the job ended before the kill"
+    proc.send_signal(signal.SIGTERM)
+    rc, _, stderr, _ = _end(proc, time.monotonic())
+    assert rc == 130, stderr[-3000:]
+    assert "interrupted" in _one_line(stderr)
+    assert_nothing_stray(out)
+    job(embed, ["--input", SAMPLE, "--output", str(out), "--incremental"])
+    assert_like_direct(out, direct)
+
+
+def test_a_killed_taskmanager_is_survived_or_named(direct, tmp_path):
+    """The Flink TaskManager SIGKILLed mid-embed, and started again at once by `flink up`, as an operator or
+    Kubernetes would: the restarted job gets its slots and completes (or, if it failed, one line naming the
+    TaskManager, and the `--incremental` re-run completes); Direct's faces either way."""
+    already = flink_local.cluster_info() is not None
+    flink_local.up(workers=WORKERS)
+    try:
+        preset = RUNNER_PRESETS["flink-cluster"]
+        out = tmp_path / "out"
+        since = time.time() - 1
+        proc = _launch(out, *preset)
+        _wait_for(lambda: _harnesses("flink", since), proc, "SDK harness")
+        time.sleep(3)
+        assert proc.poll() is None, "the job ended before the kill"
+        tm = flink_local.live_pids()["taskexecutor"]
+        assert tm
+        os.kill(tm[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert pools.toolkit.wait_gone(tm, timeout=30)
+        flink_local.up(workers=WORKERS)  # a new TaskManager
+        rc, _, stderr, took = _end(proc, killed_at)
+        print(f"flink: TaskManager pid {tm[0]} killed; the job ended with {rc} {took:.1f} s later")
+        finish(out, direct, rc, stderr, preset, "TaskManager")
+    finally:
+        if not already:
+            flink_local.down()
