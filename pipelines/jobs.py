@@ -134,14 +134,14 @@ def _interrupt(signum, frame):
 
     import psutil
 
-    from facebeam.pipelines.runner.launch import QUIET_WORKER_MODULE
+    from facebeam.pipelines.runner import worker
 
     _interrupted.set()
     signal.signal(signum, signal.SIG_DFL)
     # Local workers first: Beam's FnApiRunner, interrupted, waits for each worker to finish its bundle.
     for p in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if QUIET_WORKER_MODULE in " ".join(p.cmdline()):
+            if worker.MODULE in " ".join(p.cmdline()):
                 p.terminate()
     raise KeyboardInterrupt
 

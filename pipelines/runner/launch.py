@@ -17,12 +17,12 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
 from apache_beam.transforms import environments
 
-from facebeam.pipelines.runner import managed
+from facebeam.pipelines.runner import managed, worker
 from facebeam.pipelines.runner.kinds import runner_kind
 
 #: What FnApiRunner starts each multi-process worker with, and what facebeam starts instead.
 _BEAM_WORKER_MAIN = "-m apache_beam.runners.worker.sdk_worker_main"
-QUIET_WORKER_MODULE = "facebeam.pipelines.runner.worker"
+QUIET_WORKER_MODULE = worker.MODULE
 
 
 def local_provision_info(opts):

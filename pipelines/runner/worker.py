@@ -11,6 +11,9 @@ import runpy
 
 import facebeam.pipelines  # noqa: F401  (installs the filter)
 
+#: what the launcher runs with `python -m`, and how an interrupted launcher finds its own workers
+MODULE = "facebeam.pipelines.runner.worker"
+
 if __name__ == "__main__":
     # The launcher's verbosity (jobs.setup_logging): this stderr shows ERROR and up unless -v; the
     # worker's records still reach the runner at the pipeline's levels.
