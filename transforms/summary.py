@@ -278,7 +278,8 @@ def _bench_line(s: JobSummary) -> str:
     if isinstance(s.get("cases"), list):
         what = f"{len(s['cases'])} set(s) x {len(s.get('methods') or [])} method(s) clustered side by side"
     elif isinstance(s.get("results"), list):
-        what = f"{len(s['results'])} setting(s) measured side by side"
+        n = len(s["results"]) + (1 if s.get("embedded") else 0)  # bench index: the embedded index's build too
+        what = f"{n} setting(s) measured side by side"
     elif isinstance(s.get("ratio"), (int, float)):
         what = f"pipeline {s['ratio']:.1f}x the naive loop"
     else:

@@ -45,7 +45,7 @@ from pathlib import Path
 import apache_beam as beam
 import numpy as np
 
-from facebeam.pipelines import options
+from facebeam.pipelines import jobs, options
 from facebeam.pipelines.bench import synthetic
 from facebeam.pipelines.local import elasticsearch as es_local
 from facebeam.transforms import es_index, records
@@ -300,7 +300,6 @@ def load_threads(conn, maker: RowMaker, cfg: BulkConfig, workers: int, task_rows
 
 def load_beam(conn, maker: RowMaker, cfg: BulkConfig, workers: int, task_rows: int) -> dict:
     """The project's IndexFaces transform on the local runner (multi-process FnApiRunner)."""
-    from facebeam.pipelines import jobs
     from facebeam.pipelines.runner.job_options import pipeline_options
     from facebeam.pipelines.runner.launch import create_pipeline
     from facebeam.transforms import metrics
@@ -806,8 +805,7 @@ def parse_args(module, argv) -> argparse.Namespace:
     return module.configure(*options.parse(module.build_parser(), argv, beam=False))
 
 
-def main(argv=None) -> int:
-    ns = parse_args(sys.modules[__name__], argv)
+def run(ns: argparse.Namespace, pipeline=None) -> dict:
     types = index_types(ns.index_types)
     chosen = variants(ns.variants, types, ns.source_vectors)
     chosen = [dataclasses.replace(v, chunk_docs=ns.chunk_docs or v.chunk_docs, workers=ns.workers or v.workers,
@@ -838,8 +836,7 @@ def main(argv=None) -> int:
         try:
             conn, started = ensure_cluster(ns)
         except EsError as e:
-            print(f"facebeam bench index: {e}", file=sys.stderr)
-            return 1
+            raise UserError(f"bench index: {e}") from None
         client = conn.client(request_timeout=600)
         probes, _ = faces.queries(ns.probes, seed=1)
         truth = exact_truth(faces, probes, ns.k)
@@ -877,9 +874,14 @@ def main(argv=None) -> int:
         Path(ns.json_out).write_text(json.dumps({"meta": meta, "results": results, "embedded": embedded,
                                                  "anchors": dict(ANCHORS)}, indent=2) + "\n")
     ok = all(r["docs"] == r["vectors"] and not r["failed"] for r in results)
-    return 0 if ok and (embedded is None or embedded["docs"] == faces.n) else 1
+    return {"meta": meta, "results": results, "embedded": embedded,
+            "all_docs_loaded": ok and (embedded is None or embedded["docs"] == faces.n)}
+
+
+def main(argv=None) -> int:
+    """Exit 1 when a variant did not load every vector."""
+    return jobs.main(sys.modules[__name__], argv, failed=lambda summary: not summary.get("all_docs_loaded"))
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    jobs.entry(main)

@@ -42,10 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
+from facebeam.pipelines import jobs
 from facebeam.pipelines.bench import index as bench_index
 from facebeam.pipelines.bench import synthetic
 from facebeam.pipelines.local import elasticsearch as es_local
 from facebeam.transforms import es_index, knn
+from facebeam.transforms.errors import UserError
 from facebeam.transforms.es_conn import EsError
 from facebeam.transforms.spec import EmbeddingSpec
 
@@ -698,14 +700,13 @@ def configure(a, beam_args=()) -> argparse.Namespace:
     return bench_index.configure(a, beam_args)
 
 
-def main(argv=None) -> int:
-    ns = bench_index.parse_args(sys.modules[__name__], argv)
+def run(ns: argparse.Namespace, pipeline=None) -> dict:
     types = bench_index.index_types(ns.index_types)
     if ns.plot and importlib.util.find_spec("matplotlib") is None:
-        raise SystemExit("--plot needs matplotlib: pip install 'facebeam[bench]' (or matplotlib)")
+        raise UserError("--plot needs matplotlib: pip install 'facebeam[bench]' (or matplotlib)")
     sweep = sorted({int(x) for x in ns.num_candidates.split(",") if x.strip()})
     if not sweep or min(sweep) < ns.k:
-        raise SystemExit(f"--num-candidates must all be >= k ({ns.k})")
+        raise UserError(f"--num-candidates must all be >= k ({ns.k})")
     bench_index.quiet_client_logs()
 
     spec = EmbeddingSpec()
@@ -726,8 +727,7 @@ def main(argv=None) -> int:
         try:
             conn, _ = bench_index.ensure_cluster(ns)
         except EsError as e:
-            print(f"facebeam bench query: {e}", file=sys.stderr)
-            return 1
+            raise UserError(f"bench query: {e}") from None
         client, timer = timed_client(conn)
         try:
             ready = indices_ready(client, ns, faces, types)
@@ -816,9 +816,12 @@ def main(argv=None) -> int:
     if ns.plot:
         plot(result, ns.plot)
         print(f"plot: {ns.plot}")
-    return 0
+    return result
+
+
+def main(argv=None) -> int:
+    return jobs.main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    jobs.entry(main)
