@@ -15,6 +15,7 @@ import traceback
 import urllib.error
 import urllib.request
 
+import psutil
 import pytest
 
 from facebeam.pipelines import options
@@ -167,6 +168,13 @@ def test_resolve_precedence_and_flags(tmp_path, monkeypatch, caplog):
     assert not c.verify_certs and "verification is OFF" in caplog.text
 
 
+def _pgid(pid: int):
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def test_cli_up_setting_no_security_and_down(monkeypatch, capsys):
     monkeypatch.setenv(es_local.ENV_CACHE, str(CACHE))
     with extra_cluster_slot(nodes=1) as (home, port):
@@ -188,8 +196,10 @@ def test_cli_up_setting_no_security_and_down(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"stopped node-0 (pid {procs[0].pid}, port {port})" in out
     assert es_local.node_processes(home) == []
-    with pytest.raises(ProcessLookupError):
-        os.killpg(procs[0].pid, 0)
+    # Every process of the node's group has exited. A member whose parent died first may linger as a
+    # zombie until init reaps it: it holds no port, file or memory, so it counts as gone.
+    left = [p for p in psutil.process_iter(["status"]) if _pgid(p.pid) == procs[0].pid]
+    assert all(p.info["status"] == psutil.STATUS_ZOMBIE for p in left), left
     assert not (home / "connection.json").exists()
     es_local.check_ports_free([port])  # the port is released
 
