@@ -41,7 +41,7 @@ demo: sample env
 test: env
 	$(BIN)/ruff check .
 	$(BIN)/pip install -q -r deploy/requirements-validate.txt
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q --durations=15 --junitxml=.facebeam/test-times.xml tests
 
 # Tests are marked by what they need (pytest.ini, tests/conftest.py); `unit` needs nothing.
 unit: $(BIN)/facebeam
