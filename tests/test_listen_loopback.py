@@ -186,3 +186,32 @@ def test_no_port_of_the_cluster_is_reachable_during_a_job(cluster, netns, wildca
         out, _ = job.communicate(timeout=600)
     assert job.returncode == 0, out[-3000:]
     assert "embedded 24 photos" in out, out[-3000:]
+
+
+def test_a_direct_run_listens_on_loopback_only(netns, wildcard_socket, tmp_path):
+    """A local (Direct, multi-process) embed: the fn-API servers its runner opens for the worker processes
+    (control, data, state, logging, and one logging server per worker) listen on loopback, and the namespace
+    reaches none of them."""
+    photos = tmp_path / "photos.txt"
+    photos.write_text("\n".join(sample_images()[:24]) + "\n")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "facebeam"), "embed", "--input", str(photos),
+           "--output", str(tmp_path / "out")]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # Four servers for the runner, then a logging server for each worker (one per core by default).
+        servers = 4 + os.cpu_count()
+        deadline = time.monotonic() + 300
+        during = []
+        while len({x.port for x in during}) < servers and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            during = listening.listeners([job.pid])
+        assert job.poll() is None, f"the job ended before its servers were seen:\n{job.stdout.read()[-3000:]}"
+        assert len({x.port for x in during}) >= servers, during
+        assert [str(x) for x in during if not x.loopback] == []
+        _, hosts = netns
+        targets = {(h, x.port) for h in hosts for x in during} | {(h, wildcard_socket) for h in hosts}
+        assert reachable(netns, targets) == {(h, wildcard_socket) for h in hosts}
+    finally:
+        out, _ = job.communicate(timeout=600)
+    assert job.returncode == 0, out[-3000:]
+    assert "embedded 24 photos" in out, out[-3000:]

@@ -3,7 +3,8 @@
 Direct runs get Beam's FnApiRunner with facebeam's quiet workers and the harness log
 levels passed on (`local_provision_info`); Flink and Spark runs without a job endpoint get
 the managed runners of `managed.py` (a per-job job server with a start timeout, stopped
-when the job is over); anything else is Beam's own runner for the options.
+when the job is over); anything else is Beam's own runner for the options. Beam's Python gRPC
+servers that a job opens in this process listen on loopback (`loopback_grpc`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
 from apache_beam.transforms import environments
 
-from facebeam.pipelines.runner import managed, worker
+from facebeam.pipelines.runner import loopback_grpc, managed, worker
 from facebeam.pipelines.runner.kinds import runner_kind
 
 #: What FnApiRunner starts each multi-process worker with, and what facebeam starts instead.
@@ -57,6 +58,7 @@ class QuietWorkersRunner(FnApiRunner):
 
 
 def create_pipeline(opts: PipelineOptions, test_pipeline=None) -> beam.Pipeline:
+    loopback_grpc.install()
     if test_pipeline is not None:
         return test_pipeline
     kind = runner_kind(opts)
