@@ -27,7 +27,7 @@ from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner.job_options import pipeline_options
 from facebeam.pipelines.runner.kinds import runner_name
 from facebeam.pipelines.runner.launch import create_pipeline
-from facebeam.transforms import persons, shards, stores
+from facebeam.transforms import persons, privacy, shards, stores
 from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,13 @@ def configure(a: options.Args, beam_args=()) -> ClusterConfig:
 
 
 def run(config: ClusterConfig, pipeline=None) -> dict:
+    # Persons are derived from biometric data: the output is private like the shards (jobs.lock_output), and
+    # one clustering at a time writes it.
+    with jobs.lock_output(config.output):
+        return _cluster(config, pipeline)
+
+
+def _cluster(config: ClusterConfig, pipeline) -> dict:
     c = config
     started = time.perf_counter()
     spec = shards.spec_of(c.shards)
@@ -105,6 +112,7 @@ def run(config: ClusterConfig, pipeline=None) -> dict:
        | "Batch" >> beam.BatchElements(min_batch_size=32, max_batch_size=512)
        | "Neighbours" >> beam.ParDo(persons.Neighbours(spec, c.k, files, conn, c.index, ann_dir=c.ann,
                                                        keep_vectors=bool(c.incremental and previous)))
+       | "PrivateGraph" >> beam.ParDo(privacy.PrivateWrites(privacy.shared()))
        | "WriteGraph" >> beam.io.WriteToParquet(persons.join(graph_dir, "part"), persons.GRAPH_SCHEMA,
                                                 codec="zstd", file_name_suffix=".parquet"))
     result, graph_s = jobs.run(p, totals={"graph": persons.row_count(files) - len(skip)})

@@ -83,7 +83,8 @@ def run(config: PersonsConfig, pipeline=None) -> dict:
         for r in table[:c.top]:
             print(f"{r['person_id']}  {r['size']:>6}  {r['name'] or '-'}  {r['representative_image_path']}")
         return {"persons": len(table)}
-    result = persons.edit(c.clusters, c.action, c.person_id, name=c.name, into=c.into, faces=c.faces)
+    with jobs.lock_output(c.clusters):  # private, as `cluster` wrote it, and one edit at a time
+        result = persons.edit(c.clusters, c.action, c.person_id, name=c.name, into=c.into, faces=c.faces)
     if c.index:
         result["index_updated"] = stores.push_persons_to(stores.make(stores.StoreChoice("es"), c.es.connection, c.index),
                                                          persons.lookup(c.clusters))

@@ -1,12 +1,13 @@
-"""Biometric data is private by default: shards, summaries, the embedded index and Redis's data are 0600
-in 0700 folders whatever the umask; FACEBEAM_SHARED_FILES=1 keeps the user's umask instead."""
+"""Biometric data is private by default: shards, summaries, the embedded index, the persons a clustering
+found and Redis's data are 0600 in 0700 folders whatever the umask; FACEBEAM_SHARED_FILES=1 keeps the user's
+umask instead."""
 import os
 import shutil
 import stat
 
 import pytest
 
-from facebeam.pipelines import embed, index
+from facebeam.pipelines import cluster, embed, index, persons
 from facebeam.transforms import privacy
 from facebeam.transforms.redis_store import RedisConn
 from tests.helpers import SAMPLE, job
@@ -67,6 +68,28 @@ def test_shards_summaries_and_the_embedded_index_are_private(photos, tmp_path, o
     assert data["."] == privacy.DIR_MODE
     assert {rel: mode for rel, mode in data.items() if rel != "."} == {
         "spec.json": privacy.FILE_MODE, "faces-1.faiss": privacy.FILE_MODE, "faces-1.parquet": privacy.FILE_MODE}
+
+
+def test_cluster_outputs_are_private(photos, tmp_path, open_umask, monkeypatch):
+    """The kNN graph (written by the workers), the persons table, its state and contact sheet, and a later
+    `persons name`: all 0600 in 0700 folders under umask 022."""
+    monkeypatch.delenv(privacy.ENV_SHARED, raising=False)
+    out, found = tmp_path / "out", tmp_path / "persons"
+    job(embed, ["--input", str(photos), "--output", str(out)])
+    summary = job(cluster, ["--shards", str(out), "--output", str(found),
+                            "--contact-sheet", str(found / "sheet.html")])
+    assert summary["faces"] >= len(PHOTOS) and summary["persons"] >= 1
+    first = assert_private(found)
+    assert any(p.endswith(".parquet") for p in first) and "sheet.html" in first
+    job(persons, ["--clusters", str(found), "name", _first_person(found), "Someone"])
+    assert _first_person(found, "name") == "Someone"
+    assert_private(found)
+
+
+def _first_person(folder, field="person_id") -> str:
+    from facebeam.transforms import persons as persons_table
+
+    return persons_table.read_table(str(folder))[0][field]
 
 
 def test_shared_files_keep_the_users_umask(photos, tmp_path, monkeypatch):
