@@ -1,6 +1,8 @@
 """Clustering a kNN graph into persons, person centres, and quality against known identities."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from facebeam.transforms.knn import topk_block
@@ -61,7 +63,11 @@ def infomap_labels(n: int, a: np.ndarray, b: np.ndarray, d: np.ndarray, threshol
     im = Infomap(two_level=True, silent=True, num_trials=1, seed=SEED + 1)  # links are undirected by default
     im.add_links(zip(a.tolist(), b.tolist(), edge_weights(d, threshold).tolist()))
     im.run()
-    nodes, modules = zip(*im.get_modules().items())
+    # Not `im.run().modules()`, the replacement the deprecation names: its snapshot walks a SWIG iterator, and
+    # with faiss loaded (the embedded index) faiss's SwigPyIterator answers it and the process segfaults.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Infomap.get_modules is deprecated")
+        nodes, modules = zip(*im.get_modules().items())
     labels[np.asarray(nodes, np.int64)] = np.asarray(modules, np.int64)
     return labels
 
