@@ -353,6 +353,7 @@ def finish_run(output: str, run_id, summary: dict) -> JobSummary:
     """summary.json from the typed summary (the same one the result line is built from); commits the run."""
     if "://" not in output and not os.path.exists(os.path.join(output, shards.LOCK_FILE)):
         raise shards.output_gone(os.path.abspath(output))  # deleted mid-run (Beam made it again): do not commit
+    shards.drop_temp(output, run_id)
     summary.update(run_id=run_id, output=output)
     typed = JobSummary.build("embed", summary)
     write_summary(FileSystems.join(output, "summary.json"), typed)

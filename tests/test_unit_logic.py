@@ -383,3 +383,23 @@ def test_a_dead_worker_is_named_from_the_failure_text():
                "submitTask(TaskDeploymentDescriptor, JobMasterId, Duration))]")
     assert "the Flink TaskManager died" in str(jobs.worker_lost(RuntimeError(tm_gone), "flink"))
     assert jobs.worker_lost(RuntimeError("ValueError: bad photo [while running 'Embed']"), "flink") is None
+
+
+def test_a_finished_run_drops_the_temp_folders_of_restarted_attempts(tmp_path):
+    """What a sink's restarted attempt leaves (`beam-temp-*` with part files, flat or in the run's partition)
+    goes; shards, other partitions and folders merely named alike stay."""
+    from facebeam.transforms import shards
+
+    keep = [tmp_path / "embeddings" / "run=A" / "part-0.parquet", tmp_path / "embeddings" / "part-1.parquet",
+            tmp_path / "manifest" / "run=B" / "beam-temp-x" / "other-run.parquet",
+            tmp_path / "photos" / "beam-temp-y" / "f"]
+    gone = [tmp_path / "embeddings" / "run=A" / "beam-temp-part-1" / "a.parquet",
+            tmp_path / "manifest" / "run=A" / "beam-temp-part-2" / "b.parquet",
+            tmp_path / "errors" / "beam-temp-part-3" / "c.parquet"]
+    for f in keep + gone:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    dropped = shards.drop_temp(str(tmp_path), "A")
+    assert sorted(dropped) == sorted(str(f.parent) for f in gone)
+    assert all(f.exists() for f in keep) and not any(f.parent.exists() for f in gone)
+    assert shards.drop_temp(str(tmp_path), "A") == []

@@ -1,11 +1,11 @@
-"""Workers that die mid-embed: an SDK harness on Flink, an executor on Spark, a local run stopped by SIGTERM.
+"""Workers that die mid-job: an SDK harness on Flink, an executor on Spark, a local run stopped by SIGTERM.
 
 Each kill happens while the job embeds the sample (an `--incremental` run, launched as `facebeam embed` would
 be, in its own process). The job must end within a bound: complete (the engine retried, the worker pool
 started a new harness), or fail with one line naming what died and what to run; then an `--incremental`
 re-run completes it. Either way the output holds exactly Direct's faces (`sample_run`), once each, no
 `beam-temp-*` folder, half-written file or uncommitted partition is left, the lock is free, and
-`summary.json` adds up.
+`summary.json` adds up. An index load killed the same way ends with Elasticsearch's exact doc count.
 """
 import json
 import os
@@ -20,13 +20,15 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from facebeam.pipelines import embed
+from facebeam.pipelines import embed, index
 from facebeam.pipelines.local import flink as flink_local
 from facebeam.pipelines.local import spark as spark_local
 from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.runner.presets import RUNNER_PRESETS
 from facebeam.transforms import shards
-from tests.helpers import SAMPLE, job, read_rows
+from facebeam.transforms.spec import EmbeddingSpec
+from tests.es_fixtures import SESSION_HOME
+from tests.helpers import SAMPLE, drop_versions, job, read_rows, synthetic_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKERS = 2
@@ -40,9 +42,9 @@ def direct(sample_run):
     return summary, {r["face_id"] for r in read_rows(os.path.join(out, "embeddings"))}
 
 
-def _launch(out, *beam_args):
-    argv = [sys.executable, "-m", "facebeam.pipelines.embed", "--input", SAMPLE, "--output", str(out),
-            "--incremental", *beam_args]
+def _launch(out, *beam_args, module="embed", args=None):
+    argv = [sys.executable, "-m", f"facebeam.pipelines.{module}",
+            *(args or ["--input", SAMPLE, "--output", str(out), "--incremental"]), *beam_args]
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -86,7 +88,7 @@ def _end(proc, killed_at):
 
 
 def _one_line(stderr):
-    lines = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("warning: ")]
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, stderr[-3000:]
     return lines[0]
 
@@ -156,6 +158,49 @@ def test_a_killed_worker_is_survived_or_named(cluster, direct, tmp_path):
     rc, _, stderr, took = _end(proc, killed_at)
     print(f"{which}: {died} pid {victim.pid} killed; the job ended with {rc} {took:.1f} s later")
     finish(out, direct, rc, stderr, preset, died)
+
+
+def test_a_killed_worker_mid_load_still_lands_every_doc(cluster, es_client, tmp_path):
+    """The same kills during `facebeam index` (synthetic shards, so that the load outlasts the kill): the job
+    completes or names what died in one line, and after a re-run the index holds every doc exactly once."""
+    which, preset = cluster
+    rows = synthetic_shards(str(tmp_path), 12_000, EmbeddingSpec(), files=8, seed=25)
+    alias = f"killed-load-{which}"
+    drop_versions(es_client, alias)
+    args = ["--shards", str(tmp_path), "--index", alias, "--es-conn", str(SESSION_HOME / "connection.json"),
+            "--chunk-docs", "200"]
+
+    def loading():
+        stats = es_client.indices.stats(index=f"{alias}-*", metric="indexing").body["_all"]["primaries"]
+        return (stats.get("indexing") or {}).get("index_total", 0) > 1_500
+
+    try:
+        since = time.time() - 1
+        proc = _launch(None, *preset, module="index", args=args)
+        _wait_for(loading, proc, "load")
+        if which == "flink":
+            victim, died = _wait_for(lambda: _harnesses(which, since), proc, "SDK harness")[0], "SDK harness"
+        else:
+            victim, died = _wait_for(_executors, proc, "executor")[0], "executor"
+        assert proc.poll() is None, "the load ended before the kill"
+        victim.kill()
+        rc, _, stderr, took = _end(proc, time.monotonic())
+        print(f"{which}: {died} pid {victim.pid} killed mid-load; the job ended with {rc} {took:.1f} s later")
+        if rc != 0:
+            assert rc == 2, stderr[-3000:]
+            line = _one_line(stderr)
+            assert died in line and "run the same command again" in line, line
+            summary = job(index, [*args, *preset])
+        else:
+            summary = json.loads((tmp_path / "index-summary.json").read_text())
+        assert summary["failed"] == 0 and read_rows(summary["index_errors"]) == []
+        es_client.indices.refresh(index=alias)
+        assert es_client.count(index=alias).body["count"] == len(rows)
+        ids = [r["face_id"] for r in rows[::600]]
+        hits = es_client.search(index=alias, query={"ids": {"values": ids}}, size=len(ids), _source=False).body
+        assert sorted(h["_id"] for h in hits["hits"]["hits"]) == sorted(ids)
+    finally:
+        drop_versions(es_client, alias)
 
 
 def test_a_local_run_stopped_says_one_line(direct, tmp_path):

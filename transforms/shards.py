@@ -137,15 +137,34 @@ def delete_tree(path: str) -> None:
         FileSystems.delete(found)
 
 
-def drop_uncommitted(folder: str) -> list:
-    """Delete partitions of runs that never committed (killed mid-way); returns what went."""
+def drop_uncommitted(folder: str, warn: bool = True) -> list:
+    """Delete partitions of runs that never committed (killed mid-way); returns what went. `warn`: say so in a
+    warning (found at a run's start); a run cleaning up after itself has its own line and logs it at info."""
     keep = set(committed_runs(folder))
     dirs = sorted(d for kind in PARTITIONED for d in partition_dirs(folder, kind)
                   if posixpath.basename(d.rstrip("/"))[len("run="):] not in keep)
     for d in dirs:
         delete_tree(d)
     if dirs:
-        log.warning("removed %d partition(s) of runs that did not finish: %s", len(dirs), dirs)
+        (log.warning if warn else log.info)("removed %d partition(s) of runs that did not finish: %s", len(dirs), dirs)
+    return dirs
+
+
+def drop_temp(folder: str, run_id: str | None = None) -> list:
+    """Beam's `beam-temp-*` folders under the shard kinds and this run's partitions; returns what went.
+
+    A sink's finalize removes the temp folder of the attempt that finished. One that an engine restarted
+    (a TaskManager lost mid-write) left its own behind, with part files in it, so a finished run removes
+    them before it commits. The output is locked while a job runs: no one else's temp folder is there."""
+    dirs = []
+    for kind in PARTITIONED:
+        dirs += partition_dirs(folder, kind, prefix="beam-temp-")
+        if run_id:
+            dirs += partition_dirs(FileSystems.join(folder, kind), f"run={run_id}", prefix="beam-temp-")
+    for d in dirs:
+        delete_tree(d)
+    if dirs:
+        log.info("removed %d temp folder(s) of restarted attempts: %s", len(dirs), dirs)
     return dirs
 
 
@@ -236,7 +255,7 @@ def discard_partial(folder: str, since: float) -> list:
     flat shard files written since `since` (epoch seconds). Local disk; returns what went."""
     if not _local(folder) or not os.path.isdir(folder):
         return []
-    gone = list(drop_uncommitted(folder))
+    gone = list(drop_uncommitted(folder, warn=False))
     for kind in PARTITIONED:
         base = os.path.join(folder, kind)
         if not os.path.isdir(base):
