@@ -224,7 +224,7 @@ def test_node_restarted_mid_load_lands_every_doc_or_stops_in_one_line(tmp_path, 
     conn = es_cluster_factory(nodes=1)
     home = es_cluster_factory.home(conn)
     conn_file = str(home / "connection.json")
-    rows = synthetic_shards(str(tmp_path), 20000, EmbeddingSpec(), files=8)
+    rows = synthetic_shards(str(tmp_path), 8000, EmbeddingSpec(), files=8)
     client = conn.client()
     port = int(conn.url.rsplit(":", 1)[1])
     restarted = {}
@@ -257,6 +257,7 @@ def test_node_restarted_mid_load_lands_every_doc_or_stops_in_one_line(tmp_path, 
         code = index.main(argv)
     t.join()
     assert restarted.get("up"), f"the node was not restarted during the load: {restarted}"
+    assert restarted["killed_at"] < len(rows), "the load had finished before the kill"
     assert parquet_rows_under(tmp_path / "index-errors") == []
     new_client = es_local.connection(home).client()
     if code != 0:

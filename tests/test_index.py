@@ -120,8 +120,12 @@ def test_throttled_cluster_rejects_bulks_and_retries_land_every_doc(tmp_path, es
 def test_node_killed_mid_load_loses_nothing(tmp_path, es_cluster_factory):
     conn = es_cluster_factory(nodes=3)
     conn_file = str(es_cluster_factory.home(conn) / "connection.json")
-    rows = synthetic_shards(str(tmp_path), 20000, EmbeddingSpec(), files=8)
+    rows = synthetic_shards(str(tmp_path), 8000, EmbeddingSpec(), files=8)
     client = conn.client()
+    # The job waits for green at the end: let the lost node's replicas be rebuilt at once rather than after
+    # Elasticsearch's one-minute grace for a node that may come back (this cluster's own template).
+    client.indices.put_index_template(name="reallocate-at-once", index_patterns=["faces-*"],
+                                      template={"settings": {"index.unassigned.node_left.delayed_timeout": "0s"}})
     killed = {}
 
     def kill_primary_mid_load():
@@ -146,6 +150,7 @@ def test_node_killed_mid_load_loses_nothing(tmp_path, es_cluster_factory):
                          "--replicas", "1", "--load-replicas", "1", "--chunk-docs", "200"])
     killer.join()
     assert killed.get("node"), "no node was killed during the load"
+    assert killed["at"] < len(rows), "the load had finished before the kill"
     assert summary["failed"] == 0 and summary["indexed"] >= len(rows)
     assert count(client, "faces") == len(rows)
     assert read_rows(summary["index_errors"]) == []
