@@ -92,3 +92,25 @@ def sample_run(tmp_path_factory):
 
     out = str(tmp_path_factory.mktemp("embed-sample"))
     return out, job(embed, ["--input", SAMPLE, "--output", out])
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    """`local_cluster(which, workers=2)`: the default local Flink or Spark cluster (`facebeam flink|spark up`),
+    started on first use and kept up for the modules after (each start costs 15-25 s); stopped at the end of
+    the session if the session started it. A test that breaks part of it (a pool, a TaskManager) brings that
+    back with the module's `up` before it ends."""
+    from facebeam.pipelines.local import flink, spark
+
+    modules = {"flink": flink, "spark": spark}
+    started = []
+
+    def up(which: str, workers: int = 2) -> dict:
+        module = modules[which]
+        if module.cluster_info() is None and which not in started:
+            started.append(which)
+        return module.up(workers=workers)
+
+    yield up
+    for which in started:
+        modules[which].down()

@@ -130,18 +130,9 @@ def test_up_refuses_a_cluster_process_that_listens_beyond_loopback(caplog):
 
 
 @pytest.fixture(scope="module", params=["flink", "spark"])
-def cluster(request):
+def cluster(request, local_cluster):
     which = request.param
-    module = MODULES[which]
-    already = module.cluster_info() is not None
-    info = module.up(workers=WORKERS)
-    try:
-        yield which, module, info
-    finally:
-        if not already:
-            module.down()
-        else:
-            module.up()
+    return which, MODULES[which], local_cluster(which, WORKERS)
 
 
 def _beam_ports(module, before: set) -> set:

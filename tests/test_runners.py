@@ -2,16 +2,16 @@
 
 A small pure-Beam job (Create -> Reshuffle -> sha256 DoFn -> Parquet) runs on every
 runner set-up in `RUNNER_MATRIX` and must write exactly what the local default runner
-writes. Clusters start once per runner set-up (module-scoped, parametrized fixture:
-pytest runs all tests of one set-up together, so only one cluster is up at a time)
-and are stopped at teardown. The cluster presets run the SDK harness in the cluster's
-Beam worker pool (EXTERNAL, one process per slot, as deploy/ does); the embedded ones
-in this process (LOOPBACK). `test_every_transform_kind_across_the_version_gap` runs each
-transform kind facebeam's jobs use on every set-up (job server Beam Java 2.62, SDK 2.77).
+writes. The standalone clusters come from the session's `local_cluster` fixture
+(tests/conftest.py): started once, kept up for every module that needs them, stopped at the
+session's end. The cluster presets run the SDK harness in the cluster's Beam worker pool
+(EXTERNAL, one process per slot, as deploy/ does); the embedded ones in this process (LOOPBACK).
+`test_every_transform_kind_across_the_version_gap` runs each transform kind facebeam's jobs
+use on every set-up (job server Beam Java 2.62, SDK 2.77).
 
 Other test modules reuse the matrix with
-`pipeline_options(RUNNER_PRESETS[key] + args)` / `create_pipeline(opts)` inside
-`with preset_cluster(key): ...`, or with `run_on(key, pipeline_fn, tmp_path)` below.
+`pipeline_options(RUNNER_PRESETS[key] + args)` / `create_pipeline(opts)` once
+`local_cluster(which)` has it up, or with `run_on(key, pipeline_fn, tmp_path)` below.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from facebeam.pipelines.runner.job_options import pipeline_options
 from facebeam.pipelines.runner.kinds import runner_name
 from facebeam.pipelines.runner.launch import create_pipeline
 from facebeam.pipelines.runner.managed import live_job_servers
-from facebeam.pipelines.runner.presets import PRESET_CLUSTERS, RUNNER_PRESETS, preset_cluster, preset_options
+from facebeam.pipelines.runner.presets import PRESET_CLUSTERS, RUNNER_PRESETS, preset_options
 from facebeam.pipelines.runner.probes import check_cluster
 
 # Beam's LOOPBACK data-plane reader thread raises "Multiplexer hanging up" when the runner
@@ -117,7 +117,7 @@ def read_rows(out_dir):
 def run_on(runner_key, pipeline_fn, tmp_path, extra_args=(), timeout_s=300):
     """Runs `pipeline_fn(p, out_dir)` on a preset; returns (result, out_dir, seconds).
 
-    For cluster presets the cluster must be up (`with preset_cluster(key)`). A job
+    For cluster presets the cluster must be up (the `local_cluster` fixture). A job
     still running after `timeout_s` is cancelled and fails the test."""
     out_dir = str(tmp_path / runner_key)
     os.makedirs(out_dir, exist_ok=True)
@@ -142,9 +142,10 @@ def expected(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=RUNNER_MATRIX)
-def runner_key(request):
-    with preset_cluster(request.param):
-        yield request.param
+def runner_key(request, local_cluster):
+    if PRESET_CLUSTERS.get(request.param):
+        local_cluster(PRESET_CLUSTERS[request.param])
+    return request.param
 
 
 @pytest.fixture(scope="module")

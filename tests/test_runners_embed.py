@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from facebeam.pipelines import embed, index
-from facebeam.pipelines.runner.presets import RUNNER_PRESETS, preset_cluster
+from facebeam.pipelines.runner.presets import PRESET_CLUSTERS, RUNNER_PRESETS
 from tests.es_fixtures import SESSION_HOME
 from tests.helpers import SAMPLE, drop_versions, job, read_rows
 
@@ -33,9 +33,10 @@ def direct_rows(photo_list, tmp_path_factory):
 
 
 @pytest.mark.parametrize("runner", ["flink-embedded", "flink-cluster", "spark-local", "spark-cluster"])
-def test_embed_matches_the_local_runner(runner, photo_list, direct_rows, tmp_path):
-    with preset_cluster(runner):
-        summary = job(embed, ["--input", photo_list, "--output", str(tmp_path), *RUNNER_PRESETS[runner]])
+def test_embed_matches_the_local_runner(runner, photo_list, direct_rows, tmp_path, local_cluster):
+    if PRESET_CLUSTERS.get(runner):
+        local_cluster(PRESET_CLUSTERS[runner])
+    summary = job(embed, ["--input", photo_list, "--output", str(tmp_path), *RUNNER_PRESETS[runner]])
     rows = {r["face_id"]: r for r in read_rows(str(tmp_path / "embeddings"))}
     assert rows.keys() == direct_rows.keys() and len(rows) >= len(PHOTOS) + 1
     for fid, row in rows.items():

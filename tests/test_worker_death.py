@@ -22,7 +22,6 @@ import pytest
 
 from facebeam.pipelines import embed, index
 from facebeam.pipelines.local import flink as flink_local
-from facebeam.pipelines.local import spark as spark_local
 from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.runner.presets import RUNNER_PRESETS
 from facebeam.transforms import shards
@@ -129,15 +128,9 @@ def finish(out, direct, rc, stderr, beam_args, died):
 
 
 @pytest.fixture(scope="module", params=["flink", "spark"])
-def cluster(request):
-    module = {"flink": flink_local, "spark": spark_local}[request.param]
-    already = module.cluster_info() is not None
-    module.up(workers=WORKERS)
-    try:
-        yield request.param, RUNNER_PRESETS[f"{request.param}-cluster"]
-    finally:
-        if not already:
-            module.down()
+def cluster(request, local_cluster):
+    local_cluster(request.param, WORKERS)
+    return request.param, RUNNER_PRESETS[f"{request.param}-cluster"]
 
 
 def test_a_killed_worker_is_survived_or_named(cluster, direct, tmp_path):
@@ -220,12 +213,11 @@ def test_a_local_run_stopped_says_one_line(direct, tmp_path):
     assert_like_direct(out, direct)
 
 
-def test_a_killed_taskmanager_is_survived_or_named(direct, tmp_path):
+def test_a_killed_taskmanager_is_survived_or_named(direct, tmp_path, local_cluster):
     """The Flink TaskManager SIGKILLed mid-embed, and started again at once by `flink up`, as an operator or
     Kubernetes would: the restarted job gets its slots and completes (or, if it failed, one line naming the
     TaskManager, and the `--incremental` re-run completes); Direct's faces either way."""
-    already = flink_local.cluster_info() is not None
-    flink_local.up(workers=WORKERS)
+    local_cluster("flink", WORKERS)
     try:
         preset = RUNNER_PRESETS["flink-cluster"]
         out = tmp_path / "out"
@@ -244,5 +236,4 @@ def test_a_killed_taskmanager_is_survived_or_named(direct, tmp_path):
         print(f"flink: TaskManager pid {tm[0]} killed; the job ended with {rc} {took:.1f} s later")
         finish(out, direct, rc, stderr, preset, "TaskManager")
     finally:
-        if not already:
-            flink_local.down()
+        flink_local.up(workers=WORKERS)  # whole again for the tests after

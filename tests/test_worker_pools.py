@@ -50,19 +50,15 @@ def direct(photo_list, tmp_path_factory):
 
 
 @pytest.fixture(scope="module", params=["flink-cluster", "spark-cluster"])
-def cluster(request):
+def cluster(request, local_cluster):
     key = request.param
     which = PRESET_CLUSTERS[key]
     module = MODULES[which]
-    already = module.cluster_info() is not None
-    module.up(workers=WORKERS)
+    local_cluster(which, WORKERS)
     try:
         yield key, which, module
     finally:
-        if not already:
-            module.down()
-        else:  # leave it as found, with a pool
-            module.up()
+        module.up(workers=WORKERS)  # as found, with its pool, for the modules after
 
 
 def _pool_starts(which) -> int:
