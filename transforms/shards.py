@@ -256,6 +256,10 @@ def discard_partial(folder: str, since: float) -> list:
     if not _local(folder) or not os.path.isdir(folder):
         return []
     gone = list(drop_uncommitted(folder, warn=False))
+    try:
+        gone += drop_temp(folder)
+    except OSError as e:
+        log.warning("could not remove Beam's temp folders under %s: %s", folder, e)
     for kind in PARTITIONED:
         base = os.path.join(folder, kind)
         if not os.path.isdir(base):
@@ -263,12 +267,9 @@ def discard_partial(folder: str, since: float) -> list:
         for name in os.listdir(base):
             path = os.path.join(base, name)
             try:
-                if name.startswith("beam-temp-") and os.path.isdir(path):
-                    FileSystems.delete([path])
-                elif name.endswith(".parquet") and os.path.getmtime(path) >= since:
-                    os.remove(path)
-                else:
+                if not (name.endswith(".parquet") and os.path.getmtime(path) >= since):
                     continue
+                os.remove(path)
             except OSError as e:
                 log.warning("could not remove %s: %s", path, e)
                 continue

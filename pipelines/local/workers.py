@@ -244,6 +244,7 @@ def check_pool(kind: str, address: str, timeout: float = 5.0) -> dict | None:
 def _serve_pool(ns) -> int:
     from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
 
+    from facebeam.pipelines.local import loopback_grpc
 
     state = Path(ns.state_file)
     launcher = state.parent / "harness.sh"
@@ -251,7 +252,9 @@ def _serve_pool(ns) -> int:
     tmp.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {_MODULE} harness "$@"\n')
     tmp.chmod(0o755)
     os.replace(tmp, launcher)
-    address, server = _pool_server(keeping_servicer(BeamFnExternalWorkerPoolServicer), ns.service_port, str(launcher))
+    loopback_grpc.install("127.0.0.1")  # Beam binds every interface; anyone who reaches it can start processes
+    address, server = keeping_servicer(BeamFnExternalWorkerPoolServicer).start(
+        use_process=True, port=ns.service_port, container_executable=str(launcher))
     logging.getLogger().setLevel(logging.INFO)
     info = {"kind": ns.kind, "port": ns.service_port, "address": address, "pid": os.getpid(), "workers": ns.workers,
             **versions(), "executable": sys.executable, "cwd": os.getcwd(),
@@ -320,26 +323,6 @@ def keeping_servicer(servicer_cls):
 
     KeepingPool.__name__ = KeepingPool.__qualname__ = f"Keeping{servicer_cls.__name__}"
     return KeepingPool
-
-
-def _pool_server(servicer_cls, port: int, launcher: str) -> tuple:
-    """Beam's `BeamFnExternalWorkerPoolServicer.start`, bound to loopback: Beam's binds every
-    interface ([::]), and anyone who reaches the pool can make it start processes."""
-    import atexit
-
-    import grpc
-    from apache_beam.portability.api import beam_fn_api_pb2_grpc
-    from apache_beam.runners.worker.worker_pool_main import kill_process_gracefully
-    from apache_beam.utils import thread_pool_executor
-
-    server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
-                         options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)])
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    pool = servicer_cls(use_process=True, container_executable=launcher)
-    beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
-    server.start()
-    atexit.register(lambda: [kill_process_gracefully(p) for p in pool._worker_processes.values()])
-    return f"localhost:{bound}", server
 
 
 def _run_harness(ns) -> int:

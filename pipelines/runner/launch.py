@@ -18,7 +18,8 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
 from apache_beam.transforms import environments
 
-from facebeam.pipelines.runner import loopback_grpc, managed, worker
+from facebeam.pipelines.local import loopback_grpc
+from facebeam.pipelines.runner import managed, worker
 from facebeam.pipelines.runner.kinds import runner_kind
 
 #: What FnApiRunner starts each multi-process worker with, and what facebeam starts instead.
