@@ -1,14 +1,15 @@
 """facebeam cluster: group every face of the shards into persons, with stable ids and names.
 
     facebeam cluster --shards DIR --output DIR [--ann DIR | --index NAME] [--threshold T | --pairs CSV]
-                     [--method infomap|leiden|density|cw|cc|mutual] [--k 16] [--min-box PX]
+                     [--method cw|infomap|leiden|density|cc|mutual] [--k 16] [--min-box PX]
                      [--min-confidence C] [--min-sharpness S] [--incremental]
                      [--contact-sheet FILE.html] [Beam flags]
 
 The kNN graph is built on the workers: batches of faces -> their top k neighbours, from the
-embedded index (--ann, batched HNSW search, memory-mapped once per worker), Elasticsearch
+embedded index (--ann, memory-mapped once per worker: batched HNSW search; from 50k faces an IVF
+index of 4-bit codes that the launcher builds once, its candidates re-ranked on the index's vectors), Elasticsearch
 (--index, batched msearch) or exactly over the shards (small sets; every worker holds all vectors).
-The launcher keeps the edges within the threshold and clusters them (Infomap by default; see
+The launcher keeps the edges within the threshold and clusters them (Chinese whispers by default; see
 `facebeam bench cluster`). The threshold and its source are printed. Outputs, in DIR:
 persons/*.parquet (one row per face), persons.parquet (one row per person, with its name),
 cluster.json. Faces below the quality limits are kept and marked `low_quality`. With
@@ -105,20 +106,30 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
     p = create_pipeline(opts, pipeline)
     graph_dir = persons.graph_folder(c.output)
     persons.clear(graph_dir)
+    graph_index = None
+    index_dir = persons.join(c.output, "graph-index")
+    persons.clear(index_dir)  # one a killed run left
+    if c.ann and not (c.incremental and previous):  # a full graph of a large index: IVF, built once here
+        graph_index = persons.graph_index_for(c.ann, spec, index_dir)
     (p | "Files" >> beam.Create(files)
        | "Read" >> beam.io.ReadAllFromParquet(columns=list(persons.FACE_COLUMNS))
        | "New" >> beam.Filter(lambda r, done: r["face_id"] not in done, skip)
        | "Score" >> persons.ScoreFaces(c.limits)
        | "Batch" >> beam.BatchElements(min_batch_size=32, max_batch_size=512)
        | "Neighbours" >> beam.ParDo(persons.Neighbours(spec, c.k, files, conn, c.index, ann_dir=c.ann,
-                                                       keep_vectors=bool(c.incremental and previous)))
+                                                       keep_vectors=bool(c.incremental and previous),
+                                                       graph_index=graph_index))
        | "PrivateGraph" >> beam.ParDo(privacy.PrivateWrites(privacy.shared()))
        | "WriteGraph" >> beam.io.WriteToParquet(persons.join(graph_dir, "part"), persons.GRAPH_SCHEMA,
                                                 codec="zstd", file_name_suffix=".parquet"))
-    result, graph_s = jobs.run(p, totals={"graph": persons.row_count(files) - len(skip)})
+    try:
+        result, graph_s = jobs.run(p, totals={"graph": persons.row_count(files) - len(skip)})
+    finally:
+        persons.clear(index_dir)
     summary = persons.resolve(c.output, c.shards, files, spec, c.incremental, previous, state,
                               threshold=c.threshold, pairs=c.pairs, method=c.method, k=c.k, limits=c.limits)
     summary.update(graph_s=round(graph_s, 3), mode="es" if conn else ("ann" if c.ann else "exact"),
+                   graph_search="ivf" if graph_index else ("hnsw" if c.ann else None),
                    runner=runner_name(opts))
     if conn is not None:  # names reach the index through the store contract (never a partial update of a face doc)
         summary["index_updated"] = stores.push_persons_to(stores.make(stores.StoreChoice("es"), lambda: conn, c.index),

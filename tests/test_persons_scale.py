@@ -10,7 +10,7 @@ import pytest
 from facebeam.pipelines import cluster, embed
 from facebeam.pipelines import persons as persons_cmd
 from facebeam.transforms import ann, knn, persons, shards
-from tests.helpers import SAMPLE, identities, job, read_rows
+from tests.helpers import PAIRS, SAMPLE, identities, job, read_rows
 
 
 def _assignments(folder):
@@ -188,6 +188,41 @@ def test_the_graph_from_the_embedded_index_matches_the_exact_graph(sample_run, t
     summary = job(cluster, ["--shards", shards_dir, "--output", by_index, "--ann", folder])
     assert summary["mode"] == "ann"
     assert _assignments(by_index) == _assignments(by_exact)
+
+
+def test_the_ivf_graph_of_the_embedded_index_is_the_exact_graph_of_the_sample(sample_run, tmp_path, monkeypatch):
+    shards_dir, _ = sample_run
+    spec = shards.spec_of(shards_dir)
+    folder = str(tmp_path / "ann")
+    ann.load_shards(folder, shards.files(shards_dir), spec)
+    by_exact, by_ivf = str(tmp_path / "exact"), str(tmp_path / "ivf")
+    job(cluster, ["--shards", shards_dir, "--output", by_exact])
+    # The sample is far below the size where the job switches to the IVF graph; lower the switch to run that path.
+    monkeypatch.setattr(persons.job, "IVF_MIN_FACES", 0)
+    summary = job(cluster, ["--shards", shards_dir, "--output", by_ivf, "--ann", folder])
+    assert summary["mode"] == "ann" and summary["graph_search"] == "ivf"
+    want, got = persons.read_graph(persons.graph_folder(by_exact)), persons.read_graph(persons.graph_folder(by_ivf))
+    want = {r["face_id"]: r for r in want.to_pylist()}
+    for r in got.to_pylist():
+        assert r["neighbours"] == want[r["face_id"]]["neighbours"], r["face_id"]
+        assert np.allclose(r["distances"], want[r["face_id"]]["distances"], atol=1e-4)
+    assert _assignments(by_ivf) == _assignments(by_exact)
+    assert not os.path.exists(os.path.join(by_ivf, "graph-index"))  # its codes are face data: gone after the job
+
+
+def test_the_ivf_graph_finds_the_exact_neighbours_of_a_hard_synthetic_set(sample_run):
+    from facebeam.pipelines.bench import synthetic
+
+    stats = synthetic.fit_sample(os.path.join(sample_run[0], "embeddings"), PAIRS, shards.spec_of(sample_run[0]))
+    x = knn.prepare(synthetic.HardFaces(stats, 30_000, seed=4).vectors(), "euclidean")
+    ids, dist = persons.knn_ivf(x, 16)
+    rows = np.random.default_rng(0).choice(len(x), 500, replace=False)
+    exact_ids, _ = persons.exact_sample(x, rows, 16)
+    assert persons.recall_at_k(ids[rows], exact_ids) >= 0.95
+    assert np.all(ids[rows] >= 0) and np.all(ids[rows] != rows[:, None]) and np.all(np.diff(dist[rows], axis=1) >= 0)
+    nearest = np.linalg.norm(x[rows] - x[exact_ids[:, 0]], axis=1)  # directly, without the norms' expansion
+    assert np.all(dist[rows][:, 0] >= nearest - 1e-5)
+    np.testing.assert_allclose(dist[rows][:, 0], np.linalg.norm(x[rows] - x[ids[rows][:, 0]], axis=1), atol=1e-5)
 
 
 def test_every_method_clusters_the_sample_graph(sample_vectors):

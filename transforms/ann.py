@@ -172,6 +172,14 @@ class AnnIndex:
                                if not gone}
         return self._positions
 
+    def live_positions(self) -> np.ndarray:
+        """Positions of the faces not deleted, ascending."""
+        return np.flatnonzero(~np.asarray(self.meta["deleted"], dtype=bool))
+
+    def vectors(self, positions) -> np.ndarray:
+        """The stored vectors of those positions, as searched (unit length for cosine and euclidean_l2)."""
+        return self.index.reconstruct_batch(np.asarray(positions, dtype=np.int64))
+
     # --- writing --------------------------------------------------------------------------
     def _require_writable(self):
         if not self.writable:

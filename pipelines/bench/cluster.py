@@ -1,7 +1,7 @@
 """facebeam bench cluster: every persons clustering method on the same kNN graph, side by side.
 
     facebeam bench cluster [--vectors 100000[,1000000]] [--sets sample,plain,hard]
-                           [--methods infomap,leiden,density,cw] [--k 16] [--graph hnsw|exact]
+                           [--methods cw,infomap,leiden,density] [--k 16] [--graph ivf|hnsw|exact]
                            [--recall-sample 1000] [--incremental 10000] [--threshold T]
                            [--input DIR] [--stats FILE] [--seed 0] [--json FILE]
 
@@ -10,8 +10,9 @@ Sets: `sample` is the real photos of --input (an embed run, identities from its 
 identities of similar size); `hard` is the same fit with Zipf-like identity sizes, look-alike
 identities, low-quality faces spread wide and near-duplicates (synthetic.HardFaces).
 
-For each set and size: the kNN graph (hnsw: a faiss HNSW built as the embedded index builds it,
-then batched top-k; exact: numpy blocks), its recall@k against exact search on --recall-sample
+For each set and size: the kNN graph (ivf: IVF cells and 4-bit PQ codes, candidates re-ranked on the
+vectors, as `facebeam cluster --ann` does from 50k faces; hnsw: a faiss HNSW built as the embedded
+index builds it, then batched top-k; exact: numpy blocks), its recall@k against exact search on --recall-sample
 faces, the threshold with its source, then each method on that one graph, each in a forked child
 so its wall time and peak memory (the child's ru_maxrss: the vectors and graph it inherits plus
 what the method adds) are its own. Scores: pairwise and BCubed precision/recall/F1, persons found
@@ -105,11 +106,12 @@ def _sample_set(embeddings: str, pairs_csv: str):
 class BenchClusterConfig:
     vectors: tuple = (100_000,)
     sets: tuple = ("sample", "plain", "hard")
-    methods: tuple = ("infomap", "leiden", "density", "cw")
+    methods: tuple = ("cw", "infomap", "leiden", "density")
     k: int = 16
-    graph: str = "hnsw"
+    graph: str = "ivf"
     recall_sample: int = 1000
     ef: int = 128
+    probes: int = persons.IVF_PROBES
     incremental: int = 0
     threshold: float = None
     input: str = synthetic.DEFAULT_SAMPLE
@@ -122,11 +124,12 @@ def build_parser():
     p = options.parser("facebeam bench cluster", __doc__)
     p.add_argument("--vectors", default="100000", help="synthetic sizes, comma-separated (default %(default)s)")
     p.add_argument("--sets", default="sample,plain,hard", help="sample, plain, hard (default %(default)s)")
-    p.add_argument("--methods", default="infomap,leiden,density,cw",
+    p.add_argument("--methods", default="cw,infomap,leiden,density",
                    help=f"any of {','.join(persons.METHODS)} (default %(default)s)")
     p.add_argument("--k", type=int, default=16, help="neighbours per face in the graph")
-    p.add_argument("--graph", choices=("hnsw", "exact"), default="hnsw", help="how the kNN graph is built")
+    p.add_argument("--graph", choices=("ivf", "hnsw", "exact"), default="ivf", help="how the kNN graph is built")
     p.add_argument("--ef", type=int, default=persons.EF_SEARCH, help="HNSW efSearch for the graph (default %(default)s)")
+    p.add_argument("--probes", type=int, default=persons.IVF_PROBES, help="IVF cells searched per face (default %(default)s)")
     p.add_argument("--recall-sample", type=int, default=1000, help="faces whose top-k is checked against exact search")
     p.add_argument("--incremental", type=int, default=0, metavar="N", help="then add N new faces through the index")
     p.add_argument("--threshold", type=float, default=None, help="edge distance (default: the model's)")
@@ -153,15 +156,18 @@ def configure(a: options.Args, beam_args=()) -> BenchClusterConfig:
         if s not in ("sample", "plain", "hard"):
             raise UserError(f"--sets: unknown set {s!r}; choose from sample, plain, hard")
     return BenchClusterConfig(vectors=sizes, sets=sets, methods=methods, k=a.k, graph=a.graph,
-                              recall_sample=a.recall_sample, ef=a.ef, incremental=a.incremental, threshold=a.threshold,
+                              recall_sample=a.recall_sample, ef=a.ef, probes=a.probes, incremental=a.incremental,
+                              threshold=a.threshold,
                               input=a.input, stats=a.stats, seed=a.seed, json_out=a.json_out)
 
 
-def _graph(x: np.ndarray, k: int, how: str, recall_sample: int, seed: int, ef: int) -> dict:
+def _graph(x: np.ndarray, k: int, how: str, recall_sample: int, seed: int, ef: int, probes: int) -> dict:
     started = time.perf_counter()
     if how == "exact" or len(x) <= EXACT_MAX:
         ids, dist = persons.knn_exact(x, k)
         how = "exact"
+    elif how == "ivf":
+        ids, dist = persons.knn_ivf(x, k, probes=probes, seed=seed)
     else:
         ids, dist = persons.knn_hnsw(x, k, ef_search=ef)
     took = time.perf_counter() - started
@@ -169,6 +175,12 @@ def _graph(x: np.ndarray, k: int, how: str, recall_sample: int, seed: int, ef: i
     exact_ids, _ = persons.exact_sample(x, rows, ids.shape[1])
     return {"ids": ids, "dist": dist, "graph": how, "graph_s": round(took, 2),
             "recall_at_k": persons.recall_at_k(ids[rows], exact_ids), "recall_faces": len(rows)}
+
+
+def _graph_params(how: str, ns: BenchClusterConfig) -> str:
+    if how == "ivf":
+        return f"{ns.probes} probes, {persons.REFINE_FACTOR} x k re-ranked"
+    return f"efSearch {ns.ef}" if how == "hnsw" else "exact"
 
 
 def _run_method(ids, dist, t, method):
@@ -226,7 +238,7 @@ def run(ns: BenchClusterConfig, pipeline=None) -> dict:
             x = knn.prepare(faces.vectors(), stats.get("metric", "euclidean"))
             truth, scored = faces.labels, np.ones(len(x), bool)
         base_mib = _peak_mib()
-        g = _graph(x, ns.k, ns.graph, ns.recall_sample, ns.seed, ns.ef)
+        g = _graph(x, ns.k, ns.graph, ns.recall_sample, ns.seed, ns.ef, ns.probes)
         t, source = persons.threshold_for_bench(x, stats, ns.threshold)
         case = {"set": name, "faces": len(x), "true_persons": int(len(np.unique(truth[scored]))),
                 "graph": g["graph"], "graph_s": g["graph_s"], "recall_at_k": g["recall_at_k"],
@@ -234,7 +246,8 @@ def run(ns: BenchClusterConfig, pipeline=None) -> dict:
                 "vectors_mib": round(x.nbytes / 2**20, 1), "peak_mib_before_graph": round(base_mib, 1),
                 "peak_mib_after_graph": round(_peak_mib(), 1), "results": []}
         print(f"\n{name}: {len(x)} faces, {case['true_persons']} true persons, k={ns.k}; {g['graph']} graph "
-              f"{g['graph_s']} s (efSearch {ns.ef}), recall@{ns.k} {g['recall_at_k']} on {g['recall_faces']} faces; "
+              f"{g['graph_s']} s ({_graph_params(g['graph'], ns)}), recall@{ns.k} {g['recall_at_k']} on "
+              f"{g['recall_faces']} faces; "
               f"threshold {t:.4f} ({source}); peak {case['peak_mib_after_graph']} MiB after the graph")
         print(f"  {'method':8} {'wall s':>7} {'peak MiB':>9} {'pair P':>7} {'pair R':>7} {'pair F1':>7} "
               f"{'B3 P':>7} {'B3 R':>7} {'B3 F1':>7} {'found':>7} {'true':>6}")

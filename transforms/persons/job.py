@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from facebeam.transforms import ann, images, knn, metrics, progress
+from facebeam.transforms import ann, images, knn, metrics, privacy, progress
 from facebeam.transforms.knn import merge_topk, prepare, to_distance, topk_block
-from facebeam.transforms.persons.graph import EF_SEARCH
+from facebeam.transforms.persons.graph import EF_SEARCH, IVF_MIN_FACES, build_ivf, search_ivf, training_rows
 from facebeam.transforms.persons.limits import Limits, sharpness
 from facebeam.transforms.persons.tables import GRAPH_SCHEMA
 
@@ -57,20 +58,44 @@ class ScoreFaces(beam.PTransform):
                 | "Sharpness" >> beam.FlatMap(score_photo, self._limits))
 
 
+def graph_index_for(ann_dir: str, spec, folder: str, min_faces: int | None = None, chunk: int = 131_072,
+                    seed: int = 0) -> str | None:
+    """The graph index over the embedded index's live faces (graph.build_ivf), built once by the launcher and
+    written privately into `folder` for every worker to read; None under `min_faces`, where HNSW look-ups are
+    cheap. Its codes are derived from face vectors: the caller removes the folder when the graph is written."""
+    import faiss
+
+    index = ann.AnnIndex.open(ann_dir, spec)
+    live = index.live_positions()
+    if len(live) < (IVF_MIN_FACES if min_faces is None else min_faces):
+        return None
+    train = index.vectors(live[training_rows(len(live), seed)])
+    chunks = ((live[s:s + chunk], index.vectors(live[s:s + chunk])) for s in range(0, len(live), chunk))
+    built = build_ivf(chunks, len(live), spec.dim, train, threads=os.cpu_count())
+    path = FileSystems.join(folder, "graph.ivf")
+    privacy.make_dirs(folder)
+    with privacy.private_umask(), FileSystems.create(path) as f:
+        f.write(faiss.serialize_index(built).tobytes())
+    log.info("graph index: %d faces in %d cells", len(live), built.nlist)
+    return path
+
+
 class Neighbours(beam.DoFn):
     """A batch of scored faces -> graph rows: each good face's top k (face ids, distances).
 
     Three sources, one shape: the embedded index (`ann_dir`: a folder, memory-mapped once per worker, one
-    batched HNSW search per batch), Elasticsearch (`conn` + `alias`: one msearch per batch), or exact
+    batched HNSW search per batch; from graph_index_for's size on, one IVF search re-ranked on the index's
+    vectors, `graph_index`), Elasticsearch (`conn` + `alias`: one msearch per batch), or exact
     (the collection's vectors once per worker, N x dim float32, scanned in blocks: small sets, and the
     ground truth for recall). `keep_vectors` carries each face's embedding on (incremental runs).
     """
 
     def __init__(self, spec, k: int, files=(), conn=None, alias=None, block: int = 65536, ann_dir=None,
-                 ef: int = EF_SEARCH, keep_vectors: bool = False):
+                 ef: int = EF_SEARCH, keep_vectors: bool = False, graph_index: str = None):
         self._spec, self._k, self._files = spec, k, list(files)
         self._conn, self._alias, self._block = conn, alias, block
         self._ann_dir, self._ef, self._keep_vectors = ann_dir, ef, keep_vectors
+        self._graph_index = graph_index
         self._progress = progress.shared_folder()
 
     def setup(self):
@@ -80,6 +105,12 @@ class Neighbours(beam.DoFn):
             return
         if self._ann_dir is not None:
             self._ann = ann.AnnIndex.open(self._ann_dir, self._spec)
+            self._ivf = None
+            if self._graph_index is not None:
+                import faiss
+
+                with FileSystems.open(self._graph_index) as f:
+                    self._ivf = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
             return
         ids, vecs, seen = [], [], set()
         for path in self._files:
@@ -94,7 +125,14 @@ class Neighbours(beam.DoFn):
         self._x = prepare(np.concatenate(vecs) if vecs else np.zeros((0, self._spec.dim), np.float32), self._spec.metric)
 
     def _index(self, rows):
-        found = self._ann.search_vectors([r["embedding"] for r in rows], self._k + 1, ef=max(self._ef, self._k + 1))
+        if self._ivf is not None:
+            q = prepare([r["embedding"] for r in rows], self._spec.metric)
+            pos, d = search_ivf(self._ivf, q, self._k + 1, self._ann.vectors)
+            d = to_distance(d, self._spec.metric)
+            found = [[(int(i), float(x)) for i, x in zip(pr, dr) if i >= 0] for pr, dr in zip(pos, d)]
+        else:
+            found = self._ann.search_vectors([r["embedding"] for r in rows], self._k + 1,
+                                             ef=max(self._ef, self._k + 1))
         face_of = self._ann.meta["face_id"]
         return [[(face_of[i], d) for i, d in hits if face_of[i] != r["face_id"]][:self._k]
                 for r, hits in zip(rows, found)]
