@@ -369,7 +369,7 @@ def add_persons(p) -> None:
     g.add_argument("--pairs", default=None, metavar="CSV",
                    help="labeled pairs (file_x, file_y, decision Yes/No) to fit the threshold from")
     g.add_argument("--method", default=persons.DEFAULT_METHOD, choices=persons.METHODS,
-                   help="infomap (default), leiden, density (Immich's rule), cw (Chinese whispers), cc (connected "
+                   help="cw (Chinese whispers, default), infomap, leiden, density (Immich's rule), cc (connected "
                         "components), mutual (mutual-kNN components); figures: `facebeam bench cluster`")
     g.add_argument("--k", type=int, default=16, help="neighbours per face in the graph (default %(default)s)")
     g.add_argument("--min-box", type=int, default=d.min_box, help="smallest face box side, pixels (default %(default)s)")
