@@ -14,7 +14,7 @@ EF_SEARCH = 128
 # The graph at scale: IVF cells with 4-bit PQ fast-scan codes (one sub-quantizer per dimension up to 128), then
 # the candidates re-ranked on the float vectors. On 1M faces of the hard set (2026-12-04, 2 cores, idle), over
 # 1000 faces against exact search: HNSW at efSearch 128 gave recall@16 0.863 in 942 s; this at 64 probes of
-# 4096 cells and 8 x k candidates, 0.974 in ~140 s with its training; 96 probes 0.987 (+50 s). Flat IVF
+# 4096 cells and 8 x k candidates, 0.974 in 199-378 s with its training (4 runs); 96 probes 0.987. Flat IVF
 # scanning reached 0.972 only at an estimated 675 s, and 32-byte PQ codes lose too much (0.53).
 IVF_PROBES = 64
 REFINE_FACTOR = 8
