@@ -121,8 +121,10 @@ def _write_conf(home: Path, slots: int, port: int, rpc_port: int = RPC_PORT, age
     tmp = state_dir() / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     conf.setdefault("env", {}).update({"log": {"dir": str(state_dir() / "log")}, "pid": {"dir": str(state_dir())}})
+    opts = conf["env"].setdefault("java", {}).setdefault("opts", {})
+    opts["all"] = " ".join([opts.get("all") or "", *toolkit.cluster_jvm_flags()]).strip()
     if agent:  # Beam's fn-API servers in the TaskManager bind loopback (pipelines/local/listening.py)
-        conf["env"].setdefault("java", {}).setdefault("opts", {})["taskmanager"] = f"-javaagent:{agent}"
+        opts["taskmanager"] = f"-javaagent:{agent}"
     conf["jobmanager"] = {
         "bind-host": "localhost",
         "rpc": {"address": "localhost", "port": rpc_port},

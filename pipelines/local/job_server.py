@@ -193,7 +193,7 @@ def start(kind: str, master: str, stages_jars: bool, extra_jvm: tuple = (), time
     artifacts = state_dir(kind) / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     cmd = [java.path, *flags, *([f"-javaagent:{agent}"] if agent else []),
-           "-Dorg.slf4j.simpleLogger.showDateTime=true", *extra_jvm,
+           "-Dorg.slf4j.simpleLogger.showDateTime=true", *toolkit.cluster_jvm_flags(), *extra_jvm,
            "-cp", os.pathsep.join(classpath), spec.main_class, f"{master_flag}={master}",
            "--job-host=127.0.0.1", f"--job-port={job_port}", f"--artifact-port={artifact_port}", "--expansion-port=0",
            f"--artifacts-dir={artifacts}"]

@@ -130,6 +130,7 @@ def _env(home: Path, java: toolkit.Java) -> dict:
         SPARK_WORKER_DIR=str(state_dir() / "work"),
         SPARK_LOCAL_DIRS=str(state_dir() / "tmp"),
         SPARK_DAEMON_MEMORY="512m",
+        SPARK_DAEMON_JAVA_OPTS=" ".join(toolkit.cluster_jvm_flags()),
         JAVA_HOME=java.home,
     )
     return env
@@ -159,10 +160,11 @@ def up(port: int = MASTER_PORT, webui_port: int = WEBUI_PORT, cores: int | None 
     # The job server (the driver) and every executor carry the loopback agent: Beam's servers
     # in them (job, artifacts, fn-API for the harnesses) bind loopback (pipelines/local/listening.py).
     agent = job_server.loopback_agent(jars.spark_spec())
-    executor_agent = (f"-Dspark.executor.extraJavaOptions=-javaagent:{agent}",) if agent else ()
+    executor_opts = " ".join([*toolkit.cluster_jvm_flags(), *([f"-javaagent:{agent}"] if agent else [])])
+    executor_opts = (f"-Dspark.executor.extraJavaOptions={executor_opts}",) if executor_opts else ()
     info["job_server"] = job_server.start("spark", master_url(port), stages_jars=detector is None, agent=agent,
                                           extra_jvm=(f"-Dspark.executor.extraClassPath={lib}/*", *_DRIVER_LOCAL,
-                                                     *RETRIES, *executor_agent))
+                                                     *RETRIES, *executor_opts))
     st = info["job_server"]
     info["exposed"] = [str(x) for x in listening.check("spark", cluster_pids(), [int(st["pid"])], agent,
                                                       allow_exposed, down)]

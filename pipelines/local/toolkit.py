@@ -41,6 +41,18 @@ from facebeam.transforms.home import cache_dir, facebeam_home  # noqa: F401 (re-
 log = logging.getLogger(__name__)
 
 MIN_JAVA = 17
+#: JVM flags of the local clusters' own JVMs (JobManager, TaskManager, Spark master, worker and executor,
+#: job servers). Their Java work per job is light (the Python harnesses embed), yet on a 2-core machine
+#: C2 compilation and G1's threads took 7.6 core-s of a 300-photo Flink job beside the harnesses' 28;
+#: C1 only and the serial collector took 3.3 (`facebeam bench runners`, README). A long-lived cluster
+#: doing Java-heavy work would drop them ($FACEBEAM_CLUSTER_JVM_OPTS replaces them; empty: none).
+LIGHT_JVM_FLAGS = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
+
+
+def cluster_jvm_flags() -> tuple:
+    """The flags every local cluster JVM gets: LIGHT_JVM_FLAGS, or $FACEBEAM_CLUSTER_JVM_OPTS when set."""
+    given = os.environ.get("FACEBEAM_CLUSTER_JVM_OPTS")
+    return LIGHT_JVM_FLAGS if given is None else tuple(given.split())
 
 
 class RunnerSetupError(UserError, RuntimeError):
