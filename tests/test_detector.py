@@ -189,3 +189,28 @@ def test_bench_variants_name_specs():
     assert variant_spec("cascade/up0").detector == "dlib_mmod" and variant_spec("cascade/up0").upsample == 0
     with pytest.raises(ValueError):
         variant_spec("nope")
+
+
+def test_preloaded_models_serve_one_thread_each_and_embed_as_fresh_ones():
+    """A spare harness preloads the default spec's models (faces.preload, pipelines/local/workers.py):
+    the first thread of a FaceModel takes that set, a second thread loads its own, and the vectors are
+    a freshly loaded model's."""
+    import threading
+
+    from facebeam.transforms import faces
+
+    spec = EmbeddingSpec()
+    with open(os.path.join(SAMPLE, "img1.jpg"), "rb") as f:
+        data = f.read()
+    fresh = _faces(FaceModel(spec, turns="off"), data, "img1")
+    (_, _, descriptor, _), = faces.preload(spec)
+    model = FaceModel(spec, turns="off")
+    assert model.descriptor is descriptor
+    warm = _faces(model, data, "img1")
+    assert len(warm) == len(fresh) == 1 and warm[0].box == fresh[0].box
+    np.testing.assert_allclose(warm[0].embedding, fresh[0].embedding, atol=1e-6)
+    other = []
+    thread = threading.Thread(target=lambda: other.append(model.descriptor))
+    thread.start()
+    thread.join()
+    assert other[0] is not descriptor  # that set went to the first thread only

@@ -161,6 +161,47 @@ class ImageFaces:
     error: Optional[tuple] = None  # (reason, message) when this one image failed
 
 
+def load_chip_models(spec: EmbeddingSpec) -> tuple:
+    """(HOG detector, 5-point shape predictor, descriptor, MMOD detector or None) from dlib's files."""
+    import dlib
+
+    from facebeam.transforms import mmod, weights
+
+    resnet = weights.resolve(DLIB_RESNET_FILE, DLIB_URLS[DLIB_RESNET_FILE])
+    return (dlib.get_frontal_face_detector(),  # also the judge of turns (find)
+            dlib.shape_predictor(weights.resolve(DLIB_LANDMARKS_FILE, DLIB_URLS[DLIB_LANDMARKS_FILE])),
+            descriptor_engine(resnet),
+            mmod.MmodDetector(weights.resolve(mmod.MMOD_FILE, mmod.MMOD_URL))
+            if spec.detector in ("mmod", "dlib_mmod") else None)
+
+
+def _models_key(spec: EmbeddingSpec) -> tuple:
+    import os
+
+    return spec.detector, os.environ.get("FACEBEAM_DESCRIPTOR", "onnxruntime")
+
+
+# Chip-model sets loaded before any job asked (a worker pool's spare harness, pipelines/local/workers.py),
+# each handed to the first thread of any FaceModel that needs that set: the job then loads no model.
+_PRELOADED: dict = {}
+_PRELOADED_LOCK = threading.Lock()
+
+
+def preload(spec: EmbeddingSpec, sets: int = 1) -> list:
+    """Load `sets` chip-model sets (load_chip_models) for `spec` now, for FaceModels made later in this
+    process, one set per thread that needs one; the sets."""
+    loaded = [load_chip_models(spec) for _ in range(sets)] if spec.align_mode == "chip" else []
+    with _PRELOADED_LOCK:
+        _PRELOADED.setdefault(_models_key(spec), []).extend(loaded)
+    return loaded
+
+
+def _take_preloaded(spec: EmbeddingSpec):
+    with _PRELOADED_LOCK:
+        sets = _PRELOADED.get(_models_key(spec))
+        return sets.pop() if sets else None
+
+
 class FaceModel:
     """The detector and recognizer for one spec, loaded once per worker process.
 
@@ -184,21 +225,10 @@ class FaceModel:
         self.load_seconds = time.perf_counter() - started
 
     def _chip_models(self):
-        """(HOG detector, 5-point shape predictor, descriptor, MMOD detector or None) from dlib's
-        files, one set per thread."""
+        """This thread's set of load_chip_models (one set per thread; a preloaded one if there is)."""
         models = getattr(self._local, "chip", None)
         if models is None:
-            import dlib
-
-            from facebeam.transforms import mmod, weights
-
-            resnet = weights.resolve(DLIB_RESNET_FILE, DLIB_URLS[DLIB_RESNET_FILE])
-            detector = self.spec.detector
-            models = (dlib.get_frontal_face_detector(),  # also the judge of turns (find)
-                      dlib.shape_predictor(weights.resolve(DLIB_LANDMARKS_FILE, DLIB_URLS[DLIB_LANDMARKS_FILE])),
-                      descriptor_engine(resnet),
-                      mmod.MmodDetector(weights.resolve(mmod.MMOD_FILE, mmod.MMOD_URL))
-                      if detector in ("mmod", "dlib_mmod") else None)
+            models = _take_preloaded(self.spec) or load_chip_models(self.spec)
             self._local.chip = models
         return models
 
@@ -476,6 +506,9 @@ class FaceModel:
         return results
 
 
+MODEL_READY = "face model ready"  # the log line's mark
+
+
 class FaceModelHandler(ModelHandler[DecodedImage, ImageFaces, FaceModel]):
     """Beam ModelHandler: small picklable settings here, the model in load_model()."""
 
@@ -486,7 +519,10 @@ class FaceModelHandler(ModelHandler[DecodedImage, ImageFaces, FaceModel]):
         self._turns = turns
 
     def load_model(self) -> FaceModel:
-        return FaceModel(self._spec, self._turns)
+        model = FaceModel(self._spec, self._turns)
+        # bench/phases.py times a cluster job's model load from this line in the worker pool's log.
+        log.info("%s in %.2f s", MODEL_READY, model.load_seconds)
+        return model
 
     def run_inference(self, batch: Sequence[DecodedImage], model: FaceModel,
                       inference_args: Optional[dict] = None) -> Iterable[ImageFaces]:

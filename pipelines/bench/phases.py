@@ -10,8 +10,8 @@ that does not grow with the photos, between the launcher's start `t0` and the jo
   tasks; Spark gets its executor, plans the first stage and launches its tasks);
 - harness start: until the harnesses of that first request are up ("Logging handler created.",
   the harness's first line once connected to the runner);
-- model load + first photo: until the first "embed progress" line of a harness (coarse: a harness
-  writes it after its first photo, so this includes one photo);
+- model load: until each of those harnesses has logged `faces.MODEL_READY` (its ModelHandler's
+  load_model returned; a spare harness that preloaded the models returns at once);
 - scheduling (Spark only): per task set, "Adding task set" to its first "Starting task", summed.
   Flink logs nothing comparable at INFO (None).
 
@@ -25,10 +25,11 @@ import re
 from pathlib import Path
 
 from facebeam.pipelines.local import flink, job_server, toolkit, workers
+from facebeam.transforms import faces
 
 _SPARK_LINE = re.compile(r"^(\d\d/\d\d/\d\d \d\d:\d\d:\d\d) ")
 _POOL_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-PHASES = ("job submission", "stage set-up", "harness start", "model load + first photo", "scheduling")
+PHASES = ("job submission", "stage set-up", "harness start", "model load", "scheduling")
 
 
 def _local(stamp: str, fmt: str) -> float:
@@ -78,9 +79,10 @@ def job_phases(kind: str, t0: float, t1: float, harnesses: int) -> dict:
     requested = _first(pool, "Starting worker with command", t0)
     ready = sorted(t for t, x in pool if "Logging handler created." in x and requested and t >= requested)
     up = ready[min(harnesses, len(ready)) - 1] if ready else None
-    first_photo = _first(pool, "embed progress", up) if up else None
+    loaded = sorted(t for t, x in pool if faces.MODEL_READY in x and up and t >= requested)
+    models = loaded[min(harnesses, len(loaded)) - 1] if loaded else None
     out = dict.fromkeys(PHASES)
-    marks = [t0, accepted, requested, up, first_photo]
+    marks = [t0, accepted, requested, up, models]
     for name, a, b in zip(PHASES, marks, marks[1:]):
         out[name] = round(max(0.0, b - a), 1) if a is not None and b is not None else None
     if kind == "spark":
