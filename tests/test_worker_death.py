@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from facebeam.pipelines import embed, index
+from facebeam.pipelines.bench import phases
 from facebeam.pipelines.local import flink as flink_local
 from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.runner.presets import RUNNER_PRESETS
@@ -59,13 +60,16 @@ def _wait_for(find, proc, what, timeout=180):
 
 
 def _harnesses(which, since):
-    """This job's live SDK harness processes: children of the cluster's worker pool started after `since`."""
+    """This job's live SDK harness processes: children of the cluster's worker pool started after `since`,
+    or spare harnesses (started before, waiting) that the pool handed to a job after `since`."""
+    handed = {int(m.group(1)) for t, line in phases.pool_lines(which)
+              if t >= since and (m := re.search(r"Starting worker with command .*: spare harness pid (\d+)", line))}
     pool = psutil.Process(int(pools.pool_info(which)["pid"]))
     out = []
     for p in pool.children(recursive=True):
         try:
             if p.status() != psutil.STATUS_ZOMBIE and " harness " in " ".join(p.cmdline()) + " " \
-                    and p.create_time() >= since:
+                    and (p.create_time() >= since or p.pid in handed):
                 out.append(p)
         except psutil.NoSuchProcess:
             continue
@@ -140,7 +144,7 @@ def test_a_killed_worker_is_survived_or_named(cluster, direct, tmp_path):
     since = time.time() - 1
     proc = _launch(out, *preset)
     harnesses = _wait_for(lambda: _harnesses(which, since), proc, "SDK harness")
-    time.sleep(3)  # into the embed (or the harness's start-up: both must be survived)
+    time.sleep(2)  # into the embed (a fresh harness's start-up, when no spare was ready: both must be survived)
     if which == "flink":
         victim, died = harnesses[0], "SDK harness"
     else:

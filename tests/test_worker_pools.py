@@ -6,6 +6,7 @@ Spark worker (pipelines/local/workers.py); jobs submitted to those clusters get
 as deploy/ submits them. The real embed and index jobs must give what Direct gives,
 and a pool that is down or stale must fail the job within seconds.
 """
+import contextlib
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ import pytest
 
 from facebeam.pipelines import embed, index
 from facebeam.pipelines.local import flink as flink_local
-from facebeam.pipelines.local import job_server
+from facebeam.pipelines.local import job_server, toolkit
 from facebeam.pipelines.local import spark as spark_local
 from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.local.toolkit import RunnerSetupError
@@ -220,11 +221,47 @@ def test_bench_splits_a_cluster_jobs_fixed_cost_by_phase(cluster, photo_list, tm
     got = r["phases"]
     assert list(got) == list(phases.PHASES)
     measured = {k: v for k, v in got.items() if v is not None}
-    # "model load + first photo" needs a harness's first progress line, written at most every 5 s: a
-    # harness done sooner (12 photos on a quiet machine) writes none, and the phase is n/a.
-    assert set(measured) >= {"job submission", "stage set-up", "harness start"}, got
+    assert set(measured) >= {"job submission", "stage set-up", "harness start", "model load"}, got
     assert ("scheduling" in measured) == (which == "spark"), got
     steps = [got[k] for k in phases.PHASES[:4] if got[k] is not None]
     assert all(v >= 0 for v in steps) and sum(steps) <= r["elapsed_s"] + 2, (got, r["elapsed_s"])
-    assert got["harness start"] > 0, got  # a Python process does not start in no time
     assert phases.describe(got).startswith(f"job submission {got['job submission']:.1f} s, stage set-up ")
+
+
+def test_a_job_on_an_idle_pool_runs_on_its_spare_harnesses(cluster, photo_list, direct, tmp_path):
+    """An idle pool keeps a spare harness per worker, Beam and facebeam imported and the default spec's
+    models loaded: a job's harnesses are those spares (no Python start, no model load), its faces are
+    Direct's, and the pool starts new spares once the job's harnesses are idle."""
+    from facebeam.pipelines.bench import phases
+
+    key, which, _ = cluster
+    assert pools.wait_spares(which, WORKERS, timeout=90) >= WORKERS
+    waiting = set(toolkit.read_json(pools.spares_file(pools.state_file(which)))["pids"])
+    t0 = time.time()
+    out = tmp_path / "out"
+    summary = job(embed, ["--input", photo_list[0], "--output", str(out), *RUNNER_PRESETS[key]])
+    starts = [line for t, line in phases.pool_lines(which) if t >= t0 and "Starting worker with command" in line]
+    used = {int(m.group(1)) for line in starts if (m := re.search(r"spare harness pid (\d+)", line))}
+    assert len(starts) >= WORKERS and used and used <= waiting, (starts, waiting)
+    assert summary["images_embedded"] == photo_list[1]
+    assert {r["face_id"] for r in read_rows(str(out / "embeddings"))} == set(direct[2]), "not Direct's faces"
+    assert pools.wait_spares(which, WORKERS, timeout=90) >= WORKERS
+    again = set(toolkit.read_json(pools.spares_file(pools.state_file(which)))["pids"])
+    assert again and not again & used, (again, used)  # new processes: a harness is never reused
+
+
+def test_cluster_jvms_run_light(cluster):
+    """Every JVM of a local cluster (engine daemons, job server; executors are the Spark worker's children)
+    runs with toolkit.LIGHT_JVM_FLAGS: C1 only and the serial collector (README, "Nightly-size jobs")."""
+    import psutil
+
+    _, _, module = cluster
+    jvms = []
+    for pid in module.cluster_pids():
+        for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.name().startswith("java"):
+                    jvms.append(p.cmdline())
+    assert len(jvms) >= 3, jvms  # Flink: JobManager, TaskManager, job server; Spark: master, worker, job server
+    for cmdline in jvms:
+        assert set(toolkit.LIGHT_JVM_FLAGS) <= set(cmdline), cmdline[:12]

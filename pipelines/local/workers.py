@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 #: may be up at once).
 POOL_PORTS = {"flink": 50000, "spark": 50001}
 STATE_FILE = "worker-pool.json"
+SPARES_FILE = "worker-pool-spares.json"
 _MODULE = "facebeam.pipelines.local.workers"
 
 
@@ -77,6 +78,24 @@ def state_file(kind: str) -> Path:
 
 def read_state(kind: str) -> dict | None:
     return toolkit.read_json(state_file(kind))
+
+
+def spares_file(state: Path) -> Path:
+    """Where a pool writes how many spare harnesses wait ready (`keeping_servicer`)."""
+    return state.with_name(SPARES_FILE)
+
+
+def spares_ready(kind: str) -> int:
+    """Spare harnesses `kind`'s pool has ready now: loaded, waiting for a job."""
+    st = toolkit.read_json(spares_file(state_file(kind))) or {}
+    return int(st.get("ready") or 0)
+
+
+def wait_spares(kind: str, want: int, timeout: float = 60.0) -> int:
+    """Wait until `kind`'s pool has `want` spare harnesses ready (a job then finds the pool as a nightly
+    job does), at most `timeout` s; how many it has."""
+    toolkit.poll(lambda: spares_ready(kind) >= want, timeout, interval=0.25)
+    return spares_ready(kind)
 
 
 def pool_info(kind: str) -> dict | None:
@@ -253,7 +272,7 @@ def _serve_pool(ns) -> int:
     tmp.chmod(0o755)
     os.replace(tmp, launcher)
     loopback_grpc.install("127.0.0.1")  # Beam binds every interface; anyone who reaches it can start processes
-    address, server = keeping_servicer(BeamFnExternalWorkerPoolServicer).start(
+    address, server = keeping_servicer(BeamFnExternalWorkerPoolServicer, launcher, state).start(
         use_process=True, port=ns.service_port, container_executable=str(launcher))
     logging.getLogger().setLevel(logging.INFO)
     info = {"kind": ns.kind, "port": ns.service_port, "address": address, "pid": os.getpid(), "workers": ns.workers,
@@ -271,9 +290,18 @@ def _serve_pool(ns) -> int:
 
 #: How often the pool starts a killed SDK harness again (per worker id and job).
 HARNESS_RESTARTS = 2
+#: Seconds the pool must have run no harness before it starts spares again, so that starting them
+#: never takes the cores from a job.
+SPARE_REFILL_IDLE_S = 3.0
+SPARE_IDLE_CPU_S = 0.05  # harness CPU per check (0.5 s) below which the harnesses count as idle
+_ENDPOINTS = ("id", "logging_endpoint", "artifact_endpoint", "provision_endpoint", "control_endpoint")
 
 
-def keeping_servicer(servicer_cls):
+def _spare_command() -> list:
+    return [sys.executable, "-m", _MODULE, "harness", "--spare"]
+
+
+def keeping_servicer(servicer_cls, launcher: Path, state: Path):
     """Beam's pool servicer that starts a harness again, with the same worker id and endpoints, when a signal
     killed it (SIGKILL, the OOM killer) before the runner asked the pool to stop it.
 
@@ -281,19 +309,52 @@ def keeping_servicer(servicer_cls):
     ("Still waiting for startup of environment ... for worker id ...", every 2 minutes), and only the pool can
     see the process: a harness killed during its start-up hung the job for ever. Started again, it connects
     and the job goes on. One killed after it connected fails its task (the runner retries it, see
-    flink.RESTART_STRATEGY); its replacement then waits unused until the runner stops the worker id."""
+    flink.RESTART_STRATEGY); its replacement then waits unused until the runner stops the worker id.
+
+    It also keeps spare harnesses, as many as the pool's `workers` (its state file): processes that have
+    imported Beam and facebeam and loaded the default spec's models (`_run_spare`), waiting for a
+    runner's StartWorker to hand them their endpoints on stdin. A nightly job then pays neither a Python
+    start nor a model load per harness (`facebeam bench runners`: phases "harness start", "model load").
+    Spent spares are replaced once the pool has run no harness for SPARE_REFILL_IDLE_S."""
+    import json
+    import select
     import subprocess
     import threading
+
+    import psutil
+    from apache_beam.portability.api import beam_fn_api_pb2
 
     class KeepingPool(servicer_cls):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self._lock = threading.Lock()
             self._restarts: dict = {}
+            self._commands: dict = {}  # worker id -> the harness command a restart runs
+            self._spares: list = []
+            self._ready: set = set()  # pids of spares that said they are ready
+            self._busy_at, self._cpu_seen, self._ready_written = 0.0, 0.0, -1
             threading.Thread(target=self._keep, name="keep-harnesses", daemon=True).start()
 
         def StartWorker(self, request, context):
             with self._lock:
+                self._busy_at = time.monotonic()
+                endpoints = {"id": request.worker_id, "logging_endpoint": request.logging_endpoint.url,
+                             "artifact_endpoint": request.artifact_endpoint.url,
+                             "provision_endpoint": request.provision_endpoint.url,
+                             "control_endpoint": request.control_endpoint.url}
+                command = [str(launcher), *(f"--{k}={v}" for k, v in endpoints.items())]
+                self._commands[request.worker_id] = command
+                while self._spares:
+                    spare = self._spares.pop(0)
+                    try:
+                        spare.stdin.write(json.dumps(endpoints).encode() + b"\n")
+                        spare.stdin.close()
+                    except OSError:  # it died while it waited
+                        continue
+                    self._worker_processes[request.worker_id] = spare
+                    self._ready.discard(spare.pid)
+                    log.info("Starting worker with command %s: spare harness pid %d", command, spare.pid)
+                    return beam_fn_api_pb2.StartWorkerResponse()
                 return super().StartWorker(request, context)
 
         def StopWorker(self, request, context):
@@ -301,10 +362,45 @@ def keeping_servicer(servicer_cls):
                 self._restarts.pop(request.worker_id, None)
                 return super().StopWorker(request, context)
 
+        def _harness_cpu_s(self) -> float:
+            total = 0.0
+            for proc in self._worker_processes.values():
+                with contextlib.suppress(psutil.Error):
+                    t = psutil.Process(proc.pid).cpu_times()
+                    total += t.user + t.system
+            return total
+
+        def _refill(self):
+            """Start spares up to the pool's `workers` once no harness has worked for SPARE_REFILL_IDLE_S.
+            A runner may keep a finished job's harnesses for a while (Flink: seconds), idle: their CPU
+            time says so."""
+            self._spares = [p for p in self._spares if p.poll() is None]
+            waiting = [p for p in self._spares if p.pid not in self._ready]
+            if waiting and select.select([p.stdout for p in waiting], [], [], 0)[0]:
+                self._ready |= {p.pid for p in waiting if select.select([p.stdout], [], [], 0)[0]}
+            ready = len([p for p in self._spares if p.pid in self._ready])
+            if ready != self._ready_written:
+                toolkit.write_json(spares_file(state), {"ready": ready, "pids": [p.pid for p in self._spares]})
+                self._ready_written = ready
+            cpu = self._harness_cpu_s()
+            if cpu - self._cpu_seen > SPARE_IDLE_CPU_S:
+                self._busy_at = time.monotonic()
+            self._cpu_seen = cpu
+            if time.monotonic() - self._busy_at < SPARE_REFILL_IDLE_S:
+                return
+            try:
+                want = int(json.loads(state.read_text()).get("workers") or 0)
+            except (OSError, ValueError):
+                return
+            for _ in range(want - len(self._spares)):
+                self._spares.append(subprocess.Popen(_spare_command(), stdin=subprocess.PIPE,
+                                                     stdout=subprocess.PIPE, close_fds=True))
+
         def _keep(self):
             while True:
                 time.sleep(0.5)
                 with self._lock:
+                    self._refill()
                     for wid, proc in list(self._worker_processes.items()):
                         code = proc.poll()  # also reaps it: no zombie harnesses
                         if code is None:
@@ -315,7 +411,8 @@ def keeping_servicer(servicer_cls):
                                         "" if code >= 0 else f" after {done} restart(s); not started again")
                             del self._worker_processes[wid]
                             continue
-                        again = subprocess.Popen(proc.args, stdout=subprocess.PIPE, close_fds=True)
+                        again = subprocess.Popen(self._commands.get(wid, proc.args), stdout=subprocess.PIPE,
+                                                 close_fds=True)
                         self._worker_processes[wid] = again
                         self._restarts[wid] = done + 1
                         log.warning("SDK harness %s (pid %d) was killed by signal %d; started it again as pid %d "
@@ -364,6 +461,28 @@ def _run_harness(ns) -> int:
     return 0
 
 
+def _run_spare(ns) -> int:
+    """A spare harness: import what every harness imports, load the default spec's models, then wait for
+    the pool to write this harness's endpoints (a JSON line) on stdin, and run it (`_run_harness`)."""
+    import json
+
+    started = time.perf_counter()
+    import apache_beam.runners.worker.sdk_worker_main  # noqa: F401  (a harness's own imports)
+
+    from facebeam.transforms import embed, faces, spec  # noqa: F401  (what the job's DoFns unpickle into)
+
+    imported = time.perf_counter()
+    faces.preload(spec.EmbeddingSpec())
+    log.info("spare harness pid %d ready in %.2f s (models %.2f s)", os.getpid(), time.perf_counter() - started,
+             time.perf_counter() - imported)
+    os.write(1, b"ready\n")  # to the pool (_run_harness then points stdout at the log)
+    line = sys.stdin.readline()
+    if not line:  # the pool closed our stdin: it is stopping
+        return 0
+    given = json.loads(line)
+    return _run_harness(argparse.Namespace(**{k: given.get(k, "") for k in _ENDPOINTS}))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog=f"python -m {_MODULE}")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -373,13 +492,14 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--state-file", required=True)
     h = sub.add_parser("harness", help="one SDK harness (started by the pool)")
-    for flag in ("id", "logging_endpoint", "artifact_endpoint", "provision_endpoint", "control_endpoint"):
+    for flag in _ENDPOINTS:
         h.add_argument(f"--{flag}", default="")
+    h.add_argument("--spare", action="store_true", help="start, load the models, then read the endpoints on stdin")
     ns, _ = ap.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if ns.cmd == "pool":
         return _serve_pool(ns)
-    return _run_harness(ns)
+    return _run_spare(ns) if ns.spare else _run_harness(ns)
 
 
 if __name__ == "__main__":
