@@ -265,3 +265,21 @@ def test_cluster_jvms_run_light(cluster):
     assert len(jvms) >= 3, jvms  # Flink: JobManager, TaskManager, job server; Spark: master, worker, job server
     for cmdline in jvms:
         assert set(toolkit.LIGHT_JVM_FLAGS) <= set(cmdline), cmdline[:12]
+
+
+def test_a_spare_harness_says_ready_then_waits_for_its_endpoints():
+    """The pool's side of a spare (workers._run_spare): it loads, writes "ready" on stdout, and waits for its
+    endpoints on stdin; a pool that closes its stdin (stopping) ends it cleanly."""
+    import sys
+
+    spare = subprocess.Popen([sys.executable, "-m", "facebeam.pipelines.local.workers", "harness", "--spare"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert spare.stdout.readline() == b"ready\n"
+        time.sleep(0.5)
+        assert spare.poll() is None  # waiting, not running a harness
+        spare.stdin.close()
+        assert spare.wait(timeout=30) == 0
+        assert b"preloads no models" not in spare.stderr.read()  # the default spec's models were loaded
+    finally:
+        spare.kill()

@@ -294,6 +294,7 @@ HARNESS_RESTARTS = 2
 #: never takes the cores from a job.
 SPARE_REFILL_IDLE_S = 3.0
 SPARE_IDLE_CPU_S = 0.05  # harness CPU per check (0.5 s) below which the harnesses count as idle
+SPARE_DEATHS = 3  # spares that exit unused before the pool stops starting them
 _ENDPOINTS = ("id", "logging_endpoint", "artifact_endpoint", "provision_endpoint", "control_endpoint")
 
 
@@ -332,7 +333,7 @@ def keeping_servicer(servicer_cls, launcher: Path, state: Path):
             self._commands: dict = {}  # worker id -> the harness command a restart runs
             self._spares: list = []
             self._ready: set = set()  # pids of spares that said they are ready
-            self._busy_at, self._cpu_seen, self._ready_written = 0.0, 0.0, -1
+            self._busy_at, self._cpu_seen, self._ready_written, self._spare_deaths = 0.0, 0.0, -1, 0
             threading.Thread(target=self._keep, name="keep-harnesses", daemon=True).start()
 
         def StartWorker(self, request, context):
@@ -360,6 +361,7 @@ def keeping_servicer(servicer_cls, launcher: Path, state: Path):
         def StopWorker(self, request, context):
             with self._lock:
                 self._restarts.pop(request.worker_id, None)
+                self._commands.pop(request.worker_id, None)
                 return super().StopWorker(request, context)
 
         def _harness_cpu_s(self) -> float:
@@ -374,7 +376,13 @@ def keeping_servicer(servicer_cls, launcher: Path, state: Path):
             """Start spares up to the pool's `workers` once no harness has worked for SPARE_REFILL_IDLE_S.
             A runner may keep a finished job's harnesses for a while (Flink: seconds), idle: their CPU
             time says so."""
-            self._spares = [p for p in self._spares if p.poll() is None]
+            died = [p for p in self._spares if p.poll() is not None]
+            if died:
+                self._spare_deaths += len(died)
+                self._spares = [p for p in self._spares if p not in died]
+                log.warning("%d spare harness(es) exited before a job took them (exit %s)%s", len(died),
+                            ", ".join(str(p.returncode) for p in died),
+                            "; no more spares are started" if self._spare_deaths >= SPARE_DEATHS else "")
             waiting = [p for p in self._spares if p.pid not in self._ready]
             if waiting and select.select([p.stdout for p in waiting], [], [], 0)[0]:
                 self._ready |= {p.pid for p in waiting if select.select([p.stdout], [], [], 0)[0]}
@@ -391,6 +399,8 @@ def keeping_servicer(servicer_cls, launcher: Path, state: Path):
             try:
                 want = int(json.loads(state.read_text()).get("workers") or 0)
             except (OSError, ValueError):
+                return
+            if self._spare_deaths >= SPARE_DEATHS:  # e.g. a broken environment: no spawn loop
                 return
             for _ in range(want - len(self._spares)):
                 self._spares.append(subprocess.Popen(_spare_command(), stdin=subprocess.PIPE,
@@ -472,7 +482,10 @@ def _run_spare(ns) -> int:
     from facebeam.transforms import embed, faces, spec  # noqa: F401  (what the job's DoFns unpickle into)
 
     imported = time.perf_counter()
-    faces.preload(spec.EmbeddingSpec())
+    try:
+        faces.preload(spec.EmbeddingSpec())
+    except Exception as e:  # noqa: BLE001  (a missing weight: the job's own model load says it, in one line)
+        log.warning("spare harness pid %d preloads no models: %s", os.getpid(), e)
     log.info("spare harness pid %d ready in %.2f s (models %.2f s)", os.getpid(), time.perf_counter() - started,
              time.perf_counter() - imported)
     os.write(1, b"ready\n")  # to the pool (_run_harness then points stdout at the log)
