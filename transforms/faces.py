@@ -18,6 +18,7 @@ CPU time goes to a Beam counter (`metrics.STAGE_*`).
 """
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -82,8 +83,6 @@ class OnnxResnet:
 
 def descriptor_engine(path: str, engine: Optional[str] = None):
     """The Dlib ResNet runner: onnxruntime unless FACEBEAM_DESCRIPTOR=dlib (or onnxruntime is missing)."""
-    import os
-
     engine = engine or os.environ.get("FACEBEAM_DESCRIPTOR", "onnxruntime")
     if engine == "onnxruntime":
         try:
@@ -176,8 +175,6 @@ def load_chip_models(spec: EmbeddingSpec) -> tuple:
 
 
 def _models_key(spec: EmbeddingSpec) -> tuple:
-    import os
-
     return spec.detector, os.environ.get("FACEBEAM_DESCRIPTOR", "onnxruntime")
 
 

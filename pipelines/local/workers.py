@@ -384,8 +384,8 @@ def keeping_servicer(servicer_cls, launcher: Path, state: Path):
                             ", ".join(str(p.returncode) for p in died),
                             "; no more spares are started" if self._spare_deaths >= SPARE_DEATHS else "")
             waiting = [p for p in self._spares if p.pid not in self._ready]
-            if waiting and select.select([p.stdout for p in waiting], [], [], 0)[0]:
-                self._ready |= {p.pid for p in waiting if select.select([p.stdout], [], [], 0)[0]}
+            said = select.select([p.stdout for p in waiting], [], [], 0)[0] if waiting else []
+            self._ready |= {p.pid for p in waiting if p.stdout in said}
             ready = len([p for p in self._spares if p.pid in self._ready])
             if ready != self._ready_written:
                 toolkit.write_json(spares_file(state), {"ready": ready, "pids": [p.pid for p in self._spares]})
