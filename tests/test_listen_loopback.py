@@ -14,6 +14,7 @@ Creating the namespace needs root (CAP_NET_ADMIN), as `ip netns add` does.
 """
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -148,8 +149,12 @@ def test_no_port_of_the_cluster_is_reachable_during_a_job(cluster, netns, wildca
         psutil.Process(served["pid"]).cmdline())
     at_up = {x.port for x in listening.listeners(module.cluster_pids())}
     assert {served["port"], served["artifact_port"]} <= at_up
-    photos = tmp_path / "photos.txt"
-    photos.write_text("\n".join(sample_images()[:24]) + "\n")
+    # Three copies of the sample: a job long enough to be probed while it runs (24 photos took under 3 s).
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for copy in range(3):
+        for path in sample_images():
+            shutil.copyfile(path, photos / f"{copy}-{os.path.basename(path)}")
     cmd = [os.path.join(os.path.dirname(sys.executable), "facebeam"), "embed", "--input", str(photos),
            "--output", str(tmp_path / "out"), *RUNNER_PRESETS[PRESET[which]]]
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -176,7 +181,7 @@ def test_no_port_of_the_cluster_is_reachable_during_a_job(cluster, netns, wildca
     finally:
         out, _ = job.communicate(timeout=600)
     assert job.returncode == 0, out[-3000:]
-    assert "embedded 24 photos" in out, out[-3000:]
+    assert f"embedded {3 * len(sample_images())} photos" in out, out[-3000:]
 
 
 def test_a_direct_run_listens_on_loopback_only(netns, wildcard_socket, tmp_path):

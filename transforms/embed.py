@@ -162,9 +162,12 @@ class EmbedInputs(beam.PTransform):
         paths = (p
                  | "Inputs" >> beam.Create(list(inputs.patterns))
                  | "Expand" >> beam.ParDo(sources.ExpandInputs(since, inputs.follow_symlinks))
-                 | "Distinct" >> beam.Distinct())  # also spreads paths over workers
+                 | "Distinct" >> beam.Distinct())
         if self._skip is not None:
             paths = paths | "SkipDone" >> self._skip
+        # Even shares: Flink runs a Reshuffle as a round-robin rebalance and Spark as a repartition;
+        # Distinct's hash split alone left two workers 141 and 159 of 300 photos.
+        paths = paths | "Spread" >> beam.Reshuffle()
         return paths | "EmbedImages" >> EmbedImages(
             self._spec, max_pixels=inputs.max_pixels, max_file_bytes=inputs.max_file_bytes,
             max_batch_size=inputs.batch_size, turns=self._turns,
