@@ -207,7 +207,8 @@ def test_bench_cpu_accounting_counts_descendants():
 
 def test_bench_splits_a_cluster_jobs_fixed_cost_by_phase(cluster, photo_list, tmp_path):
     """`facebeam bench runners` on a cluster preset: the job's fixed cost by phase, read from the
-    cluster's logs, each phase found, in order, and together no longer than the job."""
+    cluster's logs, each phase found, in order, and together no longer than the job. On Flink, the
+    job server runs with the agent that polls job results promptly, and it took effect."""
     from facebeam.pipelines.bench import phases
     from facebeam.pipelines.bench.runners import run_one
 
@@ -221,11 +222,17 @@ def test_bench_splits_a_cluster_jobs_fixed_cost_by_phase(cluster, photo_list, tm
     got = r["phases"]
     assert list(got) == list(phases.PHASES)
     measured = {k: v for k, v in got.items() if v is not None}
-    assert set(measured) >= {"job submission", "stage set-up", "harness start", "model load"}, got
+    assert set(measured) >= {"job submission", "stage set-up", "harness start", "model load", "job end"}, got
     assert ("scheduling" in measured) == (which == "spark"), got
     steps = [got[k] for k in phases.PHASES[:4] if got[k] is not None]
     assert all(v >= 0 for v in steps) and sum(steps) <= r["elapsed_s"] + 2, (got, r["elapsed_s"])
     assert phases.describe(got).startswith(f"job submission {got['job submission']:.1f} s, stage set-up ")
+    if which == "flink":  # its job server's Flink client polled the job's result through the agent
+        served = job_server.info("flink")
+        assert served["result_agent"] and f"-javaagent:{served['result_agent']}" in toolkit.cmdline(served["pid"])
+        log_text = (pools.state_dir("flink") / "log" / "job-server.log").read_text(errors="replace")
+        assert "PromptJobResults agent: capped org.apache.flink.client.program.rest.retry.ExponentialWaitStrategy" \
+            in log_text
 
 
 def test_a_job_on_an_idle_pool_runs_on_its_spare_harnesses(cluster, photo_list, direct, tmp_path):

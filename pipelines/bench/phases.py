@@ -12,6 +12,8 @@ that does not grow with the photos, between the launcher's start `t0` and the jo
   the harness's first line once connected to the runner);
 - model load: until each of those harnesses has logged `faces.MODEL_READY` (its ModelHandler's
   load_model returned; a spare harness that preloaded the models returns at once);
+- job end: from the engine's end of the job (Flink: its end-time in the REST API; Spark: the job
+  server's "Job ... finished." line) until the launcher has the result (`t1`);
 - scheduling (Spark only): per task set, "Adding task set" to its first "Starting task", summed.
   Flink logs nothing comparable at INFO (None).
 
@@ -29,7 +31,7 @@ from facebeam.transforms import faces
 
 _SPARK_LINE = re.compile(r"^(\d\d/\d\d/\d\d \d\d:\d\d:\d\d) ")
 _POOL_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-PHASES = ("job submission", "stage set-up", "harness start", "model load", "scheduling")
+PHASES = ("job submission", "stage set-up", "harness start", "model load", "job end", "scheduling")
 
 
 def _local(stamp: str, fmt: str) -> float:
@@ -46,14 +48,19 @@ def spark_job_server_lines() -> list:
             for line in Path(path).read_text(errors="replace").splitlines() if (m := _SPARK_LINE.match(line))]
 
 
-def flink_job_started(t0: float, t1: float) -> float | None:
-    """When the local Flink JobManager received the job that ran between `t0` and `t1` (REST)."""
+def flink_job_times(t0: float, t1: float) -> tuple:
+    """(start, end) of the job that the local Flink JobManager received between `t0` and `t1` (REST);
+    None for what it does not say."""
     try:
         jobs = toolkit.http_json(f"{flink.rest_url()}/jobs/overview", timeout=5).get("jobs", [])
     except (OSError, ValueError):
-        return None
-    starts = [j["start-time"] / 1000 for j in jobs if t0 <= j.get("start-time", 0) / 1000 <= t1]
-    return min(starts) if starts else None
+        return None, None
+    ran = sorted((j["start-time"] / 1000, j.get("end-time", -1) / 1000) for j in jobs
+                 if t0 <= j.get("start-time", 0) / 1000 <= t1)
+    if not ran:
+        return None, None
+    start, end = ran[0]
+    return start, end if end > 0 else None
 
 
 def pool_lines(kind: str) -> list:
@@ -74,8 +81,11 @@ def job_phases(kind: str, t0: float, t1: float, harnesses: int) -> dict:
     with `harnesses` harness processes (PHASES; None where a log line was not found)."""
     server = [(t, x) for t, x in spark_job_server_lines() if t0 - 1 <= t <= t1 + 1] if kind == "spark" else []
     pool = [(t, x) for t, x in pool_lines(kind) if t0 <= t <= t1 + 1]
-    accepted = flink_job_started(t0, t1) if kind == "flink" else _first(server, "SparkPipelineRunner: Running job",
-                                                                         t0 - 1)
+    if kind == "flink":
+        accepted, ended = flink_job_times(t0, t1)
+    else:
+        accepted = _first(server, "SparkPipelineRunner: Running job", t0 - 1)
+        ended = next((t for t, x in reversed(server) if "SparkPipelineRunner: Job" in x and "finished" in x), None)
     requested = _first(pool, "Starting worker with command", t0)
     ready = sorted(t for t, x in pool if "Logging handler created." in x and requested and t >= requested)
     up = ready[min(harnesses, len(ready)) - 1] if ready else None
@@ -85,6 +95,7 @@ def job_phases(kind: str, t0: float, t1: float, harnesses: int) -> dict:
     marks = [t0, accepted, requested, up, models]
     for name, a, b in zip(PHASES, marks, marks[1:]):
         out[name] = round(max(0.0, b - a), 1) if a is not None and b is not None else None
+    out["job end"] = round(max(0.0, t1 - ended), 1) if ended is not None else None
     if kind == "spark":
         out["scheduling"] = spark_scheduling(server)
     return out

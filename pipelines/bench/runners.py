@@ -15,7 +15,7 @@ cluster's JVMs are warm. `--scaling KEY` runs KEY once more
 with one worker (`--sdk_worker_parallelism=1`, and `--parallelism=1` on Flink: one slot, one
 harness process) and prints the speed-up of N workers over one, and the parallel
 efficiency (speed-up / N). For each cluster job it prints the fixed cost by phase (job
-submission, stage set-up, harness start, model load, Spark's scheduling), from the logs of the
+submission, stage set-up, harness start, model load, job end, Spark's scheduling), from the logs of the
 cluster's job server and worker pool (`bench/phases.py`).
 """
 import contextlib
