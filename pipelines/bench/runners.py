@@ -11,7 +11,8 @@ deploy/, and jobs go through the cluster's long-lived job server. Each runner's 
 time is read (psutil) of the launcher (and its children: Direct's workers)
 and of the cluster's processes (JVMs, the job server, the worker pool and its harness
 processes). Each runner first runs an untimed `--warmup`-photo job, as a long-lived
-cluster's JVMs are warm. `--scaling KEY` runs KEY once more
+cluster's JVMs are warm; a cluster that was not up is started (and stopped after), and its figures
+are marked, as its JVMs are still colder than a standing cluster's. `--scaling KEY` runs KEY once more
 with one worker (`--sdk_worker_parallelism=1`, and `--parallelism=1` on Flink: one slot, one
 harness process) and prints the speed-up of N workers over one, and the parallel
 efficiency (speed-up / N). For each cluster job it prints the fixed cost by phase (job
@@ -144,6 +145,10 @@ def _harnesses(key: str, extra=()) -> int:
 #: one process would still get two slots' bundles on two threads). Spark's executor keeps its cores.
 ONE_WORKER = {"flink": ("--sdk_worker_parallelism=1", "--parallelism=1"), "spark": ("--sdk_worker_parallelism=1",)}
 
+#: A cluster the bench starts runs its first jobs on cold JVMs: 2 core-s more per 300-photo Flink job than
+#: a standing cluster, even after the warm-up job. A nightly job finds a standing one (`facebeam flink up`).
+STANDING, STARTED = "a standing cluster", "a cluster started by this bench: cold JVMs"
+
 BEAM = False  # each runner's Beam flags come from its preset
 
 
@@ -190,15 +195,17 @@ def run(ns: BenchRunnersConfig, pipeline=None) -> dict:
     keys, scaling = list(ns.runners), ns.scaling
     results = {}
     for key in keys + ([scaling] if scaling and scaling not in keys else []):
+        was_up = bool(cluster_pids(key))
         with preset_cluster(key):
             if ns.warmup:
                 run_one(key, warm_dir, os.path.join(work, key + "-warmup"))
             results[key] = run_one(key, photos_dir, os.path.join(work, key))
+            results[key]["cluster_was_up"] = was_up if PRESET_CLUSTERS.get(key) else None
             log.info("%s: %.2f images/s", key, results[key]["images_per_s"])
             if key == scaling:
                 n = int(pipeline_options(RUNNER_PRESETS[key]).get_all_options()["sdk_worker_parallelism"] or 1)
                 one = run_one(key, photos_dir, os.path.join(work, key + "-1"), extra=ONE_WORKER[PRESET_CLUSTERS[key]])
-                results[f"{key} x1"] = one
+                results[f"{key} x1"] = one | {"cluster_was_up": was_up}
                 speedup = results[key]["images_per_s"] / one["images_per_s"] if one["images_per_s"] else None
                 results["scaling"] = {"preset": key, "processes": n, "speedup": speedup,
                                       "efficiency": speedup / n if speedup and n else None}
@@ -215,7 +222,8 @@ def run(ns: BenchRunnersConfig, pipeline=None) -> dict:
     for key, r in results.items():
         if key != "scaling" and r.get("phases"):
             print(f"{key} fixed cost per job: {phases.describe(r['phases'])} "
-                  f"({r['spares_ready']} spare harness(es) ready at the start)")
+                  f"({r['spares_ready']} spare harness(es) ready at the start; "
+                  f"{STANDING if r['cluster_was_up'] else STARTED})")
     sc = results.get("scaling")
     if sc and sc["speedup"]:
         print(f"{sc['preset']}: {sc['processes']} harness processes vs 1: speed-up {sc['speedup']:.2f}x, "
