@@ -187,7 +187,7 @@ def up(slots: int | None = None, port: int = REST_PORT, timeout: float = UP_TIME
         info["worker_pool"] = pools.start_pool("flink", workers, pool_port)
         _record_cluster(port, int(info.get("slots-total") or slots), workers, int(info["worker_pool"]["port"]))
     info["job_server"] = job_server.start("flink", f"localhost:{port}", stages_jars=not _beam_in_lib(), agent=agent,
-                                          result_agent=job_server.result_agent(jars.flink_spec()))
+                                          results_jar=job_server.result_agent(jars.flink_spec()))
     info["exposed"] = [str(x) for x in listening.check("flink", cluster_pids(), beam_pids(), agent, allow_exposed,
                                                       down)]
     return info

@@ -186,15 +186,15 @@ def start_timeout_s() -> float:
 
 
 def start(kind: str, master: str, stages_jars: bool, extra_jvm: tuple = (), timeout: float | None = None,
-          agent: Path | None = None, result_agent: Path | None = None) -> dict:
+          agent: Path | None = None, results_jar: Path | None = None) -> dict:
     """Start `kind`'s job server for the cluster at `master` (unless one already serves it);
-    `agent`: the loopback agent (`loopback_agent`) it runs with; `result_agent`: `result_agent`'s, on Flink."""
+    `agent`: the loopback agent (`loopback_agent`) it runs with; `results_jar`: `result_agent`'s, on Flink."""
     timeout = start_timeout_s() if timeout is None else timeout
     live = info(kind)
     agent = str(agent) if agent else None
-    result_agent = str(result_agent) if result_agent else None
+    results_jar = str(results_jar) if results_jar else None
     if live and live.get("master") == master and live.get("stages_jars") == stages_jars \
-            and live.get("agent") == agent and live.get("result_agent") == result_agent \
+            and live.get("agent") == agent and live.get("result_agent") == results_jar \
             and toolkit.port_open("localhost", int(live["port"])):
         return live
     stop(kind)
@@ -211,7 +211,7 @@ def start(kind: str, master: str, stages_jars: bool, extra_jvm: tuple = (), time
     master_flag = "--flink-master" if kind == "flink" else "--spark-master-url"
     artifacts = state_dir(kind) / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    cmd = [java.path, *flags, *(f"-javaagent:{a}" for a in (agent, result_agent) if a),
+    cmd = [java.path, *flags, *(f"-javaagent:{a}" for a in (agent, results_jar) if a),
            "-Dorg.slf4j.simpleLogger.showDateTime=true", *toolkit.cluster_jvm_flags(), *extra_jvm,
            "-cp", os.pathsep.join(classpath), spec.main_class, f"{master_flag}={master}",
            "--job-host=127.0.0.1", f"--job-port={job_port}", f"--artifact-port={artifact_port}", "--expansion-port=0",
@@ -224,7 +224,7 @@ def start(kind: str, master: str, stages_jars: bool, extra_jvm: tuple = (), time
     if ready:
         st = {"kind": kind, "pid": proc.pid, "port": job_port, "artifact_port": artifact_port, "master": master,
               "main_class": spec.main_class, "jar": classpath[0], "stages_jars": stages_jars,
-              "agent": agent, "result_agent": result_agent, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "agent": agent, "result_agent": results_jar, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         toolkit.write_json(state_file(kind), st)
         log.info("Beam %s job server pid %d on localhost:%d for %s%s", kind, proc.pid, job_port, master,
                  "" if stages_jars else " (Beam from the cluster's classpath: jobs ship no jars)")
