@@ -50,7 +50,7 @@ def run(config: EmbedConfig, pipeline=None) -> dict:
 
 
 def _embed(config: EmbedConfig, pipeline) -> dict:
-    opts = pipeline_options(config.beam_args)
+    opts = pipeline_options(config.beam_args, blocking=True)  # its shuffles carry paths and file names
     run_id, skip = jobs.plan_backfill(config.output, config.spec, config.incremental, config.inputs.max_file_bytes)
     p = create_pipeline(opts, pipeline)
     (p | "Embed" >> EmbedInputs(config.inputs, config.spec, skip, turns=config.turns)

@@ -277,6 +277,19 @@ def test_direct_runs_on_every_core_and_explicit_flags_win():
     assert job_options.flag_given(["--a=1", "--b"], "b") and not job_options.flag_given(["--bb"], "b")
 
 
+def test_a_job_asking_for_blocking_exchanges_gets_them_on_flink_only_and_the_users_flag_wins():
+    served = ["--runner=FlinkRunner", "--job_endpoint=localhost:1"]  # a running job service: nothing is probed
+    mode = "execution_mode_for_batch"
+    assert job_options.pipeline_options(served, blocking=True).get_all_options()[mode] == \
+        job_options.BLOCKING_EXCHANGES == "BATCH"
+    assert job_options.pipeline_options(served).get_all_options()[mode] is None  # Beam's own default
+    mine = [*served, f"--{mode}=PIPELINED"]
+    assert job_options.pipeline_options(mine, blocking=True).get_all_options()[mode] == "PIPELINED"
+    assert job_options.pipeline_options([], blocking=True).get_all_options()[mode] is None  # Direct
+    with pytest.raises(SystemExit):  # a value Flink does not know is refused before any work
+        job_options.pipeline_options([*served, f"--{mode}=FAST"]).get_all_options()
+
+
 # --- the local services' plumbing ---------------------------------------------------------------
 def test_poll_returns_the_first_true_answer_or_gives_up_at_the_deadline():
     answers = iter([None, 0, "ready"])

@@ -233,6 +233,15 @@ def test_bench_splits_a_cluster_jobs_fixed_cost_by_phase(cluster, photo_list, tm
         log_text = (pools.state_dir("flink") / "log" / "job-server.log").read_text(errors="replace")
         assert "PromptJobResults agent: capped org.apache.flink.client.program.rest.retry.ExponentialWaitStrategy" \
             in log_text
+        # embed asks for blocking exchanges (job_options.BLOCKING_EXCHANGES): Flink ran the job so, and its listing
+        # ran while the writes set up, not after them as in one pipelined region.
+        rest = flink_local.rest_url()
+        jid = max(toolkit.http_json(f"{rest}/jobs/overview")["jobs"], key=lambda j: j["start-time"])["jid"]
+        assert toolkit.http_json(f"{rest}/jobs/{jid}/config")["execution-config"]["execution-mode"] == "BATCH"
+        vertices = toolkit.http_json(f"{rest}/jobs/{jid}")["vertices"]
+        listing = next(v for v in vertices if "Embed/{Inputs, Expand" in v["name"])
+        set_up = [v for v in vertices if "WriteImpl/InitializeWrite" in v["name"]]
+        assert len(set_up) == 2 and all(listing["start-time"] < v["end-time"] for v in set_up), (listing, set_up)
 
 
 def test_a_job_on_an_idle_pool_runs_on_its_spare_harnesses(cluster, photo_list, direct, tmp_path):
