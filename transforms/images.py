@@ -180,6 +180,17 @@ def decode_pages(path: str, data: bytes, sha256: str, max_pixels: int = DEFAULT_
             yield ImageError(e.reason, f"page {page + 1} of {first.pages}: {e}", e.stage, sha)
 
 
+def warm() -> None:
+    """Decode one small in-memory JPEG: a process's first decode imports OpenCV and Pillow's plugins (0.1 s
+    here), which a spare harness (pipelines/local/workers.py) pays before its job rather than in it."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 96, 64)).save(buf, format="JPEG")
+    data = buf.getvalue()
+    decode("warm.jpg", data, hashlib.sha256(data).hexdigest())
+
+
 def decode(path: str, data: bytes, sha256: str, max_pixels: int = DEFAULT_MAX_PIXELS,
            detect_max_side: int = 640, draft: bool = False, page: int = 0) -> DecodedImage:
     """Bytes -> DecodedImage (of page `page`, 0-based, of a multi-page TIFF). With `draft`, a JPEG is

@@ -479,8 +479,9 @@ def _run_spare(ns) -> int:
     started = time.perf_counter()
     import apache_beam.runners.worker.sdk_worker_main  # noqa: F401  (a harness's own imports)
 
-    from facebeam.transforms import embed, faces, spec  # noqa: F401  (what the job's DoFns unpickle into)
+    from facebeam.transforms import embed, faces, images, spec  # noqa: F401  (what the job's DoFns unpickle into)
 
+    images.warm()
     imported = time.perf_counter()
     try:
         faces.preload(spec.EmbeddingSpec())
