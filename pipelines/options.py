@@ -94,8 +94,13 @@ def beam_flags(beam_args) -> tuple[list, list]:
     parsers = []
     # Beam's own option parser, handed over by its public hook, so plugins' options count too.
     PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
-    known = sorted({s for a in parsers[0]._actions for s in a.option_strings if s.startswith("--")})
-    _, unknown = parsers[0].parse_known_args(list(beam_args))
+    parser = parsers[0]
+    known = sorted({s for a in parser._actions for s in a.option_strings if s.startswith("--")})
+    parser.exit_on_error = False  # a value Beam refuses is one line, not its parser's 130-line usage
+    try:
+        _, unknown = parser.parse_known_args(list(beam_args))
+    except argparse.ArgumentError as e:
+        raise UserError(f"{e}; see --help") from None
     return [u for u in unknown if u.startswith("-")], known
 
 

@@ -173,6 +173,10 @@ def test_a_beam_option_passes_and_a_misspelled_one_names_beams_flag(tmp_path):
     quiet(r)
     r = facebeam("embed", "--input", *photos, "--output", str(out), "--direct_num_worker", "2", check=False)
     assert r.returncode == 2 and "did you mean --direct_num_workers" in r.stderr
+    # A value Beam's parser refuses is one line too, naming the flag and its choices (not Beam's whole usage).
+    r = facebeam("embed", "--input", *photos, "--output", str(out), "--direct_running_mode=fast", check=False)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "--direct_running_mode: invalid choice: 'fast'" in r.stderr and "multi_processing" in r.stderr
 
 
 # --- result lines on the sample ------------------------------------------------------------------
