@@ -69,7 +69,7 @@ class ClusterLibOptions(PipelineOptions):
 #: The exchange mode of a Flink job that asks for blocking exchanges (`pipeline_options(..., blocking=True)`).
 #: Under PIPELINED, an embed job's listing, shuffle and embedding form one region of tasks, which Flink starts only
 #: when the writes' set-up (a side input, always blocking) is done; under BATCH the listing is a region of its
-#: own and runs meanwhile: the first photo is embedded 0.2-0.3 s sooner (`facebeam bench runners`). A blocking
+#: own and runs meanwhile: the first photo starts 0.2-0.6 s sooner (the Flink REST API's vertex times). A blocking
 #: exchange keeps its data on the TaskManager's disk until read, so only jobs whose shuffles carry no face
 #: vectors ask for it (embed's carry paths and file names).
 BLOCKING_EXCHANGES = "BATCH"
