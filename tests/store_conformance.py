@@ -130,7 +130,7 @@ class AbstractStoreTests:
                 by_id = search(k, filters=(("person", "p-grace"),))
                 assert [h["face_id"] for h in by_name] == [h["face_id"] for h in by_id]
                 assert len(by_name) == min(k, len(named)) and {h["face_id"] for h in by_name} <= set(named)
-                assert {h["person"] for h in by_name} == {"Grace Hopper"}
+                assert {(h["person"], h["person_id"]) for h in by_name + by_id} == {("Grace Hopper", "p-grace")}
                 prefixed = search(k, path_prefix=prefix)
                 assert len(prefixed) == min(k, len(under)) and {h["face_id"] for h in prefixed} <= under
                 assert all(h["image_path"].startswith(prefix) for h in prefixed)
@@ -140,6 +140,26 @@ class AbstractStoreTests:
             assert search(3, path_prefix=os.path.join(folder, "no such photo")) == []
         finally:
             searcher.close()
+
+    def test_a_name_two_persons_share_finds_both_each_hit_with_its_own_id(self, store, collection):
+        _, rows = collection
+        images = list(by_image(rows).values())
+        named = {r["face_id"]: ("p-ada", "Ada") for r in images[0]}
+        named.update({r["face_id"]: ("p-ada-2", "Ada") for r in images[1]})
+        assert store.set_persons(named) == len(named)
+        if not store.capabilities.search:
+            return
+        searcher = store.searcher()
+        try:
+            hits = searcher.search([images[2][0]], knn.SearchSpec(k=len(named), num_candidates=50,
+                                                                  filters=(("person", "Ada"),)))[0]
+            one = searcher.search([images[2][0]], knn.SearchSpec(k=len(named), num_candidates=50,
+                                                                filters=(("person", "p-ada-2"),)))[0]
+        finally:
+            searcher.close()
+        assert {h["face_id"]: (h["person_id"], h["person"]) for h in hits} == named
+        assert {h["face_id"]: (h["person_id"], h["person"]) for h in one} == {
+            f: v for f, v in named.items() if v[0] == "p-ada-2"}
 
     def test_erasure_leaves_no_trace(self, store, collection, traces):
         _, rows = collection

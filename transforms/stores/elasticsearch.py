@@ -4,9 +4,9 @@ Its metadata lives in the concrete index's `_meta.facebeam` (calibration, beside
 Persons' names live in a side index `<alias>-persons` (one doc per face: _id = face_id, person,
 person_id): the faces' documents cannot be updated in place, because their vectors are not in
 `_source` and a partial update would re-index them without one. Beside it, `<alias>-person-faces`
-holds one doc per person (by name and by person id: `face_ids`), so a `--person` filter is a kNN
-pre-filter the server resolves itself (a `terms` lookup on face_id, no ids sent with each query),
-like `--label`: the top k are all within it.
+holds one doc per person (by name and by person id: `face_ids`, and the person's id and name), so a
+`--person` filter is a kNN pre-filter the server resolves itself (a `terms` lookup on face_id, no ids
+sent with each query), like `--label`: the top k are all within it, and all that one person's.
 """
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ PERSONS_MAPPING = {"dynamic": "strict", "properties": {"face_id": {"type": "keyw
                                                       "person_id": {"type": "keyword"}}}
 
 
-PERSON_FACES_MAPPING = {"dynamic": "strict", "properties": {"face_ids": {"type": "keyword"}}}
+PERSON_FACES_MAPPING = {"dynamic": "strict", "properties": {"face_ids": {"type": "keyword"},
+                                                           "person_id": {"type": "keyword"},
+                                                           "person": {"type": "keyword"}}}
 TERMS_LIMIT = 65_536  # Elasticsearch's default index.max_terms_count
 
 
@@ -57,30 +59,40 @@ def write_person_faces(client, alias: str, persons: dict) -> None:
     for face, (pid, name) in ((f, (list(v) + [None, None])[:2]) for f, v in persons.items()):
         for doc_id, key in ((f"name:{name}", name), (f"id:{pid}", pid)):
             if key is not None:
-                groups.setdefault(doc_id, []).append(face)
+                faces, who = groups.setdefault(doc_id, ([], set()))
+                faces.append(face)
+                who.add((pid, name))
     index = person_faces_index(alias)
     client.options(ignore_status=404).indices.delete(index=index)
     client.indices.create(index=index, mappings=PERSON_FACES_MAPPING,
                           settings={"number_of_shards": 1, "number_of_replicas": 0})
-    helpers.bulk(client, ({"_index": index, "_id": d, "face_ids": sorted(f)} for d, f in groups.items()))
+    helpers.bulk(client, ({"_index": index, "_id": d, "face_ids": sorted(f),
+                           "person_id": sorted({p for p, _ in who if p is not None}),
+                           "person": sorted({n for _, n in who if n is not None})} for d, (f, who) in groups.items()))
     client.indices.refresh(index=index)
-    largest = max((len(f) for f in groups.values()), default=0)
+    largest = max((len(f) for f, _ in groups.values()), default=0)
     if largest > TERMS_LIMIT:
         client.indices.put_settings(index=es_index.alias_target(client, alias),
                                     settings={"index": {"max_terms_count": largest}})
 
 
-def person_filter(client, alias: str, name: str):
-    """The kNN pre-filter for a person's faces: a terms lookup on the person-faces index (by name, else by person
-    id), or the face ids from the persons index where that index is not there yet (named before it existed)."""
+def person_filter(client, alias: str, name: str) -> tuple:
+    """(the kNN pre-filter for a person's faces, (person_id, name) when every face it keeps is that one person's,
+    else None). The filter is a terms lookup on the person-faces index (by name, else by person id), or the face
+    ids from the persons index where that index is not there yet (named before it existed)."""
     from facebeam.transforms import knn
 
     index = person_faces_index(alias)
     if not client.indices.exists(index=index):
-        return faces_of_person(client, alias, name)
-    docs = client.mget(index=index, ids=list(person_doc_ids(name)), source=False).body["docs"]
-    found = tuple(d["_id"] for d in docs if d.get("found"))
-    return knn.FaceIdsLookup(index, found) if found else set()  # no such person: matches nothing
+        return faces_of_person(client, alias, name), None
+    docs = [d for d in client.mget(index=index, ids=list(person_doc_ids(name)),
+                                   source=["person_id", "person"]).body["docs"] if d.get("found")]
+    if not docs:
+        return set(), None  # no such person: matches nothing
+    who = {(tuple(d["_source"].get("person_id") or ()), tuple(d["_source"].get("person") or ())) for d in docs}
+    pids, names = next(iter(who)) if len(who) == 1 else ((), ())  # () too in docs written before names were kept
+    one = (pids[0], names[0]) if len(pids) == 1 and len(names) == 1 else None
+    return knn.FaceIdsLookup(index, tuple(d["_id"] for d in docs)), one
 
 
 def read_persons(client, alias: str, face_ids=None) -> dict:
@@ -88,16 +100,23 @@ def read_persons(client, alias: str, face_ids=None) -> dict:
     from elasticsearch import helpers
 
     index = persons_index(alias)
+    if face_ids is not None:
+        return names_of(client, index, face_ids)
     if not client.indices.exists(index=index):
         return {}
-    if face_ids is not None:
-        ids = sorted(set(face_ids))
-        if not ids:
-            return {}
-        docs = client.mget(index=index, ids=ids).body["docs"]
-        return {d["_id"]: [d["_source"].get("person_id"), d["_source"].get("person")] for d in docs if d.get("found")}
     return {h["_id"]: [h["_source"].get("person_id"), h["_source"].get("person")]
             for h in helpers.scan(client, index=index, query={"query": {"match_all": {}}})}
+
+
+def names_of(client, index: str, face_ids) -> dict:
+    """{face_id: [person_id, name]} of those faces in the persons index `index`, in one request; {} when it is not
+    there."""
+    ids = sorted(set(face_ids))
+    if not ids:
+        return {}
+    body = client.options(ignore_status=404).mget(index=index, ids=ids, source=["person_id", "person"]).body
+    return {d["_id"]: [d["_source"].get("person_id"), d["_source"].get("person")]
+            for d in body.get("docs", ()) if d.get("found")}
 
 
 def faces_of_person(client, alias: str, name: str) -> set:
@@ -350,7 +369,9 @@ class ElasticsearchStore(FaceStore):
 
 
 class _EsSearcher(Searcher):
-    """One keep-alive client per worker (its TLS session reused), orjson when installed, the hits trimmed."""
+    """One keep-alive client per worker (its TLS session reused), orjson when installed, the hits trimmed. Whether
+    the collection has persons is read once, when the searcher opens; a person filter is looked up once per
+    person, and when it keeps one person's faces only, its hits are named without a second request."""
 
     def __init__(self, conn, alias, spec, fetch: str):
         from facebeam.transforms import knn
@@ -358,6 +379,7 @@ class _EsSearcher(Searcher):
         self._client, self._alias, self._spec = conn.client(**knn.es_client_options()), alias, spec
         self._fetch = fetch
         self._person_filters = {}
+        self._named = bool(self._client.indices.exists(index=persons_index(alias)))
 
     def search(self, probes: list, search) -> list:
         import dataclasses
@@ -365,12 +387,18 @@ class _EsSearcher(Searcher):
         from facebeam.transforms import knn
 
         rest, person = split_filters(search.filters)
-        if person is not None and person not in self._person_filters:  # one look-up per person and searcher
+        if person is not None and person not in self._person_filters:
             self._person_filters[person] = person_filter(self._client, self._alias, person)
-        faces = self._person_filters[person] if person is not None else None
+        faces, who = self._person_filters[person] if person is not None else (None, None)
         found = knn.es_search(self._client, self._alias, probes, dataclasses.replace(search, filters=rest), self._spec,
                               face_ids=faces, fetch=self._fetch)
-        annotate(found, read_persons(self._client, self._alias, [h["face_id"] for hs in found for h in hs]))
+        if who is not None:
+            named = {h["face_id"]: who for hs in found for h in hs}
+        elif self._named:
+            named = names_of(self._client, persons_index(self._alias), [h["face_id"] for hs in found for h in hs])
+        else:
+            named = {}
+        annotate(found, named)
         return found
 
     def close(self) -> None:
