@@ -344,6 +344,9 @@ def add_load(p, alias_required: bool = True) -> None:
     g.add_argument("--ef-construction", type=int, default=100, help="HNSW candidates while building the graph")
     g.add_argument("--replicas", type=int, default=None, help="replicas after the load (default: as before)")
     g.add_argument("--load-replicas", type=int, default=0, help="replicas during the load (default 0)")
+    g.add_argument("--primary-shards", type=int, default=es_index.DEFAULT_TUNING.shards,
+                   help="primary shards of a new index; each one's graph is built by its own merge at the end "
+                        "(default %(default)s)")
     add_es(p)
 
 
@@ -352,7 +355,8 @@ def load_from(a: Args) -> LoadConfig:
                       max_retries=a.max_retries, initial_backoff_s=a.initial_backoff,
                       down_deadline_s=a.es_down_deadline)
     return LoadConfig(alias=a.index, bulk=bulk, index_type=a.index_type, m=a.m, ef_construction=a.ef_construction,
-                      replicas=a.replicas, load_replicas=a.load_replicas)
+                      replicas=a.replicas, load_replicas=a.load_replicas,
+                      tuning=dataclasses.replace(es_index.DEFAULT_TUNING, shards=a.primary_shards))
 
 
 # --- misc -------------------------------------------------------------------------------------

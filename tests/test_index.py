@@ -157,9 +157,10 @@ def test_node_killed_mid_load_loses_nothing(tmp_path, es_cluster_factory):
 
 
 def test_default_load_restores_the_settings_and_every_doc_is_searchable(tmp_path, es_client, alias):
-    """The measured-best load (es_index.LoadTuning's defaults: async translog during the load): afterwards the
-    settings are as before the load and every doc answers, by id and by its vector. Run twice: a new index,
-    then a re-load into it."""
+    """The measured-best load (es_index.DEFAULT_TUNING: a new index has two shards, flat during the load, then
+    HNSW built by a merge per shard): afterwards the settings are as before the load, every shard holds one
+    segment searched through its graph, and every doc answers, by id and by its vector. Run twice: a new
+    index, then a re-load into it."""
     rows = synthetic_shards(str(tmp_path), 3000, EmbeddingSpec(), files=4)
     ids = [r["face_id"] for r in rows]
     for attempt in range(2):
@@ -172,10 +173,46 @@ def test_default_load_restores_the_settings_and_every_doc_is_searchable(tmp_path
             assert key not in settings, (attempt, key, settings[key])  # back to Elasticsearch's defaults
         field = es_client.indices.get_mapping(index=concrete).body[concrete]["mappings"]["properties"]["embedding"]
         assert field["index_options"] == {"type": "hnsw", "m": 16, "ef_construction": 100}
+        assert settings["index.number_of_shards"] == "2"
+        if attempt == 0:  # the re-load adds segments; a merge is only for the index a load creates
+            assert segments_per_shard(es_client, concrete) == {"0": 1, "1": 1}
+            assert graph_search_ops(es_client, alias, rows[0]["embedding"]) < len(rows) / 2
         assert count(es_client, alias) == len(rows)
         hits = es_client.search(index=alias, query={"ids": {"values": ids}}, size=len(ids), _source=False).body
         assert sorted(h["_id"] for h in hits["hits"]["hits"]) == sorted(ids)
         assert self_scores(es_client, alias, rows) == [(i, 1.0) for i in ids]
+
+
+def segments_per_shard(client, concrete) -> dict:
+    shards = client.indices.stats(index=concrete, metric="segments", level="shards").body["indices"][concrete]["shards"]
+    return {n: c["segments"]["count"] for n, copies in shards.items() for c in copies if c["routing"]["primary"]}
+
+
+def graph_search_ops(client, alias, vector) -> int:
+    """Vectors a kNN search compared, over all shards: far fewer than the docs when each searches a graph
+    (a flat segment compares every vector)."""
+    profile = client.search(index=alias, knn={"field": "embedding", "query_vector": vector, "k": 10,
+                                              "num_candidates": 10}, profile=True, _source=False).body["profile"]
+    return sum(s["dfs"]["knn"][0]["vector_operations_count"] for s in profile["shards"])
+
+
+def test_a_load_killed_before_its_graph_is_built_is_finished_by_the_next_load(tmp_path, es_client, alias):
+    """A two-phase load that died mid-bulk leaves its new index flat (no graph, an exact scan). The next
+    `facebeam index` into it switches it to HNSW and merges it, like the load that made it would have."""
+    from facebeam.transforms.es_index import DEFAULT_TUNING, plan_load
+
+    rows = synthetic_shards(str(tmp_path), 3000, EmbeddingSpec(), files=3)
+    plan = plan_load(es_client, alias, EmbeddingSpec(), "hnsw", tuning=DEFAULT_TUNING)
+    ok, _ = helpers.bulk(es_client, ({"_index": plan.concrete, "_id": r["face_id"], **es_mapping.document(r)}
+                                     for r in rows[:1000]), raise_on_error=False)
+    assert ok == 1000  # ... and the job dies here: no switch, no merge
+    summary = job(index, ["--shards", str(tmp_path), "--index", alias, "--es-conn", CONN])
+    assert summary["concrete_index"] == plan.concrete and summary["doc_count"] == len(rows)
+    field = es_client.indices.get_mapping(index=plan.concrete).body[plan.concrete]["mappings"]["properties"]["embedding"]
+    assert field["index_options"] == {"type": "hnsw", "m": 16, "ef_construction": 100}
+    assert segments_per_shard(es_client, plan.concrete) == {"0": 1, "1": 1}
+    assert graph_search_ops(es_client, alias, rows[0]["embedding"]) < len(rows) / 2
+    assert self_scores(es_client, alias, rows) == [(r["face_id"], 1.0) for r in rows]
 
 
 def self_scores(client, alias, rows) -> list:
@@ -219,8 +256,5 @@ def test_two_phase_load_ends_with_one_graph_even_from_one_flat_segment(tmp_path,
     assert not {"index.refresh_interval", "index.translog.durability"} & set(settings)
     # The segment searches through a graph now: a kNN search compares far fewer vectors than the 3,000 a
     # flat (exact) segment compares.
-    profile = es_client.search(index=alias, knn={"field": "embedding", "query_vector": rows[0]["embedding"], "k": 10,
-                                                 "num_candidates": 10}, profile=True, _source=False).body["profile"]
-    ops = profile["shards"][0]["dfs"]["knn"][0]["vector_operations_count"]
-    assert 0 < ops < len(rows) / 2, ops
+    assert 0 < graph_search_ops(es_client, alias, rows[0]["embedding"]) < len(rows) / 2
     assert self_scores(es_client, alias, rows) == [(r["face_id"], 1.0) for r in rows]

@@ -37,7 +37,7 @@ class LoadConfig:
     ef_construction: int = 100
     replicas: int | None = None  # after the load; None keeps what the index had
     load_replicas: int = 0
-    tuning: es_index.LoadTuning = es_index.LoadTuning()  # the measured best load (bench index)
+    tuning: es_index.LoadTuning = es_index.DEFAULT_TUNING  # the measured best load (bench index)
 
 
 @dataclasses.dataclass

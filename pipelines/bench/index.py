@@ -24,7 +24,7 @@ the target of 0.5x. Also printed: store size, the node's peak heap during the lo
 CPU went (the node, this client, the rest of the machine).
 
 The bench cluster (one node under --es-home, port 9290) is reused if it is running and stopped at
-the end unless --keep. `facebeam bench query` reuses the last one-segment index of each type
+the end unless --keep. `facebeam bench query` reuses the last index of each type merged to a segment per shard
 (alias `bench-<type>-<n>-s<seed>`); --source-vectors included|both also loads the vectors kept in
 `_source` (the mapping before), for the store size before and after.
 """
@@ -438,7 +438,8 @@ LEVERS = {
     "bulk-500x2": (es_index.LoadTuning(translog_async=True, two_phase=True), 500, 2),
     "bulk-1000x3": (es_index.LoadTuning(translog_async=True, two_phase=True), 1000, 3),
     "bulk-2000x4": (es_index.LoadTuning(translog_async=True, two_phase=True), 2000, 4),
-    "default": (es_index.LoadTuning(), 1000, 3),  # what `facebeam index` does now
+    "plain": (es_index.LoadTuning(), 1000, 3),  # HNSW built in the bulk, no merge: `facebeam index` until 2026-12-05
+    "default": (es_index.DEFAULT_TUNING, 1000, 3),  # what `facebeam index` does now
 }
 DEFAULT_VARIANTS = "hnsw/before,hnsw/two-phase,int8_hnsw/before"  # each ends merged: bench query reuses it
 
@@ -600,7 +601,8 @@ def bench_variant(conn, client, ns, spec, faces, maker, variant: Variant, probes
 
 
 def register(ns, client, faces, r: dict, alias: str) -> None:
-    """A one-segment index for bench query: `alias` points at it, and the state file says what it holds."""
+    """An index merged to one segment per shard, for bench query: `alias` points at it, and the state file
+    says what it holds."""
     current = client.indices.get_alias(name=alias, ignore_unavailable=True).body if \
         client.indices.exists_alias(name=alias) else {}
     actions = [{"remove": {"index": i, "alias": alias}} for i in current if i != r["index"]]
@@ -614,7 +616,7 @@ def register(ns, client, faces, r: dict, alias: str) -> None:
 
 
 def bench_type(conn, client, ns, spec, faces, maker, index_type: str, source_vectors: bool = False) -> dict:
-    """`facebeam index`'s load of one index type, then merged to one segment (what bench query measures),
+    """`facebeam index`'s load of one index type, merged to one segment per shard (what bench query measures),
     registered for bench query under `alias_for(index_type)`; no searches."""
     tuning, chunk, workers = LEVERS["default"]
     alias = alias_for(index_type + ("-src" if source_vectors else ""), faces.n, faces.seed)
@@ -851,8 +853,9 @@ def run(ns: argparse.Namespace, pipeline=None) -> dict:
                 log.info("%s done: %s", v.name, {k: r[k] for k in ("bulk_vectors_per_s", "answer_vectors_per_s",
                                                                       "docs", "store_bytes")})
             kept = set()
-            for t in types:  # bench query's index of each type: the last one-segment load of it
-                merged = [r for r in results if r["final_type"] == t and r["segments"] == 1 and not r["source_vectors"]]
+            for t in types:  # bench query's index of each type: the last load of it merged to a segment per shard
+                merged = [r for r in results if r["final_type"] == t and r["segments"] == r["tuning"]["shards"]
+                          and not r["source_vectors"]]
                 if merged:
                     register(ns, client, faces, merged[-1], alias_for(t, faces.n, faces.seed))
                     kept.add(merged[-1]["index"])

@@ -25,6 +25,9 @@ def node_settings(node: Node, nodes: list, cluster_name: str, security: bool, es
         # A dev machine's nearly full disk must not flip indices to read-only.
         "cluster.routing.allocation.disk.threshold_enabled": False,
         "xpack.security.enabled": security,
+        # A force merge builds a shard's graph on one thread and 8.19 gives the pool max(1, cores / 8) threads:
+        # with a thread per core here a new index's shards are merged side by side (es_index.DEFAULT_TUNING).
+        "thread_pool.force_merge.size": max(1, (os.cpu_count() or 1) // len(nodes)),
     }
     if security:
         for layer in ("http", "transport"):
