@@ -171,21 +171,16 @@ def test_default_load_restores_the_settings_and_every_doc_is_searchable(tmp_path
         assert settings["index.number_of_replicas"] == "0"  # as a new index has it on one node
         for key in ("index.refresh_interval", "index.translog.durability", "index.merge.scheduler.max_thread_count"):
             assert key not in settings, (attempt, key, settings[key])  # back to Elasticsearch's defaults
-        field = es_client.indices.get_mapping(index=concrete).body[concrete]["mappings"]["properties"]["embedding"]
+        field = es_mapping.vector_field(es_client, concrete)
         assert field["index_options"] == {"type": "hnsw", "m": 16, "ef_construction": 100}
         assert settings["index.number_of_shards"] == "2"
         if attempt == 0:  # the re-load adds segments; a merge is only for the index a load creates
-            assert segments_per_shard(es_client, concrete) == {"0": 1, "1": 1}
+            assert es_mapping.segments_per_shard(es_client, concrete) == {"0": 1, "1": 1}
             assert graph_search_ops(es_client, alias, rows[0]["embedding"]) < len(rows) / 2
         assert count(es_client, alias) == len(rows)
         hits = es_client.search(index=alias, query={"ids": {"values": ids}}, size=len(ids), _source=False).body
         assert sorted(h["_id"] for h in hits["hits"]["hits"]) == sorted(ids)
         assert self_scores(es_client, alias, rows) == [(i, 1.0) for i in ids]
-
-
-def segments_per_shard(client, concrete) -> dict:
-    shards = client.indices.stats(index=concrete, metric="segments", level="shards").body["indices"][concrete]["shards"]
-    return {n: c["segments"]["count"] for n, copies in shards.items() for c in copies if c["routing"]["primary"]}
 
 
 def graph_search_ops(client, alias, vector) -> int:
@@ -208,9 +203,9 @@ def test_a_load_killed_before_its_graph_is_built_is_finished_by_the_next_load(tm
     assert ok == 1000  # ... and the job dies here: no switch, no merge
     summary = job(index, ["--shards", str(tmp_path), "--index", alias, "--es-conn", CONN])
     assert summary["concrete_index"] == plan.concrete and summary["doc_count"] == len(rows)
-    field = es_client.indices.get_mapping(index=plan.concrete).body[plan.concrete]["mappings"]["properties"]["embedding"]
+    field = es_mapping.vector_field(es_client, plan.concrete)
     assert field["index_options"] == {"type": "hnsw", "m": 16, "ef_construction": 100}
-    assert segments_per_shard(es_client, plan.concrete) == {"0": 1, "1": 1}
+    assert es_mapping.segments_per_shard(es_client, plan.concrete) == {"0": 1, "1": 1}
     assert graph_search_ops(es_client, alias, rows[0]["embedding"]) < len(rows) / 2
     assert self_scores(es_client, alias, rows) == [(r["face_id"], 1.0) for r in rows]
 
@@ -240,7 +235,7 @@ def test_two_phase_load_ends_with_one_graph_even_from_one_flat_segment(tmp_path,
     rows = synthetic_shards(str(tmp_path), 3000, EmbeddingSpec(), files=1)
     plan = plan_load(es_client, alias, EmbeddingSpec(), "hnsw", tuning=LoadTuning(two_phase=True, force_merge=True))
     concrete = plan.concrete
-    field = es_client.indices.get_mapping(index=concrete).body[concrete]["mappings"]["properties"]["embedding"]
+    field = es_mapping.vector_field(es_client, concrete)
     assert field["index_options"]["type"] == "flat" and plan.merge
     ok, errors = helpers.bulk(es_client, ({"_index": concrete, "_id": r["face_id"], **es_mapping.document(r)}
                                           for r in rows), chunk_size=len(rows), raise_on_error=False)
@@ -248,7 +243,7 @@ def test_two_phase_load_ends_with_one_graph_even_from_one_flat_segment(tmp_path,
     es_client.indices.refresh(index=concrete)
     assert es_mapping.lone_segments(es_client, concrete) == ["0"]  # one flat segment
     assert finish_plan(es_client, plan) == len(rows)
-    field = es_client.indices.get_mapping(index=concrete).body[concrete]["mappings"]["properties"]["embedding"]
+    field = es_mapping.vector_field(es_client, concrete)
     assert field["index_options"] == {"type": "hnsw", "m": 16, "ef_construction": 100}
     stats = es_client.indices.stats(index=concrete, metric="segments").body["indices"][concrete]
     assert stats["primaries"]["segments"]["count"] == 1

@@ -320,23 +320,32 @@ class RestoreFailed(UserError):
     """The index settings could not be restored after a load; the message holds the call to run."""
 
 
+def vector_field(client, concrete: str) -> dict:
+    """The vector field's mapping as the index holds it now."""
+    return client.indices.get_mapping(index=concrete).body[concrete]["mappings"]["properties"]["embedding"]
+
+
 def vector_type(client, concrete: str) -> str:
     """The vector field's index type now (hnsw, flat, int8_hnsw, ...)."""
-    field = client.indices.get_mapping(index=concrete).body[concrete]["mappings"]["properties"]["embedding"]
-    return field.get("index_options", {}).get("type", "hnsw")
+    return vector_field(client, concrete).get("index_options", {}).get("type", "hnsw")
 
 
 def switch_vector(client, concrete: str, index_options: dict) -> None:
     """The vector field's index_options changed in place (flat -> hnsw; Elasticsearch 8.15+ allows it):
     segments written from now on, and merged ones, get the new type."""
-    field = client.indices.get_mapping(index=concrete).body[concrete]["mappings"]["properties"]["embedding"]
+    field = vector_field(client, concrete)
     client.indices.put_mapping(index=concrete, properties={"embedding": {**field, "index_options": index_options}})
+
+
+def segments_per_shard(client, concrete: str) -> dict:
+    """{primary shard number: its segment count}."""
+    shards = client.indices.stats(index=concrete, metric="segments", level="shards").body["indices"][concrete]["shards"]
+    return {n: c["segments"]["count"] for n, copies in shards.items() for c in copies if c["routing"]["primary"]}
 
 
 def lone_segments(client, concrete: str) -> list:
     """The primary shards that hold a single segment."""
-    shards = client.indices.stats(index=concrete, metric="segments", level="shards").body["indices"][concrete]["shards"]
-    return [n for n, copies in shards.items() for c in copies if c["routing"]["primary"] and c["segments"]["count"] == 1]
+    return [n for n, count in segments_per_shard(client, concrete).items() if count == 1]
 
 
 def second_segments(client, concrete: str, tries: int = 64) -> None:
