@@ -131,15 +131,17 @@ def _write_conf(home: Path, slots: int, port: int, rpc_port: int = RPC_PORT, age
         "memory": {"process": {"size": "1024m"}},
         "execution": {"failover-strategy": "region"},
     }
+    network_mb = max(512, 128 * slots)
     conf["taskmanager"] = {
         "bind-host": "localhost",
         "host": "localhost",
         "numberOfTaskSlots": slots,
-        # Beam's batch jobs run many exchanges at once: with the default network memory
-        # (~10% of 1.5g) a job at parallelism 2 already fails with "Insufficient number
-        # of network buffers". 64 MiB per slot, at least 256 MiB.
-        "memory": {"process": {"size": f"{1536 + 64 * slots}m"},
-                   "network": {"min": f"{max(256, 64 * slots)}m", "max": f"{max(256, 64 * slots)}m"}},
+        # Beam's batch jobs run many exchanges at once, each blocking one holding 512 buffers (16 MiB,
+        # sort-shuffle's minimum): with the default (~10% of 1.5g) a job at parallelism 2 fails with
+        # "Insufficient number of network buffers", and 256 MiB ran out when a restarted job's
+        # tasks landed on one TaskManager (512 needed, 492 left). 128 MiB per slot, at least 512 MiB.
+        "memory": {"process": {"size": f"{1536 + network_mb}m"},
+                   "network": {"min": f"{network_mb}m", "max": f"{network_mb}m"}},
     }
     conf["parallelism"] = {"default": min(slots, max(2, os.cpu_count() or 2))}
     conf["restart-strategy"] = RESTART_STRATEGY
