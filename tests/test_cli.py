@@ -1,6 +1,7 @@
 """The command line as a user meets it: a result line per command that matches summary.json, typos refused
 with a suggestion, help on every flag, quiet logs, and `verify` saying which face of a photo it used."""
 import argparse
+import glob
 import importlib
 import json
 import os
@@ -15,7 +16,7 @@ import pytest
 from facebeam.pipelines import cli, index, options
 from facebeam.pipelines.bench import BENCHES
 from facebeam.transforms.errors import UserError
-from tests.helpers import PAIRS, ROOT, SAMPLE, job
+from tests.helpers import PAIRS, ROOT, SAMPLE, job, on_a_terminal
 
 NOISE = ("Logging handler created", "INFO", "Traceback", "ERROR:", "WARNING:", "grpc")
 
@@ -222,6 +223,21 @@ def test_incremental_run_counts_what_it_skipped_as_done(home, tmp_path):
     assert "embedded 0 photos: 0 faces, 0 failed (3 already done, skipped)" in r.stdout
 
 
+def test_a_named_cluster_that_is_missing_is_refused_not_swapped_for_the_embedded_store(ran, home, tmp_path):
+    """Only a cluster named nowhere lets the store be picked automatically: an --es-conn file that is not
+    there (or a CA that is not) stops the command in one line, before anything is written anywhere."""
+    out, _, _ = ran
+    missing = tmp_path / "typo-connection.json"
+    r = facebeam("index", "--shards", out, "--index", "named", "--es-conn", str(missing), env=home, check=False)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith(
+        f"connection file not found: {missing} (start one with `facebeam es up`)"), r.stderr
+    assert not glob.glob(os.path.join(home["FACEBEAM_HOME"], "**", "named*"), recursive=True)
+    r = facebeam("query", "--probes", os.path.join(SAMPLE, "img1.jpg"), "--index", "faces",
+                 "--es-url", "https://127.0.0.1:9", "--es-ca-certs", str(tmp_path / "no-ca.pem"),
+                 "--output", str(tmp_path / "q"), env=home, check=False)
+    assert r.returncode == 2 and f"CA certificate file not found: {tmp_path / 'no-ca.pem'}" in r.stderr, r.stderr
+
+
 def test_index_query_search_lines_match_their_summaries(ran, home, tmp_path):
     out, s, _ = ran
     r = facebeam("index", "--shards", out, "--index", "again", "--store", "local", env=home)
@@ -324,32 +340,6 @@ def test_make_demo_fits_one_screen(tmp_path):
 
 
 # --- the progress bar ----------------------------------------------------------------------------------
-def on_a_terminal(*words, env=None) -> str:
-    """`facebeam WORDS` with a 100x24 pseudo-terminal as its stdout and stderr: everything it wrote."""
-    import fcntl
-    import pty
-    import struct
-    import termios
-
-    parent, child = pty.openpty()
-    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    p = subprocess.Popen([sys.executable, "-m", "facebeam.pipelines.cli", *words], stdin=child, stdout=child,
-                         stderr=child, cwd=ROOT, env={**os.environ, **(env or {})})
-    os.close(child)
-    out = b""
-    while True:
-        try:
-            data = os.read(parent, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        out += data
-    assert p.wait(timeout=600) == 0, out[-2000:]
-    os.close(parent)
-    return out.decode(errors="replace")
-
-
 def test_a_progress_bar_on_a_terminal_only(tmp_path):
     photos = [os.path.join(SAMPLE, n) for n in ("img1.jpg", "img2.jpg", "img3.jpg", "img4.jpg")]
     shown = on_a_terminal("embed", "--input", *photos, "--output", str(tmp_path / "tty"))

@@ -39,6 +39,10 @@ class EsConfigError(EsError, ValueError):
     """The connection settings are missing or inconsistent."""
 
 
+class EsNotConfigured(EsConfigError):
+    """No cluster named anywhere (no URL, variable or connection file): a command may pick another store."""
+
+
 class EsUnavailable(EsError):
     """Elasticsearch cannot be reached (refused, timed out, TLS failure)."""
 
@@ -135,7 +139,7 @@ class EsConnection:
         hosts = _split_hosts(self.hosts)
         object.__setattr__(self, "hosts", hosts)
         if not hosts:
-            raise EsConfigError("EsConnection needs at least one host URL")
+            raise EsNotConfigured("EsConnection needs at least one host URL")
         for h in hosts:
             parts = urlsplit(h)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -235,7 +239,7 @@ class EsConnection:
         if src == "file":
             hosts = file_data.get("hosts") or [file_data["url"]]
         if not hosts:
-            raise EsConfigError(
+            raise EsNotConfigured(
                 f"no Elasticsearch URL: pass --es-url, set {ENV_URL}, point --es-conn/{ENV_CONN} at a "
                 f"connection file, or start a local one with `facebeam es up` ({es_conn_file()})")
         # A URL may carry user:password@; take them out so they never get shown.

@@ -61,12 +61,13 @@ def ann_folder(name: str) -> str:
 
 
 def es_configured(connect) -> bool:
-    """Is a cluster configured? `connect()` resolves the connection (EsConfigError when there is none)."""
-    from facebeam.transforms.es_conn import EsConfigError
+    """Is a cluster configured? `connect()` resolves the connection: EsNotConfigured when none is named; a
+    cluster that is named but wrong (a missing --es-conn file or CA) raises, and never falls back."""
+    from facebeam.transforms.es_conn import EsNotConfigured
 
     try:
         connect()
-    except EsConfigError:
+    except EsNotConfigured:
         return False
     return True
 
