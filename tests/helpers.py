@@ -2,6 +2,8 @@
 import glob
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -104,7 +106,6 @@ def render_in_chromium(page, tmp_path, window="1000,800", extra_flags=()):
     A script added to a copy of the page counts the images that loaded; the screenshot is of the page itself.
     """
     import shutil
-    import subprocess
     from pathlib import Path
 
     import numpy as np
@@ -129,3 +130,29 @@ def render_in_chromium(page, tmp_path, window="1000,800", extra_flags=()):
                    capture_output=True, timeout=120)
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
     return (int(found.group(1)), int(found.group(2))) if found else (None, None), pixels
+
+
+def on_a_terminal(*words, env=None) -> str:
+    """`facebeam WORDS` with a 100x24 pseudo-terminal as its stdout and stderr: everything it wrote."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    parent, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "facebeam.pipelines.cli", *words], stdin=child, stdout=child,
+                         stderr=child, cwd=ROOT, env={**os.environ, **(env or {})})
+    os.close(child)
+    out = b""
+    while True:
+        try:
+            data = os.read(parent, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        out += data
+    assert p.wait(timeout=600) == 0, out[-2000:]
+    os.close(parent)
+    return out.decode(errors="replace")

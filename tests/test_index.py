@@ -1,6 +1,7 @@
 """Bulk indexing into a real Elasticsearch: counts, replays, kNN, spec checks, failures."""
 import logging
 import os
+import re
 import threading
 import time
 
@@ -11,7 +12,7 @@ from facebeam.pipelines import index
 from facebeam.transforms import es_index as es_mapping
 from facebeam.transforms.spec import EmbeddingSpec
 from tests.es_fixtures import SESSION_HOME
-from tests.helpers import drop_versions, job, read_rows, synthetic_shards
+from tests.helpers import drop_versions, job, on_a_terminal, read_rows, synthetic_shards
 
 CONN = str(SESSION_HOME / "connection.json")
 
@@ -253,3 +254,14 @@ def test_two_phase_load_ends_with_one_graph_even_from_one_flat_segment(tmp_path,
     # flat (exact) segment compares.
     assert 0 < graph_search_ops(es_client, alias, rows[0]["embedding"]) < len(rows) / 2
     assert self_scores(es_client, alias, rows) == [(r["face_id"], 1.0) for r in rows]
+
+
+def test_on_a_terminal_the_merge_that_builds_the_graph_shows_its_time(tmp_path, alias):
+    """The final merge of a new index (minutes at 1M faces) has no count to show: on a terminal a line names
+    it with the time so far, and the command still ends with its one-line summary."""
+    synthetic_shards(str(tmp_path), 1500, EmbeddingSpec(), files=2)
+    shown = on_a_terminal("index", "--shards", str(tmp_path), "--index", alias, "--es-conn", CONN)
+    frames = [f.strip() for f in shown.replace("\n", "\r").split("\r")]
+    merge = [f for f in frames if f.startswith("merge: ")]
+    assert merge and re.fullmatch(rf"merge: {alias}-\S+ into 1 segment\(s\) per shard: \d\d:\d\d", merge[-1]), shown
+    assert re.search(rf"indexed 1500 faces? .*{alias}", shown), shown[-2000:]

@@ -16,7 +16,7 @@ import re
 import time
 import warnings
 
-from facebeam.transforms import es_conn
+from facebeam.transforms import es_conn, progress
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.spec import EmbeddingSpec, SpecError
 
@@ -382,7 +382,8 @@ def wait_task(client, task_id: str, poll: float = 2.0) -> dict:
 def force_merge(client, concrete: str, segments: int = 1) -> None:
     """Force merge to `segments` segments, waited for as a task; in a two-phase load this builds the graph."""
     task = client.indices.forcemerge(index=concrete, max_num_segments=segments, wait_for_completion=False).body["task"]
-    wait_task(client, task)
+    with progress.waiting(f"merge: {concrete} into {segments} segment(s) per shard"):  # minutes at 1M, no count
+        wait_task(client, task)
     client.indices.refresh(index=concrete)
 
 

@@ -157,6 +157,33 @@ def bars(totals=None, stream=None, every_s: float = 0.3):
             shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def waiting(what: str, stream=None, every_s: float = 1.0):
+    """While the body waits on work with no count to show (a force merge that builds an index's graph),
+    one line with `what` and the time so far, on a terminal only."""
+    stream = stream or sys.stderr
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        yield
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(desc=what, bar_format="{desc}: {elapsed}", file=stream, dynamic_ncols=True, leave=False)
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(every_s):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, name="facebeam-waiting", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()
+
+
 def count_files(patterns, extensions, budget_s: float = 2.0):
     """How many files local folders and globs hold with these extensions, for a bar's ETA; None when it is
     not cheap to know (another filesystem, a list file, or more than `budget_s` of walking)."""
