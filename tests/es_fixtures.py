@@ -162,8 +162,12 @@ def extra_cluster_slot(nodes: int = 1, port=None):
     """(home, port) for one extra cluster; hold it while starting so sessions do not collide."""
     with _locked(EXTRA_LOCK):
         _prune_extra_homes()
+        new = port is None  # a given port: the caller holds the slot again for its own cluster there
         port = port or _free_base(nodes)
-        yield EXTRA_HOMES / f"{os.getpid()}-p{port}", port
+        home = EXTRA_HOMES / f"{os.getpid()}-p{port}"
+        if new:  # its ports are free: what is left is an earlier test's cluster (maybe of three nodes,
+            shutil.rmtree(home, ignore_errors=True)  # whose state a one-node `up` would wait on forever)
+        yield home, port
 
 
 class ClusterFactory:
