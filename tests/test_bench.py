@@ -89,3 +89,13 @@ def test_spark_scheduling_sums_each_task_sets_wait_for_its_first_task():
     assert phases.spark_scheduling(lines) == 16.0
     assert phases.spark_scheduling(lines[:1]) is None
     assert phases.describe({"job submission": 9.84, "scheduling": None}) == "job submission 9.8 s, scheduling n/a"
+
+
+@pytest.mark.unit
+def test_a_variant_whose_type_is_left_out_of_index_types_is_refused_not_dropped():
+    with pytest.raises(SystemExit, match="bbq_hnsw.*--index-types"):
+        bench_index.variants("hnsw/default,bbq_hnsw/default", ["hnsw", "int8_hnsw"], "excluded")
+    chosen = bench_index.variants("hnsw/default,bbq_hnsw/default", ["hnsw", "bbq_hnsw"], "excluded")
+    assert [(v.index_type, v.lever) for v in chosen] == [("hnsw", "default"), ("bbq_hnsw", "default")]
+    # the default list keeps to the types asked for
+    assert {v.index_type for v in bench_index.variants(bench_index.DEFAULT_VARIANTS, ["hnsw"], "excluded")} == {"hnsw"}

@@ -445,13 +445,17 @@ DEFAULT_VARIANTS = "hnsw/before,hnsw/two-phase,int8_hnsw/before"  # each ends me
 
 
 def variants(text: str, types: list, source_vectors: str) -> list:
-    """`TYPE/LEVER,...` (or a bare LEVER: for each of `types`) -> Variants, in order."""
+    """`TYPE/LEVER,...` (or a bare LEVER: for each of `types`) -> Variants, in order. The default list keeps the
+    types of `types`; a TYPE the user named outside them is refused."""
     out = []
     for word in [w.strip() for w in text.split(",") if w.strip()]:
         index_type, _, lever = word.rpartition("/")
         if lever not in LEVERS or (index_type and index_type not in es_index.INDEX_TYPES):
             raise SystemExit(f"--variants: unknown {word!r}; TYPE/LEVER with LEVER one of {','.join(LEVERS)}")
         tuning, chunk, workers = LEVERS[lever]
+        if index_type and index_type not in types and text != DEFAULT_VARIANTS:  # was dropped without a word
+            raise SystemExit(f"--variants: {word!r} names {index_type}, which --index-types "
+                             f"({','.join(types)}) leaves out; add it there")
         out += [Variant(lever, t, tuning, chunk, workers) for t in ([index_type] if index_type else types) if t in types]
     if source_vectors in ("included", "both"):
         extra = [dataclasses.replace(v, source_vectors=True) for v in out if v.lever in ("default", "before")]

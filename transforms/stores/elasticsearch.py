@@ -248,24 +248,28 @@ class ElasticsearchStore(FaceStore):
                                                     for h in hits), raise_on_error=False)
             if errors:
                 raise StoreError(f"{self.describe()}: {len(errors)} face doc(s) could not be deleted: {errors[:3]}")
-            named = persons_index(self.name)
+            named, emptied = persons_index(self.name), [self.name]
             if client.indices.exists(index=named):
                 helpers.bulk(client, ({"_op_type": "delete", "_index": named, "_id": h["_id"]} for h in hits),
                              raise_on_error=False)  # a face without a name has no doc there (404)
-                self._expunge(client, named)
+                emptied.append(named)
+                client.indices.refresh(index=named)  # what the rebuild below reads must be without those faces
                 if client.indices.exists(index=person_faces_index(self.name)):  # rebuilt without those faces
                     write_person_faces(client, self.name, read_persons(client, self.name))
-            self._expunge(client, self.name)
+            self._expunge(client, emptied)
             return deleted
         finally:
             client.close()
 
     @staticmethod
-    def _expunge(client, index: str, wait_s: float = 90.0, pause_s: float = 5.0) -> None:
-        """Deleted docs stay in their segments (soft deletes) until a merge may drop them, which the shard's
-        retention lease allows once it has moved past the deletes (its background sync, ~30 s): flush and
-        expunge until none is left, or say what is left to Elasticsearch's own merges."""
+    def _expunge(client, indices: list, wait_s: float = 90.0, pause_s: float = 1.0) -> None:
+        """Deleted docs stay in their segments (soft deletes) until a merge may drop them, which a shard's
+        retention lease allows once it has moved past the deletes (its background sync, every 30 s, on each
+        index's own clock): flush and expunge until none is left, or say what is left to Elasticsearch's own
+        merges. The indices wait together, so a forget waits for the later sync, not for the sum."""
         import time
+
+        index = ",".join(indices)
 
         def deleted():
             stats = client.indices.stats(index=index, metric="docs").body["indices"]
