@@ -335,9 +335,9 @@ class _Sketch:
     decides how many: if a row's squared distance through its codes is d', its true one d differs by at most
     B = e (2 |q| + 2 |x| + e) (the difference is (x' - x).(2q - x - x')), so every row of the exact top k has
     d' <= d'_k + 2B, where d'_k is the k-th smallest d'. The codes are scanned once for the best `first` rows per
-    part; a part whose last one still lies inside that bound is scanned again for more (faiss' range search on these codes
-    was 20x slower than a search for the best 1,024). The candidates are then
-    scored on their float32 rows: the result is the float32 scan's, with a quarter of its bytes read.
+    part; a part whose last one still lies inside that bound is scanned again for more (faiss' range search on
+    these codes was 20x slower than a search for the best 1,024). The candidates are then scored on their float32
+    rows: the result is the float32 scan's, with a quarter of its bytes read.
     """
 
     def __init__(self, x, half_norms: np.ndarray, parts: int, block_rows: int):
