@@ -19,7 +19,7 @@ Then, side by side on the first index type at the fewest candidates that reach t
 recall target: the query levers on the path `search` and the query job take
 (knn.es_search): `_source` fields or doc values, response trimming (filter_path),
 orjson or the stdlib's json, a kept connection or a new one (TCP + TLS) per query,
-and index.store.preload; the batch path (msearch) over --msearch-probes probes
+the knn query or the top-level knn section, and index.store.preload; the batch path (msearch) over --msearch-probes probes
 (q/s); and filtered kNN on Elasticsearch and the embedded index, through the stores'
 own searchers: a person given to exactly 1% and 10% of the faces, and image path
 prefixes keeping 1.11% and 11.1% (the rows are `synthetic/<row>.jpg`), each against
@@ -212,11 +212,13 @@ def embedded_sweep(ns, spec, faces, queries, truth, sweep) -> list:
 
 
 # --- Elasticsearch ----------------------------------------------------------------------------
-def knn_body(vector, k: int, num_candidates: int, oversample: float = 0.0) -> dict:
-    knn = {"field": "embedding", "query_vector": vector, "k": k, "num_candidates": num_candidates}
+def knn_body(vector, k: int, num_candidates: int, oversample: float = 0.0, knn_in: str = knn.KNN_IN[0]) -> dict:
+    """The sweep's request: the kNN where the product puts it (knn.KNN_IN), the row from a doc value."""
+    one = {"field": "embedding", "query_vector": vector, "k": k, "num_candidates": num_candidates}
     if oversample:  # quantized index: re-rank oversample * k candidates on the float vectors (ES 8.18+)
-        knn["rescore_vector"] = {"oversample": oversample}
-    return {"knn": knn, "size": k, "_source": False, "docvalue_fields": ["image_path"]}
+        one["rescore_vector"] = {"oversample": oversample}
+    place = {"query": {"knn": one}} if knn_in == "query" else {"knn": one}
+    return {**place, "size": k, "_source": False, "docvalue_fields": ["image_path"]}
 
 
 def path_row(path: str) -> int:
@@ -371,6 +373,7 @@ def levers(conn, client, index: str, queries, truth, k: int, nc: int, spec, prel
             ("no response trimming (no filter_path)", way(client, filter_path=None)),
             ("stdlib json (no orjson)", way(slow_client, encode=False)),
             ("one probe through the search API, not msearch", way(client, one_by_search=True)),
+            ("the top-level knn section (a DFS phase first), not the knn query", way(client, knn_in="section")),
             ("bench body: search API, _source false, image_path doc value",
              lambda p: [{"image_path": f"synthetic/{r}.jpg"} for r in hit_rows(client.search(
                  index=index, **knn_body(p["embedding"], k, nc)).body["hits"]["hits"])]),
