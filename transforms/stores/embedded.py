@@ -146,7 +146,8 @@ class EmbeddedStore(FaceStore):
 
     def search_settings(self, search) -> dict:
         return {"k": search.k, "ef_search": search.num_candidates, "threads_per_search": 1,
-                "filters": f"exact below {ann.EXACT_SUBSET:,} allowed faces, else HNSW with a bitmap selector",
+                "filters": f"exact up to {ann.EXACT_SUBSET:,} allowed faces or while a scan costs less than the graph "
+                           "search, else HNSW with a bitmap selector and efSearch / share",
                 "index": "memory-mapped"}
 
     # --- metadata -------------------------------------------------------------------------------
