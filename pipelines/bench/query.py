@@ -19,8 +19,8 @@ Then, side by side on the first index type at the fewest candidates that reach t
 recall target: the query levers on the path `search` and the query job take
 (knn.es_search): `_source` fields or doc values, response trimming (filter_path),
 orjson or the stdlib's json, a kept connection or a new one (TCP + TLS) per query,
-the knn query or the top-level knn section, and index.store.preload; the batch path (msearch) over --msearch-probes probes
-(q/s); and filtered kNN on Elasticsearch and the embedded index, through the stores'
+the knn query or the top-level knn section, and index.store.preload; the batch path
+(msearch) over --msearch-probes probes (q/s); and filtered kNN on Elasticsearch and the embedded index, through the stores'
 own searchers: a person given to exactly 1% and 10% of the faces, and image path
 prefixes keeping 1.11% and 11.1% (the rows are `synthetic/<row>.jpg`), each against
 the exact filtered top k.
@@ -120,10 +120,11 @@ def single_query_ms(scans: dict, queries, k: int, reps: int = 9) -> dict:
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def _scans(corpus) -> tuple:
-    """The exact scans timed side by side: the default (an 8-bit first pass from knn.ExactScan's sketch_rows on),
-    float32 alone, the default on one thread, and the scan before knn.ExactScan."""
-    made = {"single_ms": knn.ExactScan(corpus), "single_ms_float32": knn.ExactScan(corpus, sketch_rows=len(corpus) + 1),
+def _scans(corpus, default=None) -> tuple:
+    """The exact scans timed side by side: the default (an 8-bit first pass from knn.ExactScan's sketch_rows on;
+    `default` if already open), float32 alone, the default on one thread, and the scan before knn.ExactScan."""
+    made = {"single_ms": default or knn.ExactScan(corpus),
+            "single_ms_float32": knn.ExactScan(corpus, sketch_rows=len(corpus) + 1),
             "single_ms_1thread": knn.ExactScan(corpus, threads=1)}
     runs = {name: scan.topk for name, scan in made.items()}
     runs["single_ms_previous"] = functools.partial(previous_scan, corpus)
@@ -134,7 +135,7 @@ def time_exact(corpus, queries, k: int) -> dict:
     t0 = time.perf_counter()
     scan = knn.ExactScan(corpus)
     open_s = time.perf_counter() - t0
-    made, runs = _scans(corpus)
+    made, runs = _scans(corpus, scan)
     try:
         scan.topk(queries[:50], k)  # warm the page cache and BLAS
         t0 = time.perf_counter()
@@ -142,7 +143,7 @@ def time_exact(corpus, queries, k: int) -> dict:
         batch_s = time.perf_counter() - t0
         single = single_query_ms(runs, queries, k)
     finally:
-        for s in (scan, *made.values()):
+        for s in made.values():
             s.close()
     return {"ids": ids, "distances": dists, "batch_s": batch_s, "open_s": open_s, "threads": scan.threads,
             "sketch": scan.sketch is not None, "amortized_ms": 1000 * batch_s / len(queries), "rows": len(corpus),
