@@ -279,7 +279,8 @@ DEFAULT_TURNS = faces.DEFAULT_TURNS
 def add_turns(p) -> None:
     p.add_argument("--turns", default=DEFAULT_TURNS, choices=faces.TURNS,
                    help="when to also detect on the photo turned by 90, 180 and 270 degrees: off, no-face (when "
-                        "the upright photo gives no face; default) or always (keep the turn with most faces)")
+                        "the upright photo gives no sure face: none, or only weak HOG finds; default) or always (keep the "
+                        "turn HOG scores highest)")
 
 
 def spec_from(a: Args) -> EmbeddingSpec:

@@ -136,6 +136,60 @@ def test_hog_finds_a_photo_on_its_side_only_when_turns_are_tried():
     assert [f.orientation for f in faces] == [90]
 
 
+def _upright_vectors(names: list) -> dict:
+    model = FaceModel(EmbeddingSpec.preset("chip"), turns="off")
+    out = {}
+    for name in names:
+        with open(os.path.join(SAMPLE, name), "rb") as f:
+            faces = _faces(model, f.read(), name)
+        assert len(faces) == 1, name
+        out[name] = faces[0].embedding
+    return out
+
+
+def test_an_upside_down_photo_where_hog_fires_weakly_upright_gives_its_face_turned_back():
+    """HOG finds a weak false face in about a quarter of upside-down photos; unsure, it must not stop the turns."""
+    names = [f"img{i}.jpg" for i in range(1, 20)]
+    model = FaceModel(EmbeddingSpec.preset("chip"), turns="no-face")
+    fooled = []
+    for name in names:
+        turned = cv2.rotate(cv2.imread(os.path.join(SAMPLE, name)), cv2.ROTATE_180)
+        if turned is None:
+            continue
+        data = cv2.imencode(".jpg", turned, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+        upright_finds = model.detect(images.decode(name, data, "", draft=True).detect_bgr)
+        if upright_finds:
+            fooled.append((name, data, max(f[4] for f in upright_finds)))
+    assert len(fooled) >= 3, [n for n, _, _ in fooled]  # the sample shows the case (img1, img3, img11, ...)
+    want = _upright_vectors([n for n, _, _ in fooled])
+    for name, data, score in fooled:
+        faces = _faces(model, data, f"{name}-180")
+        assert len(faces) == 1 and faces[0].orientation == 180, (name, score, faces)
+        assert float(np.linalg.norm(faces[0].embedding - want[name])) < 0.25, name
+    assert all(FaceModel.sure([(0, 0, 1, 1, s)], by_hog=True) is False for _, _, s in fooled)
+
+
+def test_a_weak_upright_face_with_nothing_better_turned_stays_upright():
+    """The least sure upright face of the sample (HOG below SURE_HOG_SCORE) is tried turned, and kept."""
+    from facebeam.transforms.faces import SURE_HOG_SCORE
+
+    model = FaceModel(EmbeddingSpec.preset("chip"), turns="no-face")
+    weakest = None
+    for name in sorted(os.listdir(SAMPLE)):
+        if not name.startswith("img"):
+            continue
+        with open(os.path.join(SAMPLE, name), "rb") as f:
+            data = f.read()
+        found = model.detect(images.decode(name, data, "", draft=True).detect_bgr)
+        if len(found) == 1 and (weakest is None or found[0][4] < weakest[2]):
+            weakest = (name, data, found[0][4])
+    name, data, score = weakest
+    assert score < SURE_HOG_SCORE, weakest[::2]
+    faces = _faces(model, data, name)
+    assert [f.orientation for f in faces] == [0]
+    assert float(np.linalg.norm(faces[0].embedding - _upright_vectors([name])[name])) < 1e-5
+
+
 def test_embed_with_the_cnn_spec_names_detector_providers_and_turns_in_summary_json(tmp_path):
     import json
     import shutil

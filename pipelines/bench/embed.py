@@ -1,7 +1,7 @@
 """facebeam bench embed: the pipeline vs a naive DeepFace.represent loop, same photos, one run.
 
     facebeam bench embed [--input DIR] [--photos N] [--spec-preset chip|deepface|mmod|cascade]
-                         [--compare chip,mmod,...] [--turns no-face] [--json FILE]
+                         [--compare chip,mmod,...] [--turns no-face] [--turn-scores] [--json FILE]
 
 Prints images/s for each, the ratio, each one's accuracy on the 280 labeled pairs, where the
 pipeline's time goes (core-seconds per photo for each stage, from Beam counters), and the
@@ -269,6 +269,47 @@ def detectors_alone(photos, n: int = 24) -> list:
     return rows
 
 
+def turn_scores(photos) -> dict:
+    """HOG's best score on each photo's detection copy, upright and turned 90, 180 and 270 degrees (the photos
+    are upright, so a turned find is a false face), and the fit behind faces.SURE_HOG_SCORE: the lowest tenth
+    above every false find of the photos turned 180 degrees, with what each threshold costs and misses."""
+    from facebeam.transforms import images
+    from facebeam.transforms.faces import SURE_HOG_SCORE, FaceModel
+
+    model = FaceModel(EmbeddingSpec.preset("chip"), turns="off")
+    upright, false = [], {90: [], 180: [], 270: []}
+    for path in photos:
+        with open(path, "rb") as f:
+            bgr = images.decode(path, f.read(), "", draft=True).detect_bgr
+        for turn in (0, 90, 180, 270):
+            found = model.detect(np.ascontiguousarray(np.rot90(bgr, turn // 90)))
+            if found:
+                (upright if turn == 0 else false[turn]).append(max(f[4] for f in found))
+    up, f180 = np.asarray(upright), np.asarray(false[180])
+    fitted = round(float(np.floor(f180.max() * 10) + 1) / 10, 1) if len(f180) else None
+    grid = [round(0.1 * i, 1) for i in range(5, 16)]
+    return {"photos": len(photos), "upright_with_face": len(up), "false_finds": {t: len(v) for t, v in false.items()},
+            "false_180_max": float(f180.max()) if len(f180) else None,
+            "upright_quantiles": {q: float(np.quantile(up, q)) for q in (0.01, 0.02, 0.05)} if len(up) else {},
+            "thresholds": [{"score": t, "upright_below": int((up < t).sum()), "false_180_at_or_above": int((f180 >= t).sum())}
+                           for t in grid],
+            "fitted": fitted, "shipped": SURE_HOG_SCORE}
+
+
+def print_turn_scores(r: dict) -> None:
+    n = r["photos"]
+    print(f"HOG's best score on {n} photos' detection copies (turns: false finds of upright photos turned):")
+    print(f"  upright: a face in {r['upright_with_face']}; false finds turned 90/180/270: "
+          f"{r['false_finds'][90]} / {r['false_finds'][180]} / {r['false_finds'][270]} photos "
+          f"(180: {100 * r['false_finds'][180] / n:.0f}%, best score {r['false_180_max'] or 0:.3f})")
+    print(f"  {'threshold':>9} {'upright below (pay the turns)':>30} {'false 180 at or above (kept)':>29}")
+    for t in r["thresholds"]:
+        print(f"  {t['score']:9.1f} {t['upright_below']:22d} ({100 * t['upright_below'] / max(1, r['upright_with_face']):4.1f}%)"
+              f" {t['false_180_at_or_above']:28d}")
+    print(f"turn-scores: fitted SURE_HOG_SCORE {r['fitted']} (the lowest tenth above every false 180 find); "
+          f"shipped {r['shipped']}")
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchEmbedConfig:
     input: str = DEFAULT_SAMPLE
@@ -279,6 +320,7 @@ class BenchEmbedConfig:
     json_out: str = None
     compare: tuple = ("chip", "mmod")
     turns: str = options.DEFAULT_TURNS
+    turn_scores: bool = False
     beam_args: tuple = ()
 
 
@@ -296,6 +338,9 @@ def build_parser():
                         help="detection variants run side by side on the same photos, PRESET[@MAX_SIDE][/upN] "
                              "comma-separated (default %(default)s; '' for none)")
     options.add_turns(parser)
+    parser.add_argument("--turn-scores", action="store_true",
+                        help="only score HOG's finds on the photos upright and turned, and fit the score that "
+                             "makes an upright find sure (what --turns no-face needs); no pipeline runs")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results here")
     return parser
 
@@ -304,7 +349,7 @@ def configure(a: options.Args, beam_args=()) -> BenchEmbedConfig:
     return BenchEmbedConfig(input=a.input, photos=a.photos, output=a.output, spec_preset=a.spec_preset,
                             naive_limit=a.naive_limit, json_out=a.json_out,
                             compare=tuple(v for v in a.compare.split(",") if v), turns=a.turns,
-                            beam_args=tuple(beam_args))
+                            turn_scores=a.turn_scores, beam_args=tuple(beam_args))
 
 
 def run(ns: BenchEmbedConfig, pipeline=None) -> dict:
@@ -321,6 +366,13 @@ def run(ns: BenchEmbedConfig, pipeline=None) -> dict:
         names = {os.path.basename(c): os.path.basename(s) for c, s in zip(photos, sample)}
     else:
         photos_dir, photos, names = ns.input, sample, None
+    if ns.turn_scores:
+        result = turn_scores(photos)
+        print_turn_scores(result)
+        if ns.json_out:
+            with open(ns.json_out, "w") as f:
+                json.dump(result, f, indent=2)
+        return result
     out = os.path.join(work, "pipeline")
 
     cpu_before = cpu_seconds()
