@@ -45,7 +45,8 @@ POOL_PORT = pools.POOL_PORTS["flink"]
 UP_TIMEOUT_S = 120
 DOWN_TIMEOUT_S = 30
 #: A task that fails (its SDK harness or its TaskManager died) restarts its region up to 3 times,
-#: 2 s apart; Flink's default without checkpoints is never, so one dead harness failed the job.
+#: 15 s apart (longer than the 10 s environment cache: a retry gets fresh harnesses, not the dead one's client);
+#: Flink's default without checkpoints is never, so one dead harness failed the job.
 RESTART_STRATEGY = {"type": "fixed-delay", "fixed-delay": {"attempts": 3, "delay": "15 s"}}
 SLOT_REQUEST_TIMEOUT = 60_000  # ms: a Long in Flink 1.19, not a duration
 _DAEMONS = {  # pid-file daemon name -> main class (to recognise our processes)
