@@ -33,7 +33,9 @@ setup(
         "infomap>=2.7,<3",
         "pyarrow>=16",
         "numpy>=1.26",
-        "pillow>=10",
+        "pillow>=11.1",  # AVIF in Pillow's own wheels
+        # HEIF/HEIC photos (phones' default format; transforms/images.py).
+        "pillow-heif>=0.18",
         # deepface 0.0.103 imports werkzeug without declaring it.
         "werkzeug>=3",
         # the local services' plumbing (pipelines/local): locks, process checks, probes, deadlines.

@@ -57,6 +57,13 @@ def corpus(tmp_path_factory):
     exif[0x0112] = 8
     save(face.transpose(Image.Transpose.ROTATE_270), d / "exif-rotated.jpg", exif=exif.tobytes())
     expect["exif-rotated.jpg"] = "embedded"
+    # Phones' formats: HEIC (pillow-heif) and AVIF (Pillow's own).
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    for name in ("phone.heic", "phone.avif"):
+        save(face, d / name, quality=80)
+        expect[name] = "embedded"
     rng = np.random.default_rng(7)
     sky = np.linspace(60, 220, 480 * 640).reshape(480, 640)
     noface = np.dstack([sky, sky * 0.9, np.full_like(sky, 240)]) + rng.normal(0, 3, (480, 640, 3))
@@ -102,6 +109,15 @@ def test_exif_orientation_is_applied(corpus):
     assert (row["image_width"], row["image_height"]) == upright
     # The eyes of an upright face are side by side: far more apart in x than in y.
     assert abs(row["left_eye_x"] - row["right_eye_x"]) > 3 * abs(row["left_eye_y"] - row["right_eye_y"])
+
+
+def test_phone_formats_give_the_face_of_the_same_pixels(corpus):
+    _, out, _, _ = corpus
+    rows = {os.path.basename(r["image_path"]): r for r in read_rows(str(out / "embeddings"))}
+    lossless = np.asarray(rows["rgba.png"]["embedding"])  # the same pixels, with an alpha channel
+    for name in ("phone.heic", "phone.avif"):
+        assert (rows[name]["image_width"], rows[name]["image_height"]) == Image.open(FACE).size
+        assert float(np.linalg.norm(np.asarray(rows[name]["embedding"]) - lossless)) < 0.15, name
 
 
 # --- inputs that leave the folder, pages, and the one pixel limit --------------------------------------

@@ -19,6 +19,7 @@ and path; page k > 1 has the sha256 `page_sha256(file_sha256, k)`, so its faces 
 ids, and is counted in the Beam counter `images_extra_pages`.
 """
 import dataclasses
+import functools
 import hashlib
 import io
 import math
@@ -105,9 +106,19 @@ def draft_level(width: int, height: int, min_side: int) -> int:
     return level
 
 
+@functools.cache
+def _formats() -> None:
+    """HEIF/HEIC, phones' default photo format, through pillow-heif (libheif applies the file's own turns, so
+    its EXIF orientation reads 1); AVIF is Pillow's own."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+
+
 def _open(data: bytes):
     from PIL import Image, UnidentifiedImageError
 
+    _formats()
     Image.MAX_IMAGE_PIXELS = None  # --max-pixels is the one limit (decode checks it from the header)
     try:
         with warnings.catch_warnings():

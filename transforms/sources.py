@@ -36,7 +36,7 @@ from facebeam.transforms.images import DEFAULT_MAX_PIXELS, EXTRA_PAGES
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif", ".heic", ".heif", ".avif")
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 SKIPPED = "files_skipped."  # Beam counters files_skipped.<why>: files listed but not read
 SKIPPED_NOT_IMAGE = SKIPPED + "not_image"  # folder-walk files with a non-image extension
