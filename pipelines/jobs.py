@@ -274,6 +274,9 @@ def _quiet_worker_death(hook):
 @contextlib.contextmanager
 def lock_output(folder: str):
     """Hold `<folder>/.facebeam.lock` (exclusive, non-blocking) while the body runs; see the module docstring."""
+    if any(ch in folder for ch in "*?["):  # Beam's own writes match their temp files by pattern, and fail
+        raise UserError(f"output folder {folder!r} has a *, ? or [ in its path, which Beam's file matching reads as "
+                        "a wildcard (it has no quoting): choose a folder without them")
     if "://" in folder:
         log.warning("no lock on %s (not a local folder): runs into it must not overlap", folder)
         yield

@@ -321,6 +321,33 @@ def test_output_folder_lock_refuses_a_second_job_naming_the_holder(tmp_path):
     assert (tmp_path / ".facebeam.lock").read_text() == ""
 
 
+def test_an_output_folder_with_a_wildcard_in_its_path_is_refused_before_anything_is_made(tmp_path):
+    for name in ("out [1]", "out*", "out?"):
+        with pytest.raises(UserError, match="has a \\*, \\? or \\[ in its path"), jobs.lock_output(str(tmp_path / name)):
+            pass
+        assert not (tmp_path / name).exists()
+
+
+def test_inputs_named_with_brackets_stars_and_question_marks_are_read_as_named(tmp_path):
+    from facebeam.transforms import sources
+
+    folder = tmp_path / "Photos [2019]"
+    folder.mkdir()
+    names = ["a[1].jpg", "b*.jpg", "c?.jpg", "d.jpg"]
+    for n in names:
+        (folder / n).write_bytes(b"x")
+    sources.check_inputs([str(folder), str(folder / "a[1].jpg")])
+    assert sorted(os.path.basename(p) for p, _ in sources.expand(str(folder))) == sorted(names)
+    assert [os.path.basename(p) for p, _ in sources.expand(str(folder / "b*.jpg"))] == ["b*.jpg"]  # not a glob
+    (tmp_path / "list.txt").write_text(f"{folder / 'a[1].jpg'}\n")
+    assert [os.path.basename(p) for p, _ in sources.expand(str(tmp_path / "list.txt"), since=0.0)] == ["a[1].jpg"]
+    # A glob still globs: the files of the folder's own wildcard-free twin.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "e.jpg").write_bytes(b"x")
+    assert [os.path.basename(p) for p, _ in sources.expand(str(plain / "*.jpg"))] == ["e.jpg"]
+
+
 def test_private_files_are_owner_only(tmp_path):
     privacy.write_private(tmp_path / "d" / "secret.json", '{"password": "x"}')
     assert (tmp_path / "d" / "secret.json").stat().st_mode & 0o777 == 0o600

@@ -200,6 +200,8 @@ def count_files(patterns, extensions, budget_s: float = 2.0):
                     return None
         elif os.path.isfile(p) and p.lower().endswith((".txt", ".lst")):
             return None
+        elif os.path.isfile(p):  # named as it is, even with a [ in its name
+            n += 1
         else:
             n += len(glob.glob(p, recursive=True))
     return n

@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import re
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -66,6 +67,23 @@ def _is_dir(p: str) -> bool:
     return "://" not in p and os.path.isdir(p)
 
 
+def _is_file(p: str) -> bool:
+    """Whether `p` names one file as it is (local disk), whatever its characters."""
+    return "://" not in p and os.path.isfile(p)
+
+
+def _match_named(path: str, walk: bool = False) -> list:
+    """Metadata of the file `path` as named, or with `walk` of every file under the folder `path`, whatever
+    their characters (`Photos [2019]`). Beam's patterns have no quoting, so each *, ? and [ becomes ? (any one
+    character), and what that wider pattern also matches is dropped."""
+    pattern = re.sub(r"[*?[]", "?", path.rstrip("/"))
+    found = FileSystems.match([FileSystems.join(pattern, "**") if walk else pattern])[0].metadata_list
+    if walk:
+        inside = canonical(path).rstrip("/") + "/"
+        return [m for m in found if canonical(m.path).startswith(inside)]
+    return [m for m in found if canonical(m.path) == canonical(path)]
+
+
 def canonical(path: str) -> str:
     """A local path made absolute and normalised; a URI as it is."""
     return path if "://" in path else os.path.abspath(path)
@@ -87,7 +105,7 @@ def _list_lines(path: str):
 
 
 def _root(pattern: str) -> str:
-    """The folder a local folder walk or glob stays in: the folder itself, or the glob's folder before its first wildcard."""
+    """The folder a local glob stays in: the glob's folder before its first wildcard."""
     fixed = pattern
     for i, ch in enumerate(pattern):
         if ch in "*?[":
@@ -117,18 +135,21 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
             if since is None:
                 yield canonical(line), None
                 continue
-            found = FileSystems.match([line])[0].metadata_list
+            found = _match_named(line)
             if found and found[0].last_updated_in_seconds >= since:
                 yield canonical(line), found[0].size_in_bytes
         return
     walk = _is_dir(pattern)
-    if walk:
-        listed = FileSystems.match([FileSystems.join(pattern.rstrip("/"), "**")])[0].metadata_list
+    named = not walk and _is_file(pattern)  # a file named as it is, even with a [ in its name
+    if walk or named:
+        listed = _match_named(pattern, walk)
     else:
         listed = FileSystems.match([pattern])[0].metadata_list
     # A glob or walk on local disk stays in its root; a path named on its own is read as named.
-    globbed = walk or any(ch in pattern for ch in "*?[")
-    root = _root(pattern) if globbed and "://" not in pattern and not follow_symlinks else None
+    globbed = walk or (not named and any(ch in pattern for ch in "*?["))
+    root = None
+    if globbed and "://" not in pattern and not follow_symlinks:
+        root = os.path.realpath(pattern) if walk else _root(pattern)
     found = []
     for m in listed:
         if root is not None and leaves(m.path, root):
@@ -215,7 +236,7 @@ def _folder_has_candidate(folder: str):
                     if walk_takes(name):
                         return seen, True
         return seen, False
-    found = FileSystems.match([FileSystems.join(folder.rstrip("/"), "**")])[0].metadata_list
+    found = _match_named(folder, walk=True)
     return len(found), any(walk_takes(m.path) for m in found)
 
 
@@ -239,7 +260,7 @@ def check_inputs(patterns) -> None:
             if not ok:
                 raise InputError(f"input folder {p!r} holds no image files: its {seen} file(s) all have "
                                  f"non-image extensions (images: {', '.join(IMAGE_EXTENSIONS)}, or no extension)")
-        elif not FileSystems.match([p])[0].metadata_list:
+        elif not _is_file(p) and not FileSystems.match([p])[0].metadata_list:
             raise InputError(f"input {p!r} matched no files")
 
 
