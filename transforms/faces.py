@@ -106,10 +106,11 @@ def chip_level(face_w: float, max_level: int) -> int:
 TURNS = ("off", "no-face", "always")
 DEFAULT_TURNS = "no-face"
 # HOG also fires, weakly, on about a quarter of upside-down faces, and the chip of such a find is no one's
-# face. So a HOG find settles a photo's turn only at this score or more. Fitted by `facebeam bench embed
-# --turn-scores` (the lowest tenth above every false upright find of the photos turned 180 degrees: best
-# 0.667 on the sample, 1.04 on 400 augmented copies); 1.6-2.8% of upright photos score below it and pay
-# the turned tries. The CNN finds no face upside down, so any CNN find is sure.
+# face. So a HOG find settles a photo's turn only at this score or more; below it, the photo is also tried
+# upside down (on their side, HOG's false finds were rare: 4 of 464 photos, and weak: at most 0.18). Fitted
+# by `facebeam bench embed --turn-scores` (the lowest tenth above every false upright find of the photos
+# turned 180 degrees: best 0.667 on the sample, 1.04 on 400 augmented copies); 1.6-2.8% of upright photos
+# score below it and pay one more detection. The CNN finds no face upside down, so any CNN find is sure.
 SURE_HOG_SCORE = 1.1
 
 
@@ -407,7 +408,8 @@ class FaceModel:
         if self.turns == "off" or (self.turns == "no-face" and self.sure(found, by_hog)):
             return 0, found
         tried = [(0, bgr, found)]
-        for turn in (90, 180, 270):
+        # An unsure find is weighed against the photo upside down only: that is where HOG's false finds are.
+        for turn in (180,) if found and self.turns == "no-face" else (90, 180, 270):
             turned = np.ascontiguousarray(np.rot90(bgr, turn // 90))
             tried.append((turn, turned, self.detect(turned)))
             metrics.count(turn_counter(turn, "tried"))
