@@ -348,6 +348,16 @@ def test_inputs_named_with_brackets_stars_and_question_marks_are_read_as_named(t
     assert [os.path.basename(p) for p, _ in sources.expand(str(plain / "*.jpg"))] == ["e.jpg"]
 
 
+def test_a_spreadsheets_csv_and_an_editors_list_file_with_a_byte_order_mark_are_read(tmp_path):
+    from facebeam.transforms import labels, sources
+
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "labels.csv").write_bytes("\ufeffPath, Label\r\na.jpg,alice\r\n".encode())
+    assert labels.CsvLabeler(str(tmp_path / "labels.csv"))(str(tmp_path / "a.jpg")) == "alice"
+    (tmp_path / "list.txt").write_bytes(f"\ufeff{tmp_path / 'a.jpg'}\r\n".encode())
+    assert [p for p, _ in sources.expand(str(tmp_path / "list.txt"), since=0.0)] == [str(tmp_path / "a.jpg")]
+
+
 def test_private_files_are_owner_only(tmp_path):
     privacy.write_private(tmp_path / "d" / "secret.json", '{"password": "x"}')
     assert (tmp_path / "d" / "secret.json").stat().st_mode & 0o777 == 0o600

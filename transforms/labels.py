@@ -63,8 +63,11 @@ class CsvLabeler:
     """A CSV with columns path (or file) and label; a row matches by full path or by file name."""
 
     def __init__(self, csv_path: str):
-        with open(csv_path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        # utf-8-sig: a spreadsheet's CSV export starts with a byte-order mark, which would hide the first column.
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            reader.fieldnames = [(n or "").strip().lower() for n in reader.fieldnames or ()]  # "Path", " Label "
+            rows = list(reader)
         if not rows or "label" not in rows[0] or not ({"path", "file"} & set(rows[0])):
             raise ValueError(f"{csv_path}: need a header with 'path' (or 'file') and 'label' columns")
         self._labels = {}

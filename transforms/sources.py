@@ -98,7 +98,7 @@ def walk_takes(path: str) -> bool:
 
 def _list_lines(path: str):
     with FileSystems.open(path) as f:
-        for line in f.read().decode("utf-8").splitlines():
+        for line in f.read().decode("utf-8-sig").splitlines():  # -sig: an editor's byte-order mark is not a path
             line = line.strip()
             if line and not line.startswith("#"):
                 yield line
