@@ -356,6 +356,8 @@ def test_a_spreadsheets_csv_and_an_editors_list_file_with_a_byte_order_mark_are_
     assert labels.CsvLabeler(str(tmp_path / "labels.csv"))(str(tmp_path / "a.jpg")) == "alice"
     (tmp_path / "list.txt").write_bytes(f"\ufeff{tmp_path / 'a.jpg'}\r\n".encode())
     assert [p for p, _ in sources.expand(str(tmp_path / "list.txt"), since=0.0)] == [str(tmp_path / "a.jpg")]
+    (tmp_path / "pairs.csv").write_bytes("\ufeffFile_x,file_y,Decision\r\na.jpg,b.jpg,Yes\r\n".encode())
+    assert labels.read_pairs(str(tmp_path / "pairs.csv")) == [("a.jpg", "b.jpg", True)]
 
 
 def test_private_files_are_owner_only(tmp_path):

@@ -144,8 +144,9 @@ def read_pairs(pairs_csv: str, by_name: bool = True) -> list:
     from facebeam.transforms.errors import UserError
 
     name = (lambda p: posixpath.basename(p.replace(os.sep, "/"))) if by_name else (lambda p: p)
-    with open(pairs_csv, newline="") as f:
+    with open(pairs_csv, newline="", encoding="utf-8-sig") as f:  # -sig: as CsvLabeler
         reader = csv.DictReader(f)
+        reader.fieldnames = [(n or "").strip().lower() for n in reader.fieldnames or ()]
         if not {"file_x", "file_y", "decision"} <= set(reader.fieldnames or ()):
             raise UserError(f"{pairs_csv}: need columns file_x, file_y and decision (Yes/No)")
         return [(name(r["file_x"]), name(r["file_y"]), r["decision"].strip().lower() in ("yes", "true", "1", "same"))
