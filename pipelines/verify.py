@@ -17,7 +17,6 @@ or the layout of face-recognition-pivot.csv (file_x,file_y,decision: PHOTO = fil
 NAME = file_y's file name, for a collection labeled by file name). With a decision column
 (Yes/No) it prints the accuracy.
 """
-import csv
 import dataclasses
 import logging
 import os
@@ -25,7 +24,7 @@ import sys
 import time
 
 from facebeam.pipelines import jobs, options
-from facebeam.transforms import knn, sources
+from facebeam.transforms import knn, labels, sources
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
 
@@ -73,8 +72,7 @@ def read_pairs(path: str, photos: str = None) -> list:
     """(photo path, identity, expected same or None) per CSV row."""
     base = photos or os.path.dirname(os.path.abspath(path))
     out = []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    _, rows = labels.csv_dicts(path)
     for r in rows:
         if "photo" in r and "identity" in r:
             photo, name = r["photo"], r["identity"]

@@ -59,15 +59,20 @@ class ParentDirLabeler:
         return posixpath.basename(parent) or None
 
 
+def csv_dicts(path: str) -> tuple:
+    """(column names, rows as dicts) of a CSV as spreadsheets and editors write it: a byte-order mark is not part
+    of the first name (utf-8-sig), and names are lower case without surrounding spaces ("Path", " Label ")."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        reader.fieldnames = [(n or "").strip().lower() for n in reader.fieldnames or ()]
+        return reader.fieldnames, list(reader)
+
+
 class CsvLabeler:
     """A CSV with columns path (or file) and label; a row matches by full path or by file name."""
 
     def __init__(self, csv_path: str):
-        # utf-8-sig: a spreadsheet's CSV export starts with a byte-order mark, which would hide the first column.
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            reader.fieldnames = [(n or "").strip().lower() for n in reader.fieldnames or ()]  # "Path", " Label "
-            rows = list(reader)
+        _, rows = csv_dicts(csv_path)
         if not rows or "label" not in rows[0] or not ({"path", "file"} & set(rows[0])):
             raise ValueError(f"{csv_path}: need a header with 'path' (or 'file') and 'label' columns")
         self._labels = {}
@@ -144,13 +149,11 @@ def read_pairs(pairs_csv: str, by_name: bool = True) -> list:
     from facebeam.transforms.errors import UserError
 
     name = (lambda p: posixpath.basename(p.replace(os.sep, "/"))) if by_name else (lambda p: p)
-    with open(pairs_csv, newline="", encoding="utf-8-sig") as f:  # -sig: as CsvLabeler
-        reader = csv.DictReader(f)
-        reader.fieldnames = [(n or "").strip().lower() for n in reader.fieldnames or ()]
-        if not {"file_x", "file_y", "decision"} <= set(reader.fieldnames or ()):
-            raise UserError(f"{pairs_csv}: need columns file_x, file_y and decision (Yes/No)")
-        return [(name(r["file_x"]), name(r["file_y"]), r["decision"].strip().lower() in ("yes", "true", "1", "same"))
-                for r in reader]
+    names, rows = csv_dicts(pairs_csv)
+    if not {"file_x", "file_y", "decision"} <= set(names):
+        raise UserError(f"{pairs_csv}: need columns file_x, file_y and decision (Yes/No)")
+    return [(name(r["file_x"]), name(r["file_y"]), r["decision"].strip().lower() in ("yes", "true", "1", "same"))
+            for r in rows]
 
 
 def identities_from_pairs(pairs) -> dict:
