@@ -360,6 +360,18 @@ def test_a_spreadsheets_csv_and_an_editors_list_file_with_a_byte_order_mark_are_
     assert labels.read_pairs(str(tmp_path / "pairs.csv")) == [("a.jpg", "b.jpg", True)]
 
 
+def test_beams_noise_is_dropped_also_when_a_worker_relays_it(caplog):
+    import logging
+
+    import facebeam.pipelines  # noqa: F401  (installs the filter on the root logger)
+
+    with caplog.at_level(logging.WARNING):
+        logging.warning("%s", "Resource module is not available for current platform, memory usage cannot be fetched.")
+        logging.warning("apitools not found, and bigquery client libraries are not available")
+        logging.warning("%s", "a warning of the user's own")
+    assert [r.getMessage() for r in caplog.records] == ["a warning of the user's own"]
+
+
 def test_private_files_are_owner_only(tmp_path):
     privacy.write_private(tmp_path / "d" / "secret.json", '{"password": "x"}')
     assert (tmp_path / "d" / "secret.json").stat().st_mode & 0o777 == 0o600
