@@ -1,5 +1,11 @@
 """facebeam jobs: each module is a Beam pipeline or a local tool behind `facebeam <command>`."""
 import logging
+import os
+
+# gRPC reads GRPC_VERBOSITY once, when apache_beam first imports it, so a job's own setting came too late for
+# the launcher: its INFO lines (such as a port's second loopback address refused) reached the user's terminal.
+# Set here, before any job imports apache_beam; a user's own value wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 class _DropBeamNoise(logging.Filter):

@@ -107,8 +107,7 @@ def setup_logging(verbose: bool = False) -> None:
     # Worker errors come back as the job's exception (a user error as one line, a bug with its traceback).
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.CRITICAL)
     os.environ[WORKER_LOG_ENV] = "INFO" if verbose else "ERROR"  # what workers count, the summary says
-    if not verbose:
-        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    if not verbose:  # GRPC_VERBOSITY is set where gRPC is first imported (pipelines/__init__.py)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

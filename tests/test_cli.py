@@ -340,6 +340,27 @@ def test_make_demo_fits_one_screen(tmp_path):
 
 
 # --- the progress bar ----------------------------------------------------------------------------------
+def test_grpc_keeps_its_info_lines_to_itself_in_the_launcher():
+    """A gRPC server whose port's second loopback address is taken (the dual-stack form of 127.0.0.1) logs an
+    INFO line; set after gRPC's import, GRPC_VERBOSITY did not hide it, and a stopped run printed two lines."""
+    code = """
+import socket, sys
+import facebeam.pipelines.embed  # what `facebeam embed` imports first: apache_beam, and with it gRPC
+import grpc
+from concurrent import futures
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::ffff:127.0.0.1", 0))
+s.listen()
+server = grpc.server(futures.ThreadPoolExecutor(1))
+print(server.add_insecure_port(f"localhost:{s.getsockname()[1]}"))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and int(done.stdout) > 0, done.stderr
+    assert "chttp2" not in done.stderr and "Address already in use" not in done.stderr, done.stderr
+
+
 def test_a_progress_bar_on_a_terminal_only(tmp_path):
     photos = [os.path.join(SAMPLE, n) for n in ("img1.jpg", "img2.jpg", "img3.jpg", "img4.jpg")]
     shown = on_a_terminal("embed", "--input", *photos, "--output", str(tmp_path / "tty"))
