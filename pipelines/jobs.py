@@ -31,7 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from facebeam.pipelines import options
 from facebeam.pipelines.runner.kinds import runner_kind, runner_name
-from facebeam.transforms import manifest, metrics, privacy, progress, shards
+from facebeam.transforms import manifest, metrics, privacy, progress, shards, sources
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.summary import JobSummary
 
@@ -273,7 +273,7 @@ def _quiet_worker_death(hook):
 @contextlib.contextmanager
 def lock_output(folder: str):
     """Hold `<folder>/.facebeam.lock` (exclusive, non-blocking) while the body runs; see the module docstring."""
-    if any(ch in folder for ch in "*?["):  # Beam's own writes match their temp files by pattern, and fail
+    if sources.has_wildcard(folder):  # Beam's own writes match their temp files by pattern, and fail
         raise UserError(f"output folder {folder!r} has a *, ? or [ in its path, which Beam's file matching reads as "
                         "a wildcard (it has no quoting): choose a folder without them")
     if "://" in folder:
@@ -322,7 +322,7 @@ def lock_output(folder: str):
 
 def preflight(inputs, spec) -> None:
     """Fail in the launcher, before any worker starts: inputs that name nothing, missing weights."""
-    from facebeam.transforms import sources, weights
+    from facebeam.transforms import weights
 
     sources.check_inputs(inputs.patterns)
     if weights.require(spec) is None:  # raises WeightsMissing naming the file and where it goes; loads nothing
@@ -371,7 +371,6 @@ def write_summary(path: str, summary) -> None:
 
 
 def embed_summary(result, elapsed: float, spec, opts, turns: str = None) -> dict:
-    from facebeam.transforms import sources
     from facebeam.transforms.faces import DEFAULT_TURNS, detection_summary
 
     counters = metrics.read_counters(result)

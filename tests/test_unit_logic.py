@@ -348,6 +348,24 @@ def test_inputs_named_with_brackets_stars_and_question_marks_are_read_as_named(t
     assert [os.path.basename(p) for p, _ in sources.expand(str(plain / "*.jpg"))] == ["e.jpg"]
 
 
+def test_a_glob_ending_in_a_slash_walks_the_folders_it_matches_and_a_bracketed_folder_is_a_label_root(tmp_path):
+    from facebeam.transforms import labels, progress, sources
+
+    for folder, name in (("alice", "1.jpg"), ("bob", "2.jpg"), ("Photos [2019]", "3.jpg")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).write_bytes(b"x")
+    walked = str(tmp_path) + "/*/"
+    sources.check_inputs([walked])
+    assert sorted(os.path.basename(p) for p, _ in sources.expand(walked)) == ["1.jpg", "2.jpg", "3.jpg"]
+    assert progress.count_files([walked], sources.IMAGE_EXTENSIONS) == 3
+    with pytest.raises(sources.InputError, match="matched no files"):
+        sources.check_inputs([str(tmp_path) + "/nobody*/"])
+    # parent-dir labels: a folder named with a [ is the root as it is, so a photo directly in it has no label.
+    bracketed = str(tmp_path / "Photos [2019]")
+    assert labels.labeler_from("parent-dir", [bracketed])(bracketed + "/3.jpg") is None
+    assert labels.labeler_from("parent-dir", [walked])(str(tmp_path / "alice/1.jpg")) == "alice"
+
+
 def test_a_spreadsheets_csv_and_an_editors_list_file_with_a_byte_order_mark_are_read(tmp_path):
     from facebeam.transforms import labels, sources
 

@@ -28,12 +28,14 @@ def input_roots(patterns) -> tuple:
     List files name photos one by one and give no root.
     """
     roots = []
+    from facebeam.transforms.sources import has_wildcard, is_glob, is_list
+
     for p in patterns or ():
-        if p.startswith("@") or p.lower().endswith((".txt", ".lst", ".list")):
+        if is_list(p):
             continue
         parts = _norm(p).split("/")
-        if any(ch in p for ch in "*?["):
-            cut = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+        if is_glob(p):  # a folder named `Photos [2019]` is a root as it is
+            cut = next(i for i, part in enumerate(parts) if has_wildcard(part))
             parts = parts[:cut]
         roots.append("/".join(parts) or "/")
     return tuple(roots)

@@ -189,19 +189,20 @@ def count_files(patterns, extensions, budget_s: float = 2.0):
     not cheap to know (another filesystem, a list file, or more than `budget_s` of walking)."""
     import glob
 
+    from facebeam.transforms.sources import is_list
+
     n, deadline = 0, time.monotonic() + budget_s
     for p in patterns:
-        if "://" in p or p.startswith("@"):
+        if "://" in p or is_list(p):
             return None
         if os.path.isdir(p):
             for _, _, names in os.walk(p):
                 n += sum(1 for name in names if name.lower().endswith(tuple(extensions)) or "." not in name)
                 if time.monotonic() > deadline:
                     return None
-        elif os.path.isfile(p) and p.lower().endswith((".txt", ".lst")):
-            return None
         elif os.path.isfile(p):  # named as it is, even with a [ in its name
             n += 1
-        else:
-            n += len(glob.glob(p, recursive=True))
+        else:  # a glob; one ending in / walks the folders it matches
+            found = glob.glob(os.path.join(p, "**") if p.endswith("/") else p, recursive=True)
+            n += sum(1 for f in found if os.path.isfile(f))
     return n

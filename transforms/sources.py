@@ -1,5 +1,8 @@
 """Inputs: folders (recursive), glob patterns and list files, on any Beam filesystem.
 
+A folder or file that exists is read as named, whatever its characters (`is_glob`); a glob that
+ends in / walks every folder it matches (`people/*/`).
+
 The rule for files: every file a glob or a list file names is read, and decoding decides
 (`not_an_image` when it is not one). A folder walk reads every file whose name has an image
 extension or no extension at all (decoding decides again); a file with any other extension
@@ -42,6 +45,7 @@ LIST_EXTENSIONS = (".txt", ".lst", ".list")
 SKIPPED = "files_skipped."  # Beam counters files_skipped.<why>: files listed but not read
 SKIPPED_NOT_IMAGE = SKIPPED + "not_image"  # folder-walk files with a non-image extension
 SKIPPED_SYMLINK = SKIPPED + "symlink_outside"  # symlinks whose target leaves the input root
+WILDCARDS = "*?["  # what Beam's match reads as a pattern (it has no quoting)
 
 
 class InputError(UserError, ValueError):
@@ -61,6 +65,21 @@ class Inputs:
     follow_symlinks: bool = False  # read symlinks whose target leaves the input root
 
 
+def has_wildcard(path: str) -> bool:
+    return any(ch in path for ch in WILDCARDS)
+
+
+def is_list(p: str) -> bool:
+    """Whether an input is a list file (`@file`, or a .txt/.lst/.list name)."""
+    return p.startswith("@") or p.lower().endswith(LIST_EXTENSIONS)
+
+
+def is_glob(p: str) -> bool:
+    """Whether an input is a pattern: it has a wildcard and names no local folder or file as it is
+    (`Photos [2019]` that exists is a folder, not a glob)."""
+    return has_wildcard(p) and not ("://" not in p and os.path.exists(p))
+
+
 def _is_dir(p: str) -> bool:
     if p.endswith("/"):
         return True
@@ -72,11 +91,21 @@ def _is_file(p: str) -> bool:
     return "://" not in p and os.path.isfile(p)
 
 
+def _walk(folder: str) -> list:
+    """Metadata of every file under a folder input: one named as it is, or every folder a pattern matches
+    (`people/*/`). A remote folder with a wildcard is tried as named first: object stores have no folder
+    whose existence could say which it is."""
+    if not is_glob(folder):
+        return _match_named(folder, walk=True)
+    found = _match_named(folder, walk=True) if "://" in folder else []
+    return found or FileSystems.match([FileSystems.join(folder.rstrip("/"), "**")])[0].metadata_list
+
+
 def _match_named(path: str, walk: bool = False) -> list:
     """Metadata of the file `path` as named, or with `walk` of every file under the folder `path`, whatever
     their characters (`Photos [2019]`). Beam's patterns have no quoting, so each *, ? and [ becomes ? (any one
     character), and what that wider pattern also matches is dropped."""
-    pattern = re.sub(r"[*?[]", "?", path.rstrip("/"))
+    pattern = re.sub(f"[{re.escape(WILDCARDS)}]", "?", path.rstrip("/"))
     found = FileSystems.match([FileSystems.join(pattern, "**") if walk else pattern])[0].metadata_list
     if walk:
         inside = canonical(path).rstrip("/") + "/"
@@ -108,7 +137,7 @@ def _root(pattern: str) -> str:
     """The folder a local glob stays in: the glob's folder before its first wildcard."""
     fixed = pattern
     for i, ch in enumerate(pattern):
-        if ch in "*?[":
+        if ch in WILDCARDS:
             fixed = os.path.dirname(pattern[:i])
             break
     return os.path.realpath(fixed or ".")
@@ -130,7 +159,7 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
     def fresh(m):
         return since is None or m.last_updated_in_seconds >= since
 
-    if pattern.startswith("@") or pattern.lower().endswith(LIST_EXTENSIONS):
+    if is_list(pattern):
         for line in _list_lines(pattern.lstrip("@")):
             if since is None:
                 yield canonical(line), None
@@ -141,15 +170,17 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
         return
     walk = _is_dir(pattern)
     named = not walk and _is_file(pattern)  # a file named as it is, even with a [ in its name
-    if walk or named:
-        listed = _match_named(pattern, walk)
+    if walk:
+        listed = _walk(pattern)
+    elif named:
+        listed = _match_named(pattern)
     else:
         listed = FileSystems.match([pattern])[0].metadata_list
     # A glob or walk on local disk stays in its root; a path named on its own is read as named.
-    globbed = walk or (not named and any(ch in pattern for ch in "*?["))
+    glob = is_glob(pattern)
     root = None
-    if globbed and "://" not in pattern and not follow_symlinks:
-        root = os.path.realpath(pattern) if walk else _root(pattern)
+    if (walk or glob) and "://" not in pattern and not follow_symlinks:
+        root = _root(pattern) if glob else os.path.realpath(pattern)
     found = []
     for m in listed:
         if root is not None and leaves(m.path, root):
@@ -227,7 +258,7 @@ def read_bytes(path: str, max_bytes: int):
 
 def _folder_has_candidate(folder: str):
     """(files seen, whether one is read by the walk); stops at the first candidate on local disk."""
-    if "://" not in folder:
+    if "://" not in folder and not is_glob(folder):
         seen = 0
         for root, _dirs, names in os.walk(folder):
             for name in names:
@@ -236,7 +267,7 @@ def _folder_has_candidate(folder: str):
                     if walk_takes(name):
                         return seen, True
         return seen, False
-    found = _match_named(folder, walk=True)
+    found = _walk(folder)
     return len(found), any(walk_takes(m.path) for m in found)
 
 
@@ -247,7 +278,7 @@ def check_inputs(patterns) -> None:
     match something; a list file must exist and name at least one path.
     """
     for p in patterns:
-        if p.startswith("@") or p.lower().endswith(LIST_EXTENSIONS):
+        if is_list(p):
             path = p.lstrip("@")
             if not FileSystems.exists(path):
                 raise InputError(f"list file {path!r} does not exist")
@@ -256,7 +287,7 @@ def check_inputs(patterns) -> None:
         elif _is_dir(p):
             seen, ok = _folder_has_candidate(p)
             if not seen:
-                raise InputError(f"input folder {p!r} holds no files")
+                raise InputError(f"input {p!r} matched no files" if is_glob(p) else f"input folder {p!r} holds no files")
             if not ok:
                 raise InputError(f"input folder {p!r} holds no image files: its {seen} file(s) all have "
                                  f"non-image extensions (images: {', '.join(IMAGE_EXTENSIONS)}, or no extension)")
