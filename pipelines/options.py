@@ -178,8 +178,10 @@ def choices_said(command: str, config, result) -> list:
     store = getattr(config, "store", None)
     if store is not None and getattr(store, "kind", "") is None and result.get("backend"):
         backend = result["backend"]
-        why = "an Elasticsearch cluster is configured" if backend in ("es", "elasticsearch") else \
-            "no Elasticsearch configured"
+        why = {"es": "an Elasticsearch cluster is configured", "elasticsearch": "an Elasticsearch cluster is configured",
+               "redis": "no Elasticsearch configured, a Redis is"}.get(backend, "no Elasticsearch configured")
+        if command == "verify" and backend == "local":
+            why = "no Elasticsearch or Redis configured"
         said.append(f"store: {backend}, chosen automatically ({why}; --store picks another)")
     if getattr(config, "dry_run", False):
         said.append("dry run: nothing was changed (without --dry-run these go)")

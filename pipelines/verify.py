@@ -1,9 +1,10 @@
 """facebeam verify: is the person in this photo NAME? Same or different, with the distance.
 
-    facebeam verify PHOTO --as NAME [--store redis|es] [--index faces] [--threshold T]
-    facebeam verify --pairs CSV [--photos DIR] [--store redis|es] ...
+    facebeam verify PHOTO --as NAME [--store redis|es|local] [--index faces] [--threshold T]
+    facebeam verify --pairs CSV [--photos DIR] [--store redis|es|local] ...
 
-Without --store: Elasticsearch when a cluster is configured, else Redis.
+Without --store: Elasticsearch when a cluster is configured, else Redis when one is, else the
+embedded index when one is built (what `facebeam run` makes without a server).
 The photo's largest face is embedded with the store's own spec and compared with every
 face labeled NAME (`facebeam index --store redis` loads labeled faces by identity; on
 Elasticsearch the faces carry a `label`). The closest one decides: same person when its
@@ -58,7 +59,7 @@ def build_parser():
                                                                  "(default: the CSV's folder)")
     p.add_argument("--index", default="faces", help="alias / store name (default %(default)s)")
     p.add_argument("--threshold", type=float, default=None, help="same-person distance (default: calibrated, else the model's)")
-    options.add_store(p, kinds=KINDS, auto="redis")
+    options.add_store(p, kinds=KINDS, auto="redis when configured, else local when built")
     options.add_es(p)
     return p
 

@@ -376,21 +376,27 @@ def test_a_progress_bar_on_a_terminal_only(tmp_path):
 
 
 # --- verify: which face ----------------------------------------------------------------------------
-def test_verify_on_a_two_face_photo_names_the_face_and_offers_face(sample_run, redis_conn_args, tmp_path):
-    """couple.jpg has two people; each face is labeled person_<face_index>. The default compares the
-    largest face; --face picks the other one, which is then the same person at distance 0."""
+def couple_shards(sample_run, folder) -> list:
+    """Shards of couple.jpg alone, each of its two faces labeled person_<face_index>; returns the rows."""
     rows = [r for name in sorted(os.listdir(os.path.join(sample_run[0], "embeddings"))) if name.endswith(".parquet")
             for r in pq.read_table(os.path.join(sample_run[0], "embeddings", name)).to_pylist()
             if os.path.basename(r["image_path"]) == "couple.jpg"]
     assert len(rows) == 2
     for r in rows:
         r["label"] = f"person_{r['face_index']}"
-    shards = tmp_path / "couple"
-    os.makedirs(shards / "embeddings")
+    os.makedirs(folder / "embeddings")
     first = pq.read_table(os.path.join(sample_run[0], "embeddings",
                                        next(n for n in os.listdir(os.path.join(sample_run[0], "embeddings"))
                                             if n.endswith(".parquet"))))
-    pq.write_table(pa.Table.from_pylist(rows, schema=first.schema), shards / "embeddings" / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(rows, schema=first.schema), folder / "embeddings" / "part-0.parquet")
+    return rows
+
+
+def test_verify_on_a_two_face_photo_names_the_face_and_offers_face(sample_run, redis_conn_args, tmp_path):
+    """couple.jpg has two people; each face is labeled person_<face_index>. The default compares the
+    largest face; --face picks the other one, which is then the same person at distance 0."""
+    shards = tmp_path / "couple"
+    rows = couple_shards(sample_run, shards)
     job(index, ["--shards", str(shards), "--store", "redis", "--index", "cli-couple", *redis_conn_args])
 
     largest = max(rows, key=lambda r: r["box_w"] * r["box_h"])["face_index"]
@@ -407,3 +413,21 @@ def test_verify_on_a_two_face_photo_names_the_face_and_offers_face(sample_run, r
                                "--face N): distance 0.0000 <=")
     r = facebeam("verify", photo, "--as", f"person_{other}", "--face", "5", *args, check=False)
     assert r.returncode == 2 and "has 2 face(s), numbered 0 to 1 left to right" in r.stderr
+
+
+def test_verify_without_a_server_uses_the_embedded_index_that_run_builds(sample_run, tmp_path):
+    """No Elasticsearch and no Redis configured: verify reads the embedded index, the zero-server default of
+    `run` and `index`, and says so; with no such index it names all three places it looked."""
+    env = {"FACEBEAM_HOME": str(tmp_path / "home")}
+    shards = tmp_path / "couple"
+    rows = couple_shards(sample_run, shards)
+    facebeam("index", "--shards", str(shards), "--index", "cli-couple", env=env)
+    largest = max(rows, key=lambda r: r["box_w"] * r["box_h"])["face_index"]
+    photo = os.path.join(SAMPLE, "couple.jpg")
+    r = facebeam("verify", photo, "--as", f"person_{largest}", "--index", "cli-couple", env=env)
+    assert r.stdout.startswith(f"same: {photo} as person_{largest} (face {largest} of 2 in the photo, the largest; ")
+    assert "distance 0.0000 <=" in r.stdout and " on local" in r.stdout
+    assert "store: local, chosen automatically (no Elasticsearch or Redis configured" in r.stdout
+    r = facebeam("verify", photo, "--as", "person_0", "--index", "nobody-built-this", env=env, check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "no Redis configured" in r.stderr and "nobody-built-this is not built" in r.stderr

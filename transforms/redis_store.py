@@ -45,6 +45,10 @@ class RedisError(UserError):
     """Redis is unreachable, refuses the credentials, or holds something else than asked."""
 
 
+class RedisNotConfigured(RedisError):
+    """No Redis named anywhere (flag, environment or connection file): automatic choices look elsewhere."""
+
+
 def conn_file_default() -> Path:
     return facebeam_home() / "redis" / "connection.json"
 
@@ -72,7 +76,7 @@ class RedisConn:
         path = path or str(default)
         info = _read_conn(path)
         if info is None:
-            raise RedisError(f"no Redis configured: run `facebeam redis up`, or pass --redis-url HOST:PORT with "
+            raise RedisNotConfigured(f"no Redis configured: run `facebeam redis up`, or pass --redis-url HOST:PORT with "
                              f"{ENV_PASSWORD} set (no connection file at {path})")
         return cls(host=info.get("host", "127.0.0.1"), port=int(info["port"]), conn_file=path)
 

@@ -117,10 +117,23 @@ def for_loading(choice: StoreChoice, connect, name: str, auto: str = "local") ->
 
 
 def for_verify(choice: StoreChoice, connect, name: str) -> FaceStore:
-    """Verification: --store, else Elasticsearch when a cluster is configured, else Redis."""
-    store = for_loading(choice, connect, name, auto="redis")
-    if not choice.given():
-        log.info("verifying on %s (no --store given)", store.describe())
+    """Verification: --store, else Elasticsearch when a cluster is configured, else Redis when one is, else the
+    embedded index when one is built (the zero-server default of `run`)."""
+    from facebeam.transforms.redis_store import RedisNotConfigured
+
+    if choice.given():
+        return make(choice, connect, name)
+    if es_configured(connect):
+        store = make(dataclasses.replace(choice, kind="es"), connect, name)
+    else:
+        try:
+            store = make(dataclasses.replace(choice, kind="redis"), connect, name)
+        except RedisNotConfigured as e:
+            store = make(dataclasses.replace(choice, kind="local"), connect, name)
+            if not store.exists():
+                raise RedisNotConfigured(f"{e}; and the {store.describe()} is not built (`facebeam run --store local` "
+                                         "builds it)") from None
+    log.info("verifying on %s (no --store given)", store.describe())
     return store
 
 
