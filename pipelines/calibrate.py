@@ -10,7 +10,8 @@ the accuracy at the current threshold, the best threshold with its accuracy and 
 cross-validated accuracy on unseen photos, and writes OUTPUT/calibration.json and
 OUTPUT/roc.png (ROC and DET curves). OUTPUT defaults to the shards folder, where
 `query --exact` and `search --exact` find it. It is also written into the metadata of the store
-`--store S` (or `--index NAME`, an Elasticsearch alias) names, and of every store the shards were
+`--store S` names (`--index NAME` alone: Elasticsearch when a cluster is configured, else the
+embedded index, as `index` and `run` choose), and of every store the shards were
 loaded into (DIR/stores.json), so every verdict read from those stores uses it and says so.
 The embedding spec (and its id) does not change.
 """
@@ -49,7 +50,8 @@ def build_parser():
                    help="input folder parent-dir labels count from (default: the folder all photos share)")
     p.add_argument("--pairs", default=None, metavar="CSV", help="judge these pairs (file_x,file_y,decision)")
     p.add_argument("--output", default=None, help="where calibration.json and roc.png go (default: --shards)")
-    p.add_argument("--index", default=None, help="also keep the threshold in this index's _meta")
+    p.add_argument("--index", default=None, help="also keep the threshold in this index's metadata (the store --store "
+                                                       "names, else as `index` chooses)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds over photos (default %(default)s)")
     options.add_es(p)
     options.add_store(p)
@@ -136,8 +138,8 @@ def carry(config: CalibrateConfig, spec, result: dict) -> list:
     named = None
     if config.store.given():
         named = stores.make(config.store, config.es.connection, config.index or "faces")
-    elif config.index:
-        named = stores.make(stores.StoreChoice("es"), config.es.connection, config.index)
+    elif config.index:  # chosen as a load chooses: Elasticsearch when configured, else the embedded index
+        named = stores.for_loading(config.store, config.es.connection, config.index)
     lines = []
     for store in stores.recorded_stores(config.shards, config.es.connection, named)[:-1]:
         try:

@@ -156,3 +156,25 @@ def test_calibrate_on_the_embedded_index_and_search_store_local_uses_it(tree, tm
     assert printed.count(where) == 1 + len(photos) + 1, printed  # the ready line, each photo's, the result line
     judged = re.findall(r"^\s+\d+\s+([\d.]+)\s+(yes|no)\s", printed, flags=re.M)
     assert judged and all((float(d) <= t) == (same == "yes") for d, same in judged)
+
+
+def test_calibrate_index_without_store_reaches_the_embedded_index_when_no_cluster_is_configured(tree, tmp_path,
+                                                                                               monkeypatch):
+    """`--index NAME` alone is chosen as `index` chooses: with no Elasticsearch configured, the embedded index
+    (it used to mean Elasticsearch, and stopped with 'no Elasticsearch URL'); a name no store holds is refused."""
+    from facebeam.transforms.stores.embedded import EmbeddedStore
+
+    work, root, out, people = tree
+    monkeypatch.setenv("FACEBEAM_HOME", str(tmp_path / "home"))
+    for name in ("FACEBEAM_ES_URL", "FACEBEAM_ES_CONN"):
+        monkeypatch.delenv(name, raising=False)
+    shards_copy = str(tmp_path / "shards")
+    shutil.copytree(out, shards_copy)
+    job(index, ["--shards", shards_copy, "--index", "cal-auto"])
+    cal = job(calibrate_cmd, ["--shards", shards_copy, "--label-from", "parent-dir", "--index", "cal-auto",
+                              "--output", str(tmp_path / "cal")])
+    folder = str(tmp_path / "home" / "ann" / "cal-auto")
+    assert EmbeddedStore("cal-auto", folder).describe() in cal["stores"]  # (others: the stores `out` was loaded into)
+    assert EmbeddedStore("cal-auto", folder).calibration()["threshold"] == pytest.approx(cal["threshold"])
+    assert calibrate_cmd.main(["--shards", shards_copy, "--label-from", "parent-dir", "--index", "nobody-built-this",
+                               "--output", str(tmp_path / "cal2")]) == 2
