@@ -52,7 +52,8 @@ def build_parser():
     p.add_argument("--output", default=None, help="where calibration.json and roc.png go (default: --shards)")
     p.add_argument("--index", default=None, help="also keep the threshold in this index's metadata (the store --store "
                                                        "names, else as `index` chooses)")
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds over photos (default %(default)s)")
+    p.add_argument("--folds", type=options.number(int, least=2), default=5,
+                   help="cross-validation folds over photos (default %(default)s)")
     options.add_es(p)
     options.add_store(p)
     return p

@@ -46,6 +46,31 @@ class Args:
         return set(vars(self._ns))
 
 
+def number(kind=int, least=None, most=None, above=None):
+    """An argparse type: a `kind` number within bounds, so `--k 0` or `--max-pixels -5` is refused by the parser
+    (one usage error, exit 2) rather than by a traceback, or by a job that dead-letters every photo."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"want {'a whole number' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if (least is not None and v < least) or (most is not None and v > most) or (above is not None and v <= above):
+            bounds = [f">= {least}" if least is not None else f"> {above}" if above is not None else None,
+                      f"<= {most}" if most is not None else None]
+            raise argparse.ArgumentTypeError(f"want a number {' and '.join(b for b in bounds if b)}, got {text!r}")
+        return v
+
+    return parse
+
+
+COUNT = number(int, least=1)  # k, batch sizes, byte and pixel limits, workers
+NON_NEGATIVE = number(int, least=0)  # retries, replicas, an index from 0
+PORT = number(int, least=1, most=65535)
+POSITIVE = number(float, above=0)  # timeouts, distance thresholds
+NON_NEGATIVE_NUMBER = number(float, least=0)  # backoffs, sharpness
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The docstring as written; every flag's help ends with its default when it has one worth showing, and
     a flag with a plain default shows it as its value (`[--index faces]` in the usage line)."""
@@ -183,6 +208,8 @@ def choices_said(command: str, config, result) -> list:
         if command == "verify" and backend == "local":
             why = "no Elasticsearch or Redis configured"
         said.append(f"store: {backend}, chosen automatically ({why}; --store picks another)")
+    if result.get("carried"):  # registry.carry_metadata: the store had none of its own
+        said.append(f"the store took the collection's {' and '.join(result['carried'])} (kept with the shards)")
     if getattr(config, "dry_run", False):
         said.append("dry run: nothing was changed (without --dry-run these go)")
     inputs = getattr(config, "inputs", None)
@@ -227,13 +254,13 @@ def add_inputs(p, flag: str = "--input", required: bool = True, labels: bool = T
                        help="store an identity label with each face")
     if backfill:
         g.add_argument("--since", default=None, metavar="DATE", help="only files modified at or after DATE (ISO)")
-    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    g.add_argument("--max-pixels", type=COUNT, default=DEFAULT_MAX_PIXELS,
                    help="refuse images with more pixels, before decoding; the only pixel limit (default %(default)s)")
     g.add_argument("--follow-symlinks", action="store_true",
                    help="read symlinks whose target is outside the input folder/glob (default: skip and count them)")
-    g.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_FILE_BYTES,
+    g.add_argument("--max-file-bytes", type=COUNT, default=DEFAULT_MAX_FILE_BYTES,
                    help="refuse files larger than this many bytes, before reading them")
-    g.add_argument("--batch-size", type=int, default=4, help="images per model batch")
+    g.add_argument("--batch-size", type=COUNT, default=4, help="images per model batch")
 
 
 def inputs_from(a: Args, labels: bool = True, backfill: bool = True) -> Inputs:
@@ -271,7 +298,7 @@ def add_spec(p, check_only: bool = False) -> None:
     g.add_argument("--metric", default=d["metric"], choices=METRICS, help="distance between two face vectors")
     g.add_argument("--detect-max-side", type=int, default=d["detect_max_side"],
                    help="detect on a copy scaled to this longest side (default %(default)s)")
-    g.add_argument("--expand-percentage", type=int, default=d["expand_percentage"],
+    g.add_argument("--expand-percentage", type=NON_NEGATIVE, default=d["expand_percentage"],
                    help="grow each detected box by this percentage before alignment")
 
 
@@ -332,22 +359,22 @@ def add_load(p, alias_required: bool = True) -> None:
                         + ("" if alias_required else " (default %(default)s)"))
     d = BulkConfig.__dataclass_fields__
     g = p.add_argument_group("bulk loading")
-    g.add_argument("--chunk-docs", type=int, default=d["chunk_docs"].default, help="faces per bulk request")
-    g.add_argument("--chunk-bytes", type=int, default=d["chunk_bytes"].default, help="bytes per bulk request, at most")
-    g.add_argument("--max-retries", type=int, default=d["max_retries"].default,
+    g.add_argument("--chunk-docs", type=COUNT, default=d["chunk_docs"].default, help="faces per bulk request")
+    g.add_argument("--chunk-bytes", type=COUNT, default=d["chunk_bytes"].default, help="bytes per bulk request, at most")
+    g.add_argument("--max-retries", type=NON_NEGATIVE, default=d["max_retries"].default,
                    help="retries of a rejected (429) or failed chunk before its faces are dead-lettered")
-    g.add_argument("--initial-backoff", type=float, default=d["initial_backoff_s"].default, metavar="SECONDS",
+    g.add_argument("--initial-backoff", type=NON_NEGATIVE_NUMBER, default=d["initial_backoff_s"].default, metavar="SECONDS",
                    help="first wait between retries; doubles each time")
-    g.add_argument("--es-down-deadline", type=float, default=d["down_deadline_s"].default, metavar="SECONDS",
+    g.add_argument("--es-down-deadline", type=POSITIVE, default=d["down_deadline_s"].default, metavar="SECONDS",
                    help="stop the job once the cluster has answered no bulk request for this long, per worker "
                         "(unsent docs are not dead-lettered; a re-run finishes the load) (default %(default)s)")
     g.add_argument("--index-type", default="hnsw", choices=es_index.INDEX_TYPES,
                    help="Elasticsearch dense_vector index type")
-    g.add_argument("--m", type=int, default=16, help="HNSW graph degree")
-    g.add_argument("--ef-construction", type=int, default=100, help="HNSW candidates while building the graph")
-    g.add_argument("--replicas", type=int, default=None, help="replicas after the load (default: as before)")
-    g.add_argument("--load-replicas", type=int, default=0, help="replicas during the load (default 0)")
-    g.add_argument("--primary-shards", type=int, default=es_index.DEFAULT_TUNING.shards,
+    g.add_argument("--m", type=number(int, least=2), default=16, help="HNSW graph degree")
+    g.add_argument("--ef-construction", type=COUNT, default=100, help="HNSW candidates while building the graph")
+    g.add_argument("--replicas", type=NON_NEGATIVE, default=None, help="replicas after the load (default: as before)")
+    g.add_argument("--load-replicas", type=NON_NEGATIVE, default=0, help="replicas during the load (default 0)")
+    g.add_argument("--primary-shards", type=COUNT, default=es_index.DEFAULT_TUNING.shards,
                    help="primary shards of a new index; each one's graph is built by its own merge at the end "
                         "(default %(default)s)")
     add_es(p)
@@ -375,7 +402,7 @@ def add_persons(p) -> None:
 
     d = persons.Limits()
     g = p.add_argument_group("persons", "the edge threshold and the faces worth clustering")
-    g.add_argument("--threshold", type=float, default=None,
+    g.add_argument("--threshold", type=POSITIVE, default=None,
                    help="edge distance threshold (default: fitted from --pairs or the shards' labels, "
                         "else from the collection's distance distribution)")
     g.add_argument("--pairs", default=None, metavar="CSV",
@@ -383,11 +410,11 @@ def add_persons(p) -> None:
     g.add_argument("--method", default=persons.DEFAULT_METHOD, choices=persons.METHODS,
                    help="cw (Chinese whispers, default), infomap, leiden, density (Immich's rule), cc (connected "
                         "components), mutual (mutual-kNN components); figures: `facebeam bench cluster`")
-    g.add_argument("--k", type=int, default=16, help="neighbours per face in the graph (default %(default)s)")
-    g.add_argument("--min-box", type=int, default=d.min_box, help="smallest face box side, pixels (default %(default)s)")
+    g.add_argument("--k", type=COUNT, default=16, help="neighbours per face in the graph (default %(default)s)")
+    g.add_argument("--min-box", type=NON_NEGATIVE, default=d.min_box, help="smallest face box side, pixels (default %(default)s)")
     g.add_argument("--min-confidence", type=float, default=d.min_confidence,
                    help="lowest detector confidence (default %(default)s)")
-    g.add_argument("--min-sharpness", type=float, default=d.min_sharpness,
+    g.add_argument("--min-sharpness", type=NON_NEGATIVE_NUMBER, default=d.min_sharpness,
                    help="lowest variance of the Laplacian of the face crop (default %(default)s; 0: not computed)")
 
 
@@ -428,6 +455,13 @@ def add_search_filters(p) -> None:
     p.add_argument("--person", default=None, metavar="NAME",
                    help="only faces of the person of this name (`facebeam persons name`) or person id")
     p.add_argument("--path-prefix", default=None, metavar="P", help="only faces of images whose path starts with P")
+
+
+def check_search_size(a: Args) -> None:
+    """--num-candidates must hold the --k hits kept from it."""
+    if a.num_candidates is not None and a.num_candidates < a.k:
+        raise UserError(f"--num-candidates {a.num_candidates} is below --k {a.k}: the k hits are kept from the "
+                        "candidates, so give at least k (or leave it out: max(200, 20k))")
 
 
 def search_filters(a: Args) -> tuple:

@@ -7,8 +7,9 @@
 
 Each change is written once: to the persons table (DIR/persons.parquet, DIR/persons/) and to
 DIR/edits.jsonl, which every later `facebeam cluster` replays by face, so names, merges and
-splits survive a re-cluster. With --index, the faces' documents get the name in their `label`
-field (bulk `update` ops by face id), so query results and top_label carry it. With --shards DIR,
+splits survive a re-cluster. With --index NAME (and --store, else chosen as `index` chooses:
+Elasticsearch when configured, else the embedded index) that store's faces carry the persons' names,
+so search results show them and `--person NAME` filters on them. With --shards DIR,
 every store the collection DIR was loaded into (and its shards) keeps the persons' names with the
 faces: search results show them and `query`/`search --person NAME` filter on them.
 """
@@ -36,6 +37,7 @@ class PersonsConfig:
     index: str = None
     shards: str = None
     es: options.EsFlags = options.EsFlags()
+    store: stores.StoreChoice = stores.StoreChoice()
 
 
 def build_parser():
@@ -52,11 +54,12 @@ def build_parser():
     s.add_argument("person_id", help="the person to take faces from")
     s.add_argument("--faces", nargs="+", required=True, metavar="FACE_ID", help="the faces that become a new person")
     ls = sub.add_parser("list", help="print the persons table, largest first")
-    ls.add_argument("--top", type=int, default=20, help="persons to print, largest first")
+    ls.add_argument("--top", type=options.COUNT, default=20, help="persons to print, largest first")
     for q in (n, m, s):
-        q.add_argument("--index", default=None, help="also update the faces' documents in this alias")
+        q.add_argument("--index", default=None, help="also give the names to the faces of this store (see --store)")
         q.add_argument("--shards", default=None, metavar="DIR",
                        help="also give the names to every store the collection DIR was loaded into (and its shards)")
+        options.add_store(q)
         options.add_es(q)
     return p
 
@@ -66,7 +69,7 @@ def configure(a: options.Args, beam_args=()) -> PersonsConfig:
     if action == "list":
         return PersonsConfig(clusters=a.clusters, action=action, top=a.top)
     base = {"clusters": a.clusters, "action": action, "person_id": a.person_id, "index": a.index, "shards": a.shards,
-            "es": options.es_from(a)}
+            "es": options.es_from(a), "store": options.store_from(a)}
     if action == "name":
         return PersonsConfig(**base, name=a.name)
     if action == "merge":
@@ -85,9 +88,14 @@ def run(config: PersonsConfig, pipeline=None) -> dict:
         return {"persons": len(table)}
     with jobs.lock_output(c.clusters):  # private, as `cluster` wrote it, and one edit at a time
         result = persons.edit(c.clusters, c.action, c.person_id, name=c.name, into=c.into, faces=c.faces)
-    if c.index:
-        result["index_updated"] = stores.push_persons_to(stores.make(stores.StoreChoice("es"), c.es.connection, c.index),
-                                                         persons.lookup(c.clusters))
+    if c.index or c.store.given():
+        named = stores.for_loading(c.store, c.es.connection, c.index or "faces")
+        if not named.exists():
+            named.close()
+            raise UserError(f"the names are kept in {c.clusters}, but {named.describe()} holds no collection: "
+                            "load it first (`facebeam index`), or name another with --index/--store")
+        result["index_updated"] = stores.push_persons_to(named, persons.lookup(c.clusters))
+        print(f"  {named.describe()}: {result['index_updated']} face(s) carry a person")
     if c.shards:
         result["stores_updated"] = stores.push_persons(c.shards, c.es.connection, persons.lookup(c.clusters))
         for line in result["stores_updated"]:

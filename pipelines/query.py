@@ -60,8 +60,8 @@ def build_parser():
     p = options.parser("facebeam query", __doc__)
     options.add_inputs(p, flag="--probes", labels=False, backfill=False)
     p.add_argument("--index", default="faces", help="alias to search (default %(default)s)")
-    p.add_argument("--k", type=int, default=5, help="hits per probe face")
-    p.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(200, 20k))")
+    p.add_argument("--k", type=options.COUNT, default=5, help="hits per probe face")
+    p.add_argument("--num-candidates", type=options.COUNT, default=None, help="HNSW candidates (default max(200, 20k))")
     p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                    help="only hits whose FIELD equals VALUE (repeatable), e.g. label=rose_leslie")
     p.add_argument("--exclude-same-image", action="store_true", help="ignore hits on the probe's own image")
@@ -72,7 +72,7 @@ def build_parser():
     p.add_argument("--report", default=None, metavar="FILE.html", help="write a visual report")
     p.add_argument("--persons", default=None, metavar="CLUSTERS",
                    help="a `facebeam cluster` output: give each hit its person id and name")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=options.POSITIVE, default=None,
                    help="same-person distance (default: the calibrated one the index or shards carry, else the model's)")
     options.add_search_filters(p)
     options.add_spec(p, check_only=True)
@@ -82,6 +82,7 @@ def build_parser():
 
 
 def configure(a: options.Args, beam_args=()) -> QueryConfig:
+    options.check_search_size(a)
     return QueryConfig(probes=options.inputs_from(a, labels=False, backfill=False), output=a.output, index=a.index,
                        k=a.k, num_candidates=a.num_candidates, filters=options.search_filters(a),
                        exclude_same_image=a.exclude_same_image, format=a.format, exact=a.exact, shards=a.shards,
@@ -126,7 +127,8 @@ def result_rows(item, spec, mode, threshold=None):
 
 def run(config: QueryConfig, pipeline=None) -> dict:
     ns = config
-    backend = stores.open_search(ns.store, ns.es.connection, ns.index, ns.shards, ns.exact, ns.spec_given, ns.threshold)
+    backend = stores.open_search(ns.store, ns.es.connection, ns.index, ns.shards, ns.exact, ns.spec_given, ns.threshold,
+                                 ns.filters)
     spec, mode, where, threshold = backend.spec, backend.mode, backend.where, backend.threshold
     search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or knn.default_candidates(ns.k),
                             filters=ns.filters,

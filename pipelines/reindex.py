@@ -47,7 +47,7 @@ def build_parser():
     p = options.parser("facebeam reindex", __doc__)
     options.add_inputs(p, required=False, labels=False, backfill=False)
     p.add_argument("--output", required=True, help="where the new spec's shards go")
-    p.add_argument("--compare", type=int, default=50, help="probe images compared between old and new")
+    p.add_argument("--compare", type=options.COUNT, default=50, help="probe images compared between old and new")
     p.add_argument("--drop-old", action="store_true", help="delete the old index (generation) after the swap")
     options.add_spec(p)
     options.add_load(p)

@@ -74,6 +74,7 @@ def _run(config: RunConfig, pipeline) -> dict:
                    docs_indexed=loaded["indexed"], docs_failed=loaded["failed"], docs_retried=loaded.get("retried", 0))
     registry.remember(config.output, store)
     summary["erased_late"] = registry.finish_erasure(config.output, store)
+    summary["carried"] = registry.carry_metadata(config.output, store)
     jobs.finish_run(config.output, run_id, summary)
     log.info("run done: %d images, %d embedded, %d faces, failed %s; %d faces added to the %s (%d in all)%s",
              summary["images_seen"], summary["images_embedded"], summary["faces"], summary["images_failed"] or "none",

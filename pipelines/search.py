@@ -14,6 +14,7 @@ import time
 
 from facebeam.pipelines import jobs, options
 from facebeam.transforms import images, knn, sources, stores
+from facebeam.transforms.errors import UserError
 from facebeam.transforms.summary import SearchHit
 
 log = logging.getLogger(__name__)
@@ -39,14 +40,14 @@ class SearchConfig:
 def build_parser():
     p = options.parser("facebeam search", __doc__)
     p.add_argument("photos", nargs="*", metavar="PHOTO", help="photos to look up (their faces, each)")
-    p.add_argument("--k", type=int, default=5, help="hits per face")
+    p.add_argument("--k", type=options.COUNT, default=5, help="hits per face")
     p.add_argument("--index", default="faces", help="alias / store name")
-    p.add_argument("--num-candidates", type=int, default=None, help="HNSW candidates (default max(200, 20k))")
+    p.add_argument("--num-candidates", type=options.COUNT, default=None, help="HNSW candidates (default max(200, 20k))")
     p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                    help="only hits whose FIELD equals VALUE (repeatable)")
     p.add_argument("--exact", action="store_true", help="brute force over --shards instead of an index")
     p.add_argument("--shards", default=None, help="embed/run output folder (for --exact)")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=options.POSITIVE, default=None,
                    help="same-person distance (default: the calibrated one the index or shards carry)")
     p.add_argument("--stdin", action="store_true", help="read more photo paths from standard input")
     options.add_search_filters(p)
@@ -56,6 +57,7 @@ def build_parser():
 
 
 def configure(a: options.Args, beam_args=()) -> SearchConfig:
+    options.check_search_size(a)
     return SearchConfig(photos=tuple(a.photos), index=a.index, k=a.k, num_candidates=a.num_candidates,
                         filters=options.search_filters(a), exact=a.exact, shards=a.shards, threshold=a.threshold,
                         path_prefix=a.path_prefix, stdin=a.stdin, es=options.es_from(a),
@@ -68,7 +70,7 @@ class Searcher:
 
         started = time.perf_counter()
         self.backend = stores.open_search(config.store, config.es.connection, config.index, config.shards,
-                                          config.exact, threshold=config.threshold)
+                                          config.exact, threshold=config.threshold, filters=config.filters)
         self.spec = self.backend.spec
         self.search = knn.SearchSpec(k=config.k, num_candidates=config.num_candidates or knn.default_candidates(config.k),
                                      filters=config.filters,
@@ -107,6 +109,8 @@ def print_table(path, probes, rows, seconds, out=None, threshold_note=None):
 
 
 def run(config: SearchConfig, pipeline=None) -> dict:
+    if not config.photos and not config.stdin:  # else it would warm up, search nothing and call that a success
+        raise UserError("name one or more photos to search (or --stdin to read their paths, one per line)")
     searcher = Searcher(config)
     b = searcher.backend
     settings = b.store.search_settings(searcher.search)

@@ -50,7 +50,7 @@ class VerifyConfig:
 def build_parser():
     p = options.parser("facebeam verify", __doc__)
     p.add_argument("photo", nargs="?", help="the photo to verify (its largest face, or --face N)")
-    p.add_argument("--face", type=int, default=None, metavar="N",
+    p.add_argument("--face", type=options.NON_NEGATIVE, default=None, metavar="N",
                    help="compare face N of the photo, numbered left to right from 0 as `facebeam search` shows "
                         "them (default: the largest face)")
     p.add_argument("--as", dest="name", default=None, metavar="NAME", help="the identity label to verify against")
@@ -58,7 +58,8 @@ def build_parser():
     p.add_argument("--photos", default=None, metavar="DIR", help="folder the --pairs photo names are in "
                                                                  "(default: the CSV's folder)")
     p.add_argument("--index", default="faces", help="alias / store name (default %(default)s)")
-    p.add_argument("--threshold", type=float, default=None, help="same-person distance (default: calibrated, else the model's)")
+    p.add_argument("--threshold", type=options.POSITIVE, default=None,
+                   help="same-person distance (default: calibrated, else the model's)")
     options.add_store(p, kinds=KINDS, auto="redis when configured, else local when built")
     options.add_es(p)
     return p

@@ -12,6 +12,7 @@ three class-scoped fixtures:
 with its file name. The tests run in this order on one store; the erasure test comes last.
 """
 import os
+import shutil
 
 import pytest
 
@@ -81,6 +82,29 @@ class AbstractStoreTests:
         face_id, _, _ = store.closest(probe["embedding"], label)
         assert face_id in mine
 
+    def test_a_store_loaded_after_calibrate_and_naming_takes_the_collections_metadata(self, store, collection,
+                                                                                      tmp_path):
+        """After every load (registry.carry_metadata): the calibration and persons' names kept with the shards
+        reach a store that has none, so it judges and names as the collection does; a store's own are kept."""
+        from facebeam.transforms.stores import registry
+        from facebeam.transforms.stores.exact import ShardsStore
+
+        folder, rows = collection
+        kept = tmp_path / "shards"
+        shutil.copytree(folder, kept)
+        ShardsStore(str(kept)).set_calibration({"threshold": 0.5151, "spec_id": SPEC.spec_id, "pairs": 3})
+        assert ShardsStore(str(kept)).set_persons({rows[0]["face_id"]: ("p-carried", "Katherine Johnson")}) == 1
+        assert store.calibration() is None and not store.has_persons()
+        try:
+            assert registry.carry_metadata(str(kept), store) == ["calibration", "persons"]
+            assert store.threshold(SPEC)[0] == 0.5151
+            assert store.has_persons() and store.has_person("Katherine Johnson") and store.has_person("p-carried")
+            assert registry.carry_metadata(str(kept), store) == []  # it has its own now: kept
+        finally:
+            store.write_meta(calibration=None)
+            store.set_persons({})
+        assert store.calibration() is None and not store.has_persons()
+
     def test_the_calibrated_threshold_is_used(self, store):
         assert store.threshold(SPEC) == (SPEC.threshold, f"{SPEC.model}/{SPEC.metric} default")
         store.set_calibration({"threshold": 0.4242, "spec_id": SPEC.spec_id, "pairs": 3})
@@ -113,6 +137,8 @@ class AbstractStoreTests:
         images = list(by_image(rows).values())
         named = {r["face_id"]: ("p-grace", "Grace Hopper") for faces in images[:3] for r in faces}
         assert len(named) >= 3 and store.set_persons(named) == len(named)
+        assert store.has_person("Grace Hopper") and store.has_person("p-grace")  # what `--person` checks first
+        assert not store.has_person("Grace Hoper") and not store.has_person("Grace")
         probe = images[3][0]
         folder = os.path.dirname(images[0][0]["image_path"])
         prefix = os.path.join(folder, os.path.basename(images[4][0]["image_path"])[:1])

@@ -111,7 +111,9 @@ def test_query_uses_the_carried_threshold_and_the_spec_id_stays(tree, tmp_path):
 def test_index_meta_carries_the_threshold_to_elasticsearch_queries(tree, tmp_path, es_conn, es_client):
     """`calibrate --index` keeps the threshold in the index's _meta, beside an unchanged spec;
     queries against that index use it (and the spec's default before it was there)."""
-    work, root, out, people = tree
+    work, root, tree_out, people = tree
+    out = str(tmp_path / "shards")  # a collection not calibrated yet (a load carries a collection's calibration)
+    shutil.copytree(tree_out, out, ignore=shutil.ignore_patterns("calibration.json", "stores.json"))
     conn, alias = str(SESSION_HOME / "connection.json"), "calibrate-carry"
     spec_id = shards.spec_of(out).spec_id
     drop_versions(es_client, alias)

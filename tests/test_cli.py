@@ -146,6 +146,34 @@ def test_every_command_refuses_a_misspelled_flag_before_any_work(tmp_path, monke
     assert len(r.stderr.splitlines()) == 1
 
 
+# Numeric flags the parser takes as they are: each is checked where its meaning lives (the spec checks the two
+# detect flags; a detector's confidence may be any number).
+UNBOUNDED = {"--detect-upsample", "--detect-max-side", "--min-confidence"}
+
+
+@pytest.mark.unit
+def test_every_numeric_flag_has_bounds_and_a_number_out_of_them_is_one_usage_error(capsys):
+    """`--k 0` was a traceback and `--max-pixels -5` a job that dead-lettered every photo: every number a
+    command takes is bounded by its parser (options.number)."""
+    bare = []
+    for words, module in command_modules():
+        for parser in options.all_parsers(importlib.import_module(module).build_parser()):
+            bare += [f"{' '.join(words)} {a.option_strings[-1]}" for a in parser._actions
+                     if a.type in (int, float) and a.option_strings[-1] not in UNBOUNDED]
+    assert not bare, "numeric flags without bounds: " + ", ".join(bare)
+    modules = dict(command_modules())
+    for words, argv, said in ((("search",), ["x.jpg", "--k", "0"], "argument --k: want a number >= 1, got '0'"),
+                              (("embed",), ["--input", "x", "--output", "y", "--max-pixels", "-5"],
+                               "argument --max-pixels: want a number >= 1, got '-5'"),
+                              (("es",), ["up", "--port", "70000"], "argument --port: want a number >= 1 and <= 65535"),
+                              (("query",), ["--probes", "x", "--output", "y", "--threshold", "0"],
+                               "argument --threshold: want a number > 0"),
+                              (("bench", "index"), ["--k", "ten"], "argument --k: want a whole number, got 'ten'")):
+        with pytest.raises(SystemExit) as e:
+            importlib.import_module(modules[words]).build_parser().parse_args(argv)
+        assert e.value.code == 2 and said in capsys.readouterr().err, words
+
+
 def test_abbreviated_flags_are_refused_and_named_before_a_missing_required_one(tmp_path, monkeypatch, caplog):
     """argparse would take `--label-fro` for `--label-from`; a typo must not silently pick a flag."""
     monkeypatch.setenv("FACEBEAM_HOME", str(tmp_path))
@@ -262,6 +290,9 @@ def test_index_query_search_lines_match_their_summaries(ran, home, tmp_path):
     assert ss["photos"] == 2 and ss["faces"] == qs["probe_faces"] and "couple.jpg: 2 face(s)" in r.stderr
     r = facebeam("search", *probes, "--index", "faces", "--store", "local", env=home)
     assert r.stdout.splitlines()[-1].startswith(f"searched 2 photo(s): {ss['faces']} face(s), 0 failed")
+    r = facebeam("search", "--index", "faces", "--store", "local", env=home, check=False)  # nothing to search
+    assert r.returncode == 2 and r.stdout == "" and r.stderr == "error: name one or more photos to search (or " \
+                                                               "--stdin to read their paths, one per line)\n"
 
 
 def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
@@ -287,6 +318,16 @@ def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
     person = r.stdout.split()[0]
     r = facebeam("persons", "--clusters", cl, "name", person, "someone", env=home)
     assert r.stdout.startswith("persons name: ") and person in r.stdout
+    # --index alone is chosen as `index` chooses: here the embedded index `run` built. Then --person filters on
+    # the name, and a misspelt one is refused rather than answered with nothing.
+    r = facebeam("persons", "--clusters", cl, "name", person, "someone", "--index", "faces", env=home)
+    assert r.stdout.splitlines()[-1].startswith("persons name: ") and "embedded HNSW index at " in r.stdout
+    photo = os.path.join(SAMPLE, "img1.jpg")
+    r = facebeam("search", photo, "--index", "faces", "--person", "someone", "--k", "3", env=home)
+    assert re.search(r"^\s+1\s+[\d.]+\s+(yes|no)\s+/", r.stdout, flags=re.M), r.stdout  # a hit, of that person
+    r = facebeam("search", photo, "--index", "faces", "--person", "somone", env=home, check=False)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert "--person 'somone': no face in the embedded HNSW index" in r.stderr
 
     r = facebeam("forget", "--image", os.path.join(SAMPLE, "img1.jpg"), "--shards", out, "--store", "local",
                  "--index", "faces", "--dry-run", env=home)

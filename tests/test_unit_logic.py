@@ -252,10 +252,13 @@ def test_app_flags_and_beam_flags_are_split_and_workers_kept_quiet():
     assert not args.dests() - args.read  # every flag offered is read
 
 
-def test_a_bad_option_is_a_user_error():
-    with pytest.raises(UserError, match="retries and backoff must be non-negative"):
-        index.configure(*options.parse(index.build_parser(), ["--shards", "/s", "--index", "faces", "--max-retries",
-                                                              "-1", "--es-url", "https://127.0.0.1:9"]))
+def test_a_bad_option_is_a_user_error(capsys):
+    with pytest.raises(SystemExit) as e:  # the parser's bounds (options.number)
+        options.parse(index.build_parser(), ["--shards", "/s", "--index", "faces", "--max-retries", "-1"])
+    assert e.value.code == 2 and "argument --max-retries: want a number >= 0, got '-1'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="chunk_docs must be >= 1 and chunk_bytes >= 1024"):  # the config's own
+        index.configure(*options.parse(index.build_parser(), ["--shards", "/s", "--index", "faces", "--chunk-bytes",
+                                                              "100", "--es-url", "https://127.0.0.1:9"]))
 
 
 # --- runner kinds and the options a job gets -----------------------------------------------------

@@ -126,16 +126,19 @@ def build_parser():
     p.add_argument("--sets", default="sample,plain,hard", help="sample, plain, hard (default %(default)s)")
     p.add_argument("--methods", default="cw,infomap,leiden,density",
                    help=f"any of {','.join(persons.METHODS)} (default %(default)s)")
-    p.add_argument("--k", type=int, default=16, help="neighbours per face in the graph")
+    p.add_argument("--k", type=options.COUNT, default=16, help="neighbours per face in the graph")
     p.add_argument("--graph", choices=("ivf", "hnsw", "exact"), default="ivf", help="how the kNN graph is built")
-    p.add_argument("--ef", type=int, default=persons.EF_SEARCH, help="HNSW efSearch for the graph (default %(default)s)")
-    p.add_argument("--probes", type=int, default=persons.IVF_PROBES, help="IVF cells searched per face (default %(default)s)")
-    p.add_argument("--recall-sample", type=int, default=1000, help="faces whose top-k is checked against exact search")
-    p.add_argument("--incremental", type=int, default=0, metavar="N", help="then add N new faces through the index")
-    p.add_argument("--threshold", type=float, default=None, help="edge distance (default: the model's)")
+    p.add_argument("--ef", type=options.COUNT, default=persons.EF_SEARCH,
+                   help="HNSW efSearch for the graph (default %(default)s)")
+    p.add_argument("--probes", type=options.COUNT, default=persons.IVF_PROBES,
+                   help="IVF cells searched per face (default %(default)s)")
+    p.add_argument("--recall-sample", type=options.COUNT, default=1000, help="faces whose top-k is checked against exact search")
+    p.add_argument("--incremental", type=options.NON_NEGATIVE, default=0, metavar="N",
+                   help="then add N new faces through the index")
+    p.add_argument("--threshold", type=options.POSITIVE, default=None, help="edge distance (default: the model's)")
     p.add_argument("--input", default=synthetic.DEFAULT_SAMPLE, help="photos the synthetic faces are fitted on")
     p.add_argument("--stats", default=None, help="fitted stats JSON (skips the embed run unless the sample set is asked)")
-    p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
+    p.add_argument("--seed", type=options.NON_NEGATIVE, default=0, help="synthetic data seed")
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE", help="also write the figures to FILE")
     return p
 

@@ -327,12 +327,12 @@ class BenchEmbedConfig:
 def build_parser():
     parser = options.parser("facebeam bench embed", __doc__)
     parser.add_argument("--input", default=DEFAULT_SAMPLE, help="photos to embed")
-    parser.add_argument("--photos", type=int, default=0,
+    parser.add_argument("--photos", type=options.NON_NEGATIVE, default=0,
                         help="embed N augmented copies of the sample, made at run time (default: the sample as is)")
     parser.add_argument("--output", default=None, help="pipeline output folder (default: a temp dir)")
     parser.add_argument("--spec-preset", default="chip", choices=sorted(SPEC_PRESETS),
                         help="the pipeline's spec (default %(default)s, the default spec)")
-    parser.add_argument("--naive-limit", type=int, default=None,
+    parser.add_argument("--naive-limit", type=options.NON_NEGATIVE, default=None,
                         help="time the naive loop on N photos only (default: all of the sample; 64 with --photos)")
     parser.add_argument("--compare", default="chip,mmod",
                         help="detection variants run side by side on the same photos, PRESET[@MAX_SIDE][/upN] "

@@ -85,18 +85,18 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vectors", type=count, default=1_000_000, help="vectors per index (1M, 100k, ...)")
     parser.add_argument("--index-types", default="hnsw,int8_hnsw",
                         help=f"comma-separated, of {','.join(es_index.INDEX_TYPES)} (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic data seed (default %(default)s)")
-    parser.add_argument("--faces-per-identity", type=float, default=20.0, help="mean faces per person (default 20)")
+    parser.add_argument("--seed", type=options.NON_NEGATIVE, default=0, help="synthetic data seed (default %(default)s)")
+    parser.add_argument("--faces-per-identity", type=options.POSITIVE, default=20.0, help="mean faces per person (default 20)")
     parser.add_argument("--stats", type=Path, default=DEFAULT_STATS,
                         help="fitted synthetic model; fitted from --sample if missing (default %(default)s)")
     parser.add_argument("--sample", default=DEFAULT_SAMPLE, help="photos + face-recognition-pivot.csv to fit on")
-    parser.add_argument("--m", type=int, default=16, help="HNSW graph degree (default 16)")
-    parser.add_argument("--ef-construction", type=int, default=100, help="HNSW build beam (default 100)")
+    parser.add_argument("--m", type=options.number(int, least=2), default=16, help="HNSW graph degree (default 16)")
+    parser.add_argument("--ef-construction", type=options.COUNT, default=100, help="HNSW build beam (default 100)")
     parser.add_argument("--embedded", choices=("yes", "no", "only"), default="yes",
                         help="also the embedded HNSW index (faiss-cpu); only: no Elasticsearch (default yes)")
     g = parser.add_argument_group("bench cluster")
     g.add_argument("--es-home", type=Path, default=DEFAULT_HOME, help="cluster folder (default %(default)s)")
-    g.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port (default %(default)s)")
+    g.add_argument("--port", type=options.PORT, default=DEFAULT_PORT, help="HTTP port (default %(default)s)")
     g.add_argument("--heap", default=DEFAULT_HEAP, help="node heap (default %(default)s)")
     g.add_argument("--java-home", help="JDK for the node (default: ES_JAVA_HOME, JAVA_HOME, then java on PATH)")
     g.add_argument("--no-security", action="store_true", help="plain http (default: TLS + a generated user)")
@@ -770,13 +770,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", default=DEFAULT_VARIANTS,
                         help="loads to measure, TYPE/LEVER (or a bare LEVER: for each --index-types) with LEVER of "
                              f"{','.join(LEVERS)} (default %(default)s)")
-    parser.add_argument("--chunk-docs", type=int, default=None,
+    parser.add_argument("--chunk-docs", type=options.COUNT, default=None,
                         help="docs per bulk request, for every variant (default: each lever's own)")
-    parser.add_argument("--chunk-bytes", type=int, default=50 * 2**20, help="bytes per bulk request at most")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--chunk-bytes", type=options.COUNT, default=50 * 2**20, help="bytes per bulk request at most")
+    parser.add_argument("--workers", type=options.COUNT, default=None,
                         help="concurrent bulk senders, Beam workers or threads, for every variant (default: each "
                              "lever's own; 3, one more than the node's 2 write threads, keeps them busy on 2 cores)")
-    parser.add_argument("--task-rows", type=int, default=5_000, help="rows a worker generates at a time")
+    parser.add_argument("--task-rows", type=options.COUNT, default=5_000, help="rows a worker generates at a time")
     parser.add_argument("--driver", choices=("beam", "threads"), default="threads",
                         help="threads (default): bulk_index from a thread pool, on rows made before the clock starts; "
                              "beam: IndexFaces on the local runner, rows made in the workers")
@@ -785,9 +785,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source-vectors", choices=("excluded", "included", "both"), default="excluded",
                         help="Elasticsearch: vectors left out of _source (facebeam's mapping), kept there too "
                              "(the old mapping: the before/default levers), or both (default %(default)s)")
-    parser.add_argument("--probes", type=int, default=200, help="fixed probe set for the target (default 200)")
-    parser.add_argument("--k", type=int, default=10, help="recall@k (default 10)")
-    parser.add_argument("--target-recall", type=float, default=0.95, help="the query target (default 0.95)")
+    parser.add_argument("--probes", type=options.COUNT, default=200, help="fixed probe set for the target (default 200)")
+    parser.add_argument("--k", type=options.COUNT, default=10, help="recall@k (default 10)")
+    parser.add_argument("--target-recall", type=options.number(float, above=0.0, most=1.0), default=0.95,
+                        help="the query target (default 0.95)")
     parser.add_argument("--sweep", type=lambda t: [int(x) for x in t.split(",")], default=[50, 100, 200, 400],
                         help="num_candidates tried, in order, until the target is reached (default 50,100,200,400)")
     parser.add_argument("--hnswlib", choices=("yes", "no"), default="yes",

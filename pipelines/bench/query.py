@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facebeam.pipelines import jobs
+from facebeam.pipelines import jobs, options
 from facebeam.pipelines.bench import index as bench_index
 from facebeam.pipelines.bench import synthetic
 from facebeam.pipelines.local import elasticsearch as es_local
@@ -695,13 +695,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_index.add_common_args(parser)
     parser.add_argument("--num-candidates", default="10,50,100,200,500,1000", help="sweep (default %(default)s)")
-    parser.add_argument("--queries", type=int, default=500, help="query faces (default %(default)s)")
-    parser.add_argument("--k", type=int, default=10, help="neighbours per query (default %(default)s)")
-    parser.add_argument("--batch", type=int, default=50, help="queries per msearch (default %(default)s)")
-    parser.add_argument("--rescore-oversample", type=float, default=2.0,
+    parser.add_argument("--queries", type=options.COUNT, default=500, help="query faces (default %(default)s)")
+    parser.add_argument("--k", type=options.COUNT, default=10, help="neighbours per query (default %(default)s)")
+    parser.add_argument("--batch", type=options.COUNT, default=50, help="queries per msearch (default %(default)s)")
+    parser.add_argument("--rescore-oversample", type=options.NON_NEGATIVE_NUMBER, default=2.0,
                         help="also sweep quantized indices re-ranked on float vectors with this oversample "
                              "(knn rescore_vector; 0 = off; default %(default)s)")
-    parser.add_argument("--query-seed", type=int, default=1, help="seed of the query faces (default %(default)s)")
+    parser.add_argument("--query-seed", type=options.NON_NEGATIVE, default=1,
+                        help="seed of the query faces (default %(default)s)")
     parser.add_argument("--json", dest="json_out", help="write the results here")
     parser.add_argument("--markdown", help="write a markdown table here")
     parser.add_argument("--plot", help="write a recall-vs-queries/s PNG here")
@@ -709,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip the query levers (response shape, serializer, connection reuse, preload)")
     parser.add_argument("--no-preload", dest="preload", action="store_false",
                         help="skip the index.store.preload lever (it closes and reopens the index twice)")
-    parser.add_argument("--msearch-probes", type=int, default=10_000,
+    parser.add_argument("--msearch-probes", type=options.COUNT, default=10_000,
                         help="probes for the batch (msearch) throughput of the query job's path (0 = skip; "
                              "default %(default)s)")
     parser.add_argument("--no-filtered", dest="filtered", action="store_false",

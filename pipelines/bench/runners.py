@@ -164,8 +164,8 @@ class BenchRunnersConfig:
 
 def build_parser():
     parser = options.parser("facebeam bench runners", __doc__)
-    parser.add_argument("--photos", type=int, default=1000, help="photos per timed job (the sample, repeated)")
-    parser.add_argument("--warmup", type=int, default=20,
+    parser.add_argument("--photos", type=options.COUNT, default=1000, help="photos per timed job (the sample, repeated)")
+    parser.add_argument("--warmup", type=options.NON_NEGATIVE, default=20,
                         help="photos of an untimed job each runner runs first: a long-lived cluster's JVMs "
                              "are warm, a fresh one's are not (default %(default)s; 0: none)")
     parser.add_argument("--sample", default=DEFAULT_SAMPLE, help="photos the jobs read")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facebeam.pipelines import jobs
+from facebeam.pipelines import jobs, options
 from facebeam.pipelines.bench import index as bench_index
 from facebeam.pipelines.bench import synthetic
 from facebeam.transforms import es_index, knn, redis_store
@@ -141,10 +141,10 @@ def build_parser():
     bench_index.add_common_args(p)
     p.set_defaults(vectors=100_000)
     p.add_argument("--per-identity", default="10,1000", help="faces per identity, comma-separated (default %(default)s)")
-    p.add_argument("--queries", type=int, default=300, help="verifications per store and setting (default %(default)s)")
+    p.add_argument("--queries", type=options.COUNT, default=300, help="verifications per store and setting (default %(default)s)")
     p.add_argument("--stores", default="redis,es", help="redis,es (default %(default)s)")
     p.add_argument("--redis-home", default=str(facebeam_home() / "bench-redis"), help="the benchmark's own Redis folder")
-    p.add_argument("--redis-port", type=int, default=6395, help="the benchmark's own Redis port")
+    p.add_argument("--redis-port", type=options.PORT, default=6395, help="the benchmark's own Redis port")
     p.add_argument("--json", dest="json_out", metavar="FILE", help="also write the figures to FILE")
     return p
 

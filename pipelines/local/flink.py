@@ -302,21 +302,21 @@ def build_parser():
     ap = options.parser("facebeam flink", __doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="action", required=True)
     up_p = sub.add_parser("up", help="start the session cluster and its worker pool")
-    up_p.add_argument("--workers", type=int, default=None,
+    up_p.add_argument("--workers", type=options.COUNT, default=None,
                       help=f"SDK harness processes = task slots (default: --slots, else {SLOTS}, one per core); "
                            f"0: no worker pool")
-    up_p.add_argument("--slots", type=int, default=None, help="task slots of the task manager (default: --workers)")
-    up_p.add_argument("--pool-port", type=int, default=None,
+    up_p.add_argument("--slots", type=options.COUNT, default=None, help="task slots of the task manager (default: --workers)")
+    up_p.add_argument("--pool-port", type=options.PORT, default=None,
                       help=f"worker pool port (default {POOL_PORT}, or a free one when another cluster holds it)")
-    up_p.add_argument("--rpc-port", type=int, default=RPC_PORT, help="JobManager RPC port (default %(default)s)")
-    up_p.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait (default %(default)s)")
+    up_p.add_argument("--rpc-port", type=options.PORT, default=RPC_PORT, help="JobManager RPC port (default %(default)s)")
+    up_p.add_argument("--timeout", type=options.POSITIVE, default=UP_TIMEOUT_S, help="seconds to wait (default %(default)s)")
     up_p.add_argument("--version", default=jars.FLINK_VERSION, help="apache-flink wheel version (default %(default)s)")
     up_p.add_argument("--allow-exposed-ports", action="store_true",
                       help="warn, instead of stopping, when a port of the cluster listens beyond loopback")
     sub.add_parser("down", help="stop the cluster and its worker pool")
     status_p = sub.add_parser("status", help="is it running, slots, pool")
     for sp in (up_p, status_p):
-        sp.add_argument("--port", type=int, default=REST_PORT, help="REST/web port (default %(default)s)")
+        sp.add_argument("--port", type=options.PORT, default=REST_PORT, help="REST/web port (default %(default)s)")
     return ap
 
 

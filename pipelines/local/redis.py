@@ -158,9 +158,9 @@ def build_parser():
     p = options.parser("facebeam redis", __doc__)
     p.add_argument("action", choices=("up", "down", "status"), help="start, stop, or report on the local Redis")
     p.add_argument("--home", default=None, help="state folder (default <FACEBEAM_HOME>/redis)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (default %(default)s)")
+    p.add_argument("--port", type=options.PORT, default=DEFAULT_PORT, help="port on 127.0.0.1 (default %(default)s)")
     p.add_argument("--maxmemory", default=None, help="e.g. 2gb (default: no limit); writes fail past it, nothing is evicted")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for `up` (default %(default)s)")
+    p.add_argument("--timeout", type=options.POSITIVE, default=30.0, help="seconds to wait for `up` (default %(default)s)")
     return p
 
 

@@ -258,21 +258,21 @@ def build_parser():
     ap = options.parser("facebeam spark", __doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="action", required=True)
     up_p = sub.add_parser("up", help="start the master, a worker and its worker pool")
-    up_p.add_argument("--port", type=int, default=MASTER_PORT, help="master port (default %(default)s)")
-    up_p.add_argument("--workers", type=int, default=None,
+    up_p.add_argument("--port", type=options.PORT, default=MASTER_PORT, help="master port (default %(default)s)")
+    up_p.add_argument("--workers", type=options.COUNT, default=None,
                       help="SDK harness processes = worker cores (default: --cores, else max(2, nproc)); 0: no pool")
-    up_p.add_argument("--cores", type=int, default=None, help="worker cores (default: --workers)")
-    up_p.add_argument("--pool-port", type=int, default=None,
+    up_p.add_argument("--cores", type=options.COUNT, default=None, help="worker cores (default: --workers)")
+    up_p.add_argument("--pool-port", type=options.PORT, default=None,
                       help=f"worker pool port (default {POOL_PORT}, or a free one when another cluster holds it)")
     up_p.add_argument("--memory", default="2g", help="worker memory for executors (default %(default)s)")
-    up_p.add_argument("--timeout", type=float, default=UP_TIMEOUT_S, help="seconds to wait (default %(default)s)")
+    up_p.add_argument("--timeout", type=options.POSITIVE, default=UP_TIMEOUT_S, help="seconds to wait (default %(default)s)")
     up_p.add_argument("--version", default=None, help="pyspark version (default: the job server's Spark)")
     up_p.add_argument("--allow-exposed-ports", action="store_true",
                       help="warn, instead of stopping, when a port of the cluster listens beyond loopback")
     sub.add_parser("down", help="stop the master, the worker and the pool")
     status_p = sub.add_parser("status", help="is it running, cores, pool")
     for sp in (up_p, status_p):
-        sp.add_argument("--webui-port", type=int, default=WEBUI_PORT, help="master web UI port (default %(default)s)")
+        sp.add_argument("--webui-port", type=options.PORT, default=WEBUI_PORT, help="master web UI port (default %(default)s)")
     return ap
 
 

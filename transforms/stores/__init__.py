@@ -19,7 +19,7 @@ import logging
 
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.home import facebeam_home
-from facebeam.transforms.stores.base import Capabilities, FaceStore, Load, Searcher, StoreError
+from facebeam.transforms.stores.base import Capabilities, FaceStore, Load, Searcher, StoreError, split_filters
 
 __all__ = ["KINDS", "Capabilities", "FaceStore", "Load", "Searcher", "StoreChoice", "StoreError", "ann_folder",
            "es_configured", "for_loading", "push_persons_to", "for_search", "for_verify", "from_record", "recorded_stores",
@@ -220,9 +220,15 @@ class SearchTarget:
 
 
 def open_search(choice, connect, name: str, shards: str = None, exact: bool = False, spec_given=(),
-                threshold=None) -> SearchTarget:
-    """The store to rank (for_search), its spec (which `spec_given` (field, value) pairs must match) and threshold."""
+                threshold=None, filters=()) -> SearchTarget:
+    """The store to rank (for_search), its spec (which `spec_given` (field, value) pairs must match) and threshold.
+    A `--person` among `filters` must name a person the store holds: a typo would only give empty results."""
     store = for_search(choice, connect, name, shards, exact)
+    _, person = split_filters(filters)
+    if person is not None and not store.has_person(person):
+        raise UserError(f"--person {person!r}: no face in the {store.describe()} carries that name or person id "
+                        "(`facebeam persons --clusters DIR list` shows the persons; `persons ... name ID NAME "
+                        "--index INDEX` names them in a store)")
     spec = store.spec()
     if spec_given:
         dataclasses.replace(spec, **dict(spec_given)).require_same(spec, what=store.describe())

@@ -210,6 +210,14 @@ class FaceStore(abc.ABC):
     def persons(self) -> dict:
         return self.read_meta().get("persons") or {}
 
+    def has_persons(self) -> bool:
+        """Whether any face here carries a person."""
+        return bool(self.persons())
+
+    def has_person(self, name: str) -> bool:
+        """Whether a face here carries this person's name or id (what `--person` filters on)."""
+        return bool(person_faces(self.persons(), name))
+
     def set_persons(self, found: dict) -> int:
         """{face_id: (person_id, name)} (persons.lookup) -> kept with the faces; how many of its faces got one."""
         self.write_meta(persons={f: list(v) for f, v in found.items()})

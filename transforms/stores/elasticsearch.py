@@ -125,8 +125,12 @@ def faces_of_person(client, alias: str, name: str) -> set:
     index = persons_index(alias)
     if not client.indices.exists(index=index):
         return set()
-    query = {"query": {"bool": {"should": [{"term": {"person": name}}, {"term": {"person_id": name}}]}}}
-    return {h["_id"] for h in helpers.scan(client, index=index, query=query, _source=False)}
+    return {h["_id"] for h in helpers.scan(client, index=index, query={"query": person_query(name)}, _source=False)}
+
+
+def person_query(name: str) -> dict:
+    """The faces of a person in the persons index: by name or by person id."""
+    return {"bool": {"should": [{"term": {"person": name}}, {"term": {"person_id": name}}]}}
 
 
 class ElasticsearchStore(FaceStore):
@@ -345,6 +349,19 @@ class ElasticsearchStore(FaceStore):
         client = self._client()
         try:
             return read_persons(client, self.name)
+        finally:
+            client.close()
+
+    def has_persons(self) -> bool:
+        return self._count_persons({"match_all": {}}) > 0
+
+    def has_person(self, name: str) -> bool:
+        return self._count_persons(person_query(name)) > 0
+
+    def _count_persons(self, query: dict) -> int:
+        client = self._client()  # a count, not every face's person
+        try:
+            return client.options(ignore_status=404).count(index=persons_index(self.name), query=query).body.get("count", 0)
         finally:
             client.close()
 

@@ -142,6 +142,9 @@ class RedisStore(FaceStore):
             out["persons"] = {k.decode(): json.loads(v) for k, v in persons.items()}
         return out
 
+    def has_persons(self) -> bool:
+        return bool(self.client().exists(redis_store.prefix(self.name) + "persons"))
+
     def write_meta(self, **updates) -> None:
         client, p = self.client(), redis_store.prefix(self.name)
         if not self.exists():

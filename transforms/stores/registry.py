@@ -44,6 +44,24 @@ def remember(folder: str, store) -> dict:
     return rec
 
 
+def carry_metadata(folder: str, store) -> list:
+    """The collection's calibration and persons' names, kept with its shards, onto a store it is loaded into that
+    has none of its own: a store loaded after `calibrate` or `persons ... --shards` judges and names as the
+    collection does. Returns what was carried."""
+    from facebeam.transforms.stores.exact import ShardsStore
+
+    meta, carried = ShardsStore(folder).read_meta(), []
+    if meta.get("calibration") and not store.calibration():
+        store.set_calibration(meta["calibration"])
+        carried.append("calibration")
+    if meta.get("persons") and not store.has_persons():
+        store.set_persons(meta["persons"])
+        carried.append("persons")
+    if carried:
+        log.info("%s: took the collection's %s from %s", store.describe(), " and ".join(carried), folder)
+    return carried
+
+
 def erased(folder: str, reason: str = None) -> dict:
     """sha256 -> (image path, label) of every image the tombstones list (only those erased for `reason`)."""
     import pyarrow.parquet as pq
