@@ -98,6 +98,16 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
     if c.incremental and not previous:
         log.info("no earlier clustering in %s: clustering everything", c.output)
     skip = frozenset(r["face_id"] for r in previous) if c.incremental else frozenset()
+    ann_dir = c.ann
+    if ann_dir is None and c.index is None and persons.row_count(files) >= persons.IVF_MIN_FACES:
+        ann_dir = persons.collection_index(c.shards, files, spec)
+        if ann_dir:
+            print(f"graph from the collection's embedded index {ann_dir} (--ann; an exact graph of this many faces "
+                  "grows with their square)", file=sys.stderr)
+        else:
+            log.warning("%d faces and no embedded index of exactly them: the exact graph grows with the square of "
+                        "the faces; `facebeam index --shards %s --store local:DIR` and --ann DIR builds it from the "
+                        "index", persons.row_count(files), c.shards)
     conn = None
     if c.index:
         conn = c.es.connection()
@@ -109,14 +119,14 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
     graph_index = None
     index_dir = persons.join(c.output, "graph-index")
     persons.clear(index_dir)  # one a killed run left
-    if c.ann and not (c.incremental and previous):  # a full graph of a large index: IVF, built once here
-        graph_index = persons.graph_index_for(c.ann, spec, index_dir)
+    if ann_dir and not (c.incremental and previous):  # a full graph of a large index: IVF, built once here
+        graph_index = persons.graph_index_for(ann_dir, spec, index_dir)
     (p | "Files" >> beam.Create(files)
        | "Read" >> beam.io.ReadAllFromParquet(columns=list(persons.FACE_COLUMNS))
        | "New" >> beam.Filter(lambda r, done: r["face_id"] not in done, skip)
        | "Score" >> persons.ScoreFaces(c.limits)
        | "Batch" >> beam.BatchElements(min_batch_size=32, max_batch_size=512)
-       | "Neighbours" >> beam.ParDo(persons.Neighbours(spec, c.k, files, conn, c.index, ann_dir=c.ann,
+       | "Neighbours" >> beam.ParDo(persons.Neighbours(spec, c.k, files, conn, c.index, ann_dir=ann_dir,
                                                        keep_vectors=bool(c.incremental and previous),
                                                        graph_index=graph_index))
        | "PrivateGraph" >> beam.ParDo(privacy.PrivateWrites(privacy.shared()))
@@ -128,8 +138,8 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
         persons.clear(index_dir)
     summary = persons.resolve(c.output, c.shards, files, spec, c.incremental, previous, state,
                               threshold=c.threshold, pairs=c.pairs, method=c.method, k=c.k, limits=c.limits)
-    summary.update(graph_s=round(graph_s, 3), mode="es" if conn else ("ann" if c.ann else "exact"),
-                   graph_search="ivf" if graph_index else ("hnsw" if c.ann else None),
+    summary.update(graph_s=round(graph_s, 3), mode="es" if conn else ("ann" if ann_dir else "exact"),
+                   graph_search="ivf" if graph_index else ("hnsw" if ann_dir else None),
                    runner=runner_name(opts))
     if conn is not None:  # names reach the index through the store contract (never a partial update of a face doc)
         summary["index_updated"] = stores.push_persons_to(stores.make(stores.StoreChoice("es"), lambda: conn, c.index),

@@ -277,3 +277,28 @@ def test_incremental_through_the_index_reads_no_earlier_vector(sample_run, tmp_p
             assert r["person_id"] == person_of_file[name[len("flip-"):]], r
         else:
             assert r["person_id"] == before[r["face_id"]]
+
+
+def test_a_large_collection_without_ann_takes_its_graph_from_its_own_embedded_index(sample_run, tmp_path,
+                                                                                   monkeypatch, capfd):
+    """From persons.IVF_MIN_FACES faces on, `cluster` without --ann/--index builds the graph from the embedded
+    index the collection was loaded into, when it holds exactly the collection's faces (an exact graph of 1M
+    faces takes hours); an index that lacks one of them is not taken. The switch is lowered for the sample."""
+    from facebeam.pipelines import index
+    from facebeam.transforms.stores.embedded import EmbeddedStore
+
+    shards_dir = str(tmp_path / "shards")
+    shutil.copytree(sample_run[0], shards_dir, ignore=shutil.ignore_patterns("stores.json"))
+    folder = str(tmp_path / "ann")
+    job(index, ["--shards", shards_dir, "--store", f"local:{folder}"])  # recorded in the collection
+    exact = str(tmp_path / "exact")
+    assert job(cluster, ["--shards", shards_dir, "--output", exact])["mode"] == "exact"  # below the switch
+    monkeypatch.setattr(persons, "IVF_MIN_FACES", 0)
+    capfd.readouterr()
+    by_index = str(tmp_path / "index")
+    assert job(cluster, ["--shards", shards_dir, "--output", by_index])["mode"] == "ann"
+    assert f"graph from the collection's embedded index {folder}" in capfd.readouterr().err
+    assert _assignments(by_index) == _assignments(exact)
+    sha = read_rows(os.path.join(shards_dir, "embeddings"))[0]["image_sha256"]
+    assert EmbeddedStore("ann", folder).remove({sha}) >= 1
+    assert job(cluster, ["--shards", shards_dir, "--output", str(tmp_path / "again")])["mode"] == "exact"

@@ -74,6 +74,7 @@ from facebeam.transforms.persons.job import (
     PHOTOS_DECODED,
     Neighbours,
     ScoreFaces,
+    collection_index,
     graph_index_for,
     score_photo,
 )
@@ -176,6 +177,7 @@ __all__ = [
     "PHOTOS_DECODED",
     "Neighbours",
     "ScoreFaces",
+    "collection_index",
     "graph_index_for",
     "score_photo",
     "SHARP_PX",

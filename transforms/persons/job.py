@@ -58,6 +58,29 @@ class ScoreFaces(beam.PTransform):
                 | "Sharpness" >> beam.FlatMap(score_photo, self._limits))
 
 
+def collection_index(shards_dir: str, files, spec) -> str | None:
+    """The embedded index the collection was loaded into (its stores.json), when it holds exactly the
+    collection's faces in this spec: where a large collection's graph comes from without --ann or --index (an
+    exact graph grows with the square of the faces). None when there is no such index."""
+    from facebeam.transforms.stores import registry
+
+    want = None
+    for rec in registry.recorded(shards_dir):
+        folder = rec.get("location")
+        if rec.get("kind") != "local" or not folder or not ann.exists(folder):
+            continue
+        if ann.spec_of(folder).spec_id != spec.spec_id:
+            continue
+        if want is None:
+            want = set()
+            for path in files:
+                with FileSystems.open(path) as f:
+                    want.update(pq.read_table(f, columns=["face_id"]).column("face_id").to_pylist())
+        if set(ann.AnnIndex.open(folder, spec).positions()) == want:
+            return folder
+    return None
+
+
 def graph_index_for(ann_dir: str, spec, folder: str, min_faces: int | None = None, chunk: int = 131_072,
                     seed: int = 0) -> str | None:
     """The graph index over the embedded index's live faces (graph.build_ivf), built once by the launcher and
