@@ -90,8 +90,20 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default %(default)s)"
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage error is one line, as every user error is (argparse prints the whole usage first)."""
+
+    def error(self, message):
+        required = "the following arguments are required: "
+        if message.startswith(required):  # a missing subcommand is named by its choices, not its dest
+            choices = {a.dest: a.choices for a in self._actions if a.choices and not a.option_strings}
+            message = required + ", ".join(f"what to do ({', '.join(choices[n])})" if n in choices else n
+                                           for n in message[len(required):].split(", "))
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists every flag)\n")
+
+
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
+    return Parser(prog=prog, description=doc, formatter_class=HelpFormatter)
 
 
 def all_parsers(p: argparse.ArgumentParser):
@@ -264,6 +276,10 @@ def add_inputs(p, flag: str = "--input", required: bool = True, labels: bool = T
 
 
 def inputs_from(a: Args, labels: bool = True, backfill: bool = True) -> Inputs:
+    if labels and a.label_from not in (None, "parent-dir"):
+        from facebeam.transforms import labels as labelling
+
+        labelling.labeler_from(a.label_from)  # its form, and a CSV's file and header, before the output is made
     return Inputs(patterns=tuple(a.input or ()), label_from=a.label_from if labels else None,
                   since=a.since if backfill else None, max_pixels=a.max_pixels,
                   max_file_bytes=a.max_file_bytes, batch_size=a.batch_size, follow_symlinks=a.follow_symlinks)

@@ -126,3 +126,21 @@ def test_workers_do_not_print_the_apitools_warning(tree_embed):
     assert "Logging handler created" in res.stderr  # the workers' own stderr is in what was captured
     assert "apitools" not in res.stderr and "apitools" not in res.stdout
     assert sys.executable
+
+
+def test_a_bad_label_source_is_one_line_before_the_output_is_made(tmp_path, caplog):
+    """A misspelt mode, a CSV that is not there, or one without path/label columns: a user error (exit 2, one
+    line) before the output folder is made, not a traceback after it."""
+    from facebeam.pipelines import embed, run
+
+    (tmp_path / "names.csv").write_text("name,who\na.jpg,x\n")
+    for module, spec, says in ((embed, "parent", "--label-from wants parent-dir or csv:FILE, got 'parent'"),
+                               (run, f"csv:{tmp_path / 'none.csv'}", "CSV file not found"),
+                               (embed, f"csv:{tmp_path / 'names.csv'}", "need a header with 'path' (or 'file') and "
+                                                                        "'label' columns")):
+        caplog.clear()
+        out = tmp_path / "out"
+        assert module.main(["--input", SAMPLE, "--output", str(out), "--label-from", spec]) == 2
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and says in errors[0] and "\n" not in errors[0], errors
+        assert not out.exists()

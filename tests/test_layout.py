@@ -105,8 +105,11 @@ def test_a_bug_keeps_its_traceback_and_exits_1(tmp_path):
 
 @pytest.mark.parametrize("argv, says", [
     (["embed", "--input", "/no/such/folder/*.jpg", "--output", "OUT"], "matched no files"),
-    (["index", "--shards", "OUT", "--index", "faces", "--max-retries", "-1", "--es-url", "https://127.0.0.1:9"],
-     "retries and backoff must be non-negative"),
+    (["index", "--shards", "OUT", "--index", "faces", "--chunk-bytes", "100", "--es-url", "https://127.0.0.1:9"],
+     "chunk_docs must be >= 1 and chunk_bytes >= 1024"),
+    (["index", "--shards", "OUT", "--index", "faces", "--max-retries", "-1"],
+     "error: argument --max-retries: want a number >= 0, got '-1' (`facebeam index --help` lists every flag)"),
+    (["calibrate"], "error: the following arguments are required: --shards"),
 ])
 def test_a_user_error_is_one_line_and_exits_2(tmp_path, argv, says):
     done = _facebeam(*[str(tmp_path / w) if w == "OUT" else w for w in argv])

@@ -15,6 +15,8 @@ import csv
 import os
 import posixpath
 
+from facebeam.transforms.errors import UserError
+
 MARGIN = 0.03
 
 
@@ -64,6 +66,8 @@ class ParentDirLabeler:
 def csv_dicts(path: str) -> tuple:
     """(column names, rows as dicts) of a CSV as spreadsheets and editors write it: a byte-order mark is not part
     of the first name (utf-8-sig), and names are lower case without surrounding spaces ("Path", " Label ")."""
+    if not os.path.isfile(path):
+        raise UserError(f"CSV file not found: {path}")
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         reader.fieldnames = [(n or "").strip().lower() for n in reader.fieldnames or ()]
@@ -76,7 +80,7 @@ class CsvLabeler:
     def __init__(self, csv_path: str):
         _, rows = csv_dicts(csv_path)
         if not rows or "label" not in rows[0] or not ({"path", "file"} & set(rows[0])):
-            raise ValueError(f"{csv_path}: need a header with 'path' (or 'file') and 'label' columns")
+            raise UserError(f"{csv_path}: need a header with 'path' (or 'file') and 'label' columns")
         self._labels = {}
         for r in rows:
             key = r.get("path") or r.get("file")
@@ -105,7 +109,7 @@ def labeler_from(spec: str, roots=()):
         return ParentDirLabeler(input_roots(roots))
     if spec.startswith("csv:"):
         return CsvLabeler(spec[4:])
-    raise ValueError(f"--label-from wants parent-dir or csv:FILE, got {spec!r}")
+    raise UserError(f"--label-from wants parent-dir or csv:FILE, got {spec!r}")
 
 
 def decide(hits, threshold: float, margin: float = MARGIN):
@@ -148,8 +152,6 @@ def read_pairs(pairs_csv: str, by_name: bool = True) -> list:
     """A pairs CSV in deepface's pivot format (file_x, file_y, decision Yes/No) -> [(x, y, same)].
 
     With `by_name` the photos are named by file name alone (the pivot file's own convention)."""
-    from facebeam.transforms.errors import UserError
-
     name = (lambda p: posixpath.basename(p.replace(os.sep, "/"))) if by_name else (lambda p: p)
     names, rows = csv_dicts(pairs_csv)
     if not {"file_x", "file_y", "decision"} <= set(names):

@@ -764,7 +764,7 @@ def print_report(results: list, meta: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facebeam bench index", description=__doc__,
+    parser = options.Parser(prog="facebeam bench index", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     parser.add_argument("--variants", default=DEFAULT_VARIANTS,

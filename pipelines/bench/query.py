@@ -691,7 +691,7 @@ BEAM = False  # every flag is the benchmark's own
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facebeam bench query", description=__doc__,
+    parser = options.Parser(prog="facebeam bench query", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_index.add_common_args(parser)
     parser.add_argument("--num-candidates", default="10,50,100,200,500,1000", help="sweep (default %(default)s)")

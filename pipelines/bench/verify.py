@@ -136,7 +136,7 @@ def bench_es(client, ns, spec, faces, maker, probes, alias) -> dict:
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="facebeam bench verify", description=__doc__,
+    p = options.Parser(prog="facebeam bench verify", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_index.add_common_args(p)
     p.set_defaults(vectors=100_000)
