@@ -148,6 +148,10 @@ def run(ns: ForgetConfig, pipeline=None) -> dict:
     """Erase from every store the collection was loaded into, and the shards; returns {'images', 'docs', 'rows',
     'stores', 'unreachable'} (what went, or would go with dry_run). A store that cannot be reached is named,
     the tombstone is still written, and the command exits 2: the next `forget` or load finishes it."""
+    if not (shards.files(ns.shards) or shards.tombstones(ns.shards) or registry.recorded(ns.shards)):
+        # a mistyped folder must not read as "nothing to erase": the faces would stay where they are
+        raise UserError(f"no collection at {ns.shards}: no shards, tombstones or stores.json there (--shards is "
+                        "the folder `embed` or `run` wrote)")
     found, tombstoned = images_to_erase(ns)
     if not found:
         print("nothing matched: no shard row, tombstone, person or file for that image/label/person")

@@ -71,7 +71,9 @@ def configure(a: options.Args, beam_args=()) -> PersonsConfig:
     base = {"clusters": a.clusters, "action": action, "person_id": a.person_id, "index": a.index, "shards": a.shards,
             "es": options.es_from(a), "store": options.store_from(a)}
     if action == "name":
-        return PersonsConfig(**base, name=a.name)
+        if not a.name.strip():  # a blank name would list as no name at all, and match every --person ""
+            raise UserError("a person's name needs a visible character")
+        return PersonsConfig(**base, name=a.name.strip())
     if action == "merge":
         return PersonsConfig(**base, into=a.into)
     return PersonsConfig(**base, faces=tuple(a.faces))

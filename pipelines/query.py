@@ -15,6 +15,7 @@ index's _meta, or SHARDS/calibration.json for --exact), else the model's default
 import dataclasses
 import json
 import logging
+import posixpath
 import sys
 
 import apache_beam as beam
@@ -25,7 +26,7 @@ from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner.job_options import pipeline_options
 from facebeam.pipelines.runner.kinds import runner_name
 from facebeam.pipelines.runner.launch import create_pipeline
-from facebeam.transforms import knn, metrics, persons, records, sources, stores
+from facebeam.transforms import knn, metrics, persons, records, shards, sources, stores
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.sources import Inputs
 
@@ -126,7 +127,12 @@ def result_rows(item, spec, mode, threshold=None):
 
 
 def run(config: QueryConfig, pipeline=None) -> dict:
-    ns = config
+    # Private like every job's output, one query at a time into a folder, and the answer of this query alone.
+    with jobs.lock_output(config.output):
+        return _query(config, pipeline)
+
+
+def _query(ns: QueryConfig, pipeline) -> dict:
     backend = stores.open_search(ns.store, ns.es.connection, ns.index, ns.shards, ns.exact, ns.spec_given, ns.threshold,
                                  ns.filters)
     spec, mode, where, threshold = backend.spec, backend.mode, backend.where, backend.threshold
@@ -143,15 +149,21 @@ def run(config: QueryConfig, pipeline=None) -> dict:
                | "ByPhoto" >> beam.GroupByKey()
                | "Rows" >> beam.FlatMap(result_rows, spec, mode, threshold))
     join = FileSystems.join
+    part = f"part-{shards.new_run_id()}"  # this query's files; an earlier query's go once it has succeeded
     if ns.format == "jsonl":
         results | "ToJson" >> beam.Map(json.dumps) | "WriteResults" >> beam.io.WriteToText(
-            join(ns.output, "results", "part"), file_name_suffix=".jsonl")
+            join(ns.output, "results", part), file_name_suffix=".jsonl")
     else:
-        results | "WriteResults" >> WriteToParquet(join(ns.output, "results", "part"), records.RESULT_SCHEMA,
+        results | "WriteResults" >> WriteToParquet(join(ns.output, "results", part), records.RESULT_SCHEMA,
                                                    codec="zstd", file_name_suffix=".parquet")
-    probes["errors"] | "WriteErrors" >> WriteToParquet(join(ns.output, "errors", "part"), records.ERROR_SCHEMA,
+    probes["errors"] | "WriteErrors" >> WriteToParquet(join(ns.output, "errors", part), records.ERROR_SCHEMA,
                                                        codec="zstd", file_name_suffix=".parquet")
     result, elapsed = jobs.run(p)
+    earlier = [m.path for sub in ("results", "errors")
+               for m in FileSystems.match([join(ns.output, sub, "*")])[0].metadata_list
+               if not posixpath.basename(m.path).startswith(part)]
+    if earlier:  # a second query into the folder mixed its rows with the first one's
+        FileSystems.delete(earlier)
     c = metrics.read_counters(result)
     search_s = c.get(SEARCH_US, 0) / 1e6
     summary = {**metrics.image_counts(c), "probe_faces": c.get(PROBE_FACES, 0), "mode": mode, **where,

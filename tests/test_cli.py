@@ -291,6 +291,9 @@ def test_index_query_search_lines_match_their_summaries(ran, home, tmp_path):
     assert ss["photos"] == 2 and ss["faces"] == qs["probe_faces"] and "couple.jpg: 2 face(s)" in r.stderr
     r = facebeam("search", *probes, "--index", "faces", "--store", "local", env=home)
     assert r.stdout.splitlines()[-1].startswith(f"searched 2 photo(s): {ss['faces']} face(s), 0 failed")
+    r = facebeam("search", *probes, "--index", "nothere", env=home, check=False)  # no store of that name anywhere
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
+    assert "nothing to search: the embedded HNSW index at " in r.stderr and "no Elasticsearch URL" in r.stderr
     r = facebeam("search", "--index", "faces", "--store", "local", env=home, check=False)  # nothing to search
     assert r.returncode == 2 and r.stdout == "" and r.stderr == "error: name one or more photos to search (or " \
                                                                "--stdin to read their paths, one per line)\n"
@@ -319,6 +322,8 @@ def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
     person = r.stdout.split()[0]
     r = facebeam("persons", "--clusters", cl, "name", person, "someone", env=home)
     assert r.stdout.startswith("persons name: ") and person in r.stdout
+    r = facebeam("persons", "--clusters", cl, "name", person, "  ", env=home, check=False)
+    assert r.returncode == 2 and r.stderr == "error: a person's name needs a visible character\n"
     # --index alone is chosen as `index` chooses: here the embedded index `run` built. Then --person filters on
     # the name, and a misspelt one is refused rather than answered with nothing.
     r = facebeam("persons", "--clusters", cl, "name", person, "someone", "--index", "faces", env=home)
@@ -337,6 +342,9 @@ def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
     assert per_store and all(n == 1 for n in per_store), r.stdout
     assert f"forget: 1 image(s), 1 shard row(s), {sum(per_store)} indexed face(s)" in r.stdout
     assert "dry run: nothing was changed" in r.stdout
+
+    r = facebeam("forget", "--label", "someone", "--shards", str(tmp_path / "typo"), env=home, check=False)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: no collection at {tmp_path / 'typo'}: ")
 
     r = facebeam("models", "check", env=home)
     assert r.stdout.splitlines()[-1].startswith("models load offline in ")

@@ -208,3 +208,20 @@ def test_report_renders_every_image_in_chromium(both_modes, labeled_index, tmp_p
     # Face crops are photos: many distinct, non-background colours, unlike an empty page of broken images.
     colours = len(np.unique(pixels.reshape(-1, 3) // 8, axis=0))
     assert colours > 2000, colours
+
+
+def test_a_second_query_into_the_same_folder_holds_only_its_own_answer(labeled_index, tmp_path):
+    """The results of an earlier query into the folder go once the new one has succeeded (they were mixed in,
+    so read_results and the report held probes this query never had); the folder is private like every output."""
+    import stat
+
+    work, shards, people = labeled_index
+    out = tmp_path / "out"
+    first, second = os.path.join(SAMPLE, "img1.jpg"), [os.path.join(SAMPLE, n) for n in ("img2.jpg", "couple.jpg")]
+    common = ["--index", ALIAS, "--k", "3", "--exact", "--shards", shards, "--output", str(out)]
+    job(query, ["--probes", first, *common])
+    assert {r["probe_path"] for r in query.read_results(str(out))} == {first}
+    summary = job(query, ["--probes", *second, *common])
+    rows = query.read_results(str(out))
+    assert {r["probe_path"] for r in rows} == set(second) and summary["images_seen"] == 2
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700

@@ -159,7 +159,13 @@ def for_search(choice: StoreChoice | None, connect, name: str, shards: str = Non
     if shards:
         log.info("no Elasticsearch configured: searching the shards exactly")
         return shards_store(shards)
-    connect()  # raises the EsConfigError that says how to configure a cluster
+    from facebeam.transforms.es_conn import EsNotConfigured
+
+    try:
+        connect()  # raises the EsConfigError that says how to configure a cluster
+    except EsNotConfigured as e:
+        raise EsNotConfigured(f"nothing to search: the {local.describe()} is not built (`facebeam run` or `facebeam "
+                              f"index` builds it), and {e}") from None
     raise UserError("no store to search")  # not reached: connect() raised
 
 
