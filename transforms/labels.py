@@ -29,9 +29,9 @@ def input_roots(patterns) -> tuple:
 
     List files name photos one by one and give no root.
     """
-    roots = []
     from facebeam.transforms.sources import has_wildcard, is_glob, is_list
 
+    roots = []
     for p in patterns or ():
         if is_list(p):
             continue
