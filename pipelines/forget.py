@@ -58,7 +58,8 @@ def build_parser():
     what.add_argument("--person", metavar="NAME", help="every photo of the person of this name (or person id), "
                                                        "as the stores' persons' names say (`persons ... --shards`)")
     p.add_argument("--shards", required=True, help="the embed/run output folder")
-    p.add_argument("--index", default=None, help="also delete from this alias")
+    p.add_argument("--index", default=None, help="also erase from this store (the one --store names, else as `index` "
+                                                 "chooses)")
     p.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
     options.add_es(p)
     options.add_store(p)
@@ -139,8 +140,8 @@ def named_store(ns: ForgetConfig):
     """The store --store or --index names (besides the ones the collection recorded), or None."""
     if ns.store.given():
         return stores.make(ns.store, ns.es.connection, ns.index or "faces")
-    if ns.index:
-        return stores.make(stores.StoreChoice("es"), ns.es.connection, ns.index)
+    if ns.index:  # chosen as `index` chooses: Elasticsearch when configured, else the embedded index
+        return stores.for_loading(ns.store, ns.es.connection, ns.index)
     return None
 
 
@@ -186,6 +187,9 @@ def run(ns: ForgetConfig, pipeline=None) -> dict:
               f"no store ({len(targets)} checked) holds any of their faces")
     summary = {"images": len(shas), "docs": docs, "rows": sum(removed.values()), "stores": per_store,
                "unreachable": unreachable, "already_erased": not fresh}
+    if unreachable and ns.dry_run:  # nothing was written, no tombstone either
+        raise UserError(f"could not reach {'; '.join(unreachable)}: its faces of those {len(shas)} image(s) were not "
+                        "counted; nothing was changed (dry run)")
     if unreachable:
         raise UserError(f"could not reach {'; '.join(unreachable)}: its faces of those {len(shas)} image(s) are not "
                         "erased yet; the tombstone is written, so the next `facebeam forget` (the same command) or "

@@ -335,7 +335,7 @@ def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert "--person 'somone': no face in the embedded HNSW index" in r.stderr
 
-    r = facebeam("forget", "--image", os.path.join(SAMPLE, "img1.jpg"), "--shards", out, "--store", "local",
+    r = facebeam("forget", "--image", os.path.join(SAMPLE, "img1.jpg"), "--shards", out,  # --index alone: local
                  "--index", "faces", "--dry-run", env=home)
     # the collection was loaded into more than one store by now: every recorded store counts its faces
     per_store = [int(n) for n in re.findall(r": would remove (\d+) face doc\(s\)$", r.stdout, flags=re.M)]

@@ -110,6 +110,7 @@ def test_a_bug_keeps_its_traceback_and_exits_1(tmp_path):
     (["index", "--shards", "OUT", "--index", "faces", "--max-retries", "-1"],
      "error: argument --max-retries: want a number >= 0, got '-1' (`facebeam index --help` lists every flag)"),
     (["calibrate"], "error: the following arguments are required: --shards"),
+    (["es"], "error: the following arguments are required: what to do (up, down, status)"),
 ])
 def test_a_user_error_is_one_line_and_exits_2(tmp_path, argv, says):
     done = _facebeam(*[str(tmp_path / w) if w == "OUT" else w for w in argv])

@@ -356,6 +356,11 @@ def test_forget_with_redis_down_exits_2_naming_it_and_a_later_load_finishes_the_
     red.close()
 
     assert redis_local.down(home)
+    assert forget.main(["--label", label, "--shards", out, "--dry-run"]) == 2  # says so, and writes nothing
+    assert "were not counted; nothing was changed (dry run)" in caplog.text and not shards.tombstones(out)
+    assert answers(local, faces, label)
+    caplog.clear()
+    capsys.readouterr()
     assert forget.main(["--label", label, "--shards", out]) == 2
     printed, error = capsys.readouterr().out, caplog.text
     assert f"could not reach Redis store {name!r} at redis://127.0.0.1:{port}" in error
