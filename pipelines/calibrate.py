@@ -50,8 +50,9 @@ def build_parser():
                    help="input folder parent-dir labels count from (default: the folder all photos share)")
     p.add_argument("--pairs", default=None, metavar="CSV", help="judge these pairs (file_x,file_y,decision)")
     p.add_argument("--output", default=None, help="where calibration.json and roc.png go (default: --shards)")
-    p.add_argument("--index", default=None, help="also keep the threshold in this index's metadata (the store --store "
-                                                       "names, else as `index` chooses)")
+    p.add_argument("--index", type=options.index_name, default=None,
+                   help="also keep the threshold in this index's metadata (the store --store names, else as "
+                        "`index` chooses)")
     p.add_argument("--folds", type=options.number(int, least=2), default=5,
                    help="cross-validation folds over photos (default %(default)s)")
     options.add_es(p)

@@ -59,7 +59,7 @@ def build_parser():
     graph = p.add_mutually_exclusive_group()
     graph.add_argument("--ann", default=None, metavar="DIR",
                        help="build the kNN graph from this embedded index (`facebeam index --store local:DIR`)")
-    graph.add_argument("--index", default=None,
+    graph.add_argument("--index", type=options.index_name, default=None,
                        help="search this Elasticsearch alias for the kNN graph (default: exact over the shards)")
     options.add_persons(p)
     p.add_argument("--incremental", action="store_true",

@@ -58,8 +58,8 @@ def build_parser():
     what.add_argument("--person", metavar="NAME", help="every photo of the person of this name (or person id), "
                                                        "as the stores' persons' names say (`persons ... --shards`)")
     p.add_argument("--shards", required=True, help="the embed/run output folder")
-    p.add_argument("--index", default=None, help="also erase from this store (the one --store names, else as `index` "
-                                                 "chooses)")
+    p.add_argument("--index", type=options.index_name, default=None,
+                   help="also erase from this store (the one --store names, else as `index` chooses)")
     p.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
     options.add_es(p)
     options.add_store(p)

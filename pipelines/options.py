@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 
 from facebeam.transforms import es_conn, es_index, faces
 from facebeam.transforms.errors import UserError
@@ -88,6 +89,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
                 or not action.option_strings):
             return text
         return f"{text} (default %(default)s)"
+
+
+def index_name(text: str) -> str:
+    """An argparse type: a store name every store takes. Elasticsearch's rule for index names, kept for the
+    embedded index and Redis too, so a collection keeps its name in any store and an embedded index's folder
+    stays inside <FACEBEAM_HOME>/ann ("My Faces" or "../x" is refused here, not by one store later)."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,199}", text):
+        raise argparse.ArgumentTypeError(f"want a name of lower-case letters, digits, '.', '_' and '-' that starts "
+                                         f"with a letter or digit (Elasticsearch's rule, kept for every store), "
+                                         f"got {text!r}")
+    return text
 
 
 class Parser(argparse.ArgumentParser):
@@ -370,7 +382,7 @@ def es_from(a: Args) -> EsFlags:
 
 # --- loading an index -----------------------------------------------------------------------
 def add_load(p, alias_required: bool = True) -> None:
-    p.add_argument("--index", required=alias_required, default=None if alias_required else "faces",
+    p.add_argument("--index", type=index_name, required=alias_required, default=None if alias_required else "faces",
                    help="alias name; the concrete index is versioned behind it"
                         + ("" if alias_required else " (default %(default)s)"))
     d = BulkConfig.__dataclass_fields__

@@ -56,7 +56,8 @@ def build_parser():
     ls = sub.add_parser("list", help="print the persons table, largest first")
     ls.add_argument("--top", type=options.COUNT, default=20, help="persons to print, largest first")
     for q in (n, m, s):
-        q.add_argument("--index", default=None, help="also give the names to the faces of this store (see --store)")
+        q.add_argument("--index", type=options.index_name, default=None,
+                       help="also give the names to the faces of this store (see --store)")
         q.add_argument("--shards", default=None, metavar="DIR",
                        help="also give the names to every store the collection DIR was loaded into (and its shards)")
         options.add_store(q)

@@ -60,7 +60,7 @@ class QueryConfig:
 def build_parser():
     p = options.parser("facebeam query", __doc__)
     options.add_inputs(p, flag="--probes", labels=False, backfill=False)
-    p.add_argument("--index", default="faces", help="alias to search (default %(default)s)")
+    p.add_argument("--index", type=options.index_name, default="faces", help="alias to search (default %(default)s)")
     p.add_argument("--k", type=options.COUNT, default=5, help="hits per probe face")
     p.add_argument("--num-candidates", type=options.COUNT, default=None, help="HNSW candidates (default max(200, 20k))")
     p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",

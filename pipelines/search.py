@@ -41,7 +41,7 @@ def build_parser():
     p = options.parser("facebeam search", __doc__)
     p.add_argument("photos", nargs="*", metavar="PHOTO", help="photos to look up (their faces, each)")
     p.add_argument("--k", type=options.COUNT, default=5, help="hits per face")
-    p.add_argument("--index", default="faces", help="alias / store name")
+    p.add_argument("--index", type=options.index_name, default="faces", help="alias / store name")
     p.add_argument("--num-candidates", type=options.COUNT, default=None, help="HNSW candidates (default max(200, 20k))")
     p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                    help="only hits whose FIELD equals VALUE (repeatable)")

@@ -57,7 +57,7 @@ def build_parser():
     p.add_argument("--pairs", default=None, metavar="CSV", help="verify many: photo,identity[,decision] rows")
     p.add_argument("--photos", default=None, metavar="DIR", help="folder the --pairs photo names are in "
                                                                  "(default: the CSV's folder)")
-    p.add_argument("--index", default="faces", help="alias / store name (default %(default)s)")
+    p.add_argument("--index", type=options.index_name, default="faces", help="alias / store name (default %(default)s)")
     p.add_argument("--threshold", type=options.POSITIVE, default=None,
                    help="same-person distance (default: calibrated, else the model's)")
     options.add_store(p, kinds=KINDS, auto="redis when configured, else local when built")

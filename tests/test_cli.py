@@ -154,7 +154,7 @@ UNBOUNDED = {"--detect-upsample", "--detect-max-side", "--min-confidence"}
 @pytest.mark.unit
 def test_every_numeric_flag_has_bounds_and_a_number_out_of_them_is_one_line(capsys):
     """`--k 0` was a traceback and `--max-pixels -5` a job that dead-lettered every photo: every number a
-    command takes is bounded by its parser (options.number)."""
+    command takes is bounded by its parser (options.number), and a store name is one every store takes."""
     bare = []
     for words, module in command_modules():
         for parser in options.all_parsers(importlib.import_module(module).build_parser()):
@@ -168,7 +168,10 @@ def test_every_numeric_flag_has_bounds_and_a_number_out_of_them_is_one_line(caps
                               (("es",), ["up", "--port", "70000"], "argument --port: want a number >= 1 and <= 65535"),
                               (("query",), ["--probes", "x", "--output", "y", "--threshold", "0"],
                                "argument --threshold: want a number > 0"),
-                              (("bench", "index"), ["--k", "ten"], "argument --k: want a whole number, got 'ten'")):
+                              (("bench", "index"), ["--k", "ten"], "argument --k: want a whole number, got 'ten'"),
+                              (("run",), ["--input", "x", "--output", "y", "--index", "My Faces"],  # a name every
+                               "argument --index: want a name of lower-case letters"),               # store takes
+                              (("search",), ["x.jpg", "--index", "../elsewhere"], "got '../elsewhere'")):
         with pytest.raises(SystemExit) as e:
             importlib.import_module(modules[words]).build_parser().parse_args(argv)
         err = capsys.readouterr().err
