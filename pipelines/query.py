@@ -127,19 +127,20 @@ def result_rows(item, spec, mode, threshold=None):
 
 
 def run(config: QueryConfig, pipeline=None) -> dict:
-    # Private like every job's output, one query at a time into a folder, and the answer of this query alone.
-    with jobs.lock_output(config.output):
-        return _query(config, pipeline)
-
-
-def _query(ns: QueryConfig, pipeline) -> dict:
+    ns = config
     backend = stores.open_search(ns.store, ns.es.connection, ns.index, ns.shards, ns.exact, ns.spec_given, ns.threshold,
                                  ns.filters)
+    sources.check_inputs(ns.probes.patterns)  # both refuse before the output folder is made
+    # Private like every job's output, one query at a time into a folder, and the answer of this query alone.
+    with jobs.lock_output(config.output):
+        return _query(ns, backend, pipeline)
+
+
+def _query(ns: QueryConfig, backend, pipeline) -> dict:
     spec, mode, where, threshold = backend.spec, backend.mode, backend.where, backend.threshold
     search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or knn.default_candidates(ns.k),
                             filters=ns.filters,
                             exclude_same_image=ns.exclude_same_image, path_prefix=ns.path_prefix)
-    sources.check_inputs(ns.probes.patterns)
     opts = pipeline_options(ns.beam_args)
     p = create_pipeline(opts, pipeline)
     probes = p | "EmbedProbes" >> EmbedInputs(ns.probes, spec)
