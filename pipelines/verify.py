@@ -75,15 +75,14 @@ def read_pairs(path: str, photos: str = None) -> list:
     base = photos or os.path.dirname(os.path.abspath(path))
     out = []
     _, rows = labels.csv_dicts(path)
-    for r in rows:
+    for line, r in enumerate(rows, start=2):
         if "photo" in r and "identity" in r:
             photo, name = r["photo"], r["identity"]
         elif "file_x" in r and "file_y" in r:  # face-recognition-pivot.csv: paths of another layout, by file name
             photo, name = os.path.basename(r["file_x"]), os.path.basename(r["file_y"])
         else:
             raise UserError(f"{path}: want columns photo,identity[,decision] or file_x,file_y[,decision]")
-        decision = (r.get("decision") or r.get("expected") or "").strip().lower()
-        expected = {"yes": True, "same": True, "true": True, "no": False, "different": False, "false": False}.get(decision)
+        expected = labels.decision(r.get("decision") or r.get("expected"), f"{path} line {line}")
         out.append((photo if os.path.isabs(photo) else os.path.join(base, photo), name, expected))
     return out
 
@@ -188,7 +187,7 @@ def run(config: VerifyConfig, pipeline=None) -> dict:
                    "ok": True}
         print(f"verified {len(results)} pair(s) on {backend.where}: {summary['unknown']} unknown identit(ies); "
               + (f"accuracy {summary['accuracy']:.4f} ({right}/{len(judged)})" if judged else "no decisions to score")
-              + (f"; server time p50 {summary['latency_p50_ms']:.2f} ms" if latencies else ""))
+              + (f"; lookup p50 {summary['latency_p50_ms']:.2f} ms" if latencies else ""))
         return summary
     finally:
         backend.close()

@@ -381,6 +381,26 @@ def test_a_spreadsheets_csv_and_an_editors_list_file_with_a_byte_order_mark_are_
     assert labels.read_pairs(str(tmp_path / "pairs.csv")) == [("a.jpg", "b.jpg", True)]
 
 
+def test_a_pairs_decision_is_read_one_way_everywhere_and_a_word_that_is_neither_is_refused(tmp_path):
+    from facebeam.pipelines import verify
+    from facebeam.transforms import labels
+    from facebeam.transforms.errors import UserError
+
+    rows = [("a.jpg", "b.jpg", "Same"), ("a.jpg", "c.jpg", " N "), ("b.jpg", "c.jpg", "different")]
+    (tmp_path / "pairs.csv").write_text("file_x,file_y,decision\n" + "".join(f"{x},{y},{d}\n" for x, y, d in rows))
+    want = [True, False, False]
+    assert [same for _, _, same in labels.read_pairs(str(tmp_path / "pairs.csv"))] == want
+    assert [same for _, _, same in verify.read_pairs(str(tmp_path / "pairs.csv"))] == want
+    (tmp_path / "typo.csv").write_text("file_x,file_y,decision\na.jpg,b.jpg,yes\na.jpg,c.jpg,noo\n")
+    for read in (labels.read_pairs, verify.read_pairs):
+        with pytest.raises(UserError, match=r"typo.csv line 3: decision 'noo' is neither"):
+            read(str(tmp_path / "typo.csv"))
+    (tmp_path / "blank.csv").write_text("file_x,file_y,decision\na.jpg,b.jpg,\n")
+    assert verify.read_pairs(str(tmp_path / "blank.csv"))[0][2] is None  # verify: unlabelled, judged only
+    with pytest.raises(UserError, match="blank.csv line 2: no decision"):
+        labels.read_pairs(str(tmp_path / "blank.csv"))  # calibration needs every pair's answer
+
+
 def test_beams_noise_is_dropped_also_when_a_worker_relays_it(caplog):
     import logging
 

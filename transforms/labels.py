@@ -148,6 +148,22 @@ def photo_labels(faces, threshold: float, margin: float = MARGIN) -> dict:
     return assign_unique({index: decide(hits, threshold, margin) for index, hits in faces})
 
 
+SAME_WORDS = ("yes", "y", "same", "true", "1")
+DIFFERENT_WORDS = ("no", "n", "different", "false", "0")
+
+
+def decision(word, where: str):
+    """A pairs CSV's decision cell -> True (same person), False (different) or None (blank: not labelled).
+    A word that is neither is refused: read as "different", a typo would quietly turn a pair around."""
+    word = (word or "").strip().lower()
+    if not word:
+        return None
+    if word in SAME_WORDS or word in DIFFERENT_WORDS:
+        return word in SAME_WORDS
+    raise UserError(f"{where}: decision {word!r} is neither same ({', '.join(SAME_WORDS)}) "
+                    f"nor different ({', '.join(DIFFERENT_WORDS)})")
+
+
 def read_pairs(pairs_csv: str, by_name: bool = True) -> list:
     """A pairs CSV in deepface's pivot format (file_x, file_y, decision Yes/No) -> [(x, y, same)].
 
@@ -156,8 +172,13 @@ def read_pairs(pairs_csv: str, by_name: bool = True) -> list:
     names, rows = csv_dicts(pairs_csv)
     if not {"file_x", "file_y", "decision"} <= set(names):
         raise UserError(f"{pairs_csv}: need columns file_x, file_y and decision (Yes/No)")
-    return [(name(r["file_x"]), name(r["file_y"]), r["decision"].strip().lower() in ("yes", "true", "1", "same"))
-            for r in rows]
+    out = []
+    for line, r in enumerate(rows, start=2):
+        same = decision(r["decision"], f"{pairs_csv} line {line}")
+        if same is None:
+            raise UserError(f"{pairs_csv} line {line}: no decision (Yes/No)")
+        out.append((name(r["file_x"]), name(r["file_y"]), same))
+    return out
 
 
 def identities_from_pairs(pairs) -> dict:
