@@ -33,7 +33,7 @@ from facebeam.pipelines import options
 from facebeam.pipelines.runner.kinds import runner_kind, runner_name
 from facebeam.transforms import manifest, metrics, privacy, progress, shards, sources
 from facebeam.transforms.errors import UserError
-from facebeam.transforms.summary import JobSummary
+from facebeam.transforms.summary import JobSummary, skipped_words
 
 log = logging.getLogger(__name__)
 # The stderr level of local worker processes (the worker main reads it): ERROR by default, INFO with -v.
@@ -329,7 +329,7 @@ def preflight(inputs, spec) -> None:
         from facebeam.transforms.faces import FaceModel
 
         FaceModel(spec)  # a model only deepface knows the files of: loaded once here, failing before any worker
-    n = progress.count_files(inputs.patterns, sources.IMAGE_EXTENSIONS)
+    n = progress.count_files(inputs.patterns)
     if n:
         _expected["embed"] = n
 
@@ -402,5 +402,4 @@ def load_summary(result, target, index_errors: str | None = None) -> dict:
 
 
 def skipped_note(summary: dict) -> str:
-    what = {"not_image": "file(s) that are not images by extension", "symlink_outside": "symlink(s) out of the input"}
-    return "".join(f"; skipped {n} {what.get(why, why)}" for why, n in summary.get("files_skipped", {}).items())
+    return "".join(f"; skipped {words}" for words in skipped_words(summary.get("files_skipped")))

@@ -138,6 +138,11 @@ def inputs_job(tmp_path_factory):
     os.symlink(os.path.join(SAMPLE, "img1.jpg"), d / "outside.jpg")
     Image.open(os.path.join(SAMPLE, "img8.jpg")).save(d / "data" / "photo.bin", format="JPEG")  # not_image by name
     os.symlink(d / "data" / "photo.bin", d / "inside-link.jpg")  # a symlink that stays inside is read
+    # Hidden and system names a walk leaves out: a viewer's thumbnail cache, a NAS's, macOS's AppleDouble file.
+    for cache in (".thumbnails", "@eaDir"):
+        (d / cache).mkdir()
+        Image.open(FACE).resize((64, 64)).save(d / cache / "face.jpg")
+    (d / "._face.jpg").write_bytes(b"\x00\x05\x16\x07" + b"\0" * 80)
     huge = Image.new("RGB", (HUGE_SIDE, HUGE_SIDE), (128, 128, 128))
     face = Image.open(FACE).convert("RGB")
     face = face.resize((face.width * 10, face.height * 10), Image.Resampling.BILINEAR)
@@ -159,7 +164,12 @@ def test_symlinks_out_of_the_input_are_not_read_but_counted(inputs_job):
     assert "passwd" not in read and "outside.jpg" not in read
     assert all(os.path.realpath(r["image_path"]) != "/etc/passwd" for r in rows)
     assert read == {"face.jpg", "two-pages.tif", "inside-link.jpg", "huge.jpg"}
-    assert s["files_skipped"] == {"not_image": 1, "symlink_outside": 2}
+    assert s["files_skipped"] == {"not_image": 1, "symlink_outside": 2, "hidden": 3}
+    from facebeam.transforms.summary import JobSummary
+
+    line = JobSummary.build("embed", s).line()  # each reason said as what it is, none called a non-image
+    assert ("(3 file(s) under hidden or system names skipped, 1 non-image file(s) skipped, "
+            "2 symlink(s) out of the input skipped)") in line, line
 
 
 def test_every_page_of_a_tiff_is_an_image_and_the_summary_adds_up(inputs_job):
@@ -177,7 +187,7 @@ def test_every_page_of_a_tiff_is_an_image_and_the_summary_adds_up(inputs_job):
     assert s["images_extra_pages"] == 1
     assert s["images_seen"] == 5 == s["images_embedded"] + sum(s["images_failed"].values())
     assert s["images_failed"] == {}
-    assert s["files_seen"] == 7 == s["images_seen"] - s["images_extra_pages"] + sum(s["files_skipped"].values())
+    assert s["files_seen"] == 10 == s["images_seen"] - s["images_extra_pages"] + sum(s["files_skipped"].values())
 
 
 def test_max_pixels_is_the_only_pixel_limit(inputs_job):

@@ -351,6 +351,28 @@ def test_inputs_named_with_brackets_stars_and_question_marks_are_read_as_named(t
     assert [os.path.basename(p) for p, _ in sources.expand(str(plain / "*.jpg"))] == ["e.jpg"]
 
 
+def test_a_walk_leaves_out_hidden_and_system_names_below_its_folder_and_counts_them(tmp_path):
+    from facebeam.transforms import progress, sources
+
+    root = tmp_path / ".photos"  # a folder named on its own is read, even a hidden one
+    for rel in ("a.jpg", "trip/b.jpg", "trip/.thumbnails/b.jpg", "._a.jpg", "@eaDir/a.jpg/SYNOFILE_THUMB_XL.jpg",
+                "#recycle/c.jpg", "notes.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    skipped = []
+    read = sorted(os.path.relpath(p, root) for p, _ in sources.expand(str(root), skipped=lambda p, why: skipped.append(why)))
+    assert read == ["a.jpg", "trip/b.jpg"]
+    assert sorted(skipped) == ["hidden"] * 4 + ["not_image"]
+    assert progress.count_files([str(root)]) == 2
+    assert [os.path.basename(p) for p, _ in sources.expand(str(root / "trip/.thumbnails"))] == ["b.jpg"]
+    assert [os.path.basename(p) for p, _ in sources.expand(str(root / "*/.thumbnails/*.jpg"))] == ["b.jpg"]
+    assert sorted(os.path.relpath(p, root) for p, _ in sources.expand(str(root) + "/*/")) == ["trip/b.jpg"]
+    for rel in ("a.jpg", "trip/b.jpg"):
+        (root / rel).unlink()
+    with pytest.raises(sources.InputError, match="hidden or system names"):
+        sources.check_inputs([str(root)])
+
+
 def test_a_glob_ending_in_a_slash_walks_the_folders_it_matches_and_a_bracketed_folder_is_a_label_root(tmp_path):
     from facebeam.transforms import labels, progress, sources
 
@@ -360,7 +382,7 @@ def test_a_glob_ending_in_a_slash_walks_the_folders_it_matches_and_a_bracketed_f
     walked = str(tmp_path) + "/*/"
     sources.check_inputs([walked])
     assert sorted(os.path.basename(p) for p, _ in sources.expand(walked)) == ["1.jpg", "2.jpg", "3.jpg"]
-    assert progress.count_files([walked], sources.IMAGE_EXTENSIONS) == 3
+    assert progress.count_files([walked]) == 3
     with pytest.raises(sources.InputError, match="matched no files"):
         sources.check_inputs([str(tmp_path) + "/nobody*/"])
     # parent-dir labels: a folder named with a [ is the root as it is, so a photo directly in it has no label.

@@ -184,25 +184,28 @@ def waiting(what: str, stream=None, every_s: float = 1.0):
         bar.close()
 
 
-def count_files(patterns, extensions, budget_s: float = 2.0):
-    """How many files local folders and globs hold with these extensions, for a bar's ETA; None when it is
-    not cheap to know (another filesystem, a list file, or more than `budget_s` of walking)."""
+def count_files(patterns, budget_s: float = 2.0):
+    """How many files local folder walks and globs read, for a bar's ETA; None when it is not cheap to know
+    (another filesystem, a list file, or more than `budget_s` of walking)."""
     import glob
 
-    from facebeam.transforms.sources import is_list
+    from facebeam.transforms import sources
 
     n, deadline = 0, time.monotonic() + budget_s
     for p in patterns:
-        if "://" in p or is_list(p):
+        if "://" in p or sources.is_list(p):
             return None
         if os.path.isdir(p):
-            for _, _, names in os.walk(p):
-                n += sum(1 for name in names if name.lower().endswith(tuple(extensions)) or "." not in name)
+            for root, dirs, names in os.walk(p):
+                dirs[:] = [d for d in dirs if not sources.hidden(d)]
+                n += sum(1 for name in names if sources.walk_skips(os.path.join(root, name), p) is None)
                 if time.monotonic() > deadline:
                     return None
         elif os.path.isfile(p):  # named as it is, even with a [ in its name
             n += 1
-        else:  # a glob; one ending in / walks the folders it matches
-            found = glob.glob(os.path.join(p, "**") if p.endswith("/") else p, recursive=True)
-            n += sum(1 for f in found if os.path.isfile(f))
+        elif p.endswith("/"):  # a glob that walks the folders it matches
+            found = glob.glob(os.path.join(p, "**"), recursive=True)
+            n += sum(1 for f in found if os.path.isfile(f) and sources.walk_skips(f, sources.walk_root(p)) is None)
+        else:
+            n += sum(1 for f in glob.glob(p, recursive=True) if os.path.isfile(f))
     return n

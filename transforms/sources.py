@@ -8,7 +8,10 @@ The rule for files: every file a glob or a list file names is read, and decoding
 extension or no extension at all (decoding decides again); a file with any other extension
 (`.txt`, `.csv`, `.md`, ...) is not read but counted as skipped: the Beam counter
 `facebeam/files_skipped.not_image`, `files_skipped` in the job summary and the end-of-run
-log line, with the first paths in the workers' log.
+log line, with the first paths in the workers' log. A walk also skips what lies under a hidden or
+system name below the folder (`.thumbnails/`, macOS's `._IMG_1.jpg`, a NAS's `@eaDir/` thumbnails
+and `#recycle/`), counted as `files_skipped.hidden`: read, they were duplicate faces at thumbnail
+size or dead letters. Named on its own, in a glob or in a list file, such a path is read.
 
 Symlinks: a folder walk or a glob on local disk does not read a symlink whose target lies outside
 the input's root (the folder, or the glob's folder before its first wildcard): it is counted in
@@ -45,6 +48,8 @@ LIST_EXTENSIONS = (".txt", ".lst", ".list")
 SKIPPED = "files_skipped."  # Beam counters files_skipped.<why>: files listed but not read
 SKIPPED_NOT_IMAGE = SKIPPED + "not_image"  # folder-walk files with a non-image extension
 SKIPPED_SYMLINK = SKIPPED + "symlink_outside"  # symlinks whose target leaves the input root
+# Folders a walk does not enter besides dot-names: NAS thumbnail caches, recycle bins and snapshots.
+SYSTEM_FOLDERS = ("@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN", "System Volume Information")
 WILDCARDS = "*?["  # what Beam's match reads as a pattern (it has no quoting)
 
 
@@ -119,10 +124,32 @@ def canonical(path: str) -> str:
 
 
 def walk_takes(path: str) -> bool:
-    """Whether a folder walk reads `path`: an image extension or none (decoding decides)."""
+    """Whether a folder walk reads `path` by its name: an image extension or none (decoding decides)."""
     name = posixpath.basename(path.rstrip("/"))
     ext = os.path.splitext(name)[1].lower()
     return ext == "" or ext in IMAGE_EXTENSIONS
+
+
+def hidden(name: str) -> bool:
+    """Whether a walk leaves out a file or folder of this name (see the module docstring)."""
+    return name.startswith(".") or name in SYSTEM_FOLDERS
+
+
+def walk_skips(path: str, root: str):
+    """Why a walk of the folder `root` does not read `path` ("hidden", "not_image"), or None when it does."""
+    path, root = canonical(path), canonical(root).rstrip("/")
+    below = path[len(root) + 1:] if path.startswith(root + "/") else posixpath.basename(path)
+    if any(hidden(part) for part in below.split("/")):
+        return "hidden"
+    return None if walk_takes(path) else "not_image"
+
+
+def walk_root(pattern: str) -> str:
+    """The folder a walk's hidden names are counted below: the folder, or a glob's folder before its first
+    wildcard (`people/*/` -> `people`)."""
+    if not is_glob(pattern):
+        return pattern
+    return posixpath.dirname(pattern[:min(pattern.index(ch) for ch in WILDCARDS if ch in pattern)]) or "."
 
 
 def _list_lines(path: str):
@@ -153,7 +180,7 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
     """Yield (canonical path, size_in_bytes or None) for one user input; `since` keeps files modified at or after it.
 
     A folder walk or glob passes each file it does not read (see the module docstring) to
-    `skipped(path, why)`, why = "not_image" or "symlink_outside". Inputs that name nothing were
+    `skipped(path, why)`, why = "not_image", "hidden" or "symlink_outside". Inputs that name nothing were
     refused in the launcher (`check_inputs`); here they yield nothing.
     """
     def fresh(m):
@@ -182,12 +209,14 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
     if (walk or glob) and "://" not in pattern and not follow_symlinks:
         root = _root(pattern) if glob else os.path.realpath(pattern)
     found = []
+    top = walk_root(pattern) if walk else None
     for m in listed:
+        why = None
         if root is not None and leaves(m.path, root):
             why = "symlink_outside"
-        elif walk and not walk_takes(m.path):
-            why = "not_image"
-        else:
+        elif walk:
+            why = walk_skips(m.path, top)
+        if why is None:
             found.append(m)
             continue
         if skipped is not None and fresh(m):
@@ -204,6 +233,7 @@ class ExpandInputs(beam.DoFn):
 
     SHOWN = 5  # skipped paths logged per input
     WHY = {"not_image": "whose extension is not an image's",
+           "hidden": "under hidden or system names (.name, @eaDir, #recycle)",
            "symlink_outside": "that are symlinks out of the input (--follow-symlinks reads them)"}
 
     def __init__(self, since: float = None, follow_symlinks: bool = False):
@@ -264,11 +294,11 @@ def _folder_has_candidate(folder: str):
             for name in names:
                 if os.path.isfile(os.path.join(root, name)):
                     seen += 1
-                    if walk_takes(name):
+                    if walk_skips(os.path.join(root, name), folder) is None:
                         return seen, True
         return seen, False
     found = _walk(folder)
-    return len(found), any(walk_takes(m.path) for m in found)
+    return len(found), any(walk_skips(m.path, walk_root(folder)) is None for m in found)
 
 
 def check_inputs(patterns) -> None:
@@ -290,7 +320,9 @@ def check_inputs(patterns) -> None:
                 raise InputError(f"input {p!r} matched no files" if is_glob(p) else f"input folder {p!r} holds no files")
             if not ok:
                 raise InputError(f"input folder {p!r} holds no image files: its {seen} file(s) all have "
-                                 f"non-image extensions (images: {', '.join(IMAGE_EXTENSIONS)}, or no extension)")
+                                 f"non-image extensions (images: {', '.join(IMAGE_EXTENSIONS)}, or no extension) "
+                                 "or lie under hidden or system names (.name, @eaDir, #recycle; name such a "
+                                 "folder itself to read it)")
         elif not _is_file(p) and not FileSystems.match([p])[0].metadata_list:
             raise InputError(f"input {p!r} matched no files")
 

@@ -20,6 +20,16 @@ def _int(v) -> int:
     return int(v or 0)
 
 
+# files_skipped's reasons (transforms/sources.py), as the result line says them
+SKIPPED_WORDS = {"not_image": "non-image file(s)", "hidden": "file(s) under hidden or system names",
+                 "symlink_outside": "symlink(s) out of the input"}
+
+
+def skipped_words(skipped: Mapping) -> list:
+    """["2 non-image file(s)", ...] for a summary's files_skipped, one per reason."""
+    return [f"{n} {SKIPPED_WORDS.get(why, why)}" for why, n in (skipped or {}).items() if n]
+
+
 @dataclasses.dataclass(frozen=True)
 class EmbedCounts:
     """Photos in, faces out: seen = embedded + failed; `done` were skipped as already done (incremental)."""
@@ -28,7 +38,7 @@ class EmbedCounts:
     embedded: int
     faces: int
     failed: int
-    not_images: int
+    skipped: Mapping
     done: int
     elapsed_s: float | None
     per_s: float | None
@@ -40,11 +50,11 @@ class EmbedCounts:
         failed = f.get("images_failed") or {}
         return cls(seen=_int(f["images_seen"]), embedded=_int(f.get("images_embedded")), faces=_int(f.get("faces")),
                    failed=sum(failed.values()) if isinstance(failed, Mapping) else _int(failed),
-                   not_images=sum((f.get("files_skipped") or {}).values()), done=_int(f.get("images_done")),
+                   skipped=dict(f.get("files_skipped") or {}), done=_int(f.get("images_done")),
                    elapsed_s=f.get("elapsed_s"), per_s=f.get("images_per_s"))
 
     def words(self, output: str | None = None) -> str:
-        extra = [f"{self.not_images} non-image file(s) skipped"] if self.not_images else []
+        extra = [f"{words} skipped" for words in skipped_words(self.skipped)]
         if self.done:
             extra.append(f"{self.done} already done, skipped")
         text = (f"embedded {self.seen} photos: {self.faces} faces, {self.failed} failed"
