@@ -4,7 +4,9 @@ Every module exposes `main(argv) -> int`; pipeline modules also run as
 `python -m facebeam.pipelines.<name>`. Modules are imported only when their command runs,
 so `facebeam --help` stays fast.
 """
+import difflib
 import importlib
+import importlib.metadata
 import logging
 import sys
 
@@ -42,14 +44,35 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _version() -> str:
+    """facebeam's version and the versions of what decides its results, from package metadata (no import)."""
+    def version(dist):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    used = ", ".join(f"{d} {version(d)}" for d in ("apache-beam", "deepface", "elasticsearch", "pyarrow", "numpy"))
+    return f"facebeam {version('facebeam')} ({used}; Python {sys.version.split()[0]})"
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
-    name, rest = argv[0], argv[1:]
+    if argv[0] in ("-V", "--version", "version"):
+        print(_version())
+        return 0
+    lead = []  # `facebeam -v run ...`: the flags every command takes may come before it
+    while len(argv) > 1 and argv[0] in ("-v", "--verbose", "--json"):
+        lead.append(argv.pop(0))
+    name, rest = argv[0], argv[1:] + lead
     if name not in COMMANDS or importlib.util.find_spec(COMMANDS[name][0]) is None:
-        print(f"facebeam: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        # One line, as for a wrong flag: the list of commands is one `facebeam --help` away.
+        close = difflib.get_close_matches(name, [c for c in COMMANDS if importlib.util.find_spec(COMMANDS[c][0])], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        print(f"facebeam: unknown command {name!r}{hint} (`facebeam --help` lists the commands)", file=sys.stderr)
         return 2
     from facebeam.pipelines import jobs
     from facebeam.transforms.errors import UserError

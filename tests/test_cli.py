@@ -178,6 +178,23 @@ def test_every_numeric_flag_has_bounds_and_a_number_out_of_them_is_one_line(caps
         assert e.value.code == 2 and said in err and len(err.splitlines()) == 1, (words, err)  # no usage dump
 
 
+def test_a_mistyped_command_is_one_line_with_a_suggestion_and_version_says_what_decides_results(capsys):
+    from facebeam.pipelines import cli
+
+    assert cli.main(["serach", "x.jpg"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("facebeam: unknown command 'serach'; did you mean 'search'? "
+                           "(`facebeam --help` lists the commands)")
+    assert cli.main(["-v", "serach"]) == 2  # the flags every command takes may come first
+    assert "unknown command 'serach'" in capsys.readouterr().err
+    assert cli.main(["--version"]) == 0
+    out = capsys.readouterr().out.strip()
+    import importlib.metadata
+
+    assert out.startswith(f"facebeam {importlib.metadata.version('facebeam')} (apache-beam "), out
+    assert f"deepface {importlib.metadata.version('deepface')}" in out and len(out.splitlines()) == 1
+
+
 def test_abbreviated_flags_are_refused_and_named_before_a_missing_required_one(tmp_path, monkeypatch, caplog):
     """argparse would take `--label-fro` for `--label-from`; a typo must not silently pick a flag."""
     monkeypatch.setenv("FACEBEAM_HOME", str(tmp_path))
