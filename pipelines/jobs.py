@@ -270,6 +270,17 @@ def _quiet_worker_death(hook):
     return quiet
 
 
+def _ancestors(folder: str) -> list:
+    """`folder` and the folders above it, nearest first."""
+    out, path = [], os.path.abspath(folder)
+    while True:
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            return out
+        path = parent
+
+
 @contextlib.contextmanager
 def lock_output(folder: str):
     """Hold `<folder>/.facebeam.lock` (exclusive, non-blocking) while the body runs; see the module docstring."""
@@ -280,6 +291,10 @@ def lock_output(folder: str):
         log.warning("no lock on %s (not a local folder): runs into it must not overlap", folder)
         yield
         return
+    blocker = next((p for p in _ancestors(folder) if os.path.lexists(p) and not os.path.isdir(p)), None)
+    if blocker is not None:
+        raise UserError(f"output folder {folder!r} cannot be made: {blocker} is a file, not a folder; "
+                        "choose another --output")
     started = time.time()
     path = os.path.join(folder, shards.LOCK_FILE)
 

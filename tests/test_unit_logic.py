@@ -351,6 +351,17 @@ def test_inputs_named_with_brackets_stars_and_question_marks_are_read_as_named(t
     assert [os.path.basename(p) for p, _ in sources.expand(str(plain / "*.jpg"))] == ["e.jpg"]
 
 
+def test_an_output_where_a_file_stands_is_one_line_and_the_file_is_untouched(tmp_path):
+    from facebeam.transforms.errors import UserError
+
+    (tmp_path / "notes").write_text("mine")
+    for output in ("notes", "notes/run1"):
+        with pytest.raises(UserError, match=f"{tmp_path / 'notes'} is a file, not a folder"), \
+                jobs.lock_output(str(tmp_path / output)):
+            pass
+    assert (tmp_path / "notes").read_text() == "mine"
+
+
 def test_a_walk_leaves_out_hidden_and_system_names_below_its_folder_and_counts_them(tmp_path):
     from facebeam.transforms import progress, sources
 
