@@ -64,7 +64,8 @@ def build_parser():
     options.add_persons(p)
     p.add_argument("--incremental", action="store_true",
                    help="only faces not yet in --output: join the nearest person, cluster the rest")
-    p.add_argument("--contact-sheet", default=None, metavar="FILE.html", help="write an HTML contact sheet")
+    p.add_argument("--contact-sheet", type=options.output_file, default=None, metavar="FILE.html",
+                   help="write an HTML contact sheet")
     p.add_argument("--sheet-persons", type=options.COUNT, default=200, help="persons on the contact sheet (largest first)")
     options.add_es(p)
     return p

@@ -102,6 +102,21 @@ def index_name(text: str) -> str:
     return text
 
 
+def output_file(text: str) -> str:
+    """An argparse type: a file a command writes (a report, a contact sheet). A local folder at that path, or a
+    file where a folder above it should be, is refused here, not as a traceback after the work is done."""
+    if "://" in text:
+        return text
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; want a file path, e.g. {os.path.join(text, 'report.html')}")
+    above = os.path.dirname(os.path.abspath(text))
+    while not os.path.exists(above) and os.path.dirname(above) != above:
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: {above} is a file, not a folder")
+    return text
+
+
 class Parser(argparse.ArgumentParser):
     """A usage error is one line, as every user error is (argparse prints the whole usage first)."""
 

@@ -152,7 +152,7 @@ UNBOUNDED = {"--detect-upsample", "--detect-max-side", "--min-confidence"}
 
 
 @pytest.mark.unit
-def test_every_numeric_flag_has_bounds_and_a_number_out_of_them_is_one_line(capsys):
+def test_every_numeric_flag_has_bounds_and_a_number_out_of_them_is_one_line(capsys, tmp_path):
     """`--k 0` was a traceback and `--max-pixels -5` a job that dead-lettered every photo: every number a
     command takes is bounded by its parser (options.number), and a store name is one every store takes."""
     bare = []
@@ -171,7 +171,14 @@ def test_every_numeric_flag_has_bounds_and_a_number_out_of_them_is_one_line(caps
                               (("bench", "index"), ["--k", "ten"], "argument --k: want a whole number, got 'ten'"),
                               (("run",), ["--input", "x", "--output", "y", "--index", "My Faces"],  # a name every
                                "argument --index: want a name of lower-case letters"),               # store takes
-                              (("search",), ["x.jpg", "--index", "../elsewhere"], "got '../elsewhere'")):
+                              (("search",), ["x.jpg", "--index", "../elsewhere"], "got '../elsewhere'"),
+                              # a report where a folder stands was a traceback after the whole query had run
+                              (("query",), ["--probes", "x", "--output", "y", "--report", str(tmp_path)],
+                               f"argument --report: '{tmp_path}' is a folder; want a file path"),
+                              (("cluster",), ["--shards", "x", "--output", "y", "--contact-sheet",
+                                              str(tmp_path / "a.txt" / "s.html")],
+                               f"cannot write '{tmp_path / 'a.txt' / 's.html'}': {tmp_path / 'a.txt'} is a file")):
+        (tmp_path / "a.txt").write_text("x")
         with pytest.raises(SystemExit) as e:
             importlib.import_module(modules[words]).build_parser().parse_args(argv)
         err = capsys.readouterr().err
