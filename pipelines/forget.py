@@ -113,7 +113,9 @@ def person_faces(ns: ForgetConfig) -> set:
     out = set()
     for store in stores.recorded_stores(ns.shards, ns.es.connection, named_store(ns)):
         try:
-            out |= named(store.persons(), ns.person)
+            stored = store.person_named(ns.person)  # as `--person` finds it in a search: whatever its case
+            if stored is not None:
+                out |= named(store.persons(), stored)
         except UserError as e:
             log.warning("%s: its persons' names cannot be read (%s)", store.describe(), e)
         finally:

@@ -139,7 +139,7 @@ def run(config: QueryConfig, pipeline=None) -> dict:
 def _query(ns: QueryConfig, backend, pipeline) -> dict:
     spec, mode, where, threshold = backend.spec, backend.mode, backend.where, backend.threshold
     search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or knn.default_candidates(ns.k),
-                            filters=ns.filters,
+                            filters=backend.filters,
                             exclude_same_image=ns.exclude_same_image, path_prefix=ns.path_prefix)
     opts = pipeline_options(ns.beam_args)
     p = create_pipeline(opts, pipeline)

@@ -73,8 +73,7 @@ class Searcher:
                                           config.exact, threshold=config.threshold, filters=config.filters)
         self.spec = self.backend.spec
         self.search = knn.SearchSpec(k=config.k, num_candidates=config.num_candidates or knn.default_candidates(config.k),
-                                     filters=config.filters,
-                                     path_prefix=config.path_prefix)
+                                     filters=self.backend.filters, path_prefix=config.path_prefix)
         self.model = FaceModel(self.spec)
         self.open = self.backend.store.searcher()
         self.warmup_s = time.perf_counter() - started

@@ -98,7 +98,8 @@ class AbstractStoreTests:
         try:
             assert registry.carry_metadata(str(kept), store) == ["calibration", "persons"]
             assert store.threshold(SPEC)[0] == 0.5151
-            assert store.has_persons() and store.has_person("Katherine Johnson") and store.has_person("p-carried")
+            assert store.has_persons() and store.person_named("Katherine Johnson") == "Katherine Johnson"
+            assert store.person_named("p-carried") == "p-carried"
             assert registry.carry_metadata(str(kept), store) == []  # it has its own now: kept
         finally:
             store.write_meta(calibration=None)
@@ -137,8 +138,10 @@ class AbstractStoreTests:
         images = list(by_image(rows).values())
         named = {r["face_id"]: ("p-grace", "Grace Hopper") for faces in images[:3] for r in faces}
         assert len(named) >= 3 and store.set_persons(named) == len(named)
-        assert store.has_person("Grace Hopper") and store.has_person("p-grace")  # what `--person` checks first
-        assert not store.has_person("Grace Hoper") and not store.has_person("Grace")
+        # what `--person` checks first: a name or id a face carries, whatever the case it is typed in
+        assert store.person_named("Grace Hopper") == "Grace Hopper" and store.person_named("p-grace") == "p-grace"
+        assert store.person_named("grace HOPPER") == "Grace Hopper" and store.person_named("P-GRACE") == "p-grace"
+        assert store.person_named("Grace Hoper") is None and store.person_named("Grace") is None
         probe = images[3][0]
         folder = os.path.dirname(images[0][0]["image_path"])
         prefix = os.path.join(folder, os.path.basename(images[4][0]["image_path"])[:1])

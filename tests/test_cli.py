@@ -347,17 +347,22 @@ def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
     table = pq.read_table(os.path.join(cl, "persons.parquet"))
     assert r.stdout.splitlines()[-1] == f"{table.num_rows} persons in all"
     person = r.stdout.split()[0]
+    size = next(int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith(person))
     r = facebeam("persons", "--clusters", cl, "name", person, "someone", env=home)
-    assert r.stdout.startswith("persons name: ") and person in r.stdout
+    assert r.stdout == f"named {person} ({size} faces) 'someone'; re-clusters keep it\n"
     r = facebeam("persons", "--clusters", cl, "name", person, "  ", env=home, check=False)
     assert r.returncode == 2 and r.stderr == "error: a person's name needs a visible character\n"
     # --index alone is chosen as `index` chooses: here the embedded index `run` built. Then --person filters on
     # the name, and a misspelt one is refused rather than answered with nothing.
     r = facebeam("persons", "--clusters", cl, "name", person, "someone", "--index", "faces", env=home)
-    assert r.stdout.splitlines()[-1].startswith("persons name: ") and "embedded HNSW index at " in r.stdout
+    assert r.stdout.splitlines()[-1].startswith(f"named {person} ({size} faces) 'someone'; ")
+    assert f"embedded HNSW index at {home['FACEBEAM_HOME']}/ann/faces: " in r.stdout
     photo = os.path.join(SAMPLE, "img1.jpg")
     r = facebeam("search", photo, "--index", "faces", "--person", "someone", "--k", "3", env=home)
     assert re.search(r"^\s+1\s+[\d.]+\s+(yes|no)\s+/", r.stdout, flags=re.M), r.stdout  # a hit, of that person
+    typed = facebeam("search", photo, "--index", "faces", "--person", "SomeOne", "--k", "3", env=home)
+    table_rows = re.compile(r"^\s+\d+\s+[\d.]+\s+(?:yes|no)\s+/.*$", flags=re.M)
+    assert table_rows.findall(typed.stdout) == table_rows.findall(r.stdout)  # a name is found whatever its case
     r = facebeam("search", photo, "--index", "faces", "--person", "somone", env=home, check=False)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert "--person 'somone': no face in the embedded HNSW index" in r.stderr

@@ -254,8 +254,16 @@ def _persons_line(s: JobSummary) -> str:
     action = s.command.split()[1] if " " in s.command else "persons"
     if action == "list":
         return f"{s.get('persons', 0)} persons in all"
-    keys = ", ".join(f"{k} {v}" for k, v in s.items() if not isinstance(v, (dict, list)))
-    return f"persons {action}: {keys}"
+    who, n = s.get("person_id"), s.get("faces", 0)
+    text = {"name": f"named {who} ({n} faces) {s.get('name')!r}",
+            "merge": f"merged {who} ({n} faces) into {s.get('into')}",
+            "split": f"split {n} face(s) of {who} into the new person {s.get('new_person_id')}"}.get(action, f"{action} {who}")
+    if s.get("index_updated") is not None:
+        text += f"; {s['index_updated']} face(s) in the store carry a person"
+    if s.get("stores_updated"):  # one line each, printed above; the shards count as one
+        done = sum(": NOT updated" not in line for line in s["stores_updated"])
+        text += f"; {done} of {len(s['stores_updated'])} store(s) updated"
+    return text + "; re-clusters keep it"
 
 
 def _reindex_line(s: JobSummary) -> str:

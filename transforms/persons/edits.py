@@ -148,4 +148,5 @@ def edit(folder: str, action: str, person_id: str, name=None, into=None, faces=(
     write_outputs(folder, assignments, ordered, dim)
     append_edit(folder, {**e, "at": stamp})
     return {"action": action, "person_id": person_id, "faces": len(e["faces"]),
+            **({"name": name} if action == "name" else {}), **({"into": into} if action == "merge" else {}),
             **({"new_person_id": e["new_person_id"]} if action == "split" else {})}

@@ -219,6 +219,7 @@ class SearchTarget:
     where: dict
     threshold: float
     threshold_from: str
+    filters: tuple = ()  # as the store spells them: `--person angelina` is the store's `Angelina`
 
     @property
     def mode(self) -> str:
@@ -228,18 +229,22 @@ class SearchTarget:
 def open_search(choice, connect, name: str, shards: str = None, exact: bool = False, spec_given=(),
                 threshold=None, filters=()) -> SearchTarget:
     """The store to rank (for_search), its spec (which `spec_given` (field, value) pairs must match) and threshold.
-    A `--person` among `filters` must name a person the store holds: a typo would only give empty results."""
+    A `--person` among `filters` must name a person the store holds (a typo would only give empty results); its
+    case need not match (`SearchTarget.filters` spell it as the store does)."""
     store = for_search(choice, connect, name, shards, exact)
     _, person = split_filters(filters)
-    if person is not None and not store.has_person(person):
-        raise UserError(f"--person {person!r}: no face in the {store.describe()} carries that name or person id "
-                        "(`facebeam persons --clusters DIR list` shows the persons; `persons ... name ID NAME "
-                        "--index INDEX` names them in a store)")
+    if person is not None:
+        stored = store.person_named(person)
+        if stored is None:
+            raise UserError(f"--person {person!r}: no face in the {store.describe()} carries that name or person id "
+                            "(`facebeam persons --clusters DIR list` shows the persons; `persons ... name ID NAME "
+                            "--index INDEX` names them in a store)")
+        filters = tuple((f, stored if f == "person" else v) for f, v in filters)
     spec = store.spec()
     if spec_given:
         dataclasses.replace(spec, **dict(spec_given)).require_same(spec, what=store.describe())
     t, source = store.threshold(spec, threshold)
-    return SearchTarget(store, spec, store.where(), t, source)
+    return SearchTarget(store, spec, store.where(), t, source, tuple(filters))
 
 
 def push_persons_to(store: FaceStore, found: dict) -> int:

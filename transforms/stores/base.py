@@ -214,9 +214,10 @@ class FaceStore(abc.ABC):
         """Whether any face here carries a person."""
         return bool(self.persons())
 
-    def has_person(self, name: str) -> bool:
-        """Whether a face here carries this person's name or id (what `--person` filters on)."""
-        return bool(person_faces(self.persons(), name))
+    def person_named(self, name: str):
+        """The person's name or id that `--person name` means here: `name` when a face carries it, else the one
+        name or id equal to it but for case (`angelina` -> `Angelina`); None when there is none, or several."""
+        return resolve_person({v for pair in self.persons().values() for v in list(pair)[:2] if v}, name)
 
     def set_persons(self, found: dict) -> int:
         """{face_id: (person_id, name)} (persons.lookup) -> kept with the faces; how many of its faces got one."""
@@ -238,6 +239,14 @@ def annotate(hits_per_probe, persons: dict) -> None:
 def person_faces(persons: dict, name: str) -> set:
     """The face_ids whose person is called `name` (or whose person id is `name`)."""
     return {f for f, (pid, who) in ((f, (list(v) + [None, None])[:2]) for f, v in persons.items()) if name in (who, pid)}
+
+
+def resolve_person(known, name: str):
+    """`name` when it is among `known` (persons' names and ids), else the one known equal to it but for case."""
+    if name in known:
+        return name
+    folded = {k for k in known if k.casefold() == name.casefold()}
+    return folded.pop() if len(folded) == 1 else None
 
 
 def split_filters(filters) -> tuple:

@@ -23,6 +23,7 @@ from facebeam.transforms.stores.base import (
     StoreError,
     annotate,
     comparison,
+    resolve_person,
     split_filters,
 )
 
@@ -128,9 +129,10 @@ def faces_of_person(client, alias: str, name: str) -> set:
     return {h["_id"] for h in helpers.scan(client, index=index, query={"query": person_query(name)}, _source=False)}
 
 
-def person_query(name: str) -> dict:
-    """The faces of a person in the persons index: by name or by person id."""
-    return {"bool": {"should": [{"term": {"person": name}}, {"term": {"person_id": name}}]}}
+def person_query(name: str, any_case: bool = False) -> dict:
+    """The faces of a person in the persons index: by name or by person id (`any_case`: whatever its case)."""
+    return {"bool": {"should": [{"term": {field: {"value": name, "case_insensitive": any_case}}}
+                                for field in ("person", "person_id")]}}
 
 
 class ElasticsearchStore(FaceStore):
@@ -355,8 +357,18 @@ class ElasticsearchStore(FaceStore):
     def has_persons(self) -> bool:
         return self._count_persons({"match_all": {}}) > 0
 
-    def has_person(self, name: str) -> bool:
-        return self._count_persons(person_query(name)) > 0
+    def person_named(self, name: str):
+        if self._count_persons(person_query(name)) > 0:
+            return name
+        client = self._client()  # the names and ids equal to it but for case: a few buckets, not every face
+        try:
+            body = client.options(ignore_status=404).search(
+                index=persons_index(self.name), size=0, query=person_query(name, any_case=True),
+                aggs={field: {"terms": {"field": field, "size": 5}} for field in ("person", "person_id")}).body
+        finally:
+            client.close()
+        known = {b["key"] for agg in (body.get("aggregations") or {}).values() for b in agg["buckets"]}
+        return resolve_person({k for k in known if k.casefold() == name.casefold()}, name)
 
     def _count_persons(self, query: dict) -> int:
         client = self._client()  # a count, not every face's person
