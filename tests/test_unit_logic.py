@@ -541,3 +541,10 @@ def test_a_finished_run_drops_the_temp_folders_of_restarted_attempts(tmp_path):
     assert sorted(dropped) == sorted(str(f.parent) for f in gone)
     assert all(f.exists() for f in keep) and not any(f.parent.exists() for f in gone)
     assert shards.drop_temp(str(tmp_path), "A") == []
+
+
+def test_a_clusters_status_names_its_processes_in_words():
+    from facebeam.pipelines.local import service
+
+    assert service.pids_words({"master": [12], "worker": [13, 14]}) == "master pid 12, worker pids 13 14"
+    assert service.pids_words({"standalonesession": [], "taskexecutor": []}) == "no process of it left"

@@ -338,9 +338,9 @@ def _up_line(port: int, info: dict) -> str:
 def _status_line(st: dict) -> str:
     c = st["cluster"]
     if not c:
-        return f"not running (no Flink at {st['rest']}; pids {st['pids']})"
+        return f"not running (no Flink at {st['rest']}; {service.pids_words(st['pids'])})"
     return (f"running: Flink {c.get('flink-version')} at {st['rest']}, {c.get('taskmanagers')} task manager(s), "
-            f"{c.get('slots-available')}/{c.get('slots-total')} slots free, pids {st['pids']}, "
+            f"{c.get('slots-available')}/{c.get('slots-total')} slots free, {service.pids_words(st['pids'])}, "
             f"worker pool {service.pool_line(st['worker_pool'], versions=True)}, "
             f"{job_server.describe(st['job_server'])}, logs {st['logs']}")
 

@@ -76,6 +76,13 @@ def pool_line(pool: dict | None, versions: bool = False) -> str:
     return line + ")"
 
 
+def pids_words(pids: dict) -> str:
+    """{daemon: [pid, ...]} -> "standalonesession pid 12, taskexecutor pids 13 14", or "no process of it left"."""
+    said = [f"{daemon} pid{'s' if len(found) > 1 else ''} {' '.join(map(str, found))}"
+            for daemon, found in pids.items() if found]
+    return ", ".join(said) if said else "no process of it left"
+
+
 def pool_where(pool: dict | None) -> str:
     """Where `up` put the worker pool, for `facebeam flink|spark up`."""
     if not pool:

@@ -294,9 +294,9 @@ def _up_line(a: SparkLocalConfig, info: dict) -> str:
 def _status_line(st: dict) -> str:
     c = st["cluster"]
     if not c:
-        return f"not running (no Spark master web UI at {st['webui']}; pids {st['pids']})"
+        return f"not running (no Spark master web UI at {st['webui']}; {service.pids_words(st['pids'])})"
     return (f"running: {st['master']} ({c.get('status')}), {c.get('aliveworkers')} worker(s), "
-            f"{c.get('coresused')}/{c.get('cores')} cores used, pids {st['pids']}, worker pool "
+            f"{c.get('coresused')}/{c.get('cores')} cores used, {service.pids_words(st['pids'])}, worker pool "
             f"{service.pool_line(st['worker_pool'])}, {job_server.describe(st['job_server'])}, logs {st['logs']}")
 
 
