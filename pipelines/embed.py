@@ -26,6 +26,7 @@ class EmbedConfig:
     incremental: bool = False
     beam_args: tuple = ()
     turns: str = options.DEFAULT_TURNS
+    closer: str = options.DEFAULT_CLOSER
 
 
 def build_parser():
@@ -35,12 +36,14 @@ def build_parser():
     p.add_argument("--output", required=True, help="output folder (any Beam filesystem)")
     options.add_spec(p)
     options.add_turns(p)
+    options.add_closer(p)
     return p
 
 
 def configure(a: options.Args, beam_args=()) -> EmbedConfig:
     return EmbedConfig(inputs=options.inputs_from(a), output=a.output, spec=options.spec_from(a),
-                       incremental=a.incremental, beam_args=tuple(beam_args), turns=a.turns)
+                       incremental=a.incremental, beam_args=tuple(beam_args), turns=a.turns,
+                       closer=a.look_closer)
 
 
 def run(config: EmbedConfig, pipeline=None) -> dict:
@@ -53,10 +56,10 @@ def _embed(config: EmbedConfig, pipeline) -> dict:
     opts = pipeline_options(config.beam_args, blocking=True)  # its shuffles carry paths and file names
     run_id, skip = jobs.plan_backfill(config.output, config.spec, config.incremental, config.inputs.max_file_bytes)
     p = create_pipeline(opts, pipeline)
-    (p | "Embed" >> EmbedInputs(config.inputs, config.spec, skip, turns=config.turns)
+    (p | "Embed" >> EmbedInputs(config.inputs, config.spec, skip, turns=config.turns, closer=config.closer)
        | "Write" >> shards.WriteShards(config.output, config.spec, run_id))
     result, elapsed = jobs.run(p)
-    summary = jobs.embed_summary(result, elapsed, config.spec, opts, config.turns)
+    summary = jobs.embed_summary(result, elapsed, config.spec, opts, config.turns, config.closer)
     jobs.finish_run(config.output, run_id, summary)
     log.info("embed done: %d images, %d embedded, %d faces, failed %s, %.2f images/s%s",
              summary["images_seen"], summary["images_embedded"], summary["faces"],

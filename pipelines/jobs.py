@@ -385,8 +385,8 @@ def write_summary(path: str, summary) -> None:
     summaries.write(path, summary if isinstance(summary, JobSummary) else JobSummary.build("job", summary))
 
 
-def embed_summary(result, elapsed: float, spec, opts, turns: str = None) -> dict:
-    from facebeam.transforms.faces import DEFAULT_TURNS, detection_summary
+def embed_summary(result, elapsed: float, spec, opts, turns: str = None, closer: str = None) -> dict:
+    from facebeam.transforms.faces import DEFAULT_CLOSER, DEFAULT_TURNS, detection_summary
 
     counters = metrics.read_counters(result)
     counts = metrics.image_counts(counters)
@@ -398,8 +398,9 @@ def embed_summary(result, elapsed: float, spec, opts, turns: str = None) -> dict
         "images_done": counters.get(metrics.IMAGES_DONE, 0),
         "stages_core_s": metrics.stage_totals(counters),  # CPU per stage, all workers together
         "spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim,
-        # detector, onnxruntime providers used, orientations tried (not part of the spec: vectors do not change)
-        "detection": detection_summary(counters, spec, turns or DEFAULT_TURNS),
+        # detector, onnxruntime providers used, orientations tried, closer looks (not part of the spec: the
+        # vectors of a face do not change)
+        "detection": detection_summary(counters, spec, turns or DEFAULT_TURNS, closer or DEFAULT_CLOSER),
         "runner": runner_name(opts),
         "elapsed_s": round(elapsed, 3),
         "images_per_s": round(counts["images_seen"] / elapsed, 3) if elapsed else None,

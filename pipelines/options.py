@@ -346,6 +346,7 @@ def add_spec(p, check_only: bool = False) -> None:
 
 
 DEFAULT_TURNS = faces.DEFAULT_TURNS
+DEFAULT_CLOSER = faces.DEFAULT_CLOSER
 
 
 def add_turns(p) -> None:
@@ -353,6 +354,13 @@ def add_turns(p) -> None:
                    help="when to also detect on the photo turned by 90, 180 and 270 degrees: off, no-face (when "
                         "the upright photo gives no sure face: none, or only weak HOG finds; default) or always (keep the "
                         "turn HOG scores highest)")
+
+
+def add_closer(p) -> None:
+    p.add_argument("--look-closer", default=DEFAULT_CLOSER, choices=faces.CLOSER,
+                   help="when to detect again on a copy twice as large, for faces smaller than the detection copy "
+                        "shows (4x the detection's cost on those photos): off, near-limit (when a face found is near "
+                        "the smallest the copy shows, as in group photos; default) or always (crowds far away)")
 
 
 def spec_from(a: Args) -> EmbeddingSpec:

@@ -268,3 +268,81 @@ def test_preloaded_models_serve_one_thread_each_and_embed_as_fresh_ones():
     thread.start()
     thread.join()
     assert other[0] is not descriptor  # that set went to the first thread only
+
+
+def _group_photo(face_px: int, n: int = 15) -> tuple:
+    """A phone-sized group photo (4032 x 3024, JPEG) of `n` sample faces, each about `face_px` wide, in rows:
+    (JPEG bytes, [(sample photo, its upright embedding)] in row order)."""
+    from PIL import Image
+
+    model = FaceModel(EmbeddingSpec(), turns="off", closer="off")
+    canvas, sources = Image.new("RGB", (4032, 3024), (96, 112, 104)), []
+    names = sorted(f for f in os.listdir(SAMPLE) if f.startswith("img") and f.endswith(".jpg"))
+    for name in names:
+        if len(sources) == n:
+            break
+        with open(os.path.join(SAMPLE, name), "rb") as f:
+            data = f.read()
+        found = _faces(model, data, name)
+        if len(found) != 1:
+            continue
+        x, y, w, h = found[0].box
+        photo = Image.open(os.path.join(SAMPLE, name)).convert("RGB")
+        crop = photo.crop((int(x - 0.7 * w), int(y - 0.7 * h), int(x + 1.7 * w), int(y + 1.7 * h)))
+        crop = crop.resize((round(crop.width * face_px / w), round(crop.height * face_px / h)), Image.Resampling.LANCZOS)
+        i = len(sources)
+        canvas.paste(crop, (250 + (i % 5) * 750, 300 + (i // 5) * 900))
+        sources.append((name, found[0].embedding))
+    buf = __import__("io").BytesIO()
+    canvas.save(buf, format="JPEG", quality=92)
+    return buf.getvalue(), sources
+
+
+def _who(found: list, sources: list) -> list:
+    """The sample photo each face found is nearest to, and whether that is the one pasted where it was found."""
+    vectors = np.asarray([v for _, v in sources])
+    out = []
+    for face in found:
+        x, y, w, h = face.box
+        at = (x - 250) // 750 + 5 * ((y - 300) // 900)  # the slot the face was found in
+        nearest = int(np.argmin(np.linalg.norm(vectors - face.embedding, axis=1)))
+        out.append(nearest == at and float(np.linalg.norm(vectors[at] - face.embedding)) < 0.3)
+    return out
+
+
+def test_a_closer_look_finds_a_group_photos_small_faces_and_each_is_the_person_pasted_there():
+    """At phone size (4032 px), faces 150 px wide are 24 px in the 640 px detection copy, below HOG's 40 px:
+    the first look finds a few near its limit, and the closer look (near-limit, the default) finds the rest."""
+    data, sources = _group_photo(150)
+    first = _faces(FaceModel(EmbeddingSpec(), closer="off"), data, "group150")
+    closer = _faces(FaceModel(EmbeddingSpec()), data, "group150")
+    assert len(first) < len(sources) * 0.6 and len(closer) >= len(sources) - 1, (len(first), len(closer))
+    assert all(_who(closer, sources)), _who(closer, sources)  # real faces, each the person pasted there
+
+
+def test_faces_below_the_first_looks_reach_need_look_closer_always_and_a_no_face_row_says_so():
+    from facebeam.transforms.faces import no_face_words
+
+    data, sources = _group_photo(100, n=10)
+    assert _faces(FaceModel(EmbeddingSpec()), data, "group100") == []  # nothing near the limit: no closer look
+    always = _faces(FaceModel(EmbeddingSpec(), closer="always"), data, "group100")
+    assert len(always) >= len(sources) - 1 and all(_who(always, sources))
+    assert no_face_words(EmbeddingSpec(), 4032, 3024) == (
+        "the detector found no face at least 252 px wide (--look-closer always also looks for faces down to 126 px)")
+    assert no_face_words(EmbeddingSpec(), 4032, 3024, "always") == "the detector found no face at least 126 px wide"
+    assert no_face_words(EmbeddingSpec(), 500, 400) == "the detector found no face at least 40 px wide"
+
+
+def test_a_photo_whose_faces_are_well_above_the_limit_gets_no_closer_look():
+    from facebeam.transforms import metrics
+
+    with open(os.path.join(SAMPLE, "couple.jpg"), "rb") as f:
+        data = f.read()
+    counted = []
+    real = metrics.count
+    metrics.count = lambda name, n=1: counted.append(name) if name.startswith("closer.") else real(name, n)
+    try:
+        found = _faces(FaceModel(EmbeddingSpec()), data, "couple.jpg")
+    finally:
+        metrics.count = real
+    assert len(found) == 2 and counted == []

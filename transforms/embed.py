@@ -4,7 +4,7 @@ from apache_beam import typehints
 from apache_beam.ml.inference.base import RunInference
 
 from facebeam.transforms import images, metrics, progress, records
-from facebeam.transforms.faces import DEFAULT_TURNS, FaceModelHandler
+from facebeam.transforms.faces import DEFAULT_CLOSER, DEFAULT_TURNS, FaceModelHandler, no_face_words
 from facebeam.transforms.progress import EMBED as PROGRESS
 from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
 from facebeam.transforms.spec import EmbeddingSpec
@@ -60,8 +60,8 @@ class ReadAndDecode(beam.DoFn):
 class ToRows(beam.DoFn):
     """ImageFaces -> one row per face, or one error row when there is none."""
 
-    def __init__(self, spec: EmbeddingSpec, labeler=None):
-        self._spec, self._labeler = spec, labeler
+    def __init__(self, spec: EmbeddingSpec, labeler=None, closer: str = DEFAULT_CLOSER):
+        self._spec, self._labeler, self._closer = spec, labeler, closer
         self._progress = progress.shared_folder()
 
     def setup(self):
@@ -82,7 +82,8 @@ class ToRows(beam.DoFn):
         if not result.faces:
             count_failed("no_face")
             yield beam.pvalue.TaggedOutput("errors", records.error_row(
-                result.path, "no_face", "the detector found no face", "detect", self._spec, result.sha256))
+                result.path, "no_face", no_face_words(self._spec, result.width, result.height, self._closer), "detect",
+                self._spec, result.sha256))
             return
         metrics.count(metrics.IMAGES_SEEN)
         metrics.count(metrics.IMAGES_EMBEDDED)
@@ -107,10 +108,10 @@ class EmbedImages(beam.PTransform):
 
     def __init__(self, spec: EmbeddingSpec, max_pixels: int = images.DEFAULT_MAX_PIXELS,
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, max_batch_size: int = 4, labeler=None,
-                 turns: str = DEFAULT_TURNS):
+                 turns: str = DEFAULT_TURNS, closer: str = DEFAULT_CLOSER):
         super().__init__()
         self._spec, self._max_pixels, self._max_file_bytes = spec, max_pixels, max_file_bytes
-        self._max_batch_size, self._labeler, self._turns = max_batch_size, labeler, turns
+        self._max_batch_size, self._labeler, self._turns, self._closer = max_batch_size, labeler, turns, closer
 
     def expand(self, paths):
         spec = self._spec
@@ -121,9 +122,9 @@ class EmbedImages(beam.PTransform):
             "errors", main="images")
 
         inferred, failed = decoded["images"] | "Embed" >> RunInference(
-            FaceModelHandler(spec, self._max_batch_size, self._turns)).with_exception_handling()
+            FaceModelHandler(spec, self._max_batch_size, self._turns, self._closer)).with_exception_handling()
 
-        rows = inferred | "ToRows" >> beam.ParDo(ToRows(spec, self._labeler)).with_outputs("errors", main="faces")
+        rows = inferred | "ToRows" >> beam.ParDo(ToRows(spec, self._labeler, self._closer)).with_outputs("errors", main="faces")
 
         failed_batches = (
             failed.failed_inferences
@@ -146,13 +147,14 @@ class EmbedInputs(beam.PTransform):
 
     `skip` (a PTransform on (path, size) pairs, e.g. manifest.SkipDone) leaves out photos a
     backfill has already done; `labeler` overrides the one `inputs.label_from` names; `turns`
-    (faces.TURNS) says when turned copies of a photo are tried.
+    (faces.TURNS) says when turned copies of a photo are tried, `closer` (faces.CLOSER) when a closer look is.
     """
 
-    def __init__(self, inputs, spec: EmbeddingSpec, skip=None, labeler=None, turns: str = DEFAULT_TURNS):
+    def __init__(self, inputs, spec: EmbeddingSpec, skip=None, labeler=None, turns: str = DEFAULT_TURNS,
+                 closer: str = DEFAULT_CLOSER):
         super().__init__()
         self._inputs, self._spec, self._skip, self._labeler = inputs, spec, skip, labeler
-        self._turns = turns
+        self._turns, self._closer = turns, closer
 
     def expand(self, p):
         from facebeam.transforms import labels, sources
@@ -170,5 +172,5 @@ class EmbedInputs(beam.PTransform):
         paths = paths | "Spread" >> beam.Reshuffle()
         return paths | "EmbedImages" >> EmbedImages(
             self._spec, max_pixels=inputs.max_pixels, max_file_bytes=inputs.max_file_bytes,
-            max_batch_size=inputs.batch_size, turns=self._turns,
+            max_batch_size=inputs.batch_size, turns=self._turns, closer=self._closer,
             labeler=self._labeler or labels.labeler_from(inputs.label_from, inputs.patterns))

@@ -114,6 +114,46 @@ DEFAULT_TURNS = "no-face"
 SURE_HOG_SCORE = 1.1
 
 
+# A second, closer look at a photo larger than its detection copy: the detectors' window is 80 px, so the copy
+# shows faces down to 80 / 2**upsample px (40 at the default 640 px: 6% of the photo's long side, 250 px of a
+# phone's 4032). A group photo's faces vary in size by less than 1.5x across a row, so a find within
+# NEAR_LIMIT x that limit says more faces are likely just below it; the closer look detects again on a copy
+# CLOSER_ZOOM x as large (CLOSER_ZOOM**2 the pixels: 4x the detection's cost, on those photos only), and keeps
+# the first look's finds it did not find again. "off" never, "near-limit" (default) on such photos, "always"
+# on every photo larger than its copy (crowds far from the camera, where nothing reaches the limit).
+CLOSER = ("off", "near-limit", "always")
+DEFAULT_CLOSER = "near-limit"
+DETECTOR_WINDOW_PX = 80  # HOG's and the CNN's (MMOD's) sliding window
+NEAR_LIMIT = 1.5
+CLOSER_ZOOM = 2
+CLOSER_TRIED, CLOSER_FACES = "closer.tried", "closer.faces"  # Beam counters: closer looks, faces they added
+
+
+def no_face_words(spec: EmbeddingSpec, width: int, height: int, closer: str = DEFAULT_CLOSER) -> str:
+    """Why a photo has no face row, with the smallest face the detection could see in it (photo pixels)."""
+    text = "the detector found no face"
+    if spec.align_mode != "chip":
+        return text
+    scale = min(1.0, spec.detect_max_side / max(width, height, 1))
+    smallest = DETECTOR_WINDOW_PX / 2 ** spec.upsample / scale
+    if closer == "always" and scale < 1.0:
+        smallest /= min(1.0, CLOSER_ZOOM * scale) / scale
+    text += f" at least {smallest:.0f} px wide"
+    if closer != "always" and scale < 1.0:
+        text += f" (--look-closer always also looks for faces down to {smallest * scale / min(1.0, CLOSER_ZOOM * scale):.0f} px)"
+    return text
+
+
+def box_iou(a, b) -> float:
+    """Intersection over union of two (left, top, right, bottom, ...) boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
 def turn_counter(turn: int, what: str) -> str:
     """Beam counter names: turned.<degrees>.tried (detections run turned), .faces (faces found so)."""
     return f"turned.{turn}.{what}"
@@ -124,15 +164,18 @@ def provider_counter(name: str) -> str:
     return f"providers.{name}"
 
 
-def detection_summary(counters: dict, spec: EmbeddingSpec, turns: str) -> dict:
-    """What the summary says about detection: detector, execution providers used, turns tried and found."""
+def detection_summary(counters: dict, spec: EmbeddingSpec, turns: str, closer: str = DEFAULT_CLOSER) -> dict:
+    """What the summary says about detection: detector, execution providers used, turns tried and found, closer
+    looks taken and the faces they added."""
     providers = sorted(k.split(".", 1)[1] for k, v in counters.items() if k.startswith("providers.") and v)
     turned = {t: {"tried": counters.get(turn_counter(t, "tried"), 0), "faces": counters.get(turn_counter(t, "faces"), 0)}
               for t in (90, 180, 270)}
     turns = turns if spec.align_mode == "chip" else "off"  # the deepface path detects as deepface does
     return {"detector": spec.detector, "detect_upsample": spec.upsample if spec.align_mode == "chip" else None,
             "providers": providers, "turns": turns,
-            "orientations_tried": [0] + ([90, 180, 270] if turns != "off" else []), "turned": turned}
+            "orientations_tried": [0] + ([90, 180, 270] if turns != "off" else []), "turned": turned,
+            "closer": {"mode": closer if spec.align_mode == "chip" else "off",
+                       "tried": counters.get(CLOSER_TRIED, 0), "faces": counters.get(CLOSER_FACES, 0)}}
 
 
 def to_upright(x: float, y: float, quarters: int, width: int, height: int) -> tuple:
@@ -214,10 +257,12 @@ class FaceModel:
     built directly, not through deepface's global model cache, which has no lock.
     """
 
-    def __init__(self, spec: EmbeddingSpec, turns: str = "no-face"):
+    def __init__(self, spec: EmbeddingSpec, turns: str = "no-face", closer: str = DEFAULT_CLOSER):
         if turns not in TURNS:
             raise SpecError(f"unknown turns {turns!r}; choose one of {TURNS}")
-        self.spec, self.turns = spec, turns
+        if closer not in CLOSER:
+            raise SpecError(f"unknown closer look {closer!r}; choose one of {CLOSER}")
+        self.spec, self.turns, self.closer = spec, turns, closer
         self._local = threading.local()
         started = time.perf_counter()
         if spec.align_mode == "chip":
@@ -426,6 +471,45 @@ class FaceModel:
                                                         strength(t[2]), -t[0]))
         return turn, found
 
+    def locate(self, img: DecodedImage) -> tuple:
+        """(turn, faces, the scale of the copy their boxes are in): `find` on the detection copy, then, when
+        self.closer says so (CLOSER), on a copy CLOSER_ZOOM x as large (at most the photo's own size), whose
+        turn then decides: a first look's weak finds near the limit judge the turn badly. The first look's
+        finds the closer one did not find again are kept. With "always" the closer look is the only one."""
+        scale = img.scale
+        if self.closer == "always" and scale < 1.0:
+            copy, scale = self._closer_copy(img)
+            metrics.count(CLOSER_TRIED)
+            return (*self.find(copy), scale)
+        turn, found = self.find(img.detect_bgr)
+        limit = DETECTOR_WINDOW_PX / 2 ** self.spec.upsample
+        if self.closer == "off" or scale >= 1.0 or not any(f[2] - f[0] < NEAR_LIMIT * limit for f in found):
+            return turn, found, scale
+        copy, closer = self._closer_copy(img)
+        metrics.count(CLOSER_TRIED)
+        closer_turn, more = self.find(copy)
+        k = closer / scale
+        first = [(a * k, b * k, c * k, d * k, s) for a, b, c, d, s in found] if closer_turn == turn else []
+        kept = [f for f in first if all(box_iou(f, g) < 0.3 for g in more)]  # what only the first look found
+        if len(more) + len(kept) > len(found):
+            metrics.count(CLOSER_FACES, len(more) + len(kept) - len(found))
+        return closer_turn, more + kept, closer
+
+    def _closer_copy(self, img: DecodedImage) -> tuple:
+        """(BGR copy CLOSER_ZOOM x the detection copy's size, at most the photo's, upright; its scale)."""
+        import cv2
+
+        from facebeam.transforms.images import MAX_DRAFT_LEVEL
+
+        closer = min(1.0, CLOSER_ZOOM * img.scale)
+        size = (max(1, round(img.width * closer)), max(1, round(img.height * closer)))
+        level = 0  # the smallest JPEG draft level still as large as the closer copy
+        while level < MAX_DRAFT_LEVEL and img.width / 2 ** (level + 1) >= size[0]:
+            level += 1
+        src = img.at_level(level)  # its decode counts as detection's (chips times locate as a whole)
+        copy = src if (src.shape[1], src.shape[0]) == size else cv2.resize(src, size, interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(copy), closer
+
     def chips(self, img: DecodedImage):
         """(Face without embedding, RGB uint8 150x150 dlib chip) for each face, in detector order."""
         import dlib
@@ -440,7 +524,7 @@ class FaceModel:
                 img = images.decode(img.path, img.data, img.sha256, max_pixels=2 ** 62,
                                     detect_max_side=self.spec.detect_max_side, draft=True)
         with metrics.stage_timer(metrics.STAGE_DETECT):
-            turn, found = self.find(img.detect_bgr)
+            turn, found, scale = self.locate(img)
         quarters = turn // 90
         # The turned photo's size in original pixels; boxes and landmarks go back to the photo's own frame.
         tw, th = (img.height, img.width) if quarters % 2 else (img.width, img.height)
@@ -449,7 +533,7 @@ class FaceModel:
             return to_upright(x, y, quarters, img.width, img.height)
 
         out = []
-        inv = 1.0 / img.scale
+        inv = 1.0 / scale
         for left, top, right, bottom, score in found:
             left, top, right, bottom = left * inv, top * inv, right * inv, bottom * inv
             level = chip_level(right - left, img.level)
@@ -530,14 +614,15 @@ MODEL_READY = "face model ready"  # the log line's mark
 class FaceModelHandler(ModelHandler[DecodedImage, ImageFaces, FaceModel]):
     """Beam ModelHandler: small picklable settings here, the model in load_model()."""
 
-    def __init__(self, spec: EmbeddingSpec, max_batch_size: int = 4, turns: str = DEFAULT_TURNS):
+    def __init__(self, spec: EmbeddingSpec, max_batch_size: int = 4, turns: str = DEFAULT_TURNS,
+                 closer: str = DEFAULT_CLOSER):
         super().__init__()
         self._spec = spec
         self._max_batch_size = max_batch_size
-        self._turns = turns
+        self._turns, self._closer = turns, closer
 
     def load_model(self) -> FaceModel:
-        model = FaceModel(self._spec, self._turns)
+        model = FaceModel(self._spec, self._turns, self._closer)
         # bench/phases.py times a cluster job's model load from this line in the worker pool's log.
         log.info("%s in %.2f s", MODEL_READY, model.load_seconds)
         return model
