@@ -35,8 +35,7 @@ def build_parser():
     options.add_incremental(p)
     p.add_argument("--output", required=True, help="output folder (any Beam filesystem)")
     options.add_spec(p)
-    options.add_turns(p)
-    options.add_closer(p)
+    options.add_detection(p)
     return p
 
 

@@ -356,6 +356,12 @@ def add_turns(p) -> None:
                         "turn HOG scores highest)")
 
 
+def add_detection(p) -> None:
+    """--turns and --look-closer: which faces detection finds (not part of the spec: a face's vector does not change)."""
+    add_turns(p)
+    add_closer(p)
+
+
 def add_closer(p) -> None:
     p.add_argument("--look-closer", default=DEFAULT_CLOSER, choices=faces.CLOSER,
                    help="when to detect again on a copy twice as large, for faces smaller than the detection copy "

@@ -41,6 +41,8 @@ class ReindexConfig:
     es: options.EsFlags = options.EsFlags()
     store: stores.StoreChoice = stores.StoreChoice()
     beam_args: tuple = ()
+    turns: str = options.DEFAULT_TURNS
+    closer: str = options.DEFAULT_CLOSER
 
 
 def build_parser():
@@ -50,6 +52,7 @@ def build_parser():
     p.add_argument("--compare", type=options.COUNT, default=50, help="probe images compared between old and new")
     p.add_argument("--drop-old", action="store_true", help="delete the old index (generation) after the swap")
     options.add_spec(p)
+    options.add_detection(p)
     options.add_load(p)
     options.add_store(p, kinds=("es", "local"), redis=False)
     return p
@@ -59,7 +62,7 @@ def configure(a: options.Args, beam_args=()) -> ReindexConfig:
     return ReindexConfig(inputs=options.inputs_from(a, labels=False, backfill=False), output=a.output,
                          load=options.load_from(a), spec=options.spec_from(a), compare=a.compare, drop_old=a.drop_old,
                          es=options.es_from(a), store=options.store_from(a, kinds=("es", "local"), redis=False),
-                         beam_args=tuple(beam_args))
+                         beam_args=tuple(beam_args), turns=a.turns, closer=a.look_closer)
 
 
 def _inputs_for(config: ReindexConfig, known: dict) -> Inputs:
@@ -94,12 +97,12 @@ def _reindex(config: ReindexConfig, pipeline, job) -> dict:
     loading = job.begin_load(config.output)
     opts = pipeline_options(config.beam_args)
     p = create_pipeline(opts, pipeline)
-    out = p | "Embed" >> EmbedInputs(inputs, new_spec, labeler=labeler)
+    out = p | "Embed" >> EmbedInputs(inputs, new_spec, labeler=labeler, turns=config.turns, closer=config.closer)
     out | "Write" >> shards.WriteShards(config.output, new_spec)
     loading.attach(out["faces"])
     with loading.running():
         result, elapsed = jobs.run(p)
-    summary = jobs.embed_summary(result, elapsed, new_spec, opts)
+    summary = jobs.embed_summary(result, elapsed, new_spec, opts, config.turns, config.closer)
     loaded = loading.finish(result)
     if loaded["docs_failed"] or (summary["faces"] and not loaded["doc_count"]):
         raise UserError(f"the new {new_spec.spec_id} collection is incomplete ({loaded['doc_count']} faces for "

@@ -28,6 +28,8 @@ class RunConfig:
     es: options.EsFlags = options.EsFlags()
     store: stores.StoreChoice = stores.StoreChoice()
     beam_args: tuple = ()
+    turns: str = options.DEFAULT_TURNS
+    closer: str = options.DEFAULT_CLOSER
 
 
 def build_parser():
@@ -36,6 +38,7 @@ def build_parser():
     options.add_incremental(p)
     p.add_argument("--output", required=True, help="output folder for the shards (any Beam filesystem)")
     options.add_spec(p)
+    options.add_detection(p)
     options.add_load(p, alias_required=False)  # default "faces", as query and search
     options.add_store(p)
     return p
@@ -44,7 +47,7 @@ def build_parser():
 def configure(a: options.Args, beam_args=()) -> RunConfig:
     return RunConfig(inputs=options.inputs_from(a), output=a.output, load=options.load_from(a), spec=options.spec_from(a),
                      incremental=a.incremental, es=options.es_from(a), store=options.store_from(a),
-                     beam_args=tuple(beam_args))
+                     beam_args=tuple(beam_args), turns=a.turns, closer=a.look_closer)
 
 
 def run(config: RunConfig, pipeline=None) -> dict:
@@ -61,12 +64,12 @@ def _run(config: RunConfig, pipeline) -> dict:
     run_id, skip = jobs.plan_backfill(config.output, spec, config.incremental, config.inputs.max_file_bytes)
     loading = store.begin_load(spec, config.load, config.output, run_id=run_id)  # reachable, this spec: fails fast
     p = create_pipeline(opts, pipeline)
-    out = p | "Embed" >> EmbedInputs(config.inputs, spec, skip)
+    out = p | "Embed" >> EmbedInputs(config.inputs, spec, skip, turns=config.turns, closer=config.closer)
     out | "Write" >> shards.WriteShards(config.output, spec, run_id)
     loading.attach(out["faces"])
     with loading.running():
         result, elapsed = jobs.run(p)
-    summary = jobs.embed_summary(result, elapsed, spec, opts)
+    summary = jobs.embed_summary(result, elapsed, spec, opts, config.turns, config.closer)
     loaded = loading.finish(result)
     summary.update({k: v for k, v in loaded.items() if k in ("backend", "store", "index", "concrete_index",
                                                              "index_errors", "ann_dir", "library", "bytes_on_disk")},
