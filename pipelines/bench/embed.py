@@ -11,7 +11,8 @@ at run time (as `bench runners` does); the naive loop then times `--naive-limit`
 (default 64, spread over the copies) and accuracy is taken on the first copy of each photo.
 
 Detection side by side: `--compare` runs the pipeline once per detection variant on the same
-photos (PRESET[@MAX_SIDE][/upN], e.g. `chip`, `mmod`, `mmod@960`, `chip@1280/up0`, `cascade`)
+photos (PRESET[@MAX_SIDE][/upN][:CLOSER], e.g. `chip`, `mmod`, `mmod@960`, `chip@1280/up0`, `cascade`,
+`chip:off`: CLOSER is --look-closer's mode, default near-limit)
 and prints photos/s, core-seconds per photo by stage, faces found and pair accuracy for each;
 then each detector alone on the sample's detection copies, one thread: HOG's upsampling and
 scale, the CNN's onnxruntime graph and thread settings, and the CNN batched over photos.
@@ -30,6 +31,7 @@ from facebeam.pipelines import embed, jobs, options
 from facebeam.pipelines.bench.runners import augmented_copies
 from facebeam.pipelines.bench.synthetic import DEFAULT_SAMPLE
 from facebeam.transforms import metrics
+from facebeam.transforms.errors import UserError
 from facebeam.transforms.sources import Inputs
 from facebeam.transforms.spec import SPEC_PRESETS, EmbeddingSpec
 
@@ -92,7 +94,7 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def run_pipeline(photos_dir, out, spec, beam_args, turns=None):
+def run_pipeline(photos_dir, out, spec, beam_args, turns=None, closer=None):
     """embed.run on a pipeline whose result is kept, so the bench reads its counters: (summary, counters)."""
     from facebeam.pipelines.runner.job_options import pipeline_options
     from facebeam.pipelines.runner.launch import create_pipeline
@@ -108,7 +110,8 @@ def run_pipeline(photos_dir, out, spec, beam_args, turns=None):
 
     p.run = run_and_keep
     summary = embed.run(embed.EmbedConfig(Inputs((photos_dir,)), out, spec, beam_args=args,
-                                          turns=turns or options.DEFAULT_TURNS), pipeline=p)
+                                          turns=turns or options.DEFAULT_TURNS,
+                                          closer=closer or options.DEFAULT_CLOSER), pipeline=p)
     return summary, metrics.read_counters(kept["result"])
 
 
@@ -136,9 +139,19 @@ def descriptor_alone(photos, spec, n_faces: int = 48) -> dict:
     return out
 
 
+def variant_closer(text: str) -> str:
+    """PRESET[...][:CLOSER] -> the closer look's mode (faces.CLOSER; default near-limit)."""
+    from facebeam.transforms.faces import CLOSER
+
+    closer = text.partition(":")[2] or options.DEFAULT_CLOSER
+    if closer not in CLOSER:
+        raise UserError(f"variant {text!r}: the closer look is one of {', '.join(CLOSER)}")
+    return closer
+
+
 def variant_spec(text: str) -> EmbeddingSpec:
-    """PRESET[@MAX_SIDE][/upN] -> the spec, e.g. "mmod@960", "chip@1280/up0"."""
-    head, _, up = text.partition("/up")
+    """PRESET[@MAX_SIDE][/upN][:CLOSER] -> the spec, e.g. "mmod@960", "chip@1280/up0" (CLOSER: variant_closer)."""
+    head, _, up = text.partition(":")[0].partition("/up")
     preset, _, side = head.partition("@")
     overrides = {}
     if side:
@@ -152,13 +165,13 @@ def compare_detection(variants, photos_dir, work, names, pairs_csv, beam_args, t
     """The pipeline once per detection variant on the same photos: one row each."""
     rows = []
     for text in variants:
-        spec = variant_spec(text)
-        if done and done[0] == spec:
+        spec, closer = variant_spec(text), variant_closer(text)
+        if done and done[0] == (spec, closer):
             summary, counters, out, job_cpu = done[1:]
         else:
             out = os.path.join(work, f"compare-{len(rows)}")
             cpu = cpu_seconds()
-            summary, counters = run_pipeline(photos_dir, out, spec, beam_args, turns)
+            summary, counters = run_pipeline(photos_dir, out, spec, beam_args, turns, closer)
             job_cpu = cpu_seconds() - cpu
         n = summary["images_seen"]
         vectors = pipeline_vectors(out)
@@ -175,6 +188,7 @@ def compare_detection(variants, photos_dir, work, names, pairs_csv, beam_args, t
                      # what 2 free cores would give, from the job's CPU (load-independent): the 30/s target
                      "images_per_s_on_free_cores": round(os.cpu_count() * n / job_cpu, 2) if job_cpu else None,
                      "turned_faces": sum(v["faces"] for v in summary["detection"]["turned"].values()),
+                     "closer": summary["detection"]["closer"],
                      "providers": summary["detection"]["providers"]})
     return rows
 
@@ -207,7 +221,7 @@ def small_face_recall(variants, photos, turns) -> list:
     cells = 16 * len(data)  # one face per cell
     rows = []
     for text in variants:
-        model = FaceModel(variant_spec(text), turns)
+        model = FaceModel(variant_spec(text), turns, variant_closer(text))
         cpu = time.process_time()
         found = sum(len(model.embed([images.decode("collage", d, "", draft=True)])[0].faces) for d in data)
         rows.append({"variant": text, "faces": found, "cells": cells,
@@ -335,8 +349,9 @@ def build_parser():
     parser.add_argument("--naive-limit", type=options.NON_NEGATIVE, default=None,
                         help="time the naive loop on N photos only (default: all of the sample; 64 with --photos)")
     parser.add_argument("--compare", default="chip,mmod",
-                        help="detection variants run side by side on the same photos, PRESET[@MAX_SIDE][/upN] "
-                             "comma-separated (default %(default)s; '' for none)")
+                        help="detection variants run side by side on the same photos, "
+                             "PRESET[@MAX_SIDE][/upN][:off|near-limit|always] (the closer look) comma-separated "
+                             "(default %(default)s; '' for none)")
     options.add_turns(parser)
     parser.add_argument("--turn-scores", action="store_true",
                         help="only score HOG's finds on the photos upright and turned, and fit the score that "
@@ -377,7 +392,7 @@ def run(ns: BenchEmbedConfig, pipeline=None) -> dict:
 
     cpu_before = cpu_seconds()
     for text in ns.compare:
-        variant_spec(text)  # a bad variant fails before any photo is embedded
+        variant_spec(text), variant_closer(text)  # a bad variant fails before any photo is embedded
     summary, counters = run_pipeline(photos_dir, out, spec, beam_args, ns.turns)
     job_cpu = cpu_seconds() - cpu_before  # launcher + workers, start-up included: independent of other load
     n = summary["images_seen"]
@@ -441,7 +456,7 @@ def run(ns: BenchEmbedConfig, pipeline=None) -> dict:
     print(f"load average during the bench: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if ns.compare:
         result["detection"] = compare_detection(ns.compare, photos_dir, work, names, pairs_csv, beam_args, ns.turns,
-                                                done=(spec, summary, counters, out, job_cpu))
+                                                done=((spec, options.DEFAULT_CLOSER), summary, counters, out, job_cpu))
         result["detectors_alone"] = detectors_alone(sample)
         result["small_faces"] = small_face_recall(ns.compare, sample, ns.turns)
         print_detection(result, ns.turns)
@@ -456,11 +471,11 @@ def print_detection(result: dict, turns: str) -> None:
     stages = [k for k in metrics.STAGES if any(k in r["stage_core_s_per_photo"] for r in rows)]
     print(f"detection side by side on the same {rows[0]['images']} photos (turns {turns}; "
           f"providers {', '.join(sorted({p for r in rows for p in r['providers']})) or '-'}):")
-    print(f"  {'variant':<16} {'photos/s':>8} {'faces':>6} {'w/face':>6} {'turned':>6} {'pairs acc':>9} "
+    print(f"  {'variant':<16} {'photos/s':>8} {'faces':>6} {'w/face':>6} {'turned':>6} {'closer':>6} {'pairs acc':>9} "
           + " ".join(f"{k:>10}" for k in stages) + f" {'stages':>9} {'whole job':>9} {'free-core/s':>11}")
     for r in rows:
         print(f"  {r['variant']:<16} {r['images_per_s']:8.2f} {r['faces']:6d} {r['images_with_face']:6d} "
-              f"{r['turned_faces']:6d} {r['pair_accuracy']:9.4f} "
+              f"{r['turned_faces']:6d} {r['closer']['tried']:6d} {r['pair_accuracy']:9.4f} "
               + " ".join(f"{r['stage_core_s_per_photo'].get(k, 0):10.4f}" for k in stages)
               + f" {r['core_s_per_photo']:9.4f} {r['job_core_s_per_photo']:9.4f} {r['images_per_s_on_free_cores']:11.2f}")
     base = rows[0]
