@@ -118,8 +118,8 @@ SURE_HOG_SCORE = 1.1
 # shows faces down to 80 / 2**upsample px (40 at the default 640 px: 6% of the photo's long side, 250 px of a
 # phone's 4032). A group photo's faces vary in size by less than 1.5x across a row, so a find within
 # NEAR_LIMIT x that limit says more faces are likely just below it; the closer look detects again on a copy
-# CLOSER_ZOOM x as large (CLOSER_ZOOM**2 the pixels: 4x the detection's cost, on those photos only), and keeps
-# the first look's finds it did not find again. "off" never, "near-limit" (default) on such photos, "always"
+# CLOSER_ZOOM x as large (CLOSER_ZOOM**2 the pixels: 4x the detection's cost, on those photos only), whose finds
+# replace the first look's (FaceModel.locate). "off" never, "near-limit" (default) on such photos, "always"
 # on every photo larger than its copy (crowds far from the camera, where nothing reaches the limit).
 CLOSER = ("off", "near-limit", "always")
 DEFAULT_CLOSER = "near-limit"
@@ -142,16 +142,6 @@ def no_face_words(spec: EmbeddingSpec, width: int, height: int, closer: str = DE
     if closer != "always" and scale < 1.0:
         text += f" (--look-closer always also looks for faces down to {smallest * scale / min(1.0, CLOSER_ZOOM * scale):.0f} px)"
     return text
-
-
-def box_iou(a, b) -> float:
-    """Intersection over union of two (left, top, right, bottom, ...) boxes."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def turn_counter(turn: int, what: str) -> str:
@@ -474,8 +464,9 @@ class FaceModel:
     def locate(self, img: DecodedImage) -> tuple:
         """(turn, faces, the scale of the copy their boxes are in): `find` on the detection copy, then, when
         self.closer says so (CLOSER), on a copy CLOSER_ZOOM x as large (at most the photo's own size), whose
-        turn then decides: a first look's weak finds near the limit judge the turn badly. The first look's
-        finds the closer one did not find again are kept. With "always" the closer look is the only one."""
+        finds and turn replace the first look's: it sees every face the first look could, twice as large (the
+        pyramid scans down to the window), and a first look's weak finds near the limit judge a turn badly.
+        With "always" the closer look is the only one."""
         scale = img.scale
         if self.closer == "always" and scale < 1.0:
             copy, scale = self._closer_copy(img)
@@ -488,12 +479,9 @@ class FaceModel:
         copy, closer = self._closer_copy(img)
         metrics.count(CLOSER_TRIED)
         closer_turn, more = self.find(copy)
-        k = closer / scale
-        first = [(a * k, b * k, c * k, d * k, s) for a, b, c, d, s in found] if closer_turn == turn else []
-        kept = [f for f in first if all(box_iou(f, g) < 0.3 for g in more)]  # what only the first look found
-        if len(more) + len(kept) > len(found):
-            metrics.count(CLOSER_FACES, len(more) + len(kept) - len(found))
-        return closer_turn, more + kept, closer
+        if len(more) > len(found):
+            metrics.count(CLOSER_FACES, len(more) - len(found))
+        return closer_turn, more, closer
 
     def _closer_copy(self, img: DecodedImage) -> tuple:
         """(BGR copy CLOSER_ZOOM x the detection copy's size, at most the photo's, upright; its scale)."""
