@@ -528,7 +528,7 @@ def test_a_folder_walk_counts_every_file_and_stores_absolute_paths(mixed_folder,
     assert summary["images_seen"] == 3 == summary["images_embedded"] + sum(summary["images_failed"].values())
     assert summary["images_failed"] == {"not_an_image": 1}
     assert summary["files_skipped"] == {"not_image": 4} and summary["files_seen"] == 7
-    assert "skipped 4 file(s) that are not images by extension" in caplog.text
+    assert "skipped 4 non-image file(s)" in caplog.text  # the log says it as the result line does
     faces = read_rows(str(tmp_path / "out" / "embeddings"))
     assert {r["image_path"] for r in faces} == {os.path.join(d, "img1.jpg"), os.path.join(d, "no-extension-photo")}
     (err,) = read_rows(str(tmp_path / "out" / "errors"))
