@@ -340,6 +340,10 @@ def preflight(inputs, spec) -> None:
     from facebeam.transforms import weights
 
     sources.check_inputs(inputs.patterns)
+    if os.environ.get("FACEBEAM_ORT_PROVIDERS"):  # a typo there is refused here, not by every worker
+        from facebeam.transforms import mmod
+
+        mmod.providers()
     if weights.require(spec) is None:  # raises WeightsMissing naming the file and where it goes; loads nothing
         from facebeam.transforms.faces import FaceModel
 

@@ -230,6 +230,12 @@ def test_execution_providers_come_from_the_environment(monkeypatch):
 
     want = (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in ort.get_available_providers() else [])
     assert mmod.providers() == want + ["CPUExecutionProvider"]
+    from facebeam.transforms.errors import UserError
+
+    monkeypatch.setenv("FACEBEAM_ORT_PROVIDERS", "CUDAExecutionProvidr")  # a typo: refused, not CPU in silence
+    with pytest.raises(UserError, match="FACEBEAM_ORT_PROVIDERS names CUDAExecutionProvidr, which onnxruntime"):
+        mmod.providers()
+    monkeypatch.delenv("FACEBEAM_ORT_PROVIDERS")
     model = FaceModel(EmbeddingSpec.preset("mmod"), turns="off")
     assert model.providers == sorted(set(want + ["CPUExecutionProvider"]))
 

@@ -30,12 +30,19 @@ MIN_LEVEL_ROWS = 5  # compute_tiled_image_pyramid_details stops below this heigh
 
 def providers() -> list:
     """onnxruntime execution providers, best first: FACEBEAM_ORT_PROVIDERS (comma-separated) if set,
-    else CUDA when this onnxruntime has it, then CPU."""
+    else CUDA when this onnxruntime has it, then CPU. A name onnxruntime does not know at all (a typo) is
+    refused; a known one this build lacks is left out (a launcher's build may differ from its workers')."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     wanted = os.environ.get("FACEBEAM_ORT_PROVIDERS")
     if wanted:
+        unknown = [p.strip() for p in wanted.split(",") if p.strip() and p.strip() not in ort.get_all_providers()]
+        if unknown:
+            from facebeam.transforms.errors import UserError
+
+            raise UserError(f"FACEBEAM_ORT_PROVIDERS names {', '.join(unknown)}, which onnxruntime does not know; "
+                            f"it knows {', '.join(ort.get_all_providers())}")
         chosen = [p.strip() for p in wanted.split(",") if p.strip() in available]
     else:
         chosen = [p for p in ("CUDAExecutionProvider",) if p in available]
