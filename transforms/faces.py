@@ -116,7 +116,7 @@ SURE_HOG_SCORE = 1.1
 
 # A second, closer look at a photo larger than its detection copy: the detectors' window is 80 px, so the copy
 # shows faces down to 80 / 2**upsample px (40 at the default 640 px: 6% of the photo's long side, 250 px of a
-# phone's 4032). A group photo's faces vary in size by less than 1.5x across a row, so a find within
+# phone's 4032). A group photo's faces usually vary in size by less than 1.5x, so a find within
 # NEAR_LIMIT x that limit says more faces are likely just below it; the closer look detects again on a copy
 # CLOSER_ZOOM x as large (CLOSER_ZOOM**2 the pixels: 4x the detection's cost, on those photos only), whose finds
 # replace the first look's (FaceModel.locate). "off" never, "near-limit" (default) on such photos, "always"
