@@ -302,6 +302,13 @@ def test_index_query_search_lines_match_their_summaries(ran, home, tmp_path):
     assert r.stdout.startswith(f"indexed {idx['indexed']} faces into the embedded index again (")
     assert f"{idx['doc_count']} in all ({idx['rows_read']} rows read" in r.stdout
     assert "chosen automatically" not in r.stdout  # --store given
+    # A run of photos the index already holds says so, instead of "indexed 0 faces" alone.
+    photos = [os.path.join(SAMPLE, n) for n in ("img1.jpg", "couple.jpg")]
+    r = facebeam("run", "--input", *photos, "--output", str(tmp_path / "again"), "--index", "faces",
+                 "--store", "local", env=home)
+    line = r.stdout.splitlines()[1]
+    assert line.startswith("indexed 0 faces into the embedded index faces (") and line.endswith(
+        f"/ann/faces): 3 already there, {s['doc_count']} in all"), r.stdout
 
     q = str(tmp_path / "query")
     probes = [os.path.join(SAMPLE, n) for n in ("couple.jpg", "img1.jpg")]
