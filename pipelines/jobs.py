@@ -366,7 +366,9 @@ def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):
     erased = shards.tombstones(output)
     if not (incremental or erased):
         return None, None
-    done = shards.files(output, "manifest") if incremental else []
+    # A run without --incremental writes flat shards and no manifest: their images are done too, or the first
+    # incremental run into its output would embed them all again, each face a second time.
+    done = (shards.files(output, "manifest") + shards.flat_files(output)) if incremental else []
     return run_id, manifest.SkipDone(spec.spec_id, done, erased, max_file_bytes)
 
 

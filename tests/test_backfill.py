@@ -81,6 +81,23 @@ def test_rerun_is_a_noop_and_new_photos_add_exactly_their_faces(photos, tmp_path
     assert es_client.count(index=alias).body["count"] == count + len(added)
 
 
+def test_an_incremental_run_after_a_full_one_embeds_only_the_new_photos(photos, tmp_path):
+    """A nightly --incremental into an output that a run without it made: the photos of the flat shards are done
+    (they have no manifest), so none is embedded again and no face is written twice."""
+    from facebeam.pipelines import embed
+
+    out, some = tmp_path / "out", tmp_path / "some"
+    some.mkdir()
+    for p in sorted(photos.iterdir())[:4]:
+        shutil.copy(p, some)
+    first = job(embed, ["--input", str(some), "--output", str(out)])
+    assert first["images_embedded"] == 4 and not shards.committed_runs(str(out))
+    later = job(embed, ["--input", str(photos), "--output", str(out), "--incremental"])
+    assert later["images_done"] == 4 and later["images_seen"] == 8
+    ids = faces_in(out)
+    assert len(ids) == len(set(ids)) == first["faces"] + later["faces"]
+
+
 def test_killed_run_then_rerun_matches_a_clean_run(photos, tmp_path, es_client, alias):
     killed_out, clean_out = tmp_path / "killed", tmp_path / "clean"
     cmd = [sys.executable, "-m", "facebeam.pipelines.cli", "run", "--input", str(photos), "--output", str(killed_out),

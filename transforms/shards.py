@@ -64,10 +64,15 @@ def committed_runs(folder: str) -> list:
 
 def files(folder: str, kind: str = "embeddings") -> list:
     """Flat shards plus those of committed runs; Beam's temp folders and killed runs are skipped."""
-    out = _match(FileSystems.join(folder, kind, "*.parquet"))
+    out = flat_files(folder, kind)
     for run in committed_runs(folder):
         out += _match(FileSystems.join(folder, kind, f"run={run}", "*.parquet"))
     return out
+
+
+def flat_files(folder: str, kind: str = "embeddings") -> list:
+    """The shards a run without --incremental wrote (no run partition)."""
+    return _match(FileSystems.join(folder, kind, "*.parquet"))
 
 
 def partition(folder: str, kind: str, run_id=None) -> str:
