@@ -190,6 +190,32 @@ class AbstractStoreTests:
         assert {h["face_id"]: (h["person_id"], h["person"]) for h in one} == {
             f: v for f, v in named.items() if v[0] == "p-ada-2"}
 
+    def test_the_outputs_made_from_it_are_recorded_for_erasure(self, store, collection, tmp_path):
+        """`forget` finds a query's results or a cluster folder through the store they copy faces of, and the other
+        collections loaded into it (copies.py)."""
+        from facebeam.transforms import copies
+
+        before = store.copies()
+        loaded_from = [c["output"] for c in before if c["kind"] == copies.COLLECTION]
+        # every load records its collection (the shards store is its collection: nothing to record)
+        assert loaded_from == ([] if store.kind == "exact" else [os.path.abspath(collection[0])])
+        first, second = tmp_path / "q1", tmp_path / "q2"
+        first.mkdir(), second.mkdir()
+        try:
+            assert copies.remember(store, copies.query_copy(str(first), "parquet", None, SPEC, 0.6))
+            assert copies.remember(store, copies.query_copy(str(second), "jsonl", str(second / "r.html"), SPEC, 0.5))
+            assert copies.remember(store, copies.query_copy(str(first), "jsonl", None, SPEC, 0.6))  # the same folder
+            kept = {c["output"]: c for c in store.copies()}
+            assert sorted(kept) == sorted([str(first), str(second), *loaded_from])
+            assert kept[str(first)]["format"] == "jsonl"
+            assert EmbeddingSpec.from_dict(kept[str(second)]["spec"]) == SPEC and kept[str(second)]["threshold"] == 0.5
+            second.rmdir()  # an output the user deleted is dropped at the next record
+            assert copies.remember(store, copies.query_copy(str(first), "parquet", None, SPEC, 0.6))
+            assert sorted(c["output"] for c in store.copies()) == sorted([str(first), *loaded_from])
+        finally:
+            store.write_meta(copies=before or None)
+        assert store.copies() == before
+
     def test_erasure_leaves_no_trace(self, store, collection, traces):
         _, rows = collection
         sha, faces = next(iter(by_image(rows).items()))

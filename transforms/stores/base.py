@@ -42,6 +42,10 @@ class Searcher(abc.ABC):
     @abc.abstractmethod
     def search(self, probes: list, search) -> list: ...
 
+    def copies(self) -> list:
+        """The outputs made from this store's faces (copies.py records them): what `forget` erases beyond it."""
+        return list(self.read_meta().get("copies") or [])
+
     def close(self) -> None:
         return None  # nothing held open by default
 
@@ -183,7 +187,8 @@ class FaceStore(abc.ABC):
     # --- the collection's metadata ------------------------------------------------------------
     @abc.abstractmethod
     def read_meta(self) -> dict:
-        """{'calibration': {...} or absent, 'persons': {face_id: [person_id, name]} or absent}."""
+        """{'calibration': {...} or absent, 'persons': {face_id: [person_id, name]} or absent, 'copies': [...] or
+        absent}."""
 
     @abc.abstractmethod
     def write_meta(self, **updates) -> None:
@@ -223,6 +228,10 @@ class FaceStore(abc.ABC):
         """{face_id: (person_id, name)} (persons.lookup) -> kept with the faces; how many of its faces got one."""
         self.write_meta(persons={f: list(v) for f, v in found.items()})
         return len(found)
+
+    def copies(self) -> list:
+        """The outputs made from this store's faces (copies.py records them): what `forget` erases beyond it."""
+        return list(self.read_meta().get("copies") or [])
 
     def close(self) -> None:
         return None  # nothing held open by default

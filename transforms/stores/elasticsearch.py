@@ -335,15 +335,20 @@ class ElasticsearchStore(FaceStore):
             own = (self._mapping(client, concrete).get("_meta") or {}).get("facebeam") or {}
         finally:
             client.close()
-        return {k: v for k, v in own.items() if k == "calibration"}
+        return {k: v for k, v in own.items() if k in ("calibration", "copies")}  # persons: their side index
 
     def write_meta(self, **updates) -> None:
+        from elasticsearch import ApiError
+
         client, concrete, _ = self.open_alias()
         try:
             meta = dict(self._mapping(client, concrete).get("_meta") or {})
             own = {**meta.get("facebeam", {}), **updates}
             meta["facebeam"] = {k: v for k, v in own.items() if v is not None}
             client.indices.put_mapping(index=concrete, meta=meta)
+        except ApiError as e:  # a key that may read but not write the mapping: named, not a traceback
+            raise StoreError(f"{self.describe()}: its metadata cannot be written ({e.meta.status} "
+                             f"{getattr(e, 'error', '')})") from None
         finally:
             client.close()
 

@@ -2,7 +2,7 @@
 
 Loading is what `embed` and `run` do (the shards are written by the pipeline); this store is
 read, calibrated and erased like the others. Its metadata: `<shards>/calibration.json` (as
-`facebeam calibrate` always wrote it) and `<shards>/persons.json`.
+`facebeam calibrate` always wrote it), `<shards>/persons.json` and `<shards>/copies.json`.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from facebeam.transforms.stores.base import Capabilities, FaceStore, Load, Searc
 
 log = logging.getLogger(__name__)
 PERSONS_FILE = "persons.json"
+COPIES_FILE = "copies.json"
 
 
 class ShardsStore(FaceStore):
@@ -67,13 +68,18 @@ class ShardsStore(FaceStore):
 
     def remove(self, shas, dry_run: bool = False) -> int:
         """The embeddings' rows of those images (errors and manifest rows too; the count is of faces)."""
+        removed = self.erase(shas, dry_run)
+        return sum(n for path, n in removed.items() if "/embeddings/" in path.replace("\\", "/"))
+
+    def erase(self, shas, dry_run: bool = False) -> dict:
+        """`remove`, by file: {shard file: rows removed}; the persons' names of those faces go too."""
         removed = erase_rows(self.folder, set(shas), dry_run)
         persons = self.persons()
         if persons and not dry_run:
             have = set(self._column("face_id"))
             if set(persons) - have:
                 self.write_meta(persons={f: v for f, v in persons.items() if f in have})
-        return sum(n for path, n in removed.items() if "/embeddings/" in path.replace("\\", "/"))
+        return removed
 
     def closest(self, vector, label: str) -> tuple:
         from facebeam.transforms import knn
@@ -101,9 +107,10 @@ class ShardsStore(FaceStore):
         cal = calibrate.load(self.folder)
         if cal:
             out["calibration"] = cal
-        path = FileSystems.join(self.folder, PERSONS_FILE)
-        if FileSystems.exists(path):
-            out["persons"] = shards.read_json(path)
+        for key, name in (("persons", PERSONS_FILE), ("copies", COPIES_FILE)):
+            path = FileSystems.join(self.folder, name)
+            if FileSystems.exists(path):
+                out[key] = shards.read_json(path)
         return out
 
     def write_meta(self, **updates) -> None:

@@ -134,9 +134,10 @@ class RedisStore(FaceStore):
     def read_meta(self) -> dict:
         client, p = self.client(), redis_store.prefix(self.name)
         out = {}
-        raw = client.hget(p + "meta", "calibration")
-        if raw:
-            out["calibration"] = json.loads(raw)
+        for key in ("calibration", "copies"):
+            raw = client.hget(p + "meta", key)
+            if raw:
+                out[key] = json.loads(raw)
         persons = client.hgetall(p + "persons")
         if persons:
             out["persons"] = {k.decode(): json.loads(v) for k, v in persons.items()}

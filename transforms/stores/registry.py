@@ -1,8 +1,9 @@
 """A collection (a shards folder) remembers every store it was loaded into, and what was erased from it.
 
 `<shards>/stores.json`: {"stores": [{"kind", "name", "location", ...}]}: kind, name and where
-(URL or folder, and for Redis the path of its connection file), never a secret. `forget` erases
-from every store listed there; the tombstones (`<shards>/tombstones/*.parquet`) say what was
+(URL or folder, and for Redis the path of its connection file), never a secret. Each store lists the
+collections loaded into it in its own metadata (copies.py). `forget` erases from every store listed
+there, and from the other collections those stores list; the tombstones (`<shards>/tombstones/*.parquet`) say what was
 erased, so a store that was down during a `forget` is cleaned by the next `forget` or load.
 """
 from __future__ import annotations
@@ -34,13 +35,17 @@ def key(rec: dict) -> tuple:
 
 
 def remember(folder: str, store) -> dict:
-    """Add the store to the collection's record (once); returns its record."""
+    """Add the store to the collection's record (once), and the collection to the store's copies (a `forget` through
+    another collection loaded into the same store reaches this one too); returns the store's record."""
+    from facebeam.transforms import copies, sources
+
     rec = store.record()
     found = recorded(folder)
     if key(rec) not in {key(r) for r in found}:
         found.append({**rec, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         shards.write_json(path(folder), {"stores": found})
         log.info("collection %s: recorded %s", folder, store.describe())
+    copies.remember(store, copies.collection_copy(sources.canonical(folder)), refresh=False)
     return rec
 
 
