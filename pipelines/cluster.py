@@ -28,7 +28,7 @@ from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner.job_options import pipeline_options
 from facebeam.pipelines.runner.kinds import runner_name
 from facebeam.pipelines.runner.launch import create_pipeline
-from facebeam.transforms import persons, privacy, shards, stores
+from facebeam.transforms import copies, persons, privacy, shards, sources, stores
 from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,10 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
         summary["contact_sheet"] = c.contact_sheet
     summary["elapsed_s"] = round(time.perf_counter() - started, 3)
     persons.write_state(c.output, {**(state or {}), **summary, "spec_id": spec.spec_id})
+    # forget reaches the persons and the sheet through the collection they copy faces of
+    copies.remember(stores.shards_store(c.shards), copies.cluster_copy(
+        sources.canonical(c.output), sources.canonical(c.shards),
+        c.contact_sheet and sources.canonical(c.contact_sheet), c.sheet_persons))
     print(f"threshold {summary['threshold']:.4f} from {summary['threshold_from']}"
           + (f" ({summary['threshold_note']})" if summary.get("threshold_note") else ""), file=sys.stderr)
     log.info("cluster done: %d faces -> %d persons (%d singletons, %d low quality), threshold %.4f (%s), %.1f s",

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from facebeam.pipelines import jobs, options
-from facebeam.transforms import manifest, shards, sources, stores
+from facebeam.transforms import copies, erase_copies, manifest, privacy, shards, sources, stores
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
-from facebeam.transforms.stores import exact, registry
+from facebeam.transforms.stores import registry
 
 log = logging.getLogger(__name__)
 BEAM = False  # no pipeline: unknown flags are errors
@@ -123,6 +123,100 @@ def person_faces(ns: ForgetConfig) -> set:
     return out
 
 
+def face_ids_of(folder: str, shas: set) -> set:
+    """The face ids the shards give those images."""
+    out = set()
+    for path in shards.files(folder):
+        for r in _read(path).select(["image_sha256", "face_id"]).to_pylist():
+            if r["image_sha256"] in shas:
+                out.add(r["face_id"])
+    return out
+
+
+@dataclasses.dataclass
+class Erasure:
+    """One `forget`, followed through every copy: the stores a collection was loaded into, the outputs made from
+    each store (copies.py), and the other collections loaded into the same stores, which hold the same faces
+    and would bring them back on their next load."""
+
+    shas: set
+    found: dict
+    dry_run: bool
+    why: str
+    connect: object
+    face_ids: set = dataclasses.field(default_factory=set)
+    stores_seen: set = dataclasses.field(default_factory=set)
+    folders_seen: set = dataclasses.field(default_factory=set)
+    pending: list = dataclasses.field(default_factory=list)
+    per_store: dict = dataclasses.field(default_factory=dict)
+    unreachable: list = dataclasses.field(default_factory=list)
+    copied: dict = dataclasses.field(default_factory=dict)
+    rows: dict = dataclasses.field(default_factory=dict)  # collection -> shard rows removed
+    checked: int = 0
+
+    @property
+    def verb(self) -> str:
+        return "would remove" if self.dry_run else "removed"
+
+    def collection(self, folder: str, named=None, tombstoned=None, files_said: bool = False) -> None:
+        """Erase from `folder`'s stores, its shards and the outputs made from them; queue the collections found."""
+        self.folders_seen.add(sources.canonical(folder))
+        self.face_ids |= face_ids_of(folder, self.shas)  # a cluster folder knows faces by id: read before they go
+        targets = stores.recorded_stores(folder, self.connect, named)
+        for store in targets[:-1]:
+            if store.identity() not in self.stores_seen:
+                self.stores_seen.add(store.identity())
+                self.store(store)
+        self.checked += len(targets) - 1
+        removed = targets[-1].erase(self.shas, self.dry_run)  # the shards: rows, and the names of those faces
+        if files_said:
+            for path, n in sorted(removed.items()):
+                print(f"  {path}: {self.verb} {n} row(s)")
+        self.rows[folder] = sum(removed.values())
+        print(f"  {targets[-1].describe()}: {self.verb} {self.rows[folder]} row(s)")
+        self.copies(targets[-1])
+        # The collection named, or one that held the images: later runs into it skip that content.
+        held = tombstoned is not None or removed
+        already = tombstoned if tombstoned is not None else set(registry.erased(folder))
+        fresh = {s: v for s, v in self.found.items() if s not in already}
+        if held and fresh and not self.dry_run:
+            print(f"  tombstone: {record_tombstones(folder, fresh, self.why)}")
+
+    def store(self, store) -> None:
+        try:
+            n = store.remove(self.shas, self.dry_run)
+            self.per_store[store.describe()] = n
+            print(f"  {store.describe()}: {self.verb} {n} face doc(s)")
+            self.copies(store)
+        except UserError as e:
+            self.unreachable.append(store.describe())
+            said = "the outputs made from it not erased" if store.describe() in self.per_store else "nothing removed there"
+            print(f"  {store.describe()}: NOT reached, {said}: {e}")
+        finally:
+            store.close()
+
+    def copies(self, store) -> None:
+        """Those images out of every output made from `store`; records of outputs that are gone are dropped."""
+        recorded, kept = (store.copies() if store.exists() else []), []
+        for copy in recorded:
+            if copy["kind"] == copies.COLLECTION:
+                if FileSystems.exists(copy["output"]):
+                    kept.append(copy)
+                    if sources.canonical(copy["output"]) not in self.folders_seen | set(self.pending):
+                        self.pending.append(sources.canonical(copy["output"]))
+                continue
+            done = erase_copies.erase(copy, self.shas, self.face_ids, self.dry_run)
+            if done.get("gone"):
+                continue
+            kept.append(copy)
+            if done["rows"]:
+                self.copied[copy["output"]] = done["rows"]
+                page = f"; {copy['page']} {done['page']}" if done["page"] else ""
+                print(f"  {copy['kind']} output {copy['output']}: {self.verb} {done['rows']} {done['what']}{page}")
+        if len(kept) != len(recorded) and not self.dry_run:
+            store.write_meta(copies=kept)
+
+
 def reason(ns: ForgetConfig) -> str:
     return (f"forget --image {ns.image}" if ns.image else f"forget --label {ns.label}" if ns.label
             else f"forget --person {ns.person}" if ns.person else "forget --sha256")
@@ -160,35 +254,21 @@ def run(ns: ForgetConfig, pipeline=None) -> dict:
         print("nothing matched: no shard row, tombstone, person or file for that image/label/person")
         return {"images": 0, "docs": 0, "rows": 0}
     shas = set(found)
-    verb = "would remove" if ns.dry_run else "removed"
     print(f"{'would erase' if ns.dry_run else 'erasing'} {len(shas)} image(s): "
           + ", ".join(sorted(p or s[:12] for s, (p, _) in found.items())))
-    per_store, unreachable, docs = {}, [], 0
-    targets = stores.recorded_stores(ns.shards, ns.es.connection, named_store(ns))
-    for store in targets[:-1]:
-        try:
-            n = store.remove(shas, ns.dry_run)
-        except UserError as e:
-            unreachable.append(store.describe())
-            print(f"  {store.describe()}: NOT reached, nothing removed there: {e}")
-            continue
-        finally:
-            store.close()
-        per_store[store.describe()] = n
-        docs += n
-        print(f"  {store.describe()}: {verb} {n} face doc(s)")
-    removed = exact.erase_rows(ns.shards, shas, ns.dry_run)
-    for path, n in sorted(removed.items()):
-        print(f"  {path}: {verb} {n} row(s)")
-    print(f"  {targets[-1].describe()}: {verb} {sum(removed.values())} row(s)")
+    e = Erasure(shas, found, ns.dry_run, reason(ns), ns.es.connection)
+    with privacy.private_umask():  # the shards, tombstones and outputs it writes again are 0600, as first written
+        e.collection(ns.shards, named_store(ns), tombstoned, files_said=True)
+        while e.pending:  # other collections loaded into the same stores: their shards would bring the faces back
+            e.collection(e.pending.pop(0))
+    docs, removed, unreachable = sum(e.per_store.values()), sum(e.rows.values()), e.unreachable
     fresh = {s: v for s, v in found.items() if s not in tombstoned}
-    if not ns.dry_run and fresh:
-        print(f"  tombstone: {record_tombstones(ns.shards, fresh, reason(ns))}")
-    if not fresh and not docs and not removed and not unreachable:
+    if not fresh and not docs and not removed and not e.copied and not unreachable:
         print(f"already erased everywhere: {len(shas)} image(s) listed in the tombstones of {ns.shards}; "
-              f"no store ({len(targets)} checked) holds any of their faces")
-    summary = {"images": len(shas), "docs": docs, "rows": sum(removed.values()), "stores": per_store,
-               "unreachable": unreachable, "already_erased": not fresh}
+              f"no store ({e.checked + len(e.rows)} checked) holds any of their faces")
+    summary = {"images": len(shas), "docs": docs, "rows": removed, "stores": e.per_store, "copies": e.copied,
+               "collections": {f: n for f, n in e.rows.items() if f != ns.shards}, "unreachable": unreachable,
+               "already_erased": not fresh}
     if unreachable and ns.dry_run:  # nothing was written, no tombstone either
         raise UserError(f"could not reach {'; '.join(unreachable)}: its faces of those {len(shas)} image(s) were not "
                         "counted; nothing was changed (dry run)")

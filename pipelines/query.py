@@ -26,7 +26,7 @@ from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner.job_options import pipeline_options
 from facebeam.pipelines.runner.kinds import runner_name
 from facebeam.pipelines.runner.launch import create_pipeline
-from facebeam.transforms import knn, metrics, persons, records, shards, sources, stores
+from facebeam.transforms import copies, knn, metrics, persons, records, shards, sources, stores
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.sources import Inputs
 
@@ -178,6 +178,9 @@ def _query(ns: QueryConfig, backend, pipeline) -> dict:
 
         report.write(ns.report, read_results(ns.output, ns.format), spec, threshold)
         summary["report"] = ns.report
+    # forget reaches these results and the report through the store they copy faces of
+    copies.remember(backend.store, copies.query_copy(sources.canonical(ns.output), ns.format,
+                                                     ns.report and sources.canonical(ns.report), spec, threshold))
     log.info("query done (%s search of %s, same person at <= %.4f from %s): %d probe photos, %d faces searched "
              "(%s faces/s in the search step; %s), failed %s", where["backend"], where["searched"], threshold,
              backend.threshold_from, summary["images_seen"], summary["probe_faces"], summary["search_faces_per_s"],
@@ -185,17 +188,7 @@ def _query(ns: QueryConfig, backend, pipeline) -> dict:
     return summary
 
 
-def read_results(output: str, fmt: str = "parquet") -> list:
-    import pyarrow.parquet as pq
-
-    rows = []
-    for m in FileSystems.match([FileSystems.join(output, "results", "*")])[0].metadata_list:
-        with FileSystems.open(m.path) as f:
-            if fmt == "jsonl":
-                rows += [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
-            else:
-                rows += pq.read_table(f).to_pylist()
-    return sorted(rows, key=lambda r: (r["probe_path"], r["probe_face_index"], r["rank"]))
+read_results = copies.read_results  # what a query output holds, by probe photo, face and rank
 
 
 def main(argv=None) -> int:

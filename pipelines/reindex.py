@@ -21,11 +21,12 @@ import sys
 from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner.job_options import pipeline_options
 from facebeam.pipelines.runner.launch import create_pipeline
-from facebeam.transforms import es_load, labels, shards, stores
+from facebeam.transforms import copies, es_load, labels, shards, stores
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.sources import Inputs
 from facebeam.transforms.spec import EmbeddingSpec
+from facebeam.transforms.stores import registry
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,17 @@ def run(config: ReindexConfig, pipeline=None) -> dict:
     if not store.capabilities.reindex:
         raise UserError(f"{store.describe()} {store.capabilities.lacks('reindex')}")
     job = store.reindexer(config.spec, config.load)  # refuses a missing store and the spec it already has
+    made = store.copies()  # the outputs and collections made from the old faces: still `forget`'s to reach
     try:
-        return _reindex(config, pipeline, job)
+        try:
+            summary = _reindex(config, pipeline, job)
+        finally:
+            job.close()  # the store's lock goes with it
+        for copy in made:  # onto the new generation's metadata (an Elasticsearch index keeps its own)
+            copies.remember(store, copy, refresh=False)
+        registry.remember(config.output, store)  # the new shards: forget through either collection reaches both
+        return summary
     finally:
-        job.close()
         store.close()
 
 

@@ -2,6 +2,7 @@
 import glob
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -156,3 +157,10 @@ def on_a_terminal(*words, env=None) -> str:
     assert p.wait(timeout=600) == 0, out[-2000:]
     os.close(parent)
     return out.decode(errors="replace")
+
+
+def fresh_collection(src: str, dst) -> str:
+    """A copy of a collection's shards as a new collection: the stores it was loaded into and the outputs made from
+    it (its records) stay with the original, so a `forget` through the copy cannot reach the session's sample."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("stores.json", "copies.json"))
+    return str(dst)

@@ -9,7 +9,7 @@ from PIL import Image, ImageEnhance
 from facebeam.pipelines import cluster, embed, query
 from facebeam.pipelines import persons as persons_cmd
 from facebeam.transforms import persons
-from tests.helpers import PAIRS, SAMPLE, identities, job, read_rows, render_in_chromium
+from tests.helpers import PAIRS, SAMPLE, fresh_collection, identities, job, read_rows, render_in_chromium
 
 
 def _truth(assignments):
@@ -91,7 +91,7 @@ def test_split_and_merge_survive_a_recluster(clustered, tmp_path):
 def test_incremental_faces_join_their_persons(clustered, sample_run, tmp_path):
     _, out, _ = clustered
     shards = str(tmp_path / "shards")
-    shutil.copytree(sample_run[0], shards)
+    fresh_collection(sample_run[0], shards)
     folder = str(tmp_path / "clusters")
     shutil.copytree(out, folder)
     before = {r["face_id"]: r for r in persons.read_assignments(folder)}

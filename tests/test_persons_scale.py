@@ -10,7 +10,7 @@ import pytest
 from facebeam.pipelines import cluster, embed
 from facebeam.pipelines import persons as persons_cmd
 from facebeam.transforms import ann, knn, persons, shards
-from tests.helpers import PAIRS, SAMPLE, identities, job, read_rows
+from tests.helpers import PAIRS, SAMPLE, fresh_collection, identities, job, read_rows
 
 
 def _assignments(folder):
@@ -241,7 +241,7 @@ def test_incremental_through_the_index_reads_no_earlier_vector(sample_run, tmp_p
     from facebeam.transforms.persons import from_graph
 
     shards_dir = str(tmp_path / "shards")
-    shutil.copytree(sample_run[0], shards_dir)
+    fresh_collection(sample_run[0], shards_dir)
     spec = shards.spec_of(shards_dir)
     folder = str(tmp_path / "ann")
     ann.load_shards(folder, shards.files(shards_dir), spec)
@@ -288,7 +288,7 @@ def test_a_large_collection_without_ann_takes_its_graph_from_its_own_embedded_in
     from facebeam.transforms.stores.embedded import EmbeddedStore
 
     shards_dir = str(tmp_path / "shards")
-    shutil.copytree(sample_run[0], shards_dir, ignore=shutil.ignore_patterns("stores.json"))
+    fresh_collection(sample_run[0], shards_dir)
     folder = str(tmp_path / "ann")
     job(index, ["--shards", shards_dir, "--store", f"local:{folder}"])  # recorded in the collection
     exact = str(tmp_path / "exact")

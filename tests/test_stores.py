@@ -12,7 +12,7 @@ from facebeam.pipelines import forget, index, query, run
 from facebeam.transforms import ann, knn, redis_store, shards
 from facebeam.transforms.spec import EmbeddingSpec
 from tests.es_fixtures import SESSION_HOME
-from tests.helpers import drop_versions, job, read_rows, sample_images, synthetic_shards
+from tests.helpers import drop_versions, fresh_collection, job, read_rows, sample_images, synthetic_shards
 from tests.test_verify import label_by_file
 
 CONN = str(SESSION_HOME / "connection.json")
@@ -189,7 +189,7 @@ def test_elasticsearch_keeps_no_vector_in_source_and_still_searches_and_forgets(
     alias = "stores-lean"
     drop_versions(es_client, alias)
     work = tmp_path / "shards"
-    shutil.copytree(sample_run[0], work)
+    fresh_collection(sample_run[0], work)
     try:
         job(index, ["--shards", str(work), "--index", alias, "--es-conn", CONN])
         doc = es_client.search(index=alias, size=1, query={"match_all": {}}).body["hits"]["hits"][0]
@@ -241,6 +241,17 @@ def test_reindex_switches_the_embedded_index_to_the_new_spec(tmp_path, capsys):
                       knn.SearchSpec(k=1, num_candidates=10))[0] and old_rows
     with pytest.raises(Exception, match="embedding spec mismatch"):
         job(index, ["--shards", str(tmp_path / "v1"), "--store", f"local:{folder}"])
+
+    # The reindex's shards are a collection of the same store: a forget through the first collection reaches them,
+    # and tombstones them, or their next load would bring the faces back.
+    v2 = str(tmp_path / "v2")
+    victim = sorted(str(p) for p in (photos / "alice").iterdir())[0]
+    held = [r for r in read_rows(os.path.join(v2, "embeddings")) if r["image_path"] == victim]
+    assert held
+    assert forget.main(["--image", victim, "--shards", str(tmp_path / "v1")]) == 0
+    assert f"shards {v2}: removed {len(held)} row(s)" in capsys.readouterr().out
+    assert not [r for r in read_rows(os.path.join(v2, "embeddings")) if r["image_path"] == victim]
+    assert shards.tombstones(v2) and ann.AnnIndex.open(folder).count == new.count - len(held)
 
 
 # --- erasure everywhere: one collection, every store it was loaded into ------------------------------
@@ -445,7 +456,7 @@ def test_naming_persons_on_elasticsearch_keeps_every_vector_and_the_store_carrie
     alias = "stores-persons"
     drop_versions(es_client, alias)
     work, clusters = tmp_path / "shards", str(tmp_path / "persons")
-    shutil.copytree(sample_run[0], work)
+    fresh_collection(sample_run[0], work)
     try:
         job(index, ["--shards", str(work), "--index", alias, "--es-conn", CONN])
         job(cluster, ["--shards", str(work), "--output", clusters, "--index", alias, "--es-conn", CONN])
@@ -461,5 +472,81 @@ def test_naming_persons_on_elasticsearch_keeps_every_vector_and_the_store_carrie
             assert theirs and person_faces(store.persons(), "someone") == theirs
         finally:
             store.close()
+    finally:
+        drop_versions(es_client, alias)
+
+
+def test_forget_reaches_the_query_results_reports_and_persons_made_from_the_collection(
+        sample_run, tmp_path, es_conn, es_client, capsys):
+    """Outputs facebeam wrote from a store are copies of its faces: a query's results and report (through the store
+    searched: here the embedded index and Elasticsearch) and a cluster folder and its contact sheet (through the
+    collection). `forget` erases from each of them, and a dry run changes none."""
+    import numpy as np
+
+    from facebeam.pipelines import cluster
+    from facebeam.transforms import copies, persons
+
+    out, folder, alias = str(tmp_path / "shards"), str(tmp_path / "ann"), "stores-copies"
+    rows = labeled_subset(sample_run, out, photos=8)
+    drop_versions(es_client, alias)
+    try:
+        job(index, ["--shards", out, "--store", f"local:{folder}"])
+        job(index, ["--shards", out, "--index", alias, "--es-conn", CONN])
+        clusters, sheet, report = tmp_path / "persons", tmp_path / "sheet.html", tmp_path / "report.html"
+        job(cluster, ["--shards", out, "--output", str(clusters), "--contact-sheet", str(sheet)])
+        probes = sorted({r["image_path"] for r in rows})[:3]
+        queried = {"local": ["--store", f"local:{folder}", "--report", str(report)],
+                   "es": ["--index", alias, "--es-conn", CONN, "--format", "jsonl"]}
+        for name, extra in queried.items():
+            job(query, ["--probes", *probes, "--output", str(tmp_path / name), "--k", "4", *extra])
+        fmt = {"local": "parquet", "es": "jsonl"}
+        # The photo to forget: the best hit of the first probe that is another photo (so every copy holds it).
+        hit = next(r for r in copies.read_results(str(tmp_path / "local")) if r["hit_image_sha256"] != r["probe_sha256"])
+        victim, name = hit["hit_image_sha256"], os.path.basename(hit["hit_image_path"])
+        gone = {r["face_id"] for r in rows if r["image_sha256"] == victim}
+        assert name in report.read_text() and name in sheet.read_text()
+        assert gone <= {a["face_id"] for a in persons.read_assignments(str(clusters))}
+
+        held = [p for p in Path(out, "embeddings").iterdir()
+                if victim in {r["image_sha256"] for r in read_rows_of(str(p))}]
+        pages = {p: p.read_bytes() for p in (report, sheet)}
+        assert forget.main(["--sha256", victim, "--shards", out, "--es-conn", CONN, "--dry-run"]) == 0
+        printed = capsys.readouterr().out
+        assert f"query output {tmp_path / 'local'}: would remove" in printed and f"{report} would render again" in printed
+        assert {p: p.read_bytes() for p in pages} == pages
+        assert any(r["hit_image_sha256"] == victim for r in copies.read_results(str(tmp_path / "es"), "jsonl"))
+
+        assert forget.main(["--sha256", victim, "--shards", out, "--es-conn", CONN]) == 0
+        printed = capsys.readouterr().out
+        for q in queried:
+            assert f"query output {tmp_path / q}: removed " in printed
+            left = copies.read_results(str(tmp_path / q), fmt[q])
+            assert left and not [r for r in left if victim in (r["hit_image_sha256"], r["probe_sha256"])]
+            ranks = {}
+            for r in left:
+                ranks.setdefault((r["probe_path"], r["probe_face_index"]), []).append(r["rank"])
+            assert all(rs == list(range(1, len(rs) + 1)) for rs in ranks.values()), "the ranks close up"
+        assert f"cluster output {clusters}: removed {len(gone)} face(s)" in printed
+        assert f"{report} rendered again" in printed and f"{sheet} rendered again" in printed
+        assert name not in report.read_text() and name not in sheet.read_text()
+        rewritten = [*held, *Path(out, "tombstones").iterdir(), *(tmp_path / "local").rglob("*.parquet"),
+                     *clusters.rglob("*.parquet"), report, sheet]
+        assert {oct(p.stat().st_mode & 0o777) for p in rewritten} == {"0o600"}, "as private as facebeam writes"
+        assert oct(Path(out, "tombstones").stat().st_mode & 0o777) == "0o700"
+
+        # The persons: no erased face, and every centre the mean of the vectors of the faces it still holds.
+        assigned = persons.read_assignments(str(clusters))
+        assert not gone & {a["face_id"] for a in assigned}
+        table = persons.read_table(str(clusters))
+        assert sum(p["size"] for p in table) == sum(1 for a in assigned if a["person_id"] is not None)
+        vectors = {r["face_id"]: r["embedding"] for r in read_rows(os.path.join(out, "embeddings"))}
+        for p in table:
+            members = [vectors[a["face_id"]] for a in assigned if a["person_id"] == p["person_id"]]
+            centre = knn.prepare(members, SPEC.metric).mean(axis=0)
+            assert np.allclose(p["centre"], centre, atol=1e-5), p["person_id"]
+
+        assert forget.main(["--sha256", victim, "--shards", out, "--es-conn", CONN]) == 0
+        printed = capsys.readouterr().out
+        assert "already erased everywhere" in printed and "output" not in printed
     finally:
         drop_versions(es_client, alias)

@@ -276,8 +276,9 @@ def _reindex_line(s: JobSummary) -> str:
 
 
 def _forget_line(s: JobSummary) -> str:
+    made = s.get("copies") or {}
     return (f"forget: {s.get('images', 0)} image(s), {s.get('rows', 0)} shard row(s), {s.get('docs', 0)} "
-            "indexed face(s)")
+            "indexed face(s)" + (f"; erased from {len(made)} output(s) made from them" if made else ""))
 
 
 def _models_line(s: JobSummary) -> str:

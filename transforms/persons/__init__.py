@@ -11,6 +11,7 @@ One room per concern; this package re-exports the public names, so callers keep
                  rule, Chinese whispers, components); new faces joined through their neighbours; quality
 - ids.py         labels -> person ids that survive re-clustering (carried over by face overlap)
 - edits.py       names, merges and splits: applied to the tables, logged by face, replayed on re-clusters
+- erasure.py     faces erased from a cluster folder (`forget`): persons shrunk, summed up again from what is left
 - limits.py      faces worth clustering (box, confidence, sharpness)
 - tables.py      the cluster folder: assignments, persons table, state, the workers' graph files
 - job.py         the Beam side: score faces, find their neighbours on the workers
@@ -40,6 +41,9 @@ from facebeam.transforms.persons.edits import (
     edit,
     read_edits,
     replay_edits,
+)
+from facebeam.transforms.persons.erasure import (
+    drop_faces,
 )
 from facebeam.transforms.persons.from_graph import (
     resolve,
@@ -137,6 +141,7 @@ __all__ = [
     "MIN_CORE",
     "centres_of",
     "chinese_whispers",
+    "drop_faces",
     "cluster",
     "components",
     "density_labels",

@@ -20,10 +20,13 @@ def read_edits(folder: str) -> list:
         return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
 
 
-def append_edit(folder: str, edit: dict) -> None:
-    lines = read_edits(folder) + [edit]
+def write_edits(folder: str, edits: list) -> None:
     with FileSystems.create(join(folder, "edits.jsonl")) as f:
-        f.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in lines).encode())
+        f.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in edits).encode())
+
+
+def append_edit(folder: str, edit: dict) -> None:
+    write_edits(folder, read_edits(folder) + [edit])
 
 
 def replay_edits(face_ids, person_of: dict, edits: list) -> dict:

@@ -164,10 +164,11 @@ def centres_updated(person_of: dict, faces: Faces, previous: list, table: list, 
     return centres, to_centre
 
 
-def tables_for(faces: Faces, person_of: dict, names: dict, centres: dict, to_centre: dict):
-    """(assignments, persons table) from each person's (centre, size) and each face's distance to it."""
+def tables_for(rows: list, person_of: dict, names: dict, centres: dict, to_centre: dict):
+    """(assignments, persons table) from the faces' rows (META columns), each person's (centre, size) and each
+    face's distance to it."""
     assignments = []
-    for r in faces.rows:
+    for r in rows:
         pid = person_of.get(r["face_id"])
         status = LOW_QUALITY if pid is None else (SINGLETON if centres[pid][1] == 1 else MEMBER)
         assignments.append({**{c: r[c] for c in META}, "person_id": pid, "status": status,
@@ -209,7 +210,7 @@ def resolve(output, shards_dir, files, spec, incremental, previous, state, thres
         person_of, edit_names = persons_from_scratch(faces, nbr, dist, t, method, previous, edits)
         names.update(edit_names)
         centres, to_centre = centres_from_shards(person_of, files, spec)
-    assignments, table = tables_for(faces, person_of, names, centres, to_centre)
+    assignments, table = tables_for(faces.rows, person_of, names, centres, to_centre)
     write_outputs(output, assignments, table, spec.dim)
     clear(graph_folder(output))
     return {"faces": len(assignments), "persons": sum(1 for r in table if r["size"] > 1),
