@@ -57,6 +57,15 @@ def test_captions_show_label_and_enough_path_to_tell_photos_apart(tmp_path):
     assert all(c.split("<br>")[1] in ("alice", "bob") for c in hit_captions)
     assert all(c.split("<br>")[1] == c.split("<br>")[0][3:].split("/")[0] for c in hit_captions)
 
+    # A photo deleted since it was indexed: its face is a blank with its caption, and the report is still written.
+    os.remove(root / "bob" / "img1.jpg")
+    job(query, ["--probes", str(root / "alice"), "--exact", "--shards", out, "--k", "2", "--output",
+                str(tmp_path / "q2"), "--report", str(page)])
+    figures = page.read_text().split("<figure")[1:]
+    assert len(figures) == 3 and html.count("<img") == 6
+    assert [f.split("<figcaption>")[1].split("<br>")[0] for f in figures if "photo not readable now" in f] == [
+        "2. bob/img1.jpg #0"]
+
 
 @pytest.fixture(scope="module")
 def many_probe_rows(sample_run, tmp_path_factory):

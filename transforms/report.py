@@ -1,7 +1,8 @@
 """A self-contained HTML page: each probe face beside its top-k faces, distances, verdicts and labels.
 
 Captions name each photo by as much of its path as tells it apart from the others in the report
-(`short_names`), plus its label. Memory: photos are decoded one at a time and only their face crops
+(`short_names`), plus its label. A photo that cannot be read now (moved or deleted since it was indexed)
+shows as a blank with its caption. Memory: photos are decoded one at a time and only their face crops
 (112 px JPEGs, a few KB each) are kept, so a report over many probes stays small.
 """
 import base64
@@ -21,6 +22,7 @@ figure{margin:0;width:118px;text-align:center;font-size:12px}
 figure img{width:112px;height:112px;object-fit:cover;border:3px solid #bbb;display:block}
 .same img{border-color:#2a2}.diff img{border-color:#c33}.query img{border-color:#36c}
 figcaption{word-break:break-all}
+.gone{width:112px;height:112px;border:3px dashed #bbb;display:flex;align-items:center;justify-content:center;color:#888}
 """
 
 
@@ -52,18 +54,24 @@ class Crops:
         self._uris = {}
 
     def make(self) -> "Crops":
+        from PIL import Image
+
         for path, boxes in self._by_path.items():
-            with FileSystems.open(path) as f:
-                data = f.read()
-            rgb, scale = _decode_for_crops(data, min(max(w, h) for _, _, w, h in boxes))
+            try:
+                with FileSystems.open(path) as f:
+                    data = f.read()
+                rgb, scale = _decode_for_crops(data, min(max(w, h) for _, _, w, h in boxes))
+            except (OSError, ValueError, Image.DecompressionBombError):  # moved, deleted or changed since it was
+                continue  # indexed: its faces show as not readable, the report still renders
             del data
             for box in boxes:
                 self._uris[(path, box)] = _crop_uri(rgb, box, scale)
             del rgb
         return self
 
-    def uri(self, path, box) -> str:
-        return self._uris[(path, tuple(int(v) for v in box))]
+    def uri(self, path, box):
+        """The crop's data URI, or None when its photo could not be read."""
+        return self._uris.get((path, tuple(int(v) for v in box)))
 
 
 def _decode_for_crops(data: bytes, smallest_face: int):
@@ -99,7 +107,8 @@ def _crop_uri(rgb, box, scale: float = 1.0) -> str:
 
 
 def _figure(cls, uri, caption) -> str:
-    return f'<figure class="{cls}"><img src="{uri}" alt=""><figcaption>{caption}</figcaption></figure>'
+    face = f'<img src="{uri}" alt="">' if uri else '<div class="gone">photo not readable now</div>'
+    return f'<figure class="{cls}">{face}<figcaption>{caption}</figcaption></figure>'
 
 
 def _boxes(r, who):
