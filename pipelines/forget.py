@@ -6,8 +6,11 @@
 The images are resolved once, from the shards and the tombstones. Their faces are then
 erased from every store the collection DIR was loaded into (DIR/stores.json: kind, name,
 location), from the store --index/--store names, and from the shards (rewritten only
-where they hold an erased image), with one line per store. A tombstone in DIR/tombstones/
-makes later runs into DIR skip those images' content. A store that cannot be reached is
+where they hold an erased image), with one line per store. From each store it also erases
+the outputs made from it (query results and reports, cluster folders and contact sheets)
+and the other collections loaded into it, followed to their own stores (copies.py). A
+tombstone in DIR/tombstones/ (and in each other collection that held them) makes later runs
+skip those images' content. A store that cannot be reached is
 named and the command exits 2, with the tombstone written: the same `forget` again, or any
 later load into that store, finishes the erasure. Run a second time, it says the images
 are already erased everywhere.
