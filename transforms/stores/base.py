@@ -42,10 +42,6 @@ class Searcher(abc.ABC):
     @abc.abstractmethod
     def search(self, probes: list, search) -> list: ...
 
-    def copies(self) -> list:
-        """The outputs made from this store's faces (copies.py records them): what `forget` erases beyond it."""
-        return list(self.read_meta().get("copies") or [])
-
     def close(self) -> None:
         return None  # nothing held open by default
 
