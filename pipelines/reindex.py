@@ -21,7 +21,7 @@ import sys
 from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner.job_options import pipeline_options
 from facebeam.pipelines.runner.launch import create_pipeline
-from facebeam.transforms import copies, es_load, labels, shards, stores
+from facebeam.transforms import copies, es_load, labels, privacy, shards, stores
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.sources import Inputs
@@ -71,7 +71,7 @@ def _inputs_for(config: ReindexConfig, known: dict) -> Inputs:
     inputs = config.inputs
     if not inputs.patterns:
         listing = config.output.rstrip("/") + "-inputs.txt"
-        with open(listing, "w") as f:
+        with privacy.private_umask(), open(listing, "w") as f:  # the photos' paths: private like the shards
             f.write("\n".join(sorted({p for p, _ in known.values() if p})) + "\n")
         inputs = dataclasses.replace(inputs, patterns=(listing,))
     return inputs

@@ -189,3 +189,14 @@ def test_reindex_swaps_the_alias_under_live_queries(photos, tmp_path, es_client,
     assert es_client.count(index=alias).body["count"] == summary["doc_count"] > 0
     labels = {h["_source"]["label"] for h in es_client.search(index=alias, size=100, _source=["label"]).body["hits"]["hits"]}
     assert labels == {photos.name} and first["faces"] > 0
+
+    # The old index is kept for a rollback: a forget through the first collection erases there too, and from the
+    # reindex's new shards (a collection of the same alias).
+    victim = sorted(str(p) for p in (people / photos.name).iterdir())[0]
+    query = {"term": {"image_path": victim}}
+    held = {i: es_client.count(index=i, query=query).body["count"] for i in (old, new)}
+    assert held[old] > 0 and held[new] > 0
+    assert forget.main(["--image", victim, "--shards", str(out), "--es-conn", CONN]) == 0
+    es_client.indices.refresh(index=f"{old},{new}")
+    assert {i: es_client.count(index=i, query=query).body["count"] for i in (old, new)} == {old: 0, new: 0}
+    assert victim not in {r["image_path"] for f in shards.files(str(tmp_path / "v2")) for r in read_rows_file(f)}

@@ -67,7 +67,8 @@ def test_shards_summaries_and_the_embedded_index_are_private(photos, tmp_path, o
     data = {rel: mode for rel, mode in modes(ann).items() if rel != ".facebeam.lock"}
     assert data["."] == privacy.DIR_MODE
     assert {rel: mode for rel, mode in data.items() if rel != "."} == {
-        "spec.json": privacy.FILE_MODE, "faces-1.faiss": privacy.FILE_MODE, "faces-1.parquet": privacy.FILE_MODE}
+        "spec.json": privacy.FILE_MODE, "faces-1.faiss": privacy.FILE_MODE, "faces-1.parquet": privacy.FILE_MODE,
+        "meta.json": privacy.FILE_MODE}  # the collections loaded into it (copies.py)
 
 
 def test_cluster_outputs_are_private(photos, tmp_path, open_umask, monkeypatch):

@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
@@ -252,6 +253,11 @@ def test_reindex_switches_the_embedded_index_to_the_new_spec(tmp_path, capsys):
     assert f"shards {v2}: removed {len(held)} row(s)" in capsys.readouterr().out
     assert not [r for r in read_rows(os.path.join(v2, "embeddings")) if r["image_path"] == victim]
     assert shards.tombstones(v2) and ann.AnnIndex.open(folder).count == new.count - len(held)
+    # the generation kept for a rollback (previous.json) lost that photo too: no row names it, its vectors are zeros
+    kept = ann.AnnIndex.open(folder, info=json.loads(Path(folder, "previous.json").read_text()))
+    assert kept.spec.spec_id == old.spec.spec_id and victim not in kept.meta["image_path"]
+    zeroed = [i for i, gone in enumerate(kept.meta["deleted"]) if gone]
+    assert zeroed and not kept.index.reconstruct_batch(np.asarray(zeroed, dtype=np.int64)).any()
 
 
 # --- erasure everywhere: one collection, every store it was loaded into ------------------------------
@@ -481,8 +487,6 @@ def test_forget_reaches_the_query_results_reports_and_persons_made_from_the_coll
     """Outputs facebeam wrote from a store are copies of its faces: a query's results and report (through the store
     searched: here the embedded index and Elasticsearch) and a cluster folder and its contact sheet (through the
     collection). `forget` erases from each of them, and a dry run changes none."""
-    import numpy as np
-
     from facebeam.pipelines import cluster
     from facebeam.transforms import copies, persons
 

@@ -127,13 +127,16 @@ class AnnIndex:
         return cls(folder, spec, index, {k: [] for k in META_FIELDS + ("deleted",)}, info, writable=True)
 
     @classmethod
-    def open(cls, folder: str, spec: EmbeddingSpec | None = None, writable: bool = False) -> AnnIndex:
-        """The current generation; `spec` must match (SpecError); read-only opens are memory-mapped."""
+    def open(cls, folder: str, spec: EmbeddingSpec | None = None, writable: bool = False,
+             info: dict | None = None) -> AnnIndex:
+        """The current generation, or the one `info` describes (a reindex's kept previous generation); `spec` must
+        match (SpecError); read-only opens are memory-mapped."""
         import faiss
         import pyarrow.parquet as pq
 
+        given = info
         for attempt in range(3):  # a writer may switch generations (and drop the old files) between our reads
-            info = read_info(folder)
+            info = given or read_info(folder)
             index_path = os.path.join(folder, info["index_file"])
             try:
                 index = faiss.read_index(index_path) if writable else faiss.read_index(index_path,
@@ -141,7 +144,7 @@ class AnnIndex:
                 table = pq.read_table(os.path.join(folder, info["meta_file"]))
                 break
             except Exception as e:  # noqa: BLE001 - a damaged or missing file names the folder
-                if attempt < 2 and read_info(folder).get("generation") != info.get("generation"):
+                if attempt < 2 and not given and read_info(folder).get("generation") != info.get("generation"):
                     continue
                 raise AnnError(f"embedded index {folder} (generation {info['generation']}) cannot be read: "
                                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
@@ -280,9 +283,6 @@ class AnnIndex:
     def save(self) -> dict:
         """Write the next generation beside the current one, switch `spec.json` to it, drop the old files."""
         self._require_writable()
-        import faiss
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if self.total and self.deleted / self.total > COMPACT_SHARE:
             log.info("embedded index %s: %d of %d positions deleted, rebuilding the graph without them",
@@ -294,11 +294,7 @@ class AnnIndex:
         info = {**self.info, "generation": gen, "index_file": f"faces-{gen}.faiss", "meta_file": f"faces-{gen}.parquet",
                 "count": self.count, "total": self.total, "deleted": self.deleted, "library": library(),
                 "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        faiss.write_index(self.index, os.path.join(self.folder, info["index_file"]))
-        schema = pa.schema([(k, pa.int32() if k == "face_index" or k.startswith("box_") else pa.string())
-                            for k in META_FIELDS] + [("deleted", pa.bool_())])
-        pq.write_table(pa.table({k: self.meta[k] for k in schema.names}, schema=schema),
-                       os.path.join(self.folder, info["meta_file"]), compression="zstd")
+        self._write_files(info["index_file"], info["meta_file"])
         tmp = os.path.join(self.folder, SPEC_FILE + ".tmp")
         with open(tmp, "w") as f:
             json.dump(info, f, indent=2, sort_keys=True)
@@ -312,6 +308,27 @@ class AnnIndex:
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(self.folder, name))
         return info
+
+    def _write_files(self, index_file: str, meta_file: str) -> None:
+        import faiss
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        faiss.write_index(self.index, os.path.join(self.folder, index_file))
+        schema = pa.schema([(k, pa.int32() if k == "face_index" or k.startswith("box_") else pa.string())
+                            for k in META_FIELDS] + [("deleted", pa.bool_())])
+        pq.write_table(pa.table({k: self.meta[k] for k in schema.names}, schema=schema),
+                       os.path.join(self.folder, meta_file), compression="zstd")
+
+    def rewrite(self) -> None:
+        """Write this generation's files again in place (a kept previous generation that lost faces): beside, then
+        renamed over them, so a reader sees the old files or the new ones."""
+        self._require_writable()
+        names = (self.info["index_file"], self.info["meta_file"])
+        self._write_files(*(f"{n}.tmp" for n in names))
+        for n in names:
+            os.replace(os.path.join(self.folder, f"{n}.tmp"), os.path.join(self.folder, n))
+        privacy.restrict(self.folder, *names)
 
     def images(self) -> dict:
         """image_sha256 -> (image_path, label) of the live faces."""

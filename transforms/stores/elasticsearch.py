@@ -245,16 +245,25 @@ class ElasticsearchStore(FaceStore):
                 return 0
             # Scan + bulk delete by _id rather than _delete_by_query, which needs the reindex module
             # (absent from some distributions, such as the integ-test-zip that `es up` runs).
-            client.indices.refresh(index=self.name)
+            concrete = es_index.alias_target(client, self.name)
+            kept = [i for i in (self._mapping(client, concrete).get("_meta") or {}).get("facebeam", {}).get(
+                "previous", []) if client.indices.exists(index=i)]  # a reindex's rollback must not bring them back
+            searched = ",".join([self.name, *kept])
+            client.indices.refresh(index=searched)
             query = {"query": {"terms": {"image_sha256": sorted(shas)}}}
-            hits = list(helpers.scan(client, index=self.name, query=query, _source=False))
+            hits = list(helpers.scan(client, index=searched, query=query, _source=False))
+            live = sum(1 for h in hits if h["_index"] == concrete)
             if dry_run or not hits:
-                return len(hits)
-            deleted, errors = helpers.bulk(client, ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]}
-                                                    for h in hits), raise_on_error=False)
+                return live
+            _, errors = helpers.bulk(client, ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]}
+                                              for h in hits), raise_on_error=False)
             if errors:
                 raise StoreError(f"{self.describe()}: {len(errors)} face doc(s) could not be deleted: {errors[:3]}")
-            named, emptied = persons_index(self.name), [self.name]
+            if len(hits) > live:
+                log.info("%s: %d face doc(s) gone from the index a reindex kept (%s)", self.describe(), len(hits) - live,
+                         ", ".join(kept))
+            deleted = live
+            named, emptied = persons_index(self.name), [self.name, *kept]
             if client.indices.exists(index=named):
                 helpers.bulk(client, ({"_op_type": "delete", "_index": named, "_id": h["_id"]} for h in hits),
                              raise_on_error=False)  # a face without a name has no doc there (404)
@@ -549,6 +558,13 @@ class _EsReindex(Reindex):
 
     def switch(self) -> str:
         es_index.swap_alias(self.client, self.store.name, self.old, self.new)
+        # The old index (and those it kept) stays for a rollback until drop_old: `forget` erases there too.
+        earlier = (self.store._mapping(self.client, self.old).get("_meta") or {}).get("facebeam", {}).get("previous", [])
+        try:
+            self.store.write_meta(previous=[self.old, *earlier])
+        except StoreError as e:
+            log.warning("%s: a later `forget` will not reach %s until it is dropped (%s)", self.store.describe(),
+                        self.old, e)
         return f"alias {self.store.name}: {self.old} -> {self.new} ({self.loading.target.count} docs)"
 
     def drop_old(self) -> str:

@@ -107,7 +107,22 @@ class EmbeddedStore(FaceStore):
             persons = self._read_meta_file().get("persons") or {}
             if gone & set(persons):
                 self._write_meta_file(persons={f: v for f, v in persons.items() if f not in gone})
+            kept = self._kept_generation()
+            if kept is not None and kept.remove_images(shas):  # a rollback must not bring them back
+                kept.rewrite()
+                log.info("embedded index %s: the generation a reindex kept (previous.json) lost them too", self.folder)
         return n
+
+    def _kept_generation(self):
+        """The previous generation a reindex keeps for a rollback (`previous.json`), writable; None without one."""
+        path = os.path.join(self.folder, "previous.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            info = json.load(f)
+        if not all(os.path.exists(os.path.join(self.folder, info[k])) for k in ("index_file", "meta_file")):
+            return None
+        return ann.AnnIndex.open(self.folder, writable=True, info=info)
 
     def closest(self, vector, label: str) -> tuple:
         from facebeam.transforms import knn
@@ -161,13 +176,11 @@ class EmbeddedStore(FaceStore):
             raise UserError(f"embedded index {self.folder}: {META_FILE} cannot be read ({type(e).__name__})") from None
 
     def _write_meta_file(self, **updates) -> None:
+        from facebeam.transforms import shards
+
         meta = {**self._read_meta_file(), **updates}
-        meta = {k: v for k, v in meta.items() if v is not None}
-        tmp = os.path.join(self.folder, META_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, os.path.join(self.folder, META_FILE))
+        # persons' names and the outputs made from the faces: private like the index (shards.write_json: 0600)
+        shards.write_json(os.path.join(self.folder, META_FILE), {k: v for k, v in meta.items() if v is not None})
 
     def read_meta(self) -> dict:
         return self._read_meta_file()
@@ -260,9 +273,10 @@ class _EmbeddedReindex(Reindex):
         return f"old {self.old.spec.spec_id} vs new {self.new_spec.spec_id} in {self.folder}"
 
     def switch(self) -> str:
+        from facebeam.transforms import shards
+
         try:
-            with open(os.path.join(self.folder, "previous.json"), "w") as f:
-                json.dump(self.before, f, indent=2, sort_keys=True)
+            shards.write_json(os.path.join(self.folder, "previous.json"), self.before)  # private, like the index
             self.info = self.new.save()  # the switch: spec.json now names the new generation
         except BaseException:
             self._lock.close()
