@@ -372,6 +372,18 @@ def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):
     return run_id, manifest.SkipDone(spec.spec_id, done, erased, max_file_bytes)
 
 
+def follow_moves(output: str, run_id, connect, named=None) -> dict:
+    """The photos this run found moved: their faces take the new path in the shards and in every store the collection
+    was loaded into (`named` too). The summary's fields: images_moved (photos), faces_moved, moved (a line per store)."""
+    from facebeam.transforms import moves, stores
+
+    moved = moves.moved_in_run(output, run_id)
+    if not moved:
+        return {}
+    faces, lines = moves.follow(output, moved, stores.recorded_stores(output, connect, named))
+    return {"images_moved": len(moved), "faces_moved": faces, "moved": lines}
+
+
 def finish_run(output: str, run_id, summary: dict) -> JobSummary:
     """summary.json from the typed summary (the same one the result line is built from); commits the run."""
     if "://" not in output and not os.path.exists(os.path.join(output, shards.LOCK_FILE)):
@@ -402,6 +414,7 @@ def embed_summary(result, elapsed: float, spec, opts, turns: str = None, closer:
         **sources.input_counts(counters, counts["images_seen"]),
         # Photos an incremental run skipped because their content is already done for this spec (or erased).
         "images_done": counters.get(metrics.IMAGES_DONE, 0),
+        "images_moved": counters.get(metrics.IMAGES_MOVED, 0),  # of those, found only under a new path (moves.py)
         "stages_core_s": metrics.stage_totals(counters),  # CPU per stage, all workers together
         "spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim,
         # detector, onnxruntime providers used, orientations tried, closer looks (not part of the spec: the

@@ -79,6 +79,7 @@ def _run(config: RunConfig, pipeline) -> dict:
     registry.remember(config.output, store)
     summary["erased_late"] = registry.finish_erasure(config.output, store)
     summary["carried"] = registry.carry_metadata(config.output, store)
+    summary.update(jobs.follow_moves(config.output, run_id, config.es.connection, store))
     jobs.finish_run(config.output, run_id, summary)
     log.info("run done: %d images, %d embedded, %d faces, failed %s; %d faces added to the %s (%d in all)%s",
              summary["images_seen"], summary["images_embedded"], summary["faces"], summary["images_failed"] or "none",

@@ -216,6 +216,37 @@ class AbstractStoreTests:
             store.write_meta(copies=before or None)
         assert store.copies() == before
 
+    def test_a_photo_that_moved_is_found_at_its_new_path(self, store, collection):
+        """`relocate` (moves.py): a moved photo's faces name its new path, in searches and path filters; the vectors and
+        the count stay, and a repeat changes nothing."""
+        _, rows = collection
+        faces = list(by_image(rows).values())[1]
+        moved = [{**r, "image_path": f"/moved/away/{os.path.basename(r['image_path'])}"} for r in faces]
+
+        def top(probes, **kw):
+            searcher = store.searcher()
+            try:
+                return searcher.search(probes, knn.SearchSpec(k=len(rows), num_candidates=50, **kw))
+            finally:
+                searcher.close()
+
+        before = store.count()
+        try:
+            assert store.relocate(moved) == (len(faces) if store.capabilities.paths else 0)
+            assert store.relocate(moved) == 0 and store.count() == before
+            if store.capabilities.search:
+                assert [hs[0]["image_path"] for hs in top(faces)] == [m["image_path"] for m in moved]
+                assert [hs[0]["distance"] < 1e-3 for hs in top(faces)] == [True] * len(faces)
+                assert {h["face_id"] for h in top(faces[:1], path_prefix="/moved/away/")[0]} == {
+                    r["face_id"] for r in faces}
+            for r in faces:
+                assert store.closest(r["embedding"], r["label"])[0] == r["face_id"]
+        finally:
+            store.relocate(faces)  # back where the collection has it
+        if store.capabilities.search:
+            assert [hs[0]["image_path"] for hs in top(faces)] == [r["image_path"] for r in faces]
+            assert top(faces[:1], path_prefix="/moved/away/") == [[]]
+
     def test_erasure_leaves_no_trace(self, store, collection, traces):
         _, rows = collection
         sha, faces = next(iter(by_image(rows).items()))

@@ -98,6 +98,52 @@ def test_an_incremental_run_after_a_full_one_embeds_only_the_new_photos(photos, 
     assert len(ids) == len(set(ids)) == first["faces"] + later["faces"]
 
 
+def test_a_moved_photo_is_not_embedded_again_and_every_copy_names_its_new_path(photos, tmp_path, es_client, alias):
+    """A library reorganised between nightly runs: a photo moved (its old path gone) keeps its faces, which now name the
+    new path in the shards, Elasticsearch and the embedded index; a copy beside its original is only a duplicate."""
+    from facebeam.pipelines import index
+    from facebeam.transforms import ann
+    from facebeam.transforms.stores.exact import ShardsStore
+
+    lib, out, local = tmp_path / "lib", tmp_path / "out", tmp_path / "ann"
+    shutil.copytree(photos, lib / "2024")
+    incremental(lib, out, alias)
+    job(index, ["--shards", str(out), "--store", f"local:{local}"])  # the collection's second store
+    rows = [r for f in shards.files(str(out)) for r in read_rows_file(f)]
+    by_path = {}
+    for r in rows:
+        by_path.setdefault(r["image_path"], []).append(r["face_id"])
+    old, kept = sorted(by_path)[:2]
+    (lib / "trips").mkdir()
+    new = str(lib / "trips" / "renamed.jpg")
+    shutil.move(old, new)
+    shutil.copy(kept, lib / "trips" / "copy.jpg")  # its original is still there
+
+    def paths_of(face_ids):
+        es_client.indices.refresh(index=alias)
+        docs = es_client.mget(index=alias, ids=sorted(face_ids), source_includes=["image_path"]).body["docs"]
+        idx = ann.AnnIndex.open(str(local))
+        return ({r["image_path"] for f in shards.files(str(out)) for r in read_rows_file(f) if r["face_id"] in face_ids},
+                {d["_source"]["image_path"] for d in docs},
+                {p for f, p in zip(idx.meta["face_id"], idx.meta["image_path"]) if f in face_ids})
+
+    later = incremental(lib, out, alias)
+    assert later["images_seen"] == 0 and later["images_done"] == len(by_path) + 1
+    assert later["images_moved"] == 1 and later["faces_moved"] == len(by_path[old])
+    assert paths_of(set(by_path[old])) == ({new}, {new}, {new})
+    assert paths_of(set(by_path[kept])) == ({kept}, {kept}, {kept})
+    assert faces_in(out) == sorted(r["face_id"] for r in rows)
+    assert es_client.count(index=alias).body["count"] == len(rows) == ann.AnnIndex.open(str(local)).count
+    assert incremental(lib, out, alias)["images_moved"] == 0
+
+    # A store that missed a move (down at the time) takes the new path at its next load from the shards.
+    elsewhere = str(lib / "elsewhere.jpg")
+    assert ShardsStore(str(out)).relocate([{**r, "image_path": elsewhere} for r in rows if r["image_path"] == old])
+    job(index, ["--shards", str(out), "--store", f"local:{local}"])
+    job(index, ["--shards", str(out), "--index", alias, "--es-conn", CONN])
+    assert paths_of(set(by_path[old])) == ({elsewhere}, {elsewhere}, {elsewhere})
+
+
 def test_killed_run_then_rerun_matches_a_clean_run(photos, tmp_path, es_client, alias):
     killed_out, clean_out = tmp_path / "killed", tmp_path / "clean"
     cmd = [sys.executable, "-m", "facebeam.pipelines.cli", "run", "--input", str(photos), "--output", str(killed_out),

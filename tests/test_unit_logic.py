@@ -548,3 +548,26 @@ def test_a_clusters_status_names_its_processes_in_words():
 
     assert service.pids_words({"master": [12], "worker": [13, 14]}) == "master pid 12, worker pids 13 14"
     assert service.pids_words({"standalonesession": [], "taskexecutor": []}) == "no process of it left"
+
+
+def test_a_done_photo_listed_only_under_a_new_path_moved_and_a_second_copy_is_a_duplicate():
+    """manifest.keep_new: what an incremental run embeds, skips, and records as moved (moves.py)."""
+    from apache_beam.pvalue import TaggedOutput
+
+    from facebeam.transforms import manifest
+
+    there = {"/lib/a.jpg", "/lib/b.jpg"}.__contains__  # the paths that exist now
+
+    def keep(new, done=(), gone=(), sha="s1"):
+        out = manifest.keep_new((sha, {"new": [(p, 10) for p in new], "done": list(done), "gone": list(gone)}),
+                                exists=there)
+        return [(o.tag, o.value) if isinstance(o, TaggedOutput) else o for o in out]
+
+    assert keep(["/lib/a.jpg"]) == [("/lib/a.jpg", 10)]  # never done: embedded
+    assert keep(["/lib/a.jpg"], done=["/lib/a.jpg"]) == []  # done where it is
+    assert keep(["/lib/b.jpg"], done=["/lib/a.jpg"]) == []  # a copy: its first path is still there
+    assert keep(["/new/x.jpg", "/new/c.jpg"], done=["/old/x.jpg", None]) == [(manifest.MOVED, ("s1", "/new/c.jpg"))]
+    assert keep(["/new/x.jpg", "/old/x.jpg"], done=["/old/x.jpg"]) == []  # still listed where it was done
+    assert keep(["/new/x.jpg"], done=["/old/x.jpg"], gone=[None]) == []  # erased: never comes back, moved or not
+    assert keep([], done=["/old/x.jpg"]) == []  # done and not listed now: nothing to say
+    assert keep(["/x.jpg"], done=["/old/x.jpg"], sha=None) == [("/x.jpg", 10)]  # unreadable: stays new

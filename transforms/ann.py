@@ -239,6 +239,19 @@ class AnnIndex:
         self.__dict__.pop("_deleted", None)
         return {"added": added, "skipped": skipped}
 
+    def relocate(self, paths: dict) -> int:
+        """{face_id: image path} onto the faces held (a photo that moved); how many changed."""
+        self._require_writable()
+        have, changed = self.positions(), 0
+        for face_id, path in paths.items():
+            pos = have.get(face_id)
+            if pos is not None and self.meta["image_path"][pos] != path:
+                self.meta["image_path"][pos] = path
+                changed += 1
+        if changed:
+            self._lookup = {}  # the sorted paths a prefix filter looks up
+        return changed
+
     def remove_images(self, shas) -> int:
         """Mark every face of those images deleted and zero its vector; returns how many went."""
         self._require_writable()
@@ -516,25 +529,29 @@ class AnnIndex:
 
 
 def add_shards(ann: AnnIndex, shard_files) -> tuple:
-    """Shard files -> appended to `ann` (faces already there skipped); (rows read, added, skipped)."""
+    """Shard files -> appended to `ann` (faces already there skipped, but for a path that changed: their photo moved,
+    moves.py); (rows read, added, skipped, paths changed)."""
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
-    rows_read = added = skipped = 0
+    rows_read = added = skipped = moved = 0
     for path in shard_files:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             pf = pq.ParquetFile(f)
             for i in range(pf.num_row_groups):
-                ids = pf.read_row_group(i, columns=["face_id"]).column("face_id").to_pylist()
+                head = pf.read_row_group(i, columns=["face_id", "image_path"])
+                ids = head.column("face_id").to_pylist()
                 rows_read += len(ids)
                 have = ann.positions()
                 if all(x in have for x in ids):  # an earlier load or run added them: no vectors to read
+                    moved += ann.relocate(dict(zip(ids, head.column("image_path").to_pylist())))
                     skipped += len(ids)
                     continue
                 rows = pf.read_row_group(i, columns=["face_id", "spec_id", "embedding", *META_FIELDS[1:]]).to_pylist()
                 res = ann.add_rows(rows)
+                moved += ann.relocate({r["face_id"]: r["image_path"] for r in rows})
                 added, skipped = added + res["added"], skipped + res["skipped"]
-    return rows_read, added, skipped
+    return rows_read, added, skipped, moved
 
 
 def load_shards(folder: str, shard_files, spec: EmbeddingSpec, m: int = 16, ef_construction: int = 100,
@@ -543,12 +560,12 @@ def load_shards(folder: str, shard_files, spec: EmbeddingSpec, m: int = 16, ef_c
     started = time.perf_counter()
     ann = AnnIndex.open_or_create(folder, spec, m, ef_construction)
     before = ann.count
-    rows_read, added, skipped = add_shards(ann, shard_files)
+    rows_read, added, skipped, moved = add_shards(ann, shard_files)
     built = time.perf_counter() - started
-    info = ann.save() if added or not exists(folder) else ann.info
+    info = ann.save() if added or moved or not exists(folder) else ann.info
     elapsed = time.perf_counter() - started
     return {"backend": "local", "store": f"local:{folder}", "ann_dir": folder, "library": info["library"],
-            "rows_read": rows_read, "indexed": added, "skipped_present": skipped, "failed": 0,
+            "rows_read": rows_read, "indexed": added, "skipped_present": skipped, "paths_changed": moved, "failed": 0,
             "doc_count": ann.count, "doc_count_before": before, "generation": info["generation"],
             "spec_id": spec.spec_id, "build_s": round(built, 3), "elapsed_s": round(elapsed, 3),
             "docs_per_s": round(added / built, 1) if built and added else 0.0, "bytes_on_disk": ann.disk_bytes()}

@@ -143,11 +143,12 @@ class EmbedImages(beam.PTransform):
 
 
 class EmbedInputs(beam.PTransform):
-    """Input patterns -> {'faces', 'errors'}: list on the workers, drop repeats, skip what is done, embed.
+    """Input patterns -> {'faces', 'errors'[, 'moved']}: list on the workers, drop repeats, skip what is done, embed.
 
-    `skip` (a PTransform on (path, size) pairs, e.g. manifest.SkipDone) leaves out photos a
-    backfill has already done; `labeler` overrides the one `inputs.label_from` names; `turns`
-    (faces.TURNS) says when turned copies of a photo are tried, `closer` (faces.CLOSER) when a closer look is.
+    `skip` (manifest.SkipDone: (path, size) pairs -> {'new', 'moved'}) leaves out photos a
+    backfill has already done, and finds those that moved ('moved': (sha256, new path));
+    `labeler` overrides the one `inputs.label_from` names; `turns` (faces.TURNS) says when turned
+    copies of a photo are tried, `closer` (faces.CLOSER) when a closer look is.
     """
 
     def __init__(self, inputs, spec: EmbeddingSpec, skip=None, labeler=None, turns: str = DEFAULT_TURNS,
@@ -165,12 +166,15 @@ class EmbedInputs(beam.PTransform):
                  | "Inputs" >> beam.Create(list(inputs.patterns))
                  | "Expand" >> beam.ParDo(sources.ExpandInputs(since, inputs.follow_symlinks))
                  | "Distinct" >> beam.Distinct())
+        moved = None
         if self._skip is not None:
-            paths = paths | "SkipDone" >> self._skip
+            kept = paths | "SkipDone" >> self._skip
+            paths, moved = kept["new"], kept["moved"]
         # Even shares: Flink runs a Reshuffle as a round-robin rebalance and Spark as a repartition;
         # Distinct's hash split alone left two workers 141 and 159 of 300 photos.
         paths = paths | "Spread" >> beam.Reshuffle()
-        return paths | "EmbedImages" >> EmbedImages(
+        out = paths | "EmbedImages" >> EmbedImages(
             self._spec, max_pixels=inputs.max_pixels, max_file_bytes=inputs.max_file_bytes,
             max_batch_size=inputs.batch_size, turns=self._turns, closer=self._closer,
             labeler=self._labeler or labels.labeler_from(inputs.label_from, inputs.patterns))
+        return out if moved is None else {**out, "moved": moved}

@@ -29,6 +29,7 @@ class Capabilities:
     in_pipeline: bool = False  # loaded by a Beam step while the faces are embedded (else from the shards after)
     labeled_only: bool = False  # keeps only faces with an identity label
     reindex: bool = False  # a new spec built beside the old one, switched in one step
+    paths: bool = True  # names each face's photo, so a photo that moved is followed (`relocate`)
 
     def lacks(self, what: str) -> str:
         return {"search": "verifies by identity and does not rank the whole collection",
@@ -165,6 +166,11 @@ class FaceStore(abc.ABC):
     @abc.abstractmethod
     def remove(self, shas, dry_run: bool = False) -> int:
         """Every face of those images (and their person names) out; how many faces went (or would)."""
+
+    @abc.abstractmethod
+    def relocate(self, rows) -> int:
+        """Face rows (shard rows, vectors included) of photos that moved, each naming its new path: the faces the
+        store holds take that path. Returns how many changed (0 again when repeated; 0 where `paths` is False)."""
 
     @abc.abstractmethod
     def closest(self, vector, label: str) -> tuple:

@@ -241,11 +241,11 @@ class ElasticsearchStore(FaceStore):
 
         client = self._client()
         try:
-            if es_index.alias_target(client, self.name) is None:
+            concrete = es_index.alias_target(client, self.name)
+            if concrete is None:
                 return 0
             # Scan + bulk delete by _id rather than _delete_by_query, which needs the reindex module
             # (absent from some distributions, such as the integ-test-zip that `es up` runs).
-            concrete = es_index.alias_target(client, self.name)
             kept = [i for i in (self._mapping(client, concrete).get("_meta") or {}).get("facebeam", {}).get(
                 "previous", []) if client.indices.exists(index=i)]  # a reindex's rollback must not bring them back
             searched = ",".join([self.name, *kept])
@@ -273,6 +273,35 @@ class ElasticsearchStore(FaceStore):
                     write_person_faces(client, self.name, read_persons(client, self.name))
             self._expunge(client, emptied)
             return deleted
+        finally:
+            client.close()
+
+    def relocate(self, rows, chunk: int = 1000) -> int:
+        """Each face whose path changed is indexed again, whole: its vector is not in `_source`, so an update in
+        place would lose it."""
+        from elasticsearch import helpers
+
+        rows = list(rows)
+        client = self._client()
+        try:
+            concrete = es_index.alias_target(client, self.name)
+            if concrete is None or not rows:
+                return 0
+            moved = []
+            for i in range(0, len(rows), chunk):
+                part = rows[i:i + chunk]
+                held = {d["_id"]: d["_source"].get("image_path") for d in client.mget(
+                    index=concrete, ids=[r["face_id"] for r in part], source_includes=["image_path"]).body["docs"]
+                    if d.get("found")}
+                moved += [r for r in part if r["face_id"] in held and held[r["face_id"]] != r["image_path"]]
+            if moved:
+                _, errors = helpers.bulk(client, ({"_op_type": "index", "_index": concrete, "_id": r["face_id"],
+                                                   "_source": es_index.document(r)} for r in moved),
+                                         raise_on_error=False, refresh="wait_for")
+                if errors:
+                    raise StoreError(f"{self.describe()}: {len(errors)} moved face(s) could not be indexed again: "
+                                     f"{errors[:3]}")
+            return len(moved)
         finally:
             client.close()
 

@@ -113,6 +113,16 @@ class EmbeddedStore(FaceStore):
                 log.info("embedded index %s: the generation a reindex kept (previous.json) lost them too", self.folder)
         return n
 
+    def relocate(self, rows) -> int:
+        if not self.exists():
+            return 0
+        with ann_lock(self.folder):
+            idx = ann.AnnIndex.open(self.folder, writable=True)
+            n = idx.relocate({r["face_id"]: r["image_path"] for r in rows})
+            if n:
+                idx.save()
+        return n
+
     def _kept_generation(self):
         """The previous generation a reindex keeps for a rollback (`previous.json`), writable; None without one."""
         path = os.path.join(self.folder, "previous.json")

@@ -81,6 +81,9 @@ class ShardsStore(FaceStore):
                 self.write_meta(persons={f: v for f, v in persons.items() if f in have})
         return removed
 
+    def relocate(self, rows) -> int:
+        return relocate_rows(self.folder, {r["face_id"]: r["image_path"] for r in rows})
+
     def closest(self, vector, label: str) -> tuple:
         from facebeam.transforms import knn
 
@@ -171,9 +174,38 @@ def erase_rows(folder: str, shas: set, dry_run: bool) -> dict:
             n = pc.sum(hit).as_py() or 0
             if n:
                 removed[path] = n
-                if not dry_run:  # write beside it, then rename over it
-                    tmp = path + ".forget-tmp"
-                    with FileSystems.create(tmp) as f:
-                        pq.write_table(table.filter(pc.invert(pc.fill_null(hit, False))), f, compression="zstd")
-                    FileSystems.rename([tmp], [path])
+                if not dry_run:
+                    _replace(path, table.filter(pc.invert(pc.fill_null(hit, False))))
     return removed
+
+
+def relocate_rows(folder: str, paths: dict) -> int:
+    """{face_id: image path} onto the embedding shards, rewriting only the files where a face's path changes;
+    returns how many faces changed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    changed = 0
+    for path in shards.files(folder):
+        with FileSystems.open(path) as f:
+            head = pq.read_table(f, columns=["face_id", "image_path"])
+        ids, old = head.column("face_id").to_pylist(), head.column("image_path").to_pylist()
+        new = [paths.get(i, p) for i, p in zip(ids, old)]
+        n = sum(a != b for a, b in zip(old, new))
+        if n:
+            with FileSystems.open(path) as f:
+                table = pq.read_table(f)
+            _replace(path, table.set_column(table.schema.get_field_index("image_path"), "image_path",
+                                            pa.array(new, pa.string())))
+            changed += n
+    return changed
+
+
+def _replace(path: str, table) -> None:
+    """Write the file's new rows beside it, then rename over it: a reader sees the old file or the new one."""
+    import pyarrow.parquet as pq
+
+    tmp = path + ".rewrite-tmp"
+    with FileSystems.create(tmp) as f:
+        pq.write_table(table, f, compression="zstd")
+    FileSystems.rename([tmp], [path])

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 class RedisStore(FaceStore):
     kind = "redis"
-    capabilities = Capabilities(search=False, labeled_only=True)
+    capabilities = Capabilities(search=False, labeled_only=True, paths=False)
 
     def __init__(self, name: str, conn: redis_store.RedisConn):
         super().__init__(name)
@@ -113,6 +113,9 @@ class RedisStore(FaceStore):
             client.hdel(p + "persons", *gone)
             self._rewrite_files(client)
         return n
+
+    def relocate(self, rows) -> int:
+        return 0  # keyed by label, face and content hash: no photo's path is kept here
 
     def _rewrite_files(self, client) -> None:
         """The append-only file still holds the erased vectors' HSETs: have Redis rewrite it (and the snapshot)."""
