@@ -1,7 +1,7 @@
 """facebeam forget: erase faces from every store, the shards, and keep them erased.
 
-    facebeam forget (--image PATH | --sha256 H | --label L | --person NAME) --shards DIR [--index NAME]
-                    [--store es|local[:DIR]|redis] [--dry-run]
+    facebeam forget (--image PATH | --sha256 H | --label L | --person NAME | --missing) --shards DIR
+                    [--index NAME] [--store es|local[:DIR]|redis] [--dry-run]
 
 The images are resolved once, from the shards and the tombstones. Their faces are then
 erased from every store the collection DIR was loaded into (DIR/stores.json: kind, name,
@@ -13,7 +13,8 @@ tombstone in DIR/tombstones/ (and in each other collection that held them) makes
 skip those images' content. A store that cannot be reached is
 named and the command exits 2, with the tombstone written: the same `forget` again, or any
 later load into that store, finishes the erasure. Run a second time, it says the images
-are already erased everywhere.
+are already erased everywhere. `--missing` erases the photos deleted from the library: those
+none of whose paths exists now (refused when that is every photo: a drive not mounted).
 """
 import dataclasses
 import datetime
@@ -32,6 +33,7 @@ from facebeam.transforms.stores import registry
 
 log = logging.getLogger(__name__)
 BEAM = False  # no pipeline: unknown flags are errors
+MAX_NAMED = 10  # photos named in the first line; the rest are counted
 
 
 def _read(path):
@@ -46,6 +48,7 @@ class ForgetConfig:
     sha256: str = None
     label: str = None
     person: str = None
+    missing: bool = False
     index: str = None
     dry_run: bool = False
     es: options.EsFlags = options.EsFlags()
@@ -60,6 +63,8 @@ def build_parser():
     what.add_argument("--label", help="every face with this identity label")
     what.add_argument("--person", metavar="NAME", help="every photo of the person of this name (or person id), "
                                                        "as the stores' persons' names say (`persons ... --shards`)")
+    what.add_argument("--missing", action="store_true",
+                      help="every photo of the collection deleted since it was embedded (no path it had exists now)")
     p.add_argument("--shards", required=True, help="the embed/run output folder")
     p.add_argument("--index", type=options.index_name, default=None,
                    help="also erase from this store (the one --store names, else as `index` chooses)")
@@ -72,8 +77,8 @@ def build_parser():
 def configure(a: options.Args, beam_args=()) -> ForgetConfig:
     # Shards store canonical paths (absolute for local files), so a relative --image matches too.
     image = sources.canonical(a.image) if a.image else None
-    return ForgetConfig(shards=a.shards, image=image, sha256=a.sha256, label=a.label, person=a.person, index=a.index,
-                        dry_run=a.dry_run,
+    return ForgetConfig(shards=a.shards, image=image, sha256=a.sha256, label=a.label, person=a.person,
+                        missing=a.missing, index=a.index, dry_run=a.dry_run,
                         es=options.es_from(a), store=options.store_from(a))
 
 
@@ -91,6 +96,8 @@ def images_to_erase(ns: ForgetConfig) -> tuple:
             found[sha] = (ns.image, None)
         except (OSError, ValueError):
             pass  # the photo may be gone already; the shards still know it
+    if ns.missing:
+        found.update(missing_images(ns.shards))
     faces = person_faces(ns) if ns.person else set()
     for path in shards.files(ns.shards) if ns.shards else []:
         t = _read(path).select(["image_sha256", "image_path", "label", "face_id"])
@@ -107,6 +114,26 @@ def images_to_erase(ns: ForgetConfig) -> tuple:
             prev = found.get(sha, (None, None))
             found[sha] = (prev[0] or path, prev[1] or label)
     return found, tombstoned
+
+
+def missing_images(folder: str) -> dict:
+    """sha256 -> (path, label) of the photos with faces none of whose paths (shard rows, manifests: a photo moved keeps
+    both) exists now. A copy of a photo still elsewhere in the library keeps it. Every photo missing is refused."""
+    paths, labels = {}, {}
+    for path in shards.files(folder):
+        for r in _read(path).select(["image_sha256", "image_path", "label"]).to_pylist():
+            paths.setdefault(r["image_sha256"], set()).add(r["image_path"])
+            labels[r["image_sha256"]] = labels.get(r["image_sha256"]) or r["label"]
+    for path in shards.files(folder, "manifest"):
+        for r in _read(path).select(["image_sha256", "image_path"]).to_pylist():
+            if r["image_sha256"] in paths:
+                paths[r["image_sha256"]].add(r["image_path"])
+    gone = {sha: sorted(p for p in ps if p) for sha, ps in paths.items() if not any(p and FileSystems.exists(p)
+                                                                                    for p in ps)}
+    if gone and len(gone) == len(paths):
+        raise UserError(f"none of the {len(paths)} photo(s) of {folder} exists now (is their drive or bucket "
+                        "mounted?); nothing erased")
+    return {sha: (ps[0] if ps else None, labels.get(sha)) for sha, ps in gone.items()}
 
 
 def person_faces(ns: ForgetConfig) -> set:
@@ -222,7 +249,8 @@ class Erasure:
 
 def reason(ns: ForgetConfig) -> str:
     return (f"forget --image {ns.image}" if ns.image else f"forget --label {ns.label}" if ns.label
-            else f"forget --person {ns.person}" if ns.person else "forget --sha256")
+            else f"forget --person {ns.person}" if ns.person else "forget --missing" if ns.missing
+            else "forget --sha256")
 
 
 def record_tombstones(folder: str, found: dict, why: str) -> str:
@@ -254,11 +282,13 @@ def run(ns: ForgetConfig, pipeline=None) -> dict:
                         "the folder `embed` or `run` wrote)")
     found, tombstoned = images_to_erase(ns)
     if not found:
-        print("nothing matched: no shard row, tombstone, person or file for that image/label/person")
-        return {"images": 0, "docs": 0, "rows": 0}
+        print("no photo of the collection is missing: nothing to erase" if ns.missing else
+              "nothing matched: no shard row, tombstone, person or file for that image/label/person")
+        return {"images": 0, "docs": 0, "rows": 0, "missing": ns.missing}
     shas = set(found)
-    print(f"{'would erase' if ns.dry_run else 'erasing'} {len(shas)} image(s): "
-          + ", ".join(sorted(p or s[:12] for s, (p, _) in found.items())))
+    named = sorted(p or s[:12] for s, (p, _) in found.items())
+    print(f"{'would erase' if ns.dry_run else 'erasing'} {len(shas)} image(s): " + ", ".join(named[:MAX_NAMED])
+          + (f" and {len(named) - MAX_NAMED} more" if len(named) > MAX_NAMED else ""))
     e = Erasure(shas, found, ns.dry_run, reason(ns), ns.es.connection)
     with privacy.private_umask():  # the shards, tombstones and outputs it writes again are 0600, as first written
         e.collection(ns.shards, named_store(ns), tombstoned, files_said=True)
@@ -283,7 +313,8 @@ def run(ns: ForgetConfig, pipeline=None) -> dict:
 
 
 def main(argv=None) -> int:
-    return jobs.main(sys.modules[__name__], argv, failed=lambda s: not s["images"])
+    # Nothing matched is a failure (a typo would otherwise read as done); nothing missing is an answer.
+    return jobs.main(sys.modules[__name__], argv, failed=lambda s: not s["images"] and not s.get("missing"))
 
 
 if __name__ == "__main__":

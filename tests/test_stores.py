@@ -137,6 +137,38 @@ def test_incremental_runs_add_exactly_the_new_faces_and_forget_removes_a_photo(p
     assert again["faces"] == 0 and ann.AnnIndex.open(folder).count == idx.count, "forgotten stays forgotten"
 
 
+def test_forget_missing_erases_the_photos_deleted_from_the_library_and_keeps_one_with_a_copy_left(
+        photos, tmp_path, capsys, caplog):
+    lib, out, folder = tmp_path / "lib", tmp_path / "out", str(tmp_path / "ann")
+    shutil.copytree(photos, lib)
+    gone, kept = sorted(str(p) for p in lib.iterdir())[:2]
+    shutil.copy(kept, lib / "copy-of-kept.jpg")  # the same content, still in the library after `kept` is deleted
+    job(run, ["--input", str(lib), "--output", str(out), "--incremental", "--store", f"local:{folder}"])
+    rows = [r for f in shards.files(str(out)) for r in read_rows_of(f)]
+    gone_ids = {r["face_id"] for r in rows if r["image_path"] == gone}
+    assert gone_ids and any(r["image_path"] == kept for r in rows)
+    before = ann.AnnIndex.open(folder).count
+    os.remove(gone), os.remove(kept)
+
+    argv = ["--missing", "--shards", str(out)]
+    dry = job(forget, [*argv, "--dry-run"])
+    assert dry["images"] == 1 and dry["docs"] == len(gone_ids) and ann.AnnIndex.open(folder).count == before
+    assert f"would erase 1 image(s): {gone}\n" in capsys.readouterr().out
+    done = job(forget, argv)
+    assert done["images"] == 1 and done["docs"] == len(gone_ids)
+    left = [r for f in shards.files(str(out)) for r in read_rows_of(f)]
+    assert not gone_ids & {r["face_id"] for r in left} and any(r["image_path"] == kept for r in left)
+    assert ann.AnnIndex.open(folder).count == before - len(gone_ids)
+    capsys.readouterr()
+    assert forget.main(argv) == 0, "nothing missing is an answer, not a failure"
+    assert "no photo of the collection is missing" in capsys.readouterr().out
+
+    shutil.move(lib, tmp_path / "unmounted")  # every photo missing at once: a drive not mounted, not a deletion
+    assert forget.main(argv) == 2
+    assert "exists now (is their drive or bucket mounted?); nothing erased" in caplog.text
+    assert ann.AnnIndex.open(folder).count == before - len(gone_ids)
+
+
 def read_rows_of(path):
     import pyarrow.parquet as pq
 
