@@ -60,7 +60,7 @@ def _embed(config: EmbedConfig, pipeline) -> dict:
     result, elapsed = jobs.run(p)
     summary = jobs.embed_summary(result, elapsed, config.spec, opts, config.turns, config.closer)
     # The stores loaded from these shards, reached as `index` would (environment or connection file)
-    summary.update(jobs.follow_moves(config.output, run_id, options.EsFlags().connection))
+    summary.update(jobs.follow_changes(config.output, run_id, options.EsFlags().connection))
     jobs.finish_run(config.output, run_id, summary)
     log.info("embed done: %d images, %d embedded, %d faces, failed %s, %.2f images/s%s",
              summary["images_seen"], summary["images_embedded"], summary["faces"],

@@ -368,20 +368,20 @@ def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):
         return None, None
     # A run without --incremental writes flat shards and no manifest: their images are done too, or the first
     # incremental run into its output would embed them all again, each face a second time.
-    done = (shards.files(output, "manifest") + shards.flat_files(output)) if incremental else []
-    return run_id, manifest.SkipDone(spec.spec_id, done, erased, max_file_bytes)
+    done, flat = (shards.files(output, "manifest"), shards.flat_files(output)) if incremental else ([], [])
+    return run_id, manifest.SkipDone(spec.spec_id, done, erased, max_file_bytes, flat)
 
 
-def follow_moves(output: str, run_id, connect, named=None) -> dict:
-    """The photos this run found moved: their faces take the new path in the shards and in every store the collection
-    was loaded into (`named` too). The summary's fields: images_moved (photos), faces_moved, moved (a line per store)."""
+def follow_changes(output: str, run_id, connect, named=None) -> dict:
+    """The photos this run found moved or changed in place (moves.py): their faces follow, in the shards and in every
+    store the collection was loaded into (`named` too). The summary's fields: faces_moved, faces_replaced, changes (a
+    line per store)."""
     from facebeam.transforms import moves, stores
 
-    moved = moves.moved_in_run(output, run_id)
-    if not moved:
+    moved, replaced = moves.changes_in_run(output, run_id)
+    if not (moved or replaced):
         return {}
-    faces, lines = moves.follow(output, moved, stores.recorded_stores(output, connect, named))
-    return {"images_moved": len(moved), "faces_moved": faces, "moved": lines}
+    return moves.follow(output, moved, replaced, stores.recorded_stores(output, connect, named))
 
 
 def finish_run(output: str, run_id, summary: dict) -> JobSummary:
@@ -415,6 +415,7 @@ def embed_summary(result, elapsed: float, spec, opts, turns: str = None, closer:
         # Photos an incremental run skipped because their content is already done for this spec (or erased).
         "images_done": counters.get(metrics.IMAGES_DONE, 0),
         "images_moved": counters.get(metrics.IMAGES_MOVED, 0),  # of those, found only under a new path (moves.py)
+        "images_replaced": counters.get(metrics.IMAGES_REPLACED, 0),  # done content its path no longer holds
         "stages_core_s": metrics.stage_totals(counters),  # CPU per stage, all workers together
         "spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim,
         # detector, onnxruntime providers used, orientations tried, closer looks (not part of the spec: the

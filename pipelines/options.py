@@ -314,7 +314,8 @@ def inputs_from(a: Args, labels: bool = True, backfill: bool = True) -> Inputs:
 
 def add_incremental(p) -> None:
     p.add_argument("--incremental", action="store_true",
-                   help="skip photos whose content is already done for this spec; write a new run partition")
+                   help="skip photos whose content is already done for this spec (a moved photo's faces follow it, an "
+                        "edited one's old faces go); write a new run partition")
 
 
 # --- the embedding spec ---------------------------------------------------------------------

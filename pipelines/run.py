@@ -79,7 +79,9 @@ def _run(config: RunConfig, pipeline) -> dict:
     registry.remember(config.output, store)
     summary["erased_late"] = registry.finish_erasure(config.output, store)
     summary["carried"] = registry.carry_metadata(config.output, store)
-    summary.update(jobs.follow_moves(config.output, run_id, config.es.connection, store))
+    summary.update(jobs.follow_changes(config.output, run_id, config.es.connection, store))
+    if summary.get("faces_replaced"):  # dropped after the load counted
+        summary["doc_count"] = store.count()
     jobs.finish_run(config.output, run_id, summary)
     log.info("run done: %d images, %d embedded, %d faces, failed %s; %d faces added to the %s (%d in all)%s",
              summary["images_seen"], summary["images_embedded"], summary["faces"], summary["images_failed"] or "none",

@@ -98,9 +98,11 @@ def test_an_incremental_run_after_a_full_one_embeds_only_the_new_photos(photos, 
     assert len(ids) == len(set(ids)) == first["faces"] + later["faces"]
 
 
-def test_a_moved_photo_is_not_embedded_again_and_every_copy_names_its_new_path(photos, tmp_path, es_client, alias):
-    """A library reorganised between nightly runs: a photo moved (its old path gone) keeps its faces, which now name the
-    new path in the shards, Elasticsearch and the embedded index; a copy beside its original is only a duplicate."""
+def test_a_moved_photo_keeps_its_faces_under_its_new_path_and_one_edited_in_place_replaces_them(
+        photos, tmp_path, es_client, alias):
+    """A library reorganised between nightly runs. A photo moved (its old path gone) is not embedded again: its faces
+    name the new path in the shards, Elasticsearch and the embedded index. A copy beside its original is only a
+    duplicate. A photo edited in place is embedded again, and the faces of its old version go from every copy."""
     from facebeam.pipelines import index
     from facebeam.transforms import ann
     from facebeam.transforms.stores.exact import ShardsStore
@@ -113,35 +115,42 @@ def test_a_moved_photo_is_not_embedded_again_and_every_copy_names_its_new_path(p
     by_path = {}
     for r in rows:
         by_path.setdefault(r["image_path"], []).append(r["face_id"])
-    old, kept = sorted(by_path)[:2]
+    old, kept, edited = sorted(by_path)[:3]
     (lib / "trips").mkdir()
     new = str(lib / "trips" / "renamed.jpg")
     shutil.move(old, new)
     shutil.copy(kept, lib / "trips" / "copy.jpg")  # its original is still there
+    ImageOps.mirror(Image.open(edited).convert("RGB")).save(edited, quality=90)  # the same file, new content
 
     def paths_of(face_ids):
         es_client.indices.refresh(index=alias)
         docs = es_client.mget(index=alias, ids=sorted(face_ids), source_includes=["image_path"]).body["docs"]
         idx = ann.AnnIndex.open(str(local))
         return ({r["image_path"] for f in shards.files(str(out)) for r in read_rows_file(f) if r["face_id"] in face_ids},
-                {d["_source"]["image_path"] for d in docs},
+                {d["_source"]["image_path"] for d in docs if d["found"]},
                 {p for f, p in zip(idx.meta["face_id"], idx.meta["image_path"]) if f in face_ids})
 
     later = incremental(lib, out, alias)
-    assert later["images_seen"] == 0 and later["images_done"] == len(by_path) + 1
+    assert later["images_seen"] == 1 and later["images_done"] == len(by_path)  # the edit; the rest, the copy too
     assert later["images_moved"] == 1 and later["faces_moved"] == len(by_path[old])
+    assert later["images_replaced"] == 1 and later["faces_replaced"] == len(by_path[edited])
     assert paths_of(set(by_path[old])) == ({new}, {new}, {new})
     assert paths_of(set(by_path[kept])) == ({kept}, {kept}, {kept})
-    assert faces_in(out) == sorted(r["face_id"] for r in rows)
-    assert es_client.count(index=alias).body["count"] == len(rows) == ann.AnnIndex.open(str(local)).count
-    assert incremental(lib, out, alias)["images_moved"] == 0
+    assert paths_of(set(by_path[edited])) == (set(), set(), set()), "the old version's faces are gone everywhere"
+    now = [r for f in shards.files(str(out)) for r in read_rows_file(f)]
+    redone = {r["face_id"] for r in now if r["image_path"] == edited}
+    assert len(redone) == later["faces"] > 0 and paths_of(redone)[:2] == ({edited}, {edited})
+    assert es_client.count(index=alias).body["count"] == len(now) == len(rows) - len(by_path[edited]) + len(redone)
+    again = incremental(lib, out, alias)
+    assert again["images_seen"] == again["images_moved"] == again["images_replaced"] == 0
 
     # A store that missed a move (down at the time) takes the new path at its next load from the shards.
     elsewhere = str(lib / "elsewhere.jpg")
-    assert ShardsStore(str(out)).relocate([{**r, "image_path": elsewhere} for r in rows if r["image_path"] == old])
+    assert ShardsStore(str(out)).relocate([{**r, "image_path": elsewhere} for r in now if r["image_path"] == new])
     job(index, ["--shards", str(out), "--store", f"local:{local}"])
     job(index, ["--shards", str(out), "--index", alias, "--es-conn", CONN])
     assert paths_of(set(by_path[old])) == ({elsewhere}, {elsewhere}, {elsewhere})
+    assert ann.AnnIndex.open(str(local)).count == len(now)
 
 
 def test_killed_run_then_rerun_matches_a_clean_run(photos, tmp_path, es_client, alias):

@@ -551,17 +551,23 @@ def test_a_clusters_status_names_its_processes_in_words():
 
 
 def test_a_done_photo_listed_only_under_a_new_path_moved_and_a_second_copy_is_a_duplicate():
-    """manifest.keep_new: what an incremental run embeds, skips, and records as moved (moves.py)."""
+    """manifest.keep_new and changed_in_place: what an incremental run embeds, skips, and records as moved or
+    replaced (moves.py)."""
     from apache_beam.pvalue import TaggedOutput
 
     from facebeam.transforms import manifest
 
     there = {"/lib/a.jpg", "/lib/b.jpg"}.__contains__  # the paths that exist now
+    asked = []
 
-    def keep(new, done=(), gone=(), sha="s1"):
-        out = manifest.keep_new((sha, {"new": [(p, 10) for p in new], "done": list(done), "gone": list(gone)}),
-                                exists=there)
-        return [(o.tag, o.value) if isinstance(o, TaggedOutput) else o for o in out]
+    def exists(path):
+        asked.append(path)
+        return there(path)
+
+    def keep(new, done=(), gone=(), changed=(), sha="s1"):
+        groups = {"new": [(p, 10) for p in new], "done": list(done), "gone": list(gone), "changed": list(changed)}
+        return [(o.tag, o.value) if isinstance(o, TaggedOutput) else o
+                for o in manifest.keep_new((sha, groups), exists=exists)]
 
     assert keep(["/lib/a.jpg"]) == [("/lib/a.jpg", 10)]  # never done: embedded
     assert keep(["/lib/a.jpg"], done=["/lib/a.jpg"]) == []  # done where it is
@@ -569,5 +575,18 @@ def test_a_done_photo_listed_only_under_a_new_path_moved_and_a_second_copy_is_a_
     assert keep(["/new/x.jpg", "/new/c.jpg"], done=["/old/x.jpg", None]) == [(manifest.MOVED, ("s1", "/new/c.jpg"))]
     assert keep(["/new/x.jpg", "/old/x.jpg"], done=["/old/x.jpg"]) == []  # still listed where it was done
     assert keep(["/new/x.jpg"], done=["/old/x.jpg"], gone=[None]) == []  # erased: never comes back, moved or not
-    assert keep([], done=["/old/x.jpg"]) == []  # done and not listed now: nothing to say
     assert keep(["/x.jpg"], done=["/old/x.jpg"], sha=None) == [("/x.jpg", 10)]  # unreadable: stays new
+    # Its path holds other content now: listed elsewhere it moved there (two photos swapped names), else replaced.
+    assert keep(["/lib/b.jpg"], done=["/lib/a.jpg"], changed=["/lib/a.jpg"]) == [(manifest.MOVED, ("s1", "/lib/b.jpg"))]
+    assert keep([], done=["/lib/a.jpg"], changed=["/lib/a.jpg"]) == [(manifest.REPLACED, ("s1", "/lib/a.jpg"))]
+    assert keep([], done=["/lib/a.jpg", "/lib/b.jpg"], changed=["/lib/a.jpg"]) == []  # a copy at b still holds it
+    asked.clear()
+    assert keep([], done=["/old/x.jpg"]) == [] and asked == [], "done and not listed now: no file is asked about"
+
+    def changed(path, now, was):
+        return manifest.changed_in_place((path, {"now": now, "was": was}))
+
+    assert changed("/lib/a.jpg", ["s2"], ["s1", "s2"]) == [("s1", "/lib/a.jpg")]  # edited in place
+    assert changed("/lib/a.jpg", ["s1"], ["s1"]) == []  # unchanged
+    assert changed("/lib/a.jpg", [None], ["s1"]) == []  # unreadable now: nothing known
+    assert changed("/lib/a.jpg", [], ["s1"]) == []  # not listed in this run

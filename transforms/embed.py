@@ -143,10 +143,11 @@ class EmbedImages(beam.PTransform):
 
 
 class EmbedInputs(beam.PTransform):
-    """Input patterns -> {'faces', 'errors'[, 'moved']}: list on the workers, drop repeats, skip what is done, embed.
+    """Input patterns -> {'faces', 'errors'[, 'moved', 'replaced']}: list on the workers, drop repeats, skip what is
+    done, embed.
 
-    `skip` (manifest.SkipDone: (path, size) pairs -> {'new', 'moved'}) leaves out photos a
-    backfill has already done, and finds those that moved ('moved': (sha256, new path));
+    `skip` (manifest.SkipDone: (path, size) pairs -> {'new', 'moved', 'replaced'}) leaves out photos a
+    backfill has already done, and finds those that moved or were replaced in place (manifest.py);
     `labeler` overrides the one `inputs.label_from` names; `turns` (faces.TURNS) says when turned
     copies of a photo are tried, `closer` (faces.CLOSER) when a closer look is.
     """
@@ -166,10 +167,10 @@ class EmbedInputs(beam.PTransform):
                  | "Inputs" >> beam.Create(list(inputs.patterns))
                  | "Expand" >> beam.ParDo(sources.ExpandInputs(since, inputs.follow_symlinks))
                  | "Distinct" >> beam.Distinct())
-        moved = None
+        changes = {}
         if self._skip is not None:
             kept = paths | "SkipDone" >> self._skip
-            paths, moved = kept["new"], kept["moved"]
+            paths, changes = kept["new"], {k: kept[k] for k in ("moved", "replaced")}
         # Even shares: Flink runs a Reshuffle as a round-robin rebalance and Spark as a repartition;
         # Distinct's hash split alone left two workers 141 and 159 of 300 photos.
         paths = paths | "Spread" >> beam.Reshuffle()
@@ -177,4 +178,4 @@ class EmbedInputs(beam.PTransform):
             self._spec, max_pixels=inputs.max_pixels, max_file_bytes=inputs.max_file_bytes,
             max_batch_size=inputs.batch_size, turns=self._turns, closer=self._closer,
             labeler=self._labeler or labels.labeler_from(inputs.label_from, inputs.patterns))
-        return out if moved is None else {**out, "moved": moved}
+        return {**out, **changes}

@@ -7,6 +7,7 @@ IMAGES_SEEN = "images_seen"
 IMAGES_EMBEDDED = "images_embedded"
 IMAGES_DONE = "images_done"  # skipped by an incremental run: content already done for this spec, or erased
 IMAGES_MOVED = "images_moved"  # of those, done photos found only under a new path (manifest.MOVED)
+IMAGES_REPLACED = "images_replaced"  # done content its path no longer holds, listed nowhere (manifest.REPLACED)
 IMAGES_FAILED = "images_failed"  # one counter per reason: images_failed.<reason>
 FACES = "faces"
 ROWS_READ = "rows_read"

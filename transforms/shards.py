@@ -440,7 +440,7 @@ class WriteShards(beam.PTransform):
         out["errors"] | "PrivateErrors" >> beam.ParDo(privacy.PrivateWrites(is_shared)) | "WriteErrors" >> WriteToParquet(
             partition(folder, "errors", run_id), records.ERROR_SCHEMA, codec="zstd", file_name_suffix=".parquet")
         if run_id:
-            (manifest.manifest_rows(out["faces"], out["errors"], spec.spec_id, out.get("moved"))
+            (manifest.manifest_rows(out["faces"], out["errors"], spec.spec_id, out.get("moved"), out.get("replaced"))
              | "PrivateManifest" >> beam.ParDo(privacy.PrivateWrites(is_shared))
              | "WriteManifest" >> WriteToParquet(partition(folder, "manifest", run_id), manifest.MANIFEST_SCHEMA,
                                                  codec="zstd", file_name_suffix=".parquet"))

@@ -43,6 +43,7 @@ class EmbedCounts:
     elapsed_s: float | None
     per_s: float | None
     moved: int = 0  # of `done`, found only under a new path: their faces now name it (moves.py)
+    replaced: int = 0  # done photos whose path holds other content now: their old faces dropped (moves.py)
 
     @classmethod
     def of(cls, f: Mapping) -> EmbedCounts | None:
@@ -52,7 +53,8 @@ class EmbedCounts:
         return cls(seen=_int(f["images_seen"]), embedded=_int(f.get("images_embedded")), faces=_int(f.get("faces")),
                    failed=sum(failed.values()) if isinstance(failed, Mapping) else _int(failed),
                    skipped=dict(f.get("files_skipped") or {}), done=_int(f.get("images_done")),
-                   elapsed_s=f.get("elapsed_s"), per_s=f.get("images_per_s"), moved=_int(f.get("images_moved")))
+                   elapsed_s=f.get("elapsed_s"), per_s=f.get("images_per_s"), moved=_int(f.get("images_moved")),
+                   replaced=_int(f.get("images_replaced")))
 
     def words(self, output: str | None = None) -> str:
         extra = [f"{words} skipped" for words in skipped_words(self.skipped)]
@@ -60,6 +62,8 @@ class EmbedCounts:
             extra.append(f"{self.done} already done, skipped")
         if self.moved:
             extra.append(f"{self.moved} of them moved: their faces now name the new path")
+        if self.replaced:
+            extra.append(f"{self.replaced} changed in place: the old version's faces dropped")
         text = (f"embedded {self.seen} photos: {self.faces} faces, {self.failed} failed"
                 + (f" ({', '.join(extra)})" if extra else ""))
         if output:

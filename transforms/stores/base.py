@@ -164,8 +164,10 @@ class FaceStore(abc.ABC):
         """Live faces."""
 
     @abc.abstractmethod
-    def remove(self, shas, dry_run: bool = False) -> int:
-        """Every face of those images (and their person names) out; how many faces went (or would)."""
+    def remove(self, shas, dry_run: bool = False, purge: bool = True) -> int:
+        """Every face of those images (and their person names) out; how many faces went (or would). `purge`: out of the
+        store's own files at once too, as an erasure must be (False for faces a newer version of their photo
+        replaces: the store's own merges drop them in time)."""
 
     @abc.abstractmethod
     def relocate(self, rows) -> int:

@@ -236,7 +236,7 @@ class ElasticsearchStore(FaceStore):
         finally:
             client.close()
 
-    def remove(self, shas, dry_run: bool = False) -> int:
+    def remove(self, shas, dry_run: bool = False, purge: bool = True) -> int:
         from elasticsearch import helpers
 
         client = self._client()
@@ -271,7 +271,8 @@ class ElasticsearchStore(FaceStore):
                 client.indices.refresh(index=named)  # what the rebuild below reads must be without those faces
                 if client.indices.exists(index=person_faces_index(self.name)):  # rebuilt without those faces
                     write_person_faces(client, self.name, read_persons(client, self.name))
-            self._expunge(client, emptied)
+            if purge:
+                self._expunge(client, emptied)
             return deleted
         finally:
             client.close()

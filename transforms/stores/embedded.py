@@ -90,7 +90,7 @@ class EmbeddedStore(FaceStore):
     def count(self) -> int:
         return ann.AnnIndex.open(self.folder).count if self.exists() else 0
 
-    def remove(self, shas, dry_run: bool = False) -> int:
+    def remove(self, shas, dry_run: bool = False, purge: bool = True) -> int:  # zeroed either way
         if not self.exists():
             return 0
         shas = set(shas)

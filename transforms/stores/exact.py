@@ -66,7 +66,7 @@ class ShardsStore(FaceStore):
     def count(self) -> int:
         return len(self._column("face_id"))
 
-    def remove(self, shas, dry_run: bool = False) -> int:
+    def remove(self, shas, dry_run: bool = False, purge: bool = True) -> int:  # rewritten either way
         """The embeddings' rows of those images (errors and manifest rows too; the count is of faces)."""
         removed = self.erase(shas, dry_run)
         return sum(n for path, n in removed.items() if "/embeddings/" in path.replace("\\", "/"))

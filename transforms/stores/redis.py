@@ -104,14 +104,15 @@ class RedisStore(FaceStore):
     def count(self) -> int:
         return redis_store.count(self.client(), self.name)
 
-    def remove(self, shas, dry_run: bool = False) -> int:
+    def remove(self, shas, dry_run: bool = False, purge: bool = True) -> int:
         client, p = self.client(), redis_store.prefix(self.name)
         shas = list(shas)
         gone = [m.decode().partition("\t")[2] for sha in shas for m in client.smembers(p + "img:" + sha)]
         n = redis_store.forget_images(client, self.name, shas, dry_run)
         if gone and not dry_run:
             client.hdel(p + "persons", *gone)
-            self._rewrite_files(client)
+            if purge:
+                self._rewrite_files(client)
         return n
 
     def relocate(self, rows) -> int:
