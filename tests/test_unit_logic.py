@@ -590,3 +590,50 @@ def test_a_done_photo_listed_only_under_a_new_path_moved_and_a_second_copy_is_a_
     assert changed("/lib/a.jpg", ["s1"], ["s1"]) == []  # unchanged
     assert changed("/lib/a.jpg", [None], ["s1"]) == []  # unreadable now: nothing known
     assert changed("/lib/a.jpg", [], ["s1"]) == []  # not listed in this run
+
+
+def test_a_store_down_during_a_library_change_is_warned_of_and_the_rest_follow(tmp_path, caplog):
+    """moves.follow with one store failing (a fault injected): the shards and the other stores still follow, and the
+    failing one is named in a warning, whatever the verbosity."""
+    from facebeam.transforms import moves
+    from facebeam.transforms.stores import StoreError
+    from facebeam.transforms.stores.embedded import EmbeddedStore
+    from facebeam.transforms.stores.exact import ShardsStore
+
+    spec = EmbeddingSpec()
+    rows = synthetic_shards(str(tmp_path / "shards"), 6, spec)
+    local = EmbeddedStore("faces", str(tmp_path / "ann"))
+    local.load_shards(shards_files(tmp_path / "shards"), spec)
+
+    class Down(EmbeddedStore):
+        def relocate(self, rows):
+            raise StoreError(f"{self.describe()}: connection refused")
+
+    moved = {rows[0]["image_sha256"]: "/library/moved.jpg"}
+    replaced = {rows[1]["image_sha256"]: rows[1]["image_path"]}
+    done = moves.follow(str(tmp_path / "shards"), moved, replaced,
+                        [Down("other", str(tmp_path / "down")), local, ShardsStore(str(tmp_path / "shards"))])
+    assert done["faces_moved"] == 1 and done["faces_replaced"] == 1
+    assert done["changes"][0].startswith("embedded HNSW index at") and "NOT updated" in done["changes"][0]
+    assert "NOT updated" in caplog.text and len(done["changes"]) == 3
+    held = {r["face_id"]: r["image_path"] for r in read_parquet_rows(tmp_path / "shards")}
+    assert held[rows[0]["face_id"]] == "/library/moved.jpg" and rows[1]["face_id"] not in held and len(held) == 5
+    idx = ann_index(local.folder)
+    assert dict(zip(idx.meta["face_id"], idx.meta["image_path"]))[rows[0]["face_id"]] == "/library/moved.jpg"
+    assert idx.count == 5
+
+
+def shards_files(folder) -> list:
+    return sorted(str(p) for p in (folder / "embeddings").glob("*.parquet"))
+
+
+def read_parquet_rows(folder) -> list:
+    import pyarrow.parquet as pq
+
+    return [r for p in shards_files(folder) for r in pq.read_table(p).to_pylist()]
+
+
+def ann_index(folder):
+    from facebeam.transforms import ann
+
+    return ann.AnnIndex.open(folder)
