@@ -78,9 +78,10 @@ def _run(config: RunConfig, pipeline) -> dict:
                    docs_indexed=loaded["indexed"], docs_failed=loaded["failed"], docs_retried=loaded.get("retried", 0))
     registry.remember(config.output, store)
     summary["erased_late"] = registry.finish_erasure(config.output, store)
+    summary["replaced_late"] = registry.finish_replacements(config.output, store)
     summary["carried"] = registry.carry_metadata(config.output, store)
     summary.update(jobs.follow_changes(config.output, run_id, config.es.connection, store))
-    if summary.get("faces_replaced"):  # dropped after the load counted
+    if summary["erased_late"] or summary["replaced_late"] or summary.get("faces_replaced"):  # after the load counted
         summary["doc_count"] = store.count()
     jobs.finish_run(config.output, run_id, summary)
     log.info("run done: %d images, %d embedded, %d faces, failed %s; %d faces added to the %s (%d in all)%s",

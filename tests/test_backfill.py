@@ -121,6 +121,7 @@ def test_a_moved_photo_keeps_its_faces_under_its_new_path_and_one_edited_in_plac
     shutil.move(old, new)
     shutil.copy(kept, lib / "trips" / "copy.jpg")  # its original is still there
     ImageOps.mirror(Image.open(edited).convert("RGB")).save(edited, quality=90)  # the same file, new content
+    shutil.copytree(local, tmp_path / "away")  # a store the next run cannot reach (not in the collection's record)
 
     def paths_of(face_ids):
         es_client.indices.refresh(index=alias)
@@ -143,6 +144,13 @@ def test_a_moved_photo_keeps_its_faces_under_its_new_path_and_one_edited_in_plac
     assert es_client.count(index=alias).body["count"] == len(now) == len(rows) - len(by_path[edited]) + len(redone)
     again = incremental(lib, out, alias)
     assert again["images_seen"] == again["images_moved"] == again["images_replaced"] == 0
+
+    # The store that missed the changes follows them at its next load: new paths, the old version's faces dropped.
+    back = job(index, ["--shards", str(out), "--store", f"local:{tmp_path / 'away'}"])
+    assert back["replaced_late"] == len(by_path[edited]) and back["doc_count"] == len(now)
+    idx = ann.AnnIndex.open(str(tmp_path / "away"))
+    assert {f: p for f, p, gone in zip(idx.meta["face_id"], idx.meta["image_path"], idx.meta["deleted"]) if not gone} \
+        == {r["face_id"]: r["image_path"] for r in now}
 
     # A store that missed a move (down at the time) takes the new path at its next load from the shards.
     elsewhere = str(lib / "elsewhere.jpg")

@@ -11,9 +11,9 @@ An incremental run compares what it lists with what is done (manifest.keep_new):
   content's faces are dropped from the shards and every store (`FaceStore.remove`, without the
   purge an erasure needs), or a search would find faces that photo no longer shows.
 
-A store that cannot be reached is named and keeps what it had; `facebeam index --shards DIR` into it
-later brings it the new paths (it sends every face again to Elasticsearch, and the embedded index
-takes the changed path of a face it holds), not the drops.
+A store that cannot be reached is named and keeps what it had until the next load into it (`index`,
+`run`): that sends every face again to Elasticsearch, the embedded index takes the changed path of a
+face it holds, and every store drops the replaced contents the manifests list (registry.replaced).
 """
 from __future__ import annotations
 

@@ -91,6 +91,30 @@ def finish_erasure(folder: str, store) -> int:
     return n
 
 
+def replaced(folder: str) -> set:
+    """Contents an incremental run found replaced in place (manifest `replaced`, moves.py) that no run since has done
+    again: faces a store that missed the change still holds."""
+    import pyarrow.parquet as pq
+
+    from facebeam.transforms import manifest
+
+    gone, done = set(), set()
+    for p in shards.files(folder, "manifest") if folder else []:
+        with FileSystems.open(p) as f:
+            for r in pq.read_table(f, columns=["image_sha256", "status"]).to_pylist():
+                (gone if r["status"] == manifest.REPLACED else done).add(r["image_sha256"])
+    return gone - done
+
+
+def finish_replacements(folder: str, store) -> int:
+    """Drop from `store` the faces of photos changed in place while it could not be reached; faces dropped."""
+    gone = replaced(folder)
+    n = store.remove(gone, purge=False) if gone else 0
+    if n:
+        log.info("%s: dropped %d face(s) of photos changed in place since it was last reached", store.describe(), n)
+    return n
+
+
 def partition_files(output: str, run_id: str) -> list:
     return sorted(m.path for m in FileSystems.match(
         [FileSystems.join(output, "embeddings", f"run={run_id}", "*.parquet")])[0].metadata_list)
