@@ -82,10 +82,8 @@ def erased(folder: str, reason: str = None) -> dict:
 
 def finish_erasure(folder: str, store) -> int:
     """Erase the tombstoned images from `store` (a store that was down during a `forget`); faces removed."""
-    gone = erased(folder)
-    if not gone:
-        return 0
-    n = store.remove(set(gone))
+    gone = set(erased(folder))
+    n = _remove_held(store, gone, purge=True)
     if n:
         log.info("%s: erased %d face(s) of %d image(s) forgotten earlier", store.describe(), n, len(gone))
     return n
@@ -108,11 +106,18 @@ def replaced(folder: str) -> set:
 
 def finish_replacements(folder: str, store) -> int:
     """Drop from `store` the faces of photos changed in place while it could not be reached; faces dropped."""
-    gone = replaced(folder)
-    n = store.remove(gone, purge=False) if gone else 0
+    n = _remove_held(store, replaced(folder), purge=False)
     if n:
         log.info("%s: dropped %d face(s) of photos changed in place since it was last reached", store.describe(), n)
     return n
+
+
+def _remove_held(store, shas: set, purge: bool) -> int:
+    """Remove those images' faces if the store holds any: counted first (a read), since on every load the list is
+    mostly of faces long gone, and a removal may open the store for writing (the embedded index loads its graph)."""
+    if not shas or not store.remove(shas, dry_run=True):
+        return 0
+    return store.remove(shas, purge=purge)
 
 
 def partition_files(output: str, run_id: str) -> list:
