@@ -426,8 +426,9 @@ def add_load(p, alias_required: bool = True) -> None:
     g.add_argument("--es-down-deadline", type=POSITIVE, default=d["down_deadline_s"].default, metavar="SECONDS",
                    help="stop the job once the cluster has answered no bulk request for this long, per worker "
                         "(unsent docs are not dead-lettered; a re-run finishes the load) (default %(default)s)")
-    g.add_argument("--index-type", default="hnsw", choices=es_index.INDEX_TYPES,
-                   help="Elasticsearch dense_vector index type")
+    g.add_argument("--index-type", default=es_index.DEFAULT_INDEX_TYPE, choices=es_index.INDEX_TYPES,
+                   help="Elasticsearch dense_vector index type of a new index; quantized types re-rank their "
+                        "hits on the float vectors (default %(default)s)")
     g.add_argument("--m", type=number(int, least=2), default=16, help="HNSW graph degree")
     g.add_argument("--ef-construction", type=COUNT, default=100, help="HNSW candidates while building the graph")
     g.add_argument("--replicas", type=NON_NEGATIVE, default=None, help="replicas after the load (default: as before)")

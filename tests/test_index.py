@@ -5,6 +5,7 @@ import re
 import threading
 import time
 
+import numpy as np
 import pytest
 from elasticsearch import helpers
 
@@ -159,9 +160,10 @@ def test_node_killed_mid_load_loses_nothing(tmp_path, es_cluster_factory):
 
 def test_default_load_restores_the_settings_and_every_doc_is_searchable(tmp_path, es_client, alias):
     """The measured-best load (es_index.DEFAULT_TUNING: a new index has two shards, flat during the load, then
-    HNSW built by a merge per shard): afterwards the settings are as before the load, every shard holds one
-    segment searched through its graph, and every doc answers, by id and by its vector. Run twice: a new
-    index, then a re-load into it."""
+    HNSW built by a merge per shard; DEFAULT_INDEX_TYPE: the graph on int8 copies, hits re-ranked on the floats):
+    afterwards the settings are as before the load, every shard holds one segment searched through its graph,
+    every doc answers, by id and by its vector, and a kNN search's scores are the float vectors' own. Run
+    twice: a new index, then a re-load into it."""
     rows = synthetic_shards(str(tmp_path), 3000, EmbeddingSpec(), files=4)
     ids = [r["face_id"] for r in rows]
     for attempt in range(2):
@@ -173,7 +175,8 @@ def test_default_load_restores_the_settings_and_every_doc_is_searchable(tmp_path
         for key in ("index.refresh_interval", "index.translog.durability", "index.merge.scheduler.max_thread_count"):
             assert key not in settings, (attempt, key, settings[key])  # back to Elasticsearch's defaults
         field = es_mapping.vector_field(es_client, concrete)
-        assert field["index_options"] == {"type": "hnsw", "m": 16, "ef_construction": 100}
+        assert field["index_options"] == {"type": "int8_hnsw", "m": 16, "ef_construction": 100,
+                                          "rescore_vector": {"oversample": 3.0}}
         assert settings["index.number_of_shards"] == "2"
         if attempt == 0:  # the re-load adds segments; a merge is only for the index a load creates
             assert es_mapping.segments_per_shard(es_client, concrete) == {"0": 1, "1": 1}
@@ -182,6 +185,21 @@ def test_default_load_restores_the_settings_and_every_doc_is_searchable(tmp_path
         hits = es_client.search(index=alias, query={"ids": {"values": ids}}, size=len(ids), _source=False).body
         assert sorted(h["_id"] for h in hits["hits"]["hits"]) == sorted(ids)
         assert self_scores(es_client, alias, rows) == [(i, 1.0) for i in ids]
+        assert_float_scores(es_client, alias, rows, rows[::150])
+
+
+def assert_float_scores(client, alias, rows, probes) -> None:
+    """Each probe's top 10 by a plain kNN search carry the scores of their float vectors (l2_norm: 1 / (1 + d^2)),
+    not of their int8 copies, which differ in the third or fourth digit."""
+    vectors = {r["face_id"]: np.asarray(r["embedding"], np.float32) for r in rows}
+    for p in probes:
+        hits = client.search(index=alias, knn={"field": "embedding", "query_vector": p["embedding"], "k": 10,
+                                               "num_candidates": 100}, size=10, _source=False).body["hits"]["hits"]
+        assert len(hits) == 10
+        q = np.asarray(p["embedding"], np.float32)
+        for h in hits:
+            d2 = float(np.sum((vectors[h["_id"]] - q) ** 2))
+            assert h["_score"] == pytest.approx(1.0 / (1.0 + d2), rel=1e-5), (h["_id"], h["_score"], d2)
 
 
 def graph_search_ops(client, alias, vector) -> int:
@@ -209,6 +227,17 @@ def test_a_load_killed_before_its_graph_is_built_is_finished_by_the_next_load(tm
     assert es_mapping.segments_per_shard(es_client, plan.concrete) == {"0": 1, "1": 1}
     assert graph_search_ops(es_client, alias, rows[0]["embedding"]) < len(rows) / 2
     assert self_scores(es_client, alias, rows) == [(r["face_id"], 1.0) for r in rows]
+
+
+def test_a_flat_index_made_so_stays_flat_when_loaded_again(tmp_path, es_client, alias):
+    """An index made `--index-type flat` (an exact scan, no graph) keeps that type through a later plain load: the
+    type a new index was made for is in its `_meta`, and only an unfinished two-phase load is finished."""
+    rows = synthetic_shards(str(tmp_path), 600, EmbeddingSpec(), files=2)
+    first = job(index, ["--shards", str(tmp_path), "--index", alias, "--es-conn", CONN, "--index-type", "flat"])
+    again = job(index, ["--shards", str(tmp_path), "--index", alias, "--es-conn", CONN])
+    assert again["concrete_index"] == first["concrete_index"] and again["doc_count"] == len(rows)
+    assert es_mapping.vector_field(es_client, first["concrete_index"])["index_options"] == {"type": "flat"}
+    assert es_mapping.intended_type(es_client, first["concrete_index"]) == "flat"
 
 
 def self_scores(client, alias, rows) -> list:

@@ -23,6 +23,12 @@ from facebeam.transforms.spec import EmbeddingSpec, SpecError
 log = logging.getLogger(__name__)
 # int4_* and bbq_* (1-bit, dims >= 64) quantize harder; ES 8.19 keeps the float vectors for rescoring.
 INDEX_TYPES = ("hnsw", "int8_hnsw", "int4_hnsw", "bbq_hnsw", "flat", "int8_flat", "int4_flat", "bbq_flat")
+#: What a new index gets (issue 24, `facebeam bench index/query` at 1M): the graph walked on int8 copies and
+#: its best candidates re-ranked on the float vectors (RESCORE_OVERSAMPLE x k of them), so hits and distances
+#: are the float ones. Beside hnsw in the same runs it loaded faster and answered the same recall sooner.
+DEFAULT_INDEX_TYPE = "int8_hnsw"
+#: Set in a quantized field's mapping (Elasticsearch 8.18+), so every kNN search re-ranks without asking.
+RESCORE_OVERSAMPLE = 3.0
 
 
 def quantized(index_type: str) -> bool:
@@ -33,7 +39,10 @@ def concrete_name(alias: str, spec: EmbeddingSpec, version: int) -> str:
     return f"{alias}-{spec.slug}-v{version}"
 
 
-def index_body(spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100, shards=1) -> dict:
+def index_body(spec: EmbeddingSpec, index_type=DEFAULT_INDEX_TYPE, m=16, ef_construction=100, shards=1,
+               final_type: str | None = None) -> dict:
+    """A new index's settings and mappings; `final_type` is the type a two-phase load switches it to at its end
+    (kept in `_meta`, so a later load finishes a load that died before that)."""
     if index_type not in INDEX_TYPES:
         raise ValueError(f"index type must be one of {INDEX_TYPES}")
     if index_type.startswith("bbq") and spec.dim < 64:
@@ -47,7 +56,8 @@ def index_body(spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100
             "dynamic": "strict",
             # The vector is indexed (and kept in doc values) but not stored again as JSON in _source.
             "_source": {"excludes": ["embedding"]},
-            "_meta": {"facebeam": {"spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim}},
+            "_meta": {"facebeam": {"spec": spec.identity(), "spec_id": spec.spec_id, "dim": spec.dim,
+                                   "index_type": final_type or index_type}},
             "properties": {
                 "face_id": keyword, "image_path": keyword, "image_sha256": keyword, "label": keyword,
                 "model": keyword, "detector": keyword, "spec_id": keyword,
@@ -126,14 +136,14 @@ def already_exists(e) -> bool:
     return isinstance(e, ApiError) and "resource_already_exists_exception" in str(getattr(e, "body", "") or e)
 
 
-def create_version(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100,
-                   with_alias: bool = False, shards: int = 1) -> str:
+def create_version(client, alias: str, spec: EmbeddingSpec, index_type=DEFAULT_INDEX_TYPE, m=16, ef_construction=100,
+                   with_alias: bool = False, shards: int = 1, final_type: str | None = None) -> str:
     """A new, empty concrete index for `spec`; behind the alias only `with_alias` (in the same request).
 
     Raises the client's `resource_already_exists_exception` error when a concurrent creator took the name.
     """
     concrete = concrete_name(alias, spec, next_version(client, alias, spec))
-    body = index_body(spec, index_type, m, ef_construction, shards)
+    body = index_body(spec, index_type, m, ef_construction, shards, final_type)
     if with_alias:
         body["aliases"] = {alias: {}}
     client.indices.create(index=concrete, **body)
@@ -147,10 +157,11 @@ def _version_of(name: str) -> int:
 
 
 def _join_alias(client, alias: str, spec: EmbeddingSpec, index_type, m, ef_construction, wait_s: float = 10.0,
-                shards: int = 1) -> tuple:
+                shards: int = 1, final_type: str | None = None) -> tuple:
     """(the concrete index behind `alias`, made here): created (with the alias) unless a concurrent creator did."""
     try:
-        concrete = create_version(client, alias, spec, index_type, m, ef_construction, with_alias=True, shards=shards)
+        concrete = create_version(client, alias, spec, index_type, m, ef_construction, with_alias=True, shards=shards,
+                                  final_type=final_type)
     except Exception as e:
         if not already_exists(e):
             raise
@@ -240,6 +251,8 @@ def vector_options(index_type: str, m: int, ef_construction: int) -> dict:
     options = {"type": index_type}
     if "hnsw" in index_type:
         options.update(m=m, ef_construction=ef_construction)
+    if quantized(index_type):
+        options["rescore_vector"] = {"oversample": RESCORE_OVERSAMPLE}
     return options
 
 
@@ -262,7 +275,7 @@ def restored_settings(replicas: int, merge_threads: bool = True) -> dict:
     return {"index": index}
 
 
-def plan_load(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100,
+def plan_load(client, alias: str, spec: EmbeddingSpec, index_type=DEFAULT_INDEX_TYPE, m=16, ef_construction=100,
               load_replicas=0, create_alias=True, tuning: LoadTuning | None = None,
               replicas: int | None = None) -> LoadPlan:
     """Find or create the concrete index for `spec` behind `alias`; set it up for a bulk load (`tuning`).
@@ -278,7 +291,8 @@ def plan_load(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, 
     made_here = False
     if current is None and create_alias:
         # Index and alias in one request: readers never see a half-made index. A concurrent creator is joined.
-        current, made_here = _join_alias(client, alias, spec, write_type, m, ef_construction, shards=tuning.shards)
+        current, made_here = _join_alias(client, alias, spec, write_type, m, ef_construction, shards=tuning.shards,
+                                         final_type=index_type)
         fresh = True
     if current is not None and create_alias:
         spec.require_same(spec_of(client, current), what=f"index {current!r} behind alias {alias!r}")
@@ -289,21 +303,24 @@ def plan_load(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, 
             settings = client.indices.get_settings(index=concrete).body[concrete]["settings"]["index"]
             before = int(settings["number_of_replicas"])
     else:
-        concrete = create_version(client, alias, spec, write_type, m, ef_construction, shards=tuning.shards)
+        concrete = create_version(client, alias, spec, write_type, m, ef_construction, shards=tuning.shards,
+                                  final_type=index_type)
         before, made_here = (1 if data_nodes(client) > 1 else 0), True
     client.indices.put_settings(index=concrete, settings=load_settings(tuning, load_replicas))
-    # A two-phase load that died before its end left the index flat: this load finishes it.
-    unfinished = not made_here and index_type != load_type(index_type) and vector_type(client, concrete) == load_type(index_type)
+    # A two-phase load that died before its end left the index flat: this load finishes it, into the type that
+    # load meant (whatever --index-type this one has: an existing index keeps its type).
+    final = index_type if made_here else intended_type(client, concrete)
+    unfinished = not made_here and final != load_type(final) and vector_type(client, concrete) == load_type(final)
     if unfinished:
-        log.info("index %s is still %s from a load that did not finish; this load builds its graph at the end",
-                 concrete, load_type(index_type))
+        log.info("index %s is still %s from a load that did not finish; this load builds its graph (%s) at the end",
+                 concrete, load_type(final), final)
     finishes = (made_here and write_type != index_type) or unfinished
-    switch = vector_options(index_type, m, ef_construction) if finishes else None
+    switch = vector_options(final, m, ef_construction) if finishes else None
     return LoadPlan(concrete, before if replicas is None else replicas, switch,
                     (made_here or unfinished) and tuning.force_merge, tuning.merge_segments)
 
 
-def prepare_load(client, alias: str, spec: EmbeddingSpec, index_type="hnsw", m=16, ef_construction=100,
+def prepare_load(client, alias: str, spec: EmbeddingSpec, index_type=DEFAULT_INDEX_TYPE, m=16, ef_construction=100,
                  load_replicas=0, create_alias=True) -> tuple:
     """(concrete index, replicas it had before) of `plan_load` with the default tuning: refresh off and
     replicas at `load_replicas`, one type throughout, no merge."""
@@ -323,6 +340,15 @@ class RestoreFailed(UserError):
 def vector_field(client, concrete: str) -> dict:
     """The vector field's mapping as the index holds it now."""
     return client.indices.get_mapping(index=concrete).body[concrete]["mappings"]["properties"]["embedding"]
+
+
+def intended_type(client, concrete: str) -> str:
+    """The type the index was made to have: its `_meta`, or for an index made before that was kept, the graph
+    type of its flat type (a flat index then was one a two-phase load had not finished)."""
+    mapping = client.indices.get_mapping(index=concrete).body[concrete]["mappings"]
+    meta = (mapping.get("_meta") or {}).get("facebeam") or {}
+    now = (mapping["properties"]["embedding"].get("index_options") or {}).get("type", "hnsw")
+    return meta.get("index_type") or now.replace("flat", "hnsw")
 
 
 def vector_type(client, concrete: str) -> str:

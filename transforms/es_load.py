@@ -32,7 +32,7 @@ class LoadConfig:
 
     alias: str
     bulk: BulkConfig
-    index_type: str = "hnsw"
+    index_type: str = es_index.DEFAULT_INDEX_TYPE
     m: int = 16
     ef_construction: int = 100
     replicas: int | None = None  # after the load; None keeps what the index had

@@ -35,8 +35,9 @@ class SearchSpec:
 
 
 def default_candidates(k: int) -> int:
-    """num_candidates when none is given: recall@10 reached 0.95 at 200 candidates on 1M force-merged hnsw vectors
-    (issue 24's `bench query`; 100 gave 0.88), at 1-2 ms more per query than 100 on 100k."""
+    """num_candidates when none is given: recall@10 reached 0.95 at 200 candidates on 1M vectors (issue 24's
+    `bench query`: one merged hnsw shard, or the default two int8_hnsw shards re-ranked on the floats; 100 gave
+    0.88-0.92), at 1-2 ms more per query than 100 on 100k."""
     return max(200, 20 * k)
 
 

@@ -523,7 +523,8 @@ def bench_variant(conn, client, ns, spec, faces, maker, variant: Variant, probes
     if old:
         client.indices.delete(index=",".join(old))
     body = es_index.index_body(spec, es_index.load_type(variant.index_type) if variant.tuning.two_phase
-                               else variant.index_type, ns.m, ns.ef_construction, shards=variant.tuning.shards)
+                               else variant.index_type, ns.m, ns.ef_construction, shards=variant.tuning.shards,
+                               final_type=variant.index_type)
     if variant.source_vectors:
         body["mappings"].pop("_source", None)
     client.indices.create(index=es_index.concrete_name(alias, spec, 1), aliases={alias: {}}, **body)
