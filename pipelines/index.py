@@ -80,12 +80,9 @@ def _load(config: IndexConfig, pipeline, found, spec, store, loading) -> dict:
     if store.capabilities.in_pipeline:
         summary.update(runner=runner_name(opts), elapsed_s=round(elapsed, 3),
                        docs_per_s=round(loaded["indexed"] / elapsed, 1) if elapsed else 0.0)
-    registry.remember(config.shards, store)
-    summary["erased_late"] = registry.finish_erasure(config.shards, store)
-    summary["replaced_late"] = registry.finish_replacements(config.shards, store)
+    summary.update(registry.after_load(config.shards, store))
     if summary["erased_late"] or summary["replaced_late"]:  # removed after the load counted
         summary["doc_count"] = store.count()
-    summary["carried"] = registry.carry_metadata(config.shards, store)
     jobs.write_summary(FileSystems.join(config.shards, "index-summary.json"), summary)
     log.info("index done (%s): %d rows read, %d loaded, %d failed (%d retries); %s holds %d faces", summary["backend"],
              summary["rows_read"], summary["indexed"], summary["failed"], summary["retried"], store.describe(),

@@ -76,10 +76,7 @@ def _run(config: RunConfig, pipeline) -> dict:
                                                              "skipped_present")},
                    index=loaded.get("index", store.name), doc_count=loaded["doc_count"],
                    docs_indexed=loaded["indexed"], docs_failed=loaded["failed"], docs_retried=loaded.get("retried", 0))
-    registry.remember(config.output, store)
-    summary["erased_late"] = registry.finish_erasure(config.output, store)
-    summary["replaced_late"] = registry.finish_replacements(config.output, store)
-    summary["carried"] = registry.carry_metadata(config.output, store)
+    summary.update(registry.after_load(config.output, store))
     summary.update(jobs.follow_changes(config.output, run_id, config.es.connection, store))
     if summary["erased_late"] or summary["replaced_late"] or summary.get("faces_replaced"):  # after the load counted
         summary["doc_count"] = store.count()

@@ -49,6 +49,16 @@ def remember(folder: str, store) -> dict:
     return rec
 
 
+def after_load(folder: str, store) -> dict:
+    """What every load does once its faces are in: record the store with the collection, remove what was erased or
+    replaced in place while the store could not be reached, and carry the collection's metadata onto it. Returns the
+    summary's `erased_late`, `replaced_late` and `carried`."""
+    remember(folder, store)
+    late = {"erased_late": finish_erasure(folder, store), "replaced_late": finish_replacements(folder, store)}
+    late["carried"] = carry_metadata(folder, store)
+    return late
+
+
 def carry_metadata(folder: str, store) -> list:
     """The collection's calibration and persons' names, kept with its shards, onto a store it is loaded into that
     has none of its own: a store loaded after `calibrate` or `persons ... --shards` judges and names as the
