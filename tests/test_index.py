@@ -240,6 +240,24 @@ def test_a_flat_index_made_so_stays_flat_when_loaded_again(tmp_path, es_client, 
     assert es_mapping.intended_type(es_client, first["concrete_index"]) == "flat"
 
 
+def test_a_server_that_cannot_rescore_gets_the_float_graph(tmp_path, es_client, alias, monkeypatch):
+    """Before Elasticsearch 8.18 a mapping takes no `rescore_vector`, so a quantized graph would answer with int8
+    distances. There the default type becomes the float graph it quantizes (hnsw), made and merged the default way.
+    The injected fault: the cluster reports 8.15 (this one is 8.19)."""
+    monkeypatch.setattr(es_mapping, "server_version", lambda client: (8, 15))
+    assert [es_mapping.type_for_server(t, (8, 15)) for t in ("int8_hnsw", "bbq_flat", "hnsw", "flat")] == [
+        "hnsw", "flat", "hnsw", "flat"]
+    assert es_mapping.type_for_server("int8_hnsw", (8, 18)) == "int8_hnsw"
+    rows = synthetic_shards(str(tmp_path), 600, EmbeddingSpec(), files=2)
+    summary = job(index, ["--shards", str(tmp_path), "--index", alias, "--es-conn", CONN])
+    assert summary["failed"] == 0 and summary["doc_count"] == len(rows)
+    concrete = summary["concrete_index"]
+    assert es_mapping.vector_field(es_client, concrete)["index_options"] == {"type": "hnsw", "m": 16,
+                                                                             "ef_construction": 100}
+    assert es_mapping.intended_type(es_client, concrete) == "hnsw"
+    assert self_scores(es_client, alias, rows[:50]) == [(r["face_id"], 1.0) for r in rows[:50]]
+
+
 def self_scores(client, alias, rows) -> list:
     """(id, score) of a kNN search by each row's vector, filtered to its own face (an exact search over the
     filter): 1.0, distance 0, when the vector is intact and searchable. The graph's own answers are checked on

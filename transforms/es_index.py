@@ -31,8 +31,26 @@ DEFAULT_INDEX_TYPE = "int8_hnsw"
 RESCORE_OVERSAMPLE = 3.0
 
 
+#: The first Elasticsearch whose mapping takes `rescore_vector` (a quantized graph re-ranked on the floats).
+RESCORE_SINCE = (8, 18)
+
+
 def quantized(index_type: str) -> bool:
     return index_type.split("_", 1)[0] in ("int8", "int4", "bbq")
+
+
+def server_version(client) -> tuple:
+    """(major, minor) of the cluster's oldest Elasticsearch node (a mixed cluster during an upgrade parses
+    mappings the old way)."""
+    nodes = client.nodes.info(filter_path="nodes.*.version").body.get("nodes", {})
+    return min(tuple(int(x) for x in re.findall(r"\d+", n["version"])[:2]) for n in nodes.values())
+
+
+def type_for_server(index_type: str, version: tuple) -> str:
+    """The type a new index gets on that server: a quantized type only where its hits can be re-ranked on the float
+    vectors (RESCORE_SINCE); before that, the float type it quantizes (`int8_hnsw` -> `hnsw`), so distances stay
+    the float vectors' own (thresholds and calibration are fitted on them)."""
+    return index_type.split("_", 1)[1] if quantized(index_type) and tuple(version) < RESCORE_SINCE else index_type
 
 
 def concrete_name(alias: str, spec: EmbeddingSpec, version: int) -> str:
@@ -285,6 +303,12 @@ def plan_load(client, alias: str, spec: EmbeddingSpec, index_type=DEFAULT_INDEX_
     before anything is written. Only an index made by this load is loaded two-phase and merged.
     """
     tuning = tuning or LoadTuning()
+    if quantized(index_type) and (version := server_version(client)) < RESCORE_SINCE:
+        say = log.warning if not create_alias or alias_target(client, alias) is None else log.info  # a new index
+        say("Elasticsearch %s cannot re-rank a quantized graph on the float vectors (%s+): a new index is %s, "
+            "not %s", ".".join(map(str, version)), ".".join(map(str, RESCORE_SINCE)),
+            type_for_server(index_type, version), index_type)
+        index_type = type_for_server(index_type, version)
     write_type = load_type(index_type) if tuning.two_phase else index_type
     current = alias_target(client, alias)
     fresh = False  # made now, by this job or a concurrent one
