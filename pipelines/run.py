@@ -72,7 +72,7 @@ def _run(config: RunConfig, pipeline) -> dict:
     summary = jobs.embed_summary(result, elapsed, spec, opts, config.turns, config.closer)
     loaded = loading.finish(result)
     summary.update({k: v for k, v in loaded.items() if k in ("backend", "store", "index", "concrete_index",
-                                                             "index_errors", "ann_dir", "library", "bytes_on_disk",
+                                                             "index_errors", "ann_dir", "library", "bytes_on_disk", "vector_type",
                                                              "skipped_present")},
                    index=loaded.get("index", store.name), doc_count=loaded["doc_count"],
                    docs_indexed=loaded["indexed"], docs_failed=loaded["failed"], docs_retried=loaded.get("retried", 0))

@@ -12,6 +12,7 @@ from elasticsearch import helpers
 from facebeam.pipelines import index
 from facebeam.transforms import es_index as es_mapping
 from facebeam.transforms.spec import EmbeddingSpec
+from facebeam.transforms.summary import JobSummary
 from tests.es_fixtures import SESSION_HOME
 from tests.helpers import drop_versions, job, on_a_terminal, read_rows, synthetic_shards
 
@@ -177,6 +178,8 @@ def test_default_load_restores_the_settings_and_every_doc_is_searchable(tmp_path
         field = es_mapping.vector_field(es_client, concrete)
         assert field["index_options"] == {"type": "int8_hnsw", "m": 16, "ef_construction": 100,
                                           "rescore_vector": {"oversample": 3.0}}
+        assert summary["vector_type"] == "int8_hnsw"  # and the result line says it
+        assert f"into the Elasticsearch index {alias} ({concrete}, int8_hnsw)" in JobSummary.build("index", summary).line()
         assert settings["index.number_of_shards"] == "2"
         if attempt == 0:  # the re-load adds segments; a merge is only for the index a load creates
             assert es_mapping.segments_per_shard(es_client, concrete) == {"0": 1, "1": 1}
@@ -254,7 +257,7 @@ def test_a_server_that_cannot_rescore_gets_the_float_graph(tmp_path, es_client, 
     concrete = summary["concrete_index"]
     assert es_mapping.vector_field(es_client, concrete)["index_options"] == {"type": "hnsw", "m": 16,
                                                                              "ef_construction": 100}
-    assert es_mapping.intended_type(es_client, concrete) == "hnsw"
+    assert es_mapping.intended_type(es_client, concrete) == summary["vector_type"] == "hnsw"
     assert self_scores(es_client, alias, rows[:50]) == [(r["face_id"], 1.0) for r in rows[:50]]
 
 

@@ -84,6 +84,7 @@ class LoadCounts:
     failed: int
     present: int
     doc_count: int | None
+    kind: str | None = None  # how the store indexes the vectors (an Elasticsearch field's type: int8_hnsw, ...)
 
     @classmethod
     def of(cls, f: Mapping) -> LoadCounts | None:
@@ -96,12 +97,13 @@ class LoadCounts:
         backend = f.get("backend") or "elasticsearch"
         where = f.get("concrete_index") or f.get("new_index") or f.get("ann_dir") or f.get("store")
         return cls(backend=backend, index=f.get("index"), where=where, indexed=_int(indexed), failed=_int(failed),
-                   present=_int(f.get("skipped_present")), doc_count=f.get("doc_count"))
+                   present=_int(f.get("skipped_present")), doc_count=f.get("doc_count"), kind=f.get("vector_type"))
 
     def store_words(self) -> str:
         name = {"elasticsearch": "Elasticsearch index", "local": "embedded index", "redis": "Redis store"}.get(
             self.backend, f"{self.backend} store")
-        return f"the {name} {self.index}" + (f" ({self.where})" if self.where and self.where != self.index else "")
+        said = [w for w in (self.where if self.where != self.index else None, self.kind) if w]
+        return f"the {name} {self.index}" + (f" ({', '.join(said)})" if said else "")
 
     def words(self) -> str:
         text = f"indexed {self.indexed} faces into {self.store_words()}"

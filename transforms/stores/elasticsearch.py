@@ -513,6 +513,7 @@ class _EsLoad(Load):
             shards.clear_index_errors(self.output, keep=self.step.errors_dir, runs_too=False)
         counts = metrics.index_counts(metrics.read_counters(result))
         return {"backend": "elasticsearch", "index": self.target.alias, "concrete_index": self.target.concrete,
+                "vector_type": es_index.vector_type(self.target.client, self.target.concrete),
                 "doc_count": self.target.count, "index_errors": self.step.errors_dir, **counts}
 
 
