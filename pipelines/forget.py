@@ -243,8 +243,9 @@ class Erasure:
                 self.copied[copy["output"]] = done["rows"]
                 page = f"; {copy['page']} {done['page']}" if done["page"] else ""
                 print(f"  {copy['kind']} output {copy['output']}: {self.verb} {done['rows']} {done['what']}{page}")
-        if len(kept) != len(recorded) and not self.dry_run:
-            store.write_meta(copies=kept)
+        gone = {c["output"] for c in recorded} - {c["output"] for c in kept}
+        if gone and not self.dry_run:  # records another job added meanwhile stay
+            store.update_copies(lambda now: [c for c in now if c["output"] not in gone])
 
 
 def reason(ns: ForgetConfig) -> str:

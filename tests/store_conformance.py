@@ -216,6 +216,32 @@ class AbstractStoreTests:
             store.write_meta(copies=before or None)
         assert store.copies() == before
 
+    def test_jobs_recording_outputs_at_once_all_land(self, store, tmp_path):
+        """Eight query jobs finish at the same moment, each recording its output: every record lands
+        (`FaceStore.update_copies` is one atomic step), so `forget` reaches every output. A `forget` that drops a
+        deleted output keeps the records added meanwhile."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from facebeam.transforms import copies
+
+        before = store.copies()
+        outputs = [tmp_path / f"q{i}" for i in range(8)]
+        for o in outputs:
+            o.mkdir()
+        try:
+            with ThreadPoolExecutor(len(outputs)) as pool:
+                done = list(pool.map(lambda o: copies.remember(store, copies.query_copy(str(o), "parquet", None, SPEC,
+                                                                                        0.6)), outputs))
+            assert done == [True] * len(outputs)
+            recorded = [c["output"] for c in store.copies()]
+            assert sorted(recorded) == sorted([c["output"] for c in before] + [str(o) for o in outputs])
+            gone = {str(outputs[0])}
+            store.update_copies(lambda now: [c for c in now if c["output"] not in gone])
+            assert sorted(c["output"] for c in store.copies()) == sorted(set(recorded) - gone)
+        finally:
+            store.write_meta(copies=before or None)
+        assert store.copies() == before
+
     def test_a_photo_that_moved_is_found_at_its_new_path(self, store, collection):
         """`relocate` (moves.py): a moved photo's faces name its new path, in searches and path filters; the vectors and
         the count stay, and a repeat changes nothing."""

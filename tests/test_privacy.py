@@ -63,8 +63,11 @@ def test_shards_summaries_and_the_embedded_index_are_private(photos, tmp_path, o
     ann = tmp_path / "home" / "ann" / "faces"
     loaded = job(index, ["--shards", str(out), "--store", f"local:{ann}"])
     assert loaded["doc_count"] == summary["faces"]
-    # The index folder and its data; the writers' lock file (stores.ann_lock) holds no face data.
-    data = {rel: mode for rel, mode in modes(ann).items() if rel != ".facebeam.lock"}
+    # The index folder and its data; the writers' lock file (stores.ann_lock) and meta.json's (locks.held) hold no
+    # face data, and the latter is private too.
+    locks = (".facebeam.lock", ".meta.lock")
+    data = {rel: mode for rel, mode in modes(ann).items() if rel not in locks}
+    assert modes(ann)[".meta.lock"] == privacy.FILE_MODE and (ann / ".meta.lock").stat().st_size == 0
     assert data["."] == privacy.DIR_MODE
     assert {rel: mode for rel, mode in data.items() if rel != "."} == {
         "spec.json": privacy.FILE_MODE, "faces-1.faiss": privacy.FILE_MODE, "faces-1.parquet": privacy.FILE_MODE,

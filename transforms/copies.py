@@ -25,12 +25,15 @@ def remember(store, copy: dict, refresh: bool = True) -> bool:
     """Record an output made from `store` (replacing an earlier record of the same folder; kept as it is unless
     `refresh`), and drop records of outputs that are gone. A store that refuses the write (read-only credentials)
     is named in a warning: the output is still written, but `forget` will not find it."""
-    try:
-        recorded = store.copies()
+    stamped = {**copy, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def change(recorded: list) -> list:
         if not refresh and any(c["output"] == copy["output"] for c in recorded):
-            return True
-        kept = [c for c in recorded if c["output"] != copy["output"] and FileSystems.exists(c["output"])]
-        store.write_meta(copies=kept + [{**copy, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])
+            return recorded
+        return [c for c in recorded if c["output"] != copy["output"] and FileSystems.exists(c["output"])] + [stamped]
+
+    try:
+        store.update_copies(change)  # one atomic step: two jobs recording at once both land
         return True
     except UserError as e:
         log.warning("%s: could not record the %s output %s, so `facebeam forget` will not reach it: %s",

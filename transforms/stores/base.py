@@ -237,6 +237,13 @@ class FaceStore(abc.ABC):
         """The outputs made from this store's faces (copies.py records them): what `forget` erases beyond it."""
         return list(self.read_meta().get("copies") or [])
 
+    @abc.abstractmethod
+    def update_copies(self, change) -> list:
+        """The recorded copies replaced by `change(records)` in one atomic step (`change` may run again if another
+        job wrote in between), so that jobs recording at the same moment all land: a lost record is an output
+        `forget` never reaches. Nothing is written when `change` returns the records unchanged. Returns the
+        records now."""
+
     def close(self) -> None:
         return None  # nothing held open by default
 

@@ -36,6 +36,11 @@ PERSON_FACES_MAPPING = {"dynamic": "strict", "properties": {"face_ids": {"type":
                                                            "person_id": {"type": "keyword"},
                                                            "person": {"type": "keyword"}}}
 TERMS_LIMIT = 65_536  # Elasticsearch's default index.max_terms_count
+#: The outputs made from the faces (copies.py): one document, rewritten only if it is unchanged since it was read
+#: (if_seq_no), so that jobs recording at once all land. A mapping's `_meta` has no such check; records kept there
+#: before are read until the next change moves them here.
+COPIES_MAPPING = {"dynamic": False, "properties": {"copies": {"type": "object", "enabled": False}}}
+COPIES_DOC = "copies"
 
 
 def persons_index(alias: str) -> str:
@@ -44,6 +49,10 @@ def persons_index(alias: str) -> str:
 
 def person_faces_index(alias: str) -> str:
     return f"{alias}-person-faces"
+
+
+def copies_index(alias: str) -> str:
+    return f"{alias}-copies"
 
 
 def person_doc_ids(name: str) -> tuple:
@@ -372,11 +381,20 @@ class ElasticsearchStore(FaceStore):
         client, concrete, _ = self.open_alias()
         try:
             own = (self._mapping(client, concrete).get("_meta") or {}).get("facebeam") or {}
+            out = {k: v for k, v in own.items() if k == "calibration"}  # persons: their side index
+            recorded, _ = self._copies(client, own)
         finally:
             client.close()
-        return {k: v for k, v in own.items() if k in ("calibration", "copies")}  # persons: their side index
+        return {**out, "copies": recorded} if recorded else out
 
     def write_meta(self, **updates) -> None:
+        if "copies" in updates:
+            value = updates.pop("copies")
+            self.update_copies(lambda _: list(value or []))
+        if updates:
+            self._write_index_meta(updates)
+
+    def _write_index_meta(self, updates: dict) -> None:
         from elasticsearch import ApiError
 
         client, concrete, _ = self.open_alias()
@@ -390,6 +408,54 @@ class ElasticsearchStore(FaceStore):
                              f"{getattr(e, 'error', '')})") from None
         finally:
             client.close()
+
+    def _copies(self, client, own_meta: dict) -> tuple:
+        """(records, (seq_no, primary_term) of their document, or None while the records are still those an older
+        facebeam kept in the index's `_meta`)."""
+        doc = client.options(ignore_status=404).get(index=copies_index(self.name), id=COPIES_DOC).body
+        if doc.get("found"):
+            return list(doc["_source"].get("copies") or []), (doc["_seq_no"], doc["_primary_term"])
+        return list(own_meta.get("copies") or []), None
+
+    def update_copies(self, change) -> list:
+        import tenacity
+        from elasticsearch import ApiError, ConflictError
+
+        client, concrete, _ = self.open_alias()
+        try:
+            legacy = False
+            for attempt in tenacity.Retrying(retry=tenacity.retry_if_exception_type(ConflictError), reraise=True,
+                                             stop=tenacity.stop_after_attempt(30), wait=tenacity.wait_random(0.02, 0.3)):
+                with attempt:  # another job wrote between our read and our write: read again
+                    own = (self._mapping(client, concrete).get("_meta") or {}).get("facebeam") or {}
+                    old, version = self._copies(client, own)
+                    new = change(list(old))
+                    if new == old:
+                        return new
+                    legacy = version is None and "copies" in own
+                    self._write_copies(client, new, version)
+        except ApiError as e:  # a key that may search but not write: named, not a traceback
+            raise StoreError(f"{self.describe()}: the record of its copies cannot be written ({e.meta.status} "
+                             f"{getattr(e, 'error', '')})") from None
+        finally:
+            client.close()
+        if legacy:  # moved to their document
+            self._write_index_meta({"copies": None})
+        return new
+
+    def _write_copies(self, client, records: list, version) -> None:
+        index = copies_index(self.name)
+        if version is not None:
+            client.index(index=index, id=COPIES_DOC, document={"copies": records}, if_seq_no=version[0],
+                         if_primary_term=version[1])
+            return
+        try:  # a small record that outlives a node: a replica wherever there is a second node
+            client.indices.create(index=index, mappings=COPIES_MAPPING,
+                                  settings={"number_of_shards": 1, "auto_expand_replicas": "0-1"})
+        except Exception as e:
+            if not es_index.already_exists(e):
+                raise
+        client.create(index=index, id=COPIES_DOC, document={"copies": records})  # 409 if another job made it first
 
     def persons(self) -> dict:
         client = self._client()

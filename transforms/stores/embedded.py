@@ -26,6 +26,7 @@ from facebeam.transforms.stores.base import (
 
 log = logging.getLogger(__name__)
 META_FILE = "meta.json"
+META_LOCK = ".meta.lock"  # locks.held around every read-change-write of META_FILE
 
 
 @contextlib.contextmanager
@@ -185,12 +186,28 @@ class EmbeddedStore(FaceStore):
         except (OSError, ValueError) as e:
             raise UserError(f"embedded index {self.folder}: {META_FILE} cannot be read ({type(e).__name__})") from None
 
-    def _write_meta_file(self, **updates) -> None:
-        from facebeam.transforms import shards
+    def _update_meta_file(self, change) -> dict:
+        """meta.json replaced by change(meta), read and written under its own lock (a recorder of copies does not
+        wait for the index's writer, and neither loses the other's keys); nothing written when unchanged."""
+        from facebeam.transforms import locks, shards
 
-        meta = {**self._read_meta_file(), **updates}
-        # persons' names and the outputs made from the faces: private like the index (shards.write_json: 0600)
-        shards.write_json(os.path.join(self.folder, META_FILE), {k: v for k, v in meta.items() if v is not None})
+        with locks.held(self.folder, META_LOCK):
+            old = self._read_meta_file()
+            meta = {k: v for k, v in change(dict(old)).items() if v is not None}
+            if meta != old:
+                # persons' names and the outputs made from the faces: private like the index (write_json: 0600)
+                shards.write_json(os.path.join(self.folder, META_FILE), meta)
+        return meta
+
+    def _write_meta_file(self, **updates) -> None:
+        self._update_meta_file(lambda meta: {**meta, **updates})
+
+    def update_copies(self, change) -> list:
+        if not self.exists():
+            raise UserError(f"no embedded index at {self.folder}: build one with `facebeam index --store "
+                            f"local:{self.folder}` first")
+        return self._update_meta_file(lambda meta: {**meta, "copies": change(list(meta.get("copies") or [])) or None}
+                                      ).get("copies") or []
 
     def read_meta(self) -> dict:
         return self._read_meta_file()

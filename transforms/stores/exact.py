@@ -18,6 +18,7 @@ from facebeam.transforms.stores.base import Capabilities, FaceStore, Load, Searc
 log = logging.getLogger(__name__)
 PERSONS_FILE = "persons.json"
 COPIES_FILE = "copies.json"
+COPIES_LOCK = ".copies.lock"  # locks.held: one recorder of the copies at a time
 
 
 class ShardsStore(FaceStore):
@@ -128,6 +129,17 @@ class ShardsStore(FaceStore):
                 calibrate.save(self.folder, value)
             else:
                 shards.write_json(path, value)
+
+    def update_copies(self, change) -> list:
+        from facebeam.transforms import locks
+
+        path = FileSystems.join(self.folder, COPIES_FILE)
+        with locks.held(self.folder, COPIES_LOCK):
+            old = list(shards.read_json(path) or []) if FileSystems.exists(path) else []
+            new = change(list(old))
+            if new != old:
+                self.write_meta(copies=new or None)
+        return new
 
     def set_persons(self, found: dict) -> int:
         have = set(self._column("face_id"))

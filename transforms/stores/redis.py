@@ -167,6 +167,27 @@ class RedisStore(FaceStore):
             else:
                 client.hset(p + "meta", key, json.dumps(value))
 
+    def update_copies(self, change) -> list:
+        client, p = self.client(), redis_store.prefix(self.name)
+        if not self.exists():
+            raise StoreError(f"no face store {self.name!r} in Redis at {self.conn.url}: run `facebeam index --store "
+                             f"redis --index {self.name}` first")
+        now = []
+
+        def step(pipe) -> None:  # redis-py runs it again if the meta hash changed between WATCH and EXEC
+            raw = pipe.hget(p + "meta", "copies")
+            old = json.loads(raw) if raw else []
+            now[:] = change(list(old))
+            if now != old:
+                pipe.multi()
+                if now:
+                    pipe.hset(p + "meta", "copies", json.dumps(now))
+                else:
+                    pipe.hdel(p + "meta", "copies")
+
+        client.transaction(step, p + "meta")
+        return list(now)
+
     def set_persons(self, found: dict) -> int:
         client, p = self.client(), redis_store.prefix(self.name)
         labels = client.smembers(p + "labels")
