@@ -428,7 +428,8 @@ def add_load(p, alias_required: bool = True) -> None:
                         "(unsent docs are not dead-lettered; a re-run finishes the load) (default %(default)s)")
     g.add_argument("--index-type", default=es_index.DEFAULT_INDEX_TYPE, choices=es_index.INDEX_TYPES,
                    help="Elasticsearch dense_vector index type of a new index; quantized types re-rank their "
-                        "hits on the float vectors (default %(default)s)")
+                        "hits on the float vectors (before Elasticsearch 8.18, which cannot, the float type is "
+                        "made) (default %(default)s)")
     g.add_argument("--m", type=number(int, least=2), default=16, help="HNSW graph degree")
     g.add_argument("--ef-construction", type=COUNT, default=100, help="HNSW candidates while building the graph")
     g.add_argument("--replicas", type=NON_NEGATIVE, default=None, help="replicas after the load (default: as before)")
