@@ -637,3 +637,65 @@ def ann_index(folder):
     from facebeam.transforms import ann
 
     return ann.AnnIndex.open(folder)
+
+
+def test_a_held_lock_refuses_at_once_or_waits_and_its_file_is_private(tmp_path):
+    """transforms.locks.held: timeout 0 refuses a second holder at once with the caller's words; a waiter gets the
+    lock when the holder lets go; the kept lock file is empty and 0600 (the private umask)."""
+    import threading
+
+    from facebeam.transforms import locks
+
+    folder = str(tmp_path / "index")
+    order = []
+    with locks.held(folder, ".x.lock"):
+        with pytest.raises(UserError, match="busy here"), locks.held(folder, ".x.lock", timeout=0, busy="busy here"):
+            pass
+        def wait_for_it():
+            with locks.held(folder, ".x.lock", timeout=10):
+                order.append("waiter")
+
+        waiter = threading.Thread(target=wait_for_it)
+        waiter.start()
+        time.sleep(0.3)
+        order.append("holder lets go")
+    waiter.join(10)
+    assert order == ["holder lets go", "waiter"]
+    lock_file = tmp_path / "index" / ".x.lock"
+    assert lock_file.stat().st_size == 0 and (lock_file.stat().st_mode & 0o777) == privacy.FILE_MODE
+
+
+def test_overlapping_private_umasks_in_two_threads_leave_the_users_umask(monkeypatch):
+    """The umask is the process's, shared by threads: the first narrows it, the last one out restores it. (Each
+    body restoring what it saw on entry left it narrowed for good when they overlapped: every server home made
+    later in that process was unreadable to the server's own user.)"""
+    import threading
+
+    monkeypatch.delenv(privacy.ENV_SHARED, raising=False)
+    before = os.umask(0o022)
+    try:
+        first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+        seen = {}
+
+        def first():
+            with privacy.private_umask():
+                first_in.set()
+                second_in.wait(5)
+            first_out.set()
+
+        def second():
+            first_in.wait(5)
+            with privacy.private_umask():
+                second_in.set()
+                first_out.wait(5)
+                seen["while the second is in"] = privacy.current_umask()
+
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert seen["while the second is in"] & privacy.PRIVATE == privacy.PRIVATE
+        assert privacy.current_umask() == 0o022
+    finally:
+        os.umask(before)

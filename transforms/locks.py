@@ -20,20 +20,25 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def held(folder: str, name: str, timeout: float = 60.0):
-    """`<folder>/<name>` held exclusively while the body runs, waiting up to `timeout` s for another holder."""
+def held(folder: str, name: str, timeout: float = 60.0, busy: str | None = None, error: type = UserError,
+         poll_interval: float = 0.05):
+    """`<folder>/<name>` held exclusively while the body runs, waiting up to `timeout` s for another holder
+    (0: refused at once). A holder that outlasts it is `error`: `busy`, or a message naming the lock file."""
     if "://" in folder:
         log.info("no lock for %s on %s (not a local folder): concurrent writers may overwrite each other", name,
                  folder)
         yield
         return
-    lock = filelock.FileLock(os.path.join(folder, name), timeout=timeout, preserve_lock_file=True)
-    try:
+    path = os.path.join(folder, name)
+    lock = filelock.FileLock(path, timeout=timeout, blocking=timeout > 0, poll_interval=poll_interval,
+                             preserve_lock_file=True)
+    os.makedirs(folder, exist_ok=True)  # the caller's folder, as the caller would make it (a server's home stays
+    try:                                # readable by the server's user): only the lock file is private
         with privacy.private_umask():
             lock.acquire()
     except filelock.Timeout:
-        raise UserError(f"{os.path.join(folder, name)} was held by another facebeam job for {timeout:.0f} s; "
-                        "try again when it has finished") from None
+        raise error(busy or f"{path} was held by another facebeam job for {timeout:.0f} s; try again when it has "
+                    "finished") from None
     try:
         yield
     finally:

@@ -46,13 +46,11 @@ def private_umask(is_shared: bool | None = None):
     if shared() if is_shared is None else is_shared:
         yield
         return
-    with _LOCK:
-        before = os.umask(0o077)
-        os.umask(before | PRIVATE)
+    _narrow_umask(+1)  # counted: threads share the umask, so the last one out restores it
     try:
         yield
     finally:
-        os.umask(before)
+        _narrow_umask(-1)
 
 
 def make_dirs(path: str, is_shared: bool | None = None) -> None:
@@ -104,26 +102,27 @@ class PrivateWrites(beam.DoFn):
 
     def setup(self):
         if not self._shared:
-            _narrow_worker_umask(+1)
+            _narrow_umask(+1)
 
     def process(self, element):
         yield element
 
     def teardown(self):
         if not self._shared:
-            _narrow_worker_umask(-1)
+            _narrow_umask(-1)
 
 
-_WORKER = {"users": 0, "before": None}  # DoFn instances of this process that need the narrowed umask
+_NARROWED = {"users": 0, "before": None}  # private_umask bodies and PrivateWrites DoFns of this process now
 
 
-def _narrow_worker_umask(step: int) -> None:
-    """Counted per process: the first user narrows the umask, the last one restores it (threads share it)."""
+def _narrow_umask(step: int) -> None:
+    """Counted per process: the first user narrows the umask, the last one restores it. Threads share the umask:
+    a body that restored what it saw on entry could leave it narrowed for good, or widen it under another."""
     with _LOCK:
-        if step > 0 and _WORKER["users"] == 0:
-            _WORKER["before"] = os.umask(0o077)
-            os.umask(_WORKER["before"] | PRIVATE)
-        _WORKER["users"] = max(0, _WORKER["users"] + step)
-        if step < 0 and _WORKER["users"] == 0 and _WORKER["before"] is not None:
-            os.umask(_WORKER["before"])
-            _WORKER["before"] = None
+        if step > 0 and _NARROWED["users"] == 0:
+            _NARROWED["before"] = os.umask(0o077)
+            os.umask(_NARROWED["before"] | PRIVATE)
+        _NARROWED["users"] = max(0, _NARROWED["users"] + step)
+        if step < 0 and _NARROWED["users"] == 0 and _NARROWED["before"] is not None:
+            os.umask(_NARROWED["before"])
+            _NARROWED["before"] = None

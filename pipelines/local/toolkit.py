@@ -1,7 +1,7 @@
 """Shared infrastructure of the local services (Elasticsearch, Flink, Spark, job servers).
 
 One of each: Java lookup (`find_java`), Maven (`maven`), a file lock with a deadline
-(`file_lock`, on filelock), a subprocess with a deadline (`run_until`), `pip install --target`
+(`file_lock`, on transforms.locks and filelock), a subprocess with a deadline (`run_until`), `pip install --target`
 (`pip_install_target`), process helpers (`spawn_detached`, `alive`, `stop_processes`, on
 psutil), an HTTP / port probe (`http_json` on requests, `port_open`), the one wait-until
 helper (`poll`, on tenacity, with `Deadline`), the state-file and private-file writers
@@ -30,7 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import filelock
 import psutil
 import requests
 import tenacity
@@ -227,20 +226,15 @@ def file_lock(path: Path, deadline: float | None = None, timeout: float | None =
               error: type = RunnerSetupError):
     """An exclusive lock on `path` (made if needed, kept afterwards), waited for until `deadline`
     (time.monotonic()) or for `timeout` seconds; then `error` is raised."""
+    from facebeam.transforms import locks
+
     path = Path(path)
     if deadline is None:
         deadline = time.monotonic() + (900.0 if timeout is None else timeout)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(path), timeout=max(0.0, deadline - time.monotonic()), poll_interval=0.5,
-                             preserve_lock_file=True)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise error(f"timed out waiting for another process {what or 'holding it'} (lock {path})") from None
-    try:
+    with locks.held(str(path.parent), path.name, timeout=max(0.0, deadline - time.monotonic()), error=error,
+                    busy=f"timed out waiting for another process {what or 'holding it'} (lock {path})",
+                    poll_interval=0.5):
         yield
-    finally:
-        lock.release()
 
 
 # --- deadlines ------------------------------------------------------------------------------

@@ -32,19 +32,11 @@ META_LOCK = ".meta.lock"  # locks.held around every read-change-write of META_FI
 @contextlib.contextmanager
 def ann_lock(folder: str):
     """`<folder>/.facebeam.lock`, exclusive and non-blocking: one writer of an embedded index at a time."""
-    import fcntl
+    from facebeam.transforms import locks
 
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, ".facebeam.lock"), "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"embedded index {folder} is being written by another facebeam job; "
-                            "wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with locks.held(folder, ".facebeam.lock", timeout=0, busy=f"embedded index {folder} is being written by another "
+                    "facebeam job; wait for it to finish"):
+        yield
 
 
 class EmbeddedStore(FaceStore):
