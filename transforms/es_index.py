@@ -303,14 +303,14 @@ def plan_load(client, alias: str, spec: EmbeddingSpec, index_type=DEFAULT_INDEX_
     before anything is written. Only an index made by this load is loaded two-phase and merged.
     """
     tuning = tuning or LoadTuning()
+    current = alias_target(client, alias)
     if quantized(index_type) and (version := server_version(client)) < RESCORE_SINCE:
-        say = log.warning if not create_alias or alias_target(client, alias) is None else log.info  # a new index
+        say = log.warning if not create_alias or current is None else log.info  # warned where a new index is made
         say("Elasticsearch %s cannot re-rank a quantized graph on the float vectors (%s+): a new index is %s, "
             "not %s", ".".join(map(str, version)), ".".join(map(str, RESCORE_SINCE)),
             type_for_server(index_type, version), index_type)
         index_type = type_for_server(index_type, version)
     write_type = load_type(index_type) if tuning.two_phase else index_type
-    current = alias_target(client, alias)
     fresh = False  # made now, by this job or a concurrent one
     made_here = False
     if current is None and create_alias:

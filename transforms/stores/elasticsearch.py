@@ -377,10 +377,14 @@ class ElasticsearchStore(FaceStore):
     def _mapping(self, client, concrete):
         return client.indices.get_mapping(index=concrete).body[concrete]["mappings"]
 
+    def _own_meta(self, client, concrete) -> dict:
+        """facebeam's part of the index's `_meta`."""
+        return (self._mapping(client, concrete).get("_meta") or {}).get("facebeam") or {}
+
     def read_meta(self) -> dict:
         client, concrete, _ = self.open_alias()
         try:
-            own = (self._mapping(client, concrete).get("_meta") or {}).get("facebeam") or {}
+            own = self._own_meta(client, concrete)
             out = {k: v for k, v in own.items() if k == "calibration"}  # persons: their side index
             recorded, _ = self._copies(client, own)
         finally:
@@ -427,7 +431,7 @@ class ElasticsearchStore(FaceStore):
             for attempt in tenacity.Retrying(retry=tenacity.retry_if_exception_type(ConflictError), reraise=True,
                                              stop=tenacity.stop_after_attempt(30), wait=tenacity.wait_random(0.02, 0.3)):
                 with attempt:  # another job wrote between our read and our write: read again
-                    own = (self._mapping(client, concrete).get("_meta") or {}).get("facebeam") or {}
+                    own = self._own_meta(client, concrete)
                     old, version = self._copies(client, own)
                     new = change(list(old))
                     if new == old:

@@ -194,10 +194,13 @@ class EmbeddedStore(FaceStore):
     def _write_meta_file(self, **updates) -> None:
         self._update_meta_file(lambda meta: {**meta, **updates})
 
-    def update_copies(self, change) -> list:
+    def _require(self) -> None:
         if not self.exists():
             raise UserError(f"no embedded index at {self.folder}: build one with `facebeam index --store "
                             f"local:{self.folder}` first")
+
+    def update_copies(self, change) -> list:
+        self._require()
         return self._update_meta_file(lambda meta: {**meta, "copies": change(list(meta.get("copies") or [])) or None}
                                       ).get("copies") or []
 
@@ -205,9 +208,7 @@ class EmbeddedStore(FaceStore):
         return self._read_meta_file()
 
     def write_meta(self, **updates) -> None:
-        if not self.exists():
-            raise UserError(f"no embedded index at {self.folder}: build one with `facebeam index --store "
-                            f"local:{self.folder}` first")
+        self._require()
         with ann_lock(self.folder):
             self._write_meta_file(**updates)
 

@@ -150,11 +150,14 @@ class RedisStore(FaceStore):
     def has_persons(self) -> bool:
         return bool(self.client().exists(redis_store.prefix(self.name) + "persons"))
 
-    def write_meta(self, **updates) -> None:
-        client, p = self.client(), redis_store.prefix(self.name)
+    def _require(self) -> None:
         if not self.exists():
             raise StoreError(f"no face store {self.name!r} in Redis at {self.conn.url}: run `facebeam index --store "
                              f"redis --index {self.name}` first")
+
+    def write_meta(self, **updates) -> None:
+        client, p = self.client(), redis_store.prefix(self.name)
+        self._require()
         for key, value in updates.items():
             if key == "persons":
                 pipe = client.pipeline(transaction=True)
@@ -169,9 +172,7 @@ class RedisStore(FaceStore):
 
     def update_copies(self, change) -> list:
         client, p = self.client(), redis_store.prefix(self.name)
-        if not self.exists():
-            raise StoreError(f"no face store {self.name!r} in Redis at {self.conn.url}: run `facebeam index --store "
-                             f"redis --index {self.name}` first")
+        self._require()
         now = []
 
         def step(pipe) -> None:  # redis-py runs it again if the meta hash changed between WATCH and EXEC
