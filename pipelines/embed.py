@@ -46,13 +46,13 @@ def configure(a: options.Args, beam_args=()) -> EmbedConfig:
 
 
 def run(config: EmbedConfig, pipeline=None) -> dict:
-    jobs.preflight(config.inputs, config.spec)
+    photos = jobs.preflight(config.inputs, config.spec)
     with jobs.lock_output(config.output):  # a second job into the same folder refuses at once
-        return _embed(config, pipeline)
+        return _embed(config, pipeline, photos)
 
 
-def _embed(config: EmbedConfig, pipeline) -> dict:
-    opts = pipeline_options(config.beam_args, blocking=True)  # its shuffles carry paths and file names
+def _embed(config: EmbedConfig, pipeline, photos: int | None = None) -> dict:
+    opts = pipeline_options(config.beam_args, blocking=True, photos=photos)  # its shuffles carry paths and file names
     run_id, skip = jobs.plan_backfill(config.output, config.spec, config.incremental, config.inputs.max_file_bytes)
     p = create_pipeline(opts, pipeline)
     (p | "Embed" >> EmbedInputs(config.inputs, config.spec, skip, turns=config.turns, closer=config.closer)

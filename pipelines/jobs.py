@@ -335,8 +335,9 @@ def lock_output(folder: str):
             lock.release()
 
 
-def preflight(inputs, spec) -> None:
-    """Fail in the launcher, before any worker starts: inputs that name nothing, missing weights."""
+def preflight(inputs, spec) -> int | None:
+    """Fail in the launcher, before any worker starts: inputs that name nothing, missing weights. Returns the
+    photo count where it is cheap to know (`progress.count_files`), else None."""
     from facebeam.transforms import weights
 
     sources.check_inputs(inputs.patterns)
@@ -351,6 +352,7 @@ def preflight(inputs, spec) -> None:
     n = progress.count_files(inputs.patterns)
     if n:
         _expected["embed"] = n
+    return n
 
 
 # The photo count of the last preflight, for the next job's progress bar (the launcher's own state).

@@ -26,7 +26,7 @@ from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner.job_options import pipeline_options
 from facebeam.pipelines.runner.kinds import runner_name
 from facebeam.pipelines.runner.launch import create_pipeline
-from facebeam.transforms import copies, knn, metrics, persons, records, shards, sources, stores
+from facebeam.transforms import copies, knn, metrics, persons, progress, records, shards, sources, stores
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.sources import Inputs
 
@@ -141,7 +141,7 @@ def _query(ns: QueryConfig, backend, pipeline) -> dict:
     search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or knn.default_candidates(ns.k),
                             filters=backend.filters,
                             exclude_same_image=ns.exclude_same_image, path_prefix=ns.path_prefix)
-    opts = pipeline_options(ns.beam_args)
+    opts = pipeline_options(ns.beam_args, photos=progress.count_files(ns.probes.patterns))
     p = create_pipeline(opts, pipeline)
     probes = p | "EmbedProbes" >> EmbedInputs(ns.probes, spec)
     results = (probes["faces"]

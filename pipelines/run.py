@@ -51,16 +51,16 @@ def configure(a: options.Args, beam_args=()) -> RunConfig:
 
 
 def run(config: RunConfig, pipeline=None) -> dict:
-    jobs.preflight(config.inputs, config.spec)
+    photos = jobs.preflight(config.inputs, config.spec)
     with jobs.lock_output(config.output):  # a second job into the same folder refuses at once
-        return _run(config, pipeline)
+        return _run(config, pipeline, photos)
 
 
-def _run(config: RunConfig, pipeline) -> dict:
+def _run(config: RunConfig, pipeline, photos: int | None = None) -> dict:
     """Embed and write the shards; the store loads the faces in the pipeline (Elasticsearch) or from the shards after."""
     spec = config.spec
     store = stores.for_loading(config.store, config.es.connection, config.load.alias)
-    opts = pipeline_options(config.beam_args)
+    opts = pipeline_options(config.beam_args, photos=photos)
     run_id, skip = jobs.plan_backfill(config.output, spec, config.incremental, config.inputs.max_file_bytes)
     loading = store.begin_load(spec, config.load, config.output, run_id=run_id)  # reachable, this spec: fails fast
     p = create_pipeline(opts, pipeline)

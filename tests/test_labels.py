@@ -99,7 +99,8 @@ def tree_embed(tmp_path_factory):
     shutil.copy(os.path.join(SAMPLE, "img2.jpg"), root / "img2.jpg")
     out = work / "out"
     res = subprocess.run([os.path.join(ROOT, ".venv", "bin", "facebeam"), "embed", "--input", str(root),
-                          "--output", str(out), "--label-from", "parent-dir", "-v"],  # -v: workers' logs too
+                          "--output", str(out), "--label-from", "parent-dir", "-v",  # -v: workers' logs too
+                          "--direct_running_mode=multi_processing"],  # worker processes (2 photos run in-process)
                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res

@@ -269,11 +269,19 @@ def test_runner_kinds(name, kind):
     assert kinds.runner_kind(name) == kind
 
 
-def test_direct_runs_on_every_core_and_explicit_flags_win():
-    opts = job_options.pipeline_options([])
-    assert opts.get_all_options()["direct_running_mode"] == "multi_processing"
-    assert opts.get_all_options()["direct_num_workers"] == 0
-    assert kinds.runner_name(opts) == "DirectRunner(FnApiRunner)"
+def test_direct_runs_on_every_core_a_small_job_in_process_and_explicit_flags_win():
+    for photos in (None, job_options.IN_PROCESS_MAX_PHOTOS + 1):  # unknown, or past the worker processes' cost
+        opts = job_options.pipeline_options([], photos=photos)
+        assert opts.get_all_options()["direct_running_mode"] == "multi_processing"
+        assert opts.get_all_options()["direct_num_workers"] == 0
+        assert kinds.runner_name(opts) == f"DirectRunner(FnApiRunner, {os.cpu_count()} processes)"
+    small = job_options.pipeline_options([], photos=job_options.IN_PROCESS_MAX_PHOTOS)
+    assert small.get_all_options()["direct_running_mode"] == "in_memory"
+    assert small.get_all_options()["direct_num_workers"] == 1
+    assert kinds.runner_name(small) == "DirectRunner(FnApiRunner, in_memory)"
+    for flags in (["--direct_num_workers=2"], ["--direct_running_mode=multi_processing"]):  # the user's word wins
+        assert job_options.pipeline_options(flags, photos=1).get_all_options()["direct_running_mode"] == \
+            "multi_processing"
     mine = job_options.pipeline_options(["--direct_num_workers=3", "--direct_running_mode=in_memory"])
     assert mine.get_all_options()["direct_num_workers"] == 3
     assert mine.get_all_options()["direct_running_mode"] == "in_memory"

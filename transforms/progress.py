@@ -55,9 +55,13 @@ class Progress:
             self._share(dict(self.counts))
 
     def share_into(self, folder) -> None:
-        """On a worker: keep counts in the launcher's folder (from `shared_folder()` at construction)."""
-        if folder:
-            self.folder = folder
+        """On a worker: keep counts in the launcher's folder (from `shared_folder()` at construction). A new
+        folder is a new job in the same process (a small job runs in its launcher): its counts start at zero."""
+        if folder and folder != self.folder:
+            with self._lock:
+                self.folder = folder
+                self.counts.clear()
+                self.started = self.last = self.shared = time.monotonic()
 
     def _share(self, counts: dict) -> None:
         folder = self.folder or os.environ.get(ENV_DIR)
@@ -148,6 +152,7 @@ def bars(totals=None, stream=None, every_s: float = 0.3):
         thread.join()
         refresh()  # the last counts the workers shared
         for bar in shown.values():
+            bar.refresh()  # tqdm draws an update only 0.1 s after the last one: the final count, drawn
             bar.close()
         if owned:
             if before is None:

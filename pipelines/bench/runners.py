@@ -3,6 +3,10 @@
     facebeam bench runners [--photos 1000] [--warmup 20] [--runners direct,flink-cluster,spark-cluster]
                            [--scaling flink-cluster] [--json FILE]
 
+Where a small job's Direct run stops paying for worker processes (job_options.IN_PROCESS_MAX_PHOTOS):
+
+    facebeam bench runners --photos 24 --warmup 0 --scaling none --runners direct-processes,direct-in-process
+
 The photos are augmented copies of the sample (flips, crops, rescales, recompression),
 made at run time in a temp folder. The cluster presets run on the local standalone
 clusters (`facebeam flink|spark up`, started here if needed) in EXTERNAL mode: the

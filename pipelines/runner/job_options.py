@@ -1,7 +1,8 @@
 """The options a job gets: a bare `--runner` flag (or none) is enough to get a working job.
 
 Local runs use Beam's FnApiRunner (what DirectRunner runs on) in multi-process mode
-on all cores. Naming it directly keeps Beam 2.77's DirectRunner from first trying to
+on all cores, and a job of at most IN_PROCESS_MAX_PHOTOS photos in the launcher's own
+process. Naming it directly keeps Beam 2.77's DirectRunner from first trying to
 download the Prism runner, which hangs on a machine without internet.
 
 `--runner=FlinkRunner` alone runs on an embedded Flink mini-cluster
@@ -50,6 +51,14 @@ from facebeam.pipelines.runner.probes import check_cluster
 #: long enough to reach the job's next stage region, so each slot starts its harness once.
 ENVIRONMENT_CACHE_MS = 10_000
 
+#: Up to this many photos a Direct job runs in the launcher's process (Beam's `in_memory` mode), not in one
+#: worker process per core. Each worker process costs a Python start, Beam's and facebeam's imports and a model
+#: load, S = 2.7 s of wall time here (4 photos: 5.7 s against 3.0 s), and a photo about t = 0.11 core-s (detection
+#: runs on a copy of at most 640 px, so the photo's own size hardly counts). Processes on c cores win only past
+#: S / (t * (1 - 1/c)) photos: 49 on 2 cores, and never below S / t = 24 on any number of cores. Measure it with
+#: `facebeam bench runners --runners direct-processes,direct-in-process --photos N`.
+IN_PROCESS_MAX_PHOTOS = 24
+
 #: Python log level names the Java job server's SdkHarnessOptions (Beam 2.62) rejects
 #: ("Must be one of [OFF, ERROR, WARN, INFO, DEBUG, TRACE]"), and what both sides accept.
 _JAVA_LEVELS = {"CRITICAL": "ERROR", "FATAL": "ERROR", "WARNING": "WARN", "NOTSET": "DEBUG"}
@@ -92,9 +101,10 @@ def flag_given(args, name) -> bool:
     return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args)
 
 
-def pipeline_options(beam_args, blocking: bool = False, **overrides) -> PipelineOptions:
+def pipeline_options(beam_args, blocking: bool = False, photos: int | None = None, **overrides) -> PipelineOptions:
     """PipelineOptions from command-line Beam flags plus facebeam's runner defaults; `blocking`: Flink exchanges
-    data between stages as BLOCKING_EXCHANGES says, unless the flags say otherwise."""
+    data between stages as BLOCKING_EXCHANGES says, unless the flags say otherwise; `photos`: how many photos the
+    job reads, where cheap to know (a Direct job of at most IN_PROCESS_MAX_PHOTOS runs in this process)."""
     args = list(beam_args or [])
     opts = PipelineOptions(args, **overrides)
 
@@ -104,10 +114,11 @@ def pipeline_options(beam_args, blocking: bool = False, **overrides) -> Pipeline
     kind = runner_kind(opts)
     if kind == "direct":
         direct = opts.view_as(DirectOptions)
+        small = photos is not None and photos <= IN_PROCESS_MAX_PHOTOS and not given("direct_num_workers")
         if not given("direct_running_mode"):
-            direct.direct_running_mode = "multi_processing"
+            direct.direct_running_mode = "in_memory" if small else "multi_processing"
         if not given("direct_num_workers"):
-            direct.direct_num_workers = 0  # 0 = one worker per core
+            direct.direct_num_workers = 1 if small else 0  # 0 = one worker per core
     elif kind in ("flink", "spark"):
         _java_log_levels(opts)
         _portable_defaults(opts, kind, given)

@@ -7,7 +7,10 @@ Nothing here starts or probes anything: the job's options (`job_options.py`), pr
 """
 from __future__ import annotations
 
+import os
+
 from apache_beam.options.pipeline_options import (
+    DirectOptions,
     FlinkRunnerOptions,
     PipelineOptions,
     PortableOptions,
@@ -46,7 +49,10 @@ def is_embedded_flink(master: str | None) -> bool:
 def runner_name(opts: PipelineOptions) -> str:
     kind = runner_kind(opts)
     if kind == "direct":
-        return "DirectRunner(FnApiRunner)"
+        direct = opts.view_as(DirectOptions)
+        if direct.direct_running_mode == "multi_processing":
+            return f"DirectRunner(FnApiRunner, {direct.direct_num_workers or os.cpu_count() or 1} processes)"
+        return f"DirectRunner(FnApiRunner, {direct.direct_running_mode or 'in_memory'})"
     portable = opts.view_as(PortableOptions)
     env = ""
     if (portable.environment_type or "").upper() == "EXTERNAL":

@@ -16,6 +16,9 @@ from facebeam.pipelines.runner.job_options import pipeline_options
 #: Runner set-ups, as Beam flags.
 RUNNER_PRESETS: dict[str, list[str]] = {
     "direct": [],
+    # Direct in each of its two set-ups, whatever the job's size (job_options.IN_PROCESS_MAX_PHOTOS).
+    "direct-processes": ["--direct_running_mode=multi_processing"],
+    "direct-in-process": ["--direct_running_mode=in_memory", "--direct_num_workers=1"],
     "flink-embedded": ["--runner=FlinkRunner", "--flink_master=[local]"],
     "flink-cluster": ["--runner=FlinkRunner", "--flink_master=localhost:8081"],
     "spark-local": ["--runner=SparkRunner", "--spark_master_url=local[2]"],
