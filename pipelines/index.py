@@ -53,16 +53,16 @@ def configure(a: options.Args, beam_args=()) -> IndexConfig:
 
 def run(config: IndexConfig, pipeline=None) -> dict:
     found = shards.files(config.shards)
-    shards.verify(found)  # every footer and row group, before anything is written
+    faces = shards.verify(found)  # every footer and row group, before anything is written
     spec = shards.spec_of(config.shards)
     store = stores.for_loading(config.store, config.es.connection, config.load.alias)
     loading = store.begin_load(spec, config.load, config.shards, shard_files=found)  # fails fast, before any file
     with jobs.lock_output(config.shards):
-        return _load(config, pipeline, found, spec, store, loading)
+        return _load(config, pipeline, found, spec, store, loading, faces)
 
 
-def _load(config: IndexConfig, pipeline, found, spec, store, loading) -> dict:
-    opts = pipeline_options(config.beam_args)
+def _load(config: IndexConfig, pipeline, found, spec, store, loading, faces: int | None = None) -> dict:
+    opts = pipeline_options(config.beam_args, faces=faces)
     result, elapsed, c = None, 0.0, {}
     if store.capabilities.in_pipeline:  # a Beam job reads the shards into the store
         p = create_pipeline(opts, pipeline)

@@ -275,6 +275,10 @@ def test_direct_runs_on_every_core_a_small_job_in_process_and_explicit_flags_win
         assert opts.get_all_options()["direct_running_mode"] == "multi_processing"
         assert opts.get_all_options()["direct_num_workers"] == 0
         assert kinds.runner_name(opts) == f"DirectRunner(FnApiRunner, {os.cpu_count()} processes)"
+    load = job_options.pipeline_options([], faces=job_options.IN_PROCESS_MAX_FACES + 1)
+    assert load.get_all_options()["direct_running_mode"] == "multi_processing"
+    assert job_options.pipeline_options([], faces=job_options.IN_PROCESS_MAX_FACES).get_all_options()[
+        "direct_running_mode"] == "in_memory"
     small = job_options.pipeline_options([], photos=job_options.IN_PROCESS_MAX_PHOTOS)
     assert small.get_all_options()["direct_running_mode"] == "in_memory"
     assert small.get_all_options()["direct_num_workers"] == 1

@@ -309,20 +309,25 @@ def clear_index_errors(folder: str, keep: str, runs_too: bool) -> list:
     return gone + flat
 
 
-def verify(paths, threads: int = 4) -> None:
-    """Read every shard's footer and decode each row group fully; a damaged file is a `ShardError` naming it."""
+def verify(paths, threads: int = 4) -> int:
+    """Read every shard's footer and decode each row group fully; a damaged file is a `ShardError` naming it.
+    Returns the rows (faces) of all the shards."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
-        problems = [p for p in pool.map(_problem, paths) if p]
+        found = list(pool.map(_problem, paths))
+    problems = [p for p in found if isinstance(p, str)]
     if problems:
         more = f" (and {len(problems) - 1} more damaged shard(s))" if len(problems) > 1 else ""
         raise ShardError(problems[0] + more)
+    return sum(found)
 
 
 def _problem(path: str):
+    """What is wrong with the shard at `path` (a message), or its row count."""
     import pyarrow.parquet as pq
 
+    rows = 0
     try:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             pf = pq.ParquetFile(f)
@@ -335,11 +340,12 @@ def _problem(path: str):
                 bad = _implausible_vectors(table)
                 if bad:
                     return f"shard {path} is damaged: row group {i + 1} of {groups} {bad}"
+                rows += table.num_rows
     except ShardError as e:
         return str(e)
     except Exception as e:  # noqa: BLE001 - a footer that cannot be read
         return f"shard {path} is not a readable Parquet file (truncated or overwritten?): {_short(e)}"
-    return None
+    return rows
 
 
 MAX_ABS_COMPONENT = 1e6  # no model's embedding comes near; random bytes read as float32 mostly do

@@ -58,6 +58,9 @@ ENVIRONMENT_CACHE_MS = 10_000
 #: S / (t * (1 - 1/c)) photos: 49 on 2 cores, and never below S / t = 24 on any number of cores. Measure it with
 #: `facebeam bench runners --runners direct-processes,direct-in-process --photos N`.
 IN_PROCESS_MAX_PHOTOS = 24
+#: The same for a load of faces into Elasticsearch (`index`): S = 2.6 s, a face about t = 0.25 ms of the launcher
+#: (5,000 faces: 7.8 s against 5.4 s; 60,000: 22.6 s against 25.2 s, on 2 cores), so S / t = 10,000.
+IN_PROCESS_MAX_FACES = 10_000
 
 #: Python log level names the Java job server's SdkHarnessOptions (Beam 2.62) rejects
 #: ("Must be one of [OFF, ERROR, WARN, INFO, DEBUG, TRACE]"), and what both sides accept.
@@ -101,10 +104,12 @@ def flag_given(args, name) -> bool:
     return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args)
 
 
-def pipeline_options(beam_args, blocking: bool = False, photos: int | None = None, **overrides) -> PipelineOptions:
+def pipeline_options(beam_args, blocking: bool = False, photos: int | None = None, faces: int | None = None,
+                     **overrides) -> PipelineOptions:
     """PipelineOptions from command-line Beam flags plus facebeam's runner defaults; `blocking`: Flink exchanges
-    data between stages as BLOCKING_EXCHANGES says, unless the flags say otherwise; `photos`: how many photos the
-    job reads, where cheap to know (a Direct job of at most IN_PROCESS_MAX_PHOTOS runs in this process)."""
+    data between stages as BLOCKING_EXCHANGES says, unless the flags say otherwise; `photos` / `faces`: how many
+    photos the job embeds or faces it loads, where cheap to know (a small Direct job runs in this process:
+    IN_PROCESS_MAX_PHOTOS, IN_PROCESS_MAX_FACES)."""
     args = list(beam_args or [])
     opts = PipelineOptions(args, **overrides)
 
@@ -114,7 +119,8 @@ def pipeline_options(beam_args, blocking: bool = False, photos: int | None = Non
     kind = runner_kind(opts)
     if kind == "direct":
         direct = opts.view_as(DirectOptions)
-        small = photos is not None and photos <= IN_PROCESS_MAX_PHOTOS and not given("direct_num_workers")
+        small = ((photos is not None and photos <= IN_PROCESS_MAX_PHOTOS)
+                 or (faces is not None and faces <= IN_PROCESS_MAX_FACES)) and not given("direct_num_workers")
         if not given("direct_running_mode"):
             direct.direct_running_mode = "in_memory" if small else "multi_processing"
         if not given("direct_num_workers"):
