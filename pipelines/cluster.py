@@ -113,7 +113,8 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
     if c.index:
         conn = c.es.connection()
         persons.check_index(conn, c.index, spec)
-    opts = pipeline_options(c.beam_args)
+    to_graph = persons.row_count(files) - len(skip)
+    opts = pipeline_options(c.beam_args, graph_faces=to_graph)
     p = create_pipeline(opts, pipeline)
     graph_dir = persons.graph_folder(c.output)
     persons.clear(graph_dir)
@@ -134,7 +135,7 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
        | "WriteGraph" >> beam.io.WriteToParquet(persons.join(graph_dir, "part"), persons.GRAPH_SCHEMA,
                                                 codec="zstd", file_name_suffix=".parquet"))
     try:
-        result, graph_s = jobs.run(p, totals={"graph": persons.row_count(files) - len(skip)})
+        result, graph_s = jobs.run(p, totals={"graph": to_graph})
     finally:
         persons.clear(index_dir)
     summary = persons.resolve(c.output, c.shards, files, spec, c.incremental, previous, state,

@@ -279,6 +279,10 @@ def test_direct_runs_on_every_core_a_small_job_in_process_and_explicit_flags_win
     assert load.get_all_options()["direct_running_mode"] == "multi_processing"
     assert job_options.pipeline_options([], faces=job_options.IN_PROCESS_MAX_FACES).get_all_options()[
         "direct_running_mode"] == "in_memory"
+    assert job_options.pipeline_options([], graph_faces=job_options.IN_PROCESS_MAX_GRAPH_FACES + 1).get_all_options()[
+        "direct_running_mode"] == "multi_processing"
+    assert job_options.pipeline_options([], graph_faces=job_options.IN_PROCESS_MAX_GRAPH_FACES).get_all_options()[
+        "direct_running_mode"] == "in_memory"
     small = job_options.pipeline_options([], photos=job_options.IN_PROCESS_MAX_PHOTOS)
     assert small.get_all_options()["direct_running_mode"] == "in_memory"
     assert small.get_all_options()["direct_num_workers"] == 1

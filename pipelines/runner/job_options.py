@@ -61,6 +61,10 @@ IN_PROCESS_MAX_PHOTOS = 24
 #: The same for a load of faces into Elasticsearch (`index`): S = 2.6 s, a face about t = 0.25 ms of the launcher
 #: (5,000 faces: 7.8 s against 5.4 s; 60,000: 22.6 s against 25.2 s, on 2 cores), so S / t = 10,000.
 IN_PROCESS_MAX_FACES = 10_000
+#: The same for the kNN graph of `cluster`: S = 1.3-1.8 s, a face t = 0.7 ms (exact graph) to 1.2-2 ms (graph from
+#: Elasticsearch) of the graph stage, so S / t = 900-1,900 faces. On 2 cores (2026-12-06) in-process won by 0.5-1.8 s
+#: at 300-1,000 faces in both modes, and lost past about 1,500 (Elasticsearch) or 5,500 (exact) faces.
+IN_PROCESS_MAX_GRAPH_FACES = 1_000
 
 #: Python log level names the Java job server's SdkHarnessOptions (Beam 2.62) rejects
 #: ("Must be one of [OFF, ERROR, WARN, INFO, DEBUG, TRACE]"), and what both sides accept.
@@ -105,11 +109,11 @@ def flag_given(args, name) -> bool:
 
 
 def pipeline_options(beam_args, blocking: bool = False, photos: int | None = None, faces: int | None = None,
-                     **overrides) -> PipelineOptions:
+                     graph_faces: int | None = None, **overrides) -> PipelineOptions:
     """PipelineOptions from command-line Beam flags plus facebeam's runner defaults; `blocking`: Flink exchanges
-    data between stages as BLOCKING_EXCHANGES says, unless the flags say otherwise; `photos` / `faces`: how many
-    photos the job embeds or faces it loads, where cheap to know (a small Direct job runs in this process:
-    IN_PROCESS_MAX_PHOTOS, IN_PROCESS_MAX_FACES)."""
+    data between stages as BLOCKING_EXCHANGES says, unless the flags say otherwise; `photos` / `faces` /
+    `graph_faces`: how many photos the job embeds, faces it loads or faces it finds neighbours for, where cheap to
+    know (a small Direct job runs in this process: IN_PROCESS_MAX_PHOTOS, _FACES, _GRAPH_FACES)."""
     args = list(beam_args or [])
     opts = PipelineOptions(args, **overrides)
 
@@ -119,8 +123,9 @@ def pipeline_options(beam_args, blocking: bool = False, photos: int | None = Non
     kind = runner_kind(opts)
     if kind == "direct":
         direct = opts.view_as(DirectOptions)
-        small = ((photos is not None and photos <= IN_PROCESS_MAX_PHOTOS)
-                 or (faces is not None and faces <= IN_PROCESS_MAX_FACES)) and not given("direct_num_workers")
+        sizes = ((photos, IN_PROCESS_MAX_PHOTOS), (faces, IN_PROCESS_MAX_FACES),
+                 (graph_faces, IN_PROCESS_MAX_GRAPH_FACES))
+        small = any(n is not None and n <= most for n, most in sizes) and not given("direct_num_workers")
         if not given("direct_running_mode"):
             direct.direct_running_mode = "in_memory" if small else "multi_processing"
         if not given("direct_num_workers"):
