@@ -57,7 +57,7 @@ def _embed(config: EmbedConfig, pipeline, photos: int | None = None) -> dict:
     p = create_pipeline(opts, pipeline)
     (p | "Embed" >> EmbedInputs(config.inputs, config.spec, skip, turns=config.turns, closer=config.closer)
        | "Write" >> shards.WriteShards(config.output, config.spec, run_id))
-    result, elapsed = jobs.run(p)
+    result, elapsed = jobs.run(p, totals={"embed": photos})
     summary = jobs.embed_summary(result, elapsed, config.spec, opts, config.turns, config.closer)
     # The stores loaded from these shards, reached as `index` would (environment or connection file)
     summary.update(jobs.follow_changes(config.output, run_id, options.EsFlags().connection))

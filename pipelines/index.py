@@ -72,7 +72,7 @@ def _load(config: IndexConfig, pipeline, found, spec, store, loading, faces: int
                   | "CountRead" >> beam.Map(metrics.counted, metrics.ROWS_READ))
         loading.attach(rows)
         with loading.running():
-            result, elapsed = jobs.run(p)
+            result, elapsed = jobs.run(p, totals={"index": faces})
         c = metrics.read_counters(result)
     loaded = loading.finish(result)  # other stores read the shards here, no Beam job
     summary = {"rows_read": c.get(metrics.ROWS_READ, 0), **loaded, "index": loaded.get("index", store.name),

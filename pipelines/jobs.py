@@ -227,11 +227,10 @@ def run(pipeline, totals=None):
     """Run to completion; returns (result, elapsed seconds). A user error raised on a worker is raised as such.
 
     On a terminal, a progress bar per kind of work (photos embedded, faces indexed) runs meanwhile; `totals`
-    ({"embed": n}) gives it an ETA; by default the photo count the last `preflight` found.
+    ({"embed": n}, e.g. the photo count `preflight` returned; None where unknown) gives it an ETA.
     """
     started = time.perf_counter()
-    totals = totals if totals is not None else dict(_expected)
-    _expected.clear()
+    totals = {kind: n for kind, n in (totals or {}).items() if n}
     hook, threading.excepthook = threading.excepthook, _quiet_worker_death(threading.excepthook)
     result = None
     try:
@@ -349,14 +348,7 @@ def preflight(inputs, spec) -> int | None:
         from facebeam.transforms.faces import FaceModel
 
         FaceModel(spec)  # a model only deepface knows the files of: loaded once here, failing before any worker
-    n = progress.count_files(inputs.patterns)
-    if n:
-        _expected["embed"] = n
-    return n
-
-
-# The photo count of the last preflight, for the next job's progress bar (the launcher's own state).
-_expected = {}
+    return progress.count_files(inputs.patterns)
 
 
 def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):

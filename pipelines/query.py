@@ -141,7 +141,8 @@ def _query(ns: QueryConfig, backend, pipeline) -> dict:
     search = knn.SearchSpec(k=ns.k, num_candidates=ns.num_candidates or knn.default_candidates(ns.k),
                             filters=backend.filters,
                             exclude_same_image=ns.exclude_same_image, path_prefix=ns.path_prefix)
-    opts = pipeline_options(ns.beam_args, photos=progress.count_files(ns.probes.patterns))
+    photos = progress.count_files(ns.probes.patterns)
+    opts = pipeline_options(ns.beam_args, photos=photos)
     p = create_pipeline(opts, pipeline)
     probes = p | "EmbedProbes" >> EmbedInputs(ns.probes, spec)
     results = (probes["faces"]
@@ -159,7 +160,7 @@ def _query(ns: QueryConfig, backend, pipeline) -> dict:
                                                    codec="zstd", file_name_suffix=".parquet")
     probes["errors"] | "WriteErrors" >> WriteToParquet(join(ns.output, "errors", part), records.ERROR_SCHEMA,
                                                        codec="zstd", file_name_suffix=".parquet")
-    result, elapsed = jobs.run(p)
+    result, elapsed = jobs.run(p, totals={"embed": photos})
     earlier = [m.path for sub in ("results", "errors")
                for m in FileSystems.match([join(ns.output, sub, "*")])[0].metadata_list
                if not posixpath.basename(m.path).startswith(part)]

@@ -109,7 +109,7 @@ def _reindex(config: ReindexConfig, pipeline, job) -> dict:
     out | "Write" >> shards.WriteShards(config.output, new_spec)
     loading.attach(out["faces"])
     with loading.running():
-        result, elapsed = jobs.run(p)
+        result, elapsed = jobs.run(p, totals={"embed": photos})
     summary = jobs.embed_summary(result, elapsed, new_spec, opts, config.turns, config.closer)
     loaded = loading.finish(result)
     if loaded["docs_failed"] or (summary["faces"] and not loaded["doc_count"]):

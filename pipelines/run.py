@@ -68,7 +68,7 @@ def _run(config: RunConfig, pipeline, photos: int | None = None) -> dict:
     out | "Write" >> shards.WriteShards(config.output, spec, run_id)
     loading.attach(out["faces"])
     with loading.running():
-        result, elapsed = jobs.run(p)
+        result, elapsed = jobs.run(p, totals={"embed": photos})
     summary = jobs.embed_summary(result, elapsed, spec, opts, config.turns, config.closer)
     loaded = loading.finish(result)
     summary.update({k: v for k, v in loaded.items() if k in ("backend", "store", "index", "concrete_index",
