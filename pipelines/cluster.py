@@ -157,8 +157,6 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
     copies.remember(stores.shards_store(c.shards), copies.cluster_copy(
         sources.canonical(c.output), sources.canonical(c.shards),
         c.contact_sheet and sources.canonical(c.contact_sheet), c.sheet_persons))
-    print(f"threshold {summary['threshold']:.4f} from {summary['threshold_from']}"
-          + (f" ({summary['threshold_note']})" if summary.get("threshold_note") else ""), file=sys.stderr)
     log.info("cluster done: %d faces -> %d persons (%d singletons, %d low quality), threshold %.4f (%s), %.1f s",
              summary["faces"], summary["persons"], summary["singletons"], summary["low_quality"],
              summary["threshold"], summary["threshold_from"], summary["elapsed_s"])

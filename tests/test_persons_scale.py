@@ -76,7 +76,9 @@ def test_cluster_of_11_unlabeled_photos_of_5_people_says_where_its_threshold_cam
     state = persons.read_state(out)
     low, high = persons.plausible_range(spec.threshold, spec.metric)
     assert low <= state["threshold"] <= high and state["threshold_from"] in ("distribution", "spec"), state
-    assert f"threshold {state['threshold']:.4f} from {state['threshold_from']}" in capfd.readouterr().err
+    said = capfd.readouterr()  # on the result line; only a fallback to the spec's default is a warning, saying why
+    assert f"same person at <= {state['threshold']:.4f} ({state['threshold_from']})" in said.out.splitlines()[-1]
+    assert ("using the spec default" in said.err) == (state["threshold_from"] == "spec"), said.err
     # Photos of one person at distances well inside the threshold end up together.
     people = identities()
     found = {}
