@@ -16,6 +16,7 @@ import pytest
 from facebeam.pipelines import cli, index, options
 from facebeam.pipelines.bench import BENCHES
 from facebeam.transforms.errors import UserError
+from facebeam.transforms.summary import counted
 from tests.helpers import PAIRS, ROOT, SAMPLE, job, on_a_terminal
 
 NOISE = ("Logging handler created", "INFO", "Traceback", "ERROR:", "WARNING:", "grpc")
@@ -66,6 +67,11 @@ def test_the_summary_is_typed_frozen_and_reads_like_its_file():
                         "-> out/x (2.0 s, 2.5 photos/s)\n"
                         "indexed 6 faces into the embedded index faces (/h/ann/faces): 9 in all\n"
                         "  labels: from parent-dir")
+    one = JobSummary.build("query", {"images_seen": 1, "images_embedded": 1, "faces": 1, "probe_faces": 1, "k": 5,
+                                     "backend": "local", "images_failed": {}})
+    assert one.line().startswith("queried 1 probe photo: 1 face searched, 0 failed, top 5 from local")
+    assert JobSummary.build("cluster", {"faces": 1, "persons": 1, "singletons": 1}).line().startswith(
+        "clustered 1 face into 1 person and 1 singleton (")
 
 
 # --- help ----------------------------------------------------------------------------------------
@@ -315,7 +321,8 @@ def test_index_query_search_lines_match_their_summaries(ran, home, tmp_path):
     r = facebeam("query", "--probes", *probes, "--index", "faces", "--store", "local", "--output", q, env=home)
     with open(os.path.join(q, "summary.json")) as f:
         qs = json.load(f)
-    assert r.stdout.startswith(f"queried {qs['images_seen']} probe photos: {qs['probe_faces']} faces searched, "
+    assert r.stdout.startswith(f"queried {counted(qs['images_seen'], 'probe photo')}: "
+                               f"{counted(qs['probe_faces'], 'face')} searched, "
                                f"0 failed, top 5 from local")
     assert f"same person at <= {qs['threshold']:.4f} ({qs['threshold_from']})" in r.stdout
     quiet(r)
@@ -346,8 +353,8 @@ def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
     r = facebeam("cluster", "--shards", out, "--output", cl, env=home)
     with open(os.path.join(cl, "cluster.json")) as f:
         k = json.load(f)
-    assert r.stdout.startswith(f"clustered {k['faces']} faces into {k['persons']} persons and {k['singletons']} "
-                               f"singletons ({k['low_quality']} low quality, 0 named); "
+    assert r.stdout.startswith(f"clustered {counted(k['faces'], 'face')} into {counted(k['persons'], 'person')} and "
+                               f"{counted(k['singletons'], 'singleton')} ({k['low_quality']} low quality, 0 named); "
                                f"same person at <= {k['threshold']:.4f} ({k['threshold_from']}) in ")
     quiet(r)
     r = facebeam("persons", "--clusters", cl, "list", "--top", "2", env=home)

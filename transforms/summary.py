@@ -64,7 +64,7 @@ class EmbedCounts:
             extra.append(f"{self.moved} of them moved: their faces now name the new path")
         if self.replaced:
             extra.append(f"{self.replaced} changed in place: the old version's faces dropped")
-        text = (f"embedded {self.seen} photos: {self.faces} faces, {self.failed} failed"
+        text = (f"embedded {counted(self.seen, 'photo')}: {counted(self.faces, 'face')}, {self.failed} failed"
                 + (f" ({', '.join(extra)})" if extra else ""))
         if output:
             text += f" -> {output}"
@@ -106,7 +106,7 @@ class LoadCounts:
         return f"the {name} {self.index}" + (f" ({', '.join(said)})" if said else "")
 
     def words(self) -> str:
-        text = f"indexed {self.indexed} faces into {self.store_words()}"
+        text = f"indexed {counted(self.indexed, 'face')} into {self.store_words()}"
         extra = [f"{self.failed} failed"] if self.failed else []
         if self.present:
             extra.append(f"{self.present} already there")
@@ -187,6 +187,11 @@ class JobSummary(Mapping):
         return text + "".join(f"\n  {c}" for c in self.choices)
 
 
+def counted(n, noun: str) -> str:
+    """`1 photo`, `2 photos`: the main counts of a result line (its other counts say `(s)`)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _secs(f: Mapping, key: str = "elapsed_s") -> str:
     return f" in {f[key]:.1f} s" if isinstance(f.get(key), (int, float)) else ""
 
@@ -209,7 +214,8 @@ def _index_line(s: JobSummary) -> str:
 
 def _query_line(s: JobSummary) -> str:
     e = s.embed
-    text = (f"queried {e.seen} probe photos: {s.get('probe_faces', 0)} faces searched, {e.failed} failed, "
+    text = (f"queried {counted(e.seen, 'probe photo')}: {counted(s.get('probe_faces', 0), 'face')} searched, "
+            f"{e.failed} failed, "
             f"top {s.get('k')} from {s.get('backend', '?')} {s.get('searched', '')}".rstrip())
     if s.threshold:
         text += f"; {s.threshold.words()}"
@@ -252,8 +258,8 @@ def _verify_line(s: JobSummary) -> str:
 
 
 def _cluster_line(s: JobSummary) -> str:
-    text = (f"clustered {s.get('faces', 0)} faces into {s.get('persons', 0)} persons and {s.get('singletons', 0)} "
-            f"singletons ({s.get('low_quality', 0)} low quality, {s.get('named', 0)} named)")
+    text = (f"clustered {counted(s.get('faces', 0), 'face')} into {counted(s.get('persons', 0), 'person')} and "
+            f"{counted(s.get('singletons', 0), 'singleton')} ({s.get('low_quality', 0)} low quality, {s.get('named', 0)} named)")
     if s.threshold:
         text += f"; {s.threshold.words()}"
     return text + (f" -> {s['output']}" if s.get("output") else "") + _secs(s)
