@@ -231,6 +231,7 @@ def run(pipeline, totals=None):
     """
     started = time.perf_counter()
     totals = {kind: n for kind, n in (totals or {}).items() if n}
+    _interrupted.clear()
     hook, threading.excepthook = threading.excepthook, _quiet_worker_death(threading.excepthook)
     result = None
     try:
@@ -247,6 +248,8 @@ def run(pipeline, totals=None):
                 result.cancel()
         raise
     except Exception as e:
+        if _interrupted.is_set():  # an in-process job: Beam wraps the interrupt raised in a DoFn in a RuntimeError
+            raise KeyboardInterrupt from None
         user = worker_user_error(e) or worker_lost(e, runner_kind(pipeline.runner))
         if user is None or user is e:
             raise

@@ -7,9 +7,11 @@ re-run completes it. Either way the output holds exactly Direct's faces (`sample
 `beam-temp-*` folder, half-written file or uncommitted partition is left, the lock is free, and
 `summary.json` adds up. An index load killed the same way ends with Elasticsearch's exact doc count.
 """
+import glob
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,6 +200,30 @@ def test_a_killed_worker_mid_load_still_lands_every_doc(cluster, es_client, tmp_
         assert sorted(h["_id"] for h in hits["hits"]["hits"]) == sorted(ids)
     finally:
         drop_versions(es_client, alias)
+
+
+def test_a_small_local_run_in_process_stopped_says_one_line(tmp_path):
+    """The same for a job small enough to run in the launcher's process (job_options.IN_PROCESS_MAX_PHOTOS): the
+    signal arrives inside a DoFn, which Beam reports as a RuntimeError; still one line, exit 130, nothing left."""
+    from facebeam.pipelines.runner import job_options
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for name in sorted(n for n in os.listdir(SAMPLE) if n.lower().endswith(".jpg"))[:job_options.IN_PROCESS_MAX_PHOTOS]:
+        shutil.copy(os.path.join(SAMPLE, name), photos / name)
+    out = tmp_path / "out"
+    proc = _launch(out, args=["--input", str(photos), "--output", str(out)])
+    _wait_for(lambda: glob.glob(str(out / "embeddings" / "beam-temp-*")), proc, "write")  # the job has begun
+    assert not [p for p in psutil.Process(proc.pid).children(recursive=True)
+                if "runner.worker" in " ".join(p.cmdline())], "a worker process: the job is not in-process"
+    proc.send_signal(signal.SIGTERM)
+    rc, _, stderr, _ = _end(proc, time.monotonic())
+    assert rc == 130, stderr[-3000:]
+    assert "interrupted" in _one_line(stderr)
+    assert_nothing_stray(out)
+    summary = job(embed, ["--input", str(photos), "--output", str(out), "--incremental"])
+    assert summary["images_seen"] == job_options.IN_PROCESS_MAX_PHOTOS and summary["runner"].endswith("in_memory)")
+    assert_nothing_stray(out)
 
 
 def test_a_local_run_stopped_says_one_line(direct, tmp_path):
