@@ -92,6 +92,7 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
     started = time.perf_counter()
     spec = shards.spec_of(c.shards)
     files = shards.files(c.shards)
+    faces = persons.row_count(files)  # every shard's footer, read once
     state = persons.read_state(c.output)
     if state and state.get("spec_id") != spec.spec_id:
         raise UserError(f"{c.output} holds persons of spec {state.get('spec_id')}, the shards are {spec.spec_id}")
@@ -100,7 +101,7 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
         log.info("no earlier clustering in %s: clustering everything", c.output)
     skip = frozenset(r["face_id"] for r in previous) if c.incremental else frozenset()
     ann_dir = c.ann
-    if ann_dir is None and c.index is None and persons.row_count(files) >= persons.IVF_MIN_FACES:
+    if ann_dir is None and c.index is None and faces >= persons.IVF_MIN_FACES:
         ann_dir = persons.collection_index(c.shards, files, spec)
         if ann_dir:
             print(f"graph from the collection's embedded index {ann_dir} (--ann; an exact graph of this many faces "
@@ -108,12 +109,12 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
         else:
             log.warning("%d faces and no embedded index of exactly them: the exact graph grows with the square of "
                         "the faces; `facebeam index --shards %s --store local:DIR` and --ann DIR builds it from the "
-                        "index", persons.row_count(files), c.shards)
+                        "index", faces, c.shards)
     conn = None
     if c.index:
         conn = c.es.connection()
         persons.check_index(conn, c.index, spec)
-    to_graph = persons.row_count(files) - len(skip)
+    to_graph = faces - len(skip)
     opts = pipeline_options(c.beam_args, graph_faces=to_graph)
     p = create_pipeline(opts, pipeline)
     graph_dir = persons.graph_folder(c.output)
