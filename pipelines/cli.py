@@ -89,10 +89,9 @@ def main(argv=None) -> int:
 
 def entry() -> None:
     """The `facebeam` console script and `python -m facebeam.pipelines.cli`."""
-    code = main()
     from facebeam.pipelines import jobs
 
-    jobs.exit_process(code)
+    jobs.exit_process(jobs.until_reader_leaves(main))
 
 
 if __name__ == "__main__":

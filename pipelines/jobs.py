@@ -115,7 +115,42 @@ def entry(main_fn) -> None:
     """`python -m facebeam.pipelines.<command>`: the same as `facebeam <command>`."""
     setup_logging(any(a in VERBOSE_FLAGS for a in sys.argv[1:]))
     interrupt_on_sigterm()
-    exit_process(main_fn())
+    exit_process(until_reader_leaves(main_fn))
+
+
+#: The status a shell gives a process whose reader left (128 + SIGPIPE), as `git log | head` ends.
+READER_GONE = 141
+
+
+def until_reader_leaves(main_fn) -> int:
+    """`main_fn()`, or READER_GONE, quietly, when stdout's reader has closed its end (`facebeam ... | head -1`).
+
+    Python ignores SIGPIPE (its sockets rely on that), so a print into a closed pipe raises BrokenPipeError. Only
+    that one ends quietly; a broken pipe anywhere else (a socket) is a fault and keeps its traceback.
+    """
+    try:
+        return main_fn()
+    except BrokenPipeError:
+        if not _reader_gone(sys.stdout):
+            raise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):  # the exit's flushes go nowhere, not into a second error
+            if _reader_gone(stream):
+                os.dup2(devnull, stream.fileno())
+        return READER_GONE
+
+
+def _reader_gone(stream) -> bool:
+    """Whether `stream` is a pipe whose read end is closed (poll says POLLERR on its write end)."""
+    import select
+
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def interrupt_on_sigterm() -> None:

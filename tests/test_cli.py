@@ -421,6 +421,34 @@ def test_services_say_their_state(tmp_path):
     assert r.returncode == 1 and r.stdout.splitlines()[-1] == "redis status: not ok (exit 1)"
 
 
+@pytest.mark.parametrize("words", [("--help",), ("es", "status", "--home", "{tmp}"),
+                                   ("-m", "facebeam.pipelines.local.elasticsearch", "status", "--home", "{tmp}")])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(words, tmp_path):
+    """`facebeam ... | head -1`: the reader has closed the pipe before the command prints. The command ends as
+    `git log | head` does (141, nothing on stderr), through the console script and a module's own entry."""
+    read, write = os.pipe()
+    os.close(read)
+    words = [w.replace("{tmp}", str(tmp_path / "es")) for w in words]
+    argv = [sys.executable, *words] if words[0] == "-m" else [sys.executable, "-m", "facebeam.pipelines.cli", *words]
+    try:
+        r = subprocess.run(argv, stdout=write, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
+    finally:
+        os.close(write)
+    assert r.returncode == 141 and r.stderr == "", (words, r.returncode, r.stderr)
+
+
+@pytest.mark.unit
+def test_a_broken_pipe_that_is_not_the_reader_leaving_keeps_its_traceback(capsys):
+    from facebeam.pipelines import jobs
+
+    def socket_fault():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(BrokenPipeError):  # stdout (pytest's capture) is open: a socket's fault, not a reader's
+        jobs.until_reader_leaves(socket_fault)
+    assert jobs.until_reader_leaves(lambda: 0) == 0
+
+
 def test_make_demo_fits_one_screen(tmp_path):
     """`make demo`, in full: a line per step, the search table, no log noise, under 40 lines."""
     r = subprocess.run(["make", "demo", f"OUT={tmp_path}/out"], cwd=ROOT, capture_output=True, text=True,
