@@ -12,7 +12,7 @@ import dataclasses
 import os
 import re
 
-from facebeam.transforms import es_conn, es_index, faces
+from facebeam.transforms import es_conn, es_index, faces, sources
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.es_load import LoadConfig
 from facebeam.transforms.es_sink import BulkConfig
@@ -263,6 +263,10 @@ def parse(p: argparse.ArgumentParser, argv, beam: bool = True) -> tuple[Args, tu
 
     A flag neither argparse nor (with `beam`) Beam knows is a UserError with the closest valid flags.
     """
+    for a in argv:  # a path in another encoding: Beam's coders, Parquet and JSON refuse it halfway through a job
+        if not sources.utf8_name(a):
+            raise UserError(f"argument '{sources.shown(a)}' is not UTF-8, which no store can hold: rename that file "
+                            "or folder (e.g. `convmv -f latin1 -t utf8 -r --notest PATH`)")
     valid = flags_of(p) + (beam_flags(())[1] if beam else [])
     # Flag names first, so a misspelt flag is named even when argparse would stop at a missing required one.
     words = [a.split("=", 1)[0] for a in argv if a.startswith("--") and a != "--"]

@@ -213,3 +213,34 @@ def test_follow_symlinks_reads_links_out_of_the_input(inputs_job):
     assert {"passwd", "outside.jpg"} <= followed
     glob_kept = {os.path.basename(p) for p, _ in sources.expand(os.path.join(d, "*"), skipped=lambda p, why: None)}
     assert "outside.jpg" not in glob_kept and "face.jpg" in glob_kept
+
+
+def test_a_name_in_another_encoding_is_counted_and_never_crashes_the_job(tmp_path, caplog):
+    """A Latin-1 name (an old camera, a zip, a Samba share) reaches Python with surrogate escapes, which Beam's
+    coders, Parquet and JSON refuse: in a folder or a list file it is skipped and counted; named as an argument
+    it is one line before any work."""
+    import shutil
+
+    from facebeam.transforms.shards import read_json
+
+    d = tmp_path / "in"
+    d.mkdir()
+    latin1 = os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(FACE, d / latin1)
+    shutil.copy(FACE, d / "ok.jpg")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(os.fsencode(str(d / latin1)) + b"\n" + os.fsencode(str(d / "ok.jpg")) + b"\n")
+    for i, source in enumerate((str(d), str(d / "*.jpg"), str(listing))):
+        out = tmp_path / f"out{i}"
+        assert embed.main(["--input", source, "--output", str(out)]) == 0, source
+        s = read_json(str(out / "summary.json"))
+        assert s["images_embedded"] == 1 and s["files_skipped"] == {"name_not_utf8": 1}, (source, s)
+        assert s["files_seen"] == 2 == s["images_seen"] + sum(s["files_skipped"].values())
+        assert [os.path.basename(r["image_path"]) for r in read_rows(str(out / "embeddings"))] == ["ok.jpg"]
+    for words in (["--input", str(d / latin1), "--output", str(tmp_path / "o")],
+                  ["--input", str(d), "--output", str(tmp_path / os.fsdecode(b"o\xe9"))]):
+        caplog.clear()
+        assert embed.main(words) == 2
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "\\xe9" in errors[0] and "' is not UTF-8" in errors[0], errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "list.txt", "out0", "out1", "out2"]

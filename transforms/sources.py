@@ -48,6 +48,7 @@ LIST_EXTENSIONS = (".txt", ".lst", ".list")
 SKIPPED = "files_skipped."  # Beam counters files_skipped.<why>: files listed but not read
 SKIPPED_NOT_IMAGE = SKIPPED + "not_image"  # folder-walk files with a non-image extension
 SKIPPED_SYMLINK = SKIPPED + "symlink_outside"  # symlinks whose target leaves the input root
+SKIPPED_NAME = SKIPPED + "name_not_utf8"  # names in another encoding (Latin-1 from an old camera, a zip, a share)
 # Folders a walk does not enter besides dot-names: NAS thumbnail caches, recycle bins and snapshots.
 SYSTEM_FOLDERS = ("@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN", "System Volume Information")
 WILDCARDS = "*?["  # what Beam's match reads as a pattern (it has no quoting)
@@ -118,6 +119,21 @@ def _match_named(path: str, walk: bool = False) -> list:
     return [m for m in found if canonical(m.path) == canonical(path)]
 
 
+def utf8_name(path: str) -> bool:
+    """Whether a path is text the stores can hold. A name in another encoding reaches Python with surrogate
+    escapes (os.fsdecode), which Beam's coders, Parquet and JSON all refuse."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(path: str) -> str:
+    """A path as a line can say it: bytes that are not UTF-8 as \\xNN."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def canonical(path: str) -> str:
     """A local path made absolute and normalised; a URI as it is."""
     return path if "://" in path else os.path.abspath(path)
@@ -154,7 +170,8 @@ def walk_root(pattern: str) -> str:
 
 def _list_lines(path: str):
     with FileSystems.open(path) as f:
-        for line in f.read().decode("utf-8-sig").splitlines():  # -sig: an editor's byte-order mark is not a path
+        # -sig: an editor's byte-order mark is not a path; a line in another encoding is a name expand skips
+        for line in f.read().decode("utf-8-sig", "surrogateescape").splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 yield line
@@ -180,20 +197,23 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
     """Yield (canonical path, size_in_bytes or None) for one user input; `since` keeps files modified at or after it.
 
     A folder walk or glob passes each file it does not read (see the module docstring) to
-    `skipped(path, why)`, why = "not_image", "hidden" or "symlink_outside". Inputs that name nothing were
-    refused in the launcher (`check_inputs`); here they yield nothing.
+    `skipped(path, why)`, why = "not_image", "hidden" or "symlink_outside"; any input passes a file whose name
+    is not UTF-8 there as "name_not_utf8". Inputs that name nothing were refused in the launcher
+    (`check_inputs`); here they yield nothing.
     """
     def fresh(m):
         return since is None or m.last_updated_in_seconds >= since
 
     if is_list(pattern):
         for line in _list_lines(pattern.lstrip("@")):
-            if since is None:
-                yield canonical(line), None
+            found = None if since is None else _match_named(line)
+            if since is not None and not (found and found[0].last_updated_in_seconds >= since):
                 continue
-            found = _match_named(line)
-            if found and found[0].last_updated_in_seconds >= since:
-                yield canonical(line), found[0].size_in_bytes
+            if not utf8_name(line):
+                if skipped is not None:
+                    skipped(canonical(line), "name_not_utf8")
+                continue
+            yield canonical(line), found[0].size_in_bytes if found else None
         return
     walk = _is_dir(pattern)
     named = not walk and _is_file(pattern)  # a file named as it is, even with a [ in its name
@@ -216,6 +236,8 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
             why = "symlink_outside"
         elif walk:
             why = walk_skips(m.path, top)
+        if why is None and not utf8_name(m.path):
+            why = "name_not_utf8"
         if why is None:
             found.append(m)
             continue
@@ -234,7 +256,9 @@ class ExpandInputs(beam.DoFn):
     SHOWN = 5  # skipped paths logged per input
     WHY = {"not_image": "whose extension is not an image's",
            "hidden": "under hidden or system names (.name, @eaDir, #recycle)",
-           "symlink_outside": "that are symlinks out of the input (--follow-symlinks reads them)"}
+           "symlink_outside": "that are symlinks out of the input (--follow-symlinks reads them)",
+           "name_not_utf8": "whose names are not UTF-8, which no store can hold (rename them, e.g. "
+                            "`convmv -f latin1 -t utf8 -r --notest DIR`)"}
 
     def __init__(self, since: float = None, follow_symlinks: bool = False):
         self._since, self._follow = since, follow_symlinks
@@ -251,7 +275,7 @@ class ExpandInputs(beam.DoFn):
         yield from expand(pattern, self._since, skip, self._follow)
         for why, paths in skipped.items():
             log.warning("input %r: skipped %d file(s) %s, e.g. %s",
-                        pattern, len(paths), self.WHY[why], ", ".join(paths[: self.SHOWN]))
+                        shown(pattern), len(paths), self.WHY[why], ", ".join(shown(p) for p in paths[: self.SHOWN]))
 
 
 def input_counts(counters: dict, images_seen: int) -> dict:
@@ -305,9 +329,12 @@ def check_inputs(patterns) -> None:
     """Fail before launching a job when an input names nothing (a typo should not run for an hour).
 
     A folder must hold at least one file a walk reads (an image extension or none); a glob must
-    match something; a list file must exist and name at least one path.
+    match something; a list file must exist and name at least one path; each must be UTF-8 text.
     """
     for p in patterns:
+        if not utf8_name(p):
+            raise InputError(f"input '{shown(p)}' is not UTF-8, which no store can hold: rename it (e.g. `convmv -f "
+                             "latin1 -t utf8 -r --notest PATH`)")
         if is_list(p):
             path = p.lstrip("@")
             if not FileSystems.exists(path):
