@@ -130,12 +130,14 @@ def test_workers_do_not_print_the_apitools_warning(tree_embed):
 
 
 def test_a_bad_label_source_is_one_line_before_the_output_is_made(tmp_path, caplog):
-    """A misspelt mode, a CSV that is not there, or one without path/label columns: a user error (exit 2, one
-    line) before the output folder is made, not a traceback after it."""
+    """A misspelt mode, a CSV that is not there, one in Excel's code page, or one without path/label columns: a
+    user error (exit 2, one line) before the output folder is made, not a traceback after it."""
     from facebeam.pipelines import embed, run
 
     (tmp_path / "names.csv").write_text("name,who\na.jpg,x\n")
+    (tmp_path / "excel.csv").write_bytes("path,label\na.jpg,José\n".encode("cp1252"))  # Excel's plain "CSV"
     for module, spec, says in ((embed, "parent", "--label-from wants parent-dir or csv:FILE, got 'parent'"),
+                               (embed, f"csv:{tmp_path / 'excel.csv'}", "excel.csv line 2 is not UTF-8 (byte 0xE9)"),
                                (run, f"csv:{tmp_path / 'none.csv'}", "CSV file not found"),
                                (embed, f"csv:{tmp_path / 'names.csv'}", "need a header with 'path' (or 'file') and "
                                                                         "'label' columns")):
@@ -145,3 +147,11 @@ def test_a_bad_label_source_is_one_line_before_the_output_is_made(tmp_path, capl
         errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert len(errors) == 1 and says in errors[0] and "\n" not in errors[0], errors
         assert not out.exists()
+
+
+@pytest.mark.unit
+def test_a_csv_as_spreadsheets_write_it_reads_with_its_names(tmp_path):
+    (tmp_path / "bom.csv").write_bytes("\ufeffPath , Label\r\na.jpg,José\r\n\"b, c.jpg\",\"Ann\nMarie\"\r\n".encode())
+    names, rows = labels.csv_dicts(str(tmp_path / "bom.csv"))
+    assert names == ["path", "label"]
+    assert rows == [{"path": "a.jpg", "label": "José"}, {"path": "b, c.jpg", "label": "Ann\nMarie"}]

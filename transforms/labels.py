@@ -12,6 +12,7 @@ With `--label-from parent-dir`, a photo's label is the folder it sits in, below 
 input root: roots/alice/1.jpg -> 'alice'; a photo directly in an input root gets none.
 """
 import csv
+import io
 import os
 import posixpath
 
@@ -68,10 +69,17 @@ def csv_dicts(path: str) -> tuple:
     of the first name (utf-8-sig), and names are lower case without surrounding spaces ("Path", " Label ")."""
     if not os.path.isfile(path):
         raise UserError(f"CSV file not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        reader.fieldnames = [(n or "").strip().lower() for n in reader.fieldnames or ()]
-        return reader.fieldnames, list(reader)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:  # Excel's plain "CSV" is the Windows code page, not UTF-8
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"{path} line {line} is not UTF-8 (byte 0x{data[e.start]:02X}): save it as UTF-8 "
+                        "(Excel: 'CSV UTF-8'; or `iconv -f cp1252 -t utf-8`)") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader.fieldnames = [(n or "").strip().lower() for n in reader.fieldnames or ()]
+    return reader.fieldnames, list(reader)
 
 
 class CsvLabeler:
