@@ -59,7 +59,7 @@ def build_parser():
     p = options.parser("facebeam forget", __doc__)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--image", help="a photo's path as it was embedded (or an existing file)")
-    what.add_argument("--sha256", help="an image's content hash")
+    what.add_argument("--sha256", type=options.sha256_hex, help="an image's content hash (64 hex digits)")
     what.add_argument("--label", help="every face with this identity label")
     what.add_argument("--person", metavar="NAME", help="every photo of the person of this name (or person id), "
                                                        "as the stores' persons' names say (`persons ... --shards`)")

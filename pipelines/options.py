@@ -102,6 +102,13 @@ def index_name(text: str) -> str:
     return text
 
 
+def sha256_hex(text: str) -> str:
+    """An argparse type: an image's content hash as the shards hold it (64 hex digits, lower case)."""
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text.strip()):
+        raise argparse.ArgumentTypeError(f"want 64 hex digits (an image_sha256 of the shards), got {text!r}")
+    return text.strip().lower()
+
+
 def output_file(text: str) -> str:
     """An argparse type: a file a command writes (a report, a contact sheet). A local folder at that path, or a
     file where a folder above it should be, is refused here, not as a traceback after the work is done."""

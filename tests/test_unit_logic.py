@@ -715,3 +715,13 @@ def test_overlapping_private_umasks_in_two_threads_leave_the_users_umask(monkeyp
         assert privacy.current_umask() == 0o022
     finally:
         os.umask(before)
+
+
+def test_an_image_hash_flag_takes_64_hex_digits_in_either_case():
+    import argparse
+
+    digest = hashlib.sha256(b"x").hexdigest()
+    assert options.sha256_hex(digest.upper()) == digest == options.sha256_hex(f" {digest} ")
+    for typo in ("xyz", digest[:-1], digest + "0", digest[:-1] + "g"):
+        with pytest.raises(argparse.ArgumentTypeError, match="want 64 hex digits"):
+            options.sha256_hex(typo)
