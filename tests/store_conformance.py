@@ -82,6 +82,23 @@ class AbstractStoreTests:
         face_id, _, _ = store.closest(probe["embedding"], label)
         assert face_id in mine
 
+    @pytest.mark.parametrize("field", [f for f in knn.FILTER_FIELDS if f not in ("label", "person")])
+    def test_every_filter_field_keeps_only_its_faces_on_every_store_that_ranks(self, store, collection, field):
+        """`--filter FIELD=VALUE` means one thing on every store: its values as strings, from the command line."""
+        if not store.capabilities.search:
+            pytest.skip("the store does not rank the whole collection (its capabilities say so)")
+        _, rows = collection
+        many = max(by_image(rows).values(), key=len)  # a photo with more than one face: face_index 1 exists
+        value = str(many[-1][field])
+        want = {r["face_id"] for r in rows if str(r[field]) == value}
+        searcher = store.searcher()
+        try:
+            hits = searcher.search([rows[0]], knn.SearchSpec(k=len(rows), num_candidates=len(rows),
+                                                             filters=((field, value),)))[0]
+        finally:
+            searcher.close()
+        assert {h["face_id"] for h in hits} == want and len(hits) == len(want), (field, value)
+
     def test_a_store_loaded_after_calibrate_and_naming_takes_the_collections_metadata(self, store, collection,
                                                                                       tmp_path):
         """After every load (registry.carry_metadata): the calibration and persons' names kept with the shards

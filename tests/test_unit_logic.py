@@ -725,3 +725,12 @@ def test_an_image_hash_flag_takes_64_hex_digits_in_either_case():
     for typo in ("xyz", digest[:-1], digest + "0", digest[:-1] + "g"):
         with pytest.raises(argparse.ArgumentTypeError, match="want 64 hex digits"):
             options.sha256_hex(typo)
+
+
+def test_a_filter_on_a_field_no_store_keeps_alike_is_refused_before_any_work():
+    from facebeam.transforms import knn
+
+    assert knn.parse_filters(["label=a=b", "face_index=1"]) == (("label", "a=b"), ("face_index", "1"))
+    for typo in ("lable=alice", "box_x=10", "embedding=1"):
+        with pytest.raises(ValueError, match=f"cannot filter on '{typo.split('=')[0]}': the fields are label"):
+            knn.parse_filters([typo])

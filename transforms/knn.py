@@ -41,12 +41,20 @@ def default_candidates(k: int) -> int:
     return max(200, 20 * k)
 
 
+# The fields every searching store filters on alike (Elasticsearch keeps the box as box.x, so no box field):
+# a field outside them would filter nothing on one store and everything on another.
+FILTER_FIELDS = ("label", "image_path", "image_sha256", "face_id", "face_index", "person")
+
+
 def parse_filters(items) -> tuple:
     out = []
     for item in items or ():
         field, sep, value = item.partition("=")
         if not sep or not field:
             raise ValueError(f"--filter wants FIELD=VALUE, got {item!r}")
+        if field not in FILTER_FIELDS:
+            raise ValueError(f"--filter cannot filter on {field!r}: the fields are {', '.join(FILTER_FIELDS)} "
+                             "(and --path-prefix P)")
         out.append((field, value))
     return tuple(out)
 
