@@ -9,6 +9,7 @@ with the same carried threshold (see `facebeam calibrate`).
 """
 import dataclasses
 import logging
+import os
 import sys
 import time
 
@@ -122,6 +123,9 @@ def run(config: SearchConfig, pipeline=None) -> dict:
         for path in paths:
             started = time.perf_counter()
             try:
+                if os.path.isdir(path):
+                    raise ValueError("a folder, not a photo (`facebeam query --probes FOLDER` searches every photo "
+                                     "in one)")
                 probes, rows = searcher(path)
             except (OSError, ValueError, images.ImageError) as e:
                 print(f"\n{path}: cannot search: {e}")

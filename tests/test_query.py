@@ -195,6 +195,11 @@ def test_search_prints_a_table(labeled_index, capsys):
     assert out.count("answered in") == 2 and "rank" in out and "img1.jpg" in out
     first_table = out.split("img1.jpg:")[1].split("answered in")[1]
     assert "yes" in first_table.split("\n")[3]  # the first hit is the photo itself: same person
+    # A folder among the photos is one failed line that points at `query`; the photos after it are answered.
+    code = search.main([SAMPLE, os.path.join(SAMPLE, "img2.jpg"), "--index", ALIAS, "--es-conn", CONN])
+    out = capsys.readouterr().out
+    assert code == 1 and out.count("answered in") == 1
+    assert f"{SAMPLE}: cannot search: a folder, not a photo (`facebeam query --probes FOLDER`" in out
 
 
 def test_report_renders_every_image_in_chromium(both_modes, labeled_index, tmp_path):
