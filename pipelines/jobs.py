@@ -17,6 +17,7 @@ traceback text. `run` finds facebeam `UserError`s in it (e.g. `EsDownDeadline`, 
 `ShardError`) by their qualified class name and raises them again, so they are one line, exit 2.
 """
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -328,6 +329,8 @@ def lock_output(folder: str):
         log.warning("no lock on %s (not a local folder): runs into it must not overlap", folder)
         yield
         return
+    if not folder.strip():
+        raise UserError("no output folder given (the output path is empty)")
     blocker = next((p for p in _ancestors(folder) if os.path.lexists(p) and not os.path.isdir(p)), None)
     if blocker is not None:
         raise UserError(f"output folder {folder!r} cannot be made: {blocker} is a file, not a folder; "
@@ -341,8 +344,14 @@ def lock_output(folder: str):
 
     with privacy.private_umask():  # what the job writes is 0600 in 0700 folders (transforms/privacy.py)
         lock = filelock.FileLock(path, blocking=False, preserve_lock_file=True, on_acquired=write_holder)
+        made = not os.path.isdir(folder)
         try:
             os.makedirs(folder, exist_ok=True)
+        except OSError as e:  # a full or read-only disk as such; a path that cannot be made was not "deleted"
+            fault = shards.output_fault(folder, e) if e.errno != errno.ENOENT else None
+            raise fault or UserError(f"output folder {folder!r} cannot be made: {e.strerror or e}; choose another "
+                                     "--output") from None
+        try:
             lock.acquire()
         except filelock.Timeout:
             try:
@@ -354,18 +363,26 @@ def lock_output(folder: str):
         except OSError as e:  # a read-only, unwritable or full output
             raise (shards.output_fault(folder, e) or e) from None
         try:
-            shards.check_room(folder)
-            yield
-        except (KeyboardInterrupt, WorkerLost):  # nothing of a stopped run is left to count
-            shards.discard_partial(folder, started)
-            raise
-        except Exception as e:
-            # A full disk, a read-only or vanished folder: one line, and nothing of the run left behind.
-            fault = e if isinstance(e, shards.OutputFault) else shards.output_fault(folder, e)
-            if fault is None:
+            try:
+                shards.check_room(folder)
+                yield
+            except (KeyboardInterrupt, WorkerLost):  # nothing of a stopped run is left to count
+                shards.discard_partial(folder, started)
                 raise
-            shards.discard_partial(folder, started)
-            raise fault from None
+            except Exception as e:
+                # A full disk, a read-only or vanished folder: one line, and nothing of the run left behind.
+                fault = e if isinstance(e, shards.OutputFault) else shards.output_fault(folder, e)
+                if fault is None:
+                    raise
+                shards.discard_partial(folder, started)
+                raise fault from None
+        except BaseException:
+            if made:  # a job refused or stopped: the folder it made goes too, when nothing else is in it
+                with contextlib.suppress(OSError):
+                    lock.release()
+                    os.remove(path)
+                    os.rmdir(folder)
+            raise
         finally:
             with contextlib.suppress(OSError):  # the folder may have been deleted mid-run
                 os.truncate(path, 0)

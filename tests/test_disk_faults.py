@@ -145,3 +145,32 @@ def test_an_output_deleted_mid_run_is_one_line_and_commits_nothing(tmp_path, pho
     assert "deleted or moved while the job ran" in errors[0] and str(out) in errors[0]
     assert shards.committed_runs(str(out)) == []
     assert_nothing_left(out)
+
+
+def test_an_output_that_cannot_be_made_is_one_line_and_a_refused_job_leaves_no_folder(tmp_path, photos, caplog):
+    from facebeam.pipelines import cluster, index
+
+    for words, says in ((["--output", ""], "no output folder given"),
+                        (["--output", "/proc/facebeam-test/out"], "'/proc/facebeam-test/out' cannot be made: No such "
+                                                                 "file or directory"),
+                        (["--output", str(tmp_path / "out"), "--detector", "nope"], "unknown detector 'nope': choose "
+                                                                                    "dlib, mmod, dlib_mmod")):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert embed.main(["--input", str(photos), *words]) == 2
+        errors = error_lines(caplog)
+        assert len(errors) == 1 and says in errors[0], errors
+    # Refused once its folder was made (no shards to cluster): no folder is left behind where there was none.
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert cluster.main(["--shards", str(tmp_path / "nothing"), "--output", str(tmp_path / "persons")]) == 2
+    errors = error_lines(caplog)
+    assert len(errors) == 1 and "no Parquet shards" in errors[0], errors
+    assert not (tmp_path / "persons").exists() and not (tmp_path / "out").exists()
+    # An embedded index whose folder cannot be made is one line too.
+    assert embed.main(["--input", str(photos), "--output", str(tmp_path / "shards")]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert index.main(["--shards", str(tmp_path / "shards"), "--store", "local:/proc/facebeam-test/ann"]) == 2
+    errors = error_lines(caplog)
+    assert errors == ["folder /proc/facebeam-test/ann cannot be made: No such file or directory"], errors

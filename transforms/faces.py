@@ -29,7 +29,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from facebeam.transforms import metrics
 from facebeam.transforms.images import DecodedImage
-from facebeam.transforms.spec import EmbeddingSpec, SpecError
+from facebeam.transforms.spec import CHIP_DETECTORS, EmbeddingSpec, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +284,11 @@ class FaceModel:
 
             from facebeam.transforms import weights
 
+            known = modeling.AVAILABLE_MODELS["face_detector"]
+            if self.spec.detector not in known:  # deepface's own error is a traceback from deep inside it
+                others = ", ".join(sorted(set(known) - set(CHIP_DETECTORS)))
+                raise SpecError(f"unknown detector {self.spec.detector!r}: choose {', '.join(CHIP_DETECTORS)} "
+                                f"(dlib's, the default path) or one of deepface's: {others}")
             with weights.offline():
                 pair = (modeling.get_model_class(task="face_detector", model_name=self.spec.detector)(),
                         modeling.get_model_class(task="facial_recognition", model_name=self.spec.model)())

@@ -32,8 +32,11 @@ def held(folder: str, name: str, timeout: float = 60.0, busy: str | None = None,
     path = os.path.join(folder, name)
     lock = filelock.FileLock(path, timeout=timeout, blocking=timeout > 0, poll_interval=poll_interval,
                              preserve_lock_file=True)
-    os.makedirs(folder, exist_ok=True)  # the caller's folder, as the caller would make it (a server's home stays
-    try:                                # readable by the server's user): only the lock file is private
+    try:  # the caller's folder, as the caller would make it (a server's home stays readable by the server's user)
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise error(f"folder {folder} cannot be made: {e.strerror or e}") from None
+    try:  # only the lock file is private
         with privacy.private_umask():
             lock.acquire()
     except filelock.Timeout:
