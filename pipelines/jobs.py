@@ -9,8 +9,9 @@ folder must not overlap.
 
 Output faults: before the job the output must have room (`shards.check_room`); a full disk, a
 read-only or unwritable folder, or a folder deleted mid-run (its lock file is gone when the run
-would commit) ends the job with one line (`shards.OutputFault`, exit 2) after `shards.discard_partial`
-removed what the run wrote; the lock is released either way.
+would commit) ends the job with one line (`shards.OutputFault`, exit 2). Whatever stops a job,
+`shards.discard_partial` removes what the run wrote, a folder the job made goes again when only
+empty folders are left in it, and the lock is released.
 
 Worker errors: Beam re-raises an exception from a worker as a RuntimeError holding the worker's
 traceback text. `run` finds facebeam `UserError`s in it (e.g. `EsDownDeadline`, `EsAuthError`,
@@ -205,6 +206,8 @@ def exit_process(code) -> None:
         os._exit(code)
 
 
+# What Beam appends to the message of an error a DoFn raised (in-process, the exception keeps its class).
+_STEP_NOTE = re.compile(r"(?: \[while running '[^']*'\])+$")
 # By hand: the Fn API hands a worker's failure back as text (InstructionResponse.error is a string, on
 # every runner), so there is no exception object to unpickle; the qualified class name is the contract.
 _WORKER_ERROR = re.compile(r"^(facebeam\.transforms\.[\w.]+)\.(\w+): (.+?)(?: \[while running '.*'\])?$", re.M)
@@ -244,8 +247,15 @@ def worker_lost(exc: BaseException, kind: str):
 
 def worker_user_error(exc: BaseException):
     """The facebeam `UserError` a worker raised, rebuilt from Beam's wrapped exception; None if there is none."""
-    if isinstance(exc, UserError):
-        return exc
+    if isinstance(exc, UserError):  # in-process, Beam raised it again with its step appended to the message
+        text = str(exc)
+        clean = _STEP_NOTE.sub("", text)
+        if clean == text:
+            return exc
+        try:
+            return type(exc)(clean)
+        except TypeError:
+            return UserError(clean)
     for module, name, message in _WORKER_ERROR.findall(str(exc)):
         try:
             cls = getattr(importlib.import_module(module), name)
@@ -366,22 +376,25 @@ def lock_output(folder: str):
             try:
                 shards.check_room(folder)
                 yield
-            except (KeyboardInterrupt, WorkerLost):  # nothing of a stopped run is left to count
+            except BaseException as e:
+                # Whatever stopped the job (an interrupt, a dead worker, a user error a worker raised, a full disk,
+                # a bug), nothing it half-wrote stays: Beam's temp folders, uncommitted partitions.
                 shards.discard_partial(folder, started)
-                raise
-            except Exception as e:
-                # A full disk, a read-only or vanished folder: one line, and nothing of the run left behind.
-                fault = e if isinstance(e, shards.OutputFault) else shards.output_fault(folder, e)
-                if fault is None:
+                if isinstance(e, (KeyboardInterrupt, WorkerLost)) or not isinstance(e, Exception):
                     raise
-                shards.discard_partial(folder, started)
+                # A full disk, a read-only or vanished folder: one line.
+                fault = e if isinstance(e, shards.OutputFault) else shards.output_fault(folder, e)
+                if fault is None or fault is e:
+                    raise
                 raise fault from None
         except BaseException:
-            if made:  # a job refused or stopped: the folder it made goes too, when nothing else is in it
+            if made:  # a job refused or stopped: the folder it made goes too, when nothing but empty folders is in it
                 with contextlib.suppress(OSError):
                     lock.release()
                     os.remove(path)
-                    os.rmdir(folder)
+                for inner, _, _ in sorted(os.walk(folder), reverse=True):  # deepest first
+                    with contextlib.suppress(OSError):
+                        os.rmdir(inner)
             raise
         finally:
             with contextlib.suppress(OSError):  # the folder may have been deleted mid-run

@@ -202,6 +202,33 @@ def test_search_prints_a_table(labeled_index, capsys):
     assert f"{SAMPLE}: cannot search: a folder, not a photo (`facebeam query --probes FOLDER`" in out
 
 
+def test_more_candidates_than_elasticsearch_takes_is_one_line_and_leaves_the_last_answer(labeled_index, tmp_path,
+                                                                                         caplog):
+    """Elasticsearch answers num_candidates > 10,000 with a 400: the query job (its searcher on a worker, here
+    in-process) and `search` say so in one line, with no step of Beam's in it, and the query's folder keeps its
+    last answer (the failed run's temp folders go; a folder the run made goes)."""
+    import logging
+
+    probe = os.path.join(SAMPLE, "img1.jpg")
+    out = tmp_path / "answer"
+    assert query.main(["--probes", probe, "--index", ALIAS, "--output", str(out), "--es-conn", CONN]) == 0
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    for words in (["--num-candidates", "20000", "--output", str(out)], ["--k", "10001", "--output", str(tmp_path / "new")]):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert query.main(["--probes", probe, "--index", ALIAS, "--es-conn", CONN, *words]) == 2
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and r.name.startswith("facebeam")]
+        assert len(errors) == 1 and errors[0].startswith("Elasticsearch takes at most 10,000 candidates per kNN")
+        assert "while running" not in errors[0], errors
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert not (tmp_path / "new").exists()
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert search.main([probe, "--index", ALIAS, "--es-conn", CONN, "--k", "10001"]) == 2
+    assert [r.getMessage()[:40] for r in caplog.records if r.levelname == "ERROR" and r.name.startswith("facebeam")] == [
+        "Elasticsearch takes at most 10,000 candi"]
+
+
 def test_report_renders_every_image_in_chromium(both_modes, labeled_index, tmp_path):
     work, _, _ = labeled_index
     page = work / "report.html"

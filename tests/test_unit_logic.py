@@ -734,3 +734,10 @@ def test_a_filter_on_a_field_no_store_keeps_alike_is_refused_before_any_work():
     for typo in ("lable=alice", "box_x=10", "embedding=1"):
         with pytest.raises(ValueError, match=f"cannot filter on '{typo.split('=')[0]}': the fields are label"):
             knn.parse_filters([typo])
+
+
+def test_the_default_candidates_stay_within_what_elasticsearch_takes_unless_k_is_more():
+    from facebeam.transforms import knn
+
+    assert [knn.default_candidates(k) for k in (1, 5, 10, 20, 499, 500, 600, 10_000, 12_000)] == [
+        200, 200, 200, 400, 9_980, 10_000, 10_000, 10_000, 12_000]

@@ -34,11 +34,15 @@ class SearchSpec:
             raise ValueError("need k >= 1 and num_candidates >= k")
 
 
+#: Elasticsearch refuses a kNN with more candidates (and so a k above it) with a 400.
+ES_MAX_CANDIDATES = 10_000
+
+
 def default_candidates(k: int) -> int:
     """num_candidates when none is given: recall@10 reached 0.95 at 200 candidates on 1M vectors (issue 24's
     `bench query`: one merged hnsw shard, or the default two int8_hnsw shards re-ranked on the floats; 100 gave
-    0.88-0.92), at 1-2 ms more per query than 100 on 100k."""
-    return max(200, 20 * k)
+    0.88-0.92), at 1-2 ms more per query than 100 on 100k. Never above what Elasticsearch takes, unless k is."""
+    return max(k, min(max(200, 20 * k), ES_MAX_CANDIDATES))
 
 
 # The fields every searching store filters on alike (Elasticsearch keeps the box as box.x, so no box field):

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 class ShardError(UserError):
     """A shard file that cannot be read; the message names the file and what is wrong."""
 
-PARTITIONED = ("embeddings", "errors", "manifest", "index-errors")
+# The folders a job writes with Beam's sinks: a collection's, and a query's results.
+PARTITIONED = ("embeddings", "errors", "manifest", "index-errors", "results")
 
 
 def new_run_id() -> str:

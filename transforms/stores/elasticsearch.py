@@ -533,6 +533,10 @@ class _EsSearcher(Searcher):
 
         from facebeam.transforms import knn
 
+        if search.num_candidates > knn.ES_MAX_CANDIDATES:  # Elasticsearch's own answer is a 400 per request
+            raise StoreError(f"Elasticsearch takes at most {knn.ES_MAX_CANDIDATES:,} candidates per kNN search, so k "
+                             f"{search.k:,} and --num-candidates {search.num_candidates:,} are too many for it; ask "
+                             f"for fewer, or search the embedded index (--store local), which has no such limit")
         rest, person = split_filters(search.filters)
         if person is not None and person not in self._person_filters:
             self._person_filters[person] = person_filter(self._client, self._alias, person)
