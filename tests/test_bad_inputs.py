@@ -244,3 +244,26 @@ def test_a_name_in_another_encoding_is_counted_and_never_crashes_the_job(tmp_pat
         errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert len(errors) == 1 and "\\xe9" in errors[0] and "' is not UTF-8" in errors[0], errors
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "list.txt", "out0", "out1", "out2"]
+
+
+def test_a_named_pipe_among_the_photos_is_counted_not_read(tmp_path):
+    """Reading a named pipe waits for a writer forever: a job with one in its folder hung until it was killed.
+    Pipes, sockets and devices are counted as special_file, in a folder, a list file or named on their own."""
+    import shutil
+
+    from facebeam.transforms.shards import read_json
+
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(FACE, d / "ok.jpg")
+    os.mkfifo(d / "pipe.jpg")
+    os.symlink("/dev/zero", d / "zero.jpg")  # a device, through a link that stays inside /dev: read as named
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{d / 'pipe.jpg'}\n{d / 'ok.jpg'}\n")
+    for i, (source, skipped) in enumerate(((str(d), 1), (str(listing), 1), (str(d / "pipe.jpg"), 1))):
+        out = tmp_path / f"out{i}"
+        words = ["--input", source, "--output", str(out)] + (["--follow-symlinks"] if i == 0 else [])
+        assert embed.main(words) == 0, source
+        s = read_json(str(out / "summary.json"))
+        assert s["files_skipped"] == {"special_file": skipped + (i == 0)}, (source, s)
+        assert s["images_failed"] == {} and s["images_embedded"] == (i < 2)

@@ -33,6 +33,7 @@ import logging
 import os
 import posixpath
 import re
+import stat
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -48,6 +49,7 @@ LIST_EXTENSIONS = (".txt", ".lst", ".list")
 SKIPPED = "files_skipped."  # Beam counters files_skipped.<why>: files listed but not read
 SKIPPED_NOT_IMAGE = SKIPPED + "not_image"  # folder-walk files with a non-image extension
 SKIPPED_SYMLINK = SKIPPED + "symlink_outside"  # symlinks whose target leaves the input root
+SKIPPED_SPECIAL = SKIPPED + "special_file"  # pipes, sockets and devices: a named pipe would block its reader
 SKIPPED_NAME = SKIPPED + "name_not_utf8"  # names in another encoding (Latin-1 from an old camera, a zip, a share)
 # Folders a walk does not enter besides dot-names: NAS thumbnail caches, recycle bins and snapshots.
 SYSTEM_FOLDERS = ("@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN", "System Volume Information")
@@ -129,6 +131,17 @@ def utf8_name(path: str) -> bool:
     return True
 
 
+def special(path: str) -> bool:
+    """Whether a local path is a pipe, socket or device (a link followed): reading a named pipe waits for a
+    writer forever, so such a file is never read."""
+    if "://" in path:
+        return False
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # gone or unreadable: reading it says so in a dead letter
+        return False
+
+
 def shown(path: str) -> str:
     """A path as a line can say it: bytes that are not UTF-8 as \\xNN."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -198,8 +211,8 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
 
     A folder walk or glob passes each file it does not read (see the module docstring) to
     `skipped(path, why)`, why = "not_image", "hidden" or "symlink_outside"; any input passes a file whose name
-    is not UTF-8 there as "name_not_utf8". Inputs that name nothing were refused in the launcher
-    (`check_inputs`); here they yield nothing.
+    is not UTF-8 there as "name_not_utf8", and a pipe, socket or device as "special_file". Inputs that name
+    nothing were refused in the launcher (`check_inputs`); here they yield nothing.
     """
     def fresh(m):
         return since is None or m.last_updated_in_seconds >= since
@@ -209,9 +222,10 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
             found = None if since is None else _match_named(line)
             if since is not None and not (found and found[0].last_updated_in_seconds >= since):
                 continue
-            if not utf8_name(line):
+            why = "name_not_utf8" if not utf8_name(line) else "special_file" if special(line) else None
+            if why is not None:
                 if skipped is not None:
-                    skipped(canonical(line), "name_not_utf8")
+                    skipped(canonical(line), why)
                 continue
             yield canonical(line), found[0].size_in_bytes if found else None
         return
@@ -238,6 +252,8 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
             why = walk_skips(m.path, top)
         if why is None and not utf8_name(m.path):
             why = "name_not_utf8"
+        if why is None and special(m.path):
+            why = "special_file"
         if why is None:
             found.append(m)
             continue
@@ -257,6 +273,7 @@ class ExpandInputs(beam.DoFn):
     WHY = {"not_image": "whose extension is not an image's",
            "hidden": "under hidden or system names (.name, @eaDir, #recycle)",
            "symlink_outside": "that are symlinks out of the input (--follow-symlinks reads them)",
+           "special_file": "that are pipes, sockets or devices, not files",
            "name_not_utf8": "whose names are not UTF-8, which no store can hold (rename them, e.g. "
                             "`convmv -f latin1 -t utf8 -r --notest DIR`)"}
 

@@ -22,7 +22,8 @@ def _int(v) -> int:
 
 # files_skipped's reasons (transforms/sources.py), as the result line says them
 SKIPPED_WORDS = {"not_image": "non-image file(s)", "hidden": "file(s) under hidden or system names",
-                 "symlink_outside": "symlink(s) out of the input", "name_not_utf8": "file(s) named in another encoding"}
+                 "symlink_outside": "symlink(s) out of the input", "name_not_utf8": "file(s) named in another encoding",
+                 "special_file": "pipe(s), socket(s) or device(s)"}
 
 
 def skipped_words(skipped: Mapping) -> list:
