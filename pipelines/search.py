@@ -126,6 +126,8 @@ def run(config: SearchConfig, pipeline=None) -> dict:
                 if os.path.isdir(path):
                     raise ValueError("a folder, not a photo (`facebeam query --probes FOLDER` searches every photo "
                                      "in one)")
+                if sources.special(path):  # a named pipe would wait for a writer forever
+                    raise ValueError("a pipe, socket or device, not a photo")
                 probes, rows = searcher(path)
             except (OSError, ValueError, images.ImageError) as e:
                 print(f"\n{path}: cannot search: {e}")

@@ -187,7 +187,7 @@ def test_spec_mismatch_with_the_index_is_refused(labeled_index, tmp_path):
                    "--es-conn", CONN, "--detect-max-side", "320"])
 
 
-def test_search_prints_a_table(labeled_index, capsys):
+def test_search_prints_a_table(labeled_index, capsys, tmp_path):
     code = search.main([os.path.join(SAMPLE, "img1.jpg"), os.path.join(SAMPLE, "img2.jpg"), "--index", ALIAS,
                         "--k", "3", "--es-conn", CONN])
     out = capsys.readouterr().out
@@ -195,11 +195,15 @@ def test_search_prints_a_table(labeled_index, capsys):
     assert out.count("answered in") == 2 and "rank" in out and "img1.jpg" in out
     first_table = out.split("img1.jpg:")[1].split("answered in")[1]
     assert "yes" in first_table.split("\n")[3]  # the first hit is the photo itself: same person
-    # A folder among the photos is one failed line that points at `query`; the photos after it are answered.
-    code = search.main([SAMPLE, os.path.join(SAMPLE, "img2.jpg"), "--index", ALIAS, "--es-conn", CONN])
+    # A folder or a named pipe among the photos is one failed line each (a pipe is never read: it would wait for
+    # a writer forever); the photos after them are answered.
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)
+    code = search.main([SAMPLE, str(pipe), os.path.join(SAMPLE, "img2.jpg"), "--index", ALIAS, "--es-conn", CONN])
     out = capsys.readouterr().out
     assert code == 1 and out.count("answered in") == 1
     assert f"{SAMPLE}: cannot search: a folder, not a photo (`facebeam query --probes FOLDER`" in out
+    assert f"{pipe}: cannot search: a pipe, socket or device, not a photo" in out
 
 
 def test_more_candidates_than_elasticsearch_takes_is_one_line_and_leaves_the_last_answer(labeled_index, tmp_path,
