@@ -382,8 +382,9 @@ def lock_output(folder: str):
                 shards.discard_partial(folder, started)
                 if isinstance(e, (KeyboardInterrupt, WorkerLost)) or not isinstance(e, Exception):
                     raise
-                # A full disk, a read-only or vanished folder: one line.
-                fault = e if isinstance(e, shards.OutputFault) else shards.output_fault(folder, e)
+                # A full disk, a read-only or vanished folder: one line (a user error already is one: kept as it
+                # is, whatever OSError it came from).
+                fault = e if isinstance(e, UserError) else shards.output_fault(folder, e)
                 if fault is None or fault is e:
                     raise
                 raise fault from None

@@ -174,3 +174,34 @@ def test_an_output_that_cannot_be_made_is_one_line_and_a_refused_job_leaves_no_f
         assert index.main(["--shards", str(tmp_path / "shards"), "--store", "local:/proc/facebeam-test/ann"]) == 2
     errors = error_lines(caplog)
     assert errors == ["folder /proc/facebeam-test/ann cannot be made: No such file or directory"], errors
+
+
+def test_an_embedded_index_on_a_full_disk_is_one_line_and_stays_as_it_was(tmp_path, photos, caplog, capfd):
+    """The embedded index's filesystem fills while a load writes it: one line that names the index's folder (it
+    named the shards' folder, with 60 GiB free, after faiss printed its own error), no half-written generation,
+    and the index answers as before."""
+    from facebeam.pipelines import index
+    from facebeam.transforms import ann
+    from facebeam.transforms.spec import EmbeddingSpec
+
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copy(os.path.join(SAMPLE, "img2.jpg"), more / "img2.jpg")
+    for source, shards_dir in ((photos, "shards"), (more, "more-shards")):
+        assert embed.main(["--input", str(source), "--output", str(tmp_path / shards_dir)]) == 0
+    with tmpfs(tmp_path / "mnt", "1m") as mnt:
+        into = ["--store", f"local:{mnt / 'ann'}"]
+        assert index.main(["--shards", str(tmp_path / "shards"), *into]) == 0
+        before = sorted(os.listdir(mnt / "ann"))
+        faces = ann.AnnIndex.open(str(mnt / "ann"), EmbeddingSpec()).count
+        fill(mnt)
+        capfd.readouterr()
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert index.main(["--shards", str(tmp_path / "more-shards"), *into]) == 2
+        errors = error_lines(caplog)
+        assert len(errors) == 1 and errors[0].startswith(f"no space left on the filesystem of the embedded index "
+                                                         f"{mnt / 'ann'} ("), errors
+        assert "error" not in capfd.readouterr().err.replace(errors[0], "")
+        assert sorted(os.listdir(mnt / "ann")) == before
+        assert ann.AnnIndex.open(str(mnt / "ann"), EmbeddingSpec()).count == faces > 0

@@ -24,6 +24,7 @@ without them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -307,13 +308,14 @@ class AnnIndex:
         info = {**self.info, "generation": gen, "index_file": f"faces-{gen}.faiss", "meta_file": f"faces-{gen}.parquet",
                 "count": self.count, "total": self.total, "deleted": self.deleted, "library": library(),
                 "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self._write_files(info["index_file"], info["meta_file"])
         tmp = os.path.join(self.folder, SPEC_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(info, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+        with self._all_or_nothing(info["index_file"], info["meta_file"], tmp):
+            self._write_files(info["index_file"], info["meta_file"])
+            with open(tmp, "w") as f:
+                json.dump(info, f, indent=2, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, os.path.join(self.folder, SPEC_FILE))
         privacy.restrict(self.folder, info["index_file"], info["meta_file"], SPEC_FILE)
         self.info = info
@@ -322,12 +324,31 @@ class AnnIndex:
                 os.remove(os.path.join(self.folder, name))
         return info
 
+    @contextlib.contextmanager
+    def _all_or_nothing(self, *names):
+        """The files `names` (in the folder) written whole, or removed again: the index stays as it was. A full
+        disk says so in one line (faiss's own error is a RuntimeError)."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            for name in names:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.folder, name))
+            if getattr(e, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) and os.strerror(errno.ENOSPC) not in str(e):
+                raise
+            st = os.statvfs(self.folder)
+            raise AnnError(f"no space left on the filesystem of the embedded index {self.folder} "
+                           f"({st.f_bavail * st.f_frsize / 2**20:.1f} MiB free now): free some space or choose "
+                           "another folder (--store local:DIR); the index is as it was before") from None
+
     def _write_files(self, index_file: str, meta_file: str) -> None:
         import faiss
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        faiss.write_index(self.index, os.path.join(self.folder, index_file))
+        # Through Python's file: a full disk is an OSError here, where faiss's own writer prints to stderr.
+        with open(os.path.join(self.folder, index_file), "wb") as f:
+            faiss.write_index(self.index, faiss.PyCallbackIOWriter(f.write))
         schema = pa.schema([(k, pa.int32() if k == "face_index" or k.startswith("box_") else pa.string())
                             for k in META_FIELDS] + [("deleted", pa.bool_())])
         pq.write_table(pa.table({k: self.meta[k] for k in schema.names}, schema=schema),
@@ -338,7 +359,8 @@ class AnnIndex:
         renamed over them, so a reader sees the old files or the new ones."""
         self._require_writable()
         names = (self.info["index_file"], self.info["meta_file"])
-        self._write_files(*(f"{n}.tmp" for n in names))
+        with self._all_or_nothing(*(f"{n}.tmp" for n in names)):
+            self._write_files(*(f"{n}.tmp" for n in names))
         for n in names:
             os.replace(os.path.join(self.folder, f"{n}.tmp"), os.path.join(self.folder, n))
         privacy.restrict(self.folder, *names)
