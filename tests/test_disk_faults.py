@@ -205,3 +205,27 @@ def test_an_embedded_index_on_a_full_disk_is_one_line_and_stays_as_it_was(tmp_pa
         assert "error" not in capfd.readouterr().err.replace(errors[0], "")
         assert sorted(os.listdir(mnt / "ann")) == before
         assert ann.AnnIndex.open(str(mnt / "ann"), EmbeddingSpec()).count == faces > 0
+
+
+def test_forget_on_a_full_disk_is_one_line_leaves_the_shards_whole_and_a_rerun_erases(tmp_path, photos, caplog):
+    from facebeam.pipelines import forget
+    from tests.helpers import read_rows
+
+    with tmpfs(tmp_path / "mnt", "24m") as mnt:
+        out = mnt / "out"
+        assert embed.main(["--input", str(photos), "--output", str(out)]) == 0
+        victim = str(photos / PHOTOS[0])
+        before = read_rows(str(out / "embeddings"))
+        assert any(r["image_path"] == victim for r in before)
+        fill(mnt)
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert forget.main(["--image", victim, "--shards", str(out)]) == 2
+        errors = error_lines(caplog)
+        assert len(errors) == 1 and errors[0].startswith("no space left to rewrite "), errors
+        assert not glob.glob(str(out / "**" / "*tmp*"), recursive=True)
+        assert sorted(r["face_id"] for r in read_rows(str(out / "embeddings"))) == sorted(r["face_id"] for r in before)
+        os.remove(mnt / "filler")
+        assert forget.main(["--image", victim, "--shards", str(out)]) == 0
+        after = read_rows(str(out / "embeddings"))
+        assert len(after) < len(before) and not any(r["image_path"] == victim for r in after)

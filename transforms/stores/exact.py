@@ -6,7 +6,9 @@ read, calibrated and erased like the others. Its metadata: `<shards>/calibration
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import logging
 
 from apache_beam.io.filesystems import FileSystems
@@ -218,6 +220,14 @@ def _replace(path: str, table) -> None:
     import pyarrow.parquet as pq
 
     tmp = path + ".rewrite-tmp"
-    with FileSystems.create(tmp) as f:
-        pq.write_table(table, f, compression="zstd")
+    try:
+        with FileSystems.create(tmp) as f:
+            pq.write_table(table, f, compression="zstd")
+    except OSError as e:
+        with contextlib.suppress(Exception):
+            FileSystems.delete([tmp])
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"no space left to rewrite {path} (the shard is as it was): free some space on its "
+                        "filesystem and run the same command again") from None
     FileSystems.rename([tmp], [path])
