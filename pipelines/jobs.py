@@ -72,6 +72,12 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (interrupt_on_sigterm): lock_output removed what the run wrote
         log.error("%s interrupted: nothing of this run was committed; run the same command again", command)
         return 130
+    except OSError as e:  # a full or read-only disk outside a job's output (which lock_output says itself)
+        said = disk_fault(e)
+        if said is None:
+            raise
+        log.error("%s", said)
+        return 2
     action = getattr(config, "action", None)
     if isinstance(action, str):
         command = f"{command} {action}"
@@ -79,6 +85,17 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
     if not prints_json:
         print(summary.to_json() if as_json else summary.line(), flush=True)
     return 1 if failed(summary) else 0
+
+
+def disk_fault(e: OSError) -> str | None:
+    """One line for a full or read-only filesystem, naming the file the write was for; None for other errors."""
+    where = e.filename or "a file this command writes"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = f" ({shards.free_bytes(str(e.filename)) / 2**20:.1f} MiB free now)" if e.filename else ""
+        return f"no space left on the filesystem of {where}{free}: free some space and run the same command again"
+    if e.errno == errno.EROFS:
+        return f"{where} is on a read-only filesystem: make it writable or choose another place"
+    return None
 
 
 class _Plain(logging.Formatter):
@@ -371,6 +388,8 @@ def lock_output(folder: str):
             raise UserError(f"output folder {os.path.abspath(folder)} is in use by another facebeam job (pid {holder}); "
                             "wait for it to finish, or use another folder") from None
         except OSError as e:  # a read-only, unwritable or full output
+            if made:
+                _unmake(folder, lock)
             raise (shards.output_fault(folder, e) or e) from None
         try:
             try:
@@ -389,18 +408,23 @@ def lock_output(folder: str):
                     raise
                 raise fault from None
         except BaseException:
-            if made:  # a job refused or stopped: the folder it made goes too, when nothing but empty folders is in it
-                with contextlib.suppress(OSError):
-                    lock.release()
-                    os.remove(path)
-                for inner, _, _ in sorted(os.walk(folder), reverse=True):  # deepest first
-                    with contextlib.suppress(OSError):
-                        os.rmdir(inner)
+            if made:
+                _unmake(folder, lock)
             raise
         finally:
             with contextlib.suppress(OSError):  # the folder may have been deleted mid-run
                 os.truncate(path, 0)
             lock.release()
+
+
+def _unmake(folder: str, lock) -> None:
+    """A job refused or stopped: the output folder it made goes too, when nothing but empty folders is in it."""
+    with contextlib.suppress(OSError):
+        lock.release()
+        os.remove(lock.lock_file)
+    for inner, _, _ in sorted(os.walk(folder), reverse=True):  # deepest first
+        with contextlib.suppress(OSError):
+            os.rmdir(inner)
 
 
 def preflight(inputs, spec) -> int | None:

@@ -229,3 +229,35 @@ def test_forget_on_a_full_disk_is_one_line_leaves_the_shards_whole_and_a_rerun_e
         assert forget.main(["--image", victim, "--shards", str(out)]) == 0
         after = read_rows(str(out / "embeddings"))
         assert len(after) < len(before) and not any(r["image_path"] == victim for r in after)
+
+
+def test_calibrate_and_naming_on_a_full_disk_are_one_line_naming_the_file(tmp_path, sample_run, caplog):
+    """Writes outside a job's output (calibrate's chart and threshold beside the shards, persons' names on them)
+    are whole or not at all, and a full disk there is one line that names the file, not a traceback."""
+    from facebeam.pipelines import calibrate, cluster, persons
+    from tests.helpers import PAIRS
+
+    with tmpfs(tmp_path / "mnt", "24m") as mnt:
+        shards_dir = mnt / "shards"
+        shutil.copytree(sample_run[0], shards_dir)
+        assert cluster.main(["--shards", str(shards_dir), "--output", str(tmp_path / "persons")]) == 0
+        first = persons_of(tmp_path / "persons")
+        fill(mnt)
+        for main, words in ((calibrate.main, ["--shards", str(shards_dir), "--pairs", PAIRS]),
+                            (persons.main, ["--clusters", str(tmp_path / "persons"), "name", first, "Ada",
+                                            "--shards", str(shards_dir)])):
+            caplog.clear()
+            with caplog.at_level(logging.ERROR):
+                assert main(words) == 2
+            errors = error_lines(caplog)
+            assert len(errors) == 1 and errors[0].startswith(f"no space left on the filesystem of {shards_dir}/"), errors
+            assert "MiB free now): free some space and run the same command again" in errors[0]
+        assert not [p for p in glob.glob(str(shards_dir / "**"), recursive=True) if ".tmp-" in p]
+
+
+def persons_of(folder) -> str:
+    """The largest person's id in a cluster folder."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(str(folder / "persons.parquet")).to_pylist()
+    return max(rows, key=lambda r: r["size"])["person_id"]

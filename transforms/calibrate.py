@@ -199,13 +199,12 @@ def plot(path: str, result: dict) -> None:
     fig.tight_layout()
     import io
 
-    from apache_beam.io.filesystems import FileSystems
+    from facebeam.transforms import shards
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    with FileSystems.create(path) as f:
-        f.write(buf.getvalue())
+    shards.write_whole(path, buf.getvalue())
 
 
 def public(result: dict) -> dict:

@@ -86,7 +86,12 @@ def partition(folder: str, kind: str, run_id=None) -> str:
 def write_json(path: str, obj) -> None:
     """Whole or not at all on local disk (a full disk leaves no half-written summary or commit); 0600 unless
     FACEBEAM_SHARED_FILES (privacy.py)."""
-    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+    write_whole(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_whole(path: str, data: bytes) -> None:
+    """`data` into `path` whole or not at all on local disk (beside it, then renamed over it); 0600 unless
+    FACEBEAM_SHARED_FILES (privacy.py)."""
     if not _local(path):
         with FileSystems.create(path) as f:
             f.write(data)
@@ -98,9 +103,11 @@ def write_json(path: str, obj) -> None:
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno:  # a failed write names no file: name it
+            raise OSError(e.errno, e.strerror, path) from None
         raise
 
 
