@@ -43,7 +43,7 @@ class CalibrateConfig:
 
 def build_parser():
     p = options.parser("facebeam calibrate", __doc__)
-    p.add_argument("--shards", required=True, help="embed/run output folder")
+    p.add_argument("--shards", type=options.beam_path, required=True, help="embed/run output folder")
     p.add_argument("--label-from", default=None, metavar="parent-dir|csv:FILE",
                    help="label the shards' photos (default: the labels stored in the shards)")
     p.add_argument("--root", action="append", default=[], metavar="DIR",

@@ -54,7 +54,7 @@ class ClusterConfig:
 
 def build_parser():
     p = options.parser("facebeam cluster", __doc__)
-    p.add_argument("--shards", required=True, help="embed/run output folder")
+    p.add_argument("--shards", type=options.beam_path, required=True, help="embed/run output folder")
     p.add_argument("--output", required=True, help="cluster folder (persons/, persons.parquet, cluster.json)")
     graph = p.add_mutually_exclusive_group()
     graph.add_argument("--ann", default=None, metavar="DIR",

@@ -65,7 +65,7 @@ def build_parser():
                                                        "as the stores' persons' names say (`persons ... --shards`)")
     what.add_argument("--missing", action="store_true",
                       help="every photo of the collection deleted since it was embedded (no path it had exists now)")
-    p.add_argument("--shards", required=True, help="the embed/run output folder")
+    p.add_argument("--shards", type=options.beam_path, required=True, help="the embed/run output folder")
     p.add_argument("--index", type=options.index_name, default=None,
                    help="also erase from this store (the one --store names, else as `index` chooses)")
     p.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")

@@ -40,7 +40,7 @@ class IndexConfig:
 
 def build_parser():
     p = options.parser("facebeam index", __doc__)
-    p.add_argument("--shards", required=True, help="an embed/run output folder (reads DIR/embeddings/)")
+    p.add_argument("--shards", type=options.beam_path, required=True, help="an embed/run output folder (reads DIR/embeddings/)")
     options.add_load(p, alias_required=False)  # default "faces", as query and search
     options.add_store(p)
     return p

@@ -353,6 +353,7 @@ def lock_output(folder: str):
         raise UserError(f"output folder {folder!r} has a *, ? or [ in its path, which Beam's file matching reads as "
                         "a wildcard (it has no quoting): choose a folder without them")
     if "://" in folder:
+        sources.check_filesystem(folder, "output")
         log.warning("no lock on %s (not a local folder): runs into it must not overlap", folder)
         yield
         return

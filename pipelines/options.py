@@ -102,6 +102,16 @@ def index_name(text: str) -> str:
     return text
 
 
+def beam_path(text: str) -> str:
+    """An argparse type: a folder or file on a filesystem Beam reads here (local, or `gs://` and the like with
+    their extra installed); refused before any work, not by Beam deep inside the job."""
+    try:
+        sources.check_filesystem(text, "path")
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def sha256_hex(text: str) -> str:
     """An argparse type: an image's content hash as the shards hold it (64 hex digits, lower case)."""
     if not re.fullmatch(r"[0-9a-fA-F]{64}", text.strip()):

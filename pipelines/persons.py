@@ -58,7 +58,7 @@ def build_parser():
     for q in (n, m, s):
         q.add_argument("--index", type=options.index_name, default=None,
                        help="also give the names to the faces of this store (see --store)")
-        q.add_argument("--shards", default=None, metavar="DIR",
+        q.add_argument("--shards", type=options.beam_path, default=None, metavar="DIR",
                        help="also give the names to every store the collection DIR was loaded into (and its shards)")
         options.add_store(q)
         options.add_es(q)

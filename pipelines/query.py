@@ -69,7 +69,7 @@ def build_parser():
     p.add_argument("--output", required=True, help="folder for results/, errors/ and summary.json")
     p.add_argument("--format", choices=("parquet", "jsonl"), default="parquet", help="results file format")
     p.add_argument("--exact", action="store_true", help="brute force over --shards instead of Elasticsearch")
-    p.add_argument("--shards", default=None, help="embed/run output folder (for --exact)")
+    p.add_argument("--shards", type=options.beam_path, default=None, help="embed/run output folder (for --exact)")
     p.add_argument("--report", type=options.output_file, default=None, metavar="FILE.html", help="write a visual report")
     p.add_argument("--persons", default=None, metavar="CLUSTERS",
                    help="a `facebeam cluster` output: give each hit its person id and name")

@@ -47,7 +47,7 @@ def build_parser():
     p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                    help="only hits whose FIELD equals VALUE (repeatable)")
     p.add_argument("--exact", action="store_true", help="brute force over --shards instead of an index")
-    p.add_argument("--shards", default=None, help="embed/run output folder (for --exact)")
+    p.add_argument("--shards", type=options.beam_path, default=None, help="embed/run output folder (for --exact)")
     p.add_argument("--threshold", type=options.POSITIVE, default=None,
                    help="same-person distance (default: the calibrated one the index or shards carry)")
     p.add_argument("--stdin", action="store_true", help="read more photo paths from standard input")

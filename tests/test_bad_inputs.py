@@ -267,3 +267,29 @@ def test_a_named_pipe_among_the_photos_is_counted_not_read(tmp_path):
         s = read_json(str(out / "summary.json"))
         assert s["files_skipped"] == {"special_file": skipped + (i == 0)}, (source, s)
         assert s["images_failed"] == {} and s["images_embedded"] == (i < 2)
+
+
+def test_a_filesystem_beam_has_not_here_is_one_line_before_any_work(tmp_path, caplog, capsys):
+    import logging
+
+    for words, says in ((["--input", "https://example.com/photos/*.jpg", "--output", str(tmp_path / "a")],
+                         "input 'https://example.com/photos/*.jpg': no filesystem for https:// is available here"),
+                        (["--input", "@nosuch://bucket/list.txt", "--output", str(tmp_path / "b")],
+                         "input 'nosuch://bucket/list.txt': no filesystem for nosuch:// is available here"),
+                        (["--input", SAMPLE, "--output", "nosuch://bucket/out"],
+                         "output 'nosuch://bucket/out': no filesystem for nosuch:// is available here")):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert embed.main(words) == 2
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and r.name.startswith("facebeam")]
+        assert len(errors) == 1 and errors[0].startswith(says), errors
+    from facebeam.pipelines import cluster, index
+
+    for main, words in ((index.main, ["--shards", "nosuch://bucket/shards", "--store", "local"]),
+                        (cluster.main, ["--shards", "nosuch://bucket/shards", "--output", str(tmp_path / "c")])):
+        with pytest.raises(SystemExit) as flag:  # a flag's value: argparse's one line and exit 2
+            main(words)
+        err = capsys.readouterr().err.strip()
+        assert flag.value.code == 2 and len(err.splitlines()) == 1, err
+        assert "argument --shards: path 'nosuch://bucket/shards': no filesystem for nosuch:// is available here" in err
+    assert os.listdir(tmp_path) == []

@@ -342,6 +342,26 @@ def _folder_has_candidate(folder: str):
     return len(found), any(walk_skips(m.path, walk_root(folder)) is None for m in found)
 
 
+#: The Beam extra each filesystem comes with, for the message when it is not installed.
+FILESYSTEM_EXTRAS = {"gs": "gcp", "s3": "aws", "azfs": "azure", "hdfs": "hadoop"}
+
+
+def check_filesystem(path: str, what: str) -> None:
+    """One line, before any work, when no Beam filesystem here reads `path`'s scheme (Beam's own error is a
+    ValueError from deep inside the job)."""
+    if "://" not in path:
+        return
+    from apache_beam.io.filesystem import BeamIOError
+
+    try:
+        FileSystems.get_filesystem(path)
+    except (ValueError, BeamIOError):
+        scheme = path.split("://", 1)[0]
+        extra = FILESYSTEM_EXTRAS.get(scheme)
+        how = f"install apache-beam[{extra}]" if extra else "Beam reads local paths, gs://, s3://, azfs:// and hdfs://"
+        raise InputError(f"{what} {path!r}: no filesystem for {scheme}:// is available here ({how})") from None
+
+
 def check_inputs(patterns) -> None:
     """Fail before launching a job when an input names nothing (a typo should not run for an hour).
 
@@ -349,6 +369,7 @@ def check_inputs(patterns) -> None:
     match something; a list file must exist and name at least one path; each must be UTF-8 text.
     """
     for p in patterns:
+        check_filesystem(p.lstrip("@") if is_list(p) else p, "input")
         if not utf8_name(p):
             raise InputError(f"input '{shown(p)}' is not UTF-8, which no store can hold: rename it (e.g. `convmv -f "
                              "latin1 -t utf8 -r --notest PATH`)")
