@@ -1,14 +1,17 @@
 """facebeam cluster: group every face of the shards into persons, with stable ids and names.
 
-    facebeam cluster --shards DIR --output DIR [--ann DIR | --index NAME] [--threshold T | --pairs CSV]
+    facebeam cluster --shards DIR --output DIR [--ann DIR | --index NAME [--store es|local[:DIR]]]
+                     [--threshold T | --pairs CSV]
                      [--method cw|infomap|leiden|density|cc|mutual] [--k 16] [--min-box PX]
                      [--min-confidence C] [--min-sharpness S] [--incremental]
                      [--contact-sheet FILE.html] [Beam flags]
 
 The kNN graph is built on the workers: batches of faces -> their top k neighbours, from the
-embedded index (--ann, memory-mapped once per worker: batched HNSW search; from 50k faces an IVF
-index of 4-bit codes that the launcher builds once, its candidates re-ranked on the index's vectors), Elasticsearch
-(--index, batched msearch) or exactly over the shards (small sets; every worker holds all vectors).
+embedded index (--ann, or --index NAME on the embedded store; memory-mapped once per worker: batched HNSW search;
+from 50k faces an IVF index of 4-bit codes that the launcher builds once, its candidates re-ranked on the index's
+vectors), Elasticsearch (--index, batched msearch) or exactly over the shards (small sets; every worker holds all
+vectors). --index chooses its store as `index` does (Elasticsearch when configured, else the embedded index), and
+that store's faces get the persons' names.
 The launcher keeps the edges within the threshold and clusters them (Chinese whispers by default; see
 `facebeam bench cluster`). The threshold and its source are printed. Outputs, in DIR:
 persons/*.parquet (one row per face), persons.parquet (one row per person, with its name),
@@ -49,6 +52,7 @@ class ClusterConfig:
     contact_sheet: str = None
     sheet_persons: int = 200
     es: options.EsFlags = options.EsFlags()
+    store: stores.StoreChoice = stores.StoreChoice()
     beam_args: tuple = ()
 
 
@@ -60,7 +64,8 @@ def build_parser():
     graph.add_argument("--ann", default=None, metavar="DIR",
                        help="build the kNN graph from this embedded index (`facebeam index --store local:DIR`)")
     graph.add_argument("--index", type=options.index_name, default=None,
-                       help="search this Elasticsearch alias for the kNN graph (default: exact over the shards)")
+                       help="search this index for the kNN graph, and give its faces the persons' names (the store "
+                            "chosen as `index` chooses it, see --store; default: exact over the shards)")
     options.add_persons(p)
     p.add_argument("--incremental", action="store_true",
                    help="only faces not yet in --output: join the nearest person, cluster the rest")
@@ -68,6 +73,7 @@ def build_parser():
                    help="write an HTML contact sheet")
     p.add_argument("--sheet-persons", type=options.COUNT, default=200, help="persons on the contact sheet (largest first)")
     options.add_es(p)
+    options.add_store(p, kinds=("es", "local"), redis=False)
     return p
 
 
@@ -77,7 +83,7 @@ def configure(a: options.Args, beam_args=()) -> ClusterConfig:
                          threshold=threshold, pairs=pairs,
                          method=method, k=k, limits=limits, incremental=a.incremental,
                          contact_sheet=a.contact_sheet, sheet_persons=a.sheet_persons, es=options.es_from(a),
-                         beam_args=tuple(beam_args))
+                         store=options.store_from(a, kinds=("es", "local"), redis=False), beam_args=tuple(beam_args))
 
 
 def run(config: ClusterConfig, pipeline=None) -> dict:
@@ -101,7 +107,20 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
         log.info("no earlier clustering in %s: clustering everything", c.output)
     skip = frozenset(r["face_id"] for r in previous) if c.incremental else frozenset()
     ann_dir = c.ann
-    if ann_dir is None and c.index is None and faces >= persons.IVF_MIN_FACES:
+    conn = named = None  # named: the store --index names, whose faces get the persons' names
+    if c.index:
+        named = stores.for_search(c.store, c.es.connection, c.index)
+        if named.kind == "es":
+            conn = c.es.connection()
+            persons.check_index(conn, c.index, spec)
+        elif not named.exists():
+            raise UserError(f"no {named.describe()}: `facebeam index --shards {c.shards} --store local` builds it")
+        else:
+            named.check(spec)
+            ann_dir = named.location()
+    elif c.store.given():
+        raise UserError("--store says where the index of --index NAME is: name it too")
+    if ann_dir is None and named is None and faces >= persons.IVF_MIN_FACES:
         ann_dir = persons.collection_index(c.shards, files, spec)
         if ann_dir:
             print(f"graph from the collection's embedded index {ann_dir} (--ann; an exact graph of this many faces "
@@ -110,10 +129,6 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
             log.warning("%d faces and no embedded index of exactly them: the exact graph grows with the square of "
                         "the faces; `facebeam index --shards %s --store local:DIR` and --ann DIR builds it from the "
                         "index", faces, c.shards)
-    conn = None
-    if c.index:
-        conn = c.es.connection()
-        persons.check_index(conn, c.index, spec)
     to_graph = faces - len(skip)
     opts = pipeline_options(c.beam_args, graph_faces=to_graph)
     p = create_pipeline(opts, pipeline)
@@ -144,9 +159,8 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
     summary.update(graph_s=round(graph_s, 3), mode="es" if conn else ("ann" if ann_dir else "exact"),
                    graph_search="ivf" if graph_index else ("hnsw" if ann_dir else None),
                    runner=runner_name(opts))
-    if conn is not None:  # names reach the index through the store contract (never a partial update of a face doc)
-        summary["index_updated"] = stores.push_persons_to(stores.make(stores.StoreChoice("es"), lambda: conn, c.index),
-                                                          persons.lookup(c.output))
+    if named is not None:  # names reach the index through the store contract (never a partial update of a face doc)
+        summary["index_updated"] = stores.push_persons_to(named, persons.lookup(c.output))
     if c.contact_sheet:
         from facebeam.transforms import contact_sheet
 

@@ -88,6 +88,30 @@ def test_split_and_merge_survive_a_recluster(clustered, tmp_path):
     assert len({now[f] for f in faces}) == 1
 
 
+def test_cluster_on_an_embedded_index_named_by_index_and_store_gives_it_the_names(clustered, tmp_path):
+    """`cluster --index NAME --store local:DIR` is what `--index` is on Elasticsearch: the graph from that index,
+    and its faces carry the persons afterwards (it was Elasticsearch only, and asked for a URL)."""
+    from facebeam.pipelines import index
+
+    shards, exact_out, _ = clustered
+    ann_dir = str(tmp_path / "ann")
+    job(index, ["--shards", shards, "--index", "people", "--store", f"local:{ann_dir}"])
+    out = str(tmp_path / "clusters")
+    summary = job(cluster, ["--shards", shards, "--output", out, "--pairs", PAIRS, "--index", "people",
+                            "--store", f"local:{ann_dir}"])
+    assert summary["mode"] == "ann" and summary["index_updated"] == summary["faces"], summary
+    exact = {r["face_id"]: r["person_id"] for r in persons.read_assignments(exact_out)}
+    graph = {r["face_id"]: r["person_id"] for r in persons.read_assignments(out)}
+    assert graph == exact  # the sample's graph from the index is the exact one
+    biggest = persons.read_table(out)[0]
+    assert persons_cmd.main(["--clusters", out, "name", biggest["person_id"], "Grace Example", "--index", "people",
+                             "--store", f"local:{ann_dir}"]) == 0
+    job(query, ["--probes", biggest["representative_image_path"], "--index", "people", "--store", f"local:{ann_dir}",
+                "--person", "grace example", "--k", "50", "--output", str(tmp_path / "q")])
+    rows = query.read_results(str(tmp_path / "q"))
+    assert rows and {r["hit_person"] for r in rows} == {"Grace Example"} and len(rows) >= biggest["size"]
+
+
 def test_incremental_faces_join_their_persons(clustered, sample_run, tmp_path):
     _, out, _ = clustered
     shards = str(tmp_path / "shards")
