@@ -110,14 +110,8 @@ def _cluster(config: ClusterConfig, pipeline) -> dict:
     conn = named = None  # named: the store --index names, whose faces get the persons' names
     if c.index:
         named = stores.for_search(c.store, c.es.connection, c.index)
-        if named.kind == "es":
-            conn = c.es.connection()
-            persons.check_index(conn, c.index, spec)
-        elif not named.exists():
-            raise UserError(f"no {named.describe()}: `facebeam index --shards {c.shards} --store local` builds it")
-        else:
-            named.check(spec)
-            ann_dir = named.location()
+        conn, index_dir = persons.graph_source(named, spec)
+        ann_dir = index_dir or ann_dir
     elif c.store.given():
         raise UserError("--store says where the index of --index NAME is: name it too")
     if ann_dir is None and named is None and faces >= persons.IVF_MIN_FACES:

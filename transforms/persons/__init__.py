@@ -88,7 +88,7 @@ from facebeam.transforms.persons.limits import (
     sharpness,
 )
 from facebeam.transforms.persons.store import (
-    check_index,
+    graph_source,
 )
 from facebeam.transforms.persons.tables import (
     ASSIGN_SCHEMA,
@@ -189,7 +189,7 @@ __all__ = [
     "Limits",
     "sharpness",
     "resolve",
-    "check_index",
+    "graph_source",
     "ASSIGN_SCHEMA",
     "FACE_COLUMNS",
     "GRAPH_SCHEMA",
