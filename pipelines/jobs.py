@@ -90,7 +90,7 @@ def main(module, argv=None, failed=lambda summary: False) -> int:
 def disk_fault(e: OSError) -> str | None:
     """One line for a full or read-only filesystem, naming the file the write was for; None for other errors."""
     where = e.filename or "a file this command writes"
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if shards.disk_full(e):
         free = f" ({shards.free_bytes(str(e.filename)) / 2**20:.1f} MiB free now)" if e.filename else ""
         return f"no space left on the filesystem of {where}{free}: free some space and run the same command again"
     if e.errno == errno.EROFS:

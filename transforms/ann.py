@@ -24,7 +24,6 @@ without them.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ import time
 
 import numpy as np
 
-from facebeam.transforms import privacy
+from facebeam.transforms import privacy, shards
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.spec import EmbeddingSpec, SpecError
 
@@ -334,7 +333,7 @@ class AnnIndex:
             for name in names:
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(self.folder, name))
-            if getattr(e, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) and os.strerror(errno.ENOSPC) not in str(e):
+            if not shards.disk_full(e):
                 raise
             st = os.statvfs(self.folder)
             raise AnnError(f"no space left on the filesystem of the embedded index {self.folder} "

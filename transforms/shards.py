@@ -187,6 +187,11 @@ OUTPUT_ERRNOS = {errno.ENOSPC: "full", errno.EDQUOT: "full", errno.EROFS: "read-
 _ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] [^:'\n]*(?::\s*'([^'\n]*)')?|\b\w*Error\((\d+), '")  # str() and repr()
 
 
+def disk_full(e: BaseException) -> bool:
+    """Whether an error is a full disk or quota: by errno, or by its text where a library (faiss) raised it."""
+    return OUTPUT_ERRNOS.get(getattr(e, "errno", None)) == "full" or os.strerror(errno.ENOSPC) in str(e)
+
+
 class OutputFault(UserError):
     """The output folder's filesystem refused the job: full, read-only, not writable, or the folder went away."""
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import logging
 
 from apache_beam.io.filesystems import FileSystems
@@ -226,7 +225,7 @@ def _replace(path: str, table) -> None:
     except OSError as e:
         with contextlib.suppress(Exception):
             FileSystems.delete([tmp])
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not shards.disk_full(e):
             raise
         raise UserError(f"no space left to rewrite {path} (the shard is as it was): free some space on its "
                         "filesystem and run the same command again") from None
