@@ -307,8 +307,10 @@ def parse(p: argparse.ArgumentParser, argv, beam: bool = True) -> tuple[Args, tu
 # --- inputs -------------------------------------------------------------------------------
 def add_inputs(p, flag: str = "--input", required: bool = True, labels: bool = True, backfill: bool = True) -> None:
     g = p.add_argument_group("inputs")
-    g.add_argument(flag, dest="input", nargs="+", required=required, metavar="PATTERN",
-                   help="folders (recursive), glob patterns, or list files (.txt/.lst or @FILE), on any Beam filesystem")
+    # extend: `--input a --input b` reads both, as `--input a b` does (a plain store kept the last alone)
+    g.add_argument(flag, dest="input", nargs="+", action="extend", required=required, metavar="PATTERN",
+                   help="folders (recursive), glob patterns, or list files (.txt/.lst or @FILE), on any Beam filesystem;"
+                        " repeat the flag or list several")
     if labels:
         g.add_argument("--label-from", default=None, metavar="parent-dir|csv:FILE",
                        help="store an identity label with each face")

@@ -52,7 +52,8 @@ def build_parser():
     m.add_argument("into", help="the person that keeps its id and name")
     s = sub.add_parser("split", help="move some faces of a person into a new person")
     s.add_argument("person_id", help="the person to take faces from")
-    s.add_argument("--faces", nargs="+", required=True, metavar="FACE_ID", help="the faces that become a new person")
+    s.add_argument("--faces", nargs="+", action="extend", required=True, metavar="FACE_ID",
+                   help="the faces that become a new person")
     ls = sub.add_parser("list", help="print the persons table, largest first")
     ls.add_argument("--top", type=options.COUNT, default=20, help="persons to print, largest first")
     for q in (n, m, s):

@@ -170,6 +170,13 @@ def test_symlinks_out_of_the_input_are_not_read_but_counted(inputs_job):
     line = JobSummary.build("embed", s).line()  # each reason said as what it is, none called a non-image
     assert ("(3 file(s) under hidden or system names skipped, 1 non-image file(s) skipped, "
             "2 symlink(s) out of the input skipped)") in line, line
+    # Which files: the summary names them, as the workers' log does (with worker processes, their log is quiet).
+    assert s["files_skipped_examples"] == {
+        "hidden": sorted(str(d / p) for p in ("._face.jpg", ".thumbnails/face.jpg", "@eaDir/face.jpg")),
+        "not_image": [str(d / "data" / "photo.bin")], "symlink_outside": [str(d / "outside.jpg"), str(d / "passwd")]}
+    said = line.splitlines()[1]
+    assert said == (f"  skipped: {d / '._face.jpg'} (hidden or system name), {d / '.thumbnails/face.jpg'} (hidden or "
+                    f"system name), {d / '@eaDir/face.jpg'} (hidden or system name) ...; summary.json lists more"), said
 
 
 def test_every_page_of_a_tiff_is_an_image_and_the_summary_adds_up(inputs_job):

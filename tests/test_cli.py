@@ -191,6 +191,21 @@ def test_every_numeric_flag_has_bounds_and_a_number_out_of_them_is_one_line(caps
         assert e.value.code == 2 and said in err and len(err.splitlines()) == 1, (words, err)  # no usage dump
 
 
+@pytest.mark.unit
+def test_a_flag_that_takes_several_values_adds_them_when_repeated():
+    """`embed --input a --input b` read b alone: argparse's plain store keeps the last. Every flag that takes
+    several values adds them up when repeated, as `--filter` always did."""
+    from facebeam.pipelines import embed
+
+    lists = (argparse._ExtendAction, argparse._AppendAction)
+    plain = [f"{' '.join(words)} {a.option_strings[-1]}" for words, module in command_modules()
+             for parser in options.all_parsers(importlib.import_module(module).build_parser())
+             for a in parser._actions if a.option_strings and a.nargs in ("+", "*") and not isinstance(a, lists)]
+    assert not plain, "repeating these keeps the last value alone: " + ", ".join(plain)
+    args, _ = options.parse(embed.build_parser(), ["--input", "a", "--output", "o", "--input", "b", "c"])
+    assert args.input == ["a", "b", "c"]
+
+
 def test_a_mistyped_command_is_one_line_with_a_suggestion_and_version_says_what_decides_results(capsys):
     from facebeam.pipelines import cli
 
@@ -268,7 +283,11 @@ def test_run_says_what_it_did_and_which_store_it_chose(ran):
     assert f"{s['doc_count']} in all" in lines[1]
     assert "store: local, chosen automatically (no Elasticsearch configured" in r.stdout
     assert "labels: none" in r.stdout
-    assert len(lines) == 4
+    # which files were skipped: the sample's README and CSVs (run with worker processes, whose log is quiet)
+    notes = ", ".join(f"{os.path.join(SAMPLE, n)} (not an image)" for n in sorted(os.listdir(SAMPLE))
+                      if n.endswith((".md", ".csv")))
+    assert lines[2] == f"  skipped: {notes}" and s["files_skipped"]["not_image"] == 3
+    assert len(lines) == 5
     quiet(r)
 
 

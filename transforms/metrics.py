@@ -45,6 +45,23 @@ def read_counters(result) -> dict:
     return out
 
 
+def note(name: str, text: str) -> None:
+    """Add `text` to the string set `name`: a few examples for the summary (paths of skipped files)."""
+    Metrics.string_set(NAMESPACE, name).add(text)
+
+
+def read_notes(result) -> dict:
+    """{name: sorted texts} of the string sets in facebeam's namespace. Examples only: a runner may merge
+    them across workers partly (Beam 2.77's FnApiRunner keeps one worker's), or not report them at all."""
+    from apache_beam.metrics import MetricsFilter
+
+    out = {}
+    for s in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE)).get("string_sets", []):
+        value = s.committed if s.committed is not None else s.attempted
+        out.setdefault(s.key.metric.name, set()).update(value or ())
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def image_counts(c: dict) -> dict:
     """images_seen = images_embedded + sum(images_failed.values())."""
     prefix = IMAGES_FAILED + "."

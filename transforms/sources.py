@@ -51,6 +51,7 @@ SKIPPED_NOT_IMAGE = SKIPPED + "not_image"  # folder-walk files with a non-image 
 SKIPPED_SYMLINK = SKIPPED + "symlink_outside"  # symlinks whose target leaves the input root
 SKIPPED_SPECIAL = SKIPPED + "special_file"  # pipes, sockets and devices: a named pipe would block its reader
 SKIPPED_NAME = SKIPPED + "name_not_utf8"  # names in another encoding (Latin-1 from an old camera, a zip, a share)
+SKIPPED_PATHS = "files_skipped_paths."  # Beam string sets files_skipped_paths.<why>: the first few, as examples
 # Folders a walk does not enter besides dot-names: NAS thumbnail caches, recycle bins and snapshots.
 SYSTEM_FOLDERS = ("@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN", "System Volume Information")
 WILDCARDS = "*?["  # what Beam's match reads as a pattern (it has no quoting)
@@ -287,7 +288,10 @@ class ExpandInputs(beam.DoFn):
 
         def skip(path, why):
             metrics.count(SKIPPED + why)
-            skipped.setdefault(why, []).append(path)
+            paths = skipped.setdefault(why, [])
+            if len(paths) < self.SHOWN:  # examples for the summary, so a worker's log is not the only place
+                metrics.note(SKIPPED_PATHS + why, shown(path))
+            paths.append(path)
 
         yield from expand(pattern, self._since, skip, self._follow)
         for why, paths in skipped.items():
@@ -295,11 +299,16 @@ class ExpandInputs(beam.DoFn):
                         shown(pattern), len(paths), self.WHY[why], ", ".join(shown(p) for p in paths[: self.SHOWN]))
 
 
-def input_counts(counters: dict, images_seen: int) -> dict:
-    """The summary's file counts from the job's Beam counters: files_skipped by why, extra pages, files_seen."""
+def input_counts(counters: dict, images_seen: int, notes: dict = None) -> dict:
+    """The summary's file counts from the job's Beam counters: files_skipped by why, extra pages, files_seen;
+    with the job's string sets (`notes`), files_skipped_examples: a few skipped paths by why."""
     skipped = {k[len(SKIPPED):]: v for k, v in sorted(counters.items()) if k.startswith(SKIPPED) and v}
     extra = counters.get(EXTRA_PAGES, 0)
     out = {"files_skipped": skipped, "files_seen": images_seen - extra + sum(skipped.values())}
+    examples = {k[len(SKIPPED_PATHS):]: v[: ExpandInputs.SHOWN] for k, v in sorted((notes or {}).items())
+                if k.startswith(SKIPPED_PATHS) and v}
+    if examples:
+        out["files_skipped_examples"] = examples
     if extra:
         out[EXTRA_PAGES] = extra
     return out

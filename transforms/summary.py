@@ -26,6 +26,12 @@ SKIPPED_WORDS = {"not_image": "non-image file(s)", "hidden": "file(s) under hidd
                  "special_file": "pipe(s), socket(s) or device(s)"}
 
 
+# ... and as the line of examples under it says one path's reason
+SKIPPED_WHY = {"not_image": "not an image", "hidden": "hidden or system name", "symlink_outside": "symlink out",
+               "name_not_utf8": "name not UTF-8", "special_file": "not a regular file"}
+EXAMPLES_SHOWN = 3  # skipped paths on the result line; summary.json's files_skipped_examples has more
+
+
 def skipped_words(skipped: Mapping) -> list:
     """["2 non-image file(s)", ...] for a summary's files_skipped, one per reason."""
     return [f"{n} {SKIPPED_WORDS.get(why, why)}" for why, n in (skipped or {}).items() if n]
@@ -45,6 +51,7 @@ class EmbedCounts:
     per_s: float | None
     moved: int = 0  # of `done`, found only under a new path: their faces now name it (moves.py)
     replaced: int = 0  # done photos whose path holds other content now: their old faces dropped (moves.py)
+    examples: Mapping = dataclasses.field(default_factory=dict)  # a few skipped paths by why (sources.py)
 
     @classmethod
     def of(cls, f: Mapping) -> EmbedCounts | None:
@@ -55,7 +62,15 @@ class EmbedCounts:
                    failed=sum(failed.values()) if isinstance(failed, Mapping) else _int(failed),
                    skipped=dict(f.get("files_skipped") or {}), done=_int(f.get("images_done")),
                    elapsed_s=f.get("elapsed_s"), per_s=f.get("images_per_s"), moved=_int(f.get("images_moved")),
-                   replaced=_int(f.get("images_replaced")))
+                   replaced=_int(f.get("images_replaced")), examples=dict(f.get("files_skipped_examples") or {}))
+
+    def examples_line(self) -> str | None:
+        """`skipped: a.txt (not an image), ...`: which files the counts mean, wherever the workers logged."""
+        said = [f"{path} ({SKIPPED_WHY.get(why, why)})" for why, paths in self.examples.items() for path in paths]
+        if not said:
+            return None
+        more = "; summary.json lists more" if len(said) > EXAMPLES_SHOWN else ""
+        return f"skipped: {', '.join(said[:EXAMPLES_SHOWN])}" + (f" ...{more}" if more else "")
 
     def words(self, output: str | None = None) -> str:
         extra = [f"{words} skipped" for words in skipped_words(self.skipped)]
@@ -185,7 +200,8 @@ class JobSummary(Mapping):
 
     def line(self) -> str:
         text = LINES.get(self.command.split()[0], _generic)(self)
-        return text + "".join(f"\n  {c}" for c in self.choices)
+        examples = self.embed.examples_line() if self.embed else None
+        return text + "".join(f"\n  {c}" for c in ((examples,) if examples else ()) + self.choices)
 
 
 def counted(n, noun: str) -> str:
