@@ -169,7 +169,7 @@ def json_switch(p: argparse.ArgumentParser) -> bool:
 
 
 def beam_flags(beam_args) -> tuple[list, list]:
-    """(the tokens of `beam_args` no Beam pipeline option knows, every Beam flag name)."""
+    """(the tokens of `beam_args` no Beam pipeline option knows or takes as a value, every Beam flag name)."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     parsers = []
@@ -182,7 +182,7 @@ def beam_flags(beam_args) -> tuple[list, list]:
         _, unknown = parser.parse_known_args(list(beam_args))
     except argparse.ArgumentError as e:
         raise UserError(f"{e}; see --help") from None
-    return [u for u in unknown if u.startswith("-")], known
+    return unknown, known
 
 
 def refuse_unknown(unknown, valid) -> None:
@@ -295,7 +295,11 @@ def parse(p: argparse.ArgumentParser, argv, beam: bool = True) -> tuple[Args, tu
             p.error(f"unrecognized arguments: {' '.join(rest)}")
         return Args(ns), ()
     unknown, known = beam_flags(rest)
-    refuse_unknown(unknown, flags_of(p) + known)
+    refuse_unknown([u for u in unknown if u.startswith("-")], flags_of(p) + known)
+    stray = [u for u in unknown if not u.startswith("-")]
+    if stray:  # `embed --input a --output o b`: b was read by no one, and the job ran without it
+        hint = f"; did you mean --input {stray[0]}?" if "--input" in flags_of(p) else "; see --help"
+        raise UserError(f"unexpected argument '{stray[0]}': no flag takes it{hint}")
     beam_args = list(rest)
     for flag in QUIET_WORKERS:
         name = flag.split("=", 1)[0]

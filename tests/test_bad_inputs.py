@@ -242,6 +242,7 @@ def test_a_name_in_another_encoding_is_counted_and_never_crashes_the_job(tmp_pat
         assert embed.main(["--input", source, "--output", str(out)]) == 0, source
         s = read_json(str(out / "summary.json"))
         assert s["images_embedded"] == 1 and s["files_skipped"] == {"name_not_utf8": 1}, (source, s)
+        assert s["files_skipped_examples"] == {"name_not_utf8": [f"{d}/caf\\xe9.jpg"]}  # as a line can say it
         assert s["files_seen"] == 2 == s["images_seen"] + sum(s["files_skipped"].values())
         assert [os.path.basename(r["image_path"]) for r in read_rows(str(out / "embeddings"))] == ["ok.jpg"]
     for words in (["--input", str(d / latin1), "--output", str(tmp_path / "o")],

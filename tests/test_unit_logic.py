@@ -252,6 +252,17 @@ def test_app_flags_and_beam_flags_are_split_and_workers_kept_quiet():
     assert not args.dests() - args.read  # every flag offered is read
 
 
+def test_a_word_no_flag_takes_is_refused_and_beam_flags_keep_their_values():
+    # `embed --input a --output o more`: `more` was dropped, and the job ran without it.
+    with pytest.raises(UserError, match="unexpected argument 'more': no flag takes it; did you mean --input more"):
+        options.parse(embed.build_parser(), ["--input", "a", "--output", "o", "more"])
+    with pytest.raises(UserError, match="unexpected argument 'x': no flag takes it; see --help"):
+        options.parse(index.build_parser(), ["--shards", "/s", "--index", "faces", "x"])
+    _, beam_args = options.parse(embed.build_parser(), ["--input", "a", "--output", "o", "--runner", "DirectRunner",
+                                                        "--direct_num_workers", "2"])
+    assert beam_args[:4] == ("--runner", "DirectRunner", "--direct_num_workers", "2")
+
+
 def test_a_bad_option_is_a_user_error(capsys):
     with pytest.raises(SystemExit) as e:  # the parser's bounds (options.number)
         options.parse(index.build_parser(), ["--shards", "/s", "--index", "faces", "--max-retries", "-1"])

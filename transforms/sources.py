@@ -8,7 +8,7 @@ The rule for files: every file a glob or a list file names is read, and decoding
 extension or no extension at all (decoding decides again); a file with any other extension
 (`.txt`, `.csv`, `.md`, ...) is not read but counted as skipped: the Beam counter
 `facebeam/files_skipped.not_image`, `files_skipped` in the job summary and the end-of-run
-log line, with the first paths in the workers' log. A walk also skips what lies under a hidden or
+log line, with the first paths in `files_skipped_examples` and the line under it. A walk also skips what lies under a hidden or
 system name below the folder (`.thumbnails/`, macOS's `._IMG_1.jpg`, a NAS's `@eaDir/` thumbnails
 and `#recycle/`), counted as `files_skipped.hidden`: read, they were duplicate faces at thumbnail
 size or dead letters. Named on its own, in a glob or in a list file, such a path is read.
@@ -294,8 +294,8 @@ class ExpandInputs(beam.DoFn):
             paths.append(path)
 
         yield from expand(pattern, self._since, skip, self._follow)
-        for why, paths in skipped.items():
-            log.warning("input %r: skipped %d file(s) %s, e.g. %s",
+        for why, paths in skipped.items():  # info: the result line names them (files_skipped_examples)
+            log.info("input %r: skipped %d file(s) %s, e.g. %s",
                         shown(pattern), len(paths), self.WHY[why], ", ".join(shown(p) for p in paths[: self.SHOWN]))
 
 
