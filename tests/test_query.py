@@ -59,6 +59,8 @@ def test_top_hit_is_the_same_person(both_modes, labeled_index):
     (summary, rows), _ = both_modes
     _, _, people = labeled_index
     assert summary["mode"] == "es" and summary["images_seen"] == summary["images_embedded"]
+    # The folder's README and CSVs are counted, as embed counts them (the query said nothing of them before).
+    assert summary["files_skipped"] == {"not_image": 3} and summary["files_seen"] == summary["images_seen"] + 3
     hits = top_hits(rows)
     judged = [name for name in hits if name in people]
     assert len(judged) >= 40

@@ -232,7 +232,7 @@ def _index_line(s: JobSummary) -> str:
 def _query_line(s: JobSummary) -> str:
     e = s.embed
     text = (f"queried {counted(e.seen, 'probe photo')}: {counted(s.get('probe_faces', 0), 'face')} searched, "
-            f"{e.failed} failed, "
+            f"{e.failed} failed" + "".join(f", {words} skipped" for words in skipped_words(e.skipped)) + ", "
             f"top {s.get('k')} from {s.get('backend', '?')} {s.get('searched', '')}".rstrip())
     if s.threshold:
         text += f"; {s.threshold.words()}"
