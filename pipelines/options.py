@@ -145,6 +145,30 @@ class Parser(argparse.ArgumentParser):
                                            for n in message[len(required):].split(", "))
         self.exit(2, f"error: {message} (`{self.prog} --help` lists every flag)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(self._shared_flags_after_action(args), namespace)
+
+    def _shared_flags_after_action(self, args):
+        """`persons --clusters DIR list` as `persons list --clusters DIR`: a flag that every action takes may come
+        before the action too. Each action declares it (required there), so `persons list --clusters DIR` works
+        and its --help says it; argparse alone checks a parent's required flag before it sees the action's."""
+        subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        if args is None or not subs:
+            return args
+        choices = subs[0].choices
+        shared = set.intersection(*({s for a in q._actions for s in a.option_strings if s.startswith("--")}
+                                    for q in choices.values()))
+        takes_value = {s for q in [self, *choices.values()] for a in q._actions for s in a.option_strings
+                       if a.nargs != 0}
+        before, moved, args = [], [], list(args)
+        while args and args[0] not in choices:
+            word = args.pop(0)
+            into = moved if word.split("=", 1)[0] in shared else before
+            into.append(word)
+            if word in takes_value and args:  # `--flag VALUE`: its value goes with it
+                into.append(args.pop(0))
+        return before + args[:1] + moved + args[1:]
+
 
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return Parser(prog=prog, description=doc, formatter_class=HelpFormatter)

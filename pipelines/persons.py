@@ -42,7 +42,6 @@ class PersonsConfig:
 
 def build_parser():
     p = options.parser("facebeam persons", __doc__)
-    p.add_argument("--clusters", required=True, help="the folder `facebeam cluster --output` wrote")
     sub = p.add_subparsers(dest="action", required=True)
     n = sub.add_parser("name", help="give a person a name")
     n.add_argument("person_id", help="the person (see `persons list`)")
@@ -56,6 +55,8 @@ def build_parser():
                    help="the faces that become a new person")
     ls = sub.add_parser("list", help="print the persons table, largest first")
     ls.add_argument("--top", type=options.COUNT, default=20, help="persons to print, largest first")
+    for q in (n, m, s, ls):  # each action's, so `persons list --clusters DIR` works (before the action works too)
+        q.add_argument("--clusters", required=True, metavar="DIR", help="the folder `facebeam cluster --output` wrote")
     for q in (n, m, s):
         q.add_argument("--index", type=options.index_name, default=None,
                        help="also give the names to the faces of this store (see --store)")

@@ -376,7 +376,7 @@ def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
                                f"{counted(k['singletons'], 'singleton')} ({k['low_quality']} low quality, 0 named); "
                                f"same person at <= {k['threshold']:.4f} ({k['threshold_from']}) in ")
     quiet(r)
-    r = facebeam("persons", "--clusters", cl, "list", "--top", "2", env=home)
+    r = facebeam("persons", "list", "--top", "2", "--clusters", cl, env=home)  # --clusters after the action too
     table = pq.read_table(os.path.join(cl, "persons.parquet"))
     assert r.stdout.splitlines()[-1] == f"{table.num_rows} persons in all"
     person = r.stdout.split()[0]

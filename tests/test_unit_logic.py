@@ -263,6 +263,19 @@ def test_a_word_no_flag_takes_is_refused_and_beam_flags_keep_their_values():
     assert beam_args[:4] == ("--runner", "DirectRunner", "--direct_num_workers", "2")
 
 
+def test_persons_takes_clusters_before_or_after_its_action():
+    from facebeam.pipelines import persons
+
+    for argv in (["--clusters", "c", "list"], ["list", "--clusters", "c"], ["name", "p-1", "Ada", "--clusters", "c"]):
+        assert persons.configure(*options.parse(persons.build_parser(), argv, beam=False)).clusters == "c", argv
+    with pytest.raises(SystemExit) as e:  # required, and said so by the action's own --help
+        options.parse(persons.build_parser(), ["list"], beam=False)
+    assert e.value.code == 2
+    # A value that reads like an action stays the flag's value.
+    assert persons.configure(*options.parse(persons.build_parser(), ["--clusters", "list", "list"],
+                                            beam=False)).clusters == "list"
+
+
 def test_a_bad_option_is_a_user_error(capsys):
     with pytest.raises(SystemExit) as e:  # the parser's bounds (options.number)
         options.parse(index.build_parser(), ["--shards", "/s", "--index", "faces", "--max-retries", "-1"])
