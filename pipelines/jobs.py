@@ -501,6 +501,7 @@ def embed_summary(result, elapsed: float, spec, opts, turns: str = None, closer:
         # Files listed but not read (not images by extension, symlinks out of the input) and TIFF pages (sources.py).
         **sources.input_counts(counters, counts["images_seen"], metrics.read_notes(result)),
         # Photos an incremental run skipped because their content is already done for this spec (or erased).
+        "faces_labeled": counters.get(metrics.FACES_LABELED, 0),  # by --label-from
         "images_done": counters.get(metrics.IMAGES_DONE, 0),
         "images_moved": counters.get(metrics.IMAGES_MOVED, 0),  # of those, found only under a new path (moves.py)
         "images_replaced": counters.get(metrics.IMAGES_REPLACED, 0),  # done content its path no longer holds

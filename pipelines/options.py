@@ -294,9 +294,24 @@ def choices_said(command: str, config, result) -> list:
         said.append("dry run: nothing was changed (without --dry-run these go)")
     inputs = getattr(config, "inputs", None)
     if command in ("embed", "run") and inputs is not None:
-        said.append(f"labels: from {inputs.label_from}" if inputs.label_from else
-                    "labels: none (--label-from parent-dir|csv:FILE stores names)")
+        said.append(labels_said(inputs.label_from, result))
     return said
+
+
+def labels_said(label_from, result) -> str:
+    """`labels: from parent-dir (40 of 42 faces)`; a --label-from that labeled nothing says why that may be."""
+    from facebeam.transforms.summary import counted
+
+    if not label_from:
+        return "labels: none (--label-from parent-dir|csv:FILE stores names)"
+    faces, labeled = result.get("faces"), result.get("faces_labeled")
+    if not faces or labeled is None:
+        return f"labels: from {label_from}"
+    if faces and not labeled:
+        why = ("a label is the photo's folder below the input folder: people/alice/1.jpg gives alice"
+               if label_from == "parent-dir" else "no photo of this run is named in the CSV")
+        return f"labels: from {label_from}, but none of {counted(faces, 'face')} got one ({why})"
+    return f"labels: from {label_from} ({labeled} of {faces} faces)"
 
 
 def parse(p: argparse.ArgumentParser, argv, beam: bool = True) -> tuple[Args, tuple]:

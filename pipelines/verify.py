@@ -171,7 +171,8 @@ def run(config: VerifyConfig, pipeline=None) -> dict:
         if config.pairs is None:
             res = verify_one(backend, prober, config.photo, config.name, config.face)
             if res["verdict"] == "unknown":
-                raise UserError(f"no face labeled {config.name!r} in {backend.where}")
+                raise UserError(f"no face labeled {config.name!r} in {backend.where} (a label matches exactly; faces "
+                                "get labels from `run`/`embed --label-from parent-dir|csv:FILE`)")
             return {**head, **res, "ok": True}
         results = []
         for photo, name, expected in read_pairs(config.pairs, config.photos):

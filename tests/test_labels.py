@@ -107,9 +107,29 @@ def tree_embed(tmp_path_factory):
 
 
 def test_parent_dir_labels_only_files_inside_a_subfolder(tree_embed):
-    out, _ = tree_embed
+    out, res = tree_embed
     got = {os.path.basename(r["image_path"]): r["label"] for r in read_rows(str(out / "embeddings"))}
     assert got == {"img1.jpg": "alice", "img2.jpg": None}
+    assert "\n  labels: from parent-dir (1 of 2 faces)" in res.stdout  # how many it labeled, said
+
+
+def test_a_label_source_that_labels_nothing_says_so(tmp_path, capsys):
+    """--label-from parent-dir on a folder of loose photos stored no label, and the line said `labels: from
+    parent-dir` as if it had: a user learnt it only when verify found no one."""
+    from facebeam.pipelines import embed
+    from facebeam.transforms.shards import read_json
+
+    (tmp_path / "loose").mkdir()
+    shutil.copy(os.path.join(SAMPLE, "img1.jpg"), tmp_path / "loose" / "img1.jpg")
+    (tmp_path / "names.csv").write_text("path,label\nelsewhere.jpg,x\n")
+    for spec, why in (("parent-dir", "(a label is the photo's folder below the input folder: people/alice/1.jpg "
+                                     "gives alice)"),
+                      (f"csv:{tmp_path / 'names.csv'}", "(no photo of this run is named in the CSV)")):
+        out = tmp_path / spec[:3]
+        assert embed.main(["--input", str(tmp_path / "loose"), "--output", str(out), "--label-from", spec]) == 0
+        s = read_json(str(out / "summary.json"))
+        assert (s["faces"], s["faces_labeled"]) == (1, 0)
+        assert f"\n  labels: from {spec}, but none of 1 face got one {why}\n" in capsys.readouterr().out
 
 
 def test_parent_dir_labeler_knows_its_roots(tmp_path):

@@ -90,6 +90,8 @@ class ToRows(beam.DoFn):
         metrics.count(metrics.FACES, len(result.faces))
         PROGRESS.add(images=1, embedded=1, faces=len(result.faces))
         label = self._labeler(result.path, result.sha256) if self._labeler else None
+        if label:
+            metrics.count(metrics.FACES_LABELED, len(result.faces))
         yield from records.face_rows(result, self._spec, label)
 
 

@@ -10,6 +10,7 @@ IMAGES_MOVED = "images_moved"  # of those, done photos found only under a new pa
 IMAGES_REPLACED = "images_replaced"  # done content its path no longer holds, listed nowhere (manifest.REPLACED)
 IMAGES_FAILED = "images_failed"  # one counter per reason: images_failed.<reason>
 FACES = "faces"
+FACES_LABELED = "faces_labeled"  # faces given a label by --label-from
 ROWS_READ = "rows_read"
 DOCS_INDEXED = "docs_indexed"
 DOCS_FAILED = "docs_failed"
