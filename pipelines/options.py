@@ -327,7 +327,10 @@ def parse(p: argparse.ArgumentParser, argv, beam: bool = True) -> tuple[Args, tu
     # Flag names first, so a misspelt flag is named even when argparse would stop at a missing required one.
     words = [a.split("=", 1)[0] for a in argv if a.startswith("--") and a != "--"]
     refuse_unknown([w for w in words if w not in valid], valid)
-    ns, rest = p.parse_known_args(argv)
+    intermixed = not beam and not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)
+    # `search a.jpg --k 3 b.jpg`: positionals after a flag too. Not with Beam's flags, whose values (`--runner X`)
+    # would be taken for positionals.
+    ns, rest = (p.parse_known_intermixed_args if intermixed else p.parse_known_args)(argv)
     if not beam:
         refuse_unknown([r for r in rest if r.startswith("-")], flags_of(p))
         if rest:

@@ -261,6 +261,11 @@ def test_a_word_no_flag_takes_is_refused_and_beam_flags_keep_their_values():
     _, beam_args = options.parse(embed.build_parser(), ["--input", "a", "--output", "o", "--runner", "DirectRunner",
                                                         "--direct_num_workers", "2"])
     assert beam_args[:4] == ("--runner", "DirectRunner", "--direct_num_workers", "2")
+    # A command without Beam's flags takes its photos after a flag too (`search a.jpg --k 3 b.jpg` was refused).
+    from facebeam.pipelines import search
+
+    args, _ = options.parse(search.build_parser(), ["a.jpg", "--k", "3", "b.jpg"], beam=False)
+    assert args.photos == ["a.jpg", "b.jpg"] and args.k == 3
 
 
 def test_persons_takes_clusters_before_or_after_its_action():
