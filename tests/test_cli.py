@@ -72,6 +72,14 @@ def test_the_summary_is_typed_frozen_and_reads_like_its_file():
     assert one.line().startswith("queried 1 probe photo: 1 face searched, 0 failed, top 5 from local")
     assert JobSummary.build("cluster", {"faces": 1, "persons": 1, "singletons": 1}).line().startswith(
         "clustered 1 face into 1 person and 1 singleton (")
+    # A fallback to the spec's threshold says why on the line (it was a warning above it).
+    fell = JobSummary.build("cluster", {"faces": 12, "persons": 4, "singletons": 1, "threshold": 0.57,
+                                        "threshold_from": "spec", "threshold_note": "fitted 0.7321 from the "
+                                        "distribution is outside [0.3, 0.66]"})
+    assert "; same person at <= 0.5700 (spec; fitted 0.7321 from the distribution is outside [0.3, 0.66])" in fell.line()
+    kept = JobSummary.build("cluster", {"faces": 64, "threshold": 0.61, "threshold_from": "distribution",
+                                        "threshold_note": "plausible range [0.3, 0.66]"})
+    assert "same person at <= 0.6100 (distribution)" in kept.line()
 
 
 # --- help ----------------------------------------------------------------------------------------

@@ -137,15 +137,18 @@ class Threshold:
 
     value: float
     source: str
+    fallback: str = ""  # why a job fell back to the spec's default (cluster: a fit outside its range, too few faces)
 
     @classmethod
     def of(cls, f: Mapping) -> Threshold | None:
         if f.get("threshold") is None:
             return None
-        return cls(value=float(f["threshold"]), source=str(f.get("threshold_from") or "given"))
+        source = str(f.get("threshold_from") or "given")
+        return cls(value=float(f["threshold"]), source=source,
+                   fallback=str(f.get("threshold_note") or "") if source == "spec" else "")
 
     def words(self) -> str:
-        return f"same person at <= {self.value:.4f} ({self.source})"
+        return f"same person at <= {self.value:.4f} ({self.source}{'; ' + self.fallback if self.fallback else ''})"
 
 
 @dataclasses.dataclass(frozen=True)

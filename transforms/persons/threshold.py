@@ -62,8 +62,9 @@ def checked(value: float, source: str, verification: float | None, metric: str) 
     if math.isfinite(value) and low <= value <= high:
         return Threshold(value, source, f"plausible range [{low}, {high}]")
     fallback = spec_default(verification, metric)
-    log.warning("fitted threshold %.4f (%s) is outside the plausible range [%s, %s]; using the spec default %.4f",
-                value, source, low, high, fallback)
+    # info: the result line says it (summary.Threshold.fallback)
+    log.info("fitted threshold %.4f (%s) is outside the plausible range [%s, %s]; using the spec default %.4f",
+             value, source, low, high, fallback)
     return Threshold(fallback, "spec", f"fitted {value:.4f} from the {source} is outside [{low}, {high}]")
 
 
