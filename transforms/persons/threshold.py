@@ -81,8 +81,8 @@ def threshold_from_vectors(x: np.ndarray, metric: str, verification: float | Non
     d = random_pair_distances(x, metric)
     if len(d) < MIN_RANDOM_PAIRS:
         value = spec_default(verification, metric)
-        log.warning("%d faces give %d random pairs, fewer than the %d a fit needs; using the spec default %.4f",
-                    len(x), len(d), MIN_RANDOM_PAIRS, value)
+        log.info("%d faces give %d random pairs, fewer than the %d a fit needs; using the spec default %.4f",
+                 len(x), len(d), MIN_RANDOM_PAIRS, value)  # info: the result line says it
         return Threshold(value, "spec", f"{len(x)} faces: too few to fit a distribution (need {MIN_RANDOM_PAIRS} pairs)")
     return checked(threshold_from_distances(d), "distribution", verification, metric)
 
