@@ -307,7 +307,7 @@ def labels_said(label_from, result) -> str:
     faces, labeled = result.get("faces"), result.get("faces_labeled")
     if not faces or labeled is None:
         return f"labels: from {label_from}"
-    if faces and not labeled:
+    if not labeled:
         why = ("a label is the photo's folder below the input folder: people/alice/1.jpg gives alice"
                if label_from == "parent-dir" else "no photo of this run is named in the CSV")
         return f"labels: from {label_from}, but none of {counted(faces, 'face')} got one ({why})"
@@ -340,7 +340,8 @@ def parse(p: argparse.ArgumentParser, argv, beam: bool = True) -> tuple[Args, tu
     refuse_unknown([u for u in unknown if u.startswith("-")], flags_of(p) + known)
     stray = [u for u in unknown if not u.startswith("-")]
     if stray:  # `embed --input a --output o b`: b was read by no one, and the job ran without it
-        hint = f"; did you mean --input {stray[0]}?" if "--input" in flags_of(p) else "; see --help"
+        inputs = [a.option_strings[0] for q in all_parsers(p) for a in q._actions if a.dest == "input" and a.option_strings]
+        hint = f"; did you mean {inputs[0]} {stray[0]}?" if inputs else "; see --help"
         raise UserError(f"unexpected argument '{stray[0]}': no flag takes it{hint}")
     beam_args = list(rest)
     for flag in QUIET_WORKERS:
