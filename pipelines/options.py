@@ -85,8 +85,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
+        # A switch (no value) shows no default: `--no-align ... (default True)` read as if skipping were the default.
         if ("%(default)" in text or "default" in text.lower() or default in (None, False, argparse.SUPPRESS, [], ())
-                or not action.option_strings):
+                or not action.option_strings or action.nargs == 0):
             return text
         return f"{text} (default %(default)s)"
 

@@ -107,6 +107,8 @@ def test_help_shows_defaults():
     assert "examples:\n  facebeam verify" in r.stdout
     r = facebeam("embed", "--help")
     assert re.search(r"--batch-size 4\s+images per model batch \(default 4\)", r.stdout)
+    # A switch shows no default: `--no-align  skip eye alignment (default True)` read as if skipping were it.
+    assert re.search(r"--no-align\s+skip eye alignment\n", r.stdout) and "(default True)" not in r.stdout
 
 
 # --- typos ---------------------------------------------------------------------------------------
