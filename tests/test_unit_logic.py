@@ -770,3 +770,22 @@ def test_the_default_candidates_stay_within_what_elasticsearch_takes_unless_k_is
 
     assert [knn.default_candidates(k) for k in (1, 5, 10, 20, 499, 500, 600, 10_000, 12_000)] == [
         200, 200, 200, 400, 9_980, 10_000, 10_000, 10_000, 12_000]
+
+
+def test_a_missing_index_says_state_lives_in_the_folder_a_command_runs_in(tmp_path, monkeypatch):
+    """`facebeam run` in one folder and `facebeam search` in another: the index was 'not built', with no word on
+    why; the line now says where facebeam keeps its state, unless FACEBEAM_HOME or a .facebeam here says it."""
+    from facebeam.transforms import ann
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACEBEAM_HOME", raising=False)
+    folder = str(tmp_path / ".facebeam" / "ann" / "faces")
+    hint = f"and {tmp_path} has none: run it from the folder you built them in, or set FACEBEAM_HOME"
+    assert hint in ann.missing(folder)
+    assert hint not in ann.missing(str(tmp_path / "elsewhere"))  # --store local:DIR: the folder was named
+    monkeypatch.setenv("FACEBEAM_HOME", str(tmp_path / "h"))
+    assert "FACEBEAM_HOME" not in ann.missing(str(tmp_path / "h" / "ann" / "faces"))
+    monkeypatch.delenv("FACEBEAM_HOME")
+    (tmp_path / ".facebeam").mkdir()
+    assert ann.missing(folder) == f"no embedded index at {folder}: build one with `facebeam run` or `facebeam index " \
+                                  f"--store local:{folder}`"

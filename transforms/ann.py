@@ -59,6 +59,14 @@ def library() -> str:
     return f"faiss-cpu {faiss.__version__}"
 
 
+def missing(folder: str) -> str:
+    """The one line for an embedded index that is not there."""
+    from facebeam.transforms.home import elsewhere_hint
+
+    return (f"no embedded index at {folder}: build one with `facebeam run` or `facebeam index --store local:{folder}`"
+            + elsewhere_hint(folder))
+
+
 def exists(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, SPEC_FILE))
 
@@ -69,8 +77,7 @@ def read_info(folder: str) -> dict:
         with open(path) as f:
             info = json.load(f)
     except FileNotFoundError:
-        raise AnnError(f"no embedded index at {folder} (no {SPEC_FILE}): build one with "
-                       f"`facebeam index --store local:{folder}`") from None
+        raise AnnError(missing(folder)) from None
     except (OSError, ValueError) as e:
         raise AnnError(f"embedded index {folder}: {SPEC_FILE} cannot be read ({type(e).__name__})") from None
     if info.get("format") != FORMAT:

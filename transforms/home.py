@@ -39,3 +39,14 @@ def cache_dir() -> Path:
 def es_conn_file() -> Path:
     """The connection file `facebeam es up` writes by default: `<home>/es/connection.json`."""
     return facebeam_home() / "es" / "connection.json"
+
+
+def elsewhere_hint(path) -> str:
+    """Why `path` (under the default home) may be missing: state lives in `.facebeam` of the folder a command runs
+    in, so `facebeam run` in one folder and `facebeam search` in another find nothing. Empty when FACEBEAM_HOME
+    is set, when `path` lies elsewhere, or when this folder has a `.facebeam` of its own."""
+    home = facebeam_home()
+    if os.environ.get(ENV_HOME) or home.exists() or not Path(path).absolute().is_relative_to(home):
+        return ""
+    return (f" (facebeam keeps its indexes and servers in .facebeam of the folder it runs in, and {home.parent} "
+            "has none: run it from the folder you built them in, or set FACEBEAM_HOME to that .facebeam)")

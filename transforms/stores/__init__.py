@@ -18,7 +18,7 @@ import dataclasses
 import logging
 
 from facebeam.transforms.errors import UserError
-from facebeam.transforms.home import facebeam_home
+from facebeam.transforms.home import elsewhere_hint, facebeam_home
 from facebeam.transforms.stores.base import Capabilities, FaceStore, Load, Searcher, StoreError, split_filters
 
 __all__ = ["KINDS", "Capabilities", "FaceStore", "Load", "Searcher", "StoreChoice", "StoreError", "ann_folder",
@@ -132,7 +132,7 @@ def for_verify(choice: StoreChoice, connect, name: str) -> FaceStore:
             store = make(dataclasses.replace(choice, kind="local"), connect, name)
             if not store.exists():
                 raise RedisNotConfigured(f"{e}; and the {store.describe()} is not built (`facebeam run --store local` "
-                                         "builds it)") from None
+                                         f"builds it){elsewhere_hint(store.folder)}") from None
     log.info("verifying on %s (no --store given)", store.describe())
     return store
 
@@ -165,7 +165,7 @@ def for_search(choice: StoreChoice | None, connect, name: str, shards: str = Non
         connect()  # raises the EsConfigError that says how to configure a cluster
     except EsNotConfigured as e:
         raise EsNotConfigured(f"nothing to search: the {local.describe()} is not built (`facebeam run` or `facebeam "
-                              f"index` builds it), and {e}") from None
+                              f"index` builds it), and {e}{elsewhere_hint(local.folder)}") from None
     raise UserError("no store to search")  # not reached: connect() raised
 
 

@@ -155,8 +155,7 @@ class EmbeddedStore(FaceStore):
 
     def searcher(self) -> Searcher:
         if not self.exists():
-            raise UserError(f"no embedded index at {self.folder}: build one with `facebeam index --store "
-                            f"local:{self.folder}` or `facebeam run`")
+            raise UserError(ann.missing(self.folder))
         return _EmbeddedSearcher(self.folder, self.persons())
 
     def reindexer(self, new_spec, load) -> Reindex:
@@ -196,8 +195,7 @@ class EmbeddedStore(FaceStore):
 
     def _require(self) -> None:
         if not self.exists():
-            raise UserError(f"no embedded index at {self.folder}: build one with `facebeam index --store "
-                            f"local:{self.folder}` first")
+            raise UserError(ann.missing(self.folder))
 
     def update_copies(self, change) -> list:
         self._require()
