@@ -88,7 +88,7 @@ class Searcher:
         if not probes:
             return probes, []
         hits = self.open.search(probes, self.search)
-        return probes, knn.photo_rows(path, list(zip(probes, hits)), self.spec, self.backend.threshold,
+        return probes, knn.photo_rows(sources.canonical(path), list(zip(probes, hits)), self.spec, self.backend.threshold,
                                       self.backend.mode)
 
 
@@ -119,6 +119,7 @@ def run(config: SearchConfig, pipeline=None) -> dict:
     print("search settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
     paths = list(config.photos) + ([line.strip() for line in sys.stdin if line.strip()] if config.stdin else [])
     failed = faces = 0
+    results, errors = [], []  # for --json: the rows `query` writes (records.RESULT_SCHEMA), and the photos that failed
     try:
         for path in paths:
             started = time.perf_counter()
@@ -132,14 +133,16 @@ def run(config: SearchConfig, pipeline=None) -> dict:
             except (OSError, ValueError, images.ImageError) as e:
                 print(f"\n{path}: cannot search: {e}")
                 failed += 1
+                errors.append({"photo": path, "error": str(e)})
                 continue
             faces += len(probes)
+            results += [{k: v.item() if hasattr(v, "item") else v for k, v in r.items()} for r in rows]  # numpy -> JSON
             print_table(path, probes, rows, time.perf_counter() - started,
                         threshold_note=f"{b.threshold:.4f} ({b.threshold_from})")
     finally:
         searcher.open.close()
     return {"photos": len(paths), "faces": faces, "failed": failed, **b.where, "search_settings": settings,
-            "threshold": b.threshold, "threshold_from": b.threshold_from}
+            "threshold": b.threshold, "threshold_from": b.threshold_from, "results": results, "errors": errors}
 
 
 def main(argv=None) -> int:

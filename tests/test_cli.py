@@ -359,6 +359,14 @@ def test_index_query_search_lines_match_their_summaries(ran, home, tmp_path):
     r = facebeam("search", *probes, "--index", "faces", "--store", "local", "--json", env=home)
     ss = json.loads(r.stdout)  # the table went to stderr, the summary to stdout
     assert ss["photos"] == 2 and ss["faces"] == qs["probe_faces"] and "couple.jpg: 2 face(s)" in r.stderr
+    # ... and it holds the hits, as the rows `query` writes: a script gets the answer, not only the counts.
+    from facebeam.pipelines import query as query_cmd
+
+    def hits(rows):
+        return sorted((r["probe_path"], r["probe_face_index"], r["rank"], r["face_id"], round(r["distance"], 4),
+                       r["same_person"]) for r in rows)
+    assert hits(ss["results"]) == hits(query_cmd.read_results(q)) and len(ss["results"]) == 5 * ss["faces"]
+    assert ss["errors"] == []
     r = facebeam("search", *probes, "--index", "faces", "--store", "local", env=home)
     assert r.stdout.splitlines()[-1].startswith(f"searched 2 photo(s): {ss['faces']} face(s), 0 failed")
     r = facebeam("search", *probes, "--index", "nothere", env=home, check=False)  # no store of that name anywhere
