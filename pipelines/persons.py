@@ -88,9 +88,12 @@ def run(config: PersonsConfig, pipeline=None) -> dict:
     if not table:
         raise UserError(f"no persons table in {c.clusters}: run `facebeam cluster --output {c.clusters}` first")
     if c.action == "list":
-        for r in table[:c.top]:
+        top = table[:c.top]
+        for r in top:
             print(f"{r['person_id']}  {r['size']:>6}  {r['name'] or '-'}  {r['representative_image_path']}")
-        return {"persons": len(table)}
+        # --json: the rows printed, for scripts (the count alone was all it said)
+        return {"persons": len(table), "top": [{k: r[k] for k in ("person_id", "size", "name",
+                                                                  "representative_image_path")} for r in top]}
     with jobs.lock_output(c.clusters):  # private, as `cluster` wrote it, and one edit at a time
         result = persons.edit(c.clusters, c.action, c.person_id, name=c.name, into=c.into, faces=c.faces)
     if c.index or c.store.given():

@@ -399,6 +399,9 @@ def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
     assert r.stdout.splitlines()[-1] == f"{table.num_rows} persons in all"
     person = r.stdout.split()[0]
     size = next(int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith(person))
+    listed = json.loads(facebeam("persons", "list", "--top", "2", "--clusters", cl, "--json", env=home).stdout)
+    assert listed["persons"] == table.num_rows and [p["person_id"] for p in listed["top"]] == [
+        line.split()[0] for line in r.stdout.splitlines()[:2]] and listed["top"][0]["size"] == size
     r = facebeam("persons", "--clusters", cl, "name", person, "someone", env=home)
     assert r.stdout == f"named {person} ({size} faces) 'someone'; re-clusters keep it\n"
     r = facebeam("persons", "--clusters", cl, "name", person, "  ", env=home, check=False)
