@@ -477,11 +477,16 @@ def finish_run(output: str, run_id, summary: dict) -> JobSummary:
     if "://" not in output and not os.path.exists(os.path.join(output, shards.LOCK_FILE)):
         raise shards.output_gone(os.path.abspath(output))  # deleted mid-run (Beam made it again): do not commit
     shards.drop_temp(output, run_id)
-    summary.update(run_id=run_id, output=output)
+    # A run without --incremental replaces the output: its flat shards are rewritten, and the incremental runs
+    # committed there before would keep their faces beside the new ones, twice. They go once this run is in.
+    earlier = [] if run_id else shards.committed_runs(output)
+    summary.update(run_id=run_id, output=output, **({"runs_replaced": len(earlier)} if earlier else {}))
     typed = JobSummary.build("embed", summary)
     write_summary(FileSystems.join(output, "summary.json"), typed)
     if run_id:
         shards.commit(output, run_id, summary)  # the run counts from here on
+    elif earlier:
+        shards.drop_runs(output)
     return typed
 
 

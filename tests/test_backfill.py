@@ -83,8 +83,10 @@ def test_rerun_is_a_noop_and_new_photos_add_exactly_their_faces(photos, tmp_path
 
 def test_an_incremental_run_after_a_full_one_embeds_only_the_new_photos(photos, tmp_path):
     """A nightly --incremental into an output that a run without it made: the photos of the flat shards are done
-    (they have no manifest), so none is embedded again and no face is written twice."""
+    (they have no manifest), so none is embedded again and no face is written twice; a run without it again
+    replaces them all."""
     from facebeam.pipelines import embed
+    from facebeam.transforms.summary import JobSummary
 
     out, some = tmp_path / "out", tmp_path / "some"
     some.mkdir()
@@ -96,6 +98,12 @@ def test_an_incremental_run_after_a_full_one_embeds_only_the_new_photos(photos, 
     assert later["images_done"] == 4 and later["images_seen"] == 8
     ids = faces_in(out)
     assert len(ids) == len(set(ids)) == first["faces"] + later["faces"]
+    # And back: a run without --incremental replaces the output. The incremental run's partition kept its faces
+    # beside the rewritten flat shards, each of them twice.
+    full = job(embed, ["--input", str(photos), "--output", str(out)])
+    assert full["images_seen"] == 12 and full["runs_replaced"] == 1 and not shards.committed_runs(str(out))
+    assert faces_in(out) == sorted(ids) and not list((out / "embeddings").glob("run=*"))
+    assert "replaced the output's 1 earlier run(s); --incremental adds to them" in JobSummary.build("embed", full).line()
 
 
 def test_a_moved_photo_keeps_its_faces_under_its_new_path_and_one_edited_in_place_replaces_them(

@@ -163,6 +163,15 @@ def drop_uncommitted(folder: str, warn: bool = True) -> list:
     return dirs
 
 
+def drop_runs(folder: str) -> list:
+    """Every committed run: its record first (so a stop midway leaves partitions the next run drops as
+    uncommitted), then its partitions. For a run without --incremental, which replaces the output."""
+    records = _match(FileSystems.join(folder, "runs", "*.json"))
+    if records:
+        FileSystems.delete(records)
+    return drop_uncommitted(folder, warn=False)
+
+
 def drop_temp(folder: str, run_id: str | None = None) -> list:
     """Beam's `beam-temp-*` folders under the shard kinds and this run's partitions; returns what went.
 

@@ -52,6 +52,7 @@ class EmbedCounts:
     moved: int = 0  # of `done`, found only under a new path: their faces now name it (moves.py)
     replaced: int = 0  # done photos whose path holds other content now: their old faces dropped (moves.py)
     examples: Mapping = dataclasses.field(default_factory=dict)  # a few skipped paths by why (sources.py)
+    runs_replaced: int = 0  # incremental runs in the output that this run without --incremental replaced
 
     @classmethod
     def of(cls, f: Mapping) -> EmbedCounts | None:
@@ -62,7 +63,8 @@ class EmbedCounts:
                    failed=sum(failed.values()) if isinstance(failed, Mapping) else _int(failed),
                    skipped=dict(f.get("files_skipped") or {}), done=_int(f.get("images_done")),
                    elapsed_s=f.get("elapsed_s"), per_s=f.get("images_per_s"), moved=_int(f.get("images_moved")),
-                   replaced=_int(f.get("images_replaced")), examples=dict(f.get("files_skipped_examples") or {}))
+                   replaced=_int(f.get("images_replaced")), examples=dict(f.get("files_skipped_examples") or {}),
+                   runs_replaced=_int(f.get("runs_replaced")))
 
     def examples_line(self) -> str | None:
         """`skipped: a.txt (not an image), ...`: which files the counts mean, wherever the workers logged."""
@@ -80,6 +82,8 @@ class EmbedCounts:
             extra.append(f"{self.moved} of them moved: their faces now name the new path")
         if self.replaced:
             extra.append(f"{self.replaced} changed in place: the old version's faces dropped")
+        if self.runs_replaced:
+            extra.append(f"replaced the output's {self.runs_replaced} earlier run(s); --incremental adds to them")
         text = (f"embedded {counted(self.seen, 'photo')}: {counted(self.faces, 'face')}, {self.failed} failed"
                 + (f" ({', '.join(extra)})" if extra else ""))
         if output:
