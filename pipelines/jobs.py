@@ -450,6 +450,11 @@ def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):
     run_id = None
     if incremental:
         shards.drop_uncommitted(output)
+        held = shards.spec_id_held(output)
+        if held and held != spec.spec_id:  # else the output mixes two embedding spaces, and no store takes it
+            raise UserError(f"{output} holds faces of spec {held}, and this run's spec is {spec.spec_id}: an "
+                            "--incremental run adds to them, and a collection holds one spec. Use another --output, "
+                            "run without --incremental to replace them, or `facebeam reindex` to move an index")
         run_id = shards.new_run_id()
     erased = shards.tombstones(output)
     if not (incremental or erased):

@@ -104,6 +104,10 @@ def test_an_incremental_run_after_a_full_one_embeds_only_the_new_photos(photos, 
     assert full["images_seen"] == 12 and full["runs_replaced"] == 1 and not shards.committed_runs(str(out))
     assert faces_in(out) == sorted(ids) and not list((out / "embeddings").glob("run=*"))
     assert "replaced the output's 1 earlier run(s); --incremental adds to them" in JobSummary.build("embed", full).line()
+    # An --incremental run of another spec would add another embedding space to the collection, which index,
+    # cluster and calibrate then refuse: it is refused before any work, and the output stays as it was.
+    assert embed.main(["--input", str(some), "--output", str(out), "--incremental", "--detect-max-side", "320"]) == 2
+    assert faces_in(out) == sorted(ids) and not shards.committed_runs(str(out))
 
 
 def test_a_moved_photo_keeps_its_faces_under_its_new_path_and_one_edited_in_place_replaces_them(

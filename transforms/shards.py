@@ -420,6 +420,22 @@ def tombstones(folder: str) -> list:
     return _match(FileSystems.join(folder, "tombstones", "*.parquet"))
 
 
+def spec_id_held(folder: str) -> str | None:
+    """The spec id of the faces under `folder` (None when it holds none), from the first shard with a row: an
+    incremental run into it must share it (jobs.plan_backfill), so one shard speaks for all."""
+    import pyarrow.parquet as pq
+
+    for path in files(folder):
+        try:
+            with FileSystems.open(path, compression_type="uncompressed") as f:
+                ids = pq.read_table(f, columns=["spec_id"]).column("spec_id")
+        except Exception as e:  # noqa: BLE001 - names the file
+            raise ShardError(f"shard {path} cannot be read: {_short(e)}") from None
+        if len(ids):
+            return ids[0].as_py()
+    return None
+
+
 def spec_of(folder: str):
     """The one embedding spec all shards under `folder` share; refuses mixed specs or none."""
     import pyarrow.parquet as pq
