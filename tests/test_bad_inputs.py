@@ -301,3 +301,24 @@ def test_a_filesystem_beam_has_not_here_is_one_line_before_any_work(tmp_path, ca
         assert flag.value.code == 2 and len(err.splitlines()) == 1, err
         assert "argument --shards: path 'nosuch://bucket/shards': no filesystem for nosuch:// is available here" in err
     assert os.listdir(tmp_path) == []
+
+
+def test_an_output_inside_the_photo_folder_is_not_read_as_photos(tmp_path):
+    """`run --input photos --output photos/faces` is a natural layout; the next run walked its own lock file,
+    shards and reports as photos of the library (a calibration's roc.png was a face-less photo)."""
+    import shutil
+
+    from facebeam.transforms.shards import read_json
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    shutil.copy(FACE, d / "face.jpg")
+    (d / "notes.txt").write_text("x")
+    out = d / "faces"
+    assert embed.main(["--input", str(d), "--output", str(out)]) == 0
+    Image.open(FACE).save(out / "roc.png")  # what `calibrate --output` draws there
+    assert embed.main(["--input", str(d), "--output", str(out), "--incremental"]) == 0
+    s = read_json(str(out / "summary.json"))
+    assert s["files_skipped"]["not_image"] == 1 and s["files_skipped"]["facebeam_output"] >= 4, s["files_skipped"]
+    assert "hidden" not in s["files_skipped"] and s["images_done"] == 1 and s["images_seen"] == 0
+    assert s["files_seen"] == s["images_seen"] + sum(s["files_skipped"].values())  # as documented (done: apart)

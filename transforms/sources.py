@@ -11,7 +11,8 @@ extension or no extension at all (decoding decides again); a file with any other
 log line, with the first paths in `files_skipped_examples` and the line under it. A walk also skips what lies under a hidden or
 system name below the folder (`.thumbnails/`, macOS's `._IMG_1.jpg`, a NAS's `@eaDir/` thumbnails
 and `#recycle/`), counted as `files_skipped.hidden`: read, they were duplicate faces at thumbnail
-size or dead letters. Named on its own, in a glob or in a list file, such a path is read.
+size or dead letters. Named on its own, in a glob or in a list file, such a path is read. A walk leaves out
+facebeam's own outputs inside the folder too (a folder holding `.facebeam.lock`), as `facebeam_output`.
 
 Symlinks: a folder walk or a glob on local disk does not read a symlink whose target lies outside
 the input's root (the folder, or the glob's folder before its first wildcard): it is counted in
@@ -40,6 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.images import DEFAULT_MAX_PIXELS, EXTRA_PAGES
+from facebeam.transforms.shards import LOCK_FILE
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ SKIPPED_NOT_IMAGE = SKIPPED + "not_image"  # folder-walk files with a non-image 
 SKIPPED_SYMLINK = SKIPPED + "symlink_outside"  # symlinks whose target leaves the input root
 SKIPPED_SPECIAL = SKIPPED + "special_file"  # pipes, sockets and devices: a named pipe would block its reader
 SKIPPED_NAME = SKIPPED + "name_not_utf8"  # names in another encoding (Latin-1 from an old camera, a zip, a share)
+SKIPPED_OUTPUT = SKIPPED + "facebeam_output"  # files of a facebeam output inside a walked folder (`--output photos/x`)
 SKIPPED_PATHS = "files_skipped_paths."  # Beam string sets files_skipped_paths.<why>: the first few, as examples
 # Folders a walk does not enter besides dot-names: NAS thumbnail caches, recycle bins and snapshots.
 SYSTEM_FOLDERS = ("@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN", "System Volume Information")
@@ -245,10 +248,16 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
         root = _root(pattern) if glob else os.path.realpath(pattern)
     found = []
     top = walk_root(pattern) if walk else None
+    # facebeam's own outputs inside the folder (`--output photos/faces`): their shards, reports and plots are
+    # not photos of the library, and a run would read its own earlier output.
+    outputs = tuple(posixpath.dirname(canonical(m.path)) + "/" for m in listed
+                    if walk and posixpath.basename(m.path) == LOCK_FILE)
     for m in listed:
         why = None
         if root is not None and leaves(m.path, root):
             why = "symlink_outside"
+        elif outputs and canonical(m.path).startswith(outputs):
+            why = "facebeam_output"
         elif walk:
             why = walk_skips(m.path, top)
         if why is None and not utf8_name(m.path):
@@ -275,6 +284,7 @@ class ExpandInputs(beam.DoFn):
            "hidden": "under hidden or system names (.name, @eaDir, #recycle)",
            "symlink_outside": "that are symlinks out of the input (--follow-symlinks reads them)",
            "special_file": "that are pipes, sockets or devices, not files",
+           "facebeam_output": "of facebeam's own outputs inside the folder (shards, reports)",
            "name_not_utf8": "whose names are not UTF-8, which no store can hold (rename them, e.g. "
                             "`convmv -f latin1 -t utf8 -r --notest DIR`)"}
 
