@@ -33,7 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from facebeam.pipelines import options
 from facebeam.pipelines.runner.kinds import runner_kind, runner_name
-from facebeam.transforms import manifest, metrics, privacy, progress, shards, sources
+from facebeam.transforms import locks, manifest, metrics, privacy, progress, shards, sources
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.summary import JobSummary, skipped_words
 
@@ -364,7 +364,7 @@ def lock_output(folder: str):
         raise UserError(f"output folder {folder!r} cannot be made: {blocker} is a file, not a folder; "
                         "choose another --output")
     started = time.time()
-    path = os.path.join(folder, shards.LOCK_FILE)
+    path = os.path.join(folder, locks.OUTPUT_LOCK_FILE)
 
     def write_holder(fd: int) -> None:  # the holder's pid, for the message of the job that is refused
         os.ftruncate(fd, 0)
@@ -479,7 +479,7 @@ def follow_changes(output: str, run_id, connect, named=None) -> dict:
 
 def finish_run(output: str, run_id, summary: dict) -> JobSummary:
     """summary.json from the typed summary (the same one the result line is built from); commits the run."""
-    if "://" not in output and not os.path.exists(os.path.join(output, shards.LOCK_FILE)):
+    if "://" not in output and not os.path.exists(os.path.join(output, locks.OUTPUT_LOCK_FILE)):
         raise shards.output_gone(os.path.abspath(output))  # deleted mid-run (Beam made it again): do not commit
     shards.drop_temp(output, run_id)
     # A run without --incremental replaces the output: its flat shards are rewritten, and the incremental runs

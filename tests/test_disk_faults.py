@@ -16,7 +16,7 @@ import time
 import pytest
 
 from facebeam.pipelines import embed
-from facebeam.transforms import shards
+from facebeam.transforms import locks, shards
 from tests.helpers import SAMPLE
 
 PHOTOS = ("img1.jpg", "img5.jpg", "img19.jpg")
@@ -62,7 +62,7 @@ def assert_nothing_left(out):
     left = [p for p in glob.glob(os.path.join(str(out), "**", "*"), recursive=True)
             if "beam-temp" in p or p.endswith((".parquet", ".json")) or ".tmp-" in p]
     assert left == [], left
-    lock = os.path.join(str(out), shards.LOCK_FILE)
+    lock = os.path.join(str(out), locks.OUTPUT_LOCK_FILE)
     if os.path.exists(lock):
         with open(lock, "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if a job still held it

@@ -27,7 +27,7 @@ from facebeam.pipelines.bench import phases
 from facebeam.pipelines.local import flink as flink_local
 from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.runner.presets import RUNNER_PRESETS
-from facebeam.transforms import shards
+from facebeam.transforms import locks, shards
 from facebeam.transforms.spec import EmbeddingSpec
 from tests.es_fixtures import SESSION_HOME
 from tests.helpers import SAMPLE, drop_versions, job, read_rows, synthetic_shards
@@ -105,7 +105,7 @@ def assert_nothing_stray(out):
             assert not name.startswith("beam-temp-") and ".tmp-" not in name, os.path.join(root, name)
         m = re.search(r"run=([^/]+)$", root)
         assert m is None or m.group(1) in committed, f"uncommitted partition {root}"
-    lock = filelock.FileLock(str(out / shards.LOCK_FILE), blocking=False)
+    lock = filelock.FileLock(str(out / locks.OUTPUT_LOCK_FILE), blocking=False)
     lock.acquire()  # raises filelock.Timeout if a job still held it
     lock.release()
 

@@ -17,6 +17,7 @@ from facebeam.transforms import privacy
 from facebeam.transforms.errors import UserError
 
 log = logging.getLogger(__name__)
+OUTPUT_LOCK_FILE = ".facebeam.lock"  # held in a job's output folder while it runs, kept after (jobs.lock_output)
 
 
 @contextlib.contextmanager

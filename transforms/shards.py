@@ -40,6 +40,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from facebeam.transforms import privacy
 from facebeam.transforms.errors import UserError
+from facebeam.transforms.locks import OUTPUT_LOCK_FILE
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ def output_fault(folder: str, exc: BaseException):
             found.append((cause.errno, cause.filename))
         cause, seen = cause.__cause__ or cause.__context__, seen + 1
     found += [(int(n or m), p or None) for n, p, m in _ERRNO_TEXT.findall(str(exc)) if int(n or m) in OUTPUT_ERRNOS]
-    gone = not os.path.isdir(top) or not os.path.exists(os.path.join(top, LOCK_FILE))
+    gone = not os.path.isdir(top) or not os.path.exists(os.path.join(top, OUTPUT_LOCK_FILE))
     for code, path in found:
         kind = OUTPUT_ERRNOS[code]
         inside = path is not None and os.path.abspath(str(path)).startswith(top)
@@ -274,7 +275,6 @@ def output_gone(folder: str) -> OutputFault:
                        "run the same command again")
 
 
-LOCK_FILE = ".facebeam.lock"
 
 
 def discard_partial(folder: str, since: float) -> list:

@@ -41,7 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.images import DEFAULT_MAX_PIXELS, EXTRA_PAGES
-from facebeam.transforms.shards import LOCK_FILE
+from facebeam.transforms.locks import OUTPUT_LOCK_FILE
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
     # facebeam's own outputs inside the folder (`--output photos/faces`): their shards, reports and plots are
     # not photos of the library, and a run would read its own earlier output.
     outputs = tuple(posixpath.dirname(canonical(m.path)) + "/" for m in listed
-                    if walk and posixpath.basename(m.path) == LOCK_FILE)
+                    if walk and posixpath.basename(m.path) == OUTPUT_LOCK_FILE)
     for m in listed:
         why = None
         if root is not None and leaves(m.path, root):
