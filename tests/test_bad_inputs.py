@@ -322,3 +322,7 @@ def test_an_output_inside_the_photo_folder_is_not_read_as_photos(tmp_path):
     assert s["files_skipped"]["not_image"] == 1 and s["files_skipped"]["facebeam_output"] >= 4, s["files_skipped"]
     assert "hidden" not in s["files_skipped"] and s["images_done"] == 1 and s["images_seen"] == 0
     assert s["files_seen"] == s["images_seen"] + sum(s["files_skipped"].values())  # as documented (done: apart)
+    # The output may be the photo folder itself: its photos stay photos.
+    assert embed.main(["--input", str(d), "--output", str(d)]) == 0
+    s = read_json(str(d / "summary.json"))
+    assert s["images_embedded"] == 1 and "facebeam_output" in s["files_skipped"]  # the faces/ output still is one

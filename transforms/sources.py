@@ -250,8 +250,10 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
     top = walk_root(pattern) if walk else None
     # facebeam's own outputs inside the folder (`--output photos/faces`): their shards, reports and plots are
     # not photos of the library, and a run would read its own earlier output.
+    # (Strictly below the walked folder: `--output photos` itself keeps its photos read.)
     outputs = tuple(posixpath.dirname(canonical(m.path)) + "/" for m in listed
-                    if walk and posixpath.basename(m.path) == OUTPUT_LOCK_FILE)
+                    if walk and posixpath.basename(m.path) == OUTPUT_LOCK_FILE
+                    and posixpath.dirname(canonical(m.path)) != canonical(top).rstrip("/"))
     for m in listed:
         why = None
         if root is not None and leaves(m.path, root):
