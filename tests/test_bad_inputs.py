@@ -326,3 +326,29 @@ def test_an_output_inside_the_photo_folder_is_not_read_as_photos(tmp_path):
     assert embed.main(["--input", str(d), "--output", str(d)]) == 0
     s = read_json(str(d / "summary.json"))
     assert s["images_embedded"] == 1 and "facebeam_output" in s["files_skipped"]  # the faces/ output still is one
+
+
+def test_since_reads_the_newer_photos_and_counts_the_older_ones(tmp_path):
+    """A nightly `--since` run said `embedded 0 photos` without a word on the files it left out; and no test ran
+    --since on a job at all. In a folder and in a list file, older files are counted, newer ones embedded."""
+    import shutil
+
+    from facebeam.transforms.shards import read_json
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    shutil.copy(FACE, d / "new.jpg")
+    shutil.copy(OTHER, d / "old.jpg")
+    (d / "old.txt").write_text("x")
+    for name in ("old.jpg", "old.txt"):
+        os.utime(d / name, (1577836800, 1577836800))  # 2020-01-01
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{d / 'new.jpg'}\n{d / 'old.jpg'}\n{d / 'gone.jpg'}\n")
+    for i, (source, failed) in enumerate(((str(d), {}), (str(listing), {"unreadable": 1}))):
+        out = tmp_path / f"out{i}"
+        assert embed.main(["--input", source, "--output", str(out), "--since", "2025-01-01"]) == 0
+        s = read_json(str(out / "summary.json"))
+        assert s["images_embedded"] == 1 and s["images_failed"] == failed, (source, s)  # a missing one is a row
+        assert s["files_skipped"] == {"older_than_since": 2 - i}, (source, s)  # the old .txt: older, whatever else
+        assert [os.path.basename(r["image_path"]) for r in read_rows(str(out / "embeddings"))] == ["new.jpg"]
+        assert s["files_seen"] == s["images_seen"] + sum(s["files_skipped"].values())

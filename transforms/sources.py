@@ -215,7 +215,8 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
 
     A folder walk or glob passes each file it does not read (see the module docstring) to
     `skipped(path, why)`, why = "not_image", "hidden" or "symlink_outside"; any input passes a file whose name
-    is not UTF-8 there as "name_not_utf8", and a pipe, socket or device as "special_file". Inputs that name
+    is not UTF-8 there as "name_not_utf8", a pipe, socket or device as "special_file", and a file modified
+    before `since` as "older_than_since". Inputs that name
     nothing were refused in the launcher (`check_inputs`); here they yield nothing.
     """
     def fresh(m):
@@ -224,9 +225,9 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
     if is_list(pattern):
         for line in _list_lines(pattern.lstrip("@")):
             found = None if since is None else _match_named(line)
-            if since is not None and not (found and found[0].last_updated_in_seconds >= since):
-                continue
             why = "name_not_utf8" if not utf8_name(line) else "special_file" if special(line) else None
+            if why is None and found and not fresh(found[0]):  # a missing one is read, and its row says so
+                why = "older_than_since"
             if why is not None:
                 if skipped is not None:
                     skipped(canonical(line), why)
@@ -256,7 +257,9 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
                     and posixpath.dirname(canonical(m.path)) != canonical(top).rstrip("/"))
     for m in listed:
         why = None
-        if root is not None and leaves(m.path, root):
+        if not fresh(m):  # whatever else it is: a nightly --since run accounts for every file it listed
+            why = "older_than_since"
+        elif root is not None and leaves(m.path, root):
             why = "symlink_outside"
         elif outputs and canonical(m.path).startswith(outputs):
             why = "facebeam_output"
@@ -269,13 +272,12 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
         if why is None:
             found.append(m)
             continue
-        if skipped is not None and fresh(m):
+        if skipped is not None:
             skipped(canonical(m.path), why)
     if not found:
-        log.warning("input %r matched no image files", pattern)
+        log.warning("input %r matched no image files%s", pattern, " modified since --since" if since else "")
     for m in found:
-        if fresh(m):
-            yield canonical(m.path), m.size_in_bytes
+        yield canonical(m.path), m.size_in_bytes
 
 
 class ExpandInputs(beam.DoFn):
@@ -287,6 +289,7 @@ class ExpandInputs(beam.DoFn):
            "symlink_outside": "that are symlinks out of the input (--follow-symlinks reads them)",
            "special_file": "that are pipes, sockets or devices, not files",
            "facebeam_output": "of facebeam's own outputs inside the folder (shards, reports)",
+           "older_than_since": "modified before --since",
            "name_not_utf8": "whose names are not UTF-8, which no store can hold (rename them, e.g. "
                             "`convmv -f latin1 -t utf8 -r --notest DIR`)"}
 

@@ -23,14 +23,17 @@ def _int(v) -> int:
 # files_skipped's reasons (transforms/sources.py), as the result line says them
 SKIPPED_WORDS = {"not_image": "non-image file(s)", "hidden": "file(s) under hidden or system names",
                  "symlink_outside": "symlink(s) out of the input", "name_not_utf8": "file(s) named in another encoding",
-                 "special_file": "pipe(s), socket(s) or device(s)", "facebeam_output": "file(s) of facebeam outputs"}
+                 "special_file": "pipe(s), socket(s) or device(s)", "facebeam_output": "file(s) of facebeam outputs",
+                 "older_than_since": "file(s) older than --since"}
 
 
 # ... and as the line of examples under it says one path's reason
 SKIPPED_WHY = {"not_image": "not an image", "hidden": "hidden or system name", "symlink_outside": "symlink out",
                "name_not_utf8": "name not UTF-8", "special_file": "not a regular file",
-               "facebeam_output": "a facebeam output"}
+               "facebeam_output": "a facebeam output", "older_than_since": "older than --since"}
 EXAMPLES_SHOWN = 3  # skipped paths on the result line; summary.json's files_skipped_examples has more
+# ... but not for these: the user's own --output inside the folder, and a nightly --since run's older files
+QUIET_SKIPS = ("facebeam_output", "older_than_since")
 
 
 def skipped_words(skipped: Mapping) -> list:
@@ -70,7 +73,7 @@ class EmbedCounts:
     def examples_line(self) -> str | None:
         """`skipped: a.txt (not an image), ...`: which files the counts mean, wherever the workers logged."""
         said = [f"{path} ({SKIPPED_WHY.get(why, why)})" for why, paths in self.examples.items() for path in paths
-                if why != "facebeam_output"]  # the user's own --output inside the folder: the count says enough
+                if why not in QUIET_SKIPS]
         if not said:
             return None
         more = "; summary.json lists more" if len(said) > EXAMPLES_SHOWN else ""
