@@ -585,7 +585,16 @@ def add_search_filters(p) -> None:
     p.add_argument("--label", default=None, metavar="NAME", help="only faces with this identity label")
     p.add_argument("--person", default=None, metavar="NAME",
                    help="only faces of the person of this name (`facebeam persons name`) or person id")
-    p.add_argument("--path-prefix", default=None, metavar="P", help="only faces of images whose path starts with P")
+    p.add_argument("--path-prefix", type=path_prefix, default=None, metavar="P",
+                   help="only faces of images whose path starts with P (a relative one from this folder)")
+
+
+def path_prefix(text: str) -> str:
+    """An argparse type: a path prefix as the stores hold paths (sources.canonical: absolute for local files), a
+    trailing / kept (`people/bob/` is not `people/bobby`). `people/bob` matched nothing, without a word."""
+    if "://" in text or not text:
+        return text
+    return sources.canonical(text) + ("/" if text.endswith("/") else "")
 
 
 def check_search_size(a: Args) -> None:
@@ -603,6 +612,8 @@ def search_filters(a: Args) -> tuple:
         found = knn.parse_filters(a.filter)
     except ValueError as e:
         raise UserError(str(e)) from None
+    # image_path as the stores hold it (absolute for local files), as --path-prefix is
+    found = tuple((f, sources.canonical(v) if f == "image_path" else v) for f, v in found)
     return found + ((("label", a.label),) if a.label else ()) + ((("person", a.person),) if a.person else ())
 
 

@@ -266,6 +266,12 @@ def test_a_word_no_flag_takes_is_refused_and_beam_flags_keep_their_values():
 
     args, _ = options.parse(search.build_parser(), ["a.jpg", "--k", "3", "b.jpg"], beam=False)
     assert args.photos == ["a.jpg", "b.jpg"] and args.k == 3
+    # A relative path filter is taken from this folder, as stored paths are (it matched nothing, without a word).
+    config = search.configure(*options.parse(search.build_parser(), ["a.jpg", "--path-prefix", "people/bob/",
+                                                                     "--filter", "image_path=people/x.jpg"], beam=False))
+    assert config.path_prefix == os.path.join(os.getcwd(), "people", "bob") + "/"
+    assert config.filters == (("image_path", os.path.join(os.getcwd(), "people", "x.jpg")),)
+    assert options.path_prefix("gs://b/people/") == "gs://b/people/" and options.path_prefix("/p/2019-") == "/p/2019-"
 
 
 def test_persons_takes_clusters_before_or_after_its_action():
