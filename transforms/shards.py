@@ -275,8 +275,6 @@ def output_gone(folder: str) -> OutputFault:
                        "run the same command again")
 
 
-
-
 def discard_partial(folder: str, since: float) -> list:
     """Remove what a run that failed on its output wrote: Beam's temp folders, uncommitted partitions and
     flat shard files written since `since` (epoch seconds). Local disk; returns what went."""

@@ -8,11 +8,12 @@ The rule for files: every file a glob or a list file names is read, and decoding
 extension or no extension at all (decoding decides again); a file with any other extension
 (`.txt`, `.csv`, `.md`, ...) is not read but counted as skipped: the Beam counter
 `facebeam/files_skipped.not_image`, `files_skipped` in the job summary and the end-of-run
-log line, with the first paths in `files_skipped_examples` and the line under it. A walk also skips what lies under a hidden or
-system name below the folder (`.thumbnails/`, macOS's `._IMG_1.jpg`, a NAS's `@eaDir/` thumbnails
-and `#recycle/`), counted as `files_skipped.hidden`: read, they were duplicate faces at thumbnail
-size or dead letters. Named on its own, in a glob or in a list file, such a path is read. A walk leaves out
-facebeam's own outputs inside the folder too (a folder holding `.facebeam.lock`), as `facebeam_output`.
+log line, with the first paths in `files_skipped_examples` and the line under it. A walk also
+skips what lies under a hidden or system name below the folder (`.thumbnails/`, macOS's
+`._IMG_1.jpg`, a NAS's `@eaDir/` thumbnails and `#recycle/`), counted as `files_skipped.hidden`:
+read, they were duplicate faces at thumbnail size or dead letters. Named on its own, in a glob or
+in a list file, such a path is read. A walk leaves out facebeam's own outputs inside the folder
+too (a folder holding `.facebeam.lock`), as `facebeam_output`.
 
 Symlinks: a folder walk or a glob on local disk does not read a symlink whose target lies outside
 the input's root (the folder, or the glob's folder before its first wildcard): it is counted in
@@ -48,12 +49,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif", ".heic", ".heif", ".avif")
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
-SKIPPED = "files_skipped."  # Beam counters files_skipped.<why>: files listed but not read
-SKIPPED_NOT_IMAGE = SKIPPED + "not_image"  # folder-walk files with a non-image extension
-SKIPPED_SYMLINK = SKIPPED + "symlink_outside"  # symlinks whose target leaves the input root
-SKIPPED_SPECIAL = SKIPPED + "special_file"  # pipes, sockets and devices: a named pipe would block its reader
-SKIPPED_NAME = SKIPPED + "name_not_utf8"  # names in another encoding (Latin-1 from an old camera, a zip, a share)
-SKIPPED_OUTPUT = SKIPPED + "facebeam_output"  # files of a facebeam output inside a walked folder (`--output photos/x`)
+SKIPPED = "files_skipped."  # Beam counters files_skipped.<why> (ExpandInputs.WHY): files listed but not read
 SKIPPED_PATHS = "files_skipped_paths."  # Beam string sets files_skipped_paths.<why>: the first few, as examples
 # Folders a walk does not enter besides dot-names: NAS thumbnail caches, recycle bins and snapshots.
 SYSTEM_FOLDERS = ("@eaDir", "#recycle", "#snapshot", "$RECYCLE.BIN", "System Volume Information")
@@ -274,8 +270,8 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
             continue
         if skipped is not None:
             skipped(canonical(m.path), why)
-    if not found:
-        log.warning("input %r matched no image files%s", pattern, " modified since --since" if since else "")
+    if not found:  # info: the result line counts what it skipped, and why
+        log.info("input %r matched no image files%s", pattern, " modified since --since" if since else "")
     for m in found:
         yield canonical(m.path), m.size_in_bytes
 
