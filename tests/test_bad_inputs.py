@@ -352,3 +352,25 @@ def test_since_reads_the_newer_photos_and_counts_the_older_ones(tmp_path):
         assert s["files_skipped"] == {"older_than_since": 2 - i}, (source, s)  # the old .txt: older, whatever else
         assert [os.path.basename(r["image_path"]) for r in read_rows(str(out / "embeddings"))] == ["new.jpg"]
         assert s["files_seen"] == s["images_seen"] + sum(s["files_skipped"].values())
+
+
+def test_a_query_into_a_collections_folder_and_back_is_refused(tmp_path, caplog):
+    """`query --output` on the collection's own folder replaced its dead letters and summary.json with the
+    query's; an embed into a query's folder would mix the other way. Each is one line, and nothing changes."""
+    from facebeam.pipelines import query
+
+    def files(folder):
+        return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file())
+
+    out, q = tmp_path / "collection", tmp_path / "query"
+    assert embed.main(["--input", FACE, "--output", str(out)]) == 0
+    before = files(out)
+    caplog.clear()
+    assert query.main(["--probes", FACE, "--exact", "--shards", str(out), "--output", str(out)]) == 2
+    assert files(out) == before
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"{out} holds a collection's output (embeddings/): a query's files (errors/, summary.json) would replace "
+        "its own; choose another --output"]
+    assert query.main(["--probes", FACE, "--exact", "--shards", str(out), "--output", str(q)]) == 0
+    before = files(q)
+    assert embed.main(["--input", FACE, "--output", str(q)]) == 2 and files(q) == before

@@ -418,6 +418,24 @@ def tombstones(folder: str) -> list:
     return _match(FileSystems.join(folder, "tombstones", "*.parquet"))
 
 
+# What each kind of output writes that the other's would replace: a collection's dead letters and summary.json
+# went when a query wrote its own into the same folder.
+OUTPUT_KINDS = {"collection": "embeddings", "query": "results"}
+
+
+def check_output_kind(folder: str, kind: str) -> None:
+    """Refuse an output folder that holds the other kind of output (a collection's shards, a query's results)."""
+    for other, marks in OUTPUT_KINDS.items():
+        if other == kind:
+            continue
+        where = FileSystems.join(folder, marks)
+        held = (os.path.isdir(where) and bool(os.listdir(where))) if _local(folder) else bool(
+            FileSystems.match([FileSystems.join(where, "**")])[0].metadata_list)
+        if held:
+            raise UserError(f"{folder} holds a {other}'s output ({marks}/): a {kind}'s files (errors/, summary.json) "
+                            "would replace its own; choose another --output")
+
+
 def spec_id_held(folder: str) -> str | None:
     """The spec id of the faces under `folder` (None when it holds none), from the first shard with a row: an
     incremental run into it must share it (jobs.plan_backfill), so one shard speaks for all."""
