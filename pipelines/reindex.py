@@ -78,6 +78,12 @@ def _inputs_for(config: ReindexConfig, known: dict) -> Inputs:
 
 
 def run(config: ReindexConfig, pipeline=None) -> dict:
+    # The new spec's collection gets a folder of its own: into the old one, its shards sat beside the old spec's
+    # and the load read both (one collection, one spec).
+    shards.check_output_kind(config.output, "collection")
+    if shards.files(config.output):
+        raise UserError(f"{config.output} already holds a collection's shards: reindex writes the new spec's "
+                        "collection into a folder of its own; choose another --output")
     store = stores.for_loading(config.store, config.es.connection, config.load.alias)
     if not store.capabilities.reindex:
         raise UserError(f"{store.describe()} {store.capabilities.lacks('reindex')}")
@@ -85,7 +91,8 @@ def run(config: ReindexConfig, pipeline=None) -> dict:
     made = store.copies()  # the outputs and collections made from the old faces: still `forget`'s to reach
     try:
         try:
-            summary = _reindex(config, pipeline, job)
+            with jobs.lock_output(config.output):  # private, one job at a time, nothing half-written left
+                summary = _reindex(config, pipeline, job)
         finally:
             job.close()  # the store's lock goes with it
         for copy in made:  # onto the new generation's metadata (an Elasticsearch index keeps its own)

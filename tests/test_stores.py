@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from facebeam.pipelines import forget, index, query, run
+from facebeam.pipelines import forget, index, options, query, run
 from facebeam.transforms import ann, knn, redis_store, shards
+from facebeam.transforms.errors import UserError
 from facebeam.transforms.spec import EmbeddingSpec
 from tests.es_fixtures import SESSION_HOME
 from tests.helpers import drop_versions, fresh_collection, job, read_rows, sample_images, synthetic_shards
@@ -258,6 +259,13 @@ def test_reindex_switches_the_embedded_index_to_the_new_spec(tmp_path, capsys):
     first = job(run, ["--input", str(photos), "--output", str(tmp_path / "v1"), "--store", f"local:{folder}",
                       "--label-from", "parent-dir"])
     old = ann.AnnIndex.open(folder)
+    # Into the old collection's own folder, the new shards sat beside the old spec's and the load failed halfway:
+    # refused before any work, and the index stays as it was.
+    with pytest.raises(UserError, match="v1 already holds a collection's shards: reindex writes the new spec's"):
+        reindex.run(reindex.configure(*options.parse(reindex.build_parser(), [
+            "--index", "faces", "--store", f"local:{folder}", "--output", str(tmp_path / "v1"),
+            "--detect-max-side", "480"])))
+    assert ann.AnnIndex.open(folder).spec.spec_id == old.spec.spec_id
     summary = job(reindex, ["--index", "faces", "--store", f"local:{folder}", "--output", str(tmp_path / "v2"),
                             "--detect-max-side", "480", "--compare", "4"])
     assert "same-person agreement" in capsys.readouterr().out
