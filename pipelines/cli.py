@@ -58,6 +58,8 @@ def _version() -> str:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "help":  # `facebeam help embed [index]`: that command's --help
+        argv = [*argv[1:], "--help"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
