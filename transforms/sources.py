@@ -23,7 +23,7 @@ or in a list file is read as named. (Beam's local lister never descends into sym
 
 Pages: every page of a multi-page TIFF is an image of its own (`images.decode_pages`); the pages
 after the first are counted in `images_extra_pages`. So
-`files_seen = images_seen - images_extra_pages + sum(files_skipped)`, and
+`files_seen = images_seen - images_extra_pages + images_done + sum(files_skipped)`, and
 `images_seen = images_embedded + sum(images_failed)` as before.
 
 Paths are canonical: a local path is stored absolute and normalised (symlinks are kept as
@@ -313,9 +313,13 @@ class ExpandInputs(beam.DoFn):
 def input_counts(counters: dict, images_seen: int, notes: dict = None) -> dict:
     """The summary's file counts from the job's Beam counters: files_skipped by why, extra pages, files_seen;
     with the job's string sets (`notes`), files_skipped_examples: a few skipped paths by why."""
+    from facebeam.transforms.metrics import IMAGES_DONE
+
     skipped = {k[len(SKIPPED):]: v for k, v in sorted(counters.items()) if k.startswith(SKIPPED) and v}
     extra = counters.get(EXTRA_PAGES, 0)
-    out = {"files_skipped": skipped, "files_seen": images_seen - extra + sum(skipped.values())}
+    # Every file listed: read (pages after the first are not files), already done (an incremental run), skipped.
+    out = {"files_skipped": skipped,
+           "files_seen": images_seen - extra + counters.get(IMAGES_DONE, 0) + sum(skipped.values())}
     examples = {k[len(SKIPPED_PATHS):]: v[: ExpandInputs.SHOWN] for k, v in sorted((notes or {}).items())
                 if k.startswith(SKIPPED_PATHS) and v}
     if examples:
