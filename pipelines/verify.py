@@ -25,7 +25,7 @@ import sys
 import time
 
 from facebeam.pipelines import jobs, options
-from facebeam.transforms import knn, labels, sources
+from facebeam.transforms import images, knn, labels, sources
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
 
@@ -116,8 +116,6 @@ class Prober:
 
     def __call__(self, path: str, face: int = None) -> tuple:
         """(vector, the face's index, faces in the photo, "largest" or "given")."""
-        from facebeam.transforms import images
-
         try:
             data, sha = sources.read_bytes(path, DEFAULT_MAX_FILE_BYTES)
         except (OSError, ValueError) as e:
@@ -176,17 +174,24 @@ def run(config: VerifyConfig, pipeline=None) -> dict:
             return {**head, **res, "ok": True}
         results = []
         for photo, name, expected in read_pairs(config.pairs, config.photos):
-            res = verify_one(backend, prober, photo, name)
+            try:
+                res = verify_one(backend, prober, photo, name)
+            except (UserError, images.ImageError) as e:  # one photo that cannot be read or has no face: its row
+                print(f"{photo}: cannot verify: {e}")
+                res = {"photo": photo, "identity": name, "verdict": "failed", "error": str(e), "distance": None}
             res["expected"] = None if expected is None else ("same" if expected else "different")
             results.append(res)
-        judged = [r for r in results if r["expected"] is not None and r["verdict"] != "unknown"]
+        judged = [r for r in results if r["expected"] is not None and r["verdict"] in ("same", "different")]
         right = sum(r["verdict"] == r["expected"] for r in judged)
-        latencies = sorted(r["latency_ms"] for r in results if r["verdict"] != "unknown")
+        latencies = sorted(r["latency_ms"] for r in results if r["verdict"] in ("same", "different"))
+        failed = sum(r["verdict"] == "failed" for r in results)
         summary = {**head, "pairs": len(results), "unknown": sum(r["verdict"] == "unknown" for r in results),
+                   "failed": failed,
                    "judged": len(judged), "right": right, "accuracy": round(right / len(judged), 4) if judged else None,
                    "latency_p50_ms": latencies[len(latencies) // 2] if latencies else None, "results": results,
                    "ok": True}
-        print(f"verified {len(results)} pair(s) on {backend.where}: {summary['unknown']} unknown identit(ies); "
+        print(f"verified {len(results)} pair(s) on {backend.where}: {failed} failed, {summary['unknown']} unknown "
+              "identit(ies); "
               + (f"accuracy {summary['accuracy']:.4f} ({right}/{len(judged)})" if judged else "no decisions to score")
               + (f"; lookup p50 {summary['latency_p50_ms']:.2f} ms" if latencies else ""))
         return summary
@@ -195,7 +200,7 @@ def run(config: VerifyConfig, pipeline=None) -> dict:
 
 
 def main(argv=None) -> int:
-    return jobs.main(sys.modules[__name__], argv)
+    return jobs.main(sys.modules[__name__], argv, failed=lambda s: s.get("failed", 0))
 
 
 if __name__ == "__main__":

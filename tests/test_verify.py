@@ -178,3 +178,26 @@ def test_forget_removes_a_photo_from_redis(labeled, redis_conn_args, tmp_path, c
     assert not client.exists(redis_store.prefix(name) + "id:" + label)
     for key in client.scan_iter(redis_store.prefix(name) + "*"):
         client.delete(key)
+
+
+def test_a_pair_whose_photo_cannot_be_read_is_its_row_and_the_others_are_judged(tmp_path, capsys):
+    """`verify --pairs` stopped at the first photo it could not read (one line, every other pair lost): now that
+    pair is a failed row, the others are judged, and the exit status says something failed."""
+    import shutil
+
+    from facebeam.pipelines import run
+
+    people = tmp_path / "people"
+    (people / "a").mkdir(parents=True)
+    shutil.copy(os.path.join(SAMPLE, "img1.jpg"), people / "a" / "img1.jpg")
+    folder = str(tmp_path / "ann")
+    job(run, ["--input", str(people), "--output", str(tmp_path / "out"), "--store", f"local:{folder}",
+              "--label-from", "parent-dir"])
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"photo,identity,decision\n{SAMPLE}/img1.jpg,a,yes\n{tmp_path}/gone.jpg,a,yes\n")
+    capsys.readouterr()
+    assert verify.main(["--pairs", str(pairs), "--store", f"local:{folder}", "--json"]) == 1
+    s = json.loads(capsys.readouterr().out)
+    assert (s["pairs"], s["failed"], s["judged"], s["right"]) == (2, 1, 1, 1)
+    failed = [r for r in s["results"] if r["verdict"] == "failed"]
+    assert len(failed) == 1 and "gone.jpg" in failed[0]["error"] and failed[0]["photo"].endswith("gone.jpg")

@@ -272,7 +272,8 @@ def _verify_line(s: JobSummary) -> str:
     t = s.threshold.words() if s.threshold else ""
     if "pairs" in s:
         acc = f"accuracy {s['accuracy']:.4f}" if s.get("judged") else "no decisions"
-        return f"{s['pairs']} pair(s) judged, {acc}, {t}"
+        failed = f", {s['failed']} failed" if s.get("failed") else ""
+        return f"{s['pairs']} pair(s) judged{failed}, {acc}, {t}"
     face = ""
     if s.get("faces_in_photo") is not None:
         face = f" (face {s['face']} of {s['faces_in_photo']} in the photo"
