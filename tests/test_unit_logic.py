@@ -795,3 +795,12 @@ def test_a_missing_index_says_state_lives_in_the_folder_a_command_runs_in(tmp_pa
     (tmp_path / ".facebeam").mkdir()
     assert ann.missing(folder) == f"no embedded index at {folder}: build one with `facebeam run` or `facebeam index " \
                                   f"--store local:{folder}`"
+
+
+def test_shards_named_below_the_collections_folder_are_pointed_at_it():
+    from facebeam.transforms import shards
+
+    for given in ("out/embeddings", "out/embeddings/", "out/embeddings/part-0.parquet",
+                  "out/embeddings/run=1/part-0.parquet", "out/errors"):
+        assert shards.collection_hint(given).endswith("the one `embed` or `run` wrote: out)"), given
+    assert shards.collection_hint("out") == shards.collection_hint("photos/2019") == ""

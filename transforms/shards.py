@@ -436,6 +436,16 @@ def check_output_kind(folder: str, kind: str) -> None:
                             "would replace its own; choose another --output")
 
 
+def collection_hint(folder: str) -> str:
+    """`--shards out/embeddings` or a shard file named where the collection's folder goes: name that folder."""
+    path = folder.rstrip("/")
+    for _ in range(3):  # out/embeddings, out/embeddings/part-0.parquet, out/embeddings/run=X/part-0.parquet
+        path, name = posixpath.split(path)
+        if name in PARTITIONED:
+            return f" (--shards is the collection's folder, the one `embed` or `run` wrote: {path or '.'})"
+    return ""
+
+
 def spec_id_held(folder: str) -> str | None:
     """The spec id of the faces under `folder` (None when it holds none), from the first shard with a row: an
     incremental run into it must share it (jobs.plan_backfill), so one shard speaks for all."""
@@ -460,7 +470,7 @@ def spec_of(folder: str):
 
     found = files(folder)
     if not found:
-        raise UserError(f"no Parquet shards under {FileSystems.join(folder, 'embeddings')}")
+        raise UserError(f"no Parquet shards under {FileSystems.join(folder, 'embeddings')}{collection_hint(folder)}")
     specs = {}
     for path in found:
         try:
