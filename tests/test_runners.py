@@ -303,3 +303,16 @@ def test_unpublished_job_server_names_coordinates(tmp_path, monkeypatch):
     assert "org.apache.beam:beam-runners-flink-1.19:2.999.0" in msg
     assert str(tmp_path / "jars") in msg
     assert not list((tmp_path / "jars").glob("*.jar"))
+
+
+def test_a_flink_master_that_is_not_there_is_named_in_one_short_line():
+    """The line carried urllib3's pool, URL and connection reprs around `Connection refused`."""
+    from facebeam.pipelines.local.toolkit import RunnerSetupError
+    from facebeam.pipelines.runner import probes
+
+    with pytest.raises(RunnerSetupError) as e:
+        probes.check_flink("localhost:1", "1.19", timeout=0.5)
+    said = str(e.value)
+    assert said.startswith("No Flink cluster answers at http://localhost:1 (--flink_master=localhost:1) after 0 s: "
+                           "Connection refused. Start one with `facebeam flink up`"), said
+    assert "HTTPConnectionPool" not in said and len(said.splitlines()) == 1

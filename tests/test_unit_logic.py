@@ -804,3 +804,4 @@ def test_shards_named_below_the_collections_folder_are_pointed_at_it():
                   "out/embeddings/run=1/part-0.parquet", "out/errors"):
         assert shards.collection_hint(given).endswith("the one `embed` or `run` wrote: out)"), given
     assert shards.collection_hint("out") == shards.collection_hint("photos/2019") == ""
+

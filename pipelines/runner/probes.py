@@ -9,6 +9,7 @@ environment on this machine, the worker pool (`check_worker_pool`). Anything wro
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 
 from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, PortableOptions, SparkRunnerOptions
@@ -87,6 +88,12 @@ def check_worker_pool(opts: PipelineOptions, timeout: float | None = None) -> di
     return pools.check_pool(kind, address, timeout)
 
 
+def _why(e: BaseException) -> str:
+    """`Connection refused`, not urllib3's pool, URL and object reprs around it."""
+    m = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(e))
+    return m.group(1).strip() if m else (str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+
+
 def check_flink(master: str, flink_version: str, timeout: float) -> None:
     """RunnerSetupError unless a Flink of `flink_version` with free slots answers at `master`."""
     base = master if "://" in master else f"http://{master}"
@@ -104,8 +111,8 @@ def check_flink(master: str, flink_version: str, timeout: float) -> None:
     answered = toolkit.poll(overview, timeout)
     if answered is None:
         raise RunnerSetupError(
-            f"No Flink cluster answers at {base} (--flink_master={master}) after {timeout:.0f} s: "
-            f"{errors[-1] if errors else None}. "
+            f"No Flink cluster answers at {base} (--flink_master={master}) after {timeout:.0f} s"
+            f"{': ' + _why(errors[-1]) if errors else ''}. "
             f"Start one with `facebeam flink up`, or use --flink_master=[local] for an embedded mini-cluster."
         )
     overview = answered["answer"]
