@@ -47,8 +47,7 @@ def configure(a: options.Args, beam_args=()) -> EmbedConfig:
 
 def run(config: EmbedConfig, pipeline=None) -> dict:
     photos = jobs.preflight(config.inputs, config.spec)
-    shards.check_output_kind(config.output, "collection")
-    with jobs.lock_output(config.output):  # a second job into the same folder refuses at once
+    with jobs.lock_output(config.output, "collection"):  # a second job into the same folder refuses at once
         return _embed(config, pipeline, photos)
 
 

@@ -347,13 +347,16 @@ def _ancestors(folder: str) -> list:
 
 
 @contextlib.contextmanager
-def lock_output(folder: str):
-    """Hold `<folder>/.facebeam.lock` (exclusive, non-blocking) while the body runs; see the module docstring."""
+def lock_output(folder: str, kind: str = None):
+    """Hold `<folder>/.facebeam.lock` (exclusive, non-blocking) while the body runs; see the module docstring.
+    `kind` ("collection", "query"): refuse a folder that holds the other kind (shards.check_output_kind)."""
     if sources.has_wildcard(folder):  # Beam's own writes match their temp files by pattern, and fail
         raise UserError(f"output folder {folder!r} has a *, ? or [ in its path, which Beam's file matching reads as "
                         "a wildcard (it has no quoting): choose a folder without them")
     if "://" in folder:
         sources.check_filesystem(folder, "output")
+        if kind:
+            shards.check_output_kind(folder, kind)
         log.warning("no lock on %s (not a local folder): runs into it must not overlap", folder)
         yield
         return
@@ -363,6 +366,8 @@ def lock_output(folder: str):
     if blocker is not None:
         raise UserError(f"output folder {folder!r} cannot be made: {blocker} is a file, not a folder; "
                         "choose another --output")
+    if kind:
+        shards.check_output_kind(folder, kind)
     started = time.time()
     path = os.path.join(folder, locks.OUTPUT_LOCK_FILE)
 

@@ -131,9 +131,8 @@ def run(config: QueryConfig, pipeline=None) -> dict:
     backend = stores.open_search(ns.store, ns.es.connection, ns.index, ns.shards, ns.exact, ns.spec_given, ns.threshold,
                                  ns.filters)
     sources.check_inputs(ns.probes.patterns)  # both refuse before the output folder is made
-    shards.check_output_kind(ns.output, "query")
     # Private like every job's output, one query at a time into a folder, and the answer of this query alone.
-    with jobs.lock_output(config.output):
+    with jobs.lock_output(config.output, "query"):
         return _query(ns, backend, pipeline)
 
 

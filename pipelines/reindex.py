@@ -21,7 +21,7 @@ import sys
 from facebeam.pipelines import jobs, options
 from facebeam.pipelines.runner.job_options import pipeline_options
 from facebeam.pipelines.runner.launch import create_pipeline
-from facebeam.transforms import copies, es_load, labels, privacy, shards, stores
+from facebeam.transforms import copies, es_load, labels, privacy, shards, sources, stores
 from facebeam.transforms.embed import EmbedInputs
 from facebeam.transforms.errors import UserError
 from facebeam.transforms.sources import Inputs
@@ -80,6 +80,7 @@ def _inputs_for(config: ReindexConfig, known: dict) -> Inputs:
 def run(config: ReindexConfig, pipeline=None) -> dict:
     # The new spec's collection gets a folder of its own: into the old one, its shards sat beside the old spec's
     # and the load read both (one collection, one spec).
+    sources.check_filesystem(config.output, "output")
     shards.check_output_kind(config.output, "collection")
     if shards.files(config.output):
         raise UserError(f"{config.output} already holds a collection's shards: reindex writes the new spec's "

@@ -52,8 +52,7 @@ def configure(a: options.Args, beam_args=()) -> RunConfig:
 
 def run(config: RunConfig, pipeline=None) -> dict:
     photos = jobs.preflight(config.inputs, config.spec)
-    shards.check_output_kind(config.output, "collection")
-    with jobs.lock_output(config.output):  # a second job into the same folder refuses at once
+    with jobs.lock_output(config.output, "collection"):  # a second job into the same folder refuses at once
         return _run(config, pipeline, photos)
 
 
