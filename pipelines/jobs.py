@@ -447,7 +447,7 @@ def preflight(inputs, spec) -> int | None:
         from facebeam.transforms.faces import FaceModel
 
         FaceModel(spec)  # a model only deepface knows the files of: loaded once here, failing before any worker
-    return progress.count_files(inputs.patterns)
+    return progress.count_files(inputs.patterns, since=sources.parse_since(inputs.since) if inputs.since else None)
 
 
 def plan_backfill(output: str, spec, incremental: bool, max_file_bytes: int):

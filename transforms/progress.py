@@ -189,12 +189,19 @@ def waiting(what: str, stream=None, every_s: float = 1.0):
         bar.close()
 
 
-def count_files(patterns, budget_s: float = 2.0):
+def count_files(patterns, budget_s: float = 2.0, since: float = None):
     """How many files local folder walks and globs read, for a bar's ETA; None when it is not cheap to know
-    (another filesystem, a list file, or more than `budget_s` of walking)."""
+    (another filesystem, a list file, or more than `budget_s` of walking). With `since` (--since, epoch
+    seconds), only files modified at or after it: a nightly run's bar counted the whole library."""
     import glob
 
     from facebeam.transforms import sources
+
+    def fresh(path):
+        try:
+            return since is None or os.stat(path).st_mtime >= since
+        except OSError:  # a broken link: read, and its row says so
+            return True
 
     n, deadline = 0, time.monotonic() + budget_s
     for p in patterns:
@@ -203,14 +210,16 @@ def count_files(patterns, budget_s: float = 2.0):
         if os.path.isdir(p):
             for root, dirs, names in os.walk(p):
                 dirs[:] = [d for d in dirs if not sources.hidden(d)]
-                n += sum(1 for name in names if sources.walk_skips(os.path.join(root, name), p) is None)
+                n += sum(1 for name in names
+                         if sources.walk_skips(os.path.join(root, name), p) is None and fresh(os.path.join(root, name)))
                 if time.monotonic() > deadline:
                     return None
         elif os.path.isfile(p):  # named as it is, even with a [ in its name
-            n += 1
+            n += fresh(p)
         elif p.endswith("/"):  # a glob that walks the folders it matches
             found = glob.glob(os.path.join(p, "**"), recursive=True)
-            n += sum(1 for f in found if os.path.isfile(f) and sources.walk_skips(f, sources.walk_root(p)) is None)
+            n += sum(1 for f in found
+                     if os.path.isfile(f) and sources.walk_skips(f, sources.walk_root(p)) is None and fresh(f))
         else:
-            n += sum(1 for f in glob.glob(p, recursive=True) if os.path.isfile(f))
+            n += sum(1 for f in glob.glob(p, recursive=True) if os.path.isfile(f) and fresh(f))
     return n
