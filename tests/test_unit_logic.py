@@ -426,6 +426,10 @@ def test_a_walk_leaves_out_hidden_and_system_names_below_its_folder_and_counts_t
     assert read == ["a.jpg", "trip/b.jpg"]
     assert sorted(skipped) == ["hidden"] * 4 + ["not_image"]
     assert progress.count_files([str(root)]) == 2
+    (root / "faces").mkdir()  # a facebeam output inside (`--output photos/faces`): its plots are not photos
+    for name in (".facebeam.lock", "roc.png"):
+        (root / "faces" / name).write_bytes(b"x")
+    assert progress.count_files([str(root)]) == 2
     os.utime(root / "a.jpg", (1577836800, 1577836800))  # 2020-01-01: a --since run's bar counts what it reads
     assert progress.count_files([str(root)], since=sources.parse_since("2025-01-01")) == 1
     assert [os.path.basename(p) for p, _ in sources.expand(str(root / "trip/.thumbnails"))] == ["b.jpg"]

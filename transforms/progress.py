@@ -20,6 +20,8 @@ import tempfile
 import threading
 import time
 
+from facebeam.transforms.locks import OUTPUT_LOCK_FILE
+
 log = logging.getLogger("facebeam.progress")
 ENV_DIR = "FACEBEAM_PROGRESS_DIR"
 
@@ -208,8 +210,9 @@ def count_files(patterns, budget_s: float = 2.0, since: float = None):
         if "://" in p or sources.is_list(p):
             return None
         if os.path.isdir(p):
-            for root, dirs, names in os.walk(p):
-                dirs[:] = [d for d in dirs if not sources.hidden(d)]
+            for root, dirs, names in os.walk(p):  # as the walk on the workers (sources.expand): no hidden
+                dirs[:] = [d for d in dirs if not sources.hidden(d)  # folders, no facebeam outputs inside
+                           and not os.path.exists(os.path.join(root, d, OUTPUT_LOCK_FILE))]
                 n += sum(1 for name in names
                          if sources.walk_skips(os.path.join(root, name), p) is None and fresh(os.path.join(root, name)))
                 if time.monotonic() > deadline:

@@ -245,19 +245,14 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
         root = _root(pattern) if glob else os.path.realpath(pattern)
     found = []
     top = walk_root(pattern) if walk else None
-    # facebeam's own outputs inside the folder (`--output photos/faces`): their shards, reports and plots are
-    # not photos of the library, and a run would read its own earlier output.
-    # (Strictly below the walked folder: `--output photos` itself keeps its photos read.)
-    outputs = tuple(posixpath.dirname(canonical(m.path)) + "/" for m in listed
-                    if walk and posixpath.basename(m.path) == OUTPUT_LOCK_FILE
-                    and posixpath.dirname(canonical(m.path)) != canonical(top).rstrip("/"))
+    outputs = output_folders([m.path for m in listed], top) if walk else ()
     for m in listed:
         why = None
         if not fresh(m):  # whatever else it is: a nightly --since run accounts for every file it listed
             why = "older_than_since"
         elif root is not None and leaves(m.path, root):
             why = "symlink_outside"
-        elif outputs and canonical(m.path).startswith(outputs):
+        elif canonical(m.path).startswith(outputs):
             why = "facebeam_output"
         elif walk:
             why = walk_skips(m.path, top)
@@ -351,19 +346,30 @@ def read_bytes(path: str, max_bytes: int):
     return data, hashlib.sha256(data).hexdigest()
 
 
+def output_folders(paths, top: str) -> tuple:
+    """("folder/", ...): facebeam's own outputs among a walk's `paths` (a folder holding `.facebeam.lock`).
+    Their shards, reports and plots are not photos of the library, and a run would read its own earlier
+    output. Strictly below the walked folder `top`: `--output photos` itself keeps its photos read."""
+    top = canonical(top).rstrip("/")
+    return tuple(posixpath.dirname(canonical(p)) + "/" for p in paths
+                 if posixpath.basename(p) == OUTPUT_LOCK_FILE and posixpath.dirname(canonical(p)) != top)
+
+
 def _folder_has_candidate(folder: str):
     """(files seen, whether one is read by the walk); stops at the first candidate on local disk."""
     if "://" not in folder and not is_glob(folder):
         seen = 0
-        for root, _dirs, names in os.walk(folder):
+        for root, dirs, names in os.walk(folder):
+            dirs[:] = [d for d in dirs if not os.path.exists(os.path.join(root, d, OUTPUT_LOCK_FILE))]  # as expand
             for name in names:
                 if os.path.isfile(os.path.join(root, name)):
                     seen += 1
                     if walk_skips(os.path.join(root, name), folder) is None:
                         return seen, True
         return seen, False
-    found = _walk(folder)
-    return len(found), any(walk_skips(m.path, walk_root(folder)) is None for m in found)
+    found, top = _walk(folder), walk_root(folder)
+    outputs = output_folders([m.path for m in found], top)
+    return len(found), any(walk_skips(m.path, top) is None and not canonical(m.path).startswith(outputs) for m in found)
 
 
 #: The Beam extra each filesystem comes with, for the message when it is not installed.
