@@ -446,17 +446,22 @@ def collection_hint(folder: str) -> str:
     return ""
 
 
+def read_columns(path: str, columns: list):
+    """Some columns of one shard (any Beam filesystem); a read error is a ShardError naming the file."""
+    import pyarrow.parquet as pq
+
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            return pq.read_table(f, columns=columns)
+    except Exception as e:  # noqa: BLE001 - names the file
+        raise ShardError(f"shard {path} cannot be read: {_short(e)}") from None
+
+
 def spec_id_held(folder: str) -> str | None:
     """The spec id of the faces under `folder` (None when it holds none), from the first shard with a row: an
     incremental run into it must share it (jobs.plan_backfill), so one shard speaks for all."""
-    import pyarrow.parquet as pq
-
     for path in files(folder):
-        try:
-            with FileSystems.open(path, compression_type="uncompressed") as f:
-                ids = pq.read_table(f, columns=["spec_id"]).column("spec_id")
-        except Exception as e:  # noqa: BLE001 - names the file
-            raise ShardError(f"shard {path} cannot be read: {_short(e)}") from None
+        ids = read_columns(path, ["spec_id"]).column("spec_id")
         if len(ids):
             return ids[0].as_py()
     return None
@@ -464,8 +469,6 @@ def spec_id_held(folder: str) -> str | None:
 
 def spec_of(folder: str):
     """The one embedding spec all shards under `folder` share; refuses mixed specs or none."""
-    import pyarrow.parquet as pq
-
     from facebeam.transforms.spec import EmbeddingSpec, SpecError
 
     found = files(folder)
@@ -473,11 +476,7 @@ def spec_of(folder: str):
         raise UserError(f"no Parquet shards under {FileSystems.join(folder, 'embeddings')}{collection_hint(folder)}")
     specs = {}
     for path in found:
-        try:
-            with FileSystems.open(path, compression_type="uncompressed") as f:
-                table = pq.read_table(f, columns=["spec_id", "spec"])
-        except Exception as e:  # noqa: BLE001 - names the file
-            raise ShardError(f"shard {path} cannot be read: {_short(e)}") from None
+        table = read_columns(path, ["spec_id", "spec"])
         for spec_id, text in set(zip(table.column("spec_id").to_pylist(), table.column("spec").to_pylist())):
             specs[spec_id] = text
     if len(specs) > 1:
