@@ -71,7 +71,8 @@ def test_cluster_jobs_default_to_the_worker_pool(cluster):
     key, which, _ = cluster
     o = pipeline_options(RUNNER_PRESETS[key]).get_all_options()
     assert o["environment_type"] == "EXTERNAL"
-    assert o["environment_config"] == f"localhost:{pools.POOL_PORTS[which]}"
+    # the default port, or the free one `up` took when a client's local end held it
+    assert o["environment_config"] == f"localhost:{pools.pool_info(which)['port']}"
     assert int(o["sdk_worker_parallelism"]) == WORKERS
     if which == "flink":  # every slot busy, not Beam's default of 1 for a remote cluster
         assert int(o["parallelism"]) == WORKERS
@@ -299,3 +300,24 @@ def test_a_spare_harness_says_ready_then_waits_for_its_endpoints():
         assert b"preloads no models" not in spare.stderr.read()  # the default spec's models were loaded
     finally:
         spare.kill()
+
+
+def test_a_pool_port_held_as_a_clients_local_end_is_passed_over(tmp_path, monkeypatch):
+    """The pools' ports lie in Linux's ephemeral range, so any client may hold one as its local end:
+    no connect sees it, and the pool's bind failed ("Address already in use", a CI set-up error)."""
+    import socket
+
+    monkeypatch.setenv("FACEBEAM_HOME", str(tmp_path))
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.socket() as client:
+        client.bind(("127.0.0.1", 0))
+        client.connect(server.getsockname())
+        held = client.getsockname()[1]
+        assert not toolkit.port_open("localhost", held) and not toolkit.port_bindable(held)
+        with pytest.raises(RunnerSetupError, match=f"port {held} .* cannot be bound now"):
+            pools.start_pool("flink", 1, port=held)  # asked for by --pool-port: refused at once, not after 60 s
+        monkeypatch.setitem(pools.POOL_PORTS, "flink", held)
+        try:
+            st = pools.start_pool("flink", 1)
+            assert int(st["port"]) != held and toolkit.port_open("localhost", int(st["port"]))
+        finally:
+            pools.stop_pool("flink")

@@ -423,6 +423,19 @@ def port_open(host: str, port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+def port_bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Could a server bind host:port now? Stricter than `port_open`: a port in the ephemeral
+    range (the worker pools' 50000-50001 are) may be some client's local end, which no
+    connect sees and which still makes the server's bind fail."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's server does
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 # --- logs ----------------------------------------------------------------------------------------
 def log_tail(path: Path, lines: int = 30, java_frames: bool = True, width: int | None = None,
              missing: str = "") -> str:

@@ -151,12 +151,16 @@ def start_pool(kind: str, workers: int, port: int | None = None, timeout: float 
             return {**live, "workers": workers}
         log.info("restarting the worker pool (pid %s): %s", live["pid"], mismatch or "other port")
         stop_pool(kind)
-    if toolkit.port_open("localhost", port) and not strict:
+    if not strict and not toolkit.port_bindable(port):
         taken, port = port, free_port()
-        log.warning("port %d is taken (another cluster's worker pool?); the %s worker pool uses %d", taken, kind, port)
+        log.warning("port %d is taken (another cluster's worker pool, or a client's local end); the %s worker pool "
+                    "uses %d", taken, kind, port)
     if toolkit.port_open("localhost", port):
         raise RunnerSetupError(f"port {port} (the {kind} worker pool's) is taken by something that is not this "
                                f"project's pool ({state_file(kind)} names no live pool); stop it or pass --pool-port")
+    if not toolkit.port_bindable(port):
+        raise RunnerSetupError(f"port {port} (the {kind} worker pool's) cannot be bound now: a connection's local "
+                               f"end holds it (`ss -tn sport = :{port}` shows which); pass another --pool-port")
     folder = state_dir(kind)
     (folder / "log").mkdir(parents=True, exist_ok=True)
     state_file(kind).unlink(missing_ok=True)
