@@ -37,6 +37,7 @@ class CalibrateConfig:
     output: str = None
     index: str = None
     folds: int = 5
+    adopt: str = "if-better"
     es: options.EsFlags = options.EsFlags()
     store: stores.StoreChoice = stores.StoreChoice()
 
@@ -55,6 +56,9 @@ def build_parser():
                         "`index` chooses)")
     p.add_argument("--folds", type=options.number(int, least=2), default=5,
                    help="cross-validation folds over photos (default %(default)s)")
+    p.add_argument("--adopt", choices=calibrate.ADOPT, default="if-better",
+                   help="store the fitted threshold only if it beat the current one on unseen photos, or "
+                        "always (default %(default)s)")
     options.add_es(p)
     options.add_store(p)
     return p
@@ -65,7 +69,7 @@ def configure(a: options.Args, beam_args=()) -> CalibrateConfig:
         raise UserError("--folds must be at least 2")
     return CalibrateConfig(shards=a.shards, label_from=a.label_from, roots=tuple(a.root),
                            pairs=options.existing_file(a.pairs, "pairs CSV"), output=a.output or a.shards,
-                           index=a.index, folds=a.folds, es=options.es_from(a), store=options.store_from(a))
+                           index=a.index, folds=a.folds, adopt=a.adopt, es=options.es_from(a), store=options.store_from(a))
 
 
 def _common_folder(paths) -> str:
@@ -109,7 +113,7 @@ def run(config: CalibrateConfig, pipeline=None) -> dict:
         vectors = {p: v for p, (_, v) in faces.items()}
         pairs = calibrate.all_pairs(faces)
         source = f"{len(faces)} labeled photos, {len({lab for lab, _ in faces.values()})} people"
-    result = calibrate.fit(pairs, vectors, spec, spec.threshold, folds=config.folds)
+    result = calibrate.fit(pairs, vectors, spec, spec.threshold, folds=config.folds, adopt=config.adopt)
     result["source"] = source
     os.makedirs(config.output, exist_ok=True) if "://" not in config.output else None
     picture = calibrate.shards_join(config.output, calibrate.PICTURE)
@@ -125,7 +129,9 @@ def run(config: CalibrateConfig, pipeline=None) -> dict:
     print(f"  best threshold {best['threshold']:.4f}: accuracy {best['accuracy']:.4f} "
           f"(false matches {best['false_positive_rate']:.3f}, misses {1 - best['true_positive_rate']:.3f})")
     print(f"  cross-validated accuracy ({cv['folds']} folds over photos, threshold fitted without them): "
-          f"{cv['accuracy']}  fold thresholds {cv['fold_thresholds']}")
+          f"{cv['accuracy']} (the current threshold on the same pairs: {cv['current_accuracy']})  "
+          f"fold thresholds {cv['fold_thresholds']}")
+    print(f"  threshold stored: {result['why']}")
     print(f"  wrote {result['written']} and {picture}" + (f"; stored in index {result['index']}" if "index" in result
                                                            else ""))
     for line in carried:

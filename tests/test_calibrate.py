@@ -47,6 +47,11 @@ def test_calibrate_by_parent_dir_reports_and_draws(tree, tmp_path, capsys):
     assert result["current"]["threshold"] == pytest.approx(0.6)
     assert result["best"]["accuracy"] >= result["current"]["accuracy"] >= 0.97
     assert 0.4 < result["threshold"] < 0.8
+    # what is stored: the fit only when it beat 0.6 on the same unseen pairs, and the line says which and why
+    cv = result["cross_validated"]
+    kept = result["best"]["threshold"] if cv["accuracy"] > cv["current_accuracy"] else 0.6
+    assert result["threshold"] == pytest.approx(kept, abs=1e-4)
+    assert f"threshold stored: {result['why']}" in printed and f"{cv['current_accuracy']:.4f}" in result["why"]
     assert 0.95 <= result["cross_validated"]["accuracy"] <= 1.0
     assert len(result["cross_validated"]["fold_thresholds"]) == 5
     saved = json.loads((tmp_path / "calibration.json").read_text())
@@ -148,9 +153,9 @@ def test_calibrate_on_the_embedded_index_and_search_store_local_uses_it(tree, tm
     folder = str(tmp_path / "ann")
     job(index, ["--shards", out, "--store", f"local:{folder}"])
     cal = job(calibrate_cmd, ["--shards", out, "--label-from", "parent-dir", "--store", f"local:{folder}",
-                              "--output", str(tmp_path / "cal")])
+                              "--output", str(tmp_path / "cal"), "--adopt", "always"])  # a threshold not the default's
     t = cal["threshold"]
-    assert t != pytest.approx(0.6, abs=1e-4)
+    assert t != pytest.approx(0.6, abs=1e-4) and cal["adopted"] == "fit"
     photos = sorted(str(p) for p in root.rglob("*.jpg") if p.is_file())[:3]
     assert search.main([*photos, "--store", f"local:{folder}"]) == 0
     printed = capsys.readouterr().out

@@ -118,6 +118,31 @@ def test_fit_on_labeled_pairs_and_its_refusals():
         calibrate.fit(pairs[:2], vectors, spec, current=1.0)
 
 
+def test_calibration_keeps_the_fit_only_when_it_beats_the_current_threshold_on_unseen_photos():
+    """20 people, 3 photos each, on a line: a person's photos lie within 0.8 of each other, people 10 apart."""
+    spec = EmbeddingSpec(metric="euclidean")
+    rng = np.random.default_rng(7)
+    vectors = {f"p{i}-{j}": np.array([10.0 * i + rng.uniform(0, 0.8), 0.0]) for i in range(20) for j in range(3)}
+    faces = {name: (name.split("-")[0], v) for name, v in vectors.items()}
+    pairs = calibrate.all_pairs(faces)
+    # 0.5 misses some same-person pairs on every fold: the fit beats it on unseen photos and is kept
+    fit = calibrate.fit(pairs, vectors, spec, current=0.5)
+    cv = fit["cross_validated"]
+    assert cv["accuracy"] == 1.0 > cv["current_accuracy"] and cv["held_out_pairs"] > 0
+    assert fit["adopted"] == "fit" and fit["threshold"] == round(fit["best"]["threshold"], 4) != 0.5
+    # 5.0 is already right everywhere: a tie is no evidence, and the current threshold stays
+    fit = calibrate.fit(pairs, vectors, spec, current=5.0)
+    assert fit["cross_validated"]["current_accuracy"] == fit["cross_validated"]["accuracy"] == 1.0
+    assert (fit["adopted"], fit["threshold"]) == ("current", 5.0) and "no better than 5.0000's 1.0000" in fit["why"]
+    always = calibrate.fit(pairs, vectors, spec, current=5.0, adopt="always")
+    assert always["adopted"] == "fit" and always["threshold"] == round(always["best"]["threshold"], 4) != 5.0
+    # two photos: no fold can hold one out and still fit, so nothing shows the fit generalizes
+    two = {k: vectors[k] for k in ("p0-0", "p0-1", "p1-0")}
+    few = calibrate.fit([("p0-0", "p0-1", True), ("p0-0", "p1-0", False)], two, spec, current=0.5, folds=2)
+    assert few["cross_validated"]["accuracy"] is None
+    assert (few["adopted"], few["threshold"]) == ("current", 0.5) and "too few photos" in few["why"]
+
+
 def test_a_threshold_comes_from_the_flag_then_a_calibration_of_this_spec_then_the_spec():
     spec = EmbeddingSpec()
     assert calibrate.choose_threshold(spec, override=0.3, carried={"spec_id": spec.spec_id, "threshold": 0.5}) == \

@@ -9,7 +9,11 @@ spec's distance is computed; a threshold t calls a pair "same" when distance <= 
 - the best threshold: scanned over the midpoints between sorted pair distances, the one with
   the highest accuracy (ties: the middle of the best run);
 - how it generalizes: photos are split into folds; a threshold is fitted on the pairs among
-  the other folds' photos and scored on the pairs that touch the held-out photos (unseen).
+  the other folds' photos and scored on the pairs that touch the held-out photos (unseen),
+  and the current threshold is scored on the same held-out pairs;
+- the threshold kept: the fitted one when it did better than the current one on those unseen
+  pairs, else the current one (a fit to a handful of pairs, or one that only moves
+  along a flat stretch of the curve, is noise; `adopt="always"` keeps the fit regardless).
 
 The result is a JSON (`calibration.json`) and a ROC/DET picture. The threshold travels in
 `<shards>/calibration.json` and/or the index's `_meta` (`facebeam.calibration`); it is not
@@ -115,13 +119,14 @@ def best_threshold(d: np.ndarray, same: np.ndarray) -> tuple:
     return float(cuts[i]), float(correct[i] / len(d))
 
 
-def cross_validate(pairs, d: np.ndarray, folds: int = 5, seed: int = 0) -> dict:
-    """Fit on pairs among the other folds' photos, score on pairs touching the held-out photos."""
+def cross_validate(pairs, d: np.ndarray, folds: int = 5, seed: int = 0, current: float | None = None) -> dict:
+    """Fit on pairs among the other folds' photos, score on pairs touching the held-out photos;
+    `current` is scored on the same held-out pairs (`current_accuracy`), a paired comparison."""
     photos = sorted({p for x, y, _ in pairs for p in (x, y)})
     rng = np.random.default_rng(seed)
     fold_of = dict(zip(photos, rng.permutation(len(photos)) % folds))
     same = np.array([s for _, _, s in pairs], dtype=bool)
-    scores, thresholds, right, total = [], [], 0, 0
+    scores, thresholds, right, total, current_right = [], [], 0, 0, 0
     for k in range(folds):
         held = np.array([fold_of[x] == k or fold_of[y] == k for x, y, _ in pairs])
         if held.all() or not held.any() or same[~held].all() or not same[~held].any():
@@ -131,8 +136,13 @@ def cross_validate(pairs, d: np.ndarray, folds: int = 5, seed: int = 0) -> dict:
         scores.append(float(ok.mean()))
         thresholds.append(round(t, 4))
         right, total = right + int(ok.sum()), total + int(held.sum())
-    return {"folds": folds, "fold_thresholds": thresholds, "fold_accuracy": [round(s, 4) for s in scores],
-            "accuracy": round(right / total, 4) if total else None, "seed": seed}
+        if current is not None:
+            current_right += int(((d[held] <= current) == same[held]).sum())
+    cv = {"folds": folds, "fold_thresholds": thresholds, "fold_accuracy": [round(s, 4) for s in scores],
+          "accuracy": round(right / total, 4) if total else None, "seed": seed, "held_out_pairs": total}
+    if current is not None:
+        cv["current_accuracy"] = round(current_right / total, 4) if total else None
+    return cv
 
 
 def roc(d: np.ndarray, same: np.ndarray) -> dict:
@@ -144,7 +154,26 @@ def roc(d: np.ndarray, same: np.ndarray) -> dict:
     return {"thresholds": ts, "tpr": tpr, "fpr": fpr, "auc": float(np.trapezoid(tpr, fpr))}
 
 
-def fit(pairs, vectors: dict, spec, current: float, folds: int = 5) -> dict:
+ADOPT = ("if-better", "always")
+
+
+def choose(fitted: float, current: float, cv: dict, adopt: str = "if-better") -> tuple:
+    """(threshold kept, "fit" or "current", why): the fit when it scored better than the current
+    threshold on the same unseen pairs (or `adopt="always"`), else the current one: a change
+    needs evidence that it helps, and a tie is none."""
+    mine, theirs = cv.get("accuracy"), cv.get("current_accuracy")
+    if adopt == "always":
+        return fitted, "fit", f"the fit {fitted:.4f} (--adopt always)"
+    if mine is None or theirs is None:
+        return current, "current", (f"kept {current:.4f}: too few photos to test the fit {fitted:.4f} on unseen "
+                                    "ones (--adopt always takes it)")
+    if mine > theirs:
+        return fitted, "fit", f"the fit {fitted:.4f}: {mine:.4f} on unseen photos, {current:.4f} scored {theirs:.4f}"
+    return current, "current", (f"kept {current:.4f}: on unseen photos the fit {fitted:.4f} scored {mine:.4f}, no "
+                                f"better than {current:.4f}'s {theirs:.4f} (--adopt always takes it)")
+
+
+def fit(pairs, vectors: dict, spec, current: float, folds: int = 5, adopt: str = "if-better") -> dict:
     if not pairs:
         raise CalibrationError("no labeled pairs: label faces (--label-from, or labels stored in the shards) "
                                "or give --pairs CSV")
@@ -159,12 +188,14 @@ def fit(pairs, vectors: dict, spec, current: float, folds: int = 5) -> dict:
         return {"threshold": round(thr, 4), "accuracy": round(accuracy(d, same, thr), 4),
                           "true_positive_rate": round(float(np.mean(d[same] <= thr)), 4),
                           "false_positive_rate": round(float(np.mean(d[~same] <= thr)), 4)}
+    cv = cross_validate(pairs, d, folds, current=current)
+    kept, adopted, why = choose(round(t, 4), round(current, 4), cv, adopt)
     return {
         "spec_id": spec.spec_id, "metric": spec.metric, "model": spec.model,
         "photos": len({p for x, y, _ in pairs for p in (x, y)}), "pairs": len(pairs),
         "same_pairs": int(same.sum()), "different_pairs": int((~same).sum()),
-        "current": at(current), "best": at(t), "threshold": round(t, 4),
-        "cross_validated": cross_validate(pairs, d, folds), "roc_auc": round(curve["auc"], 4),
+        "current": at(current), "best": at(t), "threshold": kept, "adopted": adopted,
+        "why": why, "cross_validated": cv, "roc_auc": round(curve["auc"], 4),
         "_distances": d, "_same": same, "_roc": curve,
     }
 

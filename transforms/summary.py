@@ -262,9 +262,10 @@ def _search_line(s: JobSummary) -> str:
 
 def _calibrate_line(s: JobSummary) -> str:
     best, cur = s.get("best") or {}, s.get("current") or {}
-    return (f"calibrated on {s.get('pairs', 0)} pairs ({s.get('source', '')}): best threshold "
-            f"{best.get('threshold', 0):.4f} (accuracy {best.get('accuracy', 0):.4f}) vs current "
-            f"{cur.get('threshold', 0):.4f} ({cur.get('accuracy', 0):.4f}) -> {s.get('written')}"
+    return (f"calibrated on {s.get('pairs', 0)} pairs ({s.get('source', '')}): threshold {s.get('threshold', 0):.4f}, "
+            f"{'fitted' if s.get('adopted') == 'fit' else 'the current one kept'} (best threshold "
+            f"{best.get('threshold', 0):.4f} at accuracy {best.get('accuracy', 0):.4f}, current "
+            f"{cur.get('threshold', 0):.4f} at {cur.get('accuracy', 0):.4f}) -> {s.get('written')}"
             + (f"; stored in index {s['index']}" if s.get("index") else ""))
 
 
