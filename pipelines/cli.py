@@ -12,15 +12,15 @@ import sys
 
 COMMANDS = {
     "embed": ("facebeam.pipelines.embed", "photos -> Parquet face embedding shards"),
-    "index": ("facebeam.pipelines.index", "Parquet shards -> Elasticsearch, in chunks with retries"),
+    "index": ("facebeam.pipelines.index", "Parquet shards -> a store: Elasticsearch (chunks, retries), embedded, Redis"),
     "run": ("facebeam.pipelines.run", "embed and index in one pipeline"),
     "query": ("facebeam.pipelines.query", "batch top-k lookups for probe photos"),
-    "search": ("facebeam.pipelines.search", "one-shot lookup of a single photo"),
+    "search": ("facebeam.pipelines.search", "look photos up at once, as a table (no job)"),
     "calibrate": ("facebeam.pipelines.calibrate", "fit the same-person threshold to labeled faces"),
     "cluster": ("facebeam.pipelines.cluster", "group every face into persons (stable ids, names kept)"),
     "persons": ("facebeam.pipelines.persons", "name, merge and split persons of a cluster folder"),
     "reindex": ("facebeam.pipelines.reindex", "re-embed with a new spec and swap the alias"),
-    "forget": ("facebeam.pipelines.forget", "erase faces from the index and the shards"),
+    "forget": ("facebeam.pipelines.forget", "erase photos' faces from every store, shard and copy"),
     "verify": ("facebeam.pipelines.verify", "same person or not: a photo against a named identity"),
     "es": ("facebeam.pipelines.local.elasticsearch", "start, stop and inspect a local Elasticsearch"),
     "redis": ("facebeam.pipelines.local.redis", "start, stop and inspect a local Redis (identity store)"),

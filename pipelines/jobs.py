@@ -509,12 +509,12 @@ def write_summary(path: str, summary) -> None:
 def embed_summary(result, elapsed: float, spec, opts, turns: str = None, closer: str = None) -> dict:
     from facebeam.transforms.faces import DEFAULT_CLOSER, DEFAULT_TURNS, detection_summary
 
-    counters = metrics.read_counters(result)
-    counts = metrics.image_counts(counters)
+    counters, notes = metrics.read_counters(result), metrics.read_notes(result)
+    counts = metrics.image_counts(counters, notes)
     return {
         **counts,
         # Files listed but not read (not images by extension, symlinks out of the input) and TIFF pages (sources.py).
-        **sources.input_counts(counters, counts["images_seen"], metrics.read_notes(result)),
+        **sources.input_counts(counters, counts["images_seen"], notes),
         # Photos an incremental run skipped because their content is already done for this spec (or erased).
         "faces_labeled": counters.get(metrics.FACES_LABELED, 0),  # by --label-from
         "images_done": counters.get(metrics.IMAGES_DONE, 0),

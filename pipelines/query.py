@@ -168,13 +168,14 @@ def _query(ns: QueryConfig, backend, pipeline) -> dict:
         FileSystems.delete(earlier)
     c = metrics.read_counters(result)
     search_s = c.get(SEARCH_US, 0) / 1e6
-    counts = metrics.image_counts(c)
-    summary = {**counts, **sources.input_counts(c, counts["images_seen"], metrics.read_notes(result)),
+    notes = metrics.read_notes(result)
+    counts = metrics.image_counts(c, notes)
+    summary = {**counts, **sources.input_counts(c, counts["images_seen"], notes),
                "probe_faces": c.get(PROBE_FACES, 0), "mode": mode, **where,
                "search_settings": backend.store.search_settings(search), "search_s": round(search_s, 3),
                "search_faces_per_s": round(c.get(PROBE_FACES, 0) / search_s, 1) if search_s else None,
                "k": ns.k, "threshold": threshold, "threshold_from": backend.threshold_from, "spec_id": spec.spec_id,
-               "runner": runner_name(opts), "elapsed_s": round(elapsed, 3)}
+               "runner": runner_name(opts), "elapsed_s": round(elapsed, 3), "output": ns.output}
     jobs.write_summary(join(ns.output, "summary.json"), summary)
     if ns.report:
         from facebeam.transforms import report

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from facebeam.pipelines import embed
+from facebeam.transforms.summary import JobSummary
 from tests.helpers import SAMPLE, read_rows
 
 FACE = os.path.join(SAMPLE, "img5.jpg")  # small, one clear face
@@ -100,6 +101,13 @@ def test_summary_reports_failures_and_adds_up(corpus):
             wanted[reason] = wanted.get(reason, 0) + 1
     assert s["images_failed"] == wanted
     assert s["images_seen"] == len(expect) == s["images_embedded"] + sum(s["images_failed"].values())
+    # the line under the result says why, by reason, with a few of the photos (Beam string sets: examples only)
+    examples = s["images_failed_examples"]
+    assert examples and all(expect[os.path.basename(p)] == why for why, paths in examples.items() for p in paths)
+    line = JobSummary.build("embed", s).line().splitlines()[1].strip()
+    assert line.startswith("failed: ") and line.endswith(f"; {s['output']}/errors holds each with why"), line
+    for why, n in wanted.items():
+        assert f"{n} {why.replace('_', ' ')}" in line, (why, line)
 
 
 def test_exif_orientation_is_applied(corpus):

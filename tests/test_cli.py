@@ -66,6 +66,7 @@ def test_the_summary_is_typed_frozen_and_reads_like_its_file():
     assert s.line() == ("embedded 5 photos: 6 faces, 1 failed (2 non-image file(s) skipped, 3 already done, skipped) "
                         "-> out/x (2.0 s, 2.5 photos/s)\n"
                         "indexed 6 faces into the embedded index faces (/h/ann/faces): 9 in all\n"
+                        "  failed: 1 no face; out/x/errors holds each with why\n"
                         "  labels: from parent-dir")
     one = JobSummary.build("query", {"images_seen": 1, "images_embedded": 1, "faces": 1, "probe_faces": 1, "k": 5,
                                      "backend": "local", "images_failed": {}})

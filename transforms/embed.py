@@ -6,14 +6,16 @@ from apache_beam.ml.inference.base import RunInference
 from facebeam.transforms import images, metrics, progress, records
 from facebeam.transforms.faces import DEFAULT_CLOSER, DEFAULT_TURNS, FaceModelHandler, no_face_words
 from facebeam.transforms.progress import EMBED as PROGRESS
-from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
+from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES, shown
 from facebeam.transforms.spec import EmbeddingSpec
 
 
-def count_failed(reason: str) -> None:
+def count_failed(reason: str, path: str | None = None) -> None:
     metrics.count(metrics.IMAGES_SEEN)
     metrics.count(metrics.failed_name(reason))
     PROGRESS.add(images=1, failed=1)
+    if path:  # a few, for the result line: the dead letters hold every one
+        metrics.note_example(metrics.FAILED_PATHS + reason, shown(path))
 
 
 class ReadAndDecode(beam.DoFn):
@@ -53,7 +55,7 @@ class ReadAndDecode(beam.DoFn):
                 if isinstance(page, images.ImageError) else page
 
     def _fail(self, path, reason, message, stage, sha=None):
-        count_failed(reason)
+        count_failed(reason, path)
         return beam.pvalue.TaggedOutput("errors", records.error_row(path, reason, message, stage, self._spec, sha))
 
 
@@ -75,12 +77,12 @@ class ToRows(beam.DoFn):
     def _rows(self, result):
         if result.error:
             reason, message = result.error
-            count_failed(reason)
+            count_failed(reason, result.path)
             yield beam.pvalue.TaggedOutput("errors", records.error_row(
                 result.path, reason, message, "detect", self._spec, result.sha256))
             return
         if not result.faces:
-            count_failed("no_face")
+            count_failed("no_face", result.path)
             yield beam.pvalue.TaggedOutput("errors", records.error_row(
                 result.path, "no_face", no_face_words(self._spec, result.width, result.height, self._closer), "detect",
                 self._spec, result.sha256))
@@ -99,7 +101,7 @@ def _dead_letter_row(spec, reason, stage):
     def convert(element_and_error):
         element, (exc_type, exc_repr, _tb) = element_and_error
         path = element[0] if isinstance(element, tuple) else getattr(element, "path", str(element))
-        count_failed(reason)
+        count_failed(reason, path)
         return records.error_row(path, reason, f"{exc_type}: {exc_repr}", stage, spec, getattr(element, "sha256", None))
     return convert
 
@@ -133,7 +135,7 @@ class EmbedImages(beam.PTransform):
             | "UnbatchFailed" >> beam.FlatMap(lambda batch_err: [(img, batch_err[1]) for img in batch_err[0]])
             | "FailedInference" >> beam.Map(lambda e: records.error_row(
                 e[0].path, "inference_error", repr(e[1]), "represent", spec, e[0].sha256)))
-        _ = failed_batches | "CountFailedInference" >> beam.Map(lambda _: count_failed("inference_error"))
+        _ = failed_batches | "CountFailedInference" >> beam.Map(lambda row: count_failed("inference_error", row["image_path"]))
 
         errors = (
             decoded["errors"],

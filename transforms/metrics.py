@@ -9,6 +9,8 @@ IMAGES_DONE = "images_done"  # skipped by an incremental run: content already do
 IMAGES_MOVED = "images_moved"  # of those, done photos found only under a new path (manifest.MOVED)
 IMAGES_REPLACED = "images_replaced"  # done content its path no longer holds, listed nowhere (manifest.REPLACED)
 IMAGES_FAILED = "images_failed"  # one counter per reason: images_failed.<reason>
+FAILED_PATHS = "images_failed_paths."  # string sets images_failed_paths.<reason>: a few paths, as examples
+EXAMPLES_PER_PROCESS = 3  # examples a worker notes per string set: a summary needs a few, not a backfill's every one
 FACES = "faces"
 FACES_LABELED = "faces_labeled"  # faces given a label by --label-from
 ROWS_READ = "rows_read"
@@ -51,6 +53,16 @@ def note(name: str, text: str) -> None:
     Metrics.string_set(NAMESPACE, name).add(text)
 
 
+_noted: dict = {}  # string set -> examples this process noted (bounded by EXAMPLES_PER_PROCESS)
+
+
+def note_example(name: str, text: str) -> None:
+    """`note`, at most EXAMPLES_PER_PROCESS times per name in this process."""
+    if _noted.get(name, 0) < EXAMPLES_PER_PROCESS:
+        _noted[name] = _noted.get(name, 0) + 1
+        note(name, text)
+
+
 def read_notes(result) -> dict:
     """{name: sorted texts} of the string sets in facebeam's namespace. Examples only: a runner may merge
     them across workers partly (Beam 2.77's FnApiRunner keeps one worker's), or not report them at all."""
@@ -63,12 +75,18 @@ def read_notes(result) -> dict:
     return {k: sorted(v) for k, v in out.items()}
 
 
-def image_counts(c: dict) -> dict:
-    """images_seen = images_embedded + sum(images_failed.values())."""
+def image_counts(c: dict, notes: dict | None = None) -> dict:
+    """images_seen = images_embedded + sum(images_failed.values()); with the job's string sets (`read_notes`),
+    images_failed_examples: a few failed paths by reason."""
     prefix = IMAGES_FAILED + "."
     failed = {k[len(prefix):]: v for k, v in sorted(c.items()) if k.startswith(prefix) and v}
-    return {IMAGES_SEEN: c.get(IMAGES_SEEN, 0), IMAGES_EMBEDDED: c.get(IMAGES_EMBEDDED, 0),
-            FACES: c.get(FACES, 0), IMAGES_FAILED: failed}
+    out = {IMAGES_SEEN: c.get(IMAGES_SEEN, 0), IMAGES_EMBEDDED: c.get(IMAGES_EMBEDDED, 0),
+           FACES: c.get(FACES, 0), IMAGES_FAILED: failed}
+    examples = {k[len(FAILED_PATHS):]: v[:EXAMPLES_PER_PROCESS] for k, v in sorted((notes or {}).items())
+                if k.startswith(FAILED_PATHS) and v}
+    if examples:
+        out[IMAGES_FAILED + "_examples"] = examples
+    return out
 
 
 def index_counts(c: dict) -> dict:

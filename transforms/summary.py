@@ -57,6 +57,8 @@ class EmbedCounts:
     replaced: int = 0  # done photos whose path holds other content now: their old faces dropped (moves.py)
     examples: Mapping = dataclasses.field(default_factory=dict)  # a few skipped paths by why (sources.py)
     runs_replaced: int = 0  # incremental runs in the output that this run without --incremental replaced
+    failed_by: Mapping = dataclasses.field(default_factory=dict)  # reason -> photos (records.REASONS)
+    failed_examples: Mapping = dataclasses.field(default_factory=dict)  # reason -> a few paths (embed.count_failed)
 
     @classmethod
     def of(cls, f: Mapping) -> EmbedCounts | None:
@@ -68,7 +70,9 @@ class EmbedCounts:
                    skipped=dict(f.get("files_skipped") or {}), done=_int(f.get("images_done")),
                    elapsed_s=f.get("elapsed_s"), per_s=f.get("images_per_s"), moved=_int(f.get("images_moved")),
                    replaced=_int(f.get("images_replaced")), examples=dict(f.get("files_skipped_examples") or {}),
-                   runs_replaced=_int(f.get("runs_replaced")))
+                   runs_replaced=_int(f.get("runs_replaced")),
+                   failed_by=dict(failed) if isinstance(failed, Mapping) else {},
+                   failed_examples=dict(f.get("images_failed_examples") or {}))
 
     def examples_line(self) -> str | None:
         """`skipped: a.txt (not an image), ...`: which files the counts mean, wherever the workers logged."""
@@ -78,6 +82,18 @@ class EmbedCounts:
             return None
         more = "; summary.json lists more" if len(said) > EXAMPLES_SHOWN else ""
         return f"skipped: {', '.join(said[:EXAMPLES_SHOWN])}" + (f" ...{more}" if more else "")
+
+    def failed_line(self, output: str | None = None) -> str | None:
+        """`failed: 2 no face (a.jpg, b.jpg), 1 too large (c.tif); OUT/errors holds each with why`."""
+        if not self.failed_by:
+            return None
+        said = []
+        for reason, n in sorted(self.failed_by.items(), key=lambda kv: -kv[1]):
+            paths = list(self.failed_examples.get(reason) or ())[:EXAMPLES_SHOWN]
+            more = ", ..." if paths and n > len(paths) else ""
+            said.append(f"{n} {reason.replace('_', ' ')}" + (f" ({', '.join(paths)}{more})" if paths else ""))
+        where = f"; {output.rstrip('/')}/errors holds each with why" if output else ""
+        return f"failed: {', '.join(said)}{where}"
 
     def words(self, output: str | None = None) -> str:
         extra = [f"{words} skipped" for words in skipped_words(self.skipped)]
@@ -212,8 +228,8 @@ class JobSummary(Mapping):
 
     def line(self) -> str:
         text = LINES.get(self.command.split()[0], _generic)(self)
-        examples = self.embed.examples_line() if self.embed else None
-        return text + "".join(f"\n  {c}" for c in ((examples,) if examples else ()) + self.choices)
+        details = (self.embed.examples_line(), self.embed.failed_line(self.get("output"))) if self.embed else ()
+        return text + "".join(f"\n  {c}" for c in tuple(d for d in details if d) + self.choices)
 
 
 def counted(n, noun: str) -> str:
