@@ -113,8 +113,11 @@ def run(config: CalibrateConfig, pipeline=None) -> dict:
         vectors = {p: v for p, (_, v) in faces.items()}
         pairs = calibrate.all_pairs(faces)
         source = f"{len(faces)} labeled photos, {len({lab for lab, _ in faces.values()})} people"
-    result = calibrate.fit(pairs, vectors, spec, spec.threshold, folds=config.folds, adopt=config.adopt)
-    result["source"] = source
+    # "current" is the threshold the collection judges with now: its calibration, else the spec's
+    current, current_from = calibrate.choose_threshold(spec, carried=calibrate.load(config.shards),
+                                                       where=calibrate.shards_join(config.shards, calibrate.FILE))
+    result = calibrate.fit(pairs, vectors, spec, current, folds=config.folds, adopt=config.adopt)
+    result.update(source=source, current_from=current_from)
     os.makedirs(config.output, exist_ok=True) if "://" not in config.output else None
     picture = calibrate.shards_join(config.output, calibrate.PICTURE)
     calibrate.plot(picture, result)
@@ -124,7 +127,7 @@ def run(config: CalibrateConfig, pipeline=None) -> dict:
     cur, best, cv = result["current"], result["best"], result["cross_validated"]
     print(f"calibrate: {result['pairs']} pairs ({result['same_pairs']} same, {result['different_pairs']} different) "
           f"from {source}; {spec.model}/{spec.metric}")
-    print(f"  accuracy at the current threshold {cur['threshold']:.4f}: {cur['accuracy']:.4f} "
+    print(f"  accuracy at the current threshold {cur['threshold']:.4f} ({current_from}): {cur['accuracy']:.4f} "
           f"(false matches {cur['false_positive_rate']:.3f}, misses {1 - cur['true_positive_rate']:.3f})")
     print(f"  best threshold {best['threshold']:.4f}: accuracy {best['accuracy']:.4f} "
           f"(false matches {best['false_positive_rate']:.3f}, misses {1 - best['true_positive_rate']:.3f})")

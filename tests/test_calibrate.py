@@ -38,7 +38,7 @@ def test_calibrate_by_parent_dir_reports_and_draws(tree, tmp_path, capsys):
     spec_before = shards.spec_of(out)
     result = job(calibrate_cmd, ["--shards", out, "--label-from", "parent-dir", "--output", str(tmp_path)])
     printed = capsys.readouterr().out
-    assert "accuracy at the current threshold 0.6000:" in printed
+    assert "accuracy at the current threshold 0.6000 (Dlib/euclidean default):" in printed
     assert f"best threshold {result['best']['threshold']:.4f}: accuracy {result['best']['accuracy']:.4f}" in printed
     assert "cross-validated accuracy" in printed
     print(printed)
@@ -97,8 +97,12 @@ def test_query_uses_the_carried_threshold_and_the_spec_id_stays(tree, tmp_path):
     spec_id = shards.spec_of(out).spec_id
     before = job(query, ["--probes", str(root), "--exact", "--shards", out, "--k", "3", "--output", str(tmp_path / "a")])
     assert before["threshold"] == pytest.approx(0.6) and "default" in before["threshold_from"]
-    cal = job(calibrate_cmd, ["--shards", out, "--label-from", "parent-dir"])  # saved into the shards folder
+    cal = job(calibrate_cmd, ["--shards", out, "--label-from", "parent-dir", "--adopt", "always"])  # into the shards
     assert os.path.exists(os.path.join(out, "calibration.json"))
+    # calibrating again judges the fit against the threshold the collection now uses, not the spec's
+    again = job(calibrate_cmd, ["--shards", out, "--label-from", "parent-dir", "--output", str(tmp_path / "again")])
+    assert again["current"]["threshold"] == pytest.approx(cal["threshold"]) != pytest.approx(0.6)
+    assert again["current_from"] == f"calibration in {os.path.join(out, 'calibration.json')}"
     after = job(query, ["--probes", str(root), "--exact", "--shards", out, "--k", "3", "--output", str(tmp_path / "b")])
     assert after["threshold"] == pytest.approx(cal["threshold"]) and "calibration" in after["threshold_from"]
     assert after["spec_id"] == before["spec_id"] == spec_id == shards.spec_of(out).spec_id
