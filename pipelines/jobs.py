@@ -318,18 +318,21 @@ def run(pipeline, totals=None):
             raise
         raise user from None
     finally:
-        threading.excepthook = hook
+        if not _interrupted.is_set():  # interrupted, Beam's threads may still die after this: stay quiet till exit
+            threading.excepthook = hook
     return result, time.perf_counter() - started
 
 
 def _quiet_worker_death(hook):
     """A threading.excepthook that says a dead local worker in one line: Beam's FnApiRunner raises its exit in
-    the worker's watch thread, whose traceback would go to stderr whatever the job's outcome."""
+    the worker's watch thread, whose traceback would go to stderr whatever the job's outcome. Once the process
+    is interrupted, every thread's death (a data-plane reader's grpc.RpcError) is the interrupt's echo."""
     def quiet(args):
+        if _interrupted.is_set():
+            return
         if isinstance(args.exc_value, RuntimeError) and "Worker subprocess exited with return code" in str(
                 args.exc_value):
-            if not _interrupted.is_set():
-                log.warning("a local worker process died (%s)", args.exc_value)
+            log.warning("a local worker process died (%s)", args.exc_value)
             return
         hook(args)
     return quiet
