@@ -89,8 +89,10 @@ def run(config: PersonsConfig, pipeline=None) -> dict:
         raise UserError(f"no persons table in {c.clusters}: run `facebeam cluster --output {c.clusters}` first")
     if c.action == "list":
         top = table[:c.top]
+        width = max([len("name")] + [len(r["name"] or "-") for r in top])
+        print(f"{'person':<{len(top[0]['person_id'])}}  {'faces':>6}  {'name':<{width}}  a photo of them")
         for r in top:
-            print(f"{r['person_id']}  {r['size']:>6}  {r['name'] or '-'}  {r['representative_image_path']}")
+            print(f"{r['person_id']}  {r['size']:>6}  {r['name'] or '-':<{width}}  {r['representative_image_path']}")
         # --json: the rows printed, for scripts (the count alone was all it said)
         return {"persons": len(table), "top": [{k: r[k] for k in ("person_id", "size", "name",
                                                                   "representative_image_path")} for r in top]}

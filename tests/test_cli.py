@@ -400,12 +400,14 @@ def test_calibrate_cluster_persons_forget_models_lines(ran, home, tmp_path):
     quiet(r)
     r = facebeam("persons", "list", "--top", "2", "--clusters", cl, env=home)  # --clusters after the action too
     table = pq.read_table(os.path.join(cl, "persons.parquet"))
-    assert r.stdout.splitlines()[-1] == f"{table.num_rows} persons in all"
-    person = r.stdout.split()[0]
-    size = next(int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith(person))
+    assert r.stdout.splitlines()[-1] == f"{table.num_rows} persons in all; the largest 2 shown (--top)"
+    header, *rows = r.stdout.splitlines()[:3]
+    assert header.split() == ["person", "faces", "name", "a", "photo", "of", "them"]
+    person = rows[0].split()[0]
+    size = int(rows[0].split()[1])
     listed = json.loads(facebeam("persons", "list", "--top", "2", "--clusters", cl, "--json", env=home).stdout)
     assert listed["persons"] == table.num_rows and [p["person_id"] for p in listed["top"]] == [
-        line.split()[0] for line in r.stdout.splitlines()[:2]] and listed["top"][0]["size"] == size
+        line.split()[0] for line in rows] and listed["top"][0]["size"] == size
     r = facebeam("persons", "--clusters", cl, "name", person, "someone", env=home)
     assert r.stdout == f"named {person} ({size} faces) 'someone'; re-clusters keep it\n"
     r = facebeam("persons", "--clusters", cl, "name", person, "  ", env=home, check=False)

@@ -315,7 +315,9 @@ def _cluster_line(s: JobSummary) -> str:
 def _persons_line(s: JobSummary) -> str:
     action = s.command.split()[1] if " " in s.command else "persons"
     if action == "list":
-        return f"{s.get('persons', 0)} persons in all"
+        shown = len(s.get("top") or ())
+        return f"{s.get('persons', 0)} persons in all" + (f"; the largest {shown} shown (--top)"
+                                                         if shown < s.get("persons", 0) else "")
     who, n = s.get("person_id"), s.get("faces", 0)
     text = {"name": f"named {who} ({n} faces) {s.get('name')!r}",
             "merge": f"merged {who} ({n} faces) into {s.get('into')}",
