@@ -836,3 +836,24 @@ def test_shards_named_below_the_collections_folder_are_pointed_at_it():
         assert shards.collection_hint(given).endswith("the one `embed` or `run` wrote: out)"), given
     assert shards.collection_hint("out") == shards.collection_hint("photos/2019") == ""
 
+
+
+def test_failed_photos_are_noted_a_few_per_reason_and_afresh_for_each_job(monkeypatch):
+    """The result line's examples (embed.count_failed): three per reason per worker, not a backfill's every one;
+    each job's DoFns hold their own Examples, so a harness that serves many jobs still notes each job's."""
+    import pickle
+
+    from facebeam.transforms import embed as embed_transforms
+    from facebeam.transforms import metrics
+
+    noted = []
+    monkeypatch.setattr(metrics, "note", lambda name, text: noted.append((name, text)))
+    job_one = pickle.loads(pickle.dumps(metrics.Examples()))
+    for i in range(5):
+        embed_transforms.count_failed("no_face", f"/p/{i}.jpg", job_one)
+    embed_transforms.count_failed("too_large", "/p/big.tif", job_one)
+    assert noted == [("images_failed_paths.no_face", f"/p/{i}.jpg") for i in range(3)] + [
+        ("images_failed_paths.too_large", "/p/big.tif")]
+    noted.clear()
+    embed_transforms.count_failed("no_face", "/p/next-job.jpg", pickle.loads(pickle.dumps(metrics.Examples())))
+    assert noted == [("images_failed_paths.no_face", "/p/next-job.jpg")]

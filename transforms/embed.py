@@ -10,12 +10,12 @@ from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES, shown
 from facebeam.transforms.spec import EmbeddingSpec
 
 
-def count_failed(reason: str, path: str | None = None) -> None:
+def count_failed(reason: str, path: str | None = None, examples: metrics.Examples | None = None) -> None:
     metrics.count(metrics.IMAGES_SEEN)
     metrics.count(metrics.failed_name(reason))
     PROGRESS.add(images=1, failed=1)
-    if path:  # a few, for the result line: the dead letters hold every one
-        metrics.note_example(metrics.FAILED_PATHS + reason, shown(path))
+    if path and examples is not None:  # a few, for the result line: the dead letters hold every one
+        examples.note(metrics.FAILED_PATHS + reason, shown(path))
 
 
 class ReadAndDecode(beam.DoFn):
@@ -27,6 +27,7 @@ class ReadAndDecode(beam.DoFn):
 
     def setup(self):
         PROGRESS.share_into(self._progress)
+        self._examples = metrics.Examples()
 
     def process(self, element):
         # Timed without the yield: downstream stages are fused and run inside it.
@@ -55,7 +56,7 @@ class ReadAndDecode(beam.DoFn):
                 if isinstance(page, images.ImageError) else page
 
     def _fail(self, path, reason, message, stage, sha=None):
-        count_failed(reason, path)
+        count_failed(reason, path, self._examples)
         return beam.pvalue.TaggedOutput("errors", records.error_row(path, reason, message, stage, self._spec, sha))
 
 
@@ -68,6 +69,7 @@ class ToRows(beam.DoFn):
 
     def setup(self):
         PROGRESS.share_into(self._progress)
+        self._examples = metrics.Examples()
 
     def process(self, result):
         with metrics.stage_timer(metrics.STAGE_ROWS):
@@ -77,12 +79,12 @@ class ToRows(beam.DoFn):
     def _rows(self, result):
         if result.error:
             reason, message = result.error
-            count_failed(reason, result.path)
+            count_failed(reason, result.path, self._examples)
             yield beam.pvalue.TaggedOutput("errors", records.error_row(
                 result.path, reason, message, "detect", self._spec, result.sha256))
             return
         if not result.faces:
-            count_failed("no_face", result.path)
+            count_failed("no_face", result.path, self._examples)
             yield beam.pvalue.TaggedOutput("errors", records.error_row(
                 result.path, "no_face", no_face_words(self._spec, result.width, result.height, self._closer), "detect",
                 self._spec, result.sha256))
@@ -97,11 +99,18 @@ class ToRows(beam.DoFn):
         yield from records.face_rows(result, self._spec, label)
 
 
+def _count_failed(reason):
+    examples = metrics.Examples()
+    return lambda row: count_failed(reason, row["image_path"], examples)
+
+
 def _dead_letter_row(spec, reason, stage):
+    examples = metrics.Examples()  # unpickled afresh on each worker of each job
+
     def convert(element_and_error):
         element, (exc_type, exc_repr, _tb) = element_and_error
         path = element[0] if isinstance(element, tuple) else getattr(element, "path", str(element))
-        count_failed(reason, path)
+        count_failed(reason, path, examples)
         return records.error_row(path, reason, f"{exc_type}: {exc_repr}", stage, spec, getattr(element, "sha256", None))
     return convert
 
@@ -135,7 +144,7 @@ class EmbedImages(beam.PTransform):
             | "UnbatchFailed" >> beam.FlatMap(lambda batch_err: [(img, batch_err[1]) for img in batch_err[0]])
             | "FailedInference" >> beam.Map(lambda e: records.error_row(
                 e[0].path, "inference_error", repr(e[1]), "represent", spec, e[0].sha256)))
-        _ = failed_batches | "CountFailedInference" >> beam.Map(lambda row: count_failed("inference_error", row["image_path"]))
+        _ = failed_batches | "CountFailedInference" >> beam.Map(_count_failed("inference_error"))
 
         errors = (
             decoded["errors"],

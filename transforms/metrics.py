@@ -10,7 +10,7 @@ IMAGES_MOVED = "images_moved"  # of those, done photos found only under a new pa
 IMAGES_REPLACED = "images_replaced"  # done content its path no longer holds, listed nowhere (manifest.REPLACED)
 IMAGES_FAILED = "images_failed"  # one counter per reason: images_failed.<reason>
 FAILED_PATHS = "images_failed_paths."  # string sets images_failed_paths.<reason>: a few paths, as examples
-EXAMPLES_PER_PROCESS = 3  # examples a worker notes per string set: a summary needs a few, not a backfill's every one
+EXAMPLES_PER_WORKER = 3  # examples a worker notes per string set (Examples)
 FACES = "faces"
 FACES_LABELED = "faces_labeled"  # faces given a label by --label-from
 ROWS_READ = "rows_read"
@@ -53,14 +53,17 @@ def note(name: str, text: str) -> None:
     Metrics.string_set(NAMESPACE, name).add(text)
 
 
-_noted: dict = {}  # string set -> examples this process noted (bounded by EXAMPLES_PER_PROCESS)
+class Examples:
+    """`note`, at most `most` times per string set: a summary needs a few paths, not a backfill's every one. One
+    per DoFn instance (or closure), so each job's workers start afresh, even in a harness that serves many jobs."""
 
+    def __init__(self, most: int = EXAMPLES_PER_WORKER):
+        self.most, self.noted = most, {}
 
-def note_example(name: str, text: str) -> None:
-    """`note`, at most EXAMPLES_PER_PROCESS times per name in this process."""
-    if _noted.get(name, 0) < EXAMPLES_PER_PROCESS:
-        _noted[name] = _noted.get(name, 0) + 1
-        note(name, text)
+    def note(self, name: str, text: str) -> None:
+        if self.noted.get(name, 0) < self.most:
+            self.noted[name] = self.noted.get(name, 0) + 1
+            note(name, text)
 
 
 def read_notes(result) -> dict:
@@ -82,7 +85,7 @@ def image_counts(c: dict, notes: dict | None = None) -> dict:
     failed = {k[len(prefix):]: v for k, v in sorted(c.items()) if k.startswith(prefix) and v}
     out = {IMAGES_SEEN: c.get(IMAGES_SEEN, 0), IMAGES_EMBEDDED: c.get(IMAGES_EMBEDDED, 0),
            FACES: c.get(FACES, 0), IMAGES_FAILED: failed}
-    examples = {k[len(FAILED_PATHS):]: v[:EXAMPLES_PER_PROCESS] for k, v in sorted((notes or {}).items())
+    examples = {k[len(FAILED_PATHS):]: v[:EXAMPLES_PER_WORKER] for k, v in sorted((notes or {}).items())
                 if k.startswith(FAILED_PATHS) and v}
     if examples:
         out[IMAGES_FAILED + "_examples"] = examples
