@@ -78,18 +78,11 @@ def _common_folder(paths) -> str:
 
 
 def read_faces(folder: str) -> list:
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
     files = shards.files(folder)
     if not files:
         raise UserError(f"no embedding shards under {folder}; run `facebeam embed` first")
-    rows = []
     cols = ["image_path", "image_sha256", "box_w", "box_h", "label", "embedding"]
-    for path in files:
-        with FileSystems.open(path) as f:
-            rows += pq.read_table(f, columns=cols).to_pylist()
-    return rows
+    return [row for path in files for row in shards.read_columns(path, cols).to_pylist()]
 
 
 def run(config: CalibrateConfig, pipeline=None) -> dict:

@@ -157,7 +157,7 @@ def provider_counter(name: str) -> str:
 def detection_summary(counters: dict, spec: EmbeddingSpec, turns: str, closer: str = DEFAULT_CLOSER) -> dict:
     """What the summary says about detection: detector, execution providers used, turns tried and found, closer
     looks taken and the faces they added."""
-    providers = sorted(k.split(".", 1)[1] for k, v in counters.items() if k.startswith("providers.") and v)
+    providers = sorted(metrics.by_name(counters, provider_counter("")))
     turned = {t: {"tried": counters.get(turn_counter(t, "tried"), 0), "faces": counters.get(turn_counter(t, "faces"), 0)}
               for t in (90, 180, 270)}
     turns = turns if spec.align_mode == "chip" else "off"  # the deepface path detects as deepface does

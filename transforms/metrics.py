@@ -78,15 +78,18 @@ def read_notes(result) -> dict:
     return {k: sorted(v) for k, v in out.items()}
 
 
+def by_name(values: dict, prefix: str, keep: int | None = None) -> dict:
+    """{name: value} of the non-empty metrics named `prefix` + name, sorted by name; a string set cut to `keep`."""
+    return {k[len(prefix):]: (v if keep is None else v[:keep]) for k, v in sorted((values or {}).items())
+            if k.startswith(prefix) and v}
+
+
 def image_counts(c: dict, notes: dict | None = None) -> dict:
     """images_seen = images_embedded + sum(images_failed.values()); with the job's string sets (`read_notes`),
     images_failed_examples: a few failed paths by reason."""
-    prefix = IMAGES_FAILED + "."
-    failed = {k[len(prefix):]: v for k, v in sorted(c.items()) if k.startswith(prefix) and v}
     out = {IMAGES_SEEN: c.get(IMAGES_SEEN, 0), IMAGES_EMBEDDED: c.get(IMAGES_EMBEDDED, 0),
-           FACES: c.get(FACES, 0), IMAGES_FAILED: failed}
-    examples = {k[len(FAILED_PATHS):]: v[:EXAMPLES_PER_WORKER] for k, v in sorted((notes or {}).items())
-                if k.startswith(FAILED_PATHS) and v}
+           FACES: c.get(FACES, 0), IMAGES_FAILED: by_name(c, IMAGES_FAILED + ".")}
+    examples = by_name(notes, FAILED_PATHS, EXAMPLES_PER_WORKER)
     if examples:
         out[IMAGES_FAILED + "_examples"] = examples
     return out

@@ -308,15 +308,14 @@ class ExpandInputs(beam.DoFn):
 def input_counts(counters: dict, images_seen: int, notes: dict = None) -> dict:
     """The summary's file counts from the job's Beam counters: files_skipped by why, extra pages, files_seen;
     with the job's string sets (`notes`), files_skipped_examples: a few skipped paths by why."""
-    from facebeam.transforms.metrics import IMAGES_DONE
+    from facebeam.transforms.metrics import IMAGES_DONE, by_name
 
-    skipped = {k[len(SKIPPED):]: v for k, v in sorted(counters.items()) if k.startswith(SKIPPED) and v}
+    skipped = by_name(counters, SKIPPED)
     extra = counters.get(EXTRA_PAGES, 0)
     # Every file listed: read (pages after the first are not files), already done (an incremental run), skipped.
     out = {"files_skipped": skipped,
            "files_seen": images_seen - extra + counters.get(IMAGES_DONE, 0) + sum(skipped.values())}
-    examples = {k[len(SKIPPED_PATHS):]: v[: ExpandInputs.SHOWN] for k, v in sorted((notes or {}).items())
-                if k.startswith(SKIPPED_PATHS) and v}
+    examples = by_name(notes, SKIPPED_PATHS, ExpandInputs.SHOWN)
     if examples:
         out["files_skipped_examples"] = examples
     if extra:
