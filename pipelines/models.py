@@ -42,8 +42,7 @@ def run(config: ModelsConfig, pipeline=None) -> dict:
     from facebeam.transforms.faces import FaceModel
 
     model = FaceModel(config.spec)  # WeightsMissing (a user error) names the file and where it goes
-    print(f"ok: {config.spec.model} + {config.spec.detector} load offline in {model.load_seconds:.2f} s")
-    return {"load_seconds": model.load_seconds}
+    return {"model": config.spec.model, "detector": config.spec.detector, "load_seconds": model.load_seconds}
 
 
 def main(argv=None) -> int:

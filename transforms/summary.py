@@ -348,7 +348,7 @@ def _forget_line(s: JobSummary) -> str:
 def _models_line(s: JobSummary) -> str:
     if "seeded" in s:
         return f"seeded {len(s['seeded'])} weight file(s)"
-    return f"models load offline in {s.get('load_seconds', 0):.2f} s"
+    return f"models {s.get('model')} + {s.get('detector')} load offline in {s.get('load_seconds', 0):.2f} s"
 
 
 def _service_line(s: JobSummary) -> str:
