@@ -77,6 +77,18 @@ def _common_folder(paths) -> str:
     return os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in local]) if local else ""
 
 
+def _labeled_none(config: CalibrateConfig, rows: list) -> str:
+    """Why --label-from gave no photo a label, and what to do."""
+    n = len({r["image_path"] for r in rows})
+    if config.label_from != "parent-dir":
+        return (f"--label-from {config.label_from} labels none of the {n} photos with a face (a row matches by full "
+                "path or by file name); give it rows for them, or --pairs CSV")
+    roots = config.roots or (_common_folder([r["image_path"] for r in rows]),)
+    return (f"--label-from parent-dir labels none of the {n} photos with a face: they lie directly in "
+            f"{', '.join(roots)}, and a label is the folder a photo lies in below that (people/alice/1.jpg -> alice); "
+            "put each person's photos in a folder of their own, or give --pairs CSV")
+
+
 def read_faces(folder: str) -> list:
     files = shards.files(folder)
     if not files:
@@ -103,6 +115,8 @@ def run(config: CalibrateConfig, pipeline=None) -> dict:
             except (OSError, ValueError) as e:
                 raise UserError(str(e)) from None
         faces = calibrate.labeled_faces(rows, labeler)
+        if not faces and labeler is not None:
+            raise UserError(_labeled_none(config, rows))
         vectors = {p: v for p, (_, v) in faces.items()}
         pairs = calibrate.all_pairs(faces)
         source = f"{len(faces)} labeled photos, {len({lab for lab, _ in faces.values()})} people"

@@ -113,10 +113,10 @@ def test_parent_dir_labels_only_files_inside_a_subfolder(tree_embed):
     assert "\n  labels: from parent-dir (1 of 2 faces)" in res.stdout  # how many it labeled, said
 
 
-def test_a_label_source_that_labels_nothing_says_so(tmp_path, capsys):
+def test_a_label_source_that_labels_nothing_says_so(tmp_path, capsys, caplog):
     """--label-from parent-dir on a folder of loose photos stored no label, and the line said `labels: from
     parent-dir` as if it had: a user learnt it only when verify found no one."""
-    from facebeam.pipelines import embed
+    from facebeam.pipelines import calibrate, embed
     from facebeam.transforms.shards import read_json
 
     (tmp_path / "loose").mkdir()
@@ -130,6 +130,12 @@ def test_a_label_source_that_labels_nothing_says_so(tmp_path, capsys):
         s = read_json(str(out / "summary.json"))
         assert (s["faces"], s["faces_labeled"]) == (1, 0)
         assert f"\n  labels: from {spec}, but none of 1 face got one {why}\n" in capsys.readouterr().out
+        # calibrate with the same source says why it has no pairs, not only that it has none
+        caplog.clear()
+        assert calibrate.main(["--shards", str(out), "--label-from", spec, "--output", str(out / "cal")]) == 2
+        (err,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert err.startswith(f"--label-from {spec} labels none of the 1 photos with a face"), err
+        assert ("they lie directly in " + str(tmp_path / "loose") if spec == "parent-dir" else "by file name") in err
 
 
 def test_parent_dir_labeler_knows_its_roots(tmp_path):
@@ -155,12 +161,14 @@ def test_a_bad_label_source_is_one_line_before_the_output_is_made(tmp_path, capl
     from facebeam.pipelines import embed, run
 
     (tmp_path / "names.csv").write_text("name,who\na.jpg,x\n")
+    (tmp_path / "header.csv").write_text("path,label\n")
     (tmp_path / "excel.csv").write_bytes("path,label\na.jpg,José\n".encode("cp1252"))  # Excel's plain "CSV"
     for module, spec, says in ((embed, "parent", "--label-from wants parent-dir or csv:FILE, got 'parent'"),
                                (embed, f"csv:{tmp_path / 'excel.csv'}", "excel.csv line 2 is not UTF-8 (byte 0xE9)"),
                                (run, f"csv:{tmp_path / 'none.csv'}", "CSV file not found"),
                                (embed, f"csv:{tmp_path / 'names.csv'}", "need a header with 'path' (or 'file') and "
-                                                                        "'label' columns")):
+                                                                        "'label' columns"),
+                               (embed, f"csv:{tmp_path / 'header.csv'}", "header.csv: no rows under its header")):
         caplog.clear()
         out = tmp_path / "out"
         assert module.main(["--input", SAMPLE, "--output", str(out), "--label-from", spec]) == 2

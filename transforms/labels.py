@@ -86,9 +86,11 @@ class CsvLabeler:
     """A CSV with columns path (or file) and label; a row matches by full path or by file name."""
 
     def __init__(self, csv_path: str):
-        _, rows = csv_dicts(csv_path)
-        if not rows or "label" not in rows[0] or not ({"path", "file"} & set(rows[0])):
+        names, rows = csv_dicts(csv_path)
+        if "label" not in names or not {"path", "file"} & set(names):
             raise UserError(f"{csv_path}: need a header with 'path' (or 'file') and 'label' columns")
+        if not rows:
+            raise UserError(f"{csv_path}: no rows under its header")
         self._labels = {}
         for r in rows:
             key = r.get("path") or r.get("file")
