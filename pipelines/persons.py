@@ -1,9 +1,11 @@
 """facebeam persons: name, merge and split the persons of a cluster folder.
 
-    facebeam persons --clusters DIR name PERSON_ID NAME [--index NAME]
-    facebeam persons --clusters DIR merge PERSON_ID INTO_PERSON_ID [--index NAME]
-    facebeam persons --clusters DIR split PERSON_ID --faces FACE_ID [FACE_ID ...] [--index NAME]
+    facebeam persons --clusters DIR name PERSON NAME [--index NAME]
+    facebeam persons --clusters DIR merge PERSON INTO_PERSON [--index NAME]
+    facebeam persons --clusters DIR split PERSON --faces FACE_ID [FACE_ID ...] [--index NAME]
     facebeam persons --clusters DIR list [--top N]
+
+A PERSON is a person id (`persons list` shows them) or the name of exactly one person.
 
 Each change is written once: to the persons table (DIR/persons.parquet, DIR/persons/) and to
 DIR/edits.jsonl, which every later `facebeam cluster` replays by face, so names, merges and
@@ -44,13 +46,13 @@ def build_parser():
     p = options.parser("facebeam persons", __doc__)
     sub = p.add_subparsers(dest="action", required=True)
     n = sub.add_parser("name", help="give a person a name")
-    n.add_argument("person_id", help="the person (see `persons list`)")
+    n.add_argument("person_id", metavar="PERSON", help="the person: its id (see `persons list`) or its name")
     n.add_argument("name", help="the name to give")
-    m = sub.add_parser("merge", help="merge PERSON_ID into INTO_PERSON_ID")
-    m.add_argument("person_id", help="the person that goes away")
-    m.add_argument("into", help="the person that keeps its id and name")
+    m = sub.add_parser("merge", help="merge PERSON into INTO_PERSON")
+    m.add_argument("person_id", metavar="PERSON", help="the person that goes away (id or name)")
+    m.add_argument("into", metavar="INTO_PERSON", help="the person that keeps its id and name (id or name)")
     s = sub.add_parser("split", help="move some faces of a person into a new person")
-    s.add_argument("person_id", help="the person to take faces from")
+    s.add_argument("person_id", metavar="PERSON", help="the person to take faces from (id or name)")
     s.add_argument("--faces", nargs="+", action="extend", required=True, metavar="FACE_ID",
                    help="the faces that become a new person")
     ls = sub.add_parser("list", help="print the persons table, largest first")

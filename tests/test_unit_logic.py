@@ -191,6 +191,19 @@ def test_person_ids_stay_with_their_faces_and_edits_replay():
     assert persons.new_person_id(["f2", "f1"]) == persons.new_person_id(["f1", "f9"])
 
 
+def test_a_person_is_named_by_id_or_by_the_name_of_one_person():
+    table = {"p-1a2b": {"name": "Ann Lee"}, "p-3c4d": {"name": "Bo"}, "p-5e6f": {"name": "bo"}, "p-7a8b": {"name": None}}
+    assert persons.person_named_by(table, "p-7a8b", "c") == "p-7a8b"
+    assert persons.person_named_by(table, "Ann Lee", "c") == persons.person_named_by(table, "ann lee", "c") == "p-1a2b"
+    assert persons.person_named_by(table, "Bo", "c") == "p-3c4d"  # as given first; in any case only when none is
+    with pytest.raises(UserError, match=r"^2 persons in c are named 'BO' \(p-3c4d, p-5e6f\): give one's id$"):
+        persons.person_named_by(table, "BO", "c")
+    with pytest.raises(UserError, match=r"^no person 'p-1a2c' in c; did you mean 'p-1a2b'\?$"):
+        persons.person_named_by(table, "p-1a2c", "c")
+    with pytest.raises(UserError, match=r"^no person 'Zed' in c \(`facebeam persons list --clusters c` shows them\)$"):
+        persons.person_named_by(table, "Zed", "c")
+
+
 # --- the bulk retry policy, faults injected under a real client ----------------------------------
 class FaultyNode(elastic_transport.BaseNode):
     """A transport node with no server behind it: the N-th bulk call fails as scripted, others index every doc.

@@ -39,6 +39,7 @@ from facebeam.transforms.persons.clustering import (
 from facebeam.transforms.persons.edits import (
     append_edit,
     edit,
+    person_named_by,
     read_edits,
     replay_edits,
 )
@@ -155,6 +156,7 @@ __all__ = [
     "representative",
     "append_edit",
     "edit",
+    "person_named_by",
     "read_edits",
     "replay_edits",
     "EF_SEARCH",

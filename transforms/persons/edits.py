@@ -1,6 +1,7 @@
 """Names, merges and splits: applied to the persons table, logged by face, replayed on every re-cluster."""
 from __future__ import annotations
 
+import difflib
 import json
 import time
 
@@ -87,8 +88,24 @@ def _rep_fields(a: dict) -> dict:
             "rep_box_x": a["box_x"], "rep_box_y": a["box_y"], "rep_box_w": a["box_w"], "rep_box_h": a["box_h"]}
 
 
+def person_named_by(table: dict, ref: str, folder: str) -> str:
+    """The person id `ref` names: an id, or the name of exactly one person (as given, else in any case)."""
+    if ref in table:
+        return ref
+    named = sorted(p for p, r in table.items() if r.get("name") == ref) or \
+        sorted(p for p, r in table.items() if (r.get("name") or "").casefold() == ref.casefold())
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise UserError(f"{len(named)} persons in {folder} are named {ref!r} ({', '.join(named[:4])}"
+                        f"{', ...' if len(named) > 4 else ''}): give one's id")
+    close = difflib.get_close_matches(ref, [*table, *{r["name"] for r in table.values() if r.get("name")}], n=1)
+    raise UserError(f"no person {ref!r} in {folder}" + (f"; did you mean {close[0]!r}?" if close else
+                                                       f" (`facebeam persons list --clusters {folder}` shows them)"))
+
+
 def _merge(table: dict, assignments: list, person_id: str, into: str, folder: str, members: list) -> dict:
-    if into not in table or into == person_id:
+    if into == person_id:
         raise UserError(f"no other person {into!r} in {folder} to merge into")
     keep, gone = table[into], table.pop(person_id)
     if gone["centre"] is not None and keep["centre"] is not None:
@@ -133,8 +150,8 @@ def edit(folder: str, action: str, person_id: str, name=None, into=None, faces=(
     """Name, merge or split a person in the persons table and log the edit (by face) for re-clusters."""
     table = {r["person_id"]: r for r in read_table(folder)}
     assignments = read_assignments(folder)
-    if person_id not in table:
-        raise UserError(f"no person {person_id!r} in {folder}")
+    person_id = person_named_by(table, person_id, folder)
+    into = person_named_by(table, into, folder) if action == "merge" else into
     members = [a["face_id"] for a in assignments if a["person_id"] == person_id]
     dim = len(next(r["centre"] for r in table.values() if r["centre"] is not None))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
