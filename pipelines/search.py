@@ -15,7 +15,7 @@ import time
 
 from facebeam.pipelines import jobs, options
 from facebeam.transforms import images, knn, sources, stores
-from facebeam.transforms.errors import UserError
+from facebeam.transforms.errors import UserError, reason
 from facebeam.transforms.summary import SearchHit
 
 log = logging.getLogger(__name__)
@@ -131,9 +131,10 @@ def run(config: SearchConfig, pipeline=None) -> dict:
                     raise ValueError("a pipe, socket or device, not a photo")
                 probes, rows = searcher(path)
             except (OSError, ValueError, images.ImageError) as e:
-                print(f"\n{path}: cannot search: {e}")
+                why = reason(e)
+                print(f"\n{path}: cannot search: {why}")
                 failed += 1
-                errors.append({"photo": path, "error": str(e)})
+                errors.append({"photo": path, "error": why})
                 continue
             faces += len(probes)
             results += [{k: v.item() if hasattr(v, "item") else v for k, v in r.items()} for r in rows]  # numpy -> JSON

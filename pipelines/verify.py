@@ -26,7 +26,7 @@ import time
 
 from facebeam.pipelines import jobs, options
 from facebeam.transforms import images, knn, labels, sources
-from facebeam.transforms.errors import UserError
+from facebeam.transforms.errors import UserError, reason
 from facebeam.transforms.sources import DEFAULT_MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Prober:
         try:
             data, sha = sources.read_bytes(path, DEFAULT_MAX_FILE_BYTES)
         except (OSError, ValueError) as e:
-            raise UserError(f"cannot read {path}: {e}") from None
+            raise UserError(f"cannot read {path}: {reason(e)}") from None
         if sha not in self.cache:
             img = images.decode(path, data, sha, detect_max_side=self.spec.detect_max_side)
             found = self.model.embed([img])[0]

@@ -201,11 +201,14 @@ def test_search_prints_a_table(labeled_index, capsys, tmp_path):
     # a writer forever); the photos after them are answered.
     pipe = tmp_path / "pipe.jpg"
     os.mkfifo(pipe)
-    code = search.main([SAMPLE, str(pipe), os.path.join(SAMPLE, "img2.jpg"), "--index", ALIAS, "--es-conn", CONN])
+    gone = tmp_path / "gone.jpg"
+    code = search.main([SAMPLE, str(pipe), str(gone), os.path.join(SAMPLE, "img2.jpg"), "--index", ALIAS,
+                        "--es-conn", CONN])
     out = capsys.readouterr().out
     assert code == 1 and out.count("answered in") == 1
     assert f"{SAMPLE}: cannot search: a folder, not a photo (`facebeam query --probes FOLDER`" in out
     assert f"{pipe}: cannot search: a pipe, socket or device, not a photo" in out
+    assert f"{gone}: cannot search: no such file or directory\n" in out  # not Python's "[Errno 2] ..."
 
 
 def test_more_candidates_than_elasticsearch_takes_is_one_line_and_leaves_the_last_answer(labeled_index, tmp_path,
