@@ -146,6 +146,7 @@ def inputs_job(tmp_path_factory):
     os.symlink(os.path.join(SAMPLE, "img1.jpg"), d / "outside.jpg")
     Image.open(os.path.join(SAMPLE, "img8.jpg")).save(d / "data" / "photo.bin", format="JPEG")  # not_image by name
     os.symlink(d / "data" / "photo.bin", d / "inside-link.jpg")  # a symlink that stays inside is read
+    os.symlink(base / "unmounted" / "gone.jpg", d / "gone.jpg")  # a link to nothing: counted, not dropped unsaid
     # Hidden and system names a walk leaves out: a viewer's thumbnail cache, a NAS's, macOS's AppleDouble file.
     for cache in (".thumbnails", "@eaDir"):
         (d / cache).mkdir()
@@ -172,19 +173,20 @@ def test_symlinks_out_of_the_input_are_not_read_but_counted(inputs_job):
     assert "passwd" not in read and "outside.jpg" not in read
     assert all(os.path.realpath(r["image_path"]) != "/etc/passwd" for r in rows)
     assert read == {"face.jpg", "two-pages.tif", "inside-link.jpg", "huge.jpg"}
-    assert s["files_skipped"] == {"not_image": 1, "symlink_outside": 2, "hidden": 3}
+    assert s["files_skipped"] == {"not_image": 1, "symlink_outside": 2, "hidden": 3, "broken_link": 1}
     from facebeam.transforms.summary import JobSummary
 
     line = JobSummary.build("embed", s).line()  # each reason said as what it is, none called a non-image
-    assert ("(3 file(s) under hidden or system names skipped, 1 non-image file(s) skipped, "
-            "2 symlink(s) out of the input skipped)") in line, line
+    assert ("(1 symlink(s) to nothing skipped, 3 file(s) under hidden or system names skipped, 1 non-image file(s) "
+            "skipped, 2 symlink(s) out of the input skipped)") in line, line
     # Which files: the summary names them, as the workers' log does (with worker processes, their log is quiet).
     assert s["files_skipped_examples"] == {
         "hidden": sorted(str(d / p) for p in ("._face.jpg", ".thumbnails/face.jpg", "@eaDir/face.jpg")),
-        "not_image": [str(d / "data" / "photo.bin")], "symlink_outside": [str(d / "outside.jpg"), str(d / "passwd")]}
+        "not_image": [str(d / "data" / "photo.bin")], "symlink_outside": [str(d / "outside.jpg"), str(d / "passwd")],
+        "broken_link": [str(d / "gone.jpg")]}
     said = line.splitlines()[1]
-    assert said == (f"  skipped: {d / '._face.jpg'} (hidden or system name), {d / '.thumbnails/face.jpg'} (hidden or "
-                    f"system name), {d / '@eaDir/face.jpg'} (hidden or system name) ...; summary.json lists more"), said
+    assert said == (f"  skipped: {d / 'gone.jpg'} (symlink to nothing), {d / '._face.jpg'} (hidden or system name), "
+                    f"{d / '.thumbnails/face.jpg'} (hidden or system name) ...; summary.json lists more"), said
 
 
 def test_every_page_of_a_tiff_is_an_image_and_the_summary_adds_up(inputs_job):
@@ -202,7 +204,7 @@ def test_every_page_of_a_tiff_is_an_image_and_the_summary_adds_up(inputs_job):
     assert s["images_extra_pages"] == 1
     assert s["images_seen"] == 5 == s["images_embedded"] + sum(s["images_failed"].values())
     assert s["images_failed"] == {}
-    assert s["files_seen"] == 10 == s["images_seen"] - s["images_extra_pages"] + sum(s["files_skipped"].values())
+    assert s["files_seen"] == 11 == s["images_seen"] - s["images_extra_pages"] + sum(s["files_skipped"].values())
 
 
 def test_max_pixels_is_the_only_pixel_limit(inputs_job):

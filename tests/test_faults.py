@@ -535,12 +535,18 @@ def test_a_folder_walk_counts_every_file_and_stores_absolute_paths(mixed_folder,
     assert err["image_path"] == os.path.join(d, "notes-no-extension") and err["reason"] == "not_an_image"
 
 
-@pytest.mark.parametrize("content, says", [({"a.txt": "x", "b.md": "y"}, "holds no image files"), ({}, "holds no files")])
+@pytest.mark.parametrize("content, says", [({"a.txt": "x", "b.md": "y"}, "holds no image files"), ({}, "holds no files"),
+                                           ({"a.jpg": None, "2019/b.jpg": None},
+                                            "holds no files, only 2 symlink(s) to nothing (e.g. ")])
 def test_a_folder_without_images_is_one_line_and_exit_2(tmp_path, content, says):
     d = tmp_path / "in"
     d.mkdir()
     for name, text in content.items():
-        (d / name).write_text(text)
+        (d / name).parent.mkdir(exist_ok=True)
+        if text is None:  # a link into a drive that is not mounted
+            os.symlink(tmp_path / "unmounted" / name, d / name)
+        else:
+            (d / name).write_text(text)
     prog = "import sys; from facebeam.pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run([PYTHON, "-c", prog, "embed", "--input", str(d), "--output", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=300)

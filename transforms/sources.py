@@ -20,6 +20,8 @@ the input's root (the folder, or the glob's folder before its first wildcard): i
 `files_skipped.symlink_outside` instead, so a link to `/etc/passwd` dropped into a photo folder
 is never read. `--follow-symlinks` (`Inputs.follow_symlinks`) reads them. A path named on its own
 or in a list file is read as named. (Beam's local lister never descends into symlinked folders.)
+A symlink to nothing (its drive not mounted, its file moved), which Beam's lister drops without a
+word, is counted by a walk of a local folder as `files_skipped.broken_link`.
 
 Pages: every page of a multi-page TIFF is an image of its own (`images.decode_pages`); the pages
 after the first are counted in `images_extra_pages`. So
@@ -200,6 +202,24 @@ def _root(pattern: str) -> str:
     return os.path.realpath(fixed or ".")
 
 
+def broken_links(folder: str) -> list:
+    """The symlinks to nothing under a local folder, sorted. Beam's lister drops them (their size cannot be
+    read), so a library on a drive that is not mounted would look empty; a walk counts them instead. By hand:
+    one pass of os.scandir, which knows a link without a stat; only links are stat'ed."""
+    found, todo = [], [folder]
+    while todo:
+        try:
+            with os.scandir(todo.pop()) as entries:
+                for e in entries:
+                    if e.is_dir(follow_symlinks=False):
+                        todo.append(e.path)
+                    elif e.is_symlink() and not os.path.exists(e.path):
+                        found.append(e.path)
+        except OSError:  # a folder that cannot be listed: Beam's walk passes over it too
+            continue
+    return sorted(found)
+
+
 def leaves(path: str, root: str) -> bool:
     """Whether a local `path` is a symlink (or lies under one) whose target is outside `root` (a realpath)."""
     real = os.path.realpath(path)
@@ -210,7 +230,7 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
     """Yield (canonical path, size_in_bytes or None) for one user input; `since` keeps files modified at or after it.
 
     A folder walk or glob passes each file it does not read (see the module docstring) to
-    `skipped(path, why)`, why = "not_image", "hidden" or "symlink_outside"; any input passes a file whose name
+    `skipped(path, why)`, why = "not_image", "hidden", "symlink_outside" or "broken_link"; any input passes a file whose name
     is not UTF-8 there as "name_not_utf8", a pipe, socket or device as "special_file", and a file modified
     before `since` as "older_than_since". Inputs that name
     nothing were refused in the launcher (`check_inputs`); here they yield nothing.
@@ -265,6 +285,15 @@ def expand(pattern: str, since: float = None, skipped=None, follow_symlinks: boo
             continue
         if skipped is not None:
             skipped(canonical(m.path), why)
+    if walk and not glob and "://" not in pattern and skipped is not None:
+        for path in broken_links(pattern):
+            if since is not None and os.lstat(path).st_mtime < since:
+                why = "older_than_since"
+            elif canonical(path).startswith(outputs):
+                why = "facebeam_output"
+            else:
+                why = walk_skips(path, top) or "broken_link"
+            skipped(canonical(path), why)
     if not found:  # info: the result line counts what it skipped, and why
         log.info("input %r matched no image files%s", pattern, " modified since --since" if since else "")
     for m in found:
@@ -278,6 +307,7 @@ class ExpandInputs(beam.DoFn):
     WHY = {"not_image": "whose extension is not an image's",
            "hidden": "under hidden or system names (.name, @eaDir, #recycle)",
            "symlink_outside": "that are symlinks out of the input (--follow-symlinks reads them)",
+           "broken_link": "that are symlinks to nothing (a drive not mounted, a file moved)",
            "special_file": "that are pipes, sockets or devices, not files",
            "facebeam_output": "of facebeam's own outputs inside the folder (shards, reports)",
            "older_than_since": "modified before --since",
@@ -411,6 +441,11 @@ def check_inputs(patterns) -> None:
         elif _is_dir(p):
             seen, ok = _folder_has_candidate(p)
             if not seen:
+                links = [] if is_glob(p) or "://" in p else broken_links(p)
+                if links:  # a library of links into a drive that is not mounted
+                    raise InputError(f"input folder {p!r} holds no files, only {len(links)} symlink(s) to nothing "
+                                     f"(e.g. {shown(links[0])} -> {shown(os.readlink(links[0]))}): is their drive "
+                                     "mounted?")
                 raise InputError(f"input {p!r} matched no files" if is_glob(p) else f"input folder {p!r} holds no files")
             if not ok:
                 raise InputError(f"input folder {p!r} holds no image files: its {seen} file(s) all have "

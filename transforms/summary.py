@@ -22,13 +22,15 @@ def _int(v) -> int:
 
 # files_skipped's reasons (transforms/sources.py), as the result line says them
 SKIPPED_WORDS = {"not_image": "non-image file(s)", "hidden": "file(s) under hidden or system names",
-                 "symlink_outside": "symlink(s) out of the input", "name_not_utf8": "file(s) named in another encoding",
+                 "symlink_outside": "symlink(s) out of the input", "broken_link": "symlink(s) to nothing",
+                 "name_not_utf8": "file(s) named in another encoding",
                  "special_file": "pipe(s), socket(s) or device(s)", "facebeam_output": "file(s) of facebeam outputs",
                  "older_than_since": "file(s) older than --since"}
 
 
 # ... and as the line of examples under it says one path's reason
 SKIPPED_WHY = {"not_image": "not an image", "hidden": "hidden or system name", "symlink_outside": "symlink out",
+               "broken_link": "symlink to nothing",
                "name_not_utf8": "name not UTF-8", "special_file": "not a regular file",
                "facebeam_output": "a facebeam output", "older_than_since": "older than --since"}
 EXAMPLES_SHOWN = 3  # skipped paths on the result line; summary.json's files_skipped_examples has more
