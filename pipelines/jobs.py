@@ -326,9 +326,14 @@ def run(pipeline, totals=None):
 def _quiet_worker_death(hook):
     """A threading.excepthook that says a dead local worker in one line: Beam's FnApiRunner raises its exit in
     the worker's watch thread, whose traceback would go to stderr whatever the job's outcome. Once the process
-    is interrupted, every thread's death (a data-plane reader's grpc.RpcError) is the interrupt's echo."""
+    is interrupted, every thread's death (a data-plane reader's grpc.RpcError) is the interrupt's echo. A LOOPBACK
+    worker's data-plane threads (a job with a job server of its own) die with "Multiplexer hanging up" when the
+    runner closes a bundle's channel: Beam's noise, not the job's outcome, which the job's result carries."""
     def quiet(args):
         if _interrupted.is_set():
+            return
+        if "Multiplexer hanging up" in str(args.exc_value):
+            log.info("a Beam data channel closed under its reader (%s)", args.thread.name if args.thread else "?")
             return
         if isinstance(args.exc_value, RuntimeError) and "Worker subprocess exited with return code" in str(
                 args.exc_value):

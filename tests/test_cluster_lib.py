@@ -1,6 +1,7 @@
 """A local Flink cluster whose job server cannot leave Beam's jars out (no javac, so no
 stage-nothing jar): jobs ship the jars to a cluster that has Beam in its lib/ too, and
-must still give Direct's rows (Flink loads the job's classes child-first, consistently).
+must still give Direct's rows (Flink resolves classes parent-first there: the job's copy of
+Beam is never loaded beside lib's).
 
 Runs in its own FACEBEAM_HOME and ports, beside any cluster of the other tests.
 """

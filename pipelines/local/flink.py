@@ -88,6 +88,18 @@ def cluster_info(port: int = REST_PORT, timeout: float = 3.0) -> dict | None:
     return overview
 
 
+def started_from(port: int = REST_PORT, timeout: float = 3.0) -> Path | None:
+    """The facebeam home whose `flink up` started the Flink answering on `port` (its pid folder is
+    <home>/flink), or None: no Flink there, or one facebeam did not start."""
+    try:
+        config = toolkit.http_json(f"{rest_url(port)}/jobmanager/config", timeout=timeout)
+    except Exception:  # noqa: BLE001 - anything but a Flink answer: not known
+        return None
+    pid_dir = next((e.get("value") for e in config if isinstance(e, dict) and e.get("key") == "env.pid.dir"), None) \
+        if isinstance(config, list) else None
+    return Path(pid_dir).parent if pid_dir and Path(pid_dir).name == "flink" else None
+
+
 def _pid_files(name: str) -> list[Path]:
     # flink-daemon.sh names it flink-$USER-<daemon>.pid ($USER may be empty)
     return sorted(state_dir().glob(f"flink-*{name}.pid"))
@@ -144,6 +156,12 @@ def _write_conf(home: Path, slots: int, port: int, rpc_port: int = RPC_PORT, age
         "memory": {"process": {"size": f"{1536 + network_mb}m"},
                    "network": {"min": f"{network_mb}m", "max": f"{network_mb}m"}},
     }
+    # Beam and its dependencies are in the cluster's lib (FLINK_LIB_DIR, job_server.cluster_lib). A job that ships
+    # Beam's jars all the same (a job server of its own: another folder's job, or no javac) loaded them
+    # child-first, and from then on every job of the cluster's job server failed in the TaskManager with a
+    # LinkageError (Beam's vendored gRPC loaded by two classloaders) until a restart. Parent-first, every job
+    # uses lib's classes; Beam's alone (parent-first-patterns) left joda-time to the job, a ClassCastException.
+    conf["classloader"] = {"resolve-order": "parent-first"}
     conf["parallelism"] = {"default": min(slots, max(2, os.cpu_count() or 2))}
     conf["restart-strategy"] = RESTART_STRATEGY
     # A job whose TaskManager died waits this long for slots before the attempt fails (default 300 s per

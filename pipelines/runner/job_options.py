@@ -27,6 +27,7 @@ yours first, the needed ones added when missing).
 """
 from __future__ import annotations
 
+import logging
 import os
 import urllib.parse
 
@@ -44,8 +45,10 @@ from apache_beam.options.pipeline_options import (
 from facebeam.pipelines.local import jars, job_server, toolkit
 from facebeam.pipelines.local.toolkit import RunnerSetupError
 from facebeam.pipelines.runner.kinds import runner_kind
-from facebeam.pipelines.runner.local_clusters import local_cluster_pool, local_job_server
+from facebeam.pipelines.runner.local_clusters import local_cluster_pool, local_job_server, started_elsewhere
 from facebeam.pipelines.runner.probes import check_cluster
+
+log = logging.getLogger(__name__)
 
 #: How long a TaskManager / executor keeps a job's SDK harnesses after a stage releases them:
 #: long enough to reach the job's next stage region, so each slot starts its harness once.
@@ -187,6 +190,11 @@ def _portable_defaults(opts: PipelineOptions, kind: str, given) -> None:
         opts.view_as(SparkRunnerOptions).spark_master_url = f"local[{os.cpu_count() or 2}]"
     _environment_defaults(opts, kind, given)
     served = local_job_server(opts, kind)
+    elsewhere = None if served else started_elsewhere(opts, kind)
+    if elsewhere:  # its job server is recorded in that home: this job would pay for a JVM of its own, unsaid
+        log.warning("the local %s cluster was started from %s, whose .facebeam holds its job server, so this job "
+                    "starts one of its own (about 20 s more): run from %s, or set FACEBEAM_HOME=%s",
+                    kind.capitalize(), os.path.dirname(elsewhere), os.path.dirname(elsewhere), elsewhere)
     if served:  # the cluster's own job server: no JVM to start, no jars to ship
         portable.job_endpoint = f"localhost:{served['port']}"
         if not served.get("stages_jars"):

@@ -16,6 +16,7 @@ from facebeam.pipelines.local import flink, job_server, spark
 from facebeam.pipelines.local import workers as pools
 from facebeam.pipelines.local.toolkit import RunnerSetupError
 from facebeam.pipelines.runner.kinds import CLUSTER_PORTS, is_embedded_flink, runner_kind
+from facebeam.transforms.home import facebeam_home
 
 
 def cluster_is_running(kind: str) -> bool:
@@ -58,6 +59,17 @@ def local_job_server(opts: PipelineOptions, kind: str | None = None) -> dict | N
             f"{job_server.state_file(kind)}) is not running, so the job could not be submitted. Restart it: "
             f"`facebeam {kind} down && facebeam {kind} up`.")
     return st
+
+
+def started_elsewhere(opts: PipelineOptions, kind: str | None = None) -> str | None:
+    """When the local Flink that `opts` name was started by `facebeam flink up` from another facebeam home
+    than this one, that home: its job server and worker pool are recorded there, not here."""
+    kind = kind or runner_kind(opts)
+    port = cluster_port(opts, kind) if kind == "flink" else None  # Spark's master does not say where it runs from
+    if port is None or cluster_is_running(kind):
+        return None
+    home = flink.started_from(port)
+    return str(home) if home and home != facebeam_home() else None
 
 
 def local_cluster_pool(opts: PipelineOptions, kind: str | None = None) -> dict | None:
