@@ -84,6 +84,7 @@ def test_split_and_merge_survive_a_recluster(clustered, tmp_path):
     assert now[faces[0]] == now[faces[1]] != now[faces[2]]
     # a person may be named by its name: the split-off one, named, is merged by that name (in another case)
     assert persons_cmd.main(["--clusters", folder, "name", now[faces[0]], "Split Off"]) == 0
+    assert persons_cmd.main(["--clusters", folder, "merge", "split off", now[faces[0]]]) == 2  # itself: refused
     assert persons_cmd.main(["--clusters", folder, "merge", "split off", now[faces[2]]]) == 0
     job(cluster, ["--shards", shards, "--output", folder, "--pairs", PAIRS])
     now = {r["face_id"]: r["person_id"] for r in persons.read_assignments(folder)}

@@ -99,14 +99,14 @@ def person_named_by(table: dict, ref: str, folder: str) -> str:
     if named:
         raise UserError(f"{len(named)} persons in {folder} are named {ref!r} ({', '.join(named[:4])}"
                         f"{', ...' if len(named) > 4 else ''}): give one's id")
-    close = difflib.get_close_matches(ref, [*table, *{r["name"] for r in table.values() if r.get("name")}], n=1)
+    close = difflib.get_close_matches(ref, [*table, *sorted({r["name"] for r in table.values() if r.get("name")})], n=1)
     raise UserError(f"no person {ref!r} in {folder}" + (f"; did you mean {close[0]!r}?" if close else
                                                        f" (`facebeam persons list --clusters {folder}` shows them)"))
 
 
 def _merge(table: dict, assignments: list, person_id: str, into: str, folder: str, members: list) -> dict:
     if into == person_id:
-        raise UserError(f"no other person {into!r} in {folder} to merge into")
+        raise UserError(f"{person_id} cannot be merged into itself: name another person to merge it into")
     keep, gone = table[into], table.pop(person_id)
     if gone["centre"] is not None and keep["centre"] is not None:
         keep["centre"] = ((np.asarray(keep["centre"]) * keep["size"] + np.asarray(gone["centre"]) * gone["size"])
