@@ -225,29 +225,38 @@ def test_runner_matches_direct(runner_key, expected, tmp_path):
         assert not toolkit.alive(pid), f"job server pid {pid} still running"
 
 
-def test_a_job_from_another_home_says_so_and_leaves_the_cluster_working(local_cluster, expected, tmp_path,
+@pytest.mark.parametrize("key", ["flink-cluster", "spark-cluster"])
+def test_a_job_from_another_home_says_so_and_leaves_the_cluster_working(key, local_cluster, expected, tmp_path,
                                                                         monkeypatch, caplog):
-    """A job run from a folder other than the one `flink up` ran in finds no job server recorded in its
-    .facebeam, starts one of its own (which ships Beam's jars), and says why it costs 20 s more. The cluster's
-    own jobs after it still run: once Flink had loaded a shipped Beam child-first, every one of them failed
-    in the TaskManager with a LinkageError until the cluster was restarted."""
+    """A job run from a folder other than the one `flink|spark up` ran in finds no job server recorded in its
+    .facebeam. On Flink it starts one of its own (which ships Beam's jars) and says why it costs 20 s more; the
+    cluster's own jobs after it still run (once Flink had loaded a shipped Beam child-first, every one of them
+    failed in the TaskManager with a LinkageError until the cluster was restarted). On Spark it is refused: its
+    second application waited for ever for the cores of the job server's."""
     from facebeam.transforms import home as fb_home
 
-    local_cluster("flink")
+    which = PRESET_CLUSTERS[key]
+    local_cluster(which)
     cluster_home = fb_home.facebeam_home()
     with monkeypatch.context() as m:
         m.setenv(fb_home.ENV_HOME, str(tmp_path / "elsewhere" / ".facebeam"))
         caplog.set_level("WARNING", logger="facebeam")
-        result, out_dir, _ = run_on("flink-cluster", sha_pipeline, tmp_path / "elsewhere")
+        if which == "spark":  # a second application would wait for the job server's cores for ever: refused
+            with pytest.raises(RunnerSetupError, match=f"started from {cluster_home.parent}, whose .facebeam holds "
+                                                       "its job server; .* waits for the cores the first one holds: "
+                                                       f"run from {cluster_home.parent}, or set FACEBEAM_HOME="):
+                pipeline_options(RUNNER_PRESETS[key])
+            return
+        result, out_dir, _ = run_on(key, sha_pipeline, tmp_path / "elsewhere")
         assert result.state == PipelineState.DONE and read_rows(out_dir) == expected
         assert result.job_server_pids  # a job server of its own
         said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-        assert any(f"cluster was started from {cluster_home.parent}, whose .facebeam" in w and
+        assert any(f"local {which.capitalize()} cluster was started from {cluster_home.parent}, whose .facebeam" in w and
                    w.endswith(f"or set FACEBEAM_HOME={cluster_home}") for w in said), said
-    served = job_server.info("flink")
-    result, out_dir, _ = run_on("flink-cluster", sha_pipeline, tmp_path / "here")
+    served = job_server.info(which)
+    result, out_dir, _ = run_on(key, sha_pipeline, tmp_path / "here")
     assert result.state == PipelineState.DONE and read_rows(out_dir) == expected
-    assert not hasattr(result, "job_server_pids") and job_server.info("flink")["pid"] == served["pid"]
+    assert not hasattr(result, "job_server_pids") and job_server.info(which)["pid"] == served["pid"]
 
 
 def test_cluster_cli_status(runner_key, capsys):

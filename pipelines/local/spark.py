@@ -92,6 +92,23 @@ def cluster_info(webui_port: int = WEBUI_PORT, timeout: float = 3.0) -> dict | N
     return info
 
 
+def started_from(port: int = MASTER_PORT) -> Path | None:
+    """The facebeam home whose `spark up` started the master listening on `port` (its SPARK_PID_DIR is
+    <home>/spark), or None: no master there, or one facebeam did not start. Spark's master does not say."""
+    import psutil
+
+    try:
+        pids = {c.pid for c in psutil.net_connections(kind="tcp")
+                if c.pid and c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+        for pid in sorted(pids):
+            pid_dir = psutil.Process(pid).environ().get("SPARK_PID_DIR")
+            if pid_dir and Path(pid_dir).name == "spark":
+                return Path(pid_dir).parent
+    except (psutil.Error, OSError):  # another user's process: not known
+        return None
+    return None
+
+
 def _pid_files(cls: str) -> list[Path]:
     return sorted(state_dir().glob(f"spark-*-{cls}-*.pid"))
 

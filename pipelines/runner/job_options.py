@@ -191,10 +191,14 @@ def _portable_defaults(opts: PipelineOptions, kind: str, given) -> None:
     _environment_defaults(opts, kind, given)
     served = local_job_server(opts, kind)
     elsewhere = None if served else started_elsewhere(opts, kind)
-    if elsewhere:  # its job server is recorded in that home: this job would pay for a JVM of its own, unsaid
-        log.warning("the local %s cluster was started from %s, whose .facebeam holds its job server, so this job "
-                    "starts one of its own (about 20 s more): run from %s, or set FACEBEAM_HOME=%s",
-                    kind.capitalize(), os.path.dirname(elsewhere), os.path.dirname(elsewhere), elsewhere)
+    if elsewhere:  # its job server is recorded in that home, not in this one
+        where = (f"the local {kind.capitalize()} cluster was started from {os.path.dirname(elsewhere)}, whose "
+                 ".facebeam holds its job server")
+        fix = f"run from {os.path.dirname(elsewhere)}, or set FACEBEAM_HOME={elsewhere}"
+        if kind == "spark":  # a second application would wait for the cores the job server's holds, for ever
+            raise RunnerSetupError(f"{where}; a job server of this job's own would start a second Spark "
+                                   f"application, which waits for the cores the first one holds: {fix}")
+        log.warning("%s, so this job starts one of its own (about 20 s more): %s", where, fix)
     if served:  # the cluster's own job server: no JVM to start, no jars to ship
         portable.job_endpoint = f"localhost:{served['port']}"
         if not served.get("stages_jars"):

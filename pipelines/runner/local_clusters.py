@@ -62,13 +62,13 @@ def local_job_server(opts: PipelineOptions, kind: str | None = None) -> dict | N
 
 
 def started_elsewhere(opts: PipelineOptions, kind: str | None = None) -> str | None:
-    """When the local Flink that `opts` name was started by `facebeam flink up` from another facebeam home
-    than this one, that home: its job server and worker pool are recorded there, not here."""
+    """When the local cluster that `opts` name was started by `facebeam flink|spark up` from another facebeam
+    home than this one, that home: its job server and worker pool are recorded there, not here."""
     kind = kind or runner_kind(opts)
-    port = cluster_port(opts, kind) if kind == "flink" else None  # Spark's master does not say where it runs from
+    port = cluster_port(opts, kind)
     if port is None or cluster_is_running(kind):
         return None
-    home = flink.started_from(port)
+    home = flink.started_from(port) if kind == "flink" else spark.started_from(port)
     return str(home) if home and home != facebeam_home() else None
 
 
