@@ -138,8 +138,4 @@ class stage_timer:
 
 def stage_totals(counters: dict) -> dict:
     """{stage: core-seconds} for every stage counter in read_counters()'s result (0.0 where none)."""
-    out = dict.fromkeys(STAGES, 0.0)
-    for k, v in counters.items():
-        if k.startswith(STAGE_PREFIX):
-            out[k[len(STAGE_PREFIX):]] = round((v or 0) / 1000.0, 3)
-    return out
+    return {**dict.fromkeys(STAGES, 0.0), **{k: round(v / 1000.0, 3) for k, v in by_name(counters, STAGE_PREFIX).items()}}
